@@ -1,0 +1,64 @@
+"""nyxd start-up: settings, logging, plugin loading."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+from loguru import logger
+
+from nyx_core import (
+    DnsFacade,
+    NetworkBackend,
+    NyxError,
+    NyxSettings,
+    installed_plugins,
+    load_settings,
+    make_plugin_manager,
+)
+from nyx_core._logging import configure_logging
+
+__all__ = ["boot", "fail", "load"]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One clear line on stderr, no traceback."""
+    print(f"nyxd: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def load(flags: dict[str, Any]) -> tuple[NyxSettings, NetworkBackend, DnsFacade | None]:
+    """Settings from flags/env, then the selected driver and (unless ``off``) DNS provider."""
+    try:
+        settings = load_settings(**flags)
+    except NyxError as exc:
+        fail(str(exc))
+    configure_logging(settings.log_level)
+    pm = make_plugin_manager()
+    try:
+        backend = NetworkBackend.load(settings.net_driver, pm)
+        versions = {p.name: p.version for p in installed_plugins("nyx.net_drivers")}
+        logger.bind(
+            driver=settings.net_driver,
+            version=versions.get(settings.net_driver),
+            subnet=str(settings.container_subnet),
+            gateway=str(settings.gateway_ip),
+        ).info("network backend")
+        dns = None
+        if settings.dns != "off":
+            dns_pm = make_plugin_manager()
+            try:
+                dns = DnsFacade.load("embedded", dns_pm)
+            except NyxError as exc:
+                if settings.dns == "embedded" or (
+                    settings.dns == "auto" and settings.net_driver != "cni"
+                ):
+                    raise
+                logger.bind(dns=settings.dns).info(f"embedded DNS unavailable: {exc}")
+    except NyxError as exc:
+        fail(str(exc))
+    return settings, backend, dns
+
+
+def boot(flags: dict[str, Any]) -> None:
+    load(flags)

@@ -1,0 +1,92 @@
+"""nyx-core: the contract between nyxd and its network drivers and DNS providers."""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from ._markers import hookimpl, hookspec
+from ._models import (
+    ContainerSpec,
+    InterfaceResult,
+    NetworkAttachment,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+    StackService,
+)
+from ._plugins import (
+    DNS_GROUP,
+    DRIVER_GROUP,
+    DnsFacade,
+    InstalledPlugin,
+    NetworkBackend,
+    installed_plugins,
+    load_plugin,
+    make_plugin_manager,
+)
+from ._policy import DnsDecision, StackNetwork, dns_policy
+from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
+from ._settings import DnsMode, NyxSettings, load_settings
+from .errors import (
+    BackendError,
+    CniPluginError,
+    ConfigError,
+    DnsError,
+    FirewallError,
+    IpamError,
+    NetlinkError,
+    NyxError,
+    PluginError,
+    PluginLoadError,
+    PluginNotFoundError,
+    PortConflictError,
+    TeardownError,
+)
+
+__version__ = "0.1.0"
+
+logger.disable("nyx_core")
+
+__all__ = [
+    "DNS_GROUP",
+    "DRIVER_GROUP",
+    "Backend",
+    "BackendError",
+    "CniPluginError",
+    "ConfigError",
+    "ContainerSpec",
+    "DnsDecision",
+    "DnsError",
+    "DnsFacade",
+    "DnsMode",
+    "DnsProvider",
+    "FirewallError",
+    "InstalledPlugin",
+    "InterfaceResult",
+    "IpamError",
+    "NetlinkError",
+    "NetworkAttachment",
+    "NetworkBackend",
+    "NyxError",
+    "NyxSettings",
+    "PluginError",
+    "PluginLoadError",
+    "PluginNotFoundError",
+    "PortConflictError",
+    "PortMapping",
+    "SetupOptions",
+    "SetupResult",
+    "StackNetwork",
+    "StackService",
+    "TeardownError",
+    "__version__",
+    "backend_plugin",
+    "dns_plugin",
+    "dns_policy",
+    "hookimpl",
+    "hookspec",
+    "installed_plugins",
+    "load_plugin",
+    "load_settings",
+    "make_plugin_manager",
+]

@@ -1,0 +1,242 @@
+"""Shared types: one struct for the API, the supervisor and every driver."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterface, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "ContainerSpec",
+    "InterfaceResult",
+    "NetworkAttachment",
+    "PortMapping",
+    "SetupOptions",
+    "SetupResult",
+    "StackService",
+]
+
+Protocol = Literal["tcp", "udp"]
+
+_PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _port_range(text: str, field: str, spec: str) -> tuple[int, int]:
+    m = _PORT_RE.match(text)
+    if not m:
+        raise ConfigError(f"port mapping {spec!r}: {field} {text!r} is not a port or range")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) else lo
+    for p in (lo, hi):
+        if not 1 <= p <= 65535:
+            raise ConfigError(f"port mapping {spec!r}: {field} {p} is outside 1-65535")
+    if hi < lo:
+        raise ConfigError(f"port mapping {spec!r}: {field} range {text!r} is reversed")
+    return lo, hi
+
+
+class PortMapping(BaseModel):
+    """One published port (or range of ``range`` consecutive ports).
+
+    ``host_ip`` ``None`` means every host address. ``host_port..host_port+range-1`` maps to
+    ``container_port..container_port+range-1``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_ip: IPvAnyAddress | None = None
+    host_port: int = Field(ge=1, le=65535)
+    container_port: int = Field(ge=1, le=65535)
+    protocol: Protocol = "tcp"
+    range: int = Field(default=1, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Self:
+        for name, start in (("host_port", self.host_port), ("container_port", self.container_port)):
+            if start + self.range - 1 > 65535:
+                raise ValueError(f"{name} {start} with range {self.range} goes past 65535")
+        return self
+
+    @classmethod
+    def parse(cls, spec: str) -> PortMapping:
+        """Parse a docker-style ``-p`` value.
+
+        Accepted: ``8080:80``, ``127.0.0.1:8080:80/udp``, ``[::1]:8080:80``,
+        ``8000-8005:8000-8005``, ``0.0.0.0:53:53/udp``. A bare container port (docker's
+        random host port) is refused: nyx publishes only ports you name.
+        """
+        if not isinstance(spec, str) or not spec.strip():
+            raise ConfigError(f"port mapping {spec!r}: empty")
+        text = spec.strip()
+        proto: str = "tcp"
+        if "/" in text:
+            text, proto = text.rsplit("/", 1)
+            proto = proto.lower()
+            if proto not in ("tcp", "udp"):
+                raise ConfigError(f"port mapping {spec!r}: protocol {proto!r} is not tcp or udp")
+        host_ip: str | None = None
+        if text.startswith("["):
+            end = text.find("]")
+            if end < 0 or text[end + 1 : end + 2] != ":":
+                raise ConfigError(f"port mapping {spec!r}: bad bracketed IPv6 host address")
+            host_ip = text[1:end]
+            rest = text[end + 2 :].split(":")
+        else:
+            parts = text.split(":")
+            if len(parts) == 3:
+                host_ip, rest = parts[0], parts[1:]
+            else:
+                rest = parts
+        if len(rest) == 1:
+            raise ConfigError(
+                f"port mapping {spec!r}: host port missing (use HOST_PORT:CONTAINER_PORT)"
+            )
+        if len(rest) != 2:
+            raise ConfigError(
+                f"port mapping {spec!r}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTO]"
+            )
+        hlo, hhi = _port_range(rest[0], "host port", spec)
+        clo, chi = _port_range(rest[1], "container port", spec)
+        if hhi - hlo != chi - clo:
+            raise ConfigError(
+                f"port mapping {spec!r}: host range {rest[0]} and container range {rest[1]} "
+                "differ in length"
+            )
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        if host_ip not in (None, ""):
+            try:
+                ip = ipaddress.ip_address(host_ip)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"port mapping {spec!r}: host_ip {host_ip!r} is not an IP address"
+                ) from exc
+        return cls(
+            host_ip=ip,
+            host_port=hlo,
+            container_port=clo,
+            protocol=proto,
+            range=hhi - hlo + 1,
+        )
+
+    def __str__(self) -> str:
+        def rng(p: int) -> str:
+            return f"{p}-{p + self.range - 1}" if self.range > 1 else str(p)
+
+        ip = ""
+        if self.host_ip is not None:
+            ip = f"[{self.host_ip}]:" if self.host_ip.version == 6 else f"{self.host_ip}:"
+        return f"{ip}{rng(self.host_port)}:{rng(self.container_port)}/{self.protocol}"
+
+
+class SetupOptions(BaseModel):
+    """Per-container network options handed to ``nyx_backend_setup``.
+
+    Drivers ignore what they cannot honour and document it (the CNI driver ignores
+    ``internal``, as the spec says).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hostname: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    network: str = "nyx"
+    internal: bool = False
+    interface: str = "eth0"
+    static_ip: IPvAnyAddress | None = None
+    mac: str | None = None
+    subnet: IPvAnyInterface | None = Field(
+        default=None,
+        description="for extra networks (compose): the network's gateway/prefix; None = default",
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class InterfaceResult(BaseModel):
+    """One interface a driver created in the container's netns."""
+
+    name: str
+    mac: str | None = None
+    addresses: list[IPvAnyInterface] = Field(default_factory=list)
+
+
+class SetupResult(BaseModel):
+    """What ``nyx_backend_setup`` returns: interfaces, addresses, gateway and DNS facts.
+
+    Drivers *return* what DNS needs (``dns_server``, ``dns_search``); they never call the
+    DNS provider themselves.
+    """
+
+    container_id: str
+    network: str = "nyx"
+    interfaces: list[InterfaceResult] = Field(default_factory=list)
+    gateway: IPvAnyAddress | None = None
+    dns_server: IPvAnyAddress | None = None
+    dns_search: list[str] = Field(default_factory=list)
+    internal: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ips(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Every address of every interface, without prefix."""
+        return [a.ip for i in self.interfaces for a in i.addresses]
+
+
+class NetworkAttachment(BaseModel):
+    """One network a container joins (compose services may join several)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="nyx", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    aliases: list[str] = Field(default_factory=list)
+    internal: bool = False
+    subnet: IPvAnyInterface | None = Field(
+        default=None, description="gateway/prefix of a non-default network, e.g. 10.89.1.1/24"
+    )
+
+
+class StackService(BaseModel):
+    """For the DNS policy: the networks (name, internal) one compose service is attached to."""
+
+    networks: list[NetworkAttachment] = Field(default_factory=list)
+
+
+class ContainerSpec(BaseModel):
+    """A request to run one container (API, supervisor and CLI share it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1)
+    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+    hostname: str | None = Field(
+        default=None, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
+    )
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    ports: list[PortMapping] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    network: str = "nyx"
+    internal: bool = False
+    networks: list[NetworkAttachment] = Field(
+        default_factory=list,
+        description="networks to join; empty means the default network (network/internal)",
+    )
+    stack: str | None = Field(default=None, description="compose project name, if any")
+    stack_services: dict[str, StackService] | None = Field(
+        default=None, description="every service of the stack with its networks (DNS policy)"
+    )
+    dns: bool | None = Field(default=None, description="None: follow the daemon's DNS policy")
+    rm: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def attachments(self) -> list[NetworkAttachment]:
+        """The networks to join, the default network when none is listed."""
+        if self.networks:
+            return list(self.networks)
+        return [NetworkAttachment(name=self.network, aliases=self.aliases, internal=self.internal)]

@@ -1,0 +1,159 @@
+"""The spec's ``Backend`` and ``DnsProvider`` interfaces, and adapters to hookimpls.
+
+A driver author may write loose ``@hookimpl`` functions in a module, or a class that
+satisfies :class:`Backend` wrapped by :func:`backend_plugin`::
+
+    class LoopbackBackend:
+        def ensure_network(self, settings): ...
+        def setup(self, container_id, netns_path, ports, opts): ...
+        def teardown(self, container_id, netns_path): ...
+
+    plugin = backend_plugin(LoopbackBackend)   # entry point: "lo = pkg.mod:plugin"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from ._markers import hookimpl
+from ._models import PortMapping, SetupOptions, SetupResult
+from ._settings import NyxSettings
+from .hookspecs import IPAddress
+
+__all__ = ["Backend", "DnsProvider", "backend_plugin", "dns_plugin"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a network driver does (the spec's ``network.Backend``)."""
+
+    def ensure_network(self, settings: NyxSettings) -> object | None: ...
+
+    def setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult: ...
+
+    def teardown(self, container_id: str, netns_path: str) -> object | None: ...
+
+
+@runtime_checkable
+class DnsProvider(Protocol):
+    """What a DNS provider does."""
+
+    def start(self, settings: NyxSettings) -> object | None: ...
+
+    def stop(self) -> object | None: ...
+
+    def register(
+        self,
+        container_id: str,
+        hostname: str,
+        ips: Sequence[IPAddress],
+        aliases: Sequence[str],
+        networks: Sequence[str],
+    ) -> object | None: ...
+
+    def deregister(self, container_id: str) -> object | None: ...
+
+    def resolv_conf(self, container_id: str) -> str: ...
+
+
+BackendFactory = Callable[[], Backend]
+DnsFactory = Callable[[], DnsProvider]
+
+
+class _BackendPlugin:
+    """Hookimpls delegating to one lazily built :class:`Backend` instance."""
+
+    def __init__(self, factory: BackendFactory) -> None:
+        self._factory = factory
+        self._impl: Backend | None = None
+
+    @property
+    def impl(self) -> Backend:
+        if self._impl is None:
+            self._impl = self._factory()
+        return self._impl
+
+    @hookimpl
+    def nyx_backend_ensure_network(self, settings: NyxSettings) -> object:
+        result = self.impl.ensure_network(settings)
+        return True if result is None else result
+
+    @hookimpl
+    def nyx_backend_setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult:
+        return self.impl.setup(container_id, netns_path, ports, opts)
+
+    @hookimpl
+    def nyx_backend_teardown(self, container_id: str, netns_path: str) -> object:
+        result = self.impl.teardown(container_id, netns_path)
+        return True if result is None else result
+
+
+class _DnsPlugin:
+    """Hookimpls delegating to one lazily built :class:`DnsProvider` instance."""
+
+    def __init__(self, factory: DnsFactory) -> None:
+        self._factory = factory
+        self._impl: DnsProvider | None = None
+
+    @property
+    def impl(self) -> DnsProvider:
+        if self._impl is None:
+            self._impl = self._factory()
+        return self._impl
+
+    @hookimpl
+    def nyx_dns_start(self, settings: NyxSettings) -> object:
+        result = self.impl.start(settings)
+        return True if result is None else result
+
+    @hookimpl
+    def nyx_dns_stop(self) -> object:
+        result = self.impl.stop()
+        return True if result is None else result
+
+    @hookimpl
+    def nyx_dns_register(
+        self,
+        container_id: str,
+        hostname: str,
+        ips: Sequence[IPAddress],
+        aliases: Sequence[str],
+        networks: Sequence[str],
+    ) -> object:
+        result = self.impl.register(container_id, hostname, ips, aliases, networks)
+        return True if result is None else result
+
+    @hookimpl
+    def nyx_dns_deregister(self, container_id: str) -> object:
+        result = self.impl.deregister(container_id)
+        return True if result is None else result
+
+    @hookimpl
+    def nyx_dns_resolv_conf(self, container_id: str) -> str:
+        return self.impl.resolv_conf(container_id)
+
+
+def backend_plugin(factory: BackendFactory) -> object:
+    """Wrap a :class:`Backend` class (or zero-argument factory) as a pluggy plugin.
+
+    The instance is built on first use, so importing the entry point stays cheap.
+    """
+    return _BackendPlugin(factory)
+
+
+def dns_plugin(factory: DnsFactory) -> object:
+    """Wrap a :class:`DnsProvider` class (or zero-argument factory) as a pluggy plugin."""
+    return _DnsPlugin(factory)

@@ -1,0 +1,111 @@
+"""nyxd settings: flags beat ``NYXD_*`` environment variables beat defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["DnsMode", "LogLevel", "NyxSettings", "load_settings"]
+
+DnsMode = Literal["auto", "embedded", "cni", "off"]
+LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical"]
+
+
+class NyxSettings(BaseSettings):
+    """Every nyxd setting. Each field's ``description`` is also its ``--help`` text."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NYXD_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    net_driver: str = Field(
+        default="native",
+        min_length=1,
+        description="network driver: entry point name in group nyx.net_drivers",
+    )
+    dns: DnsMode = Field(
+        default="auto", description="DNS mode: auto, embedded, cni or off (see docs/networking.md)"
+    )
+    gateway_ip: ipaddress.IPv4Address = Field(
+        default=ipaddress.IPv4Address("10.88.0.1"),
+        description="bridge gateway address; the embedded DNS server listens here",
+    )
+    container_subnet: ipaddress.IPv4Network = Field(
+        default=ipaddress.IPv4Network("10.88.0.0/16"),
+        description="subnet containers get addresses from; must contain the gateway",
+    )
+    bridge: str = Field(
+        default="nyx0",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$",
+        description="name of the bridge the native driver creates",
+    )
+    cni_bin_dir: Path = Field(
+        default=Path("/opt/cni/bin"), description="directory with the CNI plugin executables"
+    )
+    cni_conf_dir: Path = Field(
+        default=Path("/etc/cni/net.d"), description="directory with CNI network configurations"
+    )
+    network: str = Field(
+        default="nyx",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+        description="CNI network name (the conflist's name)",
+    )
+    log_level: LogLevel = Field(default="info", description="log level")
+    state_dir: Path = Field(
+        default=Path("/var/lib/nyx"), description="persistent state (leases, images, containers)"
+    )
+    run_dir: Path = Field(
+        default=Path("/run/nyx"), description="runtime state (netns mounts, resolv.conf, bundles)"
+    )
+    socket: Path = Field(default=Path("/run/nyx/nyxd.sock"), description="control socket path")
+    dns_port: int = Field(
+        default=53, ge=1, le=65535, description="port of the embedded DNS server (tests move it)"
+    )
+    runtime: str = Field(default="runc", min_length=1, description="OCI runtime binary")
+
+    @model_validator(mode="after")
+    def _gateway_inside_subnet(self) -> Self:
+        net = self.container_subnet
+        gw = self.gateway_ip
+        if gw not in net:
+            raise ValueError(f"gateway_ip {gw} is not inside container_subnet {net}")
+        if gw in (net.network_address, net.broadcast_address):
+            raise ValueError(f"gateway_ip {gw} is the network or broadcast address of {net}")
+        if net.prefixlen > 30:
+            raise ValueError(f"container_subnet {net} is too small (need /30 or larger)")
+        return self
+
+    @property
+    def gateway_interface(self) -> ipaddress.IPv4Interface:
+        """The gateway with the subnet's prefix, e.g. ``10.88.0.1/16``."""
+        return ipaddress.IPv4Interface(f"{self.gateway_ip}/{self.container_subnet.prefixlen}")
+
+
+def load_settings(**overrides: Any) -> NyxSettings:
+    """Build settings from overrides (flags), the environment and defaults.
+
+    Overrides whose value is ``None`` are ignored (an unset flag). A bad value raises one
+    :class:`ConfigError` naming the setting, its env var and the value.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return NyxSettings(**given)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            value = err.get("input")
+            env = f"NYXD_{loc.upper()}" if loc in NyxSettings.model_fields else ""
+            where = f"{loc} ({env})" if env else loc
+            msg = err["msg"].removeprefix("Value error, ")
+            if isinstance(value, dict) or not env:
+                lines.append(f"{where}: {msg}")
+            else:
+                lines.append(f"{where}={value!r}: {msg}")
+        raise ConfigError("invalid setting: " + "; ".join(lines)) from exc

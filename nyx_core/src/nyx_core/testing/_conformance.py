@@ -1,0 +1,191 @@
+"""The driver conformance suite.
+
+Subclass :class:`BackendConformance` in a test module of your driver and provide a
+``nyx_driver_name`` fixture returning its entry point name in ``nyx.net_drivers``::
+
+    pytest_plugins = ["nyx_core.testing"]
+
+    class TestMyDriver(BackendConformance):
+        @pytest.fixture
+        def nyx_driver_name(self):
+            return "mydriver"
+
+Tests marked ``kernel`` run the driver inside a throwaway host namespace and need root.
+Override ``nyx_backend`` when your driver needs settings beyond ``nyx_settings``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .. import hookspecs
+from .._models import PortMapping, SetupOptions, SetupResult
+from .._plugins import DRIVER_GROUP, NetworkBackend, installed_plugins, make_plugin_manager
+from .._settings import NyxSettings
+from ..errors import NyxError, PluginNotFoundError
+from ._netns import Netns, snapshot
+
+__all__ = ["BackendConformance"]
+
+
+class BackendConformance:
+    """Contract tests every network driver passes."""
+
+    @pytest.fixture
+    def nyx_driver_name(self) -> str:
+        raise NotImplementedError("provide a nyx_driver_name fixture")
+
+    @pytest.fixture
+    def nyx_backend(
+        self, nyx_driver_name: str, nyx_settings: NyxSettings, nyx_in_host: Netns
+    ) -> Iterator[NetworkBackend]:
+        backend = NetworkBackend.load(nyx_driver_name)
+        backend.ensure_network(nyx_settings)
+        yield backend
+
+    # ------------------------------------------------------------ no kernel needed
+
+    def test_entry_point_is_installed(self, nyx_driver_name: str) -> None:
+        names = {p.name for p in installed_plugins(DRIVER_GROUP)}
+        assert nyx_driver_name in names
+
+    def test_loads_and_implements_every_backend_hook(self, nyx_driver_name: str) -> None:
+        pm = make_plugin_manager()
+        NetworkBackend.load(nyx_driver_name, pm)
+        for hook in hookspecs.BACKEND_HOOKS:
+            assert getattr(pm.hook, hook).get_hookimpls(), hook
+
+    def test_unknown_driver_lists_this_one(self, nyx_driver_name: str) -> None:
+        with pytest.raises(PluginNotFoundError) as info:
+            NetworkBackend.load("no-such-driver-xyz")
+        assert nyx_driver_name in str(info.value)
+
+    # ----------------------------------------------------------------- kernel tests
+
+    @pytest.mark.kernel
+    def test_ensure_network_is_idempotent(
+        self, nyx_backend: NetworkBackend, nyx_settings: NyxSettings, nyx_in_host: Netns
+    ) -> None:
+        before = snapshot(nyx_in_host)
+        nyx_backend.ensure_network(nyx_settings)
+        assert snapshot(nyx_in_host) == before
+
+    @pytest.mark.kernel
+    def test_setup_then_teardown_leaves_host_as_it_was(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        ctr = nyx_container_ns()
+        before = snapshot(nyx_in_host)
+        result = nyx_backend.setup(
+            "conf-a", ctr.path, [PortMapping.parse("18080:80")], SetupOptions(hostname="a")
+        )
+        assert isinstance(result, SetupResult)
+        assert result.ips, "setup returned no address"
+        assert snapshot(nyx_in_host) != before
+        nyx_backend.teardown("conf-a", ctr.path)
+        assert snapshot(nyx_in_host) == before
+
+    @pytest.mark.kernel
+    def test_teardown_twice_and_never_set_up(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        ctr = nyx_container_ns()
+        before = snapshot(nyx_in_host)
+        nyx_backend.teardown("conf-never", ctr.path)
+        nyx_backend.setup("conf-b", ctr.path, [], SetupOptions())
+        nyx_backend.teardown("conf-b", ctr.path)
+        nyx_backend.teardown("conf-b", ctr.path)
+        assert snapshot(nyx_in_host) == before
+
+    @pytest.mark.kernel
+    def test_teardown_after_netns_is_gone(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        ctr = nyx_container_ns()
+        before = snapshot(nyx_in_host)
+        nyx_backend.setup("conf-c", ctr.path, [PortMapping.parse("18081:80")], SetupOptions())
+        ctr.delete()
+        nyx_backend.teardown("conf-c", ctr.path)
+        assert snapshot(nyx_in_host) == before
+
+    @pytest.mark.kernel
+    def test_failed_setup_leaves_nothing(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        before = snapshot(nyx_in_host)
+        with pytest.raises(NyxError):
+            nyx_backend.setup(
+                "conf-d",
+                "/run/netns/nyxt-does-not-exist",
+                [PortMapping.parse("18082:80")],
+                SetupOptions(),
+            )
+        assert snapshot(nyx_in_host) == before
+        # the failed attempt must not have reserved anything: the same id and port work now
+        ctr = nyx_container_ns()
+        nyx_backend.setup("conf-d", ctr.path, [PortMapping.parse("18082:80")], SetupOptions())
+        nyx_backend.teardown("conf-d", ctr.path)
+        assert snapshot(nyx_in_host) == before
+
+    @pytest.mark.kernel
+    def test_port_conflict_is_refused_and_changes_nothing(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        a, b = nyx_container_ns(), nyx_container_ns()
+        nyx_backend.setup("conf-e", a.path, [PortMapping.parse("18083:80")], SetupOptions())
+        try:
+            middle = snapshot(nyx_in_host)
+            with pytest.raises(NyxError) as info:
+                nyx_backend.setup("conf-f", b.path, [PortMapping.parse("18083:80")], SetupOptions())
+            assert "18083" in str(info.value)
+            assert snapshot(nyx_in_host) == middle
+        finally:
+            nyx_backend.teardown("conf-e", a.path)
+
+    @pytest.mark.kernel
+    def test_concurrent_setups_get_distinct_addresses(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        nss = [nyx_container_ns() for _ in range(8)]
+        results: dict[int, SetupResult] = {}
+        errors: list[BaseException] = []
+
+        def one(i: int) -> None:
+            try:
+                results[i] = nyx_backend.setup(f"conf-p{i}", nss[i].path, [], SetupOptions())
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(nss))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert not errors, errors
+            ips = [ip for r in results.values() for ip in r.ips]
+            assert len(ips) == len(set(ips)) == len(nss)
+        finally:
+            for i, ns in enumerate(nss):
+                nyx_backend.teardown(f"conf-p{i}", ns.path)

@@ -1,0 +1,117 @@
+"""Fixtures of the nyx test kit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from .._plugins import make_plugin_manager
+from .._settings import NyxSettings
+from ._netns import Netns, entered, leaked_namespaces
+from ._recorder import HookRecorder
+
+__all__ = [
+    "nyx_container_ns",
+    "nyx_hook_recorder",
+    "nyx_host_ns",
+    "nyx_in_host",
+    "nyx_settings",
+    "require_kernel",
+]
+
+
+def _kernel_ready() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (ip)"
+    return None
+
+
+@pytest.fixture
+def require_kernel() -> None:
+    """Skip unless root with iproute2 (the real-kernel tests' precondition)."""
+    why = _kernel_ready()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture
+def nyx_host_ns(require_kernel: None) -> Iterator[Netns]:
+    """A fresh "host" namespace with ``lo`` up; deleted after the test."""
+    ns = Netns.create("host")
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+@pytest.fixture
+def nyx_container_ns(require_kernel: None) -> Iterator[Callable[[], Netns]]:
+    """Factory of fresh container namespaces; all deleted after the test."""
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        ns = Netns.create("ctr")
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.delete()
+
+
+@pytest.fixture
+def nyx_in_host(nyx_host_ns: Netns) -> Iterator[Netns]:
+    """The test thread runs inside ``nyx_host_ns`` for the whole test."""
+    with entered(nyx_host_ns):
+        yield nyx_host_ns
+
+
+@pytest.fixture
+def nyx_settings(tmp_path: Path) -> NyxSettings:
+    """Default settings with state, run dir and socket under ``tmp_path``.
+
+    The subnet is a small test range (10.231.0.0/24) so tests never collide with a real
+    nyxd on the machine.
+    """
+    return NyxSettings(
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        socket=tmp_path / "run" / "nyxd.sock",
+        container_subnet="10.231.0.0/24",
+        gateway_ip="10.231.0.1",
+        bridge="nyxt0",
+        dns_port=5353,
+    )
+
+
+@pytest.fixture
+def nyx_hook_recorder() -> Iterator[Callable[..., HookRecorder]]:
+    """Factory: ``nyx_hook_recorder(pm=None)`` records calls through ``pm`` (or a new one)."""
+    recorders: list[HookRecorder] = []
+
+    def make(pm: pluggy.PluginManager | None = None) -> HookRecorder:
+        rec = HookRecorder(pm or make_plugin_manager())
+        recorders.append(rec)
+        return rec
+
+    yield make
+    for rec in recorders:
+        rec.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaked = leaked_namespaces()
+    if leaked:
+        for name in leaked:
+            os.system(f"ip netns del {name} 2>/dev/null")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nnyx_core.testing: leaked test namespaces removed: {', '.join(leaked)}")

@@ -1,0 +1,1 @@
+"""nyx_dns_embedded (in progress)."""

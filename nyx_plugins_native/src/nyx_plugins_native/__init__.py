@@ -1,0 +1,1 @@
+"""nyx_plugins_native (in progress)."""
