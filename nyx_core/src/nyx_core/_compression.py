@@ -11,7 +11,7 @@ import gzip
 import io
 from typing import IO, Any, BinaryIO, Literal, cast
 
-from .errors import NyxError
+from .errors import UnsupportedCompressionError
 
 __all__ = [
     "Compression",
@@ -42,10 +42,6 @@ _PLAIN_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
     "application/vnd.docker.image.rootfs.diff.tar",
 }
-
-
-class UnsupportedCompressionError(NyxError):
-    """A layer uses a compression or media type nyx cannot decompress."""
 
 
 def compression_for_media_type(media_type: str) -> Compression | None:

@@ -12,17 +12,24 @@ __all__ = [
     "BackendError",
     "CniPluginError",
     "ConfigError",
+    "DigestMismatchError",
     "DnsError",
     "FirewallError",
+    "ImageNotFoundError",
+    "InvalidReferenceError",
     "IpamError",
     "NetlinkError",
+    "NoMatchingPlatformError",
     "NyxError",
     "PluginError",
     "PluginLoadError",
     "PluginNotFoundError",
     "PortConflictError",
+    "RegistryError",
     "RuntimeErrorNyx",
     "TeardownError",
+    "UnauthorizedError",
+    "UnsupportedCompressionError",
 ]
 
 
@@ -110,3 +117,31 @@ class TeardownError(NyxError):
         self.errors = list(errors)
         joined = "; ".join(str(e) for e in self.errors)
         super().__init__(f"teardown of {what}: {len(self.errors)} step(s) failed: {joined}")
+
+
+class RegistryError(NyxError):
+    """Pulling from (or logging in to) an OCI registry failed; names the registry and image."""
+
+
+class InvalidReferenceError(RegistryError, ConfigError):
+    """An image reference (``nginx:alpine``, ``host:5000/app@sha256:...``) is malformed."""
+
+
+class ImageNotFoundError(RegistryError):
+    """The registry does not know the repository, tag or digest (404, MANIFEST_UNKNOWN, ...)."""
+
+
+class UnauthorizedError(RegistryError):
+    """The registry refused the credentials, or the image needs credentials nyx does not have."""
+
+
+class DigestMismatchError(RegistryError):
+    """A downloaded manifest or blob does not match its digest or size."""
+
+
+class NoMatchingPlatformError(RegistryError):
+    """A multi-platform image has no manifest for the requested platform."""
+
+
+class UnsupportedCompressionError(RegistryError):
+    """A layer uses a compression nyx cannot decompress (or zstd without ``zstandard``)."""
