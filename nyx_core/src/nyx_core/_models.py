@@ -54,6 +54,14 @@ class PortMapping(BaseModel):
     protocol: Protocol = "tcp"
     range: int = Field(default=1, ge=1, le=65535)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        """Accept the docker-style string anywhere a PortMapping is expected (API, compose)."""
+        if isinstance(data, str):
+            return cls.parse(data).model_dump()
+        return data
+
     @model_validator(mode="after")
     def _check_range(self) -> Self:
         for name, start in (("host_port", self.host_port), ("container_port", self.container_port)):

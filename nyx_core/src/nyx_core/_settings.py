@@ -73,12 +73,12 @@ class NyxSettings(BaseSettings):
     def _gateway_inside_subnet(self) -> Self:
         net = self.container_subnet
         gw = self.gateway_ip
+        if net.prefixlen > 30:
+            raise ValueError(f"container_subnet {net} is too small (need /30 or larger)")
         if gw not in net:
             raise ValueError(f"gateway_ip {gw} is not inside container_subnet {net}")
         if gw in (net.network_address, net.broadcast_address):
             raise ValueError(f"gateway_ip {gw} is the network or broadcast address of {net}")
-        if net.prefixlen > 30:
-            raise ValueError(f"container_subnet {net} is too small (need /30 or larger)")
         return self
 
     @property
@@ -99,12 +99,14 @@ def load_settings(**overrides: Any) -> NyxSettings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            loc = ".".join(str(p) for p in err["loc"])
             value = err.get("input")
             env = f"NYXD_{loc.upper()}" if loc in NyxSettings.model_fields else ""
             where = f"{loc} ({env})" if env else loc
             msg = err["msg"].removeprefix("Value error, ")
-            if isinstance(value, dict) or not env:
+            if not loc:
+                lines.append(msg)
+            elif isinstance(value, dict) or not env:
                 lines.append(f"{where}: {msg}")
             else:
                 lines.append(f"{where}={value!r}: {msg}")

@@ -1,0 +1,92 @@
+"""Example third-party nyx driver: containers get loopback only."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+
+from nyx_core import (
+    ConfigError,
+    InterfaceResult,
+    NetlinkError,
+    NyxSettings,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+    backend_plugin,
+)
+
+__all__ = ["LoopbackBackend", "plugin"]
+
+_CLONE_NEWNET = 0x40000000
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _set_lo_up(netns_path: str) -> None:
+    """Bring ``lo`` up inside ``netns_path`` from a short-lived thread (setns is per thread)."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                req = struct.pack("16sH", b"lo", 0)
+                flags = struct.unpack("16sH", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
+                fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | _IFF_UP))
+        except BaseException as exc:
+            errors.append(exc)
+
+    # The thread's netns changed: it must end afterwards, never go back to a pool.
+    t = threading.Thread(target=work, name="nyx-loopback-setns")
+    t.start()
+    t.join()
+    if errors:
+        raise NetlinkError(f"loopback driver: cannot bring lo up in {netns_path}: {errors[0]}")
+
+
+class LoopbackBackend:
+    """A :class:`nyx_core.Backend`: no host-side state at all."""
+
+    def ensure_network(self, settings: NyxSettings) -> None:
+        return None
+
+    def setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult:
+        if ports:
+            raise ConfigError(
+                f"loopback driver: ports {', '.join(map(str, ports))} cannot be published "
+                "(containers have no external network)"
+            )
+        if not os.path.exists(netns_path):
+            raise NetlinkError(f"loopback driver: netns {netns_path!r} does not exist")
+        _set_lo_up(netns_path)
+        return SetupResult(
+            container_id=container_id,
+            network=opts.network,
+            interfaces=[InterfaceResult(name="lo", addresses=["127.0.0.1/8"])],  # type: ignore[list-item]
+        )
+
+    def teardown(self, container_id: str, netns_path: str) -> None:
+        return None  # nothing on the host; the netns goes away with the container
+
+
+plugin = backend_plugin(LoopbackBackend)
