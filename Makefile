@@ -15,7 +15,7 @@ help:
 	@echo "make test      lint, types and the whole test suite"
 	@echo "make demo      nyxd with the defaults, a real container, a published port, a DNS lookup"
 	@echo "make bench     benchmarks against netavark, CNI, aardvark-dns, dnsmasq, podman"
-	@echo "make wheels    build every distribution into ./wheelhouse"
+	@echo "make wheels    every distribution and its dependencies into ./wheelhouse (offline installs)"
 	@echo "make install-cni  copy the distro's CNI plugins to /opt/cni/bin"
 
 deps:
@@ -49,7 +49,7 @@ unit: venv
 
 wheels: venv
 	rm -rf wheelhouse && mkdir -p wheelhouse
-	$(BIN)/pip wheel -q --no-deps -w wheelhouse $(foreach d,$(DISTS),./$(d))
+	$(BIN)/pip wheel -q -w wheelhouse $(foreach d,$(DISTS),./$(d)) zstandard
 
 install-cni:
 	@dpkg -s containernetworking-plugins >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containernetworking-plugins; }
