@@ -1,0 +1,124 @@
+"""The result cache: one JSON file per attachment, in libcni's ``cniCacheV1`` format.
+
+``<state_dir>/cni/results/<network>-<container id>-<ifname>`` holds the configuration the
+attachment was added with (base64, like libcni), the netns, the capability arguments and
+the final ``ADD`` result, so ``DEL``, ``CHECK`` and ``GC`` work after nyxd restarts.
+
+nyx writes the entry *before* the first plugin runs (without ``result``) and completes it
+after the last one: a crash half-way leaves an entry that the start-up GC deletes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+__all__ = ["CacheEntry", "ResultCache"]
+
+KIND = "cniCacheV1"
+
+
+@dataclass
+class CacheEntry:
+    """One cached attachment."""
+
+    network: str
+    container_id: str
+    ifname: str
+    config: dict[str, Any]
+    netns: str = ""
+    capability_args: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "kind": KIND,
+            "containerId": self.container_id,
+            "config": base64.b64encode(
+                json.dumps(self.config, separators=(",", ":")).encode()
+            ).decode(),
+            "ifName": self.ifname,
+            "networkName": self.network,
+            "netns": self.netns,
+            "cniArgs": [],
+            "capabilityArgs": self.capability_args,
+        }
+        if self.result is not None:
+            obj["result"] = self.result
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CacheEntry:
+        if not isinstance(obj, dict) or obj.get("kind") != KIND:
+            raise ValueError("not a cniCacheV1 entry")
+        config = json.loads(base64.b64decode(obj["config"]))
+        result = obj.get("result")
+        return cls(
+            network=str(obj["networkName"]),
+            container_id=str(obj["containerId"]),
+            ifname=str(obj["ifName"]),
+            config=config if isinstance(config, dict) else {},
+            netns=str(obj.get("netns") or ""),
+            capability_args=dict(obj.get("capabilityArgs") or {}),
+            result=result if isinstance(result, dict) and result else None,
+        )
+
+
+class ResultCache:
+    """Cache files under ``<state_dir>/cni/results``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / "cni" / "results"
+
+    def path(self, network: str, container_id: str, ifname: str) -> Path:
+        return self.dir / f"{network}-{container_id}-{ifname}"
+
+    def put(self, entry: CacheEntry) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.path(entry.network, entry.container_id, entry.ifname)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(entry.to_json(), fh, separators=(",", ":"))
+        os.replace(tmp, path)
+
+    def get(self, network: str, container_id: str, ifname: str) -> CacheEntry | None:
+        path = self.path(network, container_id, ifname)
+        try:
+            return CacheEntry.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring unreadable CNI cache entry {}: {}", path, exc)
+            return None
+
+    def delete(self, network: str, container_id: str, ifname: str) -> None:
+        try:
+            self.path(network, container_id, ifname).unlink()
+        except FileNotFoundError:
+            pass
+
+    def entries(self, network: str | None = None) -> list[CacheEntry]:
+        """Every readable entry (of ``network`` if given)."""
+        found = []
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if name.startswith("."):
+                continue
+            try:
+                entry = CacheEntry.from_json(json.loads((self.dir / name).read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("ignoring unreadable CNI cache entry {}: {}", name, exc)
+                continue
+            if network is None or entry.network == network:
+                found.append(entry)
+        return found

@@ -1,0 +1,257 @@
+"""CNI network configurations: load, validate, and write the default one.
+
+A network configuration ("conflist") is found by its ``name`` in the conf dir, among
+``*.conflist`` files first and then single-plugin ``*.conf`` / ``*.json`` files (as libcni
+does). Every error names the file and the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nyx_core import ConfigError, NyxSettings
+
+__all__ = [
+    "LOOPBACK_NETWORK",
+    "NYX_SUPPORTED_VERSIONS",
+    "NetworkConfig",
+    "default_conflist",
+    "find_network",
+    "loopback_network",
+    "parse_network",
+    "parse_version",
+]
+
+NYX_SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+"""Spec versions nyx speaks (conflists, ``prevResult`` chaining and the result type)."""
+
+LOOPBACK_NETWORK = "cni-loopback"
+"""Name of the built-in network that brings up the container's ``lo``."""
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_RESERVED_KEYS = ("runtimeConfig", "prevResult")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"1.0.0"`` -> ``(1, 0, 0)``; raises ValueError for anything else."""
+    m = _VERSION_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a version like 1.0.0")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+@dataclass
+class NetworkConfig:
+    """One validated network configuration (a list of plugin configurations)."""
+
+    name: str
+    cni_version: str
+    versions: list[str]
+    plugins: list[dict[str, Any]]
+    source: str
+    disable_check: bool = False
+    disable_gc: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, version: str | None = None) -> dict[str, Any]:
+        """The conflist as a JSON object (with ``version`` as ``cniVersion`` if given)."""
+        obj: dict[str, Any] = dict(self.extra)
+        obj.update(
+            cniVersion=version or self.cni_version,
+            name=self.name,
+            plugins=copy.deepcopy(self.plugins),
+        )
+        if self.versions != [self.cni_version]:
+            obj["cniVersions"] = list(self.versions)
+        if self.disable_check:
+            obj["disableCheck"] = True
+        if self.disable_gc:
+            obj["disableGC"] = True
+        return obj
+
+
+def _check_type(source: str, where: str, value: Any, bin_dir: Path | None) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: {where} must be a non-empty string, got {value!r}")
+    if "/" in value or "\\" in value or value in (".", "..") or "\0" in value:
+        raise ConfigError(
+            f"{source}: {where} {value!r} must be a plain file name (no path separators)"
+        )
+    if bin_dir is not None:
+        exe = bin_dir / value
+        if not exe.is_file() or not os.access(exe, os.X_OK):
+            raise ConfigError(f"{source}: {where} {value!r}: no executable {exe}")
+    return value
+
+
+def _key(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_plugin(source: str, where: str, conf: Any, bin_dir: Path | None) -> dict[str, Any]:
+    if not isinstance(conf, dict):
+        raise ConfigError(f"{source}: {where} must be a JSON object, got {type(conf).__name__}")
+    _check_type(source, _key(where, "type"), conf.get("type"), bin_dir)
+    caps = conf.get("capabilities")
+    if caps is not None and (
+        not isinstance(caps, dict) or not all(isinstance(v, bool) for v in caps.values())
+    ):
+        raise ConfigError(f"{source}: {_key(where, 'capabilities')} must map names to true/false")
+    ipam = conf.get("ipam")
+    if ipam is not None:
+        if not isinstance(ipam, dict):
+            raise ConfigError(f"{source}: {_key(where, 'ipam')} must be a JSON object")
+        if ipam:  # an empty ipam object means "no IPAM" to most plugins
+            _check_type(source, _key(where, "ipam.type"), ipam.get("type"), bin_dir)
+    for key in _RESERVED_KEYS:
+        if key in conf:
+            raise ConfigError(f"{source}: {_key(where, key)} is set by the runtime, remove it")
+    return conf
+
+
+def _check_version(source: str, where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f'{source}: {where} must be a string like "1.0.0", got {value!r}')
+    try:
+        parse_version(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {where} {exc}") from exc
+    return value
+
+
+def parse_network(obj: Any, source: str, bin_dir: Path | None = None) -> NetworkConfig:
+    """Validate a parsed conflist (or single plugin ``.conf``) object.
+
+    ``bin_dir`` given: every plugin ``type`` (and ``ipam.type``) must be an executable there.
+    """
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: must be a JSON object, got {type(obj).__name__}")
+    name = obj.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ConfigError(
+            f"{source}: name {name!r} must start with a letter or digit, then letters, digits, "
+            "'_', '.' or '-'"
+        )
+    version = _check_version(source, "cniVersion", obj.get("cniVersion"))
+    versions = obj.get("cniVersions")
+    if versions is None:
+        versions = [version]
+    elif not isinstance(versions, list):
+        raise ConfigError(f"{source}: cniVersions must be a list of versions")
+    else:
+        versions = [_check_version(source, f"cniVersions[{i}]", v) for i, v in enumerate(versions)]
+        if version not in versions:
+            versions.append(version)
+    for key in ("disableCheck", "disableGC"):
+        if key in obj and not isinstance(obj[key], bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {obj[key]!r}")
+    if "plugins" in obj:
+        plugins = obj["plugins"]
+        if not isinstance(plugins, list) or not plugins:
+            raise ConfigError(f"{source}: plugins must be a non-empty list of plugin objects")
+        checked = [
+            _check_plugin(source, f"plugins[{i}]", p, bin_dir) for i, p in enumerate(plugins)
+        ]
+        known = {"name", "cniVersion", "cniVersions", "plugins", "disableCheck", "disableGC"}
+        extra = {k: v for k, v in obj.items() if k not in known}
+    else:
+        # a single-plugin .conf: the whole object is the plugin configuration
+        if "type" not in obj:
+            raise ConfigError(f"{source}: has neither plugins (conflist) nor type (single conf)")
+        single = {k: v for k, v in obj.items() if k not in ("name", "cniVersion", "cniVersions")}
+        checked = [_check_plugin(source, "", single, bin_dir)]
+        extra = {}
+    return NetworkConfig(
+        name=name,
+        cni_version=version,
+        versions=list(versions),
+        plugins=copy.deepcopy(checked),
+        source=source,
+        disable_check=bool(obj.get("disableCheck", False)),
+        disable_gc=bool(obj.get("disableGC", False)),
+        extra=extra,
+    )
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+
+
+def find_network(conf_dir: Path, name: str, bin_dir: Path | None = None) -> NetworkConfig | None:
+    """The network ``name`` from ``conf_dir``, or None when no file defines it.
+
+    ``.conflist`` files win over ``.conf``/``.json``; within a kind files are tried in
+    lexical order (libcni's rule). A file that is not valid JSON is an error naming it.
+    """
+    if not conf_dir.is_dir():
+        return None
+    entries = sorted(p for p in conf_dir.iterdir() if p.is_file())
+    for exts in ((".conflist",), (".conf", ".json")):
+        for path in (p for p in entries if p.suffix in exts):
+            obj = _load_json(path)
+            if isinstance(obj, dict) and obj.get("name") == name:
+                return parse_network(obj, str(path), bin_dir)
+    return None
+
+
+def default_conflist(settings: NyxSettings) -> dict[str, Any]:
+    """The conflist nyx writes when ``-network`` names no existing configuration.
+
+    bridge (gateway on ``settings.bridge``, masquerade) with host-local IPAM for
+    ``NYXD_CONTAINER_SUBNET`` / ``NYXD_GATEWAY_IP`` (leases under the state dir), then
+    portmap for published ports.
+    """
+    return {
+        "cniVersion": "1.0.0",
+        "name": settings.network,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": settings.bridge,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [
+                        [
+                            {
+                                "subnet": str(settings.container_subnet),
+                                "gateway": str(settings.gateway_ip),
+                            }
+                        ]
+                    ],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(settings.state_dir / "cni" / "networks"),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def loopback_network() -> NetworkConfig:
+    """The built-in network that brings up ``lo`` in every container (``CNI_IFNAME=lo``)."""
+    return NetworkConfig(
+        name=LOOPBACK_NETWORK,
+        cni_version="1.0.0",
+        versions=["0.3.1", "0.4.0", "1.0.0"],
+        plugins=[{"type": "loopback"}],
+        source="(built-in loopback network)",
+    )
