@@ -61,4 +61,15 @@ def load(flags: dict[str, Any]) -> tuple[NyxSettings, NetworkBackend, DnsFacade 
 
 
 def boot(flags: dict[str, Any]) -> None:
-    load(flags)
+    """Load everything, then serve until SIGTERM/SIGINT (see :func:`nyx_core._daemon.serve`)."""
+    settings, backend, dns = load(flags)
+    from nyx_core._daemon import serve
+
+    try:
+        code = serve(settings, backend, dns)
+    except NyxError as exc:
+        logger.bind(error=str(exc)).error("nyxd failed")
+        fail(str(exc), 1)
+    except PermissionError as exc:
+        fail(f"{exc} (nyxd needs root)", 1)
+    raise SystemExit(code)

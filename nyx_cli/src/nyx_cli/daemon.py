@@ -44,6 +44,11 @@ def _plugin_table() -> str:
     type=click.Choice(["trace", "debug", "info", "warning", "error", "critical"]),
     help=_help("log_level"),
 )
+@click.option("--gateway-ip", default=None, help=_help("gateway_ip"))
+@click.option("--container-subnet", default=None, help=_help("container_subnet"))
+@click.option("--bridge", default=None, help=_help("bridge"))
+@click.option("--dns-port", default=None, type=int, help=_help("dns_port"))
+@click.option("--runtime", default=None, help=_help("runtime"))
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))

@@ -1,0 +1,947 @@
+"""The supervisor: runs containers with the network backend, DNS provider and runc.
+
+It holds the :class:`~nyx_core.NetworkBackend` facade, the :class:`~nyx_core.DnsFacade`
+(or ``None``) and the DNS policy; never a concrete driver. Run: validate → netns →
+``backend.setup`` per attachment → DNS register (per :func:`~nyx_core.dns_policy`) →
+resolv.conf/hosts/hostname → rootfs + bundle → runc start → a watcher thread waits for the
+exit. Stop: SIGTERM, grace period, SIGKILL, then the same teardown in reverse order.
+Everything done is recorded in the container's state file first, so a restarted nyxd
+(:meth:`Supervisor.reconcile`) knows what to undo.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import importlib
+import ipaddress
+import re
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from loguru import logger
+
+from ._models import ContainerSpec, PortMapping, SetupOptions, SetupResult
+from ._plugins import DnsFacade, NetworkBackend, installed_plugins
+from ._policy import DnsDecision, StackNetwork, dns_policy
+from ._settings import NyxSettings
+from ._state import (
+    ConflictError,
+    ContainerRecord,
+    NetworkRecord,
+    NotFoundError,
+    StateStore,
+    now,
+)
+from .errors import ConfigError, NyxError, RuntimeErrorNyx
+
+__all__ = ["CommandError", "Host", "Supervisor"]
+
+_LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+_NET_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+USER_NETWORK_POOL = ipaddress.IPv4Network("10.89.0.0/16")
+_TOMBSTONES = 256
+
+
+class CommandError(RuntimeErrorNyx):
+    """The container's command cannot be run: 127 not found, 126 not executable."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ------------------------------------------------------------------ host collaborators
+
+
+class ImageStoreLike(Protocol):
+    def get(self, ref: str) -> Any: ...
+    def list(self) -> Sequence[Any]: ...
+    def load(self, path: Path) -> builtins.list[Any]: ...
+    def import_oci_layout(self, layout: Path, reference: str) -> Any: ...
+    def remove(self, ref: str) -> Any: ...
+    def layer_dirs(self, image: Any) -> builtins.list[Path]: ...
+
+
+class RootfsLike(Protocol):
+    def mount(self, layer_dirs: Sequence[Path], container_dir: Path) -> Path: ...
+    def unmount(self, container_dir: Path) -> Any: ...
+
+
+class RuntimeLike(Protocol):
+    def write_bundle(
+        self,
+        bundle: Path,
+        *,
+        rootfs: Path,
+        process: Any,
+        hostname: str,
+        netns_path: str | None,
+        mounts: Sequence[tuple[str, str, bool]],
+    ) -> Any: ...
+    def start(self, container_id: str, bundle: Path, log_path: Path) -> int: ...
+    def wait(self, container_id: str, pid: int, timeout: float | None) -> int | None: ...
+    def kill(self, container_id: str, sig: int) -> Any: ...
+    def state(self, container_id: str) -> Any: ...
+    def delete(self, container_id: str, force: bool) -> Any: ...
+    def list(self) -> Sequence[Any]: ...
+
+
+@dataclass
+class Host:
+    """What the supervisor does to the host besides networking: images, rootfs, runc, netns.
+
+    :meth:`default` builds it from nyx_core's runtime modules; unit tests pass fakes.
+    """
+
+    images: ImageStoreLike
+    rootfs: RootfsLike
+    runtime: RuntimeLike
+    process_from_image: Callable[..., Any]
+    create_netns: Callable[[Path], Any]
+    delete_netns: Callable[[Path], Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def default(cls, settings: NyxSettings) -> Host:
+        images_mod: Any = importlib.import_module("nyx_core._images")
+        runtime_mod: Any = importlib.import_module("nyx_core._runtime")
+        netns_mod: Any = importlib.import_module("nyx_core._netns")
+        rootfs_cls = runtime_mod.Rootfs
+        try:
+            rootfs = rootfs_cls()
+        except TypeError:
+            rootfs = rootfs_cls
+        return cls(
+            images=images_mod.ImageStore(settings.state_dir / "images"),
+            rootfs=rootfs,
+            runtime=runtime_mod.RuncRuntime(settings.run_dir / "runc", runc=settings.runtime),
+            process_from_image=runtime_mod.process_from_image,
+            create_netns=netns_mod.create_netns,
+            delete_netns=netns_mod.delete_netns,
+            extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
+        )
+
+
+# ------------------------------------------------------------------------ containers
+
+
+@dataclass
+class _Live:
+    """In-memory companion of a record: locks and events for its lifecycle."""
+
+    rec: ContainerRecord
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    exited: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    stop_requested: bool = False
+    removed: bool = False
+
+
+def image_public(img: Any) -> dict[str, Any]:
+    """The image object of the API."""
+    return {
+        "id": getattr(img, "id", None),
+        "repo_tags": list(getattr(img, "repo_tags", []) or []),
+        "digest": getattr(img, "digest", None),
+        "size": getattr(img, "size", None),
+        "created": getattr(img, "created", None),
+    }
+
+
+def _classify_start_error(exc: BaseException) -> NyxError:
+    text = str(exc)
+    low = text.lower()
+    if "executable file not found" in low or "no such file or directory" in low:
+        return CommandError(f"container command not found: {text}", 127)
+    if "permission denied" in low:
+        return CommandError(f"container command cannot be executed: {text}", 126)
+    if isinstance(exc, NyxError):
+        return exc
+    return RuntimeErrorNyx(f"runc start failed: {text}")
+
+
+class Supervisor:
+    """Creates, starts, stops and removes containers; owns their networking lifecycle."""
+
+    def __init__(
+        self,
+        settings: NyxSettings,
+        backend: NetworkBackend,
+        dns: DnsFacade | None,
+        host: Host,
+        *,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.dns = dns
+        self.host = host
+        self.stop_grace = stop_grace
+        self.store = StateStore(settings.state_dir)
+        self.run_dir = Path(settings.run_dir)
+        (self.run_dir / "netns").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "containers").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._net_lock = threading.Lock()
+        self._live: dict[str, _Live] = {}
+        self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._networks: dict[str, NetworkRecord] = self.store.load_networks()
+        self._closing = False
+
+    # ------------------------------------------------------------------ lookups
+
+    def _find(self, ref: str) -> _Live:
+        with self._lock:
+            if ref in self._live:
+                return self._live[ref]
+            for live in self._live.values():
+                if live.rec.name == ref:
+                    return live
+            matches = [v for k, v in self._live.items() if k.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ConfigError(f"container id prefix {ref!r} is ambiguous")
+        raise NotFoundError(f"no such container: {ref}")
+
+    def _persist(self, live: _Live) -> None:
+        if not live.removed:
+            self.store.save(live.rec)
+
+    def list_containers(
+        self, all: bool = False, labels: dict[str, str | None] | None = None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            lives = list(self._live.values())
+        out = []
+        for live in sorted(lives, key=lambda lv: lv.rec.created):
+            rec = live.rec
+            if not all and rec.state != "running":
+                continue
+            if labels and not all_labels_match(rec.spec.labels, labels):
+                continue
+            out.append(rec.public())
+        return out
+
+    def get(self, ref: str) -> dict[str, Any]:
+        return self._find(ref).rec.public()
+
+    def info(self) -> dict[str, Any]:
+        from . import __version__
+
+        with self._lock:
+            running = sum(1 for v in self._live.values() if v.rec.state == "running")
+            count = len(self._live)
+        try:
+            images = len(self.host.images.list())
+        except Exception:
+            images = 0
+        return {
+            "version": __version__,
+            "driver": self.backend.name,
+            "dns": self.settings.dns,
+            "dns_provider": self.dns.name if self.dns else None,
+            "plugins": [
+                {
+                    "group": p.group,
+                    "name": p.name,
+                    "distribution": p.distribution,
+                    "version": p.version,
+                }
+                for p in installed_plugins()
+            ],
+            "containers": count,
+            "running": running,
+            "images": images,
+            "subnet": str(self.settings.container_subnet),
+            "gateway": str(self.settings.gateway_ip),
+        }
+
+    # ------------------------------------------------------------------ create / start
+
+    def create(self, spec: ContainerSpec, start: bool = True) -> dict[str, Any]:
+        """Validate ``spec``, record the container and (by default) start it."""
+        if self._closing:
+            raise ConflictError("nyxd is shutting down")
+        image = self._image(spec.image)
+        del image
+        for att in spec.attachments():
+            self._network_subnet(att.name, att.subnet)
+        self._check_ports(spec.ports)
+        cid = secrets.token_hex(32)
+        name = spec.name or f"nyx-{cid[:8]}"
+        hostname = spec.hostname or (
+            spec.name if spec.name and _LABEL_RE.match(spec.name) else cid[:12]
+        )
+        rec = ContainerRecord(
+            id=cid,
+            name=name,
+            spec=spec,
+            hostname=hostname,
+            networks=[self._net_name(a.name) for a in spec.attachments()],
+        )
+        live = _Live(rec)
+        with self._lock:
+            if any(v.rec.name == name for v in self._live.values()):
+                raise ConflictError(f"container name {name!r} is already in use")
+            self._live[cid] = live
+            self.store.save(rec)
+            self.store.log_path(cid).touch()
+        logger.bind(container=cid, name=name, image=spec.image).info("container created")
+        if not start:
+            return rec.public()
+        try:
+            return self.start(cid)
+        except BaseException:
+            self._forget(live)
+            raise
+
+    def _check_ports(self, ports: Sequence[PortMapping], exclude: str | None = None) -> None:
+        mine = [(p.protocol, p.host_ip, port) for p in ports for port in _expand(p)]
+        if len(set(mine)) != len(mine):
+            raise ConfigError(f"ports {[str(p) for p in ports]}: a host port is listed twice")
+        with self._lock:
+            taken = {
+                (p.protocol, p.host_ip, port): v.rec.name
+                for v in self._live.values()
+                if v.rec.state == "running" and v.rec.id != exclude
+                for p in v.rec.spec.ports
+                for port in _expand(p)
+            }
+        for proto, ip, port in mine:
+            for (tproto, tip, tport), owner in taken.items():
+                if tproto == proto and tport == port and (ip is None or tip is None or ip == tip):
+                    raise ConflictError(
+                        f"host port {port}/{proto} is already published by container {owner!r}"
+                    )
+
+    def start(self, ref: str) -> dict[str, Any]:
+        live = self._find(ref)
+        with live.lock:
+            if live.rec.state == "running":
+                return live.rec.public()
+            if live.rec.state != "created":
+                raise ConflictError(
+                    f"container {live.rec.name!r} is {live.rec.state}; create a new one"
+                )
+            self._check_ports(live.rec.spec.ports, exclude=live.rec.id)
+            with logger.contextualize(container=live.rec.id):
+                self._start(live)
+        return live.rec.public()
+
+    def _dns_decision(self, spec: ContainerSpec) -> DnsDecision:
+        if spec.dns is False:
+            return DnsDecision(embedded=False, resolv_conf="none")
+        if spec.dns is True:
+            return DnsDecision(embedded=self.dns is not None, resolv_conf="embedded")
+        stack = None
+        if spec.stack_services is not None:
+            stack = {
+                svc: [StackNetwork(n.name, n.internal) for n in s.networks]
+                for svc, s in spec.stack_services.items()
+            }
+        decision = dns_policy(self.settings.dns, self.backend.name, stack)
+        if decision.embedded and self.dns is None:
+            return DnsDecision(embedded=False, resolv_conf="cni")
+        return decision
+
+    def _start(self, live: _Live) -> None:
+        rec = live.rec
+        spec = rec.spec
+        cid = rec.id
+        undo: list[tuple[str, Callable[[], Any]]] = []
+        cdir = self.run_dir / "containers" / cid
+        try:
+            image = self._image(spec.image)
+            cdir.mkdir(parents=True, exist_ok=True)
+            netns = self.run_dir / "netns" / cid
+            rec.netns_path = str(netns)
+            self._persist(live)
+            self.host.create_netns(netns)
+            undo.append(("netns", lambda: self.host.delete_netns(netns)))
+
+            results: list[SetupResult] = []
+            rec.network_setup = True
+            self._persist(live)
+            undo.append(("network", lambda: self._backend_teardown(cid, str(netns))))
+            for i, att in enumerate(spec.attachments()):
+                opts = SetupOptions(
+                    network=self._net_name(att.name),
+                    subnet=self._network_subnet(att.name, att.subnet),
+                    interface=f"eth{i}",
+                    internal=att.internal or self._network_internal(att.name),
+                    hostname=rec.hostname,
+                    aliases=list(att.aliases),
+                    labels=dict(spec.labels),
+                )
+                ports = spec.ports if i == 0 else []
+                with self._net_lock:
+                    results.append(self.backend.setup(cid, str(netns), ports, opts))
+            rec.ips = [str(ip) for r in results for ip in r.ips]
+
+            decision = self._dns_decision(spec)
+            if decision.embedded and self.dns is not None:
+                aliases = self._dns_aliases(rec)
+                rec.dns_registered = True
+                self._persist(live)
+                undo.append(("dns", lambda: self._dns_deregister(cid)))
+                with self._net_lock:
+                    self.dns.register(
+                        cid,
+                        rec.hostname,
+                        [ip for r in results for ip in r.ips],
+                        aliases,
+                        rec.networks,
+                    )
+            mounts = self._write_etc(rec, cdir, decision, results)
+
+            rec.rootfs_mounted = True
+            self._persist(live)
+            undo.append(("rootfs", lambda: self.host.rootfs.unmount(cdir)))
+            merged = self.host.rootfs.mount(self.host.images.layer_dirs(image), cdir)
+            process = self.host.process_from_image(
+                getattr(image, "config", None) or {},
+                spec.entrypoint,
+                spec.command,
+                spec.env,
+                spec.workdir,
+                spec.user,
+            )
+            bundle = cdir / "bundle"
+            self.host.runtime.write_bundle(
+                bundle,
+                rootfs=Path(merged),
+                process=process,
+                hostname=rec.hostname,
+                netns_path=str(netns),
+                mounts=mounts,
+            )
+            rec.runc_created = True
+            self._persist(live)
+            undo.append(("runc", lambda: self.host.runtime.delete(cid, True)))
+            try:
+                pid = self.host.runtime.start(cid, bundle, self.store.log_path(cid))
+            except BaseException as exc:
+                raise _classify_start_error(exc) from exc
+        except BaseException as exc:
+            errors = _undo(undo)
+            rec.netns_path = None
+            rec.network_setup = rec.dns_registered = False
+            rec.rootfs_mounted = rec.runc_created = False
+            rec.ips = []
+            shutil.rmtree(cdir, ignore_errors=True)
+            rec.error = str(exc)
+            self._persist(live)
+            logger.bind(error=str(exc), undo_errors=[str(e) for e in errors]).warning(
+                "container start failed; undone"
+            )
+            raise
+        rec.state = "running"
+        rec.pid = pid
+        rec.started = now()
+        rec.finished = None
+        rec.exit_code = None
+        rec.error = None
+        live.exited.clear()
+        live.done.clear()
+        self._persist(live)
+        logger.bind(pid=pid, ips=rec.ips).info("container started")
+        threading.Thread(
+            target=self._watch, args=(live, pid), name=f"watch-{cid[:12]}", daemon=True
+        ).start()
+
+    def _dns_aliases(self, rec: ContainerRecord) -> list[str]:
+        names: list[str] = []
+        for att in rec.spec.attachments():
+            names.extend(att.aliases)
+        names.extend(rec.spec.aliases)
+        if rec.name != rec.hostname and _LABEL_RE.match(rec.name):
+            names.append(rec.name)
+        return list(dict.fromkeys(n for n in names if n != rec.hostname))
+
+    def _write_etc(
+        self,
+        rec: ContainerRecord,
+        cdir: Path,
+        decision: DnsDecision,
+        results: Sequence[SetupResult],
+    ) -> list[tuple[str, str, bool]]:
+        hostname = cdir / "hostname"
+        hostname.write_text(rec.hostname + "\n")
+        hosts = cdir / "hosts"
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        names = rec.hostname if rec.name == rec.hostname else f"{rec.hostname} {rec.name}"
+        lines += [f"{ip}\t{names}" for ip in rec.ips[:1]]
+        hosts.write_text("\n".join(lines) + "\n")
+        mounts = [(str(hosts), "/etc/hosts", False), (str(hostname), "/etc/hostname", False)]
+        text: str | None = None
+        if decision.resolv_conf == "embedded" and self.dns is not None:
+            text = self.dns.resolv_conf(rec.id)
+        elif decision.resolv_conf == "cni" or (
+            decision.resolv_conf == "embedded" and self.dns is None
+        ):
+            text = _cni_resolv_conf(results)
+        if text is not None:
+            resolv = cdir / "resolv.conf"
+            resolv.write_text(text if text.endswith("\n") else text + "\n")
+            mounts.append((str(resolv), "/etc/resolv.conf", False))
+        return mounts
+
+    # ------------------------------------------------------------------ exit / stop / rm
+
+    def _watch(self, live: _Live, pid: int) -> None:
+        rec = live.rec
+        code: int | None
+        try:
+            code = self.host.runtime.wait(rec.id, pid, None)
+        except Exception as exc:
+            logger.bind(container=rec.id, error=str(exc)).warning("wait failed")
+            code = None
+        live.exited.set()
+        with live.lock, logger.contextualize(container=rec.id):
+            rec.exit_code = code
+            rec.finished = now()
+            rec.pid = None
+            self._teardown(live)
+            rec.state = "stopped" if live.stop_requested else "exited"
+            self._persist(live)
+            live.done.set()
+            logger.bind(exit_code=code, state=rec.state).info("container finished")
+        if rec.spec.rm and not self._closing:
+            with contextlib.suppress(NyxError):
+                self._remove(live)
+
+    def _backend_teardown(self, cid: str, netns: str) -> None:
+        with self._net_lock:
+            self.backend.teardown(cid, netns)
+
+    def _dns_deregister(self, cid: str) -> None:
+        if self.dns is not None:
+            with self._net_lock:
+                self.dns.deregister(cid)
+
+    def _teardown(self, live: _Live) -> list[BaseException]:
+        """Undo everything recorded for the container, in reverse order; never stop early."""
+        rec = live.rec
+        cid = rec.id
+        cdir = self.run_dir / "containers" / cid
+        errors: list[BaseException] = []
+
+        def step(flag: str, fn: Callable[[], Any]) -> None:
+            try:
+                fn()
+            except Exception as exc:
+                errors.append(exc)
+                logger.bind(container=cid, step=flag, error=str(exc)).warning("teardown step")
+            if flag:
+                setattr(rec, flag, False)
+
+        if rec.runc_created:
+            step("runc_created", lambda: self.host.runtime.delete(cid, True))
+        if rec.dns_registered:
+            step("dns_registered", lambda: self._dns_deregister(cid))
+        if rec.network_setup:
+            step("network_setup", lambda: self._backend_teardown(cid, rec.netns_path or ""))
+        if rec.netns_path:
+            path = Path(rec.netns_path)
+            step("", lambda: self.host.delete_netns(path))
+            rec.netns_path = None
+        if rec.rootfs_mounted:
+            step("rootfs_mounted", lambda: self.host.rootfs.unmount(cdir))
+        if not rec.rootfs_mounted:
+            shutil.rmtree(cdir, ignore_errors=True)
+        if errors:
+            rec.error = "; ".join(str(e) for e in errors)
+        return errors
+
+    def stop(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown."""
+        live = self._find(ref)
+        grace = self.stop_grace if timeout is None else max(0.0, timeout)
+        with live.lock:
+            state = live.rec.state
+            if state != "running":
+                return live.rec.public()
+            live.stop_requested = True
+        logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
+        if grace > 0:
+            with contextlib.suppress(Exception):
+                self.host.runtime.kill(live.rec.id, signal.SIGTERM)
+        if not live.exited.wait(grace):
+            with contextlib.suppress(Exception):
+                self.host.runtime.kill(live.rec.id, signal.SIGKILL)
+            if not live.exited.wait(15):
+                raise RuntimeErrorNyx(f"container {live.rec.name!r} did not die after SIGKILL")
+        live.done.wait(60)
+        return live.rec.public()
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        live = self._find(ref)
+        if live.rec.state == "running":
+            if not force:
+                raise ConflictError(
+                    f"container {live.rec.name!r} is running; stop it first or force removal"
+                )
+            self.stop(live.rec.id, timeout=0)
+        self._remove(live)
+
+    def _remove(self, live: _Live) -> None:
+        with live.lock:
+            if live.removed:
+                return
+            if live.rec.state == "running":
+                raise ConflictError(f"container {live.rec.name!r} is running")
+            self._teardown(live)
+            live.removed = True
+            live.done.set()
+        self._forget(live)
+        logger.bind(container=live.rec.id).info("container removed")
+
+    def _forget(self, live: _Live) -> None:
+        live.removed = True
+        with self._lock:
+            self._live.pop(live.rec.id, None)
+            self._tombstones[live.rec.id] = live.rec.public()
+            while len(self._tombstones) > _TOMBSTONES:
+                self._tombstones.popitem(last=False)
+        self.store.delete(live.rec.id)
+
+    def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the container has exited and been torn down: ``{"exit_code": n}``."""
+        try:
+            live = self._find(ref)
+        except NotFoundError:
+            with self._lock:
+                for cid, pub in reversed(self._tombstones.items()):
+                    if cid == ref or pub["name"] == ref or cid.startswith(ref):
+                        return {"exit_code": pub["exit_code"], "state": pub["state"]}
+            raise
+        if not live.done.wait(timeout):
+            raise ConflictError(f"container {live.rec.name!r} still running after {timeout}s")
+        return {"exit_code": live.rec.exit_code, "state": live.rec.state}
+
+    def logs(self, ref: str, follow: bool = False, poll: float = 0.1) -> Iterator[bytes]:
+        """The container's output; with ``follow`` until it has exited."""
+        live = self._find(ref)
+        path = self.store.log_path(live.rec.id)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return
+        with f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow or live.done.is_set() or live.removed:
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                time.sleep(poll)
+
+    # ------------------------------------------------------------------ images
+
+    def _image(self, ref: str) -> Any:
+        try:
+            img = self.host.images.get(ref)
+        except NyxError:
+            raise
+        except (KeyError, LookupError, FileNotFoundError) as exc:
+            raise NotFoundError(f"no such image: {ref}") from exc
+        if img is None:
+            raise NotFoundError(f"no such image: {ref}")
+        return img
+
+    def list_images(self) -> list[dict[str, Any]]:
+        return [image_public(i) for i in self.host.images.list()]
+
+    def load_image(self, path: Path) -> list[dict[str, Any]]:
+        images = self.host.images.load(path)
+        logger.bind(images=[getattr(i, "repo_tags", None) for i in images]).info("images loaded")
+        return [image_public(i) for i in images]
+
+    def pull_image(
+        self, reference: str, insecure: bool = False, progress: Callable[..., Any] | None = None
+    ) -> dict[str, Any]:
+        try:
+            registry: Any = importlib.import_module("nyx_core._registry")
+        except ImportError as exc:
+            raise NotImplementedYet(
+                "image pull is not available: nyx_core._registry is not installed"
+            ) from exc
+        tmp_root = self.settings.state_dir / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        dest = tmp_root / f"pull-{secrets.token_hex(6)}"
+        insecure_regs: tuple[str, ...] = ()
+        if insecure:
+            first = reference.split("/", 1)[0]
+            if "/" in reference and ("." in first or ":" in first or first == "localhost"):
+                insecure_regs = (first,)
+        try:
+            pulled = registry.pull_to_oci_layout(
+                reference, dest, insecure_registries=insecure_regs, progress=progress
+            )
+            img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+        logger.bind(reference=reference).info("image pulled")
+        return image_public(img)
+
+    def remove_image(self, ref: str) -> None:
+        img = self._image(ref)
+        ident = getattr(img, "id", None)
+        tags = set(getattr(img, "repo_tags", []) or [])
+        with self._lock:
+            for live in self._live.values():
+                used = live.rec.spec.image
+                if used in (ref, ident) or used in tags:
+                    raise ConflictError(
+                        f"image {ref!r} is used by container {live.rec.name!r}; remove it first"
+                    )
+        self.host.images.remove(ref)
+
+    # ------------------------------------------------------------------ networks
+
+    def _default_names(self) -> set[str]:
+        return {"nyx", self.settings.network}
+
+    def _net_name(self, name: str) -> str:
+        return self.settings.network if name in self._default_names() else name
+
+    def _network_subnet(self, name: str, given: Any = None) -> Any:
+        if given is not None:
+            return given
+        if name in self._default_names():
+            return None
+        rec = self._networks.get(name)
+        if rec is None:
+            raise NotFoundError(f"no such network: {name}")
+        return ipaddress.ip_interface(rec.gateway)
+
+    def _network_internal(self, name: str) -> bool:
+        rec = self._networks.get(name)
+        return bool(rec and rec.internal)
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        gw = self.settings.gateway_interface
+        out: list[dict[str, Any]] = [
+            {
+                "name": self.settings.network,
+                "subnet": str(self.settings.container_subnet),
+                "gateway": str(gw),
+                "internal": False,
+                "default": True,
+            }
+        ]
+        for rec in self._networks.values():
+            out.append({**rec.model_dump(), "default": False})
+        return out
+
+    def create_network(
+        self, name: str, internal: bool = False, subnet: str | None = None
+    ) -> dict[str, Any]:
+        if not isinstance(name, str) or not _NET_NAME_RE.match(name):
+            raise ConfigError(f"network name {name!r} is not valid ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        with self._lock:
+            if name in self._default_names() or name in self._networks:
+                raise ConflictError(f"network {name!r} already exists")
+            used = [self.settings.container_subnet] + [
+                ipaddress.ip_network(n.subnet) for n in self._networks.values()
+            ]
+            if subnet is not None:
+                try:
+                    net = ipaddress.IPv4Network(subnet, strict=False)
+                except ValueError as exc:
+                    raise ConfigError(f"network subnet {subnet!r} is not an IPv4 subnet") from exc
+                if net.prefixlen > 30:
+                    raise ConfigError(f"network subnet {subnet!r} is too small (need /30)")
+                clash = [u for u in used if u.overlaps(net)]
+                if clash:
+                    raise ConflictError(f"network subnet {net} overlaps {clash[0]}")
+            else:
+                free = next(
+                    (
+                        s
+                        for s in USER_NETWORK_POOL.subnets(new_prefix=24)
+                        if not any(u.overlaps(s) for u in used)
+                    ),
+                    None,
+                )
+                if free is None:
+                    raise ConflictError(f"no free /24 left in {USER_NETWORK_POOL}")
+                net = free
+            gateway = ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
+            rec = NetworkRecord(name=name, subnet=str(net), gateway=str(gateway), internal=internal)
+            self._networks[name] = rec
+            self.store.save_networks(self._networks)
+        logger.bind(network=name, subnet=str(net), internal=internal).info("network created")
+        return {**rec.model_dump(), "default": False}
+
+    def remove_network(self, name: str) -> None:
+        with self._lock:
+            if name in self._default_names():
+                raise ConflictError(f"network {name!r} is the default network")
+            if name not in self._networks:
+                raise NotFoundError(f"no such network: {name}")
+            users = [
+                v.rec.name
+                for v in self._live.values()
+                if v.rec.state in ("created", "running") and name in v.rec.networks
+            ]
+            if users:
+                raise ConflictError(f"network {name!r} is in use by {', '.join(sorted(users))}")
+            del self._networks[name]
+            self.store.save_networks(self._networks)
+        logger.bind(network=name).info("network removed")
+
+    # ------------------------------------------------------------------ daemon lifecycle
+
+    def reconcile(self) -> dict[str, int]:
+        """After a (re)start: stop what a previous nyxd left running and undo its setup."""
+        records, broken = self.store.load_all()
+        stopped = cleaned = 0
+        known = {r.id for r in records}
+        for rec in records:
+            live = _Live(rec)
+            dirty = rec.runc_created or rec.network_setup or rec.dns_registered
+            dirty = dirty or rec.rootfs_mounted or bool(rec.netns_path)
+            if rec.state == "running" or dirty:
+                with logger.contextualize(container=rec.id):
+                    if rec.state == "running":
+                        self._kill_leftover(rec)
+                        stopped += 1
+                        rec.state = "exited"
+                        rec.finished = now()
+                        rec.pid = None
+                        rec.error = "stopped by nyxd at restart"
+                    self._teardown(live)
+                    cleaned += 1
+            live.exited.set()
+            live.done.set()
+            with self._lock:
+                self._live[rec.id] = live
+            if rec.spec.rm and rec.state != "created":
+                self._remove(live)
+            else:
+                self._persist(live)
+        for cid in broken:
+            logger.bind(container=cid).warning("unreadable container state; cleaning up")
+            self._clean_orphan(cid)
+        for leftover in sorted((self.run_dir / "netns").glob("*")):
+            if leftover.name not in known:
+                self._clean_orphan(leftover.name)
+        with contextlib.suppress(Exception):
+            for item in self.host.runtime.list():
+                oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
+                if isinstance(oid, str) and oid not in known:
+                    self._clean_orphan(oid)
+        if stopped or cleaned:
+            logger.bind(stopped=stopped, cleaned=cleaned).info("reconciled previous state")
+        return {"stopped": stopped, "cleaned": cleaned}
+
+    def _kill_leftover(self, rec: ContainerRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.host.runtime.kill(rec.id, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                st = self.host.runtime.state(rec.id)
+            except Exception:
+                return
+            status = st.get("status") if isinstance(st, dict) else getattr(st, "status", st)
+            if status in (None, "stopped") or st is None:
+                return
+            time.sleep(0.05)
+
+    def _clean_orphan(self, cid: str) -> None:
+        live = _Live(
+            ContainerRecord(
+                id=cid,
+                name=cid,
+                spec=ContainerSpec(image="?"),
+                hostname="orphan",
+                netns_path=str(self.run_dir / "netns" / cid),
+                network_setup=True,
+                dns_registered=self.dns is not None,
+                rootfs_mounted=(self.run_dir / "containers" / cid).exists(),
+                runc_created=True,
+            )
+        )
+        with contextlib.suppress(Exception):
+            self.host.runtime.kill(cid, signal.SIGKILL)
+        self._teardown(live)
+        self.store.delete(cid)
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every running container (in parallel), leaving the host clean."""
+        self._closing = True
+        with self._lock:
+            running = [v for v in self._live.values() if v.rec.state == "running"]
+        threads = [
+            threading.Thread(target=self._stop_quiet, args=(v, grace), daemon=True) for v in running
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(grace + 30)
+        with self._lock:
+            lives = list(self._live.values())
+        for live in lives:
+            if live.rec.spec.rm and live.rec.state != "running":
+                with contextlib.suppress(Exception):
+                    self._remove(live)
+
+    def _stop_quiet(self, live: _Live, grace: float) -> None:
+        try:
+            self.stop(live.rec.id, timeout=grace)
+        except Exception as exc:
+            logger.bind(container=live.rec.id, error=str(exc)).warning("stop at shutdown failed")
+
+
+class NotImplementedYet(NyxError):
+    """A feature whose module is not installed (HTTP 501)."""
+
+
+def _expand(p: PortMapping) -> range:
+    return range(p.host_port, p.host_port + p.range)
+
+
+def _undo(steps: list[tuple[str, Callable[[], Any]]]) -> list[BaseException]:
+    errors: list[BaseException] = []
+    for what, fn in reversed(steps):
+        try:
+            fn()
+        except Exception as exc:
+            errors.append(exc)
+            logger.bind(step=what, error=str(exc)).warning("undo step failed")
+    return errors
+
+
+def _cni_resolv_conf(results: Sequence[SetupResult]) -> str:
+    servers = [str(r.dns_server) for r in results if r.dns_server is not None]
+    search = [s for r in results for s in r.dns_search]
+    if servers:
+        lines = [f"nameserver {s}" for s in dict.fromkeys(servers)]
+        if search:
+            lines.append("search " + " ".join(dict.fromkeys(search)))
+        return "\n".join(lines) + "\n"
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
+
+
+def all_labels_match(have: dict[str, str], want: dict[str, str | None]) -> bool:
+    """``want`` maps key → value (or None: key present)."""
+    return all(k in have and (v is None or have[k] == v) for k, v in want.items())
