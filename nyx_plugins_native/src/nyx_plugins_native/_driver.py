@@ -323,11 +323,13 @@ class NativeDriver:
                         f"bridge {net.bridge!r} of network {net.name!r} is missing "
                         "(was nyx_backend_ensure_network called in this namespace?)"
                     )
-                if nl.get_link(ipr, veth) is not None:  # a leftover of a crashed setup
-                    nl.delete_link(ipr, veth)
                 fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    nl.create_veth(ipr, veth, br.index, br.mtu, fd, opts.interface, mac)
+                    try:
+                        nl.create_veth(ipr, veth, br.index, br.mtu, fd, opts.interface, mac)
+                    except nl.LinkExists:  # a leftover of a crashed setup: replace it
+                        nl.delete_link(ipr, veth)
+                        nl.create_veth(ipr, veth, br.index, br.mtu, fd, opts.interface, mac)
                 finally:
                     os.close(fd)
             undo.append(("veth", lambda: self._del_veth(veth)))
