@@ -139,6 +139,7 @@ class CniDriver:
         net = find_network(s.cni_conf_dir, s.network, s.cni_bin_dir)
         if net is None:
             path = s.cni_conf_dir / f"{s.network}.conflist"
+            net = parse_network(default_conflist(s), str(path), s.cni_bin_dir)  # before writing
             try:
                 s.cni_conf_dir.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -151,7 +152,6 @@ class CniDriver:
                 ) from exc
             logger.info("wrote default CNI conflist {}", path)
             self.written = path
-            net = parse_network(default_conflist(s), str(path), s.cni_bin_dir)
         return net
 
     def negotiate(self, net: NetworkConfig) -> str:
@@ -388,6 +388,9 @@ class CniDriver:
             )
             if errs:
                 failures.extend(errs)
+                # keep the entry, with what was added so far, for a later teardown or GC
+                step.entry.result = step.prev
+                self.cache.put(step.entry)
             else:
                 self.cache.delete(step.net.name, step.entry.container_id, step.ifname)
         return failures
