@@ -128,4 +128,5 @@ class StateStore:
 
     def snapshot(self) -> dict[str, Any]:
         with self.locked() as data:
-            return json.loads(json.dumps(data))
+            copy: dict[str, Any] = json.loads(json.dumps(data))
+            return copy

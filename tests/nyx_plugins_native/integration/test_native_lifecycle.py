@@ -266,3 +266,29 @@ def test_bad_requests_are_refused_before_any_change(
             native.setup(cid, ctr.path, ports, opts)
     assert snapshot(nyx_in_host) == before
     assert _driver.veth_name("a", "nyx") != _driver.veth_name("a", "blue")
+
+
+def test_never_execs_or_forks(
+    nyx_in_host: Netns,
+    nyx_settings: NyxSettings,
+    nyx_container_ns: Callable[[], Netns],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import subprocess
+
+    ctr = nyx_container_ns()  # made before exec is forbidden
+
+    def forbidden(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the native driver must not start processes")
+
+    for name in ("fork", "posix_spawn", "posix_spawnp", "execv", "execve", "execvp", "system"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, forbidden)
+    monkeypatch.setattr(subprocess.Popen, "__init__", forbidden)
+    backend = NetworkBackend.load("native")
+    backend.ensure_network(nyx_settings)
+    backend.setup("nx-a", ctr.path, [PortMapping.parse("18500:80")], SetupOptions(internal=True))
+    backend.teardown("nx-a", ctr.path)
+    backend.setup("nx-b", ctr.path, [], SetupOptions(network="green", subnet="10.232.2.1/24"))
+    backend.teardown("nx-b", ctr.path)

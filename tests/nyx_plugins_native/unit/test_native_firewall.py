@@ -1,0 +1,147 @@
+"""nftables batch building and the binding loader, without root."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import sys
+from pathlib import Path
+
+import pytest
+
+from nyx_core import FirewallError, PortConflictError, PortMapping
+from nyx_plugins_native import _firewall as fw
+from nyx_plugins_native import _nft, bridge_name, veth_name
+from nyx_plugins_native._ports import check_conflicts
+
+
+def _full_listing() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"\0sets": list(fw.SETS)}
+    for chain, (_base, rules) in fw.CHAINS.items():
+        out[chain] = [c for c, _r in rules]
+    return out
+
+
+def test_ensure_batch_creates_everything_once() -> None:
+    script = fw.ensure_batch(None)
+    assert script.startswith("add table ip nyx\n")
+    for name in fw.SETS:
+        assert f" {name} {{" in script
+    for chain, (_base, rules) in fw.CHAINS.items():
+        assert f"add chain ip nyx {chain}" in script
+        for comment, _rule in rules:
+            assert script.count(f'"{comment}"') == 1
+    # the hooks nyx relies on
+    assert "fib daddr type local jump ports" in script
+    assert "ip saddr 127.0.0.0/8 oifname @net_bridges masquerade" in script
+    assert "ct status dnat" in script
+    assert "flush" not in script  # never flushes anything
+
+
+def test_ensure_batch_is_empty_when_complete_and_completes_half_present() -> None:
+    assert fw.ensure_batch(_full_listing()) == ""
+    half = _full_listing()
+    half["postrouting"] = ["nyx:masq"]
+    half["\0sets"].remove("internal")
+    script = fw.ensure_batch(half)
+    lines = script.splitlines()
+    assert len(lines) == 3
+    assert "add set ip nyx internal" in lines[0]
+    assert '"nyx:localhost"' in script and '"nyx:hairpin"' in script
+    assert "add table" not in script and "add chain" not in script
+
+
+def test_parse_table_reads_a_listing() -> None:
+    listing = {
+        "nftables": [
+            {"metainfo": {}},
+            {"table": {"family": "ip", "name": "nyx"}},
+            {"map": {"name": "ports_any"}},
+            {"set": {"name": "internal"}},
+            {"chain": {"name": "forward"}},
+            {"rule": {"chain": "forward", "comment": "nyx:internal"}},
+        ]
+    }
+    got = fw.parse_table(listing)
+    assert got == {"\0sets": ["ports_any", "internal"], "forward": ["nyx:internal"]}
+
+
+def test_port_elements_expand_ranges_and_host_ips() -> None:
+    ports = [
+        PortMapping.parse("8000-8002:9000-9002"),
+        PortMapping.parse("127.0.0.1:53:5353/udp"),
+        PortMapping.parse("0.0.0.0:80:80"),
+    ]
+    els = fw.port_elements(ports, "10.231.0.5")
+    assert [(e.host_ip, e.protocol, e.host_port, e.container_port) for e in els] == [
+        (None, "tcp", 8000, 9000),
+        (None, "tcp", 8001, 9001),
+        (None, "tcp", 8002, 9002),
+        ("127.0.0.1", "udp", 53, 5353),
+        (None, "tcp", 80, 80),
+    ]
+
+
+def test_container_batch_is_one_command_per_map() -> None:
+    els = fw.port_elements(
+        [PortMapping.parse("8080:80"), PortMapping.parse("127.0.0.1:8443:443")], "10.231.0.5"
+    )
+    add = fw.container_batch("add", els, "10.231.0.5")
+    assert [next(iter(c["add"]["element"].values())) for c in add] == ["ip"] * 3
+    by_name = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in add}
+    assert by_name["ports_any"] == [[{"concat": ["tcp", 8080]}, {"concat": ["10.231.0.5", 80]}]]
+    assert by_name["ports_ip"] == [
+        [{"concat": ["127.0.0.1", "tcp", 8443]}, {"concat": ["10.231.0.5", 443]}]
+    ]
+    assert by_name["internal"] == ["10.231.0.5"]
+    delete = fw.container_batch("delete", els, None)
+    assert [c["delete"]["element"]["name"] for c in delete] == ["ports_any", "ports_ip"]
+    assert delete[0]["delete"]["element"]["elem"] == [{"concat": ["tcp", 8080]}]
+    assert fw.container_batch("add", [], None) == []
+
+
+def test_network_elements() -> None:
+    cmds = fw.network_elements("add", "nyx-blue", ipaddress.IPv4Network("10.89.1.0/24"))
+    names = [c["add"]["element"]["name"] for c in cmds]
+    assert names == ["net_subnets", "net_bridges", "same_bridge"]
+    assert cmds[0]["add"]["element"]["elem"] == [{"prefix": {"addr": "10.89.1.0", "len": 24}}]
+
+
+def test_port_conflicts() -> None:
+    mine = fw.port_elements([PortMapping.parse("8080:80")], "10.0.0.2")
+    other = fw.port_elements([PortMapping.parse("127.0.0.1:8080:80")], "10.0.0.3")
+    udp = fw.port_elements([PortMapping.parse("8080:80/udp")], "10.0.0.3")
+    with pytest.raises(PortConflictError, match=r"127\.0\.0\.1:8080/tcp.*'web'"):
+        check_conflicts(other, [("web", mine[0])])
+    check_conflicts(udp, [("web", mine[0])])  # another protocol is fine
+    with pytest.raises(PortConflictError, match="listed twice"):
+        check_conflicts(mine + other, [])
+
+
+def test_interface_names_fit_ifnamsiz() -> None:
+    assert veth_name("x" * 64, "nyx").startswith("nv") and len(veth_name("x" * 64, "n")) <= 15
+    assert veth_name("a", "nyx") != veth_name("a", "other")
+    assert bridge_name("blue") == "nyx-blue"
+    long = bridge_name("a-very-long-network-name")
+    assert len(long) <= 15 and long != bridge_name("a-very-long-network-nam3")
+
+
+def test_missing_binding_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "nftables", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FirewallError, match="python3-nftables") as info:
+        _nft.load_nftables(search=(Path("/nonexistent/nftables"),))
+    assert "\n" not in str(info.value)
+
+
+def test_binding_loads_from_its_file_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = Path("/usr/lib/python3/dist-packages/nftables")
+    if not (pkg / "__init__.py").exists():
+        pytest.skip("python3-nftables is not installed")
+    monkeypatch.delitem(sys.modules, "nftables", raising=False)
+    monkeypatch.delitem(sys.modules, "nftables.nftables", raising=False)
+    path_before = list(sys.path)
+    mod = _nft.load_nftables()
+    assert hasattr(mod, "Nftables")
+    assert sys.path == path_before
+    assert "/usr/lib/python3/dist-packages" not in sys.path
