@@ -9,17 +9,15 @@ and removed again by ``down``. Errors are one clear line, never a traceback.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import queue
 import re
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -41,9 +39,10 @@ from nyx_core._compose import (
     plan_stack,
 )
 
-__all__ = ["ApiError", "DaemonClient", "compose", "load_yaml"]
+from ._http import ApiError as HttpApiError
+from ._http import Client, DaemonUnavailable, default_socket
 
-DEFAULT_SOCKET = "/run/nyx/nyxd.sock"
+__all__ = ["ApiError", "DaemonClient", "compose", "load_yaml"]
 
 
 # ------------------------------------------------------------------ HTTP over a unix socket
@@ -55,94 +54,44 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         self.message = message
-        super().__init__(f"{message} (HTTP {status})")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        super().__init__(message)
 
 
 class DaemonClient:
-    """A tiny JSON client for nyxd's ``/v1`` API."""
+    """nyx's control-socket client (``nyx_cli._http``) with compose's error types.
 
-    def __init__(self, socket_path: str, timeout: float | None = 300.0) -> None:
+    A missing or refused socket becomes one ``ClickException`` line; an API error an
+    :class:`ApiError` carrying the status, so callers can treat 404/409 as they need.
+    """
+
+    def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
-        self.timeout = timeout
-
-    def _open(self, method: str, path: str, body: object, timeout: float | None) -> Any:
-        conn = _UnixConnection(self.socket_path, timeout)
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        try:
-            conn.request(method, path, body=payload, headers=headers)
-            return conn, conn.getresponse()
-        except FileNotFoundError as exc:
-            conn.close()
-            raise click.ClickException(
-                f"cannot connect to nyxd at {self.socket_path}: no such socket (is nyxd running?)"
-            ) from exc
-        except PermissionError as exc:
-            conn.close()
-            raise click.ClickException(
-                f"cannot connect to nyxd at {self.socket_path}: permission denied "
-                "(run as root or join the nyx group)"
-            ) from exc
-        except OSError as exc:
-            conn.close()
-            raise click.ClickException(
-                f"cannot connect to nyxd at {self.socket_path}: {exc}"
-            ) from exc
-
-    @staticmethod
-    def _error(status: int, raw: bytes) -> ApiError:
-        message = raw.decode(errors="replace").strip() or http.client.responses.get(status, "")
-        with contextlib.suppress(ValueError):
-            data = json.loads(raw)
-            if isinstance(data, dict) and "error" in data:
-                message = str(data["error"])
-        return ApiError(status, message)
+        self._client = Client(socket_path)
 
     def request(self, method: str, path: str, body: object = None) -> Any:
         """Send one request, return the decoded JSON (``None`` for an empty body)."""
-        conn, resp = self._open(method, path, body, self.timeout)
         try:
-            raw = resp.read()
-        finally:
-            conn.close()
-        if resp.status >= 400:
-            raise self._error(resp.status, raw)
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw.decode(errors="replace")
+            return self._client.request(method, path, body=body)
+        except DaemonUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        except HttpApiError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
 
     def stream(self, path: str) -> Iterator[bytes]:
         """Yield the response body line by line until the server closes it."""
-        conn, resp = self._open("GET", path, None, None)
+        buf = b""
         try:
-            if resp.status >= 400:
-                raise self._error(resp.status, resp.read())
-            while True:
-                line = resp.readline()
-                if not line:
-                    return
-                yield line
-        finally:
-            conn.close()
+            for chunk in self._client.stream("GET", path):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    yield line + b"\n"
+        except DaemonUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        except HttpApiError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+        if buf:
+            yield buf
 
 
 # ------------------------------------------------------------------ the compose file
@@ -410,7 +359,7 @@ def _follow(
                 f"/v1/containers/{quote(_cid(container), safe='')}/logs{suffix}"
             ):
                 lines.put((label, raw.decode(errors="replace").rstrip("\r\n")))
-        except (ApiError, click.ClickException, OSError, http.client.HTTPException) as exc:
+        except (ApiError, click.ClickException, OSError, HTTPException) as exc:
             lines.put((label, f"(logs ended: {exc})"))
         finally:
             lines.put(None)
@@ -422,10 +371,6 @@ def _follow(
                 click.echo(f"{label}  | {raw.decode(errors='replace').rstrip(chr(13) + chr(10))}")
         return
 
-    threads = [threading.Thread(target=pump, args=(c,), daemon=True) for c in containers]
-    for t in threads:
-        t.start()
-    pending = len(threads)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: FrameType | None) -> NoReturn:
@@ -434,7 +379,11 @@ def _follow(
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, on_term)
+    threads = [threading.Thread(target=pump, args=(c,), daemon=True) for c in containers]
+    pending = len(threads)
     try:
+        for t in threads:
+            t.start()
         while pending:
             try:
                 item = lines.get(timeout=0.5)
@@ -474,16 +423,14 @@ def _follow(
     "--socket",
     "socket_path",
     default=None,
-    help=f"nyxd control socket [env NYXD_SOCKET; default {DEFAULT_SOCKET}]",
+    help="nyxd control socket [env NYXD_SOCKET; default /run/nyx/nyxd.sock]",
 )
 @click.pass_context
 def compose(
     ctx: click.Context, file: Path | None, project_name: str | None, socket_path: str | None
 ) -> None:
     """Run a Compose stack (services, networks, internal networks) on nyxd."""
-    resolved = (
-        socket_path or _socket_from_context(ctx) or os.environ.get("NYXD_SOCKET") or DEFAULT_SOCKET
-    )
+    resolved = socket_path or _socket_from_context(ctx) or default_socket()
     ctx.obj = _Options(file=file, project_name=project_name, socket_path=resolved)
 
 
