@@ -1,0 +1,696 @@
+"""``nyx pull``: fetch an image from an OCI registry (distribution API v2) into an OCI layout.
+
+Standard library only (``http.client``, ``ssl``, ``hashlib``, ``concurrent.futures``).
+:func:`pull_to_oci_layout` resolves the reference, authenticates (anonymous or stored bearer
+tokens, basic auth), picks the host's platform from a manifest list / OCI index, downloads the
+config and layers in parallel (resuming interrupted downloads with ``Range``, skipping blobs
+already present) and writes a verified OCI image layout. Docker schema2 manifests are stored
+as-is, with their own media types, so the manifest digest stays the registry's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import platform as _platform
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from loguru import logger
+
+from ._auth import Credentials, load_credentials, store_credentials
+from ._reference import Reference, is_loopback_registry, normalize_reference, normalize_registry
+from ._registry_client import RegistryClient, error_detail
+from ._registry_layout import (
+    DIGEST_RE,
+    OCI_INDEX,
+    Descriptor,
+    OciLayout,
+    descriptor,
+    hash_bytes,
+    partial_file,
+)
+from .errors import (
+    ConfigError,
+    DigestMismatchError,
+    NoMatchingPlatformError,
+    RegistryError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "MEDIA_TYPES_INDEX",
+    "MEDIA_TYPES_MANIFEST",
+    "Platform",
+    "ProgressEvent",
+    "PulledImage",
+    "host_platform",
+    "login",
+    "parse_platform",
+    "pull_to_oci_layout",
+    "select_platform_manifest",
+]
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+MEDIA_TYPES_INDEX = (OCI_INDEX, DOCKER_LIST)
+MEDIA_TYPES_MANIFEST = (OCI_MANIFEST, DOCKER_MANIFEST)
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+
+MAX_MANIFEST_BYTES = 4 << 20
+CHUNK = 1 << 16
+PROGRESS_EVERY = 512 << 10
+
+logger.disable(__name__)
+
+ProgressKind = Literal[
+    "resolve", "manifest", "blob-start", "blob-progress", "blob-skip", "blob-done", "done"
+]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a pull, for a progress display.
+
+    ``kind`` is ``resolve`` (reference normalised, registry contacted), ``manifest``
+    (manifest chosen: ``digest``), ``blob-start`` / ``blob-progress`` / ``blob-done`` for each
+    downloaded blob (``current`` of ``total`` bytes), ``blob-skip`` for a blob already present
+    and ``done``. Callbacks may be called from worker threads, never two at a time.
+    """
+
+    kind: ProgressKind
+    reference: str
+    digest: str = ""
+    media_type: str = ""
+    current: int = 0
+    total: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    """The result of :func:`pull_to_oci_layout`.
+
+    ``digest`` is the digest of the single-platform manifest stored in the layout;
+    ``index_digest`` that of the manifest list / OCI index it was chosen from (what docker
+    shows as the repo digest), ``None`` for single-platform images.
+    """
+
+    reference: str
+    digest: str
+    layout_path: Path
+    index_digest: str | None = None
+    media_type: str = OCI_MANIFEST
+    platform: str = ""
+    size: int = 0
+    downloaded: int = 0
+
+    @property
+    def repo_digest(self) -> str:
+        """``name@digest`` of what the reference resolved to in the registry."""
+        ref = normalize_reference(self.reference)
+        return f"{ref.name}@{self.index_digest or self.digest}"
+
+
+# --------------------------------------------------------------------------- platforms
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.os}/{self.architecture}"
+        return f"{text}/{self.variant}" if self.variant else text
+
+
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "amd64": ("amd64", ""),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv8l": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armhf": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "armel": ("arm", "v6"),
+    "armv5tel": ("arm", "v5"),
+    "i386": ("386", ""),
+    "i686": ("386", ""),
+    "x86": ("386", ""),
+}
+
+
+def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
+    arch = arch.lower()
+    base, default_variant = _ARCH_ALIASES.get(arch, (arch, ""))
+    variant = variant.lower()
+    if base == "arm64" and variant in ("", "8"):
+        variant = "v8"
+    elif base == "arm" and not variant:
+        variant = default_variant or "v7"
+    elif base == "arm" and variant.isdigit():
+        variant = "v" + variant
+    elif base == "amd64" and variant == "v1":
+        variant = ""
+    if not variant and arch != base and default_variant and base != "arm64":
+        variant = default_variant
+    return base, variant
+
+
+def host_platform() -> Platform:
+    """The platform images are pulled for by default: ``linux/<arch from platform.machine()>``."""
+    arch, variant = _normalize_arch(_platform.machine() or "amd64", "")
+    return Platform("linux", arch, variant)
+
+
+def parse_platform(text: str) -> Platform:
+    """Parse ``os/arch[/variant]`` (``linux/arm64``, ``linux/arm/v7``) or a bare ``arch``."""
+    parts = [p.strip() for p in text.strip().split("/")]
+    if not text.strip() or len(parts) > 3 or not all(parts):
+        raise ConfigError(f"invalid platform {text!r}: expected os/arch[/variant]")
+    if len(parts) == 1:
+        parts = ["linux", *parts]
+    os_name = parts[0].lower()
+    arch, variant = _normalize_arch(parts[1], parts[2] if len(parts) == 3 else "")
+    return Platform(os_name, arch, variant)
+
+
+def _variant_preference(want: Platform) -> list[str]:
+    if want.architecture == "arm64":
+        return ["v8", ""] if want.variant in ("", "v8") else [want.variant]
+    if want.architecture == "arm":
+        order = ["v8", "v7", "v6", "v5"]
+        start = order.index(want.variant) if want.variant in order else 1
+        return order[start:]
+    if want.architecture == "amd64":
+        if not want.variant:
+            return ["", "v1"]
+        levels = ["v4", "v3", "v2", "", "v1"]
+        start = levels.index(want.variant) if want.variant in levels else 3
+        return levels[start:]
+    return [want.variant, ""] if want.variant else [""]
+
+
+def select_platform_manifest(index: dict[str, Any], want: Platform) -> dict[str, Any]:
+    """Pick ``want``'s manifest descriptor from a manifest list / OCI index.
+
+    Matching is on OS and architecture; for variants an exact match wins, then compatible
+    older ones (``arm/v7`` accepts ``v6``, ``arm64`` accepts a missing ``v8``).
+
+    :raises NoMatchingPlatformError: listing the platforms the index has.
+    """
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise RegistryError("manifest list / OCI index has no 'manifests' array")
+    prefs = _variant_preference(want)
+    best: tuple[int, dict[str, Any]] | None = None
+    available: list[str] = []
+    for entry in manifests:
+        if not isinstance(entry, dict):
+            continue
+        plat = entry.get("platform")
+        if not isinstance(plat, dict):
+            continue
+        os_name = str(plat.get("os", "")).lower()
+        if os_name == "unknown":  # attestation manifests (buildkit)
+            continue
+        arch, variant = _normalize_arch(
+            str(plat.get("architecture", "")), str(plat.get("variant", ""))
+        )
+        available.append(str(Platform(os_name, arch, variant)))
+        if os_name != want.os or arch != want.architecture or variant not in prefs:
+            continue
+        rank = prefs.index(variant)
+        if best is None or rank < best[0]:
+            best = (rank, entry)
+    if best is None:
+        listed = ", ".join(sorted(set(available))) or "none"
+        raise NoMatchingPlatformError(f"no manifest for platform {want} (the image has: {listed})")
+    return best[1]
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+class _Emitter:
+    def __init__(self, callback: Callable[[ProgressEvent], None] | None, reference: str) -> None:
+        self.callback = callback
+        self.reference = reference
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: ProgressKind, **fields: Any) -> None:
+        if self.callback is None:
+            return
+        with self.lock:
+            self.callback(ProgressEvent(kind, self.reference, **fields))
+
+
+class _Aborted(Exception):
+    """Another download of the same pull failed; stop this one."""
+
+
+class _Transient(Exception):
+    """A retryable HTTP status (429, 5xx) during a blob download."""
+
+
+def _content_range_start(value: str) -> int | None:
+    match = re.match(r"\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*\Z", value)
+    return int(match.group(1)) if match else None
+
+
+def _download_blob(
+    client: RegistryClient,
+    ref: Reference,
+    scope: str,
+    desc: Descriptor,
+    layout: OciLayout,
+    emit: _Emitter,
+    abort: threading.Event,
+    retries: int,
+) -> int:
+    """Download one blob into the layout (resuming a ``.partial``); returns bytes fetched."""
+    final = layout.blob(desc.digest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(final.name + ".partial")
+    path = f"/v2/{ref.path}/blobs/{desc.digest}"
+    with partial_file(final) as fh:
+        if layout.present(desc):  # finished by someone else while we waited for the lock
+            if os.fstat(fh.fileno()).st_size == 0:
+                partial.unlink(missing_ok=True)
+            emit("blob-skip", digest=desc.digest, media_type=desc.media_type, total=desc.size)
+            return 0
+        emit("blob-start", digest=desc.digest, media_type=desc.media_type, total=desc.size)
+        fetched = 0
+        failures = 0
+        while True:
+            if abort.is_set():
+                raise _Aborted()
+            offset = os.fstat(fh.fileno()).st_size
+            if offset > desc.size:
+                fh.truncate(0)
+                offset = 0
+            if offset and offset == desc.size:
+                break
+            hasher = hashlib.new(desc.algorithm)
+            fh.seek(0)
+            while chunk := fh.read(CHUNK):
+                hasher.update(chunk)
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                resp = client.request("GET", path, scope, headers)
+                with resp:
+                    if resp.status in (429, 500, 502, 503, 504):
+                        raise _Transient(f"HTTP {resp.status} {resp.reason}")
+                    if resp.status == 416 and offset:
+                        fh.truncate(0)
+                        raise _Transient("registry refused to resume (HTTP 416)")
+                    if resp.status not in (200, 206):
+                        client.fail(resp, f"blob {desc.digest}", ref)
+                    if resp.status == 206:
+                        start = _content_range_start(resp.headers.get("Content-Range", ""))
+                        if start != offset:
+                            fh.truncate(0)
+                            raise _Transient(f"unexpected Content-Range for offset {offset}")
+                    elif offset:
+                        fh.truncate(0)  # the registry ignored Range: start over
+                        offset = 0
+                        hasher = hashlib.new(desc.algorithm)
+                    last = offset
+                    while chunk := resp.read(CHUNK):
+                        fh.write(chunk)
+                        hasher.update(chunk)
+                        offset += len(chunk)
+                        fetched += len(chunk)
+                        if offset > desc.size:
+                            break
+                        if offset - last >= PROGRESS_EVERY:
+                            last = offset
+                            emit(
+                                "blob-progress",
+                                digest=desc.digest,
+                                media_type=desc.media_type,
+                                current=offset,
+                                total=desc.size,
+                            )
+                        if abort.is_set():
+                            raise _Aborted()
+                    fh.flush()
+                if offset < desc.size:
+                    raise http.client.IncompleteRead(b"", desc.size - offset)
+                break
+            except (OSError, http.client.HTTPException, _Transient) as exc:
+                fh.flush()
+                failures += 1
+                logger.debug(
+                    "download of {} interrupted ({}), attempt {}", desc.digest, exc, failures
+                )
+                if failures > retries:
+                    raise RegistryError(
+                        f"download of blob {desc.digest} of {ref} from {client.domain} failed "
+                        f"after {failures} attempts: {exc}"
+                    ) from exc
+                emit(
+                    "blob-progress",
+                    digest=desc.digest,
+                    media_type=desc.media_type,
+                    current=os.fstat(fh.fileno()).st_size,
+                    total=desc.size,
+                    message=f"retrying after: {exc}",
+                )
+                time.sleep(min(0.1 * 2**failures, 5.0))
+        size = os.fstat(fh.fileno()).st_size
+        if offset != size:  # resumed exactly at the end: hash the file
+            hasher = hashlib.new(desc.algorithm)
+            fh.seek(0)
+            while chunk := fh.read(CHUNK):
+                hasher.update(chunk)
+        actual = f"{desc.algorithm}:{hasher.hexdigest()}"
+        if size != desc.size or actual != desc.digest:
+            partial.unlink(missing_ok=True)
+            raise DigestMismatchError(
+                f"blob of {ref} from registry {client.domain} does not match its descriptor: "
+                f"expected {desc.digest} ({desc.size} bytes), got {actual} ({size} bytes)"
+            )
+        os.fsync(fh.fileno())
+        os.replace(partial, final)
+    layout.publish(final)
+    emit("blob-done", digest=desc.digest, media_type=desc.media_type, current=size, total=size)
+    return fetched
+
+
+def _fetch_blobs(
+    client: RegistryClient,
+    ref: Reference,
+    scope: str,
+    descs: Sequence[Descriptor],
+    layout: OciLayout,
+    emit: _Emitter,
+    workers: int,
+    retries: int,
+) -> int:
+    todo: list[Descriptor] = []
+    seen: set[str] = set()
+    for desc in descs:
+        if desc.digest in seen:
+            continue
+        seen.add(desc.digest)
+        if layout.present(desc):
+            layout.publish(layout.blob(desc.digest))
+            emit("blob-skip", digest=desc.digest, media_type=desc.media_type, total=desc.size)
+        else:
+            todo.append(desc)
+    if not todo:
+        return 0
+    abort = threading.Event()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        futures = [
+            pool.submit(_download_blob, client, ref, scope, d, layout, emit, abort, retries)
+            for d in todo
+        ]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            abort.set()
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+            exc = failed.exception()
+            assert exc is not None
+            raise exc
+    return sum(f.result() for f in futures)
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def _fetch_manifest(
+    client: RegistryClient, ref: Reference, obj: str, scope: str
+) -> tuple[bytes, str, str]:
+    """GET a manifest by tag or digest; returns (body, media type, verified digest)."""
+    path = f"/v2/{ref.path}/manifests/{obj}"
+    for attempt in range(3):
+        resp = client.request_retrying("GET", path, scope, {"Accept": ACCEPT})
+        with resp:
+            if resp.status != 200:
+                client.fail(resp, f"manifest {obj!r}", ref)
+            try:
+                body = resp.read(MAX_MANIFEST_BYTES + 1)
+            except (OSError, http.client.HTTPException) as exc:
+                if attempt == 2:
+                    raise RegistryError(
+                        f"registry {client.domain}: reading manifest {obj!r} of {ref}: {exc}"
+                    ) from exc
+                continue
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            header_digest = resp.headers.get("Docker-Content-Digest", "").strip()
+        break
+    if len(body) > MAX_MANIFEST_BYTES:
+        raise RegistryError(f"manifest {obj!r} of {ref} is larger than 4 MiB")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise RegistryError(f"manifest {obj!r} of {ref} is not JSON") from exc
+    if not isinstance(data, dict):
+        raise RegistryError(f"manifest {obj!r} of {ref} is not a JSON object")
+    media_type = str(data.get("mediaType") or content_type or "")
+    if media_type not in (*MEDIA_TYPES_INDEX, *MEDIA_TYPES_MANIFEST, *DOCKER_SCHEMA1):
+        if isinstance(data.get("manifests"), list):
+            media_type = OCI_INDEX
+        elif isinstance(data.get("layers"), list):
+            media_type = OCI_MANIFEST
+    if DIGEST_RE.match(obj):
+        digest = hash_bytes(obj, body)
+        if digest != obj:
+            raise DigestMismatchError(
+                f"manifest of {ref} from registry {client.domain} does not match its digest: "
+                f"asked for {obj}, content hashes to {digest}"
+            )
+    else:
+        digest = hash_bytes("sha256:", body)
+        if header_digest.startswith("sha256:") and header_digest != digest:
+            raise DigestMismatchError(
+                f"manifest {obj!r} of {ref} from registry {client.domain}: "
+                f"Docker-Content-Digest says {header_digest}, content hashes to {digest}"
+            )
+    return body, media_type, digest
+
+
+def _insecure(domain: str, insecure_registries: Sequence[str]) -> bool:
+    if is_loopback_registry(domain):
+        return True
+    host = urllib.parse.urlsplit(f"//{domain}").hostname or domain
+    for raw in insecure_registries:
+        entry = raw.strip()
+        if not entry:
+            continue
+        if "/" in entry and "://" not in entry:
+            try:
+                net = ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"invalid insecure registry {raw!r}: expected host[:port] or a CIDR"
+                ) from exc
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(host) in net:
+                    return True
+            continue
+        name = normalize_registry(entry)
+        if name == domain or (":" not in name and name == host):
+            return True
+    return False
+
+
+def _platform_of(config: dict[str, Any]) -> Platform | None:
+    os_name = config.get("os")
+    arch = config.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(arch, str) or not os_name or not arch:
+        return None
+    base, variant = _normalize_arch(arch, str(config.get("variant") or ""))
+    return Platform(os_name.lower(), base, variant)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def pull_to_oci_layout(
+    reference: str,
+    dest: Path,
+    *,
+    insecure_registries: Sequence[str] = (),
+    platform: str | None = None,
+    auth_file: Path | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    blob_cache: Path | None = None,
+    max_concurrent_downloads: int = 3,
+    retries: int = 5,
+    timeout: float = 60.0,
+) -> PulledImage:
+    """Pull ``reference`` into the OCI image layout ``dest`` (created if missing).
+
+    The layout gets one ``index.json`` entry for the single-platform manifest, annotated with
+    the normalised reference (``org.opencontainers.image.ref.name``); an existing entry for the
+    same reference is replaced, other entries and blobs are kept. Blobs already in ``dest`` or
+    in ``blob_cache`` (a directory with ``blobs/<alg>/<hex>``, hard-linked where possible) are
+    not downloaded again.
+
+    :param insecure_registries: registries (``host[:port]`` or CIDRs) that may use plain HTTP
+        or unverified TLS; ``localhost``, 127.0.0.0/8 and ``::1`` always may.
+    :param platform: ``os/arch[/variant]``; default the host's (``linux/amd64``, ...).
+    :param auth_file: docker-style config with stored credentials (``~/.docker/config.json``).
+    :param progress: called with :class:`ProgressEvent` (from worker threads, serialised).
+    :raises InvalidReferenceError, ImageNotFoundError, UnauthorizedError,
+        DigestMismatchError, NoMatchingPlatformError, RegistryError: all ``NyxError``.
+    """
+    ref = normalize_reference(reference)
+    want = parse_platform(platform) if platform else host_platform()
+    emit = _Emitter(progress, str(ref))
+    client = RegistryClient(
+        ref.domain,
+        insecure=_insecure(ref.domain, insecure_registries),
+        credentials=load_credentials(ref.domain, auth_file),
+        timeout=timeout,
+    )
+    scope = f"repository:{ref.path}:pull"
+    client.ping()
+    emit("resolve", message=f"{client.scheme}://{client.host}/v2/{ref.path}")
+    logger.info("pulling {} from {}://{}", ref, client.scheme, client.host)
+
+    body, media_type, digest = _fetch_manifest(client, ref, ref.object, scope)
+    index_digest: str | None = None
+    plat = ""
+    if media_type in MEDIA_TYPES_INDEX:
+        index = json.loads(body)
+        entry = select_platform_manifest(index, want)
+        chosen = descriptor(entry, f"manifest list entry of {ref}")
+        index_digest = digest
+        body, media_type, digest = _fetch_manifest(client, ref, chosen.digest, scope)
+        if len(body) != chosen.size:
+            raise DigestMismatchError(
+                f"manifest {chosen.digest} of {ref}: index says {chosen.size} bytes, "
+                f"registry sent {len(body)}"
+            )
+        p = entry.get("platform") or {}
+        arch, variant = _normalize_arch(str(p.get("architecture", "")), str(p.get("variant", "")))
+        plat = str(Platform(str(p.get("os", "")).lower(), arch, variant))
+    if media_type in DOCKER_SCHEMA1:
+        raise RegistryError(
+            f"{ref} only has a Docker schema 1 manifest, which nyx does not support "
+            "(re-push it with a current docker/skopeo to get schema 2 or OCI)"
+        )
+    if media_type not in MEDIA_TYPES_MANIFEST:
+        raise RegistryError(f"{ref}: unsupported manifest media type {media_type!r}")
+    manifest = json.loads(body)
+    config = descriptor(manifest.get("config"), f"config descriptor of {ref}")
+    raw_layers = manifest.get("layers")
+    if not isinstance(raw_layers, list):
+        raise RegistryError(f"manifest {digest} of {ref} has no 'layers' array")
+    layers = [descriptor(lay, f"layer {i} of {ref}") for i, lay in enumerate(raw_layers)]
+    manifest_desc = Descriptor(media_type, digest, len(body))
+    total = config.size + sum(lay.size for lay in layers)
+    emit("manifest", digest=digest, media_type=media_type, total=total)
+
+    dest.mkdir(parents=True, exist_ok=True)
+    layout = OciLayout(dest, blob_cache)
+    downloaded = _fetch_blobs(
+        client, ref, scope, [config, *layers], layout, emit, max_concurrent_downloads, retries
+    )
+
+    try:
+        config_json = json.loads(layout.blob(config.digest).read_bytes())
+    except ValueError as exc:
+        raise RegistryError(f"image config {config.digest} of {ref} is not JSON") from exc
+    image_platform = _platform_of(config_json) if isinstance(config_json, dict) else None
+    if index_digest is None and image_platform is not None:
+        plat = str(image_platform)
+        if platform and (image_platform.os, image_platform.architecture) != (
+            want.os,
+            want.architecture,
+        ):
+            raise NoMatchingPlatformError(
+                f"{ref} is a single-platform image for {image_platform}, not {want}"
+            )
+
+    layout.write_verified(manifest_desc, body)
+    layout.add_to_index(manifest_desc, ref, plat)
+    emit("done", digest=digest, media_type=media_type, current=total, total=total)
+    logger.info("pulled {} {} ({} bytes downloaded)", ref, digest, downloaded)
+    return PulledImage(
+        reference=str(ref),
+        digest=digest,
+        layout_path=dest,
+        index_digest=index_digest,
+        media_type=media_type,
+        platform=plat,
+        size=total,
+        downloaded=downloaded,
+    )
+
+
+def login(
+    registry: str,
+    username: str,
+    password: str,
+    auth_file: Path | None = None,
+    *,
+    insecure_registries: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> None:
+    """Check ``username``/``password`` against ``registry`` and store them, as ``docker login``.
+
+    The registry's ``/v2/`` challenge decides how: a bearer realm must issue a token for the
+    credentials, a basic-auth registry must accept them. They are then written to
+    ``auth_file`` (default ``~/.docker/config.json``) as ``auths.<registry>.auth``.
+
+    :raises UnauthorizedError: the registry refused the credentials.
+    """
+    domain = normalize_registry(registry)
+    if not username:
+        raise ConfigError("login: username must not be empty")
+    creds = Credentials(username=username, password=password)
+    client = RegistryClient(
+        domain,
+        insecure=_insecure(domain, insecure_registries),
+        credentials=creds,
+        timeout=timeout,
+    )
+    client.ping()
+    if client.mode == "bearer":
+        client.fetch_token("", account=True)
+    elif client.mode == "basic":
+        basic = creds.basic_header()
+        assert basic is not None
+        try:
+            resp = client.send("GET", f"{client.base_url()}/v2/", {"Authorization": basic})
+        except (OSError, http.client.HTTPException) as exc:
+            raise RegistryError(f"login to {domain} failed: {exc}") from exc
+        with resp:
+            if resp.status in (401, 403):
+                _, text = error_detail(resp)
+                raise UnauthorizedError(
+                    f"registry {domain} refused the credentials for user {username!r}: {text}"
+                )
+            if resp.status != 200:
+                _, text = error_detail(resp)
+                raise RegistryError(f"login to {domain} failed: {text}")
+    store_credentials(domain, username, password, auth_file)
+    logger.info("stored credentials for {} (user {})", domain, username)

@@ -1,0 +1,210 @@
+"""Writing an OCI image layout: descriptors, verified blobs, ``index.json``.
+
+Blobs only ever appear under ``blobs/<alg>/<hex>`` after their digest and size were checked:
+downloads go to ``<hex>.partial`` (locked with ``flock`` so parallel pulls sharing a layout or
+a blob cache do not collide) and are renamed into place. A present blob of the right size is
+therefore a verified one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._reference import Reference
+from .errors import RegistryError
+
+__all__ = ["Descriptor", "OciLayout", "descriptor", "partial_file"]
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+IMAGE_NAME_ANNOTATION = "io.containerd.image.name"
+DIGEST_RE = re.compile(r"(sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128})\Z")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> str:
+        return self.digest.partition(":")[0]
+
+    @property
+    def hex(self) -> str:
+        return self.digest.partition(":")[2]
+
+
+def descriptor(obj: Any, where: str) -> Descriptor:
+    if not isinstance(obj, dict):
+        raise RegistryError(f"malformed {where}: descriptor is not an object")
+    digest = obj.get("digest")
+    size = obj.get("size")
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise RegistryError(f"malformed {where}: bad digest {digest!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RegistryError(f"malformed {where}: bad size {size!r} for {digest}")
+    return Descriptor(str(obj.get("mediaType", "")), digest, size, obj)
+
+
+def hash_bytes(digest: str, data: bytes) -> str:
+    algorithm = digest.partition(":")[0]
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+class OciLayout:
+    """An OCI image layout directory being filled; blobs appear only once verified."""
+
+    def __init__(self, root: Path, cache: Path | None) -> None:
+        self.root = root
+        self.cache = cache
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        marker = root / "oci-layout"
+        if not marker.exists():
+            _atomic_write(marker, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+
+    def blob(self, digest: str, base: Path | None = None) -> Path:
+        algorithm, _, hexpart = digest.partition(":")
+        return (base or self.root) / "blobs" / algorithm / hexpart
+
+    def present(self, desc: Descriptor) -> bool:
+        """True when the blob is in the layout (or linked in from the cache) at full size."""
+        path = self.blob(desc.digest)
+        if _has_size(path, desc.size):
+            return True
+        if self.cache is not None:
+            cached = self.blob(desc.digest, self.cache)
+            if _has_size(cached, desc.size):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(cached, path)
+                return True
+        return False
+
+    def publish(self, path: Path) -> None:
+        """Share a verified blob with the cache."""
+        if self.cache is None:
+            return
+        rel = path.relative_to(self.root)
+        cached = self.cache / rel
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                _link_or_copy(path, cached)
+
+    def write_verified(self, desc: Descriptor, data: bytes) -> None:
+        path = self.blob(desc.digest)
+        if not _has_size(path, desc.size):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, data)
+        self.publish(path)
+
+    def add_to_index(self, desc: Descriptor, ref: Reference, plat: str) -> None:
+        index_path = self.root / "index.json"
+        index: dict[str, Any] = {"schemaVersion": 2, "manifests": []}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            loaded = json.loads(index_path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict) and isinstance(loaded.get("manifests"), list):
+                index = loaded
+        name = str(ref)
+        kept = [
+            m
+            for m in index["manifests"]
+            if not (
+                isinstance(m, dict)
+                and isinstance(m.get("annotations"), dict)
+                and m["annotations"].get(REF_NAME_ANNOTATION) == name
+            )
+        ]
+        entry: dict[str, Any] = {
+            "mediaType": desc.media_type,
+            "digest": desc.digest,
+            "size": desc.size,
+            "annotations": {REF_NAME_ANNOTATION: name, IMAGE_NAME_ANNOTATION: name},
+        }
+        if plat:
+            os_name, _, rest = plat.partition("/")
+            arch, _, variant = rest.partition("/")
+            entry["platform"] = {"os": os_name, "architecture": arch}
+            if variant:
+                entry["platform"]["variant"] = variant
+        kept.append(entry)
+        index["schemaVersion"] = 2
+        index.setdefault("mediaType", OCI_INDEX)
+        index["manifests"] = kept
+        _atomic_write(index_path, (json.dumps(index, indent=2) + "\n").encode())
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def partial_file(path: Path) -> Iterator[Any]:
+    """Open ``<blob>.partial`` for appending, locked against other threads and processes.
+
+    The lock is an ``flock`` on the partial file itself; after locking, the file is checked to
+    still be the one at the path (another holder may have renamed it into place meanwhile).
+    """
+    partial = path.with_name(path.name + ".partial")
+    with _THREAD_LOCKS_GUARD:
+        tlock = _THREAD_LOCKS.setdefault(str(partial), threading.Lock())
+    with tlock:
+        while True:
+            fh = open(partial, "a+b")  # noqa: SIM115 - closed below
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                try:
+                    same = os.stat(partial).st_ino == os.fstat(fh.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    fh.close()
+                    continue
+                yield fh
+                return
+            finally:
+                fh.close()
