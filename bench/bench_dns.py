@@ -1,0 +1,364 @@
+"""Embedded DNS vs aardvark-dns vs dnsmasq: dnsperf qps and p99, side by side in one run.
+
+Run as root: ``.venv/bin/python bench/bench_dns.py [--duration 10] [--rounds 1]``.
+
+Everything runs inside one throwaway network namespace this script creates
+(``nyxt-bench-<pid>-<n>``): the servers listen on 10.231.0.1 (one port each), dnsperf
+sends from 10.231.0.2, which every server knows as a registered "client" container.
+
+Scenarios:
+
+* ``names``: A queries for 200 container names (``web0`` .. ``web199``) the servers
+  answer themselves.
+* ``forward``: A queries for 200 names none of them knows, forwarded to a fake upstream:
+  a dnsmasq on 127.0.0.1:53 in the namespace answering every name with 203.0.113.7. The
+  dnsmasq peer runs with ``--cache-size=0`` so it forwards every query too.
+
+Per server and scenario: max qps (dnsperf, ``--duration`` seconds, 100 outstanding), then
+latency at ``--rate`` qps offered (dnsperf ``-v`` per-query lines: p50/p99). The ratios
+printed at the end are nyx over each peer (qps: higher is better; p99: lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GATEWAY = "10.231.0.1"
+CLIENT = "10.231.0.2"
+SUBNET = "10.231.0.0/16"
+UPSTREAM_ANSWER = "203.0.113.7"
+AARDVARK = shutil.which("aardvark-dns") or "/usr/lib/podman/aardvark-dns"
+PORTS = {"nyx": 5301, "aardvark": 5302, "dnsmasq": 5303}
+
+
+def container_ip(i: int) -> str:
+    return f"10.231.{1 + i // 250}.{1 + i % 250}"
+
+
+# --------------------------------------------------------------------------- nyx server
+
+
+def serve_nyx(port: int, resolv: str, names: int) -> None:
+    """Child mode (already inside the namespace): run the provider until stdin closes."""
+    import ipaddress
+
+    from nyx_core import NyxSettings
+    from nyx_dns_embedded import EmbeddedDns, EmbeddedDnsSettings
+
+    run_dir = tempfile.mkdtemp(prefix="nyx-bench-dns-")
+    settings = NyxSettings(
+        run_dir=run_dir,
+        state_dir=run_dir,
+        socket=f"{run_dir}/nyxd.sock",
+        container_subnet=SUBNET,
+        gateway_ip=GATEWAY,
+        dns_port=port,
+    )
+    provider = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=Path(resolv)))
+    provider.start(settings)
+    provider.register("client", "client", [ipaddress.ip_address(CLIENT)], [], ["bench"])
+    for i in range(names):
+        provider.register(
+            f"c{i}", f"web{i}", [ipaddress.ip_address(container_ip(i))], [], ["bench"]
+        )
+    print("ready", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        provider.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- harness
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="nyx-bench-dns-"))
+        self.ns = f"nyxt-bench-{os.getpid()}-0"
+        self.etc_netns = Path("/etc/netns") / self.ns
+        self.procs: list[subprocess.Popen[str]] = []
+        self.pids: list[int] = []
+
+    def sh(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, check=check, text=True, capture_output=True)
+
+    def nsexec(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def setup(self) -> None:
+        self.sh("ip", "netns", "add", self.ns)
+        self.sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        for addr in (GATEWAY, CLIENT):
+            self.sh("ip", "-n", self.ns, "addr", "add", f"{addr}/16", "dev", "lo")
+        n = self.args.names
+        # query files
+        (self.tmp / "names.txt").write_text("".join(f"web{i} A\n" for i in range(n)))
+        (self.tmp / "forward.txt").write_text("".join(f"ext{i}.example.test A\n" for i in range(n)))
+        # resolv.conf pointing at the fake upstream (aardvark reads /etc/resolv.conf, which
+        # `ip netns exec` bind-mounts from /etc/netns/<ns>/resolv.conf)
+        resolv = "nameserver 127.0.0.1\n"
+        (self.tmp / "resolv.conf").write_text(resolv)
+        self.etc_netns.mkdir(parents=True, exist_ok=True)
+        (self.etc_netns / "resolv.conf").write_text(resolv)
+        # aardvark config: one network file, gateway first
+        adir = self.tmp / "aardvark"
+        adir.mkdir()
+        lines = [GATEWAY, f"client {CLIENT}  client"]
+        lines += [f"c{i} {container_ip(i)}  web{i}" for i in range(n)]
+        (adir / "bench").write_text("\n".join(lines) + "\n")
+        # dnsmasq hosts file
+        hosts = [f"{CLIENT} client"] + [f"{container_ip(i)} web{i}" for i in range(n)]
+        (self.tmp / "hosts").write_text("\n".join(hosts) + "\n")
+        # the fake upstream
+        self.spawn(
+            "dnsmasq",
+            "-k",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "-p",
+            "53",
+            f"--address=/#/{UPSTREAM_ANSWER}",
+            "--pid-file=",
+            "--user=root",
+        )
+        self.wait_port("127.0.0.1", 53, "x.example.test")
+
+    def spawn(self, *argv: str, stdin: int | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            self.nsexec(*argv),
+            text=True,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        if proc.poll() is None:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            else:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def wait_port(self, host: str, port: int, name: str) -> None:
+        for _ in range(100):
+            r = self.sh(
+                *self.nsexec(
+                    "dig",
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    f"@{host}",
+                    "-p",
+                    str(port),
+                    "-b",
+                    CLIENT if host == GATEWAY else "127.0.0.1",
+                    name,
+                ),
+                check=False,
+            )
+            if r.returncode == 0 and r.stdout.strip():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"server on {host}:{port} does not answer {name}")
+
+    # ------------------------------------------------------------------ servers
+
+    def start_server(self, which: str, scenario: str) -> object:
+        port = PORTS[which]
+        probe = "web0" if scenario == "names" else "probe.example.test"
+        if which == "nyx":
+            proc = self.spawn(
+                sys.executable,
+                os.path.abspath(__file__),
+                "--serve-nyx",
+                str(port),
+                str(self.tmp / "resolv.conf"),
+                "--names",
+                str(self.args.names),
+                stdin=subprocess.PIPE,
+            )
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("nyx server did not start")
+            handle: object = proc
+        elif which == "aardvark":
+            adir = self.tmp / "aardvark"
+            self.sh(*self.nsexec(AARDVARK, "--config", str(adir), "-p", str(port), "run"))
+            pid = int((adir / "aardvark.pid").read_text().strip())
+            self.pids.append(pid)
+            handle = pid
+        else:
+            argv = [
+                "dnsmasq",
+                "-k",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={GATEWAY}",
+                "-p",
+                str(port),
+                f"--addn-hosts={self.tmp / 'hosts'}",
+                "--pid-file=",
+                "--user=root",
+            ]
+            if scenario == "forward":
+                argv += ["--no-resolv", "--server=127.0.0.1", "--cache-size=0"]
+            else:
+                argv += ["--no-resolv"]
+            handle = self.spawn(*argv)
+        self.wait_port(GATEWAY, port, probe)
+        return handle
+
+    def stop_server(self, handle: object) -> None:
+        if isinstance(handle, int):
+            try:
+                os.kill(handle, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            for _ in range(50):
+                try:
+                    os.kill(handle, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            if handle in self.pids:
+                self.pids.remove(handle)
+        else:
+            assert isinstance(handle, subprocess.Popen)
+            self.stop(handle)
+
+    # ------------------------------------------------------------------ dnsperf
+
+    def dnsperf(self, port: int, qfile: Path, *extra: str) -> str:
+        argv = self.nsexec(
+            "dnsperf", "-s", GATEWAY, "-p", str(port), "-a", CLIENT, "-d", str(qfile), *extra
+        )
+        return subprocess.run(argv, check=True, text=True, capture_output=True).stdout
+
+    def measure(self, which: str, scenario: str) -> dict[str, float]:
+        qfile = self.tmp / f"{scenario}.txt"
+        handle = self.start_server(which, scenario)
+        try:
+            port = PORTS[which]
+            out = self.dnsperf(port, qfile, "-l", str(self.args.duration), "-q", "100")
+            qps = lost = 0.0
+            for line in out.splitlines():
+                line = line.strip()
+                if line.startswith("Queries per second:"):
+                    qps = float(line.split(":")[1])
+                elif line.startswith("Queries lost:"):
+                    lost = float(line.split(":")[1].split()[0])
+            out = self.dnsperf(
+                port, qfile, "-l", str(self.args.latency_seconds), "-Q", str(self.args.rate), "-v"
+            )
+            lat = []
+            bad = 0
+            for line in out.splitlines():
+                if line.startswith("> "):
+                    parts = line.split()
+                    lat.append(float(parts[-1]) * 1000)
+                    if parts[1] != "NOERROR":
+                        bad += 1
+            lat.sort()
+            p50 = statistics.median(lat) if lat else float("nan")
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+            return {"qps": qps, "lost": lost, "p50": p50, "p99": p99, "bad": float(bad)}
+        finally:
+            self.stop_server(handle)
+
+    def cleanup(self) -> None:
+        for proc in list(self.procs):
+            self.stop(proc)
+        for pid in list(self.pids):
+            self.stop_server(pid)
+        self.sh("ip", "netns", "del", self.ns, check=False)
+        shutil.rmtree(self.etc_netns, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per max-qps run")
+    ap.add_argument("--latency-seconds", type=int, default=5, help="seconds per latency run")
+    ap.add_argument("--rate", type=int, default=1000, help="qps offered in the latency run")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat and report medians")
+    ap.add_argument("--names", type=int, default=200, help="container names")
+    ap.add_argument("--servers", default="nyx,aardvark,dnsmasq")
+    ap.add_argument("--scenarios", default="names,forward")
+    ap.add_argument("--serve-nyx", nargs=2, metavar=("PORT", "RESOLV_CONF"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_nyx:
+        serve_nyx(int(args.serve_nyx[0]), args.serve_nyx[1], args.names)
+        return 0
+    if os.geteuid() != 0:
+        print("bench_dns: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    servers = [s for s in args.servers.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    bench = Bench(args)
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    try:
+        bench.setup()
+        for _ in range(args.rounds):
+            for scenario in scenarios:
+                for which in servers:
+                    r = bench.measure(which, scenario)
+                    results.setdefault((scenario, which), []).append(r)
+                    print(
+                        f"  {scenario:8} {which:9} qps {r['qps']:9.0f}  p99 {r['p99']:.3f} ms",
+                        file=sys.stderr,
+                    )
+    finally:
+        bench.cleanup()
+
+    def med(scenario: str, which: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[(scenario, which)])
+
+    print(
+        f"\nDNS, {args.names} names, dnsperf {args.duration} s max qps; latency at "
+        f"{args.rate} qps offered; median of {args.rounds} round(s)"
+    )
+    head = ("scenario", "server", "qps", "p50 ms", "p99 ms", "lost", "!NOERROR")
+    print("{:9} {:9} {:>9} {:>8} {:>8} {:>6} {:>8}".format(*head))
+    for scenario in scenarios:
+        for which in servers:
+            print(
+                f"{scenario:9} {which:9} {med(scenario, which, 'qps'):9.0f} "
+                f"{med(scenario, which, 'p50'):8.3f} {med(scenario, which, 'p99'):8.3f} "
+                f"{med(scenario, which, 'lost'):6.0f} {med(scenario, which, 'bad'):8.0f}"
+            )
+    if "nyx" in servers:
+        print("\nratios (nyx / peer): qps higher is better, p99 lower is better")
+        for scenario in scenarios:
+            for peer in servers:
+                if peer == "nyx":
+                    continue
+                q = med(scenario, "nyx", "qps") / max(med(scenario, peer, "qps"), 1e-9)
+                p = med(scenario, "nyx", "p99") / max(med(scenario, peer, "p99"), 1e-9)
+                print(f"{scenario:9} nyx/{peer:9} qps {q:5.2f}x   p99 {p:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

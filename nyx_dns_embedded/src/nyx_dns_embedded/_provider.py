@@ -1,0 +1,213 @@
+"""The provider object behind the hooks: :class:`EmbeddedDns`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nyx_core import DnsError, NyxSettings
+
+from ._records import DOMAIN, Container, Registry
+from ._resolver import Resolver
+from ._server import DnsServer, ServerOptions
+from ._upstream import MAX_SEARCH, Upstreams
+
+__all__ = ["EmbeddedDns", "EmbeddedDnsSettings", "get_provider"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class EmbeddedDnsSettings(BaseSettings):
+    """Settings of the embedded DNS provider (env prefix ``NYXD_DNS_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="NYXD_DNS_", extra="forbid", frozen=True)
+
+    upstream_resolv_conf: Path = Field(
+        default=Path("/etc/resolv.conf"),
+        description="resolv.conf whose nameservers get forwarded queries (re-read on change)",
+    )
+    upstream_port: int = Field(default=53, ge=1, le=65535, description="port of the upstreams")
+    forward_timeout: float = Field(
+        default=1.5, gt=0, le=30, description="seconds to wait for one upstream before the next"
+    )
+    max_inflight: int = Field(
+        default=1024, ge=1, le=60000, description="forwarded queries pending at once, at most"
+    )
+    tcp_max_connections: int = Field(
+        default=64, ge=1, le=10000, description="open TCP client connections, at most"
+    )
+    tcp_idle_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="seconds a TCP client may stay silent"
+    )
+    ttl: int = Field(default=60, ge=0, le=86400, description="TTL of container records")
+
+
+class EmbeddedDns:
+    """The embedded DNS provider (satisfies :class:`nyx_core.DnsProvider`).
+
+    Thread-safe: every method may be called from any nyxd thread. The server runs on a
+    thread of its own between :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, config: EmbeddedDnsSettings | None = None) -> None:
+        self.config = config or EmbeddedDnsSettings()
+        self.registry = Registry()
+        self._lock = threading.RLock()
+        self._server: DnsServer | None = None
+        self._settings: NyxSettings | None = None
+        self._upstreams: Upstreams | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, settings: NyxSettings) -> object:
+        """Bind ``settings.gateway_ip:settings.dns_port`` (UDP+TCP) and serve. Idempotent."""
+        with self._lock:
+            if self._server is not None and self._server.running:
+                return self._server.address
+            cfg = self.config
+            gateway = str(settings.gateway_ip)
+            self.registry.configure(
+                default_network=settings.network,
+                local_clients={gateway, "127.0.0.1", "::1"},
+                subnets=[settings.container_subnet],
+            )
+            exclude = (
+                frozenset({gateway}) if settings.dns_port == cfg.upstream_port else frozenset()
+            )
+            upstreams = Upstreams(cfg.upstream_resolv_conf, exclude=exclude)
+            server = DnsServer(
+                Resolver(self.registry, ttl=cfg.ttl),
+                upstreams,
+                gateway,
+                settings.dns_port,
+                ServerOptions(
+                    forward_timeout=cfg.forward_timeout,
+                    max_inflight=cfg.max_inflight,
+                    tcp_max_connections=cfg.tcp_max_connections,
+                    tcp_idle_timeout=cfg.tcp_idle_timeout,
+                    upstream_port=cfg.upstream_port,
+                ),
+            )
+            server.start()
+            self._server, self._settings, self._upstreams = server, settings, upstreams
+            return server.address
+
+    def stop(self) -> None:
+        """Stop serving and close the sockets. Idempotent; records are kept."""
+        with self._lock:
+            if self._server is not None:
+                self._server.stop()
+                logger.info("embedded DNS stopped")
+            self._server = None
+
+    @property
+    def server(self) -> DnsServer | None:
+        """The running server (None when stopped)."""
+        return self._server
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(gateway_ip, port)`` being served, or None when stopped."""
+        server = self._server
+        return server.address if server is not None and server.running else None
+
+    # ------------------------------------------------------------------ records
+
+    def register(
+        self,
+        container_id: str,
+        hostname: str,
+        ips: Sequence[IPAddress],
+        aliases: Sequence[str] = (),
+        networks: Sequence[str] = (),
+    ) -> Container:
+        """Publish (or replace) a container's names; visible to the next query."""
+        ctr = self.registry.register(container_id, hostname, ips, aliases, networks)
+        logger.debug(
+            "embedded DNS register {} {} {} on {}",
+            container_id,
+            ctr.hostname,
+            [str(ip) for ip in ctr.ips],
+            sorted(ctr.networks),
+        )
+        if self._settings is not None:
+            self._write_resolv_conf(container_id)
+        return ctr
+
+    def deregister(self, container_id: str) -> None:
+        """Remove a container's names and its resolv.conf. Unknown ids are ignored."""
+        self.registry.deregister(container_id)
+        if self._settings is not None:
+            shutil.rmtree(self._dir(container_id), ignore_errors=True)
+
+    def set_network_internal(self, name: str, internal: bool = True) -> None:
+        """Mark network ``name`` internal (or not): containers whose networks are all
+        internal get only container names, never forwarding. Takes effect immediately."""
+        self.registry.set_network_internal(name, internal)
+
+    # ------------------------------------------------------------------ resolv.conf
+
+    def resolv_conf(self, container_id: str) -> str:
+        """The container's resolv.conf text; also (re)written at :meth:`resolv_conf_path`."""
+        text = self._resolv_text(container_id)
+        if self.registry.get(container_id) is not None:
+            self._write_resolv_conf(container_id, text)
+        return text
+
+    def resolv_conf_path(self, container_id: str) -> Path:
+        """``<run_dir>/dns/<container_id>/resolv.conf``: what nyxd bind-mounts."""
+        return self._dir(container_id) / "resolv.conf"
+
+    def _dir(self, container_id: str) -> Path:
+        settings = self._settings
+        if settings is None:
+            raise DnsError(f"embedded DNS is not started (resolv.conf of {container_id!r})")
+        if not container_id or "/" in container_id or container_id in (".", ".."):
+            raise DnsError(f"embedded DNS: container_id {container_id!r} is not valid")
+        return Path(settings.run_dir) / "dns" / container_id
+
+    def _resolv_text(self, container_id: str) -> str:
+        """``search`` gets the host's domains too, unless the container is internal-only."""
+        settings, upstreams = self._settings, self._upstreams
+        if settings is None or upstreams is None:
+            raise DnsError("embedded DNS is not started: no gateway to put in resolv.conf")
+        ctr = self.registry.get(container_id)
+        internal_only = ctr is not None and ctr.networks <= self.registry.internal_networks()
+        host_search = [] if internal_only else [d for d in upstreams.conf().search if d != DOMAIN]
+        search = [DOMAIN, *host_search][:MAX_SEARCH]
+        return (
+            "# written by nyxd (embedded DNS)\n"
+            f"nameserver {settings.gateway_ip}\n"
+            f"search {' '.join(search)}\n"
+        )
+
+    def _write_resolv_conf(self, container_id: str, text: str | None = None) -> Path:
+        """Write in place (an existing bind mount keeps seeing the same inode)."""
+        path = self.resolv_conf_path(container_id)
+        text = text if text is not None else self._resolv_text(container_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+
+
+_default: EmbeddedDns | None = None
+_default_lock = threading.Lock()
+
+
+def get_provider() -> EmbeddedDns:
+    """The process-wide provider the hooks in :mod:`nyx_dns_embedded.plugin` use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = EmbeddedDns()
+        return _default

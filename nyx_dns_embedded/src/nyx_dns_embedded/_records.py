@@ -1,0 +1,316 @@
+"""The record store: containers, their names and networks, and per-client views.
+
+nyxd threads mutate a :class:`Registry` under its lock; the server's loop thread reads
+immutable :class:`Snapshot` objects built from it. Every change bumps
+``Registry.generation``; the loop thread compares it per query and rebuilds its snapshot
+when it moved, so a change is visible to the very next query.
+
+Names are kept in DNS wire format, lower-cased (``b"\\x03web\\x04nyxd\\x05local\\x00"``),
+so the server can look a query's name up without decoding it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from nyx_core import DnsError
+
+__all__ = [
+    "DOMAIN",
+    "Container",
+    "NameRecord",
+    "Registry",
+    "Scope",
+    "Snapshot",
+    "to_wire",
+]
+
+DOMAIN = "nyxd.local"
+Template = tuple[bytes, bytes, bytes]
+"""A cached response: (header bytes 2-12 with RD clear, the same with RD set, after the
+question); or the ``FORWARD`` marker object of :mod:`._resolver`."""
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
+_NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
+
+
+def to_wire(name: str) -> bytes:
+    """``"Web.nyxd.local"`` -> ``b"\\x03web\\x04nyxd\\x05local\\x00"`` (lower-cased)."""
+    out = bytearray()
+    for label in name.strip(".").lower().split("."):
+        if label:
+            raw = label.encode("ascii")
+            out.append(len(raw))
+            out += raw
+    out.append(0)
+    return bytes(out)
+
+
+DOMAIN_WIRE = to_wire(DOMAIN)
+
+
+def check_name(value: str, field_name: str, container_id: str) -> str:
+    """Validate a hostname or alias (one or more DNS labels); return it lower-cased."""
+    text = value.strip().rstrip(".").lower() if isinstance(value, str) else ""
+    labels = text.split(".") if text else []
+    if (
+        not labels
+        or len(text) > 200
+        or not all(_LABEL.match(label) for label in labels)
+        or text == DOMAIN
+        or text.endswith("." + DOMAIN + "." + DOMAIN)
+    ):
+        raise DnsError(
+            f"embedded DNS register {container_id!r}: {field_name} {value!r} is not a valid "
+            "DNS name (labels of letters, digits, '-', '_'; at most 63 characters each)"
+        )
+    return text
+
+
+def check_ip(value: object, container_id: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(value if isinstance(value, int) else str(value))
+    except ValueError as exc:
+        raise DnsError(
+            f"embedded DNS register {container_id!r}: ips entry {value!r} is not an IP address"
+        ) from exc
+
+
+def check_network(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _NETWORK.match(value):
+        raise DnsError(f"embedded DNS {what}: network name {value!r} is not valid")
+    return value
+
+
+@dataclass(frozen=True)
+class Container:
+    """One registered container."""
+
+    container_id: str
+    hostname: str
+    ips: tuple[IPAddress, ...]
+    aliases: tuple[str, ...]
+    networks: frozenset[str]
+    seq: int
+
+    def names(self) -> list[tuple[str, bool]]:
+        """``(name, is_hostname)`` for every name this container answers to."""
+        out = [(self.hostname, True), (f"{self.hostname}.{DOMAIN}", True)]
+        for alias in self.aliases:
+            out.append((alias, False))
+            out.append((f"{alias}.{DOMAIN}", False))
+        return out
+
+
+@dataclass(frozen=True)
+class NameRecord:
+    """The addresses a name resolves to in one view."""
+
+    name: str
+    v4: tuple[str, ...]
+    v6: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Scope:
+    """What one client sees: names, reverse names, whether it may be forwarded.
+
+    ``known`` is False for clients that are neither registered nor local: they are refused.
+    ``cache0``/``cache1`` are the server's response templates for queries without/with an
+    OPT record (filled lazily, dropped with the snapshot).
+    """
+
+    names: dict[bytes, NameRecord]
+    ptrs: dict[bytes, str]
+    forward: bool
+    known: bool = True
+    cache0: dict[bytes, Template] = field(default_factory=dict)
+    cache1: dict[bytes, Template] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable picture of the registry for the server's loop thread."""
+
+    generation: int
+    clients: dict[str, Scope]
+    local: Scope
+    unknown: Scope
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    all_ips: frozenset[IPAddress]
+
+    def scope_for(self, client_ip: str) -> Scope:
+        return self.clients.get(client_ip, self.unknown)
+
+    def is_ours(self, ip: IPAddress) -> bool:
+        """True for a registered address or one inside a container subnet (never forwarded)."""
+        return ip in self.all_ips or any(ip in net for net in self.subnets)
+
+
+def _reverse_wire(ip: IPAddress) -> bytes:
+    return to_wire(ip.reverse_pointer)
+
+
+class Registry:
+    """Thread-safe store of registered containers and internal networks."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0
+        self._containers: dict[str, Container] = {}
+        self._internal: set[str] = set()
+        self._seq = itertools.count(1)
+        self.default_network = "nyx"
+        self.local_clients: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+        self.subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    # ------------------------------------------------------------------ mutations
+
+    def _bump(self) -> None:
+        self.generation += 1
+
+    def configure(
+        self,
+        *,
+        default_network: str | None = None,
+        local_clients: Iterable[str] | None = None,
+        subnets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+    ) -> None:
+        with self.lock:
+            if default_network is not None:
+                self.default_network = check_network(default_network, "default network")
+            if local_clients is not None:
+                self.local_clients = frozenset(local_clients)
+            if subnets is not None:
+                self.subnets = tuple(subnets)
+            self._bump()
+
+    def register(
+        self,
+        container_id: str,
+        hostname: str,
+        ips: Sequence[object],
+        aliases: Sequence[str],
+        networks: Sequence[str],
+    ) -> Container:
+        """Validate and store one container; a second call for the id replaces it."""
+        if not isinstance(container_id, str) or not _ID.match(container_id):
+            raise DnsError(f"embedded DNS register: container_id {container_id!r} is not valid")
+        host = check_name(hostname, "hostname", container_id)
+        addrs = tuple(dict.fromkeys(check_ip(ip, container_id) for ip in ips))
+        names = tuple(
+            dict.fromkeys(
+                a for a in (check_name(x, "alias", container_id) for x in aliases) if a != host
+            )
+        )
+        nets = frozenset(check_network(n, f"register {container_id!r}") for n in networks)
+        with self.lock:
+            ctr = Container(
+                container_id=container_id,
+                hostname=host,
+                ips=addrs,
+                aliases=names,
+                networks=nets or frozenset({self.default_network}),
+                seq=next(self._seq),
+            )
+            self._containers[container_id] = ctr
+            self._bump()
+        return ctr
+
+    def deregister(self, container_id: str) -> bool:
+        with self.lock:
+            found = self._containers.pop(container_id, None) is not None
+            if found:
+                self._bump()
+        return found
+
+    def set_network_internal(self, name: str, internal: bool = True) -> None:
+        check_network(name, "set_network_internal")
+        with self.lock:
+            if internal:
+                self._internal.add(name)
+            else:
+                self._internal.discard(name)
+            self._bump()
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, container_id: str) -> Container | None:
+        with self.lock:
+            return self._containers.get(container_id)
+
+    def containers(self) -> list[Container]:
+        with self.lock:
+            return sorted(self._containers.values(), key=lambda c: c.seq)
+
+    def internal_networks(self) -> frozenset[str]:
+        with self.lock:
+            return frozenset(self._internal)
+
+    def snapshot(self) -> Snapshot:
+        """Build the per-client views from the current registrations."""
+        with self.lock:
+            gen = self.generation
+            ctrs = sorted(self._containers.values(), key=lambda c: c.seq)
+            internal = frozenset(self._internal)
+            local_clients = self.local_clients
+            subnets = self.subnets
+        scopes: dict[frozenset[str], Scope] = {}
+        clients: dict[str, Scope] = {}
+        for ctr in ctrs:
+            scope = scopes.get(ctr.networks)
+            if scope is None:
+                members = [c for c in ctrs if c.networks & ctr.networks]
+                scope = _build_scope(members, forward=not ctr.networks <= internal)
+                scopes[ctr.networks] = scope
+            for ip in ctr.ips:
+                clients[str(ip)] = scope
+        local = _build_scope(ctrs, forward=True)
+        for client in local_clients:
+            clients.setdefault(client, local)
+        unknown = Scope(names={}, ptrs={}, forward=False, known=False)
+        return Snapshot(
+            generation=gen,
+            clients=clients,
+            local=local,
+            unknown=unknown,
+            subnets=subnets,
+            all_ips=frozenset(ip for c in ctrs for ip in c.ips),
+        )
+
+
+def _build_scope(members: Sequence[Container], *, forward: bool) -> Scope:
+    """Names and reverse names of ``members`` (sorted by registration order).
+
+    A name that is some container's hostname belongs to the most recent such registration;
+    a name that is only an alias resolves to every container carrying it (round robin set).
+    """
+    owners: dict[str, Container] = {}
+    alias_holders: dict[str, list[Container]] = {}
+    for ctr in members:
+        for name, is_host in ctr.names():
+            if is_host:
+                owners[name] = ctr
+            else:
+                alias_holders.setdefault(name, []).append(ctr)
+    names: dict[bytes, NameRecord] = {}
+    for name in {*owners, *alias_holders}:
+        holders = [owners[name]] if name in owners else alias_holders[name]
+        ips = list(dict.fromkeys(ip for c in holders for ip in c.ips))
+        names[to_wire(name)] = NameRecord(
+            name=name,
+            v4=tuple(str(ip) for ip in ips if ip.version == 4),
+            v6=tuple(str(ip) for ip in ips if ip.version == 6),
+        )
+    ptrs: dict[bytes, str] = {}
+    for ctr in members:
+        for ip in ctr.ips:
+            ptrs[_reverse_wire(ip)] = f"{ctr.hostname}.{DOMAIN}."
+    return Scope(names=names, ptrs=ptrs, forward=forward)

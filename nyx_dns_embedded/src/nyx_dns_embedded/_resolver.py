@@ -1,0 +1,282 @@
+"""Answering one query: a byte-level hot path in front of a dnslib slow path.
+
+:meth:`Resolver.resolve` takes the raw query and the client's address and returns
+
+* ``bytes``: the response to send back,
+* an ``int``: "forward this query upstream" (the value is where the question ends),
+* ``None``: drop it (not a query at all, e.g. a response or a runt).
+
+Hot path: a query that is exactly a 12-byte header, one question and optionally one
+plain OPT record is looked up by its lower-cased question bytes in the client's scope
+cache. A hit is a response template computed earlier by the slow path; only the ID, the
+RD bit and the question (to echo its case) are patched in. Everything else, and every
+first query for a name, goes through dnslib; the slow path fills the cache with what it
+answered when the answer is local, complete and fits 512 bytes. The cache lives in the
+registry snapshot, so any register/deregister drops it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
+
+from ._records import DOMAIN, DOMAIN_WIRE, NameRecord, Registry, Scope, Snapshot, Template
+
+__all__ = ["FORWARD", "Resolver", "question_shape"]
+
+FORWARD: Template = (b"", b"", b"")
+"""Cache marker (compared by identity): names of this scope that go upstream."""
+
+_Q0 = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # qdcount 1, no other records
+_Q1 = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # qdcount 1, one additional (OPT)
+_DOMAIN_SUFFIX = b"\x04nyxd\x05local\x00"
+_V4_REVERSE = b"\x07in-addr\x04arpa\x00"
+_V6_REVERSE = b"\x03ip6\x04arpa\x00"
+_EDNS_SIZE = 1232
+_NEG_TTL = 5
+_CACHE_MAX = 4096
+_T_A, _T_AAAA, _T_PTR, _T_SOA, _T_ANY, _T_OPT = 1, 28, 12, 6, 255, 41
+
+
+def question_end(data: bytes, n: int) -> int:
+    """Offset just past the first question's qtype/qclass, or -1 (compressed or bad)."""
+    i = 12
+    while i < n:
+        length = data[i]
+        if length == 0:
+            end = i + 5
+            return end if end <= n else -1
+        if length > 63:
+            return -1
+        i += length + 1
+    return -1
+
+
+def question_shape(data: bytes) -> tuple[int, bytes, int] | None:
+    """``(has_opt, key, qend)`` for a hot-path shaped query, else None.
+
+    Shaped: QR=0, opcode QUERY, one question with an uncompressed name, and either nothing
+    after it or exactly one OPT record (root owner, EDNS version 0). ``key`` is the
+    question with the name lower-cased.
+    """
+    n = len(data)
+    if n < 17 or data[2] & 0xF8:
+        return None
+    hdr = data[4:12]
+    if hdr == _Q0:
+        qend = question_end(data, n)
+        if qend != n:
+            return None
+        return 0, data[12 : n - 4].lower() + data[n - 4 :], n
+    if hdr == _Q1:
+        qend = question_end(data, n)
+        if qend < 0 or qend + 11 > n:
+            return None
+        if data[qend : qend + 3] != b"\x00\x00\x29" or data[qend + 6] != 0:
+            return None
+        if qend + 11 + int.from_bytes(data[qend + 9 : qend + 11], "big") != n:
+            return None
+        return 1, data[12 : qend - 4].lower() + data[qend - 4 : qend], qend
+    return None
+
+
+def _formerr(data: bytes) -> bytes | None:
+    if len(data) < 12 or data[2] & 0x80:
+        return None
+    flags = (data[2] & 0x79) | 0x80  # QR, echo opcode and RD
+    return data[:2] + bytes((flags, RCODE.FORMERR)) + b"\x00" * 8
+
+
+def _reverse_ip(labels: tuple[bytes, ...]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of a full-length reverse name, or None."""
+    try:
+        text = [label.decode("ascii") for label in labels]
+    except UnicodeDecodeError:
+        return None
+    try:
+        if len(text) == 6 and text[4:] == ["in-addr", "arpa"]:
+            if not all(t.isdigit() and len(t) <= 3 for t in text[:4]):
+                return None
+            return ipaddress.IPv4Address(".".join(reversed(text[:4])))
+        if len(text) == 34 and text[32:] == ["ip6", "arpa"]:
+            nibbles = "".join(reversed(text[:32]))
+            return ipaddress.IPv6Address(int(nibbles, 16))
+    except ValueError:
+        return None
+    return None
+
+
+class Resolver:
+    """Resolves queries against the registry; used only by the server's loop thread."""
+
+    def __init__(self, registry: Registry, *, ttl: int = 60) -> None:
+        self.registry = registry
+        self.ttl = ttl
+        self.snap: Snapshot = registry.snapshot()
+
+    def refresh(self) -> Snapshot:
+        if self.snap.generation != self.registry.generation:
+            self.snap = self.registry.snapshot()
+        return self.snap
+
+    def scope(self, client_ip: str) -> Scope:
+        snap = self.snap
+        if snap.generation != self.registry.generation:
+            snap = self.refresh()
+        return snap.clients.get(client_ip, snap.unknown)
+
+    # ------------------------------------------------------------------ hot path
+
+    def resolve(self, data: bytes, client_ip: str, udp: bool = True) -> bytes | int | None:
+        """Answer one query from ``client_ip`` (see the module docstring for the result)."""
+        snap = self.snap
+        if snap.generation != self.registry.generation:
+            snap = self.refresh()
+        scope = snap.clients.get(client_ip, snap.unknown)
+        n = len(data)
+        if n > 16 and not data[2] & 0xF8:
+            hdr = data[4:12]
+            t: Template | None = None
+            if hdr == _Q0:
+                t = scope.cache0.get(data[12 : n - 4].lower() + data[n - 4 :])
+                qend = n
+            elif hdr == _Q1:
+                shape = question_shape(data)
+                if shape is not None:
+                    qend = shape[2]
+                    t = scope.cache1.get(shape[1])
+            if t is not None:
+                if t is FORWARD:
+                    return qend
+                h0, h1, tail = t
+                return data[:2] + (h1 if data[2] & 1 else h0) + data[12:qend] + tail
+        return self.slow(data, scope, udp)
+
+    # ------------------------------------------------------------------ slow path
+
+    def slow(self, data: bytes, scope: Scope, udp: bool = True) -> bytes | int | None:
+        try:
+            req = DNSRecord.parse(data)
+        except Exception:
+            return _formerr(data)
+        try:
+            out = self._answer(req, scope, udp)
+        except Exception:
+            return _formerr(data)
+        if isinstance(out, int):
+            self._remember(data, scope, FORWARD, None)
+            return out
+        packed, cacheable = out
+        if cacheable:
+            self._remember(data, scope, None, packed)
+        return packed
+
+    def _remember(
+        self, data: bytes, scope: Scope, marker: Template | None, resp: bytes | None
+    ) -> None:
+        shape = question_shape(data)
+        if shape is None:
+            return
+        has_opt, key, qend = shape
+        value: Template
+        if resp is None:
+            if marker is None:
+                return
+            value = marker
+        else:
+            if len(resp) > 512 or resp[12:qend].lower() != data[12:qend].lower():
+                return
+            head = bytes((resp[2] & 0xFE,)) + resp[3:12]
+            value = (head, bytes((resp[2] | 1,)) + resp[3:12], resp[qend:])
+        cache = scope.cache1 if has_opt else scope.cache0
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+
+    def _answer(self, req: DNSRecord, scope: Scope, udp: bool) -> tuple[bytes, bool] | int:
+        """The packed response and whether it may be cached, or the qend to forward."""
+        h = req.header
+        if h.qr:
+            raise ValueError("response")
+        opts = [r for r in req.ar if r.rtype == _T_OPT]
+        reply = DNSRecord(DNSHeader(id=h.id, qr=1, opcode=h.opcode, rd=h.rd, ra=int(scope.forward)))
+        if opts:
+            reply.add_ar(EDNS0(udp_len=_EDNS_SIZE))
+        limit = 65535
+        if udp:
+            limit = max(512, min(int(opts[0].rclass), 4096)) if opts else 512
+        if h.opcode != 0:
+            reply.header.rcode = RCODE.NOTIMP
+            return bytes(reply.pack()), False
+        if len(req.questions) != 1 or len(opts) > 1:
+            reply.header.rcode = RCODE.FORMERR
+            return bytes(reply.pack()), False
+        q: DNSQuestion = req.questions[0]
+        reply.add_question(q)
+        if opts and (int(opts[0].ttl) >> 16) & 0xFF != 0:
+            reply.ar = [EDNS0(udp_len=_EDNS_SIZE, ext_rcode=1)]  # BADVERS
+            return bytes(reply.pack()), False
+        if not scope.known:
+            reply.header.rcode = RCODE.REFUSED
+            return bytes(reply.pack()), True
+        labels = tuple(label.lower() for label in q.qname.label)
+        wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+        rec = scope.names.get(wire)
+        local_class = q.qclass in (1, _T_ANY)
+        if rec is not None or wire.endswith(_DOMAIN_SUFFIX):
+            if not local_class:
+                reply.header.rcode = RCODE.REFUSED
+                return bytes(reply.pack()), True
+            reply.header.aa = 1
+            if rec is not None:
+                self._add_addresses(reply, q, rec)
+            elif wire == DOMAIN_WIRE and q.qtype in (_T_SOA, _T_ANY):
+                reply.add_answer(self._soa())
+            elif wire != DOMAIN_WIRE:
+                reply.header.rcode = RCODE.NXDOMAIN
+            if not reply.rr:
+                reply.add_auth(self._soa())
+            return self._fit(reply, limit)
+        if wire.endswith(_V4_REVERSE) or wire.endswith(_V6_REVERSE):
+            target = scope.ptrs.get(wire)
+            ip = _reverse_ip(labels) if target is None else None
+            if target is not None or (ip is not None and self.snap.is_ours(ip)):
+                reply.header.aa = 1
+                if target is None:
+                    reply.header.rcode = RCODE.NXDOMAIN
+                elif q.qtype in (_T_PTR, _T_ANY) and local_class:
+                    reply.add_answer(RR(q.qname, QTYPE.PTR, ttl=self.ttl, rdata=PTR(target)))
+                return self._fit(reply, limit)
+        if not scope.forward:
+            reply.header.rcode = RCODE.REFUSED
+            return bytes(reply.pack()), True
+        return 12 + len(wire) + 4
+
+    def _add_addresses(self, reply: DNSRecord, q: DNSQuestion, rec: NameRecord) -> None:
+        if q.qtype in (_T_A, _T_ANY):
+            for ip in rec.v4:
+                reply.add_answer(RR(q.qname, QTYPE.A, ttl=self.ttl, rdata=A(ip)))
+        if q.qtype in (_T_AAAA, _T_ANY):
+            for ip in rec.v6:
+                reply.add_answer(RR(q.qname, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(ip)))
+
+    def _soa(self) -> RR:
+        return RR(
+            DOMAIN + ".",
+            QTYPE.SOA,
+            ttl=_NEG_TTL,
+            rdata=SOA(f"ns.{DOMAIN}.", f"hostmaster.{DOMAIN}.", (1, 3600, 600, 86400, _NEG_TTL)),
+        )
+
+    @staticmethod
+    def _fit(reply: DNSRecord, limit: int) -> tuple[bytes, bool]:
+        """Pack; over ``limit`` (UDP), send the header and question with TC set instead."""
+        packed = bytes(reply.pack())
+        if len(packed) <= limit:
+            return packed, True
+        reply.rr = []
+        reply.auth = []
+        reply.ar = [r for r in reply.ar if r.rtype == _T_OPT]
+        reply.header.tc = 1
+        return bytes(reply.pack()), False

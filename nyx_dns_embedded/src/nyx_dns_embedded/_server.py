@@ -1,0 +1,290 @@
+"""The DNS server: one asyncio loop on one dedicated thread, UDP and TCP on one address.
+
+Sockets are created by :meth:`DnsServer.start` in the *calling* thread, so they live in
+the caller's network namespace (the thread started there inherits it too). UDP is a raw
+non-blocking socket watched with ``loop.add_reader``: each wakeup drains up to
+``udp_batch`` datagrams with ``recvfrom``/``sendto``, no transport or protocol objects in
+between. TCP uses asyncio streams with a read timeout per message and a connection cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass
+
+from loguru import logger
+
+from nyx_core import DnsError
+
+from ._forwarder import Forwarder
+from ._resolver import Resolver
+from ._upstream import Upstreams
+
+__all__ = ["DnsServer", "ServerOptions"]
+
+_UDP_RECV = 4096
+_RCVBUF = 4 << 20
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Tunables of one server (see :class:`~nyx_dns_embedded.EmbeddedDnsSettings`)."""
+
+    forward_timeout: float = 1.5
+    max_inflight: int = 1024
+    tcp_max_connections: int = 64
+    tcp_idle_timeout: float = 5.0
+    upstream_port: int = 53
+    udp_batch: int = 256
+    upstream_sockets: int = 4
+
+
+def _udp_socket(family: int, addr: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DnsServer:
+    """Serve ``resolver`` on ``host:port`` (UDP and TCP) from a thread of its own."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        upstreams: Upstreams,
+        host: str,
+        port: int,
+        options: ServerOptions | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.upstreams = upstreams
+        self.host = host
+        self.port = port
+        self.options = options or ServerOptions()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.forwarder: Forwarder | None = None
+        self._thread: threading.Thread | None = None
+        self._udp: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+        self._socks: list[socket.socket] = []
+        self._tcp_server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.stats = {"udp": 0, "tcp": 0, "tcp_refused": 0, "errors": 0}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self._udp is None:
+            raise DnsError("embedded DNS server is not running")
+        addr = self._udp.getsockname()
+        return addr[0], addr[1]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Bind the sockets here (caller's netns), then run the loop on a new thread."""
+        if self.running:
+            return
+        opts = self.options
+        socks: list[socket.socket] = []
+        try:
+            udp = _udp_socket(socket.AF_INET, (self.host, self.port))
+            socks.append(udp)
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(tcp)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((self.host, udp.getsockname()[1]))
+            tcp.listen(128)
+            tcp.setblocking(False)
+            up4 = [
+                _udp_socket(socket.AF_INET, ("0.0.0.0", 0)) for _ in range(opts.upstream_sockets)
+            ]
+            socks += up4
+            up6: list[socket.socket] = []
+            with contextlib.suppress(OSError):
+                for _ in range(opts.upstream_sockets):
+                    up6.append(_udp_socket(socket.AF_INET6, ("::", 0)))
+            socks += up6
+        except OSError as exc:
+            for s in socks:
+                s.close()
+            raise DnsError(
+                f"embedded DNS cannot listen on {self.host}:{self.port} (gateway_ip, dns_port): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._udp, self._tcp, self._socks = udp, tcp, socks
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        self.forwarder = Forwarder(
+            loop,
+            self.upstreams,
+            udp,
+            up4,
+            up6,
+            timeout=opts.forward_timeout,
+            max_inflight=opts.max_inflight,
+            port=opts.upstream_port,
+        )
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="nyx-dns", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None or not self._ready.is_set():
+            err = self._error
+            self.stop()
+            raise DnsError(f"embedded DNS server failed to start: {err!r}") from err
+        logger.info("embedded DNS listening on {}:{} (udp, tcp)", *self.address)
+
+    def _run(self) -> None:
+        loop = self.loop
+        assert loop is not None and self.forwarder is not None and self._udp is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.add_reader(self._udp.fileno(), self._on_udp)
+            self.forwarder.attach()
+            self._tcp_server = loop.run_until_complete(
+                asyncio.start_server(self._on_tcp, sock=self._tcp)
+            )
+            self._ready.set()
+            loop.run_forever()
+        except BaseException as exc:  # pragma: no cover - reported to start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            try:
+                loop.run_until_complete(self._cleanup())
+            finally:
+                loop.close()
+                for s in self._socks:
+                    s.close()
+                self._socks = []
+
+    async def _cleanup(self) -> None:
+        assert self.loop is not None
+        with contextlib.suppress(Exception):
+            if self._udp is not None:
+                self.loop.remove_reader(self._udp.fileno())
+        if self.forwarder is not None:
+            self.forwarder.detach()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._tcp_server is not None:
+            with contextlib.suppress(Exception):
+                await self._tcp_server.wait_closed()
+        await self.loop.shutdown_asyncgens()
+
+    def stop(self) -> None:
+        """Stop the loop, close every socket, join the thread. Idempotent."""
+        thread, loop = self._thread, self.loop
+        if thread is not None and loop is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+        elif loop is not None and not loop.is_closed():
+            loop.close()
+            for s in self._socks:
+                s.close()
+            self._socks = []
+        self._thread = None
+        self.loop = None
+        self._udp = self._tcp = None
+        self._tcp_server = None
+
+    # ------------------------------------------------------------------ UDP
+
+    def _on_udp(self) -> None:
+        sock = self._udp
+        fwd = self.forwarder
+        assert sock is not None and fwd is not None
+        resolve = self.resolver.resolve
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        n = 0
+        try:
+            for n in range(self.options.udp_batch):  # noqa: B007
+                try:
+                    data, addr = recvfrom(_UDP_RECV)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                try:
+                    out = resolve(data, addr[0])
+                except Exception as exc:  # never let one packet kill the reader
+                    self.stats["errors"] += 1
+                    logger.debug("embedded DNS: query from {} failed: {!r}", addr, exc)
+                    continue
+                if out is None:
+                    continue
+                if out.__class__ is int:
+                    fwd.forward_udp(data, addr, out)  # type: ignore[arg-type]
+                else:
+                    try:
+                        sendto(out, addr)  # type: ignore[arg-type]
+                    except OSError:
+                        pass
+        finally:
+            self.stats["udp"] += n
+
+    # ------------------------------------------------------------------ TCP
+
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opts = self.options
+        task = asyncio.current_task()
+        if len(self._conns) >= opts.tcp_max_connections or task is None:
+            self.stats["tcp_refused"] += 1
+            writer.close()
+            return
+        self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        fwd = self.forwarder
+        assert fwd is not None
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), opts.tcp_idle_timeout)
+                size = int.from_bytes(head, "big")
+                data = await asyncio.wait_for(reader.readexactly(size), opts.tcp_idle_timeout)
+                self.stats["tcp"] += 1
+                try:
+                    out = self.resolver.resolve(data, client, udp=False)
+                except Exception as exc:
+                    self.stats["errors"] += 1
+                    logger.debug("embedded DNS: TCP query from {} failed: {!r}", client, exc)
+                    break
+                if out is None:
+                    break
+                if isinstance(out, int):
+                    out = await fwd.forward_tcp(data, out)
+                writer.write(len(out).to_bytes(2, "big") + out)
+                await asyncio.wait_for(writer.drain(), opts.tcp_idle_timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)

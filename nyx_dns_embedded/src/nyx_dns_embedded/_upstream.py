@@ -1,0 +1,108 @@
+"""The host's resolvers, read from a resolv.conf and re-read when the file changes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["HostResolvConf", "Upstreams", "parse_resolv_conf"]
+
+MAX_NAMESERVERS = 3  # glibc's MAXNS
+MAX_SEARCH = 6
+
+
+@dataclass(frozen=True)
+class HostResolvConf:
+    """The parts of a resolv.conf nyx uses."""
+
+    nameservers: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+
+
+def parse_resolv_conf(text: str) -> HostResolvConf:
+    """Nameservers (IP literals, at most 3, zone ids dropped) and search domains.
+
+    The last ``search``/``domain`` line wins, as in glibc.
+    """
+    servers: list[str] = []
+    search: list[str] = []
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        key, args = parts[0], parts[1:]
+        if key == "nameserver":
+            addr = args[0].split("%", 1)[0]
+            try:
+                ip = ipaddress.ip_address(addr)
+            except ValueError:
+                continue
+            if ip.is_unspecified:
+                ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
+            if str(ip) not in servers and len(servers) < MAX_NAMESERVERS:
+                servers.append(str(ip))
+        elif key in ("search", "domain"):
+            search = [d.strip(".").lower() for d in args if d.strip(".")][:MAX_SEARCH]
+    return HostResolvConf(tuple(servers), tuple(search))
+
+
+class Upstreams:
+    """The current upstream servers from ``path``, re-read when its stat changes.
+
+    :meth:`get` looks at the file at most every ``check_interval`` seconds. Servers equal to
+    one of the ``exclude`` addresses (our own listen address when we listen on port 53) are
+    dropped so the server never forwards to itself.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        check_interval: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self.exclude = exclude
+        self.check_interval = check_interval
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._checked = float("-inf")
+        self._conf = HostResolvConf()
+        self._servers: tuple[str, ...] = ()
+        self.reload()
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+    def reload(self) -> HostResolvConf:
+        self._checked = time.monotonic()
+        stamp = self._stat()
+        if stamp == self._stamp and stamp is not None:
+            return self._conf
+        self._stamp = stamp
+        try:
+            text = self.path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        self._conf = parse_resolv_conf(text)
+        self._servers = tuple(s for s in self._conf.nameservers if s not in self.exclude)
+        return self._conf
+
+    def conf(self) -> HostResolvConf:
+        """The parsed file, re-read first when it may have changed."""
+        if time.monotonic() - self._checked >= self.check_interval:
+            self.reload()
+        return self._conf
+
+    def servers(self) -> tuple[str, ...]:
+        """The upstream nameservers to forward to (possibly empty)."""
+        if time.monotonic() - self._checked >= self.check_interval:
+            self.reload()
+        return self._servers
