@@ -58,6 +58,7 @@ _INDEX_TYPES = {
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
+_DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?\Z")
 _TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
 _CHUNK = 1 << 20
 _REF_NAME = "org.opencontainers.image.ref.name"
@@ -101,7 +102,10 @@ def _split(ref: str) -> tuple[str, str | None, str | None]:
     if not name or any(c.isspace() for c in text):
         raise ImageError(f"invalid image reference {ref!r}")
     first, sep, rest = name.partition("/")
-    path = rest if sep and ("." in first or ":" in first or first == "localhost") else name
+    has_domain = sep and ("." in first or ":" in first or first == "localhost")
+    if has_domain and not _DOMAIN.match(first):
+        raise ImageError(f"invalid image reference {ref!r}: bad registry host {first!r}")
+    path = rest if has_domain else name
     for component in path.split("/"):
         if not _COMPONENT.match(component):
             raise ImageError(

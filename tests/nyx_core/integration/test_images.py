@@ -1,0 +1,345 @@
+"""The image store with real archives: docker save, OCI layouts, whiteouts, digests, tags."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from nyx_core._compression import zstd_available
+from nyx_core._images import Image, ImageError, ImageStore
+from nyx_core._runtime import Rootfs
+from nyx_core.errors import DigestMismatchError, ImageNotFoundError, NyxError
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_kernel")]
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "busybox_image", ROOT / "examples/busybox_image.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["busybox_image"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bb = _example()
+Entry = bb.Entry
+
+
+def sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The busybox image as docker save tar, OCI tar and OCI dir (built by the example)."""
+    out = tmp_path_factory.mktemp("archives")
+    script = str(ROOT / "examples/busybox_image.py")
+    subprocess.run([sys.executable, script, str(out / "docker.tar")], check=True)
+    subprocess.run(
+        [sys.executable, script, str(out / "oci.tar"), "--format", "oci", "--tag", "busybox:oci"],
+        check=True,
+    )
+    subprocess.run([sys.executable, script, "--oci-dir", str(out / "oci-dir")], check=True)
+    return {"docker": out / "docker.tar", "oci": out / "oci.tar", "dir": out / "oci-dir"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    return ImageStore(tmp_path / "images")
+
+
+def assert_busybox(store: ImageStore, image: Image) -> None:
+    assert image.id.startswith("sha256:") and len(image.id) == 71
+    assert image.config["Cmd"] == ["sh"]
+    assert len(image.layers) == 1
+    (layer,) = store.layer_dirs(image)
+    assert (layer / "bin" / "busybox").stat().st_mode & 0o111
+    assert os.readlink(layer / "bin" / "sh") == "busybox"
+    assert (layer / "www" / "index.html").read_text().startswith("<html>")
+    assert stat.S_IMODE((layer / "tmp").stat().st_mode) == 0o1777
+    assert image.size > 1_000_000
+
+
+def test_load_docker_save_archive(store: ImageStore, archives: dict[str, Path]) -> None:
+    (image,) = store.load(archives["docker"])
+    assert image.repo_tags == ["busybox:nyx"]
+    assert image.digest is None
+    assert_busybox(store, image)
+    assert store.list() == [image]
+
+
+def test_load_oci_tar_and_dir_share_layers(store: ImageStore, archives: dict[str, Path]) -> None:
+    (from_tar,) = store.load(archives["oci"])
+    assert from_tar.repo_tags == ["busybox:oci"]
+    assert from_tar.digest is not None and from_tar.digest.startswith("sha256:")
+    assert_busybox(store, from_tar)
+    (from_dir,) = store.load(archives["dir"])
+    assert from_dir.id == from_tar.id
+    assert set(from_dir.repo_tags) == {"busybox:oci", "busybox:nyx"}
+    assert len(list((store.root / "layers").iterdir())) == 1
+    (from_docker,) = store.load(archives["docker"])
+    assert from_docker.id == from_tar.id and len(store.list()) == 1
+
+
+def test_import_oci_layout_under_a_reference(store: ImageStore, archives: dict[str, Path]) -> None:
+    image = store.import_oci_layout(archives["dir"], "docker.io/library/busybox:pulled")
+    assert "docker.io/library/busybox:pulled" in image.repo_tags
+    assert store.get("busybox:pulled").id == image.id
+    assert store.get(f"busybox@{image.digest}").id == image.id
+
+
+def test_get_normalisation_prefix_and_errors(store: ImageStore, archives: dict[str, Path]) -> None:
+    (image,) = store.load(archives["docker"])
+    for ref in ("busybox:nyx", "docker.io/library/busybox:nyx", "library/busybox:nyx", image.id):
+        assert store.get(ref).id == image.id
+    assert store.get(image.id[7:19]).id == image.id
+    assert store.get(image.id[:12]).id == image.id
+    with pytest.raises(ImageNotFoundError, match="'busybox'"):
+        store.get("busybox")  # means busybox:latest
+    store.tag(image.id, "busybox")
+    assert store.get("busybox").repo_tags == ["busybox:nyx", "busybox:latest"]
+    with pytest.raises(ImageNotFoundError) as info:
+        store.get("nope:1")
+    assert isinstance(info.value, NyxError)
+
+
+def test_tag_moves_to_the_newer_image(
+    store: ImageStore, archives: dict[str, Path], tmp_path: Path
+) -> None:
+    (first,) = store.load(archives["docker"])
+    layer = bb.layer_tar([Entry("hello", data=b"hi\n")])
+    bb.write_docker_archive(
+        tmp_path / "o.tar", [layer], bb.image_config([sha(layer)]), ["busybox:nyx"]
+    )
+    (second,) = store.load(tmp_path / "o.tar")
+    assert second.id != first.id
+    assert store.get("busybox:nyx").id == second.id
+    assert store.get(first.id).repo_tags == []
+
+
+def test_remove_untags_then_deletes_and_collects(
+    store: ImageStore, archives: dict[str, Path]
+) -> None:
+    (image,) = store.load(archives["oci"])
+    store.tag(image.id, "other:1")
+    store.remove("other:1")
+    assert store.get(image.id).repo_tags == ["busybox:oci"]
+    store.remove("busybox:oci")
+    assert store.list() == []
+    assert list((store.root / "layers").iterdir()) == []
+    assert list((store.root / "blobs" / "sha256").iterdir()) == []
+    with pytest.raises(ImageNotFoundError):
+        store.remove("busybox:oci")
+
+
+def test_not_an_image_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="neither"):
+        store.load(tmp_path / "empty")
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ImageError, match="junk.tar"):
+        store.load(tmp_path / "junk.tar")
+    with pytest.raises(ImageError, match="does not exist"):
+        store.load(tmp_path / "missing.tar")
+
+
+# -- digests -------------------------------------------------------------------------------
+
+
+def _oci_dir(tmp_path: Path, layers: list[bytes], **kw: object) -> Path:
+    out = tmp_path / "layout"
+    bb.write_oci_layout(
+        out, layers, bb.image_config([sha(x) for x in layers]), ["t:1"], as_dir=True, **kw
+    )
+    return out
+
+
+def assert_store_empty(store: ImageStore) -> None:
+    assert store.list() == []
+    assert list((store.root / "layers").iterdir()) == []
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_corrupted_layer_blob_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    layer = bb.layer_tar([Entry("f", data=b"x" * 1000)])
+    layout = _oci_dir(tmp_path, [layer], compress=False)
+    blob = layout / "blobs" / "sha256" / sha(layer).removeprefix("sha256:")
+    blob.write_bytes(blob.read_bytes().replace(b"x" * 10, b"y" * 10, 1))
+    with pytest.raises(DigestMismatchError, match="digest is sha256:"):
+        store.load(layout)
+    assert_store_empty(store)
+
+
+def test_wrong_diff_id_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    layer = bb.layer_tar([Entry("f", data=b"data")])
+    other = bb.layer_tar([Entry("g", data=b"data")])
+    out = tmp_path / "layout"
+    bb.write_oci_layout(out, [layer], bb.image_config([sha(other)]), ["t:1"], as_dir=True)
+    with pytest.raises(DigestMismatchError, match="uncompressed digest"):
+        store.load(out)
+    assert_store_empty(store)
+
+
+def test_docker_config_digest_mismatch_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    layer = bb.layer_tar([Entry("f", data=b"data")])
+    out = tmp_path / "extracted"
+    bb.write_docker_archive(tmp_path / "d.tar", [layer], bb.image_config([sha(layer)]), ["t:1"])
+    shutil.unpack_archive(tmp_path / "d.tar", out, format="tar")
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = out / manifest[0]["Config"]
+    config.write_text(config.read_text().replace('"sh"', '"ls"'))
+    with pytest.raises(DigestMismatchError, match="config"):
+        store.load(out)
+    assert store.list() == []
+
+
+def test_truncated_size_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    layout = _oci_dir(tmp_path, [bb.layer_tar([Entry("f", data=b"z")])])
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["size"] += 1
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DigestMismatchError, match="size"):
+        store.load(layout)
+
+
+# -- whiteouts and unpack safety -----------------------------------------------------------
+
+LOWER = [
+    Entry("a", "dir", mode=0o755),
+    Entry("a/keep", data=b"keep\n"),
+    Entry("a/gone", data=b"gone\n"),
+    Entry("b", "dir", mode=0o750, uid=33, gid=33),
+    Entry("b/old1", data=b"1"),
+    Entry("b/sub", "dir"),
+    Entry("b/sub/old2", data=b"2"),
+    Entry("c", data=b"c\n"),
+    Entry("d", "symlink", target="c"),
+    Entry("suid", data=b"#!/bin/sh\n", mode=0o4755, uid=0, gid=0),
+]
+UPPER = [
+    Entry("a/.wh.gone"),
+    Entry("b/.wh..wh..opq"),
+    Entry("b/new", data=b"new\n"),
+    Entry(".wh.c"),
+    Entry(".wh..wh.plnk", "dir"),
+    Entry("e", data=b"e\n", uid=1000, gid=1001, xattrs={"user.nyx": "test"}),
+    Entry("f", "hardlink", target="e"),
+    Entry("fifo", "fifo", mode=0o600),
+]
+
+
+@pytest.mark.parametrize("fmt", ["oci", "docker"])
+def test_whiteouts_become_overlay_whiteouts(store: ImageStore, tmp_path: Path, fmt: str) -> None:
+    layers = [bb.layer_tar(LOWER), bb.layer_tar(UPPER)]
+    config = bb.image_config([sha(x) for x in layers])
+    if fmt == "oci":
+        bb.write_oci_layout(tmp_path / "img", layers, config, ["wh:1"], as_dir=True)
+        (image,) = store.load(tmp_path / "img")
+    else:
+        bb.write_docker_archive(tmp_path / "img.tar", layers, config, ["wh:1"])
+        (image,) = store.load(tmp_path / "img.tar")
+    lower, upper = store.layer_dirs(image)
+    for name in ("a/gone", "c"):
+        st = os.lstat(upper / name)
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+    assert os.getxattr(upper / "b", "trusted.overlay.opaque") == b"y"
+    assert not (upper / ".wh..wh.plnk").exists()
+    assert not list(upper.rglob(".wh.*"))
+    assert os.getxattr(upper / "e", "user.nyx") == b"test"
+    assert (upper / "e").stat().st_uid == 1000 and (upper / "e").stat().st_gid == 1001
+    assert (upper / "e").stat().st_ino == (upper / "f").stat().st_ino
+    assert stat.S_ISFIFO(os.lstat(upper / "fifo").st_mode)
+    assert stat.S_IMODE((lower / "suid").stat().st_mode) == 0o4755
+    assert (lower / "b").stat().st_uid == 33 and stat.S_IMODE((lower / "b").stat().st_mode) == 0o750
+
+    container = tmp_path / "ctr"
+    merged = Rootfs.mount(store.layer_dirs(image), container)
+    try:
+        found = sorted(str(p.relative_to(merged)) for p in merged.rglob("*"))
+        assert found == ["a", "a/keep", "b", "b/new", "d", "e", "f", "fifo", "suid"]
+        assert os.readlink(merged / "d") == "c" and not (merged / "d").exists()
+        (merged / "a" / "written").write_text("w")
+    finally:
+        Rootfs.unmount(container)
+    Rootfs.unmount(container)  # idempotent
+    assert (container / "upper" / "a" / "written").exists()
+    assert not (lower / "a" / "written").exists()
+
+
+def test_entry_escaping_the_root_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    layout = _oci_dir(tmp_path, [bb.layer_tar([Entry("../escape", data=b"x")])])
+    with pytest.raises(ImageError, match="escapes"):
+        store.load(layout)
+    assert not (tmp_path / "images" / "escape").exists()
+    assert_store_empty(store)
+
+
+def test_write_through_a_symlink_is_rejected(store: ImageStore, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [Entry("link", "symlink", target=str(outside)), Entry("link/pwned", data=b"x")]
+    layout = _oci_dir(tmp_path, [bb.layer_tar(entries)])
+    with pytest.raises(ImageError, match="symlink"):
+        store.load(layout)
+    assert list(outside.iterdir()) == []
+    assert_store_empty(store)
+
+
+# -- interoperability with skopeo (real-world layouts, zstd) -------------------------------
+
+
+@pytest.fixture
+def skopeo() -> Iterator[str]:
+    path = shutil.which("skopeo")
+    if path is None:
+        pytest.skip("skopeo is not installed")
+    yield path
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_skopeo_written_layout_loads(
+    store: ImageStore, archives: dict[str, Path], tmp_path: Path, skopeo: str, compression: str
+) -> None:
+    if compression == "zstd" and not zstd_available():
+        pytest.skip("zstandard is not installed")
+    out = tmp_path / "sk"
+    subprocess.run(
+        [
+            skopeo,
+            "copy",
+            "--quiet",
+            "--dest-compress-format",
+            compression,
+            f"docker-archive:{archives['docker']}",
+            f"oci:{out}:busybox:sk",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (image,) = store.load(out)
+    assert image.repo_tags == ["busybox:sk"]
+    assert_busybox(store, image)
+    inspected = subprocess.run(
+        [skopeo, "inspect", "--config", f"docker-archive:{archives['docker']}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert json.loads(inspected)["config"]["Cmd"] == ["sh"]
