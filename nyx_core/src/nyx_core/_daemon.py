@@ -51,20 +51,23 @@ def should_start_dns(settings: NyxSettings, dns: DnsFacade | None) -> bool:
     return dns is not None and settings.dns not in ("off", "cni")
 
 
-def _cni_gc(backend: NetworkBackend, settings: NyxSettings) -> None:
-    """Call the CNI driver's documented garbage collection, if it has one."""
+def _cni_gc(backend: NetworkBackend, sup: Supervisor) -> None:
+    """Call the CNI driver's documented ``gc_network`` with the containers still valid."""
     if backend.name != "cni":
         return
     try:
         mod: Any = importlib.import_module("nyx_plugins_cni")
     except ImportError:
         return
-    gc = getattr(mod, "gc", None) or getattr(mod, "garbage_collect", None)
-    if callable(gc):
-        try:
-            gc(settings)
-        except Exception as exc:
-            logger.bind(error=str(exc)).warning("CNI garbage collection failed")
+    gc = getattr(mod, "gc_network", None)
+    if not callable(gc):
+        return
+    valid = [c["id"] for c in sup.list_containers(all=False)]
+    try:
+        report = gc(valid)
+        logger.bind(report=str(report)).info("CNI garbage collection")
+    except Exception as exc:
+        logger.bind(error=str(exc)).warning("CNI garbage collection failed")
 
 
 def serve(
@@ -91,7 +94,6 @@ def serve(
         dns.start(settings)
         dns_started = True
         logger.bind(provider=dns.name, port=settings.dns_port).info("dns started")
-    _cni_gc(backend, settings)
     sup = Supervisor(settings, backend, dns if dns_started else None, host)
     stop = stop_event or threading.Event()
     api: ApiServer | None = None
@@ -106,6 +108,7 @@ def serve(
             previous[sig] = signal.signal(sig, on_signal)
     try:
         sup.reconcile()
+        _cni_gc(backend, sup)
         api = ApiServer(settings.socket, sup)
         api.start()
         logger.bind(socket=str(settings.socket)).info("listening")
@@ -119,6 +122,10 @@ def serve(
         if api is not None:
             api.close()
         sup.shutdown()
+        cleanup = getattr(host.runtime, "remove_cgroup_parent", None)
+        if callable(cleanup):
+            with contextlib.suppress(Exception):
+                cleanup()
         if dns_started and dns is not None:
             with contextlib.suppress(Exception):
                 dns.stop()

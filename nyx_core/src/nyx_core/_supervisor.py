@@ -15,6 +15,7 @@ import builtins
 import contextlib
 import importlib
 import ipaddress
+import os
 import re
 import secrets
 import shutil
@@ -464,7 +465,7 @@ class Supervisor:
         for att in rec.spec.attachments():
             names.extend(att.aliases)
         names.extend(rec.spec.aliases)
-        if rec.name != rec.hostname and _LABEL_RE.match(rec.name):
+        if rec.spec.name and rec.name != rec.hostname and _LABEL_RE.match(rec.name):
             names.append(rec.name)
         return list(dict.fromkeys(n for n in names if n != rec.hostname))
 
@@ -557,7 +558,7 @@ class Supervisor:
             rec.netns_path = None
         if rec.rootfs_mounted:
             step("rootfs_mounted", lambda: self.host.rootfs.unmount(cdir))
-        if not rec.rootfs_mounted:
+        if not rec.rootfs_mounted and not os.path.ismount(cdir / "rootfs"):
             shutil.rmtree(cdir, ignore_errors=True)
         if errors:
             rec.error = "; ".join(str(e) for e in errors)
