@@ -589,6 +589,12 @@ def load_compose(
                 raise _bad(f"services.{svc.name}.depends_on[{i}]", dep, "no such service")
     if any(sn.key == DEFAULT_NETWORK for s in services.values() for sn in s.networks):
         networks.setdefault(DEFAULT_NETWORK, ComposeNetwork(DEFAULT_NETWORK, f"{name}_default"))
+    for svc in services.values():
+        if svc.ports and all(networks[sn.key].internal for sn in svc.networks):
+            warnings.append(
+                f"services.{svc.name}.ports: the service is only on internal networks, "
+                "its published ports cannot be reached from outside"
+            )
     used = {sn.key for s in services.values() for sn in s.networks}
     for key in networks:
         if key not in used:
@@ -645,10 +651,18 @@ class ComposePlan:
         return f"{self.project.name}-{service}-1"
 
     def attachments(self, service: str) -> list[NetworkAttachment]:
-        """The service's networks as nyxd sees them; aliases start with the service name."""
+        """The service's networks as nyxd sees them; aliases start with the service name.
+
+        File order, except that a service publishing ports gets a non-internal network
+        first (nyxd publishes ports on the first one).
+        """
         svc = self.project.services[service]
+        nets = list(svc.networks)
+        if svc.ports:
+            # nyxd publishes ports on the first network: make it one that is not internal
+            nets.sort(key=lambda sn: self.project.networks[sn.key].internal)
         out: list[NetworkAttachment] = []
-        for sn in svc.networks:
+        for sn in nets:
             net = self.project.networks[sn.key]
             aliases = [service, *(a for a in sn.aliases if a != service)]
             out.append(NetworkAttachment(name=net.name, aliases=aliases, internal=net.internal))

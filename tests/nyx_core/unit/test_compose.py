@@ -550,3 +550,22 @@ def test_dns_stack_matches_stack_services() -> None:
         s: [(a.name, a.internal) for a in st.networks] for s, st in spec.stack_services.items()
     }
     assert from_request == {s: [(n.name, n.internal) for n in v] for s, v in stack.items()}
+
+
+def test_published_service_gets_a_non_internal_network_first() -> None:
+    project = load(
+        """
+services:
+  web: {image: x, ports: ["80:80"], networks: [back, front]}
+  worker: {image: x, networks: [back, front]}
+  hidden: {image: x, ports: ["81:80"], networks: [back]}
+networks: {back: {internal: true}, front: {}}
+"""
+    )
+    plan = plan_stack(project)
+    assert [a.name for a in plan.attachments("web")] == ["proj_front", "proj_back"]
+    assert [a.name for a in plan.attachments("worker")] == ["proj_back", "proj_front"]
+    assert project.warnings == (
+        "services.hidden.ports: the service is only on internal networks, "
+        "its published ports cannot be reached from outside",
+    )
