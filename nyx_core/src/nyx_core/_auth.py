@@ -215,7 +215,9 @@ def load_credentials(domain: str, auth_file: Path | None = None) -> Credentials 
     """
     path = auth_file or default_auth_file()
     data = _read_config(path)
-    auths = data.get("auths") or {}
+    auths = data.get("auths")
+    if auths is None:
+        auths = {}
     if not isinstance(auths, dict):
         raise ConfigError(f"registry auth file {str(path)!r}: 'auths' must be an object")
     exact = auths.get(_config_key(domain))
