@@ -1,0 +1,220 @@
+"""The CNI driver with Debian's real plugins (bridge, host-local, portmap, loopback).
+
+Everything runs in throwaway namespaces: the driver and its plugins in the kit's "host"
+namespace (the test thread is switched into it), containers in their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nyx_core import CniPluginError, NyxSettings, PortMapping
+from nyx_core.testing import Netns, entered, snapshot
+from nyx_plugins_cni import CniDriver, CniOptions, ResultCache
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(not Path("/usr/lib/cni/bridge").exists(), reason="needs CNI plugins"),
+]
+
+NsFactory = Callable[[], Netns]
+
+
+@pytest.fixture
+def driver(nyx_settings: NyxSettings, nyx_in_host: Netns) -> Iterator[CniDriver]:
+    d = CniDriver(nyx_settings)
+    d.ensure_network()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _leases(settings: NyxSettings) -> list[str]:
+    d = settings.state_dir / "cni" / "networks" / settings.network
+    if not d.is_dir():
+        return []
+    return sorted(p.name for p in d.iterdir() if p.name[0].isdigit())
+
+
+def test_add_gives_an_address_in_the_subnet(
+    driver: CniDriver, nyx_settings: NyxSettings, nyx_container_ns: NsFactory
+) -> None:
+    ctr = nyx_container_ns()
+    ctr.ip("link", "set", "lo", "down")
+    r = driver.setup("real-a", ctr.path)
+    (ip,) = r.ips
+    assert ip in nyx_settings.container_subnet and ip != nyx_settings.gateway_ip
+    assert r.gateway == nyx_settings.gateway_ip
+    assert [i.name for i in r.interfaces] == ["eth0"]
+    eth0 = {a["ifname"]: a for a in ctr.ipj("addr", "show")}["eth0"]
+    assert f"{ip}/24" in [f"{i['local']}/{i['prefixlen']}" for i in eth0["addr_info"]]
+    assert "UP" in {a["ifname"]: a for a in ctr.ipj("link", "show")}["lo"]["flags"]  # loopback
+    routes = ctr.ipj("route", "show", "default")
+    assert routes and routes[0]["gateway"] == str(nyx_settings.gateway_ip)
+    assert _leases(nyx_settings) == [str(ip)]
+    driver.teardown("real-a", ctr.path)
+    assert _leases(nyx_settings) == []
+
+
+def _serve_once(ns: Netns, port: int, payload: bytes) -> tuple[socket.socket, threading.Thread]:
+    with entered(ns):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(1)
+    srv.settimeout(10)
+
+    def serve() -> None:
+        try:
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(payload)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return srv, t
+
+
+def _external(host: Netns, ext: Netns) -> None:
+    """A veth between the host namespace (198.51.100.1) and an "external" one (.2)."""
+    host.ip("link", "add", "nyxt-ext", "type", "veth", "peer", "name", "eth1", "netns", ext.name)
+    host.ip("addr", "add", "198.51.100.1/24", "dev", "nyxt-ext")
+    host.ip("link", "set", "nyxt-ext", "up")
+    ext.ip("addr", "add", "198.51.100.2/24", "dev", "eth1")
+    ext.ip("link", "set", "eth1", "up")
+
+
+def test_port_map_answers_from_an_external_namespace(
+    driver: CniDriver, nyx_in_host: Netns, nyx_container_ns: NsFactory
+) -> None:
+    ctr, ext = nyx_container_ns(), nyx_container_ns()
+    _external(nyx_in_host, ext)
+    driver.setup("real-p", ctr.path, [PortMapping.parse("18080:80")])
+    srv, t = _serve_once(ctr, 80, b"hello from the container")
+    try:
+        with entered(ext):
+            cli = socket.create_connection(("198.51.100.1", 18080), timeout=10)
+        with cli:
+            data = cli.recv(100)
+        assert data == b"hello from the container"
+    finally:
+        srv.close()
+        t.join(5)
+        driver.teardown("real-p", ctr.path)
+    with entered(ext), pytest.raises(OSError):  # the mapping is gone
+        socket.create_connection(("198.51.100.1", 18080), timeout=2).close()
+
+
+def test_del_cleans_up(
+    driver: CniDriver, nyx_settings: NyxSettings, nyx_in_host: Netns, nyx_container_ns: NsFactory
+) -> None:
+    ctr = nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    driver.setup("real-d", ctr.path, [PortMapping.parse("18081:80")])
+    during = snapshot(nyx_in_host)
+    assert during != before
+    assert any("CNI-DN-" in json.dumps(c) for c in during["nftables"])
+    driver.teardown("real-d", ctr.path)
+    assert snapshot(nyx_in_host) == before
+    assert _leases(nyx_settings) == []
+    assert ResultCache(nyx_settings.state_dir).entries() == []
+    assert [a["ifname"] for a in ctr.ipj("link", "show")] == ["lo"]
+
+
+def test_del_after_a_restart_uses_the_cache(
+    driver: CniDriver, nyx_settings: NyxSettings, nyx_in_host: Netns, nyx_container_ns: NsFactory
+) -> None:
+    ctr = nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    driver.setup("real-r", ctr.path, [PortMapping.parse("18082:80")])
+    driver.close()  # "nyxd exits"
+    restarted = CniDriver(nyx_settings)
+    restarted.ensure_network()
+    assert restarted.attached() == ["real-r"]
+    restarted.teardown("real-r", ctr.path)
+    assert snapshot(nyx_in_host) == before
+    assert _leases(nyx_settings) == []
+
+
+def test_gc_removes_a_stale_attachment(
+    driver: CniDriver, nyx_settings: NyxSettings, nyx_in_host: Netns, nyx_container_ns: NsFactory
+) -> None:
+    keep, stale = nyx_container_ns(), nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    kept = driver.setup("real-keep", keep.path)
+    driver.setup("real-stale", stale.path, [PortMapping.parse("18083:80")])
+    driver.close()
+    restarted = CniDriver(nyx_settings)
+    restarted.ensure_network()
+    report = restarted.gc(["real-keep"])
+    assert report.removed == ["real-stale"]
+    assert _leases(nyx_settings) == [str(kept.ips[0])]
+    assert [a["ifname"] for a in stale.ipj("link", "show")] == ["lo"]
+    restarted.teardown("real-keep", keep.path)
+    assert snapshot(nyx_in_host) == before
+
+
+@pytest.mark.parametrize("mode", ["error", "crash", "hang"])
+def test_broken_plugin_in_the_middle_leaves_nothing(
+    driver: CniDriver,
+    nyx_settings: NyxSettings,
+    nyx_in_host: Netns,
+    nyx_container_ns: NsFactory,
+    fake_bin: Any,
+    mode: str,
+) -> None:
+    # the fixture primed the network with the default conflist; now break the chain
+    fake_bin.link_debian()
+    fake_bin.make("broken", mode=mode)
+    conf_path = nyx_settings.cni_conf_dir / "nyx.conflist"
+    obj = json.loads(conf_path.read_text())
+    obj["plugins"].insert(1, {"type": "broken"})
+    conf_path.write_text(json.dumps(obj))
+    settings = nyx_settings.model_copy(update={"cni_bin_dir": fake_bin.dir})
+    broken = CniDriver(settings, CniOptions(prime=False, timeout=2))
+    broken.ensure_network()
+    ctr = nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    with pytest.raises(CniPluginError) as info:
+        broken.setup("real-b", ctr.path, [PortMapping.parse("18084:80")])
+    assert info.value.plugin == "broken"
+    assert snapshot(nyx_in_host) == before
+    assert _leases(nyx_settings) == []
+    assert ResultCache(nyx_settings.state_dir).entries() == []
+    assert [a["ifname"] for a in ctr.ipj("link", "show")] == ["lo"]
+
+
+def test_check_finds_a_missing_interface(driver: CniDriver, nyx_container_ns: NsFactory) -> None:
+    ctr = nyx_container_ns()
+    driver.setup("real-c", ctr.path)
+    try:
+        driver.check("real-c")
+        ctr.ip("link", "del", "eth0")
+        with pytest.raises(CniPluginError) as info:
+            driver.check("real-c")
+        assert info.value.plugin == "bridge"
+    finally:
+        driver.teardown("real-c", ctr.path)
+
+
+def test_ensure_network_primes_the_bridge(
+    driver: CniDriver, nyx_settings: NyxSettings, nyx_in_host: Netns
+) -> None:
+    links = {a["ifname"]: a for a in nyx_in_host.ipj("addr", "show")}
+    bridge = links[nyx_settings.bridge]
+    assert f"{nyx_settings.gateway_ip}/24" in [
+        f"{i['local']}/{i['prefixlen']}" for i in bridge["addr_info"]
+    ]
+    assert ipaddress.ip_address("10.231.0.1") == nyx_settings.gateway_ip
+    assert ResultCache(nyx_settings.state_dir).entries() == []  # the scratch attachment is gone
