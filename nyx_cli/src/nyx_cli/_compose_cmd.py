@@ -287,14 +287,15 @@ def _status(kind: str, name: str, what: str) -> None:
     click.echo(f" {kind} {name}  {what}")
 
 
-def _ensure_network(client: DaemonClient, name: str, internal: bool) -> None:
+def _ensure_network(client: DaemonClient, name: str, internal: bool) -> bool:
+    """Create the network, or reuse it when it exists with the same flag: ``True`` if created."""
     try:
         client.request("POST", "/v1/networks", {"name": name, "internal": internal})
         _status("Network", name, "Created")
-        return
+        return True
     except ApiError as exc:
         if exc.status != 409:
-            raise
+            raise ApiError(exc.status, f"network {name}: {exc.message}") from exc
     existing = client.request("GET", "/v1/networks")
     if isinstance(existing, dict):
         existing = existing.get("networks", [])
@@ -306,8 +307,28 @@ def _ensure_network(client: DaemonClient, name: str, internal: bool) -> None:
                     f"says internal={internal}; run `nyx compose down` first"
                 )
             _status("Network", name, "Exists")
-            return
+            return False
     raise click.ClickException(f"network {name}: nyxd says it exists but does not list it")
+
+
+def _undo_up(
+    client: DaemonClient, containers: list[dict[str, Any]], networks: list[str]
+) -> list[str]:
+    """Remove what a failed ``up`` created, newest first; returns what could not be undone."""
+    failed: list[str] = []
+    for c in reversed(containers):
+        try:
+            _remove_container(client, c)
+            _status("Container", str(c.get("name")), "Removed")
+        except (ApiError, click.ClickException) as exc:
+            failed.append(f"container {c.get('name')}: {exc}")
+    for name in reversed(networks):
+        try:
+            client.request("DELETE", f"/v1/networks/{quote(name, safe='')}")
+            _status("Network", name, "Removed")
+        except (ApiError, click.ClickException) as exc:
+            failed.append(f"network {name}: {exc}")
+    return failed
 
 
 def _remove_container(client: DaemonClient, container: Mapping[str, Any]) -> None:
@@ -449,22 +470,26 @@ def up(ctx: click.Context, detach: bool) -> None:
     plan = opts.plan()
     assert plan is not None
     client = opts.client()
+    new_networks: list[str] = []
+    new_containers: list[dict[str, Any]] = []
+    started: list[dict[str, Any]] = []
+    service = ""
     try:
         existing = _stack_containers(client, plan.name)
         by_service: dict[str, list[dict[str, Any]]] = {}
         for c in existing:
             by_service.setdefault(_service_of(c, plan.name), []).append(c)
-        for service, orphans in by_service.items():
-            if service not in plan.project.services:
+        for orphan_service, orphans in by_service.items():
+            if orphan_service not in plan.project.services:
                 for c in orphans:
                     click.echo(
-                        f"warning: container {c.get('name')} belongs to service {service!r}, "
-                        "which the file no longer has (`down` removes it)",
+                        f"warning: container {c.get('name')} belongs to service "
+                        f"{orphan_service!r}, which the file no longer has (`down` removes it)",
                         err=True,
                     )
         for net in plan.networks():
-            _ensure_network(client, net.name, net.internal)
-        started: list[dict[str, Any]] = []
+            if _ensure_network(client, net.name, net.internal):
+                new_networks.append(net.name)
         for service in plan.order:
             body = plan.create_request(service)
             name = plan.container_name(service)
@@ -483,15 +508,26 @@ def up(ctx: click.Context, detach: bool) -> None:
             for c in current:
                 _remove_container(client, c)
                 _status("Container", str(c.get("name", name)), "Recreate")
-            created = client.request("POST", "/v1/containers", body)
+            try:
+                created = client.request("POST", "/v1/containers", body)
+            except ApiError as exc:
+                raise ApiError(exc.status, f"service {service}: {exc.message}") from exc
             if not isinstance(created, dict):
                 created = {"id": name, "name": name}
             created.setdefault("name", name)
             created.setdefault("labels", body["labels"])
+            created.setdefault("state", "running")
+            new_containers.append(created)
             _status("Container", name, "Started")
             started.append(created)
-    except ApiError as exc:
-        raise click.ClickException(exc.message) from exc
+    except (ApiError, click.ClickException) as exc:
+        message = exc.message
+        if new_containers or new_networks:
+            click.echo(f"up failed: {message}; undoing what it created", err=True)
+            failed = _undo_up(client, new_containers, new_networks)
+            if failed:
+                message += f" (could not undo: {'; '.join(failed)})"
+        raise click.ClickException(message) from exc
     if detach:
         return
 

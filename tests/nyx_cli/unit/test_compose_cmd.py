@@ -49,6 +49,7 @@ class FakeNyxd:
         self.containers: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, Any]] = []
         self.fail: dict[tuple[str, str], tuple[int, str]] = {}
+        self.fail_create: dict[str, tuple[int, str]] = {}
         self.logs: dict[str, list[str]] = {}
         self.hold_follow = threading.Event()
         self.hold_follow.set()
@@ -112,6 +113,9 @@ class FakeNyxd:
             if method == "POST" and len(parts) == 2:
                 assert body.pop("start") is True
                 spec = ContainerSpec.model_validate(body)
+                if spec.name in self.fail_create:
+                    status, message = self.fail_create[spec.name]
+                    return status, {"error": message}
                 for att in spec.networks:
                     if att.name not in self.networks:
                         return 404, {"error": f"no such network {att.name}"}
@@ -310,13 +314,33 @@ def test_up_existing_network_with_other_internal_flag_is_an_error(
     assert daemon.calls("POST", "/v1/containers") == []
 
 
-def test_up_daemon_error_is_one_line(fake: tuple[FakeNyxd, str], project_dir: Path) -> None:
+def test_up_daemon_error_is_one_line_and_undone(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
     daemon, sock = fake
     daemon.fail[("POST", "/v1/containers")] = (404, "image 'busybox' not found")
     result = run(sock, "up", "-d")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1] == "Error: image 'busybox' not found"
+    assert result.stdout.splitlines()[-1].strip() == "Network mystack_front  Removed"
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: service backend: image 'busybox' not found"
+    )
     assert "Traceback" not in result.output
+    assert daemon.networks == {}
+
+
+def test_up_failing_half_way_removes_what_it_created_only(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    daemon.networks["mystack_front"] = {"name": "mystack_front", "internal": False}
+    daemon.fail_create["mystack-web-1"] = (409, "port 8080/tcp is already published")
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 1
+    assert "Error: service web: port 8080/tcp is already published" in result.stderr
+    assert "Container mystack-backend-1  Removed" in result.stdout
+    assert daemon.containers == []
+    assert set(daemon.networks) == {"mystack_front"}  # it existed before: left alone
 
 
 def test_up_foreground_prints_prefixed_logs_until_containers_end(
