@@ -80,6 +80,9 @@ class Image(BaseModel):
     layers: list[str] = Field(default_factory=list, description="diff_ids, bottom first")
     size: int = Field(default=0, description="bytes of the uncompressed layers")
     created: str | None = None
+    repo_digests: list[str] = Field(
+        default_factory=list, description="name@digest references it was pulled by"
+    )
     architecture: str | None = None
     os: str | None = None
 
@@ -559,6 +562,7 @@ class ImageStore:
         if old is not None:
             image.repo_tags = list(old["image"]["repo_tags"])
             image.digest = image.digest or old["image"].get("digest")
+            image.repo_digests = list(old["image"].get("repo_digests", []))
             blobs = sorted(set(blobs) | set(old.get("blobs", [])))
         for tag in tags:
             self._tag(index, image, tag)
@@ -607,14 +611,18 @@ class ImageStore:
         When the layout holds several manifests, the one whose ``ref.name`` matches the
         reference's tag is used, else the only one.
         """
-        normalize_tag(reference)  # validates
+        canon = canonical_reference(reference)  # validates
         src = _Source(Path(layout))
         try:
             with self._locked() as index:
-                images = self._load_oci(src, index, reference)
+                (image,) = self._load_oci(src, index, reference)
+                if "@" in canon:
+                    rec = index["images"][image.id]["image"]
+                    rec["repo_digests"] = sorted({*rec.get("repo_digests", []), canon})
+                    image = Image.model_validate(rec)
         finally:
             src.close()
-        return images[0]
+        return image
 
     def _load_docker(self, src: _Source, index: dict[str, Any]) -> list[Image]:
         manifest = src.json("manifest.json")
@@ -703,20 +711,13 @@ class ImageStore:
             elif isinstance(ref_name, str) and ("/" in ref_name or ":" in ref_name):
                 names.append(ref_name)
             chosen.append((desc, [n for n in names if self._valid_tag(n, str(src.path))]))
-        if reference is not None:
+        if reference is None:
+            chosen = _host_platform_only(chosen)
+        else:
+            chosen = [(_named(src, chosen, reference), [])]
             _, ref_tag, ref_digest = _split(reference)
-            if len(chosen) > 1:
-                want = ref_tag or "latest"
-                matching = [
-                    (desc, names)
-                    for desc, names in chosen
-                    if want == (desc.get("annotations") or {}).get(_REF_NAME)
-                    or any(_split(n)[1] == want for n in names)
-                ]
-                if not matching:
-                    raise ImageError(f"{str(src.path)!r}: no manifest is named {reference!r}")
-                chosen = matching
-            chosen = [(chosen[0][0], [reference] if ref_tag or not ref_digest else [])]
+            if ref_tag or not ref_digest:
+                chosen[0][1].append(canonical_reference(reference).partition("@")[0])
         images = []
         for desc, tags in chosen:
             images.append(self._load_manifest(src, index, desc, tags, 0))
@@ -750,8 +751,7 @@ class ImageStore:
 
     @staticmethod
     def _platform(doc: dict[str, Any], what: str) -> Any:
-        machine = os.uname().machine
-        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+        arch = _arch()
         for desc in doc.get("manifests") or []:
             plat = desc.get("platform") if isinstance(desc, dict) else None
             if (
@@ -789,7 +789,8 @@ class ImageStore:
             if "@" in ref:
                 wanted = ref.rpartition("@")[2]
                 for rec in records.values():
-                    if rec["image"].get("digest") == wanted:
+                    image = rec["image"]
+                    if canon in image.get("repo_digests", []) or image.get("digest") == wanted:
                         return cast(dict[str, Any], rec)
         hexpart = ref.removeprefix("sha256:")
         if re.fullmatch(r"[0-9a-f]{1,64}", hexpart):
@@ -854,6 +855,45 @@ class ImageStore:
         if missing:
             raise ImageError(f"image {image.id}: unpacked layers missing: {', '.join(missing)}")
         return dirs
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+def _host_platform_only(
+    chosen: list[tuple[dict[str, Any], list[str]]],
+) -> list[tuple[dict[str, Any], list[str]]]:
+    """Drop manifests of other platforms when the layout has some for this one."""
+
+    def other(desc: dict[str, Any]) -> bool:
+        plat = desc.get("platform")
+        return isinstance(plat, dict) and (
+            plat.get("os", "linux") != "linux" or plat.get("architecture", _arch()) != _arch()
+        )
+
+    mine = [c for c in chosen if not other(c[0])]
+    return mine or chosen
+
+
+def _named(
+    src: _Source, chosen: list[tuple[dict[str, Any], list[str]]], reference: str
+) -> dict[str, Any]:
+    """The manifest of a layout that ``reference`` names (the only one, if just one)."""
+    if len(chosen) == 1:
+        return chosen[0][0]
+    canon = canonical_reference(reference)
+    _, tag, digest = _split(reference)
+    for desc, names in chosen:
+        if digest and desc.get("digest") == digest:
+            return desc
+        if any(canonical_reference(n).partition("@")[0] == canon.partition("@")[0] for n in names):
+            return desc
+    for desc, _ in _host_platform_only(chosen):
+        if (desc.get("annotations") or {}).get(_REF_NAME) == (tag or "latest"):
+            return desc
+    raise ImageError(f"{str(src.path)!r}: no manifest is named {reference!r}")
 
 
 def _mounted_lowerdirs() -> set[str]:

@@ -105,6 +105,56 @@ def test_import_oci_layout_under_a_reference(store: ImageStore, archives: dict[s
     assert store.get(f"busybox@{image.digest}").id == image.id
 
 
+def _merged_layout(tmp_path: Path, images: dict[str, tuple[bytes, str]]) -> Path:
+    """One OCI layout holding several images: {ref.name: (layer, architecture)}."""
+    out = tmp_path / "merged"
+    (out / "blobs" / "sha256").mkdir(parents=True)
+    manifests = []
+    for n, (name, (layer, arch)) in enumerate(images.items()):
+        part = tmp_path / f"part{n}"
+        config = bb.image_config([sha(layer)])
+        config["architecture"] = arch
+        bb.write_oci_layout(part, [layer], config, [name], as_dir=True)
+        for blob in (part / "blobs" / "sha256").iterdir():
+            shutil.copy(blob, out / "blobs" / "sha256" / blob.name)
+        manifests += json.loads((part / "index.json").read_text())["manifests"]
+    shutil.copy(tmp_path / "part0" / "oci-layout", out / "oci-layout")
+    (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
+    return out
+
+
+def test_import_picks_the_named_manifest_and_records_digests(
+    store: ImageStore, tmp_path: Path
+) -> None:
+    one = bb.layer_tar([Entry("one", data=b"1")])
+    two = bb.layer_tar([Entry("two", data=b"2")])
+    layout = _merged_layout(
+        tmp_path,
+        {
+            "docker.io/library/app:1": (one, bb._arch()),
+            "docker.io/library/app:2": (two, bb._arch()),
+        },
+    )
+    image = store.import_oci_layout(layout, "app:2")
+    assert image.repo_tags == ["docker.io/library/app:2"]
+    assert (store.layer_dirs(image)[0] / "two").exists()
+    assert store.get("app:2").id == image.id
+    pinned = store.import_oci_layout(layout, f"app@{image.digest}")
+    assert pinned.id == image.id
+    assert pinned.repo_digests == [f"docker.io/library/app@{image.digest}"]
+    assert store.get(f"docker.io/library/app@{image.digest}").id == image.id
+    with pytest.raises(ImageError, match="no manifest is named"):
+        store.import_oci_layout(layout, "app:3")
+
+
+def test_load_skips_other_platforms(store: ImageStore, tmp_path: Path) -> None:
+    mine = bb.layer_tar([Entry("mine", data=b"1")])
+    other = bb.layer_tar([Entry("other", data=b"2")])
+    layout = _merged_layout(tmp_path, {"x:mine": (mine, bb._arch()), "x:other": (other, "s390x")})
+    images = store.load(layout)
+    assert [i.repo_tags for i in images] == [["x:mine"]]
+
+
 def test_get_normalisation_prefix_and_errors(store: ImageStore, archives: dict[str, Path]) -> None:
     (image,) = store.load(archives["docker"])
     for ref in ("busybox:nyx", "docker.io/library/busybox:nyx", "library/busybox:nyx", image.id):
