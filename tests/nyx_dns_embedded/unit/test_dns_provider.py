@@ -1,0 +1,81 @@
+"""The provider object and the plugin module, without sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+import nyx_dns_embedded
+import nyx_dns_embedded.plugin
+from nyx_core import DnsError, DnsFacade, NyxSettings, installed_plugins
+from nyx_core.hookspecs import DNS_HOOKS
+from nyx_dns_embedded import EmbeddedDns, EmbeddedDnsSettings
+
+
+def test_entry_point_is_installed_and_loads_every_hook() -> None:
+    found = [p for p in installed_plugins("nyx.dns_providers") if p.name == "embedded"]
+    assert found and found[0].value == "nyx_dns_embedded.plugin"
+    facade = DnsFacade.load("embedded")
+    for hook in DNS_HOOKS:
+        impls = getattr(facade.pm.hook, hook).get_hookimpls()
+        assert [i.plugin for i in impls] == [nyx_dns_embedded.plugin]
+
+
+def test_public_names() -> None:
+    assert set(nyx_dns_embedded.__all__) >= {"EmbeddedDns", "EmbeddedDnsSettings", "get_provider"}
+    assert nyx_dns_embedded.get_provider() is nyx_dns_embedded.get_provider()
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NYXD_DNS_UPSTREAM_RESOLV_CONF", str(tmp_path / "r.conf"))
+    monkeypatch.setenv("NYXD_DNS_FORWARD_TIMEOUT", "0.5")
+    cfg = EmbeddedDnsSettings()
+    assert cfg.upstream_resolv_conf == tmp_path / "r.conf"
+    assert cfg.forward_timeout == 0.5
+    # the core settings ignore the provider's variables
+    assert NyxSettings().dns == "auto"
+
+
+def test_resolv_conf_needs_a_started_provider() -> None:
+    p = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=Path("/nonexistent")))
+    with pytest.raises(DnsError, match="not started"):
+        p.resolv_conf("c1")
+    p.stop()  # safe when never started
+    p.deregister("never-registered")
+
+
+def _started_without_server(p: EmbeddedDns, settings: NyxSettings) -> None:
+    """Give the provider its settings and upstreams without binding sockets."""
+    from nyx_dns_embedded._upstream import Upstreams
+
+    p._settings = settings
+    p._upstreams = Upstreams(p.config.upstream_resolv_conf)
+
+
+def test_resolv_conf_text_and_file(tmp_path: Path) -> None:
+    host = tmp_path / "host-resolv.conf"
+    host.write_text("nameserver 192.0.2.1\nsearch corp.example nyxd.local\n")
+    settings = NyxSettings(
+        run_dir=tmp_path / "run", container_subnet="10.231.0.0/24", gateway_ip="10.231.0.1"
+    )
+    p = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=host))
+    _started_without_server(p, settings)
+    p.register("c1", "web", [ipaddress.ip_address("10.231.0.2")], [], ["n1"])
+    path = p.resolv_conf_path("c1")
+    assert path == tmp_path / "run" / "dns" / "c1" / "resolv.conf"
+    text = p.resolv_conf("c1")
+    assert "nameserver 10.231.0.1\n" in text
+    assert "search nyxd.local corp.example\n" in text
+    assert path.read_text() == text
+    inode = path.stat().st_ino
+    p.register("c1", "web", [ipaddress.ip_address("10.231.0.2")], [], ["n1"])
+    assert path.stat().st_ino == inode  # rewritten in place: a bind mount keeps working
+    # internal-only containers get no host search domains
+    p.set_network_internal("n1", True)
+    assert "search nyxd.local\n" in p.resolv_conf("c1")
+    p.deregister("c1")
+    assert not path.parent.exists()
+    with pytest.raises(DnsError, match="container_id"):
+        p.resolv_conf_path("../x")
