@@ -357,6 +357,8 @@ class RuncRuntime:
         rootfs = Path(rootfs)
         uid, gid, extra, home = resolve_user(rootfs, process.user)
         env = list(process.env)
+        if not any(e.startswith("HOSTNAME=") for e in env):
+            env.append(f"HOSTNAME={hostname}")
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={home}")
         cwd = _in_root(rootfs, process.cwd)
@@ -448,8 +450,10 @@ class RuncRuntime:
         finally:
             os.close(fd)
         if proc.returncode != 0:
-            self.delete(container_id, force=True)
-            raise RuntimeErrorNyx(f"runc run {container_id}: {_runc_error(runc_log)}")
+            message = _runc_error(runc_log)
+            if "already exists" not in message:  # never touch the container that has this id
+                self.delete(container_id, force=True)
+            raise RuntimeErrorNyx(f"runc run {container_id}: {message}")
         try:
             return int(pid_file.read_text().strip())
         except (OSError, ValueError) as exc:

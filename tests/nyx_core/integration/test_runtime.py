@@ -139,7 +139,7 @@ def test_namespaces_hostname_env_mounts_and_exit_code(
     hosts = tmp_path / "hosts"
     hosts.write_text("10.231.0.5 peer\n")
     script = (
-        "hostname; echo FOO=$FOO; cat /etc/hosts; pwd; "
+        "hostname; echo FOO=$FOO $HOSTNAME; cat /etc/hosts; pwd; "
         "ip -o link | cut -d: -f2 | tr -d ' \\n'; echo; "
         "echo $$; touch /etc/hosts 2>/dev/null || echo hosts-ro; exit 7"
     )
@@ -152,7 +152,14 @@ def test_namespaces_hostname_env_mounts_and_exit_code(
     assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 7
     lines = ctr.log.splitlines()
     assert lines[0].startswith("host")
-    assert lines[1:] == ["FOO=bar", "10.231.0.5 peer", "/made/here", "lo", "1", "hosts-ro"]
+    assert lines[1:] == [
+        f"FOO=bar {lines[0]}",
+        "10.231.0.5 peer",
+        "/made/here",
+        "lo",
+        "1",
+        "hosts-ro",
+    ]
 
 
 def test_user_resolution_in_the_container(
@@ -193,6 +200,16 @@ def test_sigterm_reaches_a_trapping_init(
     runtime.kill(ctr.id, signal.SIGTERM)
     assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 0
     assert ctr.log.split() == ["up", "bye"]
+
+
+def test_duplicate_id_fails_and_leaves_the_running_one(
+    run_container: Callable[..., Container], runtime: RuncRuntime, tmp_path: Path
+) -> None:
+    ctr = run_container(["sleep", "300"])
+    with pytest.raises(RuntimeErrorNyx, match="exists"):
+        runtime.start(ctr.id, ctr.dir / "bundle", tmp_path / "other.log")
+    state = runtime.state(ctr.id)
+    assert state is not None and state["status"] == "running"
 
 
 def test_force_delete_of_a_running_container(
@@ -243,7 +260,7 @@ def test_process_spec_in_bundle(
     )
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["process"]["args"] == ["true"]
-    assert config["process"]["env"] == ["A=1", "HOME=/root"]
+    assert config["process"]["env"] == ["A=1", "HOSTNAME=h", "HOME=/root"]
     assert config["process"]["user"] == {"uid": 0, "gid": 0, "additionalGids": []}
     assert {"type": "network", "path": "/run/netns/x"} in config["linux"]["namespaces"]
     assert config["linux"]["cgroupsPath"] == f"/nyxt-{os.getpid()}/abc"
