@@ -278,9 +278,13 @@ class RegistryClient:
         with resp:
             if resp.status in (401, 403):
                 _, text = error_detail(resp)
-                who = f" for user {creds.username!r}" if creds and creds.username else ""
+                if creds is not None and creds.username:
+                    what = f"the credentials for user {creds.username!r}"
+                else:
+                    what = "anonymous access"
                 raise UnauthorizedError(
-                    f"registry {self.domain}: token realm refused the credentials{who}: {text}"
+                    f"registry {self.domain}: token realm refused {what}: {text}"
+                    + self._no_credentials_hint()
                 )
             if resp.status != 200:
                 _, text = error_detail(resp)

@@ -178,8 +178,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
+_THREAD_LOCKS = tuple(threading.Lock() for _ in range(64))  # striped: flock is per process
 
 
 @contextlib.contextmanager
@@ -190,8 +189,7 @@ def partial_file(path: Path) -> Iterator[Any]:
     still be the one at the path (another holder may have renamed it into place meanwhile).
     """
     partial = path.with_name(path.name + ".partial")
-    with _THREAD_LOCKS_GUARD:
-        tlock = _THREAD_LOCKS.setdefault(str(partial), threading.Lock())
+    tlock = _THREAD_LOCKS[hash(str(partial)) % len(_THREAD_LOCKS)]
     with tlock:
         while True:
             fh = open(partial, "a+b")  # noqa: SIM115 - closed below
@@ -204,7 +202,16 @@ def partial_file(path: Path) -> Iterator[Any]:
                 if not same:
                     fh.close()
                     continue
-                yield fh
+                try:
+                    yield fh
+                finally:
+                    # keep a partial download for resuming, but not an empty file
+                    with contextlib.suppress(OSError):
+                        if (
+                            os.fstat(fh.fileno()).st_size == 0
+                            and os.stat(partial).st_ino == os.fstat(fh.fileno()).st_ino
+                        ):
+                            partial.unlink()
                 return
             finally:
                 fh.close()

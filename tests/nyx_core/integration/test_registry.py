@@ -1,0 +1,411 @@
+"""``nyx pull`` against a real ``docker-registry`` on 127.0.0.1, images pushed by skopeo.
+
+The bearer-token flow runs through a small token-auth proxy (``registry_fixtures``) in front of
+the registry instead of the registry's own JWT token auth: same protocol on the wire
+(``401`` + ``WWW-Authenticate: Bearer realm,service,scope``, ``GET realm?service&scope``),
+without a signing key and certificate bundle to manage in the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from registry_fixtures import (
+    Layout,
+    ProxyState,
+    Registry,
+    build_layout,
+    check_layout,
+    http_push,
+    run_registry,
+    run_token_proxy,
+    skopeo_available,
+    skopeo_push,
+)
+
+from nyx_core._compression import decompressed_stream
+from nyx_core._registry import ProgressEvent, login, pull_to_oci_layout
+from nyx_core.errors import (
+    DigestMismatchError,
+    ImageNotFoundError,
+    NoMatchingPlatformError,
+    NyxError,
+    RegistryError,
+    UnauthorizedError,
+)
+
+pytestmark = pytest.mark.skipif(
+    not skopeo_available(), reason="needs /usr/bin/docker-registry and skopeo"
+)
+
+AMD64 = "linux/amd64"
+
+
+@dataclass
+class Pushed:
+    registry: Registry
+    layouts: dict[str, Layout]
+
+    def ref(self, repo: str, tag: str = "v1") -> str:
+        return f"{self.registry.host}/{repo}:{tag}"
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pushed]:
+    work = tmp_path_factory.mktemp("registry")
+    with run_registry(work / "reg") as registry:
+        host = registry.host
+        src = work / "src"
+        layouts: dict[str, Layout] = {}
+
+        def push(name: str, layout: Layout, *extra: str) -> None:
+            skopeo_push(layout.path, "v1", f"{host}/{name}:v1", *extra)
+            layouts[name] = layout
+
+        push(
+            "multi",
+            build_layout(src / "multi", "v1", [("amd64", ""), ("arm64", "v8"), ("arm", "v7")]),
+            "--all",
+        )
+        push("schema2", build_layout(src / "s2", "v1", [("amd64", "")]), "--format", "v2s2")
+        push("oci", build_layout(src / "oci", "v1", [("amd64", "")], layers=4))
+        pytest.importorskip("zstandard")
+        push("zstd", build_layout(src / "zstd", "v1", [("amd64", "")], compression="zstd"))
+        plain = build_layout(src / "plain", "v1", [("amd64", "")], compression="none")
+        http_push(plain, host, "plain", "v1")
+        layouts["plain"] = plain
+        push("big", build_layout(src / "big", "v1", [("amd64", "")], layer_bytes=1 << 20))
+        push("tamper", build_layout(src / "tamper", "v1", [("s390x", "")]))
+        push("arm-only", build_layout(src / "armonly", "v1", [("arm64", "v8")]))
+        yield Pushed(registry, layouts)
+    assert registry.proc.poll() is not None  # the registry process is gone
+
+
+def _files(layout_dir: Path, manifest_digest: str) -> dict[str, bytes]:
+    """The files of every layer of a pulled image, read through decompressed_stream."""
+    blobs = layout_dir / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_digest.split(":")[1]).read_bytes())
+    out: dict[str, bytes] = {}
+    for layer in manifest["layers"]:
+        with open(blobs / layer["digest"].split(":")[1], "rb") as fh:
+            stream = decompressed_stream(fh, layer["mediaType"])
+            with tarfile.open(fileobj=io.BytesIO(stream.read()), mode="r:") as tar:
+                for member in tar.getmembers():
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        out[member.name] = f.read()
+    return out
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def test_multiarch_index_picks_host_platform(pushed: Pushed, tmp_path: Path) -> None:
+    layout = pushed.layouts["multi"]
+    events: list[ProgressEvent] = []
+    got = pull_to_oci_layout(
+        pushed.ref("multi"), tmp_path / "out", platform=AMD64, progress=events.append
+    )
+    amd = next(i for i in layout.images if i.arch == "amd64")
+    assert got.reference == pushed.ref("multi")
+    assert got.digest == amd.manifest_digest
+    assert got.index_digest == layout.top_digest
+    assert got.platform == "linux/amd64"
+    assert got.layout_path == tmp_path / "out"
+    assert got.repo_digest == f"{pushed.registry.host}/multi@{layout.top_digest}"
+    [entry] = check_layout(tmp_path / "out")
+    assert entry["digest"] == amd.manifest_digest
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == pushed.ref("multi")
+    assert entry["platform"] == {"os": "linux", "architecture": "amd64"}
+    assert "hello-amd64.txt" in " ".join(_files(tmp_path / "out", got.digest))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "resolve" and kinds[1] == "manifest" and kinds[-1] == "done"
+    assert kinds.count("blob-done") == 2  # config + one layer
+    assert got.downloaded == got.size == sum(e.total for e in events if e.kind == "blob-done")
+
+
+@pytest.mark.parametrize(("plat", "arch"), [("linux/arm64", "arm64"), ("linux/arm/v7", "arm")])
+def test_multiarch_explicit_platform(pushed: Pushed, tmp_path: Path, plat: str, arch: str) -> None:
+    got = pull_to_oci_layout(pushed.ref("multi"), tmp_path, platform=plat)
+    want = next(i for i in pushed.layouts["multi"].images if i.arch == arch)
+    assert got.digest == want.manifest_digest
+    assert got.platform == plat if arch == "arm" else got.platform == "linux/arm64/v8"
+    check_layout(tmp_path)
+    assert f"hello-{arch}.txt" in " ".join(_files(tmp_path, got.digest))
+
+
+def test_docker_schema2_is_stored_as_is(pushed: Pushed, tmp_path: Path) -> None:
+    got = pull_to_oci_layout(pushed.ref("schema2"), tmp_path, platform=AMD64)
+    assert got.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    [entry] = check_layout(tmp_path)
+    assert entry["mediaType"] == got.media_type
+    manifest = json.loads((tmp_path / "blobs/sha256" / got.digest.split(":")[1]).read_bytes())
+    assert manifest["layers"][0]["mediaType"] == (
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    )
+    assert _files(tmp_path, got.digest)
+
+
+@pytest.mark.parametrize("repo", ["oci", "zstd", "plain"])
+def test_oci_layer_compressions(pushed: Pushed, tmp_path: Path, repo: str) -> None:
+    layout = pushed.layouts[repo]
+    got = pull_to_oci_layout(pushed.ref(repo), tmp_path)
+    assert got.digest == layout.images[0].manifest_digest
+    assert got.index_digest is None
+    check_layout(tmp_path)
+    files = _files(tmp_path, got.digest)
+    expected = {}
+    for tar_bytes in layout.images[0].tars:
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+            for m in tar.getmembers():
+                f = tar.extractfile(m)
+                assert f is not None
+                expected[m.name] = f.read()
+    assert files == expected
+
+
+def test_layout_is_readable_by_skopeo(pushed: Pushed, tmp_path: Path) -> None:
+    import subprocess
+
+    got = pull_to_oci_layout(pushed.ref("oci"), tmp_path / "lay")
+    proc = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            f"oci:{tmp_path / 'lay'}:{got.reference}",
+            f"dir:{tmp_path / 'd'}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "d" / "manifest.json").read_bytes() == (
+        tmp_path / "lay/blobs/sha256" / got.digest.split(":")[1]
+    ).read_bytes()
+
+
+def test_pull_by_digest(pushed: Pushed, tmp_path: Path) -> None:
+    layout = pushed.layouts["multi"]
+    arm = next(i for i in layout.images if i.arch == "arm64")
+    ref = f"{pushed.registry.host}/multi@{arm.manifest_digest}"
+    got = pull_to_oci_layout(ref, tmp_path)
+    assert got.digest == arm.manifest_digest
+    assert got.reference == ref
+    [entry] = check_layout(tmp_path)
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == ref
+    # tag and digest: the digest wins
+    both = f"{pushed.registry.host}/multi:v1@{layout.top_digest}"
+    got2 = pull_to_oci_layout(both, tmp_path / "b", platform="linux/arm64")
+    assert got2.index_digest == layout.top_digest and got2.digest == arm.manifest_digest
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_image_and_tag(pushed: Pushed, tmp_path: Path) -> None:
+    with pytest.raises(ImageNotFoundError) as info:
+        pull_to_oci_layout(pushed.ref("does/not-exist"), tmp_path)
+    assert "does/not-exist" in str(info.value)
+    with pytest.raises(ImageNotFoundError, match="no-such-tag"):
+        pull_to_oci_layout(pushed.ref("multi", "no-such-tag"), tmp_path)
+    unknown = "sha256:" + "0" * 64
+    with pytest.raises(ImageNotFoundError, match=unknown):
+        pull_to_oci_layout(f"{pushed.registry.host}/multi@{unknown}", tmp_path)
+    assert not (tmp_path / "index.json").exists()
+
+
+def test_no_matching_platform(pushed: Pushed, tmp_path: Path) -> None:
+    with pytest.raises(NoMatchingPlatformError) as info:
+        pull_to_oci_layout(pushed.ref("multi"), tmp_path, platform="linux/s390x")
+    assert "linux/amd64" in str(info.value) and "linux/s390x" in str(info.value)
+    with pytest.raises(NoMatchingPlatformError, match="single-platform image for linux/arm64"):
+        pull_to_oci_layout(pushed.ref("arm-only"), tmp_path / "a", platform=AMD64)
+
+
+def test_invalid_reference_is_rejected_before_any_request(tmp_path: Path) -> None:
+    with pytest.raises(NyxError, match="UPPER"):
+        pull_to_oci_layout("127.0.0.1:1/UPPER:x", tmp_path)
+
+
+def test_unreachable_registry(tmp_path: Path) -> None:
+    from registry_fixtures import free_port
+
+    with pytest.raises(RegistryError, match="cannot reach registry"):
+        pull_to_oci_layout(f"127.0.0.1:{free_port()}/app:1", tmp_path)
+
+
+def test_corrupted_blob_in_registry_storage_is_rejected(pushed: Pushed, tmp_path: Path) -> None:
+    image = pushed.layouts["tamper"].images[0]
+    layer_digest = json.loads(image.manifest)["layers"][0]["digest"]
+    data_path = pushed.registry.blob_data_path(layer_digest)
+    original = data_path.read_bytes()
+    data_path.write_bytes(bytes([original[0] ^ 0xFF]) + original[1:])  # same size
+    try:
+        with pytest.raises(DigestMismatchError) as info:
+            pull_to_oci_layout(pushed.ref("tamper"), tmp_path, platform="linux/s390x")
+        assert layer_digest in str(info.value)
+    finally:
+        data_path.write_bytes(original)
+    blob = tmp_path / "blobs/sha256" / layer_digest.split(":")[1]
+    assert not blob.exists()
+    assert not blob.with_name(blob.name + ".partial").exists()
+    assert not [p for p in (tmp_path / "blobs").rglob("*.partial") if p.stat().st_size == 0]
+    assert not (tmp_path / "index.json").exists()
+    # the registry repaired: the same pull now succeeds into the same directory
+    pull_to_oci_layout(pushed.ref("tamper"), tmp_path, platform="linux/s390x")
+    check_layout(tmp_path)
+
+
+# --------------------------------------------------------------------------- caching, resume
+
+
+def test_present_blobs_are_skipped(pushed: Pushed, tmp_path: Path) -> None:
+    first = pull_to_oci_layout(pushed.ref("oci"), tmp_path)
+    assert first.downloaded == first.size
+    events: list[ProgressEvent] = []
+    again = pull_to_oci_layout(pushed.ref("oci"), tmp_path, progress=events.append)
+    assert again.downloaded == 0
+    assert {e.kind for e in events} == {"resolve", "manifest", "blob-skip", "done"}
+    assert len(check_layout(tmp_path)) == 1  # the entry for the reference is replaced
+    # a second image in the same layout keeps the first one's entry
+    pull_to_oci_layout(pushed.ref("schema2"), tmp_path)
+    names = {e["annotations"]["org.opencontainers.image.ref.name"] for e in check_layout(tmp_path)}
+    assert names == {pushed.ref("oci"), pushed.ref("schema2")}
+
+
+def test_shared_blob_cache(pushed: Pushed, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    a = pull_to_oci_layout(pushed.ref("oci"), tmp_path / "a", blob_cache=cache)
+    assert a.downloaded == a.size
+    assert len(list((cache / "blobs/sha256").iterdir())) == 6  # config + 4 layers + manifest
+    b = pull_to_oci_layout(pushed.ref("oci"), tmp_path / "b", blob_cache=cache)
+    assert b.downloaded == 0
+    check_layout(tmp_path / "b")
+    # schema2 shares config and layer content with nothing here, multi's amd64 does
+    # not either: a different image still downloads what it lacks
+    c = pull_to_oci_layout(pushed.ref("zstd"), tmp_path / "c", blob_cache=cache)
+    assert 0 < c.downloaded <= c.size
+
+
+def test_interrupted_download_is_resumed_with_range(pushed: Pushed, tmp_path: Path) -> None:
+    image = pushed.layouts["big"].images[0]
+    layer = json.loads(image.manifest)["layers"][0]
+    state = ProxyState(upstream=pushed.registry.host, mode="none")
+    state.cut_blob_after[layer["digest"]] = 300_000
+    with run_token_proxy(state) as (host, _):
+        events: list[ProgressEvent] = []
+        got = pull_to_oci_layout(f"{host}/big:v1", tmp_path, progress=events.append, retries=3)
+    check_layout(tmp_path)
+    assert got.digest == image.manifest_digest
+    ranges = [h.get("Range") for (_, path, h) in state.requests if path.endswith(layer["digest"])]
+    assert ranges[0] is None
+    assert ranges[1] is not None and ranges[1].startswith("bytes=")
+    assert 0 < int(ranges[1][6:].rstrip("-")) <= 300_000
+    assert any("retrying" in e.message for e in events)
+    assert got.downloaded == got.size  # nothing fetched twice
+
+
+def test_interrupted_download_restarts_when_range_is_ignored(
+    pushed: Pushed, tmp_path: Path
+) -> None:
+    image = pushed.layouts["big"].images[0]
+    layer = json.loads(image.manifest)["layers"][0]
+    state = ProxyState(upstream=pushed.registry.host, mode="none", ignore_range=True)
+    state.cut_blob_after[layer["digest"]] = 200_000
+    with run_token_proxy(state) as (host, _):
+        got = pull_to_oci_layout(f"{host}/big:v1", tmp_path)
+    check_layout(tmp_path)
+    assert got.downloaded > got.size  # the first 200 kB came twice
+
+
+def test_corrupted_blob_in_transit_is_rejected(pushed: Pushed, tmp_path: Path) -> None:
+    image = pushed.layouts["oci"].images[0]
+    config_digest = json.loads(image.manifest)["config"]["digest"]
+    state = ProxyState(upstream=pushed.registry.host, mode="none")
+    state.corrupt_blob.add(config_digest)
+    with run_token_proxy(state) as (host, _), pytest.raises(DigestMismatchError) as info:
+        pull_to_oci_layout(f"{host}/oci:v1", tmp_path)
+    assert config_digest in str(info.value)
+    assert not (tmp_path / "blobs/sha256" / config_digest.split(":")[1]).exists()
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_anonymous_bearer_token_flow(pushed: Pushed, tmp_path: Path) -> None:
+    state = ProxyState(upstream=pushed.registry.host)
+    with run_token_proxy(state) as (host, _):
+        got = pull_to_oci_layout(f"{host}/multi:v1", tmp_path, platform=AMD64)
+    check_layout(tmp_path)
+    assert got.index_digest == pushed.layouts["multi"].top_digest
+    assert state.token_requests
+    assert state.token_requests[0]["service"] == ["nyx-test-registry"]
+    assert state.token_requests[0]["scope"] == ["repository:multi:pull"]
+    # every registry request after the ping carried the token
+    authed = [h.get("Authorization", "") for (_, p, h) in state.requests if "/multi/" in p]
+    assert authed and all(a.startswith("Bearer ") for a in authed)
+
+
+def test_bearer_with_login(pushed: Pushed, tmp_path: Path) -> None:
+    auth_file = tmp_path / "docker" / "config.json"
+    state = ProxyState(upstream=pushed.registry.host, users={"alice": "s3cret"})
+    with run_token_proxy(state) as (host, _):
+        with pytest.raises(UnauthorizedError) as info:
+            pull_to_oci_layout(f"{host}/oci:v1", tmp_path / "a", auth_file=auth_file)
+        assert f"nyx login {host}" in str(info.value)
+        with pytest.raises(UnauthorizedError, match="alice"):
+            login(host, "alice", "wrong", auth_file)
+        assert not auth_file.exists()
+        login(host, "alice", "s3cret", auth_file)
+        stored = json.loads(auth_file.read_text())["auths"][host]["auth"]
+        assert base64.b64decode(stored) == b"alice:s3cret"
+        got = pull_to_oci_layout(f"{host}/oci:v1", tmp_path / "b", auth_file=auth_file)
+    check_layout(tmp_path / "b")
+    assert got.digest == pushed.layouts["oci"].images[0].manifest_digest
+    token_auth = [
+        h.get("Authorization", "") for (_, p, h) in state.requests if p.startswith("/token")
+    ]
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert expected in token_auth
+    # the login check asks for an account token without a repository scope
+    assert any(q.get("account") == ["alice"] and "scope" not in q for q in state.token_requests)
+
+
+def test_basic_auth_registry(pushed: Pushed, tmp_path: Path) -> None:
+    auth_file = tmp_path / "config.json"
+    state = ProxyState(upstream=pushed.registry.host, mode="basic", users={"bob": "pw"})
+    with run_token_proxy(state) as (host, _):
+        with pytest.raises(UnauthorizedError, match="user name and password"):
+            pull_to_oci_layout(f"{host}/oci:v1", tmp_path / "a", auth_file=auth_file)
+        with pytest.raises(UnauthorizedError, match="bob"):
+            login(host, "bob", "nope", auth_file)
+        login(f"http://{host}/v2/", "bob", "pw", auth_file)
+        pull_to_oci_layout(f"{host}/oci:v1", tmp_path / "b", auth_file=auth_file)
+    check_layout(tmp_path / "b")
+
+
+def test_stored_credentials_rejected_by_registry(pushed: Pushed, tmp_path: Path) -> None:
+    auth_file = tmp_path / "config.json"
+    state = ProxyState(upstream=pushed.registry.host, mode="basic", users={"bob": "pw"})
+    with run_token_proxy(state) as (host, _):
+        auth_file.write_text(
+            json.dumps({"auths": {host: {"auth": base64.b64encode(b"bob:stale").decode()}}})
+        )
+        with pytest.raises(UnauthorizedError, match="denied"):
+            pull_to_oci_layout(f"{host}/oci:v1", tmp_path / "a", auth_file=auth_file)
+
+
+def test_login_to_open_registry_stores_credentials(pushed: Pushed, tmp_path: Path) -> None:
+    auth_file = tmp_path / "config.json"
+    login(pushed.registry.host, "anyone", "x", auth_file)
+    assert pushed.registry.host in json.loads(auth_file.read_text())["auths"]
