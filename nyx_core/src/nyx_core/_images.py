@@ -260,6 +260,7 @@ class _Unpacker:
         self.layer = layer
         self.is_root = os.geteuid() == 0
         self.safe_dirs: set[str] = {""}
+        self.created: set[str] = set()  # paths this layer itself provides
         self.dir_times: list[tuple[str, int]] = []
 
     def _fail(self, name: str, why: str) -> ImageError:
@@ -280,6 +281,7 @@ class _Unpacker:
                 st = os.lstat(path)
             except FileNotFoundError:
                 os.mkdir(path, 0o755)
+                self.created.add(current)
             else:
                 if stat.S_ISLNK(st.st_mode):
                     raise self._fail(name, f"writes through the symlink {current!r}")
@@ -343,6 +345,7 @@ class _Unpacker:
         if info.isdir():
             if not self._remove(rel, keep_dir=True):
                 os.mkdir(path, 0o700)
+            self.created.add(rel)
             self._owner(path, info)
             os.chmod(path, mode)
             self._xattrs(path, info)
@@ -350,6 +353,7 @@ class _Unpacker:
             self.dir_times.append((rel, int(info.mtime)))
             return
         self._remove(rel)
+        self.created.add(rel)
         if info.isreg():
             src = tar.extractfile(info)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -393,6 +397,8 @@ class _Unpacker:
         if not name or name in (".", ".."):
             raise self._fail(info.name, "bad whiteout name")
         target = f"{parent}/{name}" if parent else name
+        if target in self.created:
+            return  # a whiteout only hides lower layers, never its own layer's entries
         self._remove(target)
         os.mknod(self.dest / target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
         self._owner(self.dest / target, info)

@@ -292,6 +292,8 @@ UPPER = [
     Entry("e", data=b"e\n", uid=1000, gid=1001, xattrs={"user.nyx": "test"}),
     Entry("f", "hardlink", target="e"),
     Entry("fifo", "fifo", mode=0o600),
+    Entry("g", data=b"g\n"),
+    Entry(".wh.g"),  # hides lower layers only: this layer's g stays
 ]
 
 
@@ -316,6 +318,7 @@ def test_whiteouts_become_overlay_whiteouts(store: ImageStore, tmp_path: Path, f
     assert (upper / "e").stat().st_uid == 1000 and (upper / "e").stat().st_gid == 1001
     assert (upper / "e").stat().st_ino == (upper / "f").stat().st_ino
     assert stat.S_ISFIFO(os.lstat(upper / "fifo").st_mode)
+    assert (upper / "g").read_text() == "g\n"
     assert stat.S_IMODE((lower / "suid").stat().st_mode) == 0o4755
     assert (lower / "b").stat().st_uid == 33 and stat.S_IMODE((lower / "b").stat().st_mode) == 0o750
 
@@ -323,7 +326,7 @@ def test_whiteouts_become_overlay_whiteouts(store: ImageStore, tmp_path: Path, f
     merged = Rootfs.mount(store.layer_dirs(image), container)
     try:
         found = sorted(str(p.relative_to(merged)) for p in merged.rglob("*"))
-        assert found == ["a", "a/keep", "b", "b/new", "d", "e", "f", "fifo", "suid"]
+        assert found == ["a", "a/keep", "b", "b/new", "d", "e", "f", "fifo", "g", "suid"]
         assert os.readlink(merged / "d") == "c" and not (merged / "d").exists()
         (merged / "a" / "written").write_text("w")
     finally:
