@@ -26,21 +26,29 @@ from ._plugins import (
 )
 from ._policy import DnsDecision, StackNetwork, dns_policy
 from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
+from ._reference import Reference, normalize_reference
+from ._registry import ProgressEvent, PulledImage, login, pull_to_oci_layout
 from ._settings import DnsMode, NyxSettings, load_settings
 from .errors import (
     BackendError,
     CniPluginError,
     ConfigError,
+    DigestMismatchError,
     DnsError,
     FirewallError,
+    ImageNotFoundError,
+    InvalidReferenceError,
     IpamError,
     NetlinkError,
+    NoMatchingPlatformError,
     NyxError,
     PluginError,
     PluginLoadError,
     PluginNotFoundError,
     PortConflictError,
+    RegistryError,
     TeardownError,
+    UnauthorizedError,
 )
 
 __version__ = "0.1.0"
@@ -55,18 +63,22 @@ __all__ = [
     "CniPluginError",
     "ConfigError",
     "ContainerSpec",
+    "DigestMismatchError",
     "DnsDecision",
     "DnsError",
     "DnsFacade",
     "DnsMode",
     "DnsProvider",
     "FirewallError",
+    "ImageNotFoundError",
     "InstalledPlugin",
     "InterfaceResult",
+    "InvalidReferenceError",
     "IpamError",
     "NetlinkError",
     "NetworkAttachment",
     "NetworkBackend",
+    "NoMatchingPlatformError",
     "NyxError",
     "NyxSettings",
     "PluginError",
@@ -74,11 +86,16 @@ __all__ = [
     "PluginNotFoundError",
     "PortConflictError",
     "PortMapping",
+    "ProgressEvent",
+    "PulledImage",
+    "Reference",
+    "RegistryError",
     "SetupOptions",
     "SetupResult",
     "StackNetwork",
     "StackService",
     "TeardownError",
+    "UnauthorizedError",
     "__version__",
     "backend_plugin",
     "dns_plugin",
@@ -88,5 +105,8 @@ __all__ = [
     "installed_plugins",
     "load_plugin",
     "load_settings",
+    "login",
     "make_plugin_manager",
+    "normalize_reference",
+    "pull_to_oci_layout",
 ]
