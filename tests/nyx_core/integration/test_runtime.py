@@ -92,9 +92,10 @@ def run_container(
         env: dict[str, str] | None = None,
         workdir: str | None = None,
         mounts: list[tuple[str, str, bool]] | None = None,
+        ns: Netns | None = None,
     ) -> Container:
         n = next(_ids)
-        ctr = Container(f"nyxt-{os.getpid()}-{n}", tmp_path / f"c{n}", nyx_container_ns())
+        ctr = Container(f"nyxt-{os.getpid()}-{n}", tmp_path / f"c{n}", ns or nyx_container_ns())
         made.append(ctr)
         rootfs = Rootfs.mount(store.layer_dirs(image), ctr.dir)
         process = process_from_image(image.config, None, command, env or {}, workdir, user)
@@ -160,6 +161,21 @@ def test_namespaces_hostname_env_mounts_and_exit_code(
         "1",
         "hosts-ro",
     ]
+
+
+def test_busybox_httpd_serves_its_page(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    server = run_container(["httpd", "-f", "-p", "8080", "-h", "/www"])
+    fetch = (
+        "for i in $(seq 100); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.1; done; "
+        "exit 1"
+    )
+    client = run_container(["sh", "-c", fetch], ns=server.ns)
+    assert runtime.wait(client.id, client.pid, timeout=60) == 0
+    assert "hello from nyx" in client.log
+    runtime.kill(server.id, signal.SIGKILL)
+    assert runtime.wait(server.id, server.pid, timeout=60) == 137
 
 
 def test_user_resolution_in_the_container(
