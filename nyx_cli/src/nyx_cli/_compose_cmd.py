@@ -331,11 +331,18 @@ def _undo_up(
     return failed
 
 
-def _remove_container(client: DaemonClient, container: Mapping[str, Any]) -> None:
+def _stop_path(container: Mapping[str, Any], timeout: float | None) -> str:
+    path = f"/v1/containers/{quote(_cid(container), safe='')}/stop"
+    return path if timeout is None else f"{path}?{urlencode({'timeout': timeout})}"
+
+
+def _remove_container(
+    client: DaemonClient, container: Mapping[str, Any], timeout: float | None = None
+) -> None:
     cid = quote(_cid(container), safe="")
     if _running(container):
         with contextlib.suppress(ApiError):
-            client.request("POST", f"/v1/containers/{cid}/stop")
+            client.request("POST", _stop_path(container, timeout))
     try:
         client.request("DELETE", f"/v1/containers/{cid}?force=1")
     except ApiError as exc:
@@ -535,15 +542,22 @@ def up(ctx: click.Context, detach: bool) -> None:
         click.echo("Gracefully stopping... (press Ctrl+C again to force)", err=True)
         for c in reversed(started):
             with contextlib.suppress(ApiError, click.ClickException):
-                client.request("POST", f"/v1/containers/{quote(_cid(c), safe='')}/stop")
+                client.request("POST", _stop_path(c, None))
                 _status("Container", str(c.get("name")), "Stopped")
 
     _follow(client, started, plan.name, follow=True, on_interrupt=stop_all)
 
 
 @compose.command("down")
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="seconds to wait for a container to stop before killing it [default: nyxd's]",
+)
 @click.pass_context
-def down(ctx: click.Context) -> None:
+def down(ctx: click.Context, timeout: float | None) -> None:
     """Stop and remove the stack's containers (reverse order), then its networks."""
     opts = _options(ctx)
     plan = opts.plan(required=opts.project_name is None)
@@ -558,7 +572,7 @@ def down(ctx: click.Context) -> None:
     for c in _order_for_stop(containers, plan, project):
         name = str(c.get("name") or _cid(c))
         try:
-            _remove_container(client, c)
+            _remove_container(client, c, timeout)
             _status("Container", name, "Removed")
         except (ApiError, click.ClickException) as exc:
             errors.append(f"container {name}: {exc}")

@@ -423,6 +423,17 @@ def test_down_removes_containers_in_reverse_order_and_networks(
     assert again.exit_code == 0, again.output
 
 
+def test_down_timeout_is_passed_to_stop(fake: tuple[FakeNyxd, str], project_dir: Path) -> None:
+    daemon, sock = fake
+    assert run(sock, "up", "-d").exit_code == 0
+    web = daemon.by_name("mystack-web-1")["id"]
+    result = run(sock, "down", "-t", "0.5")
+    assert result.exit_code == 0, result.output
+    assert ("POST", f"/v1/containers/{web}/stop?timeout=0.5", None) in daemon.requests
+    bad = run(sock, "down", "-t", "-1")
+    assert bad.exit_code == 2
+
+
 def test_down_without_file_uses_project_name(
     fake: tuple[FakeNyxd, str], project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
