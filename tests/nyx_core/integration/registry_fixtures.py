@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tarfile
 import threading
@@ -260,18 +261,38 @@ class Registry:
         return self.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
 
+def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made with the openssl CLI: (cert, key)."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
 @contextlib.contextmanager
-def run_registry(workdir: Path, *, extra_config: str = "") -> Iterator[Registry]:
+def run_registry(workdir: Path, *, tls: bool = False) -> Iterator[Registry]:
     port = free_port()
     storage = workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     config = workdir / "registry.yml"
+    tls_config = ""
+    if tls:
+        cert, key = self_signed_cert(workdir)
+        tls_config = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + extra_config
+        f"http:\n  addr: 127.0.0.1:{port}\n" + tls_config
     )
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
@@ -288,7 +309,12 @@ def run_registry(workdir: Path, *, extra_config: str = "") -> Iterator[Registry]
                     f"docker-registry exited: {(workdir / 'registry.log').read_text()}"
                 )
             with contextlib.suppress(OSError):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn: http.client.HTTPConnection
+                if tls:
+                    ctx = ssl._create_unverified_context()
+                    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=ctx)
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/v2/")
                 if conn.getresponse().status in (200, 401):
                     conn.close()
@@ -326,6 +352,9 @@ class ProxyState:
     cut_blob_after: dict[str, int] = field(default_factory=dict)  # digest -> bytes, once
     corrupt_blob: set[str] = field(default_factory=set)
     ignore_range: bool = False
+    blob_delay: float = 0.0  # seconds each blob response waits (to observe parallelism)
+    in_flight: int = 0
+    max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -419,6 +448,21 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self._forward(path)
 
     def _forward(self, path: str) -> None:
+        st = self.server.state
+        if "/blobs/" in path and st.blob_delay:
+            with st.lock:
+                st.in_flight += 1
+                st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            try:
+                time.sleep(st.blob_delay)
+                self._forward_now(path)
+            finally:
+                with st.lock:
+                    st.in_flight -= 1
+            return
+        self._forward_now(path)
+
+    def _forward_now(self, path: str) -> None:
         st = self.server.state
         headers = {}
         for k in ("Accept", "Range"):
