@@ -35,6 +35,12 @@ class CacheEntry:
     netns: str = ""
     capability_args: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
+    cni_args: list[list[str]] = field(default_factory=list)
+
+    @property
+    def cni_args_text(self) -> str:
+        """``CNI_ARGS`` as the plugins get it (``K=V;K2=V2``)."""
+        return ";".join(f"{k}={v}" for k, v in self.cni_args)
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -46,7 +52,7 @@ class CacheEntry:
             "ifName": self.ifname,
             "networkName": self.network,
             "netns": self.netns,
-            "cniArgs": [],
+            "cniArgs": self.cni_args,
             "capabilityArgs": self.capability_args,
         }
         if self.result is not None:
@@ -67,6 +73,11 @@ class CacheEntry:
             netns=str(obj.get("netns") or ""),
             capability_args=dict(obj.get("capabilityArgs") or {}),
             result=result if isinstance(result, dict) and result else None,
+            cni_args=[
+                [str(p[0]), str(p[1])]
+                for p in (obj.get("cniArgs") or [])
+                if isinstance(p, list) and len(p) == 2
+            ],
         )
 
 

@@ -99,6 +99,12 @@ def _ver(v: str) -> tuple[int, int, int]:
     return parse_version(v)
 
 
+def cni_args(container_id: str) -> list[list[str]]:
+    """The ``CNI_ARGS`` pairs nyx passes: podman's convention, the container id as pod name
+    (dnsname registers that name)."""
+    return [["IgnoreUnknown", "1"], ["K8S_POD_NAME", container_id]]
+
+
 def _port_keys(mappings: Iterable[Mapping[str, Any]]) -> list[tuple[str, str | None, int]]:
     keys = []
     for m in mappings:
@@ -342,11 +348,12 @@ class CniDriver:
                     config=cfg.to_json(ver),
                     netns=netns,
                     capability_args=args,
+                    cni_args=cni_args(cid),
                 )
                 self.cache.put(entry)  # pending: a crash from here on is found by GC
                 step = _Progress(cfg, ver, ifname, entry)
                 steps.append(step)
-                req = PluginRequest("ADD", cid, netns, ifname)
+                req = PluginRequest("ADD", cid, netns, ifname, entry.cni_args_text)
                 for plugin in cfg.plugins:
                     step.tried += 1
                     conf = request_config(
@@ -382,7 +389,7 @@ class CniDriver:
                 step.net,
                 step.version,
                 step.net.plugins[: step.tried],
-                PluginRequest("DEL", cid, netns, step.ifname),
+                PluginRequest("DEL", cid, netns, step.ifname, step.entry.cni_args_text),
                 step.prev,
                 step.entry.capability_args,
             )
@@ -464,9 +471,8 @@ class CniDriver:
             cfg = parse_network(entry.config, f"cache entry {where}")
         except ConfigError as exc:
             return [exc]
-        req = PluginRequest(
-            "DEL", entry.container_id, self._netns_for(netns_path or entry.netns, att), entry.ifname
-        )
+        netns = self._netns_for(netns_path or entry.netns, att)
+        req = PluginRequest("DEL", entry.container_id, netns, entry.ifname, entry.cni_args_text)
         errs = self._del_plugins(
             cfg, cfg.cni_version, cfg.plugins, req, entry.result, entry.capability_args
         )
@@ -494,7 +500,7 @@ class CniDriver:
                 continue
             if entry.result is None:
                 raise BackendError(f"container {container_id!r}: ADD on {name!r} did not finish")
-            req = PluginRequest("CHECK", container_id, entry.netns, ifname)
+            req = PluginRequest("CHECK", container_id, entry.netns, ifname, entry.cni_args_text)
             for plugin in cfg.plugins:
                 conf = request_config(
                     plugin,

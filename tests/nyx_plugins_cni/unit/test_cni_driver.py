@@ -94,6 +94,7 @@ def test_add_runs_the_chain_in_order_with_prev_result(
         assert call["conf"]["name"] == "nyx" and call["conf"]["cniVersion"] == "1.0.0"
         assert "capabilities" not in call["conf"]
         assert call["env"]["CNI_IFNAME"] == "eth0" and call["env"]["CNI_NETNS"] == netns
+        assert call["env"]["CNI_ARGS"] == "IgnoreUnknown=1;K8S_POD_NAME=c1"
     assert second["conf"]["sysctl"] == {"a": "1"}  # other fields pass through
     assert "runtimeConfig" not in second["conf"]  # mac/bandwidth not provided
     assert third["conf"]["runtimeConfig"] == {
@@ -184,6 +185,9 @@ def test_del_after_restart_uses_the_cache(make_driver: Make, fake_bin: Any, netn
     restarted.teardown("c1", netns)
     assert fake_bin.sequence() == [("ports", "DEL"), ("tune", "DEL"), ("iface", "DEL")]
     assert all("prevResult" in c["conf"] for c in fake_bin.calls("DEL"))
+    assert {c["env"]["CNI_ARGS"] for c in fake_bin.calls("DEL")} == {
+        "IgnoreUnknown=1;K8S_POD_NAME=c1"
+    }
 
 
 def test_del_after_restart_without_netns_passes_empty_netns(
