@@ -71,6 +71,10 @@ DOCKER_SCHEMA1 = (
 )
 MEDIA_TYPES_INDEX = (OCI_INDEX, DOCKER_LIST)
 MEDIA_TYPES_MANIFEST = (OCI_MANIFEST, DOCKER_MANIFEST)
+CONFIG_TYPES = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
 MAX_MANIFEST_BYTES = 4 << 20
@@ -269,6 +273,10 @@ class _Aborted(Exception):
     """Another download of the same pull failed; stop this one."""
 
 
+class _LocalError(Exception):
+    """Writing the layout failed (disk full, permissions); retrying will not help."""
+
+
 class _Transient(Exception):
     """A retryable HTTP status (429, 5xx) during a blob download."""
 
@@ -337,7 +345,10 @@ def _download_blob(
                         hasher = hashlib.new(desc.algorithm)
                     last = offset
                     while chunk := resp.read(CHUNK):
-                        fh.write(chunk)
+                        try:
+                            fh.write(chunk)
+                        except OSError as exc:  # local disk, not the network: no retry
+                            raise _LocalError(f"writing {partial}: {exc}") from exc
                         hasher.update(chunk)
                         offset += len(chunk)
                         fetched += len(chunk)
@@ -601,6 +612,11 @@ def pull_to_oci_layout(
         raise RegistryError(f"{ref}: unsupported manifest media type {media_type!r}")
     manifest = json.loads(body)
     config = descriptor(manifest.get("config"), f"config descriptor of {ref}")
+    if config.media_type and config.media_type not in CONFIG_TYPES:
+        raise RegistryError(
+            f"{ref} is not a container image: its config media type is {config.media_type!r} "
+            f"(expected one of {', '.join(CONFIG_TYPES)})"
+        )
     raw_layers = manifest.get("layers")
     if not isinstance(raw_layers, list):
         raise RegistryError(f"manifest {digest} of {ref} has no 'layers' array")
@@ -609,11 +625,17 @@ def pull_to_oci_layout(
     total = config.size + sum(lay.size for lay in layers)
     emit("manifest", digest=digest, media_type=media_type, total=total)
 
-    dest.mkdir(parents=True, exist_ok=True)
-    layout = OciLayout(dest, blob_cache)
-    downloaded = _fetch_blobs(
-        client, ref, scope, [config, *layers], layout, emit, max_concurrent_downloads, retries
-    )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        layout = OciLayout(dest, blob_cache)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {str(dest)!r} as image layout directory: {exc}") from exc
+    try:
+        downloaded = _fetch_blobs(
+            client, ref, scope, [config, *layers], layout, emit, max_concurrent_downloads, retries
+        )
+    except (_LocalError, OSError) as exc:
+        raise RegistryError(f"pulling {ref} into {str(dest)!r}: {exc}") from exc
 
     try:
         config_json = json.loads(layout.blob(config.digest).read_bytes())
@@ -630,8 +652,11 @@ def pull_to_oci_layout(
                 f"{ref} is a single-platform image for {image_platform}, not {want}"
             )
 
-    layout.write_verified(manifest_desc, body)
-    layout.add_to_index(manifest_desc, ref, plat)
+    try:
+        layout.write_verified(manifest_desc, body)
+        layout.add_to_index(manifest_desc, ref, plat)
+    except OSError as exc:
+        raise RegistryError(f"writing the image layout {str(dest)!r}: {exc}") from exc
     emit("done", digest=digest, media_type=media_type, current=total, total=total)
     logger.info("pulled {} {} ({} bytes downloaded)", ref, digest, downloaded)
     return PulledImage(

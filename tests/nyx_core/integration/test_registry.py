@@ -463,3 +463,29 @@ def test_tls_registry(tmp_path: Path) -> None:
         strict = RegistryClient(registry.host, insecure=False, credentials=None, timeout=10)
         with pytest.raises(RegistryError, match="--insecure-registry"):
             strict.ping()
+
+
+def test_artifact_that_is_not_an_image(pushed: Pushed, tmp_path: Path) -> None:
+    import dataclasses
+
+    from registry_fixtures import OCI_MANIFEST, sha256
+
+    image = build_layout(tmp_path / "src", "v1", [("amd64", "")]).images[0]
+    manifest = json.loads(image.manifest)
+    manifest["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json"
+    assert manifest["mediaType"] == OCI_MANIFEST
+    artifact = dataclasses.replace(image, manifest=json.dumps(manifest).encode())
+    http_push(Layout(tmp_path / "src", [artifact]), pushed.registry.host, "chart", "v1")
+    with pytest.raises(RegistryError, match="not a container image") as info:
+        pull_to_oci_layout(pushed.ref("chart"), tmp_path / "out")
+    assert "helm" in str(info.value)
+    assert sha256(artifact.manifest) != image.manifest_digest
+
+
+def test_dest_that_is_a_file(pushed: Pushed, tmp_path: Path) -> None:
+    from nyx_core.errors import ConfigError
+
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ConfigError, match="image layout directory"):
+        pull_to_oci_layout(pushed.ref("oci"), target)
