@@ -34,13 +34,15 @@ from loguru import logger
 from pydantic import BaseModel, Field
 
 from ._compression import decompressed_stream
-from .errors import DigestMismatchError, ImageNotFoundError, RuntimeErrorNyx
+from .errors import ConfigError, DigestMismatchError, ImageNotFoundError, RuntimeErrorNyx
 
 __all__ = [
     "Image",
+    "ImageDigestMismatchError",
     "ImageError",
     "ImageNotFoundError",
     "ImageStore",
+    "InvalidImageError",
     "canonical_reference",
     "normalize_tag",
 ]
@@ -66,6 +68,14 @@ _REF_NAME = "org.opencontainers.image.ref.name"
 
 class ImageError(RuntimeErrorNyx):
     """An image archive or layout is malformed, or the store is damaged."""
+
+
+class InvalidImageError(ImageError, ConfigError):
+    """An image archive, layout or reference given to nyx is malformed (a client error)."""
+
+
+class ImageDigestMismatchError(DigestMismatchError, ConfigError):
+    """A blob of an archive being loaded does not match its digest or size."""
 
 
 class Image(BaseModel):
@@ -99,19 +109,19 @@ def _split(ref: str) -> tuple[str, str | None, str | None]:
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
         if not _TAG.match(tag):
-            raise ImageError(f"invalid image reference {ref!r}: bad tag {tag!r}")
+            raise InvalidImageError(f"invalid image reference {ref!r}: bad tag {tag!r}")
     if digest and not _DIGEST.match(digest):
-        raise ImageError(f"invalid image reference {ref!r}: bad digest {digest!r}")
+        raise InvalidImageError(f"invalid image reference {ref!r}: bad digest {digest!r}")
     if not name or any(c.isspace() for c in text):
-        raise ImageError(f"invalid image reference {ref!r}")
+        raise InvalidImageError(f"invalid image reference {ref!r}")
     first, sep, rest = name.partition("/")
     has_domain = sep and ("." in first or ":" in first or first == "localhost")
     if has_domain and not _DOMAIN.match(first):
-        raise ImageError(f"invalid image reference {ref!r}: bad registry host {first!r}")
+        raise InvalidImageError(f"invalid image reference {ref!r}: bad registry host {first!r}")
     path = rest if has_domain else name
     for component in path.split("/"):
         if not _COMPONENT.match(component):
-            raise ImageError(
+            raise InvalidImageError(
                 f"invalid image reference {ref!r}: repository component {component!r} must be "
                 "lowercase letters, digits and separators"
             )
@@ -160,13 +170,13 @@ class _Source:
         if path.is_dir():
             return
         if not path.is_file():
-            raise ImageError(f"image archive {str(path)!r} does not exist")
+            raise InvalidImageError(f"image archive {str(path)!r} does not exist")
         try:
             self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by close())
             for info in self._tar.getmembers():
                 self._members[_clean(info.name) or "."] = info
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ImageError(f"{str(path)!r} is not a readable tar archive: {exc}") from exc
+            raise InvalidImageError(f"{str(path)!r} is not a readable tar archive: {exc}") from exc
 
     def close(self) -> None:
         if self._tar is not None:
@@ -182,11 +192,11 @@ class _Source:
     def open(self, name: str) -> BinaryIO:
         clean = _clean(name)
         if clean is None or not self.exists(clean):
-            raise ImageError(f"{str(self.path)!r}: missing {name!r}")
+            raise InvalidImageError(f"{str(self.path)!r}: missing {name!r}")
         if self._tar is None:
             target = (self.path / clean).resolve()
             if not target.is_relative_to(self.path.resolve()):
-                raise ImageError(f"{str(self.path)!r}: {name!r} points outside the archive")
+                raise InvalidImageError(f"{str(self.path)!r}: {name!r} points outside the archive")
             return target.open("rb")
         info = self._members[clean]
         for _ in range(16):
@@ -197,32 +207,34 @@ class _Source:
             else:
                 break
             if link is None or link not in self._members:
-                raise ImageError(f"{str(self.path)!r}: {name!r} is a dangling link")
+                raise InvalidImageError(f"{str(self.path)!r}: {name!r} is a dangling link")
             clean, info = link, self._members[link]
         f = self._tar.extractfile(info)
         if f is None:
-            raise ImageError(f"{str(self.path)!r}: {name!r} is not a file")
+            raise InvalidImageError(f"{str(self.path)!r}: {name!r} is not a file")
         return cast(BinaryIO, f)
 
     def read(self, name: str, limit: int = 64 << 20) -> bytes:
         with self.open(name) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise ImageError(f"{str(self.path)!r}: {name!r} is implausibly large")
+            raise InvalidImageError(f"{str(self.path)!r}: {name!r} is implausibly large")
         return data
 
     def json(self, name: str) -> Any:
         try:
             return json.loads(self.read(name))
         except ValueError as exc:
-            raise ImageError(f"{str(self.path)!r}: {name!r} is not valid JSON: {exc}") from exc
+            raise InvalidImageError(
+                f"{str(self.path)!r}: {name!r} is not valid JSON: {exc}"
+            ) from exc
 
 
 def _clean(name: str) -> str | None:
     """A member name relative to the root, ``None`` for the root itself; rejects ``..``."""
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ImageError(f"archive member {name!r} escapes the root")
+        raise InvalidImageError(f"archive member {name!r} escapes the root")
     return "/".join(parts) or None
 
 
@@ -264,7 +276,7 @@ class _Unpacker:
         self.dir_times: list[tuple[str, int]] = []
 
     def _fail(self, name: str, why: str) -> ImageError:
-        return ImageError(f"layer {self.layer}: entry {name!r}: {why}")
+        return InvalidImageError(f"layer {self.layer}: entry {name!r}: {why}")
 
     def _parent(self, rel: str, name: str) -> str:
         """Make sure every directory above ``rel`` is a real directory inside ``dest``."""
@@ -418,7 +430,7 @@ def unpack_layer(stream: BinaryIO, dest: Path, layer: str = "?") -> None:
             for info in tar:
                 unpacker.entry(tar, info)
     except (tarfile.TarError, EOFError) as exc:
-        raise ImageError(f"layer {layer}: not a valid tar stream: {exc}") from exc
+        raise InvalidImageError(f"layer {layer}: not a valid tar stream: {exc}") from exc
     except OSError as exc:
         raise ImageError(f"layer {layer}: unpacking failed: {exc}") from exc
     unpacker.finish()
@@ -483,7 +495,7 @@ class ImageStore:
         """Copy a blob into the store, verifying digest and size when they are known."""
         if expected is not None:
             if not _DIGEST.match(expected):
-                raise ImageError(f"{what}: unsupported digest {expected!r} (sha256 only)")
+                raise InvalidImageError(f"{what}: unsupported digest {expected!r} (sha256 only)")
             if self._blob(expected).is_file():
                 return expected, self._blob(expected).stat().st_size
         tmp = self.root / "tmp" / f"blob-{uuid.uuid4().hex}"
@@ -494,9 +506,9 @@ class ImageStore:
                     out.write(chunk)
             digest = hashing.digest
             if expected is not None and digest != expected:
-                raise DigestMismatchError(f"{what}: digest is {digest}, expected {expected}")
+                raise ImageDigestMismatchError(f"{what}: digest is {digest}, expected {expected}")
             if size is not None and hashing.size != size:
-                raise DigestMismatchError(f"{what}: size is {hashing.size}, expected {size}")
+                raise ImageDigestMismatchError(f"{what}: size is {hashing.size}, expected {size}")
             os.replace(tmp, self._blob(digest))
             return digest, hashing.size
         finally:
@@ -514,7 +526,7 @@ class ImageStore:
                 unpack_layer(cast(BinaryIO, hashing), tmp, diff_id)
                 hashing.drain()
             if hashing.digest != diff_id:
-                raise DigestMismatchError(
+                raise ImageDigestMismatchError(
                     f"layer {blob}: uncompressed digest is {hashing.digest}, the image config "
                     f"says {diff_id}"
                 )
@@ -534,9 +546,9 @@ class ImageStore:
         if not isinstance(diff_ids, list) or not all(
             isinstance(d, str) and _DIGEST.match(d) for d in diff_ids
         ):
-            raise ImageError(f"{what}: image config has no valid rootfs.diff_ids")
+            raise InvalidImageError(f"{what}: image config has no valid rootfs.diff_ids")
         if len(diff_ids) != count:
-            raise ImageError(
+            raise InvalidImageError(
                 f"{what}: {count} layer(s) but the image config lists {len(diff_ids)} diff_ids"
             )
         return list(diff_ids)
@@ -604,7 +616,7 @@ class ImageStore:
                     return self._load_docker(src, index)
                 if src.exists("index.json"):
                     return self._load_oci(src, index, None)
-                raise ImageError(
+                raise InvalidImageError(
                     f"{str(path)!r} is neither an OCI image layout (no index.json) nor a "
                     "docker save archive (no manifest.json)"
                 )
@@ -633,15 +645,15 @@ class ImageStore:
     def _load_docker(self, src: _Source, index: dict[str, Any]) -> list[Image]:
         manifest = src.json("manifest.json")
         if not isinstance(manifest, list) or not manifest:
-            raise ImageError(f"{str(src.path)!r}: manifest.json is not a list of images")
+            raise InvalidImageError(f"{str(src.path)!r}: manifest.json is not a list of images")
         images = []
         for n, entry in enumerate(manifest):
             what = f"{str(src.path)!r} image {n}"
             if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
-                raise ImageError(f"{what}: manifest.json entry has no Config")
+                raise InvalidImageError(f"{what}: manifest.json entry has no Config")
             layers = entry.get("Layers") or []
             if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
-                raise ImageError(f"{what}: Layers must be a list of paths")
+                raise InvalidImageError(f"{what}: Layers must be a list of paths")
             config_name = entry["Config"]
             named = PurePosixPath(config_name).name.removesuffix(".json")
             expected = f"sha256:{named}" if _HEX64.match(named) else None
@@ -675,19 +687,19 @@ class ImageStore:
         try:
             config = json.loads(self._blob(digest).read_bytes())
         except ValueError as exc:
-            raise ImageError(f"{what}: image config is not valid JSON") from exc
+            raise InvalidImageError(f"{what}: image config is not valid JSON") from exc
         if not isinstance(config, dict):
-            raise ImageError(f"{what}: image config is not an object")
+            raise InvalidImageError(f"{what}: image config is not an object")
         return config
 
     def _descriptor(self, desc: Any, what: str) -> tuple[str, int, str]:
         if not isinstance(desc, dict):
-            raise ImageError(f"{what}: descriptor is not an object")
+            raise InvalidImageError(f"{what}: descriptor is not an object")
         digest, size = desc.get("digest"), desc.get("size")
         if not isinstance(digest, str) or not _DIGEST.match(digest):
-            raise ImageError(f"{what}: bad or unsupported digest {digest!r} (sha256 only)")
+            raise InvalidImageError(f"{what}: bad or unsupported digest {digest!r} (sha256 only)")
         if not isinstance(size, int) or size < 0:
-            raise ImageError(f"{what}: bad size {size!r}")
+            raise InvalidImageError(f"{what}: bad size {size!r}")
         return digest, size, str(desc.get("mediaType", ""))
 
     def _blob_from(self, src: _Source, desc: Any, what: str) -> tuple[str, str]:
@@ -697,14 +709,14 @@ class ImageStore:
             with src.open(name) as f:
                 self._put_blob(f, digest, size, what)
         elif self._blob(digest).stat().st_size != size:
-            raise DigestMismatchError(f"{what}: size of {digest} is not {size}")
+            raise ImageDigestMismatchError(f"{what}: size of {digest} is not {size}")
         return digest, media_type
 
     def _load_oci(self, src: _Source, index: dict[str, Any], reference: str | None) -> list[Image]:
         top = src.json("index.json")
         manifests = top.get("manifests") if isinstance(top, dict) else None
         if not isinstance(manifests, list) or not manifests:
-            raise ImageError(f"{str(src.path)!r}: index.json lists no manifests")
+            raise InvalidImageError(f"{str(src.path)!r}: index.json lists no manifests")
         chosen: list[tuple[dict[str, Any], list[str]]] = []
         for desc in manifests:
             ann = desc.get("annotations") if isinstance(desc, dict) else None
@@ -738,15 +750,15 @@ class ImageStore:
         media_type = str(doc.get("mediaType") or media_type)
         if media_type in _INDEX_TYPES or "manifests" in doc:
             if depth > 2:
-                raise ImageError(f"{what}: indexes nested too deep")
+                raise InvalidImageError(f"{what}: indexes nested too deep")
             return self._load_manifest(src, index, self._platform(doc, what), tags, depth + 1)
         if media_type and media_type not in _MANIFEST_TYPES:
-            raise ImageError(f"{what}: unsupported manifest media type {media_type!r}")
+            raise InvalidImageError(f"{what}: unsupported manifest media type {media_type!r}")
         config_digest, _ = self._blob_from(src, doc.get("config"), f"{what} config")
         config = self._config(config_digest, what)
         layers = doc.get("layers") or []
         if not isinstance(layers, list):
-            raise ImageError(f"{what}: layers is not a list")
+            raise InvalidImageError(f"{what}: layers is not a list")
         diff_ids = self._check_layers(config, len(layers), what)
         blobs = [digest, config_digest]
         for n, (layer_desc, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
@@ -766,7 +778,7 @@ class ImageStore:
                 and (plat.get("architecture") == arch)
             ):
                 return desc
-        raise ImageError(f"{what}: no manifest for linux/{arch}")
+        raise InvalidImageError(f"{what}: no manifest for linux/{arch}")
 
     def list(self) -> list[Image]:
         """All images, sorted by first tag (untagged last), then id."""
@@ -899,7 +911,7 @@ def _named(
     for desc, _ in _host_platform_only(chosen):
         if (desc.get("annotations") or {}).get(_REF_NAME) == (tag or "latest"):
             return desc
-    raise ImageError(f"{str(src.path)!r}: no manifest is named {reference!r}")
+    raise InvalidImageError(f"{str(src.path)!r}: no manifest is named {reference!r}")
 
 
 def _mounted_lowerdirs() -> set[str]:

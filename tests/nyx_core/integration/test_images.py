@@ -18,7 +18,7 @@ import pytest
 from nyx_core._compression import zstd_available
 from nyx_core._images import Image, ImageError, ImageStore
 from nyx_core._runtime import Rootfs
-from nyx_core.errors import DigestMismatchError, ImageNotFoundError, NyxError
+from nyx_core.errors import ConfigError, DigestMismatchError, ImageNotFoundError, NyxError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_kernel")]
 
@@ -232,8 +232,9 @@ def test_corrupted_layer_blob_is_rejected(store: ImageStore, tmp_path: Path) -> 
     layout = _oci_dir(tmp_path, [layer], compress=False)
     blob = layout / "blobs" / "sha256" / sha(layer).removeprefix("sha256:")
     blob.write_bytes(blob.read_bytes().replace(b"x" * 10, b"y" * 10, 1))
-    with pytest.raises(DigestMismatchError, match="digest is sha256:"):
+    with pytest.raises(DigestMismatchError, match="digest is sha256:") as info:
         store.load(layout)
+    assert isinstance(info.value, ConfigError)  # the archive is bad, not the daemon
     assert_store_empty(store)
 
 

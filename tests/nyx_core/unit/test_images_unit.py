@@ -65,6 +65,7 @@ def test_bad_reference_is_a_nyx_error_naming_it(bad: str) -> None:
     with pytest.raises(ImageError) as info:
         normalize_tag(bad)
     assert isinstance(info.value, NyxError)
+    assert isinstance(info.value, ConfigError)  # a client error (HTTP 400)
     assert repr(bad) in str(info.value)
 
 
