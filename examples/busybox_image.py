@@ -42,59 +42,12 @@ __all__ = [
 
 MTIME = 1_700_000_000  # fixed: the same busybox gives the same image digests
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-APPLETS = [
-    "sh",
-    "ash",
-    "cat",
-    "echo",
-    "sleep",
-    "hostname",
-    "ip",
-    "ifconfig",
-    "route",
-    "httpd",
-    "wget",
-    "nslookup",
-    "nc",
-    "ping",
-    "ls",
-    "ps",
-    "kill",
-    "id",
-    "env",
-    "mkdir",
-    "rm",
-    "cp",
-    "mv",
-    "ln",
-    "chmod",
-    "chown",
-    "touch",
-    "grep",
-    "sed",
-    "awk",
-    "head",
-    "tail",
-    "wc",
-    "sort",
-    "uname",
-    "date",
-    "true",
-    "false",
-    "test",
-    "printf",
-    "pwd",
-    "readlink",
-    "stat",
-    "which",
-    "top",
-    "free",
-    "df",
-    "mount",
-    "umount",
-    "dmesg",
-    "vi",
-]
+_APPLET_NAMES = """
+sh ash cat echo sleep hostname ip ifconfig route httpd wget nslookup nc ping ls ps kill id
+env mkdir rm cp mv ln chmod chown touch grep sed awk head tail wc sort uname date true
+false test printf pwd readlink stat which top free df mount umount dmesg vi
+"""
+APPLETS = _APPLET_NAMES.split()  # used when `busybox --list-full` is unavailable
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/bin/false
 www-data:x:33:33:www-data:/var/www:/bin/false
