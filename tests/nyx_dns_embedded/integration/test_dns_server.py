@@ -363,3 +363,27 @@ def test_through_the_plugin_hooks(
         facade.stop()
     out = dns_host.run(["ss", "-lnu", f"sport = :{PORT}"]).stdout
     assert GW not in out
+
+
+def test_stop_start_keeps_records_and_frees_the_port(
+    dns_host: Netns, provider: EmbeddedDns, nyx_settings: NyxSettings
+) -> None:
+    provider.register("a", "web", ips(A_IP), [], ["n1"])
+    provider.stop()
+    assert status(dig(dns_host, "web")) == "NO-ANSWER"
+    provider.stop()
+    assert provider.start(nyx_settings) == (GW, PORT)
+    assert addrs(query("web")) == [A_IP]
+
+
+def test_missing_gateway_address_is_a_clear_error(
+    dns_host: Netns, nyx_settings: NyxSettings, dns_config: EmbeddedDnsSettings
+) -> None:
+    from nyx_core import DnsError
+
+    settings = nyx_settings.model_copy(update={"gateway_ip": ipaddress.ip_address("10.232.0.77")})
+    p = EmbeddedDns(dns_config)
+    with pytest.raises(DnsError, match=r"10\.232\.0\.77:5353 \(gateway_ip, dns_port\)"):
+        p.start(settings)
+    assert p.server is None
+    p.stop()
