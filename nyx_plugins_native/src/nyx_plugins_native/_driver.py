@@ -293,14 +293,17 @@ class NativeDriver:
                 used = [a["ip"] for a in st["attachments"].values() if a["network"] == net.name]
                 ip = allocate(net.subnet, net.gateway.ip, used, static, st["cursor"].get(net.name))
                 pels = port_elements(ports, str(ip))
-                check_conflicts(
-                    pels,
-                    (
-                        (a["container"], _pel(p))
-                        for a in st["attachments"].values()
-                        for p in a["ports"]
-                    ),
-                )
+                wanted = {(p.protocol, p.host_port) for p in pels}
+                if wanted:
+                    check_conflicts(
+                        pels,
+                        [
+                            (a["container"], _pel(p))
+                            for a in st["attachments"].values()
+                            for p in a["ports"]
+                            if (p[1], p[2]) in wanted
+                        ],
+                    )
                 socks = reserve(pels)
                 st["attachments"][key] = {
                     "container": container_id,
@@ -382,8 +385,10 @@ class NativeDriver:
 
     def teardown(self, container_id: str, netns_path: str) -> None:
         errors: list[BaseException] = []
-        with self.store.locked() as st:
-            recs = {k: a for k, a in st["attachments"].items() if a["container"] == container_id}
+        with self.store.locked(write=False) as st:
+            recs = {
+                k: dict(a) for k, a in st["attachments"].items() if a["container"] == container_id
+            }
         # 1. firewall entries
         for rec in recs.values():
             cmds = container_batch(

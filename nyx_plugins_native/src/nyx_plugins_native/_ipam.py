@@ -14,6 +14,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,39 +79,96 @@ def allocate(
     )
 
 
+def _parse_head(raw: bytes) -> dict[str, Any]:
+    try:
+        head = json.loads(raw) if raw.strip() else {}
+        gen, cursor = int(head["g"]), dict(head["c"])
+    except (ValueError, KeyError, TypeError):
+        return {"g": 0, "c": {}}  # unknown generation: the state is read again
+    return {"g": gen, "c": cursor}
+
+
 class StateStore:
-    """``networks`` and ``attachments`` (keyed ``<container>/<network>``) on disk."""
+    """``networks``, ``cursor`` and ``attachments`` (keyed ``<container>/<network>``) on disk.
+
+    Layout under ``<state_dir>/native/``: ``state.lock`` (the flock; its content is a generation
+    number bumped by every change and the IPAM cursors), ``networks.json`` (small) and
+    ``attachments/<container>@<network>.json``, one file per attachment, so a setup or
+    teardown writes one small file whatever the number of containers. The parsed state is
+    cached in memory and reused while the generation is unchanged; another process's change
+    bumps it and the directory is read again.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "native"
-        self.file = self.dir / "state.json"
+        self.adir = self.dir / "attachments"
+        self.netfile = self.dir / "networks.json"
         self.lockfile = self.dir / "state.lock"
+        self._cache: tuple[int, dict[str, Any]] | None = None
+        self._mem_lock = threading.Lock()  # the cache is shared by this process's threads
 
-    def _read(self) -> dict[str, Any]:
+    @staticmethod
+    def _fname(key: str) -> str:
+        return key.replace("/", "@", 1) + ".json"
+
+    def _load(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"version": 2, "networks": {}, "attachments": {}, "cursor": {}}
         try:
-            text = self.file.read_text()
+            text = self.netfile.read_text()
         except FileNotFoundError:
-            return {"version": 1, "networks": {}, "attachments": {}, "cursor": {}}
+            text = ""
+        path = self.netfile
         try:
-            data = json.loads(text)
-            if not isinstance(data, dict) or not isinstance(data.get("attachments"), dict):
-                raise ValueError("not a nyx state object")
-        except ValueError as exc:
+            if text:
+                top = json.loads(text)
+                data["networks"] = dict(top["networks"])
+            try:
+                names = os.listdir(self.adir)
+            except FileNotFoundError:
+                names = []
+            for name in names:
+                if not name.endswith(".json"):
+                    continue
+                path = self.adir / name
+                rec = json.loads(path.read_text())
+                data["attachments"][f"{rec['container']}/{rec['network']}"] = rec
+        except (ValueError, KeyError, TypeError) as exc:
             raise IpamError(
-                f"lease file {self.file} is corrupt ({exc}); move it away and restart nyxd"
+                f"lease file {path} is corrupt ({exc!r}); move it away and restart nyxd"
             ) from exc
-        data.setdefault("networks", {})
-        data.setdefault("cursor", {})
+        except OSError as exc:
+            raise IpamError(f"cannot read lease file {path}: {exc.strerror}") from exc
         return data
 
-    def _write(self, data: dict[str, Any]) -> None:
-        tmp = self.file.with_name(f".state.{os.getpid()}.{id(data)}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        os.replace(tmp, self.file)
+    def _atomic_write(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def _store(self, old: dict[str, Any], new: dict[str, Any], old_top: str) -> None:
+        oa, na = old["attachments"], new["attachments"]
+        for key, rec in na.items():
+            if oa.get(key) is not rec:
+                self.adir.mkdir(parents=True, exist_ok=True)
+                self._atomic_write(self.adir / self._fname(key), json.dumps(rec))
+        for key in oa:
+            if key not in na:
+                try:
+                    os.unlink(self.adir / self._fname(key))
+                except FileNotFoundError:
+                    pass
+        top = json.dumps({"networks": new["networks"]}, sort_keys=True)
+        if top != old_top:
+            self._atomic_write(self.netfile, top)
 
     @contextmanager
-    def locked(self) -> Iterator[dict[str, Any]]:
-        """The state under an exclusive lock; written back when the block changed it."""
+    def locked(self, write: bool = True) -> Iterator[dict[str, Any]]:
+        """The state under an exclusive lock, written back when the block ends normally.
+
+        Treat attachment records as immutable: replace a record, never edit it in place.
+        With ``write=False`` the block must not change anything. A block that raises writes
+        nothing.
+        """
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -118,15 +176,34 @@ class StateStore:
             raise IpamError(f"cannot open lease lock {self.lockfile}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            data = self._read()
-            before = json.dumps(data, sort_keys=True)
-            yield data
-            if json.dumps(data, sort_keys=True) != before:
-                self._write(data)
+            with self._mem_lock:
+                # the lock file holds the generation and the IPAM cursors (a hint only)
+                head = _parse_head(os.pread(fd, 65536, 0))
+                if self._cache is not None and self._cache[0] == head["g"] and head["g"]:
+                    cached = self._cache[1]
+                else:
+                    cached = self._load()
+                self._cache = None
+                work = {
+                    "version": cached["version"],
+                    "networks": dict(cached["networks"]),
+                    "cursor": dict(head["c"]),
+                    "attachments": dict(cached["attachments"]),
+                }
+                old_top = json.dumps({"networks": cached["networks"]}, sort_keys=True)
+                yield work
+                gen = head["g"]
+                if write:
+                    self._store(cached, work, old_top)
+                    gen += 1
+                    raw = json.dumps({"g": gen, "c": work["cursor"]}).encode()
+                    os.ftruncate(fd, len(raw))
+                    os.pwrite(fd, raw, 0)
+                self._cache = (gen, work)
         finally:
             os.close(fd)  # closing releases the flock
 
     def snapshot(self) -> dict[str, Any]:
-        with self.locked() as data:
+        with self.locked(write=False) as data:
             copy: dict[str, Any] = json.loads(json.dumps(data))
             return copy

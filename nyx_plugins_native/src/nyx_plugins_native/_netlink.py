@@ -71,7 +71,7 @@ def host_ipr() -> Iterator[Any]:
     pyroute2 0.9 keeps its socket and event loop per thread, so a socket is never shared
     between threads (concurrent setups each open their own; opening costs ~0.5 ms).
     """
-    ipr = IPRoute()
+    ipr = IPRoute(groups=0)  # no multicast subscriptions: only our own replies to parse
     try:
         yield ipr
     finally:
@@ -198,7 +198,7 @@ def configure_container(
 ) -> None:
     """Inside the container netns: ``lo`` up, address on ``ifname``, up, default route."""
     with in_netns(netns_path):
-        ipr = IPRoute()
+        ipr = IPRoute(groups=0)
     try:
         step = f"{ifname} lookup"
         try:

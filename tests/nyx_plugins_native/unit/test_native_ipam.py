@@ -63,7 +63,7 @@ def test_concurrent_allocations_under_the_file_lock(tmp_path: Path) -> None:
             with store.locked() as st:
                 used = [a["ip"] for a in st["attachments"].values()]
                 ip = allocate(net, gw, used, after=st["cursor"].get("n"))
-                st["attachments"][f"c{i}/n"] = {"ip": str(ip), "network": "n"}
+                st["attachments"][f"c{i}/n"] = {"ip": str(ip), "network": "n", "container": f"c{i}"}
                 st["cursor"]["n"] = str(ip)
         except BaseException as exc:
             errors.append(exc)
@@ -81,15 +81,30 @@ def test_concurrent_allocations_under_the_file_lock(tmp_path: Path) -> None:
 def test_failed_block_writes_nothing(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     with pytest.raises(RuntimeError), store.locked() as st:
-        st["attachments"]["x/n"] = {"ip": "10.0.0.2"}
+        st["attachments"]["x/n"] = {"ip": "10.0.0.2", "container": "x", "network": "n"}
         raise RuntimeError("crash between allocation and use")
     assert store.snapshot()["attachments"] == {}
 
 
-def test_corrupt_lease_file_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["networks", "attachment"])
+def test_corrupt_lease_file_is_a_clear_error(tmp_path: Path, which: str) -> None:
     store = StateStore(tmp_path)
-    store.dir.mkdir(parents=True)
-    store.file.write_text("{not json")
+    store.adir.mkdir(parents=True)
+    bad = store.netfile if which == "networks" else store.adir / "c@n.json"
+    bad.write_text("{not json")
     with pytest.raises(IpamError, match="corrupt") as info:
-        store.snapshot()
-    assert str(store.file) in str(info.value)
+        StateStore(tmp_path).snapshot()
+    assert str(bad) in str(info.value)
+
+
+def test_one_file_per_attachment_and_other_writers_are_seen(tmp_path: Path) -> None:
+    a, b = StateStore(tmp_path), StateStore(tmp_path)  # e.g. two processes
+    with a.locked() as st:
+        st["attachments"]["c1/n"] = {"ip": "10.0.0.2", "container": "c1", "network": "n"}
+    assert (a.adir / "c1@n.json").exists()
+    with b.locked() as st:
+        assert set(st["attachments"]) == {"c1/n"}
+        st["attachments"]["c2/n"] = {"ip": "10.0.0.3", "container": "c2", "network": "n"}
+        del st["attachments"]["c1/n"]
+    assert set(a.snapshot()["attachments"]) == {"c2/n"}
+    assert sorted(p.name for p in a.adir.iterdir()) == ["c2@n.json"]

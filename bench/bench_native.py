@@ -1,0 +1,352 @@
+#!/usr/bin/env python3
+"""Per-container setup/teardown latency of the native driver, side by side with its peers.
+
+Peers, all measured in one run on the same kernel, each in a fresh "host" namespace:
+
+* ``nyx``      the native driver through its hooks (IPAM, validation, state file, port
+               reservation included);
+* ``floor``    the bare minimum in-process: pyroute2 veth (peer created in the container
+               netns) + address/route inside + one libnftables map element, nothing else;
+* ``netavark`` Debian's netavark 1.4 (``netavark setup|teardown``, JSON on stdin, iptables);
+* ``cni``      the CNI reference plugins exec'd directly: bridge (+ host-local) + portmap.
+
+Every setup publishes one port. For each level N, N containers are attached first, then one
+more container is set up and torn down ``--iterations`` times; median and p90 are printed
+with nyx/peer ratios. Usage (root)::
+
+    .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15]
+
+Everything runs in namespaces named ``nyxt-bench*-<pid>-*`` that are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nyx_core import NetworkBackend, NyxSettings, PortMapping, SetupOptions
+from nyx_core.testing import Netns, entered
+
+SUBNET = ipaddress.IPv4Network("10.232.0.0/16")
+GATEWAY = ipaddress.IPv4Address("10.232.0.1")
+NETAVARK = "/usr/lib/podman/netavark"
+CNI_PATH = "/usr/lib/cni"
+
+
+def ip_for(i: int) -> str:
+    return str(SUBNET.network_address + 10 + i)
+
+
+class Peer:
+    name = "?"
+
+    def prepare(self, tmp: Path) -> None: ...
+
+    def setup(self, i: int, ns: Netns) -> None: ...
+
+    def teardown(self, i: int, ns: Netns) -> None: ...
+
+
+class Nyx(Peer):
+    name = "nyx"
+
+    def prepare(self, tmp: Path) -> None:
+        self.backend = NetworkBackend.load("native")
+        self.settings = NyxSettings(
+            state_dir=tmp / "state",
+            run_dir=tmp / "run",
+            container_subnet=SUBNET,
+            gateway_ip=GATEWAY,
+            bridge="nyxb0",
+        )
+        self.backend.ensure_network(self.settings)
+
+    def setup(self, i: int, ns: Netns) -> None:
+        port = [PortMapping(host_port=20000 + i, container_port=80)]
+        self.backend.setup(f"bench-{i}", ns.path, port, SetupOptions())
+
+    def teardown(self, i: int, ns: Netns) -> None:
+        self.backend.teardown(f"bench-{i}", ns.path)
+
+
+class Floor(Peer):
+    """The least an in-process driver must do; no IPAM, checks, state or reservations."""
+
+    name = "floor"
+
+    def prepare(self, tmp: Path) -> None:
+        from pyroute2 import IPRoute
+
+        from nyx_plugins_native._nft import load_nftables
+
+        self.IPRoute = IPRoute
+        self.ipr = IPRoute()
+        self.ipr.link("add", ifname="flb0", kind="bridge")
+        self.br = self.ipr.link_lookup(ifname="flb0")[0]
+        self.ipr.addr("add", index=self.br, address=str(GATEWAY), prefixlen=SUBNET.prefixlen)
+        self.ipr.link("set", index=self.br, state="up")
+        self.nft = load_nftables().Nftables()
+        self.nft.set_json_output(True)
+        rc, _o, err = self.nft.cmd(
+            "add table ip floor\n"
+            "add map ip floor ports { type inet_proto . inet_service : "
+            "ipv4_addr . inet_service; }\n"
+            "add chain ip floor pre { type nat hook prerouting priority -100; }\n"
+            "add rule ip floor pre fib daddr type local dnat ip to "
+            "meta l4proto . th dport map @ports\n"
+        )
+        assert rc == 0, err
+
+    def _elem(self, verb: str, i: int) -> None:
+        elem: list[Any] = [{"concat": ["tcp", 20000 + i]}]
+        if verb == "add":
+            elem = [[elem[0], {"concat": [ip_for(i), 80]}]]
+        cmd = {"nftables": [{verb: {"element": {"family": "ip", "table": "floor",
+                                                "name": "ports", "elem": elem}}}]}
+        rc, _o, err = self.nft.cmd(json.dumps(cmd))
+        assert rc == 0, err
+
+    def setup(self, i: int, ns: Netns) -> None:
+        fd = os.open(ns.path, os.O_RDONLY)
+        try:
+            self.ipr.link("add", ifname=f"fl{i}", kind="veth", master=self.br, state="up",
+                          peer={"ifname": "eth0", "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+        with entered(ns):
+            c = self.IPRoute()
+        try:
+            idx = c.link("get", ifname="eth0")[0]["index"]
+            c.addr("add", index=idx, address=ip_for(i), prefixlen=SUBNET.prefixlen)
+            c.link("set", index=idx, state="up")
+            c.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY))
+        finally:
+            c.close()
+        self._elem("add", i)
+
+    def teardown(self, i: int, ns: Netns) -> None:
+        self._elem("delete", i)
+        self.ipr.link("del", ifname=f"fl{i}")
+
+    def close(self) -> None:
+        self.ipr.link("del", index=self.br)
+        self.ipr.close()
+        del self.nft
+
+
+class Netavark(Peer):
+    name = "netavark"
+
+    def prepare(self, tmp: Path) -> None:
+        self.config = tmp / "netavark"
+        self.config.mkdir()
+
+    def _run(self, cmd: str, i: int, ns: Netns) -> None:
+        conf = {
+            "container_id": f"{i:064x}",
+            "container_name": f"bench-{i}",
+            "networks": {"bench": {"static_ips": [ip_for(i)], "interface_name": "eth0"}},
+            "network_info": {
+                "bench": {
+                    "name": "bench",
+                    "id": "1" * 64,
+                    "driver": "bridge",
+                    "network_interface": "nvb0",
+                    "subnets": [{"subnet": str(SUBNET), "gateway": str(GATEWAY)}],
+                    "ipv6_enabled": False,
+                    "internal": False,
+                    "dns_enabled": False,
+                }
+            },
+            "port_mappings": [
+                {"host_ip": "", "container_port": 80, "host_port": 20000 + i, "range": 1,
+                 "protocol": "tcp"}
+            ],
+        }
+        subprocess.run(
+            [NETAVARK, "--config", str(self.config), cmd, ns.path],
+            input=json.dumps(conf), text=True, check=True, capture_output=True,
+        )
+
+    def setup(self, i: int, ns: Netns) -> None:
+        self._run("setup", i, ns)
+
+    def teardown(self, i: int, ns: Netns) -> None:
+        self._run("teardown", i, ns)
+
+
+class Cni(Peer):
+    name = "cni"
+
+    def prepare(self, tmp: Path) -> None:
+        self.data = tmp / "cni"
+        self.results: dict[int, Any] = {}
+
+    def _exec(self, plugin: str, command: str, i: int, ns: Netns, conf: dict[str, Any]) -> Any:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"bench{i}",
+            "CNI_NETNS": ns.path,
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": CNI_PATH,
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        }
+        out = subprocess.run([f"{CNI_PATH}/{plugin}"], input=json.dumps(conf), env=env,
+                             text=True, capture_output=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"cni {plugin} {command}: {out.stdout} {out.stderr}")
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    def _confs(self, i: int) -> list[dict[str, Any]]:
+        base = {"cniVersion": "1.0.0", "name": "bench"}
+        return [
+            {**base, "type": "bridge", "bridge": "cnib0", "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "dataDir": str(self.data),
+                      "ranges": [[{"subnet": str(SUBNET), "gateway": str(GATEWAY)}]]}},
+            {**base, "type": "portmap", "capabilities": {"portMappings": True},
+             "runtimeConfig": {"portMappings": [
+                 {"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"}]}},
+        ]
+
+    def setup(self, i: int, ns: Netns) -> None:
+        prev = None
+        for conf in self._confs(i):
+            if prev is not None:
+                conf = {**conf, "prevResult": prev}
+            prev = self._exec(conf["type"], "ADD", i, ns, conf)
+        self.results[i] = prev
+
+    def teardown(self, i: int, ns: Netns) -> None:
+        prev = self.results.pop(i, None)
+        for conf in reversed(self._confs(i)):
+            if prev is not None:
+                conf = {**conf, "prevResult": prev}
+            self._exec(conf["type"], "DEL", i, ns, conf)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def run_peer(
+    peer: Peer, pool: list[Netns], probe: Netns, levels: list[int], iters: int
+) -> dict[tuple[str, int], list[float]]:
+    out: dict[tuple[str, int], list[float]] = {}
+    host = Netns.create("benchhost")
+    tmp = Path(tempfile.mkdtemp(prefix="nyx-bench-"))
+    try:
+        with entered(host):
+            peer.prepare(tmp)
+            attached = 0
+            probe_id = 60000 - 20000  # host port 60000 for the probe container
+            for level in levels:
+                while attached < level:
+                    peer.setup(attached, pool[attached])
+                    attached += 1
+                ups: list[float] = []
+                downs: list[float] = []
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    peer.setup(probe_id, probe)
+                    t1 = time.perf_counter()
+                    peer.teardown(probe_id, probe)
+                    t2 = time.perf_counter()
+                    ups.append((t1 - t0) * 1000)
+                    downs.append((t2 - t1) * 1000)
+                out[("setup", level)] = ups
+                out[("teardown", level)] = downs
+                print(f"  {peer.name:9s} {level:4d} attached: setup {statistics.median(ups):7.2f} ms"
+                      f"  teardown {statistics.median(downs):7.2f} ms", file=sys.stderr)
+            if isinstance(peer, (Nyx, Floor)):
+                # in-process peers hold sockets in the host namespace: clean up explicitly
+                for i in range(attached):
+                    peer.teardown(i, pool[i])
+            if isinstance(peer, Floor):
+                peer.close()
+    finally:
+        host.delete()  # takes every host-side veth (and so every container eth0) with it
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--levels", default="1,50,200")
+    ap.add_argument("--iterations", type=int, default=15)
+    ap.add_argument("--peers", default="nyx,floor,netavark,cni")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_native: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    levels = [int(x) for x in args.levels.split(",")]
+    makers: dict[str, Callable[[], Peer]] = {
+        "nyx": Nyx, "floor": Floor, "netavark": Netavark, "cni": Cni,
+    }
+    names = [p for p in args.peers.split(",") if p]
+    if "netavark" in names and not os.path.exists(NETAVARK):
+        print(f"bench_native: {NETAVARK} missing (apt-get install netavark); skipped",
+              file=sys.stderr)
+        names.remove("netavark")
+    if "cni" in names and not os.path.exists(f"{CNI_PATH}/bridge"):
+        print("bench_native: CNI plugins missing (containernetworking-plugins); skipped",
+              file=sys.stderr)
+        names.remove("cni")
+    pool: list[Netns] = []
+    probe = None
+    results: dict[str, dict[tuple[str, int], list[float]]] = {}
+    try:
+        print(f"creating {max(levels)} container namespaces...", file=sys.stderr)
+        pool = [Netns.create("bench") for _ in range(max(levels))]
+        probe = Netns.create("benchprobe")
+        for name in names:
+            results[name] = run_peer(makers[name](), pool, probe, levels, args.iterations)
+    finally:
+        for ns in [*pool, *([probe] if probe else [])]:
+            ns.delete()
+    print_table(results, levels, args.iterations)
+    return 0
+
+
+def print_table(
+    results: dict[str, dict[tuple[str, int], list[float]]], levels: list[int], iters: int
+) -> None:
+    peers = list(results)
+    others = [p for p in peers if p != "nyx"]
+    print(f"\nnative driver, one port map, {iters} iterations; times in ms (median / p90)")
+    head = f"{'op':9s} {'attached':>8s} " + " ".join(f"{p:>17s}" for p in peers)
+    if "nyx" in results:
+        head += " " + " ".join(f"{'nyx/' + p:>13s}" for p in others)
+    print(head)
+    for op in ("setup", "teardown"):
+        for level in levels:
+            row = f"{op:9s} {level:8d} "
+            meds = {}
+            for p in peers:
+                xs = results[p][(op, level)]
+                meds[p] = statistics.median(xs)
+                row += f" {meds[p]:7.2f} / {pct(xs, 0.9):7.2f}"
+            if "nyx" in results:
+                row += " " + " ".join(f"{meds['nyx'] / meds[p]:13.2f}" for p in others)
+            print(row)
+    if "nyx" in results and len(levels) > 1:
+        lo, hi = levels[0], levels[-1]
+        r = statistics.median(results["nyx"][("setup", hi)]) / statistics.median(
+            results["nyx"][("setup", lo)]
+        )
+        print(f"nyx setup at {hi} attached / at {lo} attached: {r:.2f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
