@@ -397,3 +397,20 @@ def test_skopeo_written_layout_loads(
         text=True,
     ).stdout
     assert json.loads(inspected)["config"]["Cmd"] == ["sh"]
+
+
+def test_skopeo_archives_load(
+    store: ImageStore, archives: dict[str, Path], tmp_path: Path, skopeo: str
+) -> None:
+    src = f"oci:{archives['dir']}:busybox:nyx"
+    for dest in (
+        f"docker-archive:{tmp_path}/d.tar:busybox:sk2",
+        f"oci-archive:{tmp_path}/o.tar:busybox:sk3",
+    ):
+        subprocess.run([skopeo, "copy", "--quiet", src, dest], check=True, capture_output=True)
+    (from_docker,) = store.load(tmp_path / "d.tar")  # its layer.tar is a symlink member
+    assert from_docker.repo_tags == ["docker.io/library/busybox:sk2"]
+    assert_busybox(store, from_docker)
+    (from_oci,) = store.load(tmp_path / "o.tar")
+    assert from_oci.id == from_docker.id
+    assert store.get("busybox:sk3").id == store.get("busybox:sk2").id
