@@ -319,7 +319,7 @@ class RuncRuntime:
         self.root = Path(root)
         self.runc = runc
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
-        self._exit_codes: dict[int, int] = {}
+        self._exit_codes: dict[tuple[str, int], int] = {}  # until delete(); pids get reused
         self._lock = threading.Lock()
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -464,13 +464,14 @@ class RuncRuntime:
         """The exit code of the container's init ``pid`` (128+N for signal N), or ``None``
         when it is still running after ``timeout`` seconds. 255 when unknown (not our child).
         """
+        key = (container_id, pid)
         with self._lock:
-            if pid in self._exit_codes:
-                return self._exit_codes[pid]
+            if key in self._exit_codes:
+                return self._exit_codes[key]
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            return self._reap(pid)
+            return self._reap(key)
         try:
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
@@ -479,12 +480,13 @@ class RuncRuntime:
                 return None
         finally:
             os.close(pidfd)
-        return self._reap(pid)
+        return self._reap(key)
 
-    def _reap(self, pid: int) -> int:
+    def _reap(self, key: tuple[str, int]) -> int:
+        pid = key[1]
         with self._lock:
-            if pid in self._exit_codes:
-                return self._exit_codes[pid]
+            if key in self._exit_codes:
+                return self._exit_codes[key]
             try:
                 got, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -494,7 +496,7 @@ class RuncRuntime:
                     got, status = os.waitpid(pid, 0)
                 code = os.waitstatus_to_exitcode(status)
                 code = 128 - code if code < 0 else code
-            self._exit_codes[pid] = code
+            self._exit_codes[key] = code
             return code
 
     def kill(self, container_id: str, sig: int = 15) -> None:
@@ -519,6 +521,9 @@ class RuncRuntime:
         proc = self._run(*args)
         if proc.returncode != 0 and not _gone(proc.stderr):
             raise RuntimeErrorNyx(f"runc delete {container_id}: {proc.stderr.strip()}")
+        with self._lock:
+            for key in [k for k in self._exit_codes if k[0] == container_id]:
+                del self._exit_codes[key]
 
     def remove_cgroup_parent(self) -> None:
         """Remove the (empty) ``cgroup_parent`` directories runc left; best-effort."""
