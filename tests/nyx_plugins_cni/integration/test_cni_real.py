@@ -65,7 +65,9 @@ def test_add_gives_an_address_in_the_subnet(
     assert _leases(nyx_settings) == []
 
 
-def _serve_once(ns: Netns, port: int, payload: bytes) -> tuple[socket.socket, threading.Thread]:
+def _serve(
+    ns: Netns, port: int, payload: bytes, times: int = 1
+) -> tuple[socket.socket, threading.Thread]:
     with entered(ns):
         srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,12 +76,13 @@ def _serve_once(ns: Netns, port: int, payload: bytes) -> tuple[socket.socket, th
     srv.settimeout(10)
 
     def serve() -> None:
-        try:
-            conn, _ = srv.accept()
-            with conn:
-                conn.sendall(payload)
-        except OSError:
-            pass
+        for _ in range(times):
+            try:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.sendall(payload)
+            except OSError:
+                return
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -101,13 +104,15 @@ def test_port_map_answers_from_an_external_namespace(
     ctr, ext = nyx_container_ns(), nyx_container_ns()
     _external(nyx_in_host, ext)
     driver.setup("real-p", ctr.path, [PortMapping.parse("18080:80")])
-    srv, t = _serve_once(ctr, 80, b"hello from the container")
+    srv, t = _serve(ctr, 80, b"hello from the container", times=2)
     try:
         with entered(ext):
             cli = socket.create_connection(("198.51.100.1", 18080), timeout=10)
         with cli:
-            data = cli.recv(100)
-        assert data == b"hello from the container"
+            assert cli.recv(100) == b"hello from the container"
+        # and from the host itself, on 127.0.0.1 (portmap's SNAT + route_localnet)
+        with socket.create_connection(("127.0.0.1", 18080), timeout=10) as local:
+            assert local.recv(100) == b"hello from the container"
     finally:
         srv.close()
         t.join(5)
