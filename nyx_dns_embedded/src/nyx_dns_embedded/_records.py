@@ -91,7 +91,8 @@ def check_network(value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Container:
-    """One registered container."""
+    """One registered container, with its wire-format names precomputed (in the caller's
+    thread, at registration) so rebuilding views on the server thread stays cheap."""
 
     container_id: str
     hostname: str
@@ -99,14 +100,25 @@ class Container:
     aliases: tuple[str, ...]
     networks: frozenset[str]
     seq: int
+    records: dict[bytes, NameRecord] = field(default_factory=dict, compare=False)
+    host_wires: tuple[bytes, ...] = ()
+    alias_wires: tuple[bytes, ...] = ()
+    ptr_wires: tuple[bytes, ...] = ()
 
-    def names(self) -> list[tuple[str, bool]]:
-        """``(name, is_hostname)`` for every name this container answers to."""
-        out = [(self.hostname, True), (f"{self.hostname}.{DOMAIN}", True)]
-        for alias in self.aliases:
-            out.append((alias, False))
-            out.append((f"{alias}.{DOMAIN}", False))
-        return out
+    def __post_init__(self) -> None:
+        v4 = tuple(str(ip) for ip in self.ips if ip.version == 4)
+        v6 = tuple(str(ip) for ip in self.ips if ip.version == 6)
+        hosts = (self.hostname, f"{self.hostname}.{DOMAIN}")
+        aliases = [n for a in self.aliases for n in (a, f"{a}.{DOMAIN}")]
+        for name in (*hosts, *aliases):
+            self.records[to_wire(name)] = NameRecord(name, v4, v6)
+        object.__setattr__(self, "host_wires", tuple(to_wire(n) for n in hosts))
+        object.__setattr__(self, "alias_wires", tuple(to_wire(n) for n in aliases))
+        object.__setattr__(self, "ptr_wires", tuple(_reverse_wire(ip) for ip in self.ips))
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.hostname}.{DOMAIN}."
 
 
 @dataclass(frozen=True)
@@ -292,25 +304,29 @@ def _build_scope(members: Sequence[Container], *, forward: bool) -> Scope:
     A name that is some container's hostname belongs to the most recent such registration;
     a name that is only an alias resolves to every container carrying it (round robin set).
     """
-    owners: dict[str, Container] = {}
-    alias_holders: dict[str, list[Container]] = {}
-    for ctr in members:
-        for name, is_host in ctr.names():
-            if is_host:
-                owners[name] = ctr
-            else:
-                alias_holders.setdefault(name, []).append(ctr)
     names: dict[bytes, NameRecord] = {}
-    for name in {*owners, *alias_holders}:
-        holders = [owners[name]] if name in owners else alias_holders[name]
-        ips = list(dict.fromkeys(ip for c in holders for ip in c.ips))
-        names[to_wire(name)] = NameRecord(
-            name=name,
-            v4=tuple(str(ip) for ip in ips if ip.version == 4),
-            v6=tuple(str(ip) for ip in ips if ip.version == 6),
-        )
+    shared: dict[bytes, list[Container]] = {}
+    owned: set[bytes] = set()
     ptrs: dict[bytes, str] = {}
     for ctr in members:
-        for ip in ctr.ips:
-            ptrs[_reverse_wire(ip)] = f"{ctr.hostname}.{DOMAIN}."
+        records = ctr.records
+        for wire in ctr.host_wires:
+            names[wire] = records[wire]
+            owned.add(wire)
+        for wire in ctr.alias_wires:
+            if wire in owned:
+                continue
+            holders = shared.setdefault(wire, [])
+            holders.append(ctr)
+            names[wire] = records[wire]
+        for wire in ctr.ptr_wires:
+            ptrs[wire] = ctr.fqdn
+    for wire, holders in shared.items():
+        if wire not in owned and len(holders) > 1:
+            ips = list(dict.fromkeys(ip for c in holders for ip in c.ips))
+            names[wire] = NameRecord(
+                name=holders[0].records[wire].name,
+                v4=tuple(str(ip) for ip in ips if ip.version == 4),
+                v6=tuple(str(ip) for ip in ips if ip.version == 6),
+            )
     return Scope(names=names, ptrs=ptrs, forward=forward)

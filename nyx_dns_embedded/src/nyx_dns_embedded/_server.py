@@ -238,7 +238,7 @@ class DnsServer:
                 if out is None:
                     continue
                 if out.__class__ is int:
-                    fwd.forward_udp(data, addr, out)  # type: ignore[arg-type]
+                    fwd.forward_udp(data, addr, out)
                 else:
                     try:
                         sendto(out, addr)  # type: ignore[arg-type]
