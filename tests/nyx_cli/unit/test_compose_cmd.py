@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socketserver
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -169,7 +170,8 @@ def _handler(fake: FakeNyxd) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if data:
+                self.wfile.write(data)
 
         def _body(self) -> Any:
             n = int(self.headers.get("Content-Length") or 0)
@@ -207,6 +209,12 @@ def _handler(fake: FakeNyxd) -> type[BaseHTTPRequestHandler]:
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    errors: list[BaseException]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if exc is not None and not isinstance(exc, BrokenPipeError | ConnectionResetError):
+            self.errors.append(exc)
 
 
 @pytest.fixture
@@ -215,6 +223,7 @@ def fake() -> Iterator[tuple[FakeNyxd, str]]:
         sock = os.path.join(d, "nyxd.sock")
         daemon = FakeNyxd()
         server = _Server(sock, _handler(daemon))
+        server.errors = []
         t = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         t.start()
         try:
@@ -224,6 +233,7 @@ def fake() -> Iterator[tuple[FakeNyxd, str]]:
             server.shutdown()
             server.server_close()
             t.join(5)
+        assert server.errors == [], "the fake nyxd failed: see its errors"
 
 
 @pytest.fixture
@@ -325,7 +335,7 @@ def test_up_daemon_error_is_one_line_and_undone(
     assert result.stderr.strip().splitlines()[-1] == (
         "Error: service backend: image 'busybox' not found"
     )
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output, result.output
     assert daemon.networks == {}
 
 
