@@ -240,6 +240,8 @@ class CniDriver:
                 container_port=_PRIME_PORT,
             )
         ]
+        if cid in self.attached():  # left by a crashed nyxd that had the same pid
+            self.teardown(cid, "")
         with scratch_netns() as path:
             try:
                 self.setup(cid, path, ports, loopback=False)
@@ -276,6 +278,11 @@ class CniDriver:
             raise ConfigError(f"ifname {ifname!r}: not a valid interface name")
         caps = dict(capability_args or {})
         if ports:
+            if not any((p.get("capabilities") or {}).get("portMappings") for p in net.plugins):
+                raise ConfigError(
+                    f"ports {[str(p) for p in ports]}: no plugin of CNI network {net.name!r} "
+                    f"({net.source}) has the portMappings capability"
+                )
             caps["portMappings"] = port_mappings(ports)
         keys = _port_keys(caps.get("portMappings") or [])
         pairs = [(net.name, ifname)]
@@ -534,22 +541,21 @@ class CniDriver:
         valid = set(valid_container_ids)
         with self._lock:
             busy = set(self._inflight)
-        stale = sorted(
-            {
-                e.container_id
-                for e in self.cache.entries()
-                if e.network in (net.name, LOOPBACK_NETWORK)
+        stale: dict[str, list[CacheEntry]] = {}
+        for e in self.cache.entries():
+            if (
+                e.network in (net.name, LOOPBACK_NETWORK)
                 and e.container_id not in valid
                 and e.container_id not in busy
-            }
-        )
-        for cid in stale:
+            ):
+                stale.setdefault(e.container_id, []).append(e)
+        for cid in sorted(stale):
             with self._lock:
                 att = self._attached.pop(cid, None)
             errs: list[NyxError] = []
-            for e in self.cache.entries():
-                if e.container_id == cid and e.network in (net.name, LOOPBACK_NETWORK):
-                    errs.extend(self._del_entry(e, "", att))
+            # the reverse of setup: the network first, the loopback attachment last
+            for e in sorted(stale[cid], key=lambda e: e.network == LOOPBACK_NETWORK):
+                errs.extend(self._del_entry(e, "", att))
             if att is not None and att.fd is not None:
                 os.close(att.fd)
             report.errors.extend(errs)

@@ -468,3 +468,31 @@ def test_cni_driver_never_imports_pyroute2() -> None:
         "assert 'pyroute2' not in sys.modules, 'pyroute2 imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ports_need_a_plugin_with_the_port_mappings_capability(
+    make_driver: Make, fake_bin: Any, netns: str
+) -> None:
+    fake_bin.make("iface", iface=True)
+    d = make_driver([{"type": "iface"}])
+    fake_bin.clear()
+    with pytest.raises(ConfigError, match=r"ports \['8080:80/tcp'\]: no plugin .*portMappings"):
+        d.setup("c1", netns, [PortMapping.parse("8080:80")])
+    assert fake_bin.sequence() == []
+    d.setup("c1", netns)  # without ports it is fine
+
+
+def test_gc_deletes_the_network_before_the_loopback_attachment(
+    make_driver: Make, fake_bin: Any, netns: str
+) -> None:
+    fake_bin.make("loopback")
+    make_driver(_three(fake_bin), loopback=True).setup("stale", netns)
+    restarted = make_driver(loopback=True)
+    fake_bin.clear()
+    assert restarted.gc([]).removed == ["stale"]
+    assert fake_bin.sequence() == [
+        ("ports", "DEL"),
+        ("tune", "DEL"),
+        ("iface", "DEL"),
+        ("loopback", "DEL"),
+    ]
