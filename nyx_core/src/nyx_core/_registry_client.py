@@ -9,23 +9,26 @@ are followed, and ``Authorization`` is never sent to another host (blob CDNs).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import ipaddress
 import json
 import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Literal, NoReturn
 
 from loguru import logger
 
 from ._auth import Credentials, credential_helper_configured, parse_www_authenticate
-from ._reference import DOCKER_HUB_API_HOST, Reference
+from ._reference import DOCKER_HUB_API_HOST, Reference, is_loopback_registry
 from .errors import ImageNotFoundError, RegistryError, UnauthorizedError
 
-__all__ = ["RegistryClient", "Response", "error_detail"]
+__all__ = ["RegistryClient", "Response", "error_detail", "proxy_for"]
 
 USER_AGENT = "nyx/0.1.0 (python http.client)"
 _CERTS_DIRS = (Path("/etc/docker/certs.d"), Path("/etc/containers/certs.d"))
@@ -73,6 +76,61 @@ def error_detail(resp: Response) -> tuple[set[str], str]:
                 messages.append(f"{err.get('code')}: {err['message']}")
     text = "; ".join(messages) or f"HTTP {resp.status} {resp.reason}"
     return codes, text
+
+
+def _bypass_proxy(parts: urllib.parse.SplitResult) -> bool:
+    """Loopback registries are never proxied (as Go's ProxyFromEnvironment)."""
+    return is_loopback_registry(parts.netloc)
+
+
+def _no_proxy_match(parts: urllib.parse.SplitResult, no_proxy: str) -> bool:
+    """``NO_PROXY`` entries: ``*``, ``host``, ``.domain`` / ``domain`` (and subdomains),
+    ``host:port``, IP addresses and CIDRs."""
+    host = (parts.hostname or "").lower()
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if "/" in entry:
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                    return True
+            continue
+        if entry == parts.netloc.lower():
+            return True
+        name = entry.lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def proxy_for(parts: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
+    """The ``HTTPS_PROXY`` / ``HTTP_PROXY`` to use for ``parts``, honouring ``NO_PROXY``."""
+    if _bypass_proxy(parts):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(parts.scheme)
+    if not url:
+        return None
+    if _no_proxy_match(parts, proxies.get("no", "")):
+        return None
+    proxy = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if proxy.scheme not in ("http", "") or not proxy.hostname:
+        raise RegistryError(
+            f"unsupported proxy {url!r} for {parts.scheme} (use an http:// proxy URL)"
+        )
+    return proxy
+
+
+def _proxy_auth(proxy: urllib.parse.SplitResult) -> dict[str, str]:
+    if not proxy.username:
+        return {}
+    user = urllib.parse.unquote(proxy.username)
+    password = urllib.parse.unquote(proxy.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return {"Proxy-Authorization": f"Basic {token}"}
 
 
 class RegistryClient:
@@ -133,23 +191,41 @@ class RegistryClient:
             hdrs = {"User-Agent": USER_AGENT, **headers}
             if parts.netloc != auth_netloc:
                 hdrs.pop("Authorization", None)
-            conn: http.client.HTTPConnection
-            if parts.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    parts.hostname or "",
-                    parts.port,
-                    timeout=self.timeout,
-                    context=self._ssl_context(parts.netloc),
-                )
-            elif parts.scheme == "http":
-                conn = http.client.HTTPConnection(
-                    parts.hostname or "", parts.port, timeout=self.timeout
-                )
-            else:
+            if parts.scheme not in ("http", "https"):
                 raise RegistryError(f"registry {self.domain}: unsupported URL {url!r}")
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
+            conn: http.client.HTTPConnection
+            proxy = proxy_for(parts)
+            if proxy is None:
+                if parts.scheme == "https":
+                    conn = http.client.HTTPSConnection(
+                        parts.hostname or "",
+                        parts.port,
+                        timeout=self.timeout,
+                        context=self._ssl_context(parts.netloc),
+                    )
+                else:
+                    conn = http.client.HTTPConnection(
+                        parts.hostname or "", parts.port, timeout=self.timeout
+                    )
+            else:
+                proxy_headers = _proxy_auth(proxy)
+                if parts.scheme == "https":  # CONNECT tunnel, TLS end to end
+                    conn = http.client.HTTPSConnection(
+                        proxy.hostname or "",
+                        proxy.port or 80,
+                        timeout=self.timeout,
+                        context=self._ssl_context(parts.netloc),
+                    )
+                    conn.set_tunnel(parts.hostname or "", parts.port or 443, proxy_headers)
+                else:  # plain HTTP: absolute URI to the proxy
+                    conn = http.client.HTTPConnection(
+                        proxy.hostname or "", proxy.port or 80, timeout=self.timeout
+                    )
+                    target = urllib.parse.urlunsplit(parts._replace(fragment=""))
+                    hdrs.update(proxy_headers)
             try:
                 conn.request(method, target, body=body, headers=hdrs)
                 resp = conn.getresponse()

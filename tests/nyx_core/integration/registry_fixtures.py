@@ -15,6 +15,7 @@ import http.server
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -557,3 +558,86 @@ def check_layout(root: Path) -> list[dict[str, Any]]:
     ]
     assert not leftovers, leftovers
     return list(index["manifests"])
+
+
+# --------------------------------------------------------------------------- forward proxy
+
+
+class _ForwardProxyHandler(http.server.BaseHTTPRequestHandler):
+    """An HTTP forward proxy: ``CONNECT`` tunnels and absolute-URI requests."""
+
+    server: _ForwardProxyServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_CONNECT(self) -> None:
+        self.server.seen.append(("CONNECT", self.path, self.headers.get("Proxy-Authorization")))
+        host, _, port = self.path.rpartition(":")
+        upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=30)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        sockets = [self.connection, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 30)
+                if not readable:
+                    return
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (upstream if sock is self.connection else self.connection).sendall(data)
+        finally:
+            upstream.close()
+
+    def _relay(self) -> None:
+        self.server.seen.append((self.command, self.path, self.headers.get("Proxy-Authorization")))
+        parts = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("proxy-authorization", "proxy-connection", "connection", "host")
+        }
+        conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+        try:
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request(self.command, target, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status, resp.reason)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        finally:
+            conn.close()
+
+    do_GET = do_HEAD = do_POST = _relay
+
+
+class _ForwardProxyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    seen: list[tuple[str, str, str | None]]
+
+
+@contextlib.contextmanager
+def run_forward_proxy() -> Iterator[tuple[str, list[tuple[str, str, str | None]]]]:
+    """An HTTP proxy on 127.0.0.1; yields (``http://127.0.0.1:port``, requests seen)."""
+    server = _ForwardProxyServer(("127.0.0.1", 0), _ForwardProxyHandler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, name="nyx-fwd-proxy", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", server.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -489,3 +489,46 @@ def test_dest_that_is_a_file(pushed: Pushed, tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(ConfigError, match="image layout directory"):
         pull_to_oci_layout(pushed.ref("oci"), target)
+
+
+@pytest.fixture
+def proxied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str, str | None]]]:
+    """HTTP(S)_PROXY pointing at a forward proxy; loopback is proxied for the test."""
+    from registry_fixtures import run_forward_proxy
+
+    import nyx_core._registry_client as client_mod
+
+    with run_forward_proxy() as (url, seen):
+        proxy = url.replace("http://", "http://u%40x:p%3Aw@")
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("http_proxy", raising=False)
+        monkeypatch.delenv("https_proxy", raising=False)
+        monkeypatch.setattr(client_mod, "_bypass_proxy", lambda parts: False)
+        yield seen
+
+
+def test_http_proxy(
+    pushed: Pushed, tmp_path: Path, proxied: list[tuple[str, str, str | None]]
+) -> None:
+    got = pull_to_oci_layout(pushed.ref("oci"), tmp_path)
+    check_layout(tmp_path)
+    assert got.downloaded == got.size
+    urls = [path for (_, path, _) in proxied]
+    assert f"http://{pushed.registry.host}/v2/" in urls
+    assert any(u.startswith(f"http://{pushed.registry.host}/v2/oci/blobs/") for u in urls)
+    auth = "Basic " + base64.b64encode(b"u@x:p:w").decode()
+    assert {a for (_, _, a) in proxied} == {auth}
+
+
+def test_https_proxy_tunnel(tmp_path: Path, proxied: list[tuple[str, str, str | None]]) -> None:
+    with run_registry(tmp_path / "reg", tls=True) as registry:
+        layout = build_layout(tmp_path / "src", "v1", [("amd64", "")])
+        skopeo_push(layout.path, "v1", f"{registry.host}/tls:v1")  # skopeo: no proxy env
+        assert not proxied
+        got = pull_to_oci_layout(f"{registry.host}/tls:v1", tmp_path / "out")
+    assert got.digest == layout.top_digest
+    check_layout(tmp_path / "out")
+    assert proxied and {(m, p) for (m, p, _) in proxied} == {("CONNECT", registry.host)}

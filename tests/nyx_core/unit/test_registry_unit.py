@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import stat
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from nyx_core._registry import (
     parse_platform,
     select_platform_manifest,
 )
+from nyx_core._registry_client import _no_proxy_match, proxy_for
 from nyx_core._registry_layout import descriptor
 from nyx_core.errors import (
     ConfigError,
@@ -419,3 +421,46 @@ def test_zstd_without_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unsupported_compression() -> None:
     with pytest.raises(UnsupportedCompressionError, match=r"\+bzip2"):
         decompressed_stream(io.BytesIO(b"BZh9"), "application/vnd.oci.image.layer.v1.tar+bzip2")
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+def _split(url: str) -> urllib.parse.SplitResult:
+    return urllib.parse.urlsplit(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy", "bypass"),
+    [
+        ("https://reg.example.com/v2/", "", False),
+        ("https://reg.example.com/v2/", "*", True),
+        ("https://reg.example.com/v2/", "example.com", True),
+        ("https://reg.example.com/v2/", ".example.com", True),
+        ("https://reg.example.com/v2/", "other.com, reg.example.com", True),
+        ("https://notexample.com/v2/", "example.com", False),
+        ("https://reg.example.com:5000/v2/", "reg.example.com:5000", True),
+        ("https://reg.example.com:5000/v2/", "reg.example.com:6000", False),
+        ("https://10.1.2.3:5000/v2/", "10.0.0.0/8", True),
+        ("https://192.0.2.1/v2/", "10.0.0.0/8", False),
+    ],
+)
+def test_no_proxy(url: str, no_proxy: str, bypass: bool) -> None:
+    assert _no_proxy_match(_split(url), no_proxy) is bypass
+
+
+def test_proxy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert proxy_for(_split("https://reg.example.com/v2/")) is None
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.corp")
+    got = proxy_for(_split("https://reg.example.com/v2/"))
+    assert got is not None and (got.hostname, got.port) == ("proxy.corp", 3128)
+    assert proxy_for(_split("http://reg.example.com/v2/")) is None  # no HTTP_PROXY
+    assert proxy_for(_split("https://reg.internal.corp/v2/")) is None
+    assert proxy_for(_split("https://127.0.0.1:5000/v2/")) is None  # loopback never
+    assert proxy_for(_split("https://localhost:5000/v2/")) is None
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.corp:1080")
+    with pytest.raises(RegistryError, match="unsupported proxy"):
+        proxy_for(_split("https://reg.example.com/v2/"))
