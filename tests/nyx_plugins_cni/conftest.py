@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,15 +144,3 @@ def nyx_settings(nyx_settings: NyxSettings, tmp_path: Path) -> NyxSettings:
     return nyx_settings.model_copy(
         update={"cni_bin_dir": DEBIAN_CNI, "cni_conf_dir": tmp_path / "net.d"}
     )
-
-
-def write_conflist(conf_dir: Path, obj: dict[str, Any], name: str | None = None) -> Path:
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    path = conf_dir / (name or f"{obj['name']}.conflist")
-    path.write_text(json.dumps(obj))
-    return path
-
-
-@pytest.fixture
-def conflist() -> Callable[..., Path]:
-    return write_conflist
