@@ -69,7 +69,7 @@ class Client:
         data: bytes | IO[bytes] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
-    ) -> http.client.HTTPResponse:
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         if params:
             clean = {k: v for k, v in params.items() if v is not None}
             if clean:
@@ -84,20 +84,24 @@ class Client:
             conn.request(method, path, body=payload, headers=hdrs)
             resp = conn.getresponse()
         except FileNotFoundError as exc:
+            conn.close()
             raise DaemonUnavailable(
                 f"cannot connect to nyxd at {self.socket_path}: no such socket "
                 "(is nyxd running? set --socket or NYXD_SOCKET)"
             ) from exc
         except ConnectionRefusedError as exc:
+            conn.close()
             raise DaemonUnavailable(
                 f"cannot connect to nyxd at {self.socket_path}: connection refused "
                 "(nyxd is not running)"
             ) from exc
         except PermissionError as exc:
+            conn.close()
             raise DaemonUnavailable(
                 f"permission denied on {self.socket_path}: run as root or join group nyx"
             ) from exc
         except OSError as exc:
+            conn.close()
             raise DaemonUnavailable(f"cannot talk to nyxd at {self.socket_path}: {exc}") from exc
         if resp.status >= 400:
             raw = resp.read()
@@ -112,11 +116,14 @@ class Client:
                 msg or f"HTTP {resp.status} {resp.reason}",
                 obj if isinstance(obj, dict) else None,
             )
-        return resp
+        return conn, resp
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
-        resp = self._open(method, path, **kw)
-        raw = resp.read()
+        conn, resp = self._open(method, path, **kw)
+        try:
+            raw = resp.read()
+        finally:
+            conn.close()
         if not raw:
             return None
         try:
@@ -125,7 +132,7 @@ class Client:
             raise ApiError(resp.status, f"nyxd sent a non-JSON answer: {raw[:80]!r}") from exc
 
     def stream(self, method: str, path: str, **kw: Any) -> Iterator[bytes]:
-        resp = self._open(method, path, **kw)
+        conn, resp = self._open(method, path, **kw)
         try:
             while True:
                 chunk = resp.read1(65536)
@@ -134,6 +141,7 @@ class Client:
                 yield chunk
         finally:
             resp.close()
+            conn.close()
 
     def lines(self, method: str, path: str, **kw: Any) -> Iterator[dict[str, Any]]:
         buf = b""

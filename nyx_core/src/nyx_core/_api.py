@@ -189,6 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _body_bytes(self) -> bytes:
+        self._body_read = True
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             return b"".join(self._iter_chunked())
         n = int(self.headers.get("Content-Length") or 0)
@@ -207,6 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
             yield data
 
     def _body_to_file(self, dest: Path) -> None:
+        self._body_read = True
         with dest.open("wb") as f:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                 for chunk in self._iter_chunked():
