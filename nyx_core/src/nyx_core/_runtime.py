@@ -34,6 +34,7 @@ from .errors import ConfigError, RuntimeErrorNyx
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_PATH",
+    "DENIED_SYSCALLS",
     "ProcessSpec",
     "Rootfs",
     "RuncRuntime",
@@ -75,6 +76,19 @@ MASKED_PATHS = [
     "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+# Syscalls docker's default seccomp profile refuses (EPERM) to a container without extra
+# capabilities: kernel modules and kexec, namespaces and mounts, keyrings, clocks, tracing
+# other processes' memory, bpf/perf. Everything else is allowed (a deny list, not docker's
+# allow list). Names the kernel or libseccomp does not know are skipped by runc.
+_DENIED = """
+    acct add_key bpf clock_adjtime clock_settime create_module delete_module finit_module
+    fsconfig fsmount fsopen fspick get_kernel_syms init_module ioperm iopl kcmp
+    kexec_file_load kexec_load keyctl lookup_dcookie mount move_mount name_to_handle_at
+    nfsservctl open_by_handle_at open_tree perf_event_open pivot_root process_vm_readv
+    process_vm_writev query_module quotactl reboot request_key setns settimeofday stime
+    swapoff swapon _sysctl sysfs umount umount2 unshare uselib userfaultfd ustat vm86 vm86old
+"""
+DENIED_SYSCALLS = sorted(_DENIED.split())
 UNKNOWN_EXIT = 255
 _PR_SET_CHILD_SUBREAPER = 36
 _OVERLAY_OPTS_MAX = 4000  # mount(2) data is one page
@@ -315,7 +329,10 @@ def resolve_user(rootfs: Path, user: str | None) -> tuple[int, int, list[int], s
 class RuncRuntime:
     """``runc`` with its state under ``root`` (``runc --root``)."""
 
-    def __init__(self, root: Path, runc: str = "runc", cgroup_parent: str = "/nyx") -> None:
+    def __init__(
+        self, root: Path, runc: str = "runc", cgroup_parent: str = "/nyx", seccomp: bool = True
+    ) -> None:
+        self.seccomp = seccomp
         self.root = Path(root)
         self.runc = runc
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
@@ -392,6 +409,7 @@ class RuncRuntime:
                     netns,
                 ],
                 "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+                **({"seccomp": _seccomp()} if self.seccomp else {}),
                 "maskedPaths": MASKED_PATHS,
                 "readonlyPaths": READONLY_PATHS,
             },
@@ -566,6 +584,18 @@ def _runc_error(log: Path) -> str:
     except OSError:
         pass
     return message
+
+
+def _seccomp() -> dict[str, Any]:
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+        if os.uname().machine == "x86_64"
+        else [],
+        "syscalls": [
+            {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
+        ],
+    }
 
 
 def _bind(source: str, destination: str, readonly: bool) -> dict[str, Any]:

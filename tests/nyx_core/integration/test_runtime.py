@@ -178,6 +178,23 @@ def test_busybox_httpd_serves_its_page(
     assert runtime.wait(server.id, server.pid, timeout=60) == 137
 
 
+def test_seccomp_and_capabilities_confine_the_container(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    script = (
+        "unshare -U true 2>/dev/null; echo unshare=$?; "  # user namespaces need no caps
+        "mount -t tmpfs none /mnt 2>/dev/null; echo mount=$?; "
+        "grep Seccomp: /proc/self/status | cut -f2; grep CapEff /proc/self/status | cut -f2"
+    )
+    ctr = run_container(["sh", "-c", script])
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 0
+    unshare, mount, seccomp_mode, cap_eff = ctr.log.split()
+    assert unshare != "unshare=0" and mount != "mount=0"
+    assert seccomp_mode == "2"  # a filter is installed
+    assert int(cap_eff, 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
+    assert int(cap_eff, 16) & (1 << 10)  # CAP_NET_BIND_SERVICE (httpd on port 80)
+
+
 def test_user_resolution_in_the_container(
     run_container: Callable[..., Container], runtime: RuncRuntime
 ) -> None:
