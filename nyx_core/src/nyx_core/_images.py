@@ -857,6 +857,11 @@ class ImageStore:
         used_blobs = {b for rec in index["images"].values() for b in rec.get("blobs", [])}
         used_layers = {d for rec in index["images"].values() for d in rec["image"]["layers"]}
         mounted = _mounted_lowerdirs()
+        for stale in (self.root / "tmp").iterdir():  # left by an interrupted load
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         for blob in (self.root / "blobs" / "sha256").iterdir():
             if f"sha256:{blob.name}" not in used_blobs:
                 blob.unlink(missing_ok=True)

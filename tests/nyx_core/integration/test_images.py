@@ -414,3 +414,24 @@ def test_skopeo_archives_load(
     (from_oci,) = store.load(tmp_path / "o.tar")
     assert from_oci.id == from_docker.id
     assert store.get("busybox:sk3").id == store.get("busybox:sk2").id
+
+
+def test_remove_keeps_layers_a_container_still_mounts(
+    store: ImageStore, archives: dict[str, Path], tmp_path: Path
+) -> None:
+    (image,) = store.load(archives["docker"])
+    (layer,) = store.layer_dirs(image)
+    small = bb.layer_tar([Entry("x", data=b"x")])
+    bb.write_docker_archive(tmp_path / "s.tar", [small], bb.image_config([sha(small)]), ["s:1"])
+    store.load(tmp_path / "s.tar")
+    (store.root / "tmp" / "blob-stale").write_bytes(b"half a blob")
+    merged = Rootfs.mount([layer], tmp_path / "ctr")
+    try:
+        store.remove("busybox:nyx")
+        assert (merged / "bin" / "busybox").exists()
+        assert layer.is_dir()  # still a lowerdir of the container's overlay
+    finally:
+        Rootfs.unmount(tmp_path / "ctr")
+    assert list((store.root / "tmp").iterdir()) == []
+    store.remove("s:1")
+    assert_store_empty(store)
