@@ -297,7 +297,9 @@ class CniDriver:
             with self._lock:
                 if container_id in self._attached or container_id in self._inflight:
                     raise BackendError(
-                        f"container {container_id!r} is already set up on CNI network {net.name!r}"
+                        f"container {container_id!r} is already set up on CNI network "
+                        f"{net.name!r} (the CNI driver attaches each container to that one "
+                        "network; extra networks need the native driver)"
                     )
                 self._check_ports(container_id, keys)
                 self._inflight[container_id] = att
