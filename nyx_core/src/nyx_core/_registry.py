@@ -286,6 +286,118 @@ def _content_range_start(value: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _hash_file(fh: Any, algorithm: str) -> Any:
+    hasher = hashlib.new(algorithm)
+    fh.seek(0)
+    while chunk := fh.read(CHUNK):
+        hasher.update(chunk)
+    return hasher
+
+
+@dataclass
+class _Fill:
+    """State of one blob download: what is in the partial file and how it got there."""
+
+    hasher: Any
+    offset: int = 0
+    fetched: int = 0
+    resumed: bool = False  # some bytes came from before a Range request
+
+
+def _fill_partial(
+    client: RegistryClient,
+    ref: Reference,
+    scope: str,
+    desc: Descriptor,
+    fh: Any,
+    partial: Path,
+    emit: _Emitter,
+    abort: threading.Event,
+    retries: int,
+) -> _Fill:
+    """Append to ``fh`` until it holds ``desc.size`` bytes, resuming with ``Range``."""
+    state = _Fill(hashlib.new(desc.algorithm))
+    path = f"/v2/{ref.path}/blobs/{desc.digest}"
+    failures = 0
+    while True:
+        if abort.is_set():
+            raise _Aborted()
+        have = os.fstat(fh.fileno()).st_size
+        if have > desc.size:
+            fh.truncate(0)
+            have = 0
+        state.hasher = _hash_file(fh, desc.algorithm)
+        state.offset = have
+        if have and have == desc.size:
+            state.resumed = True  # complete from an earlier attempt
+            return state
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            resp = client.request("GET", path, scope, headers)
+            with resp:
+                if resp.status in (429, 500, 502, 503, 504):
+                    raise _Transient(f"HTTP {resp.status} {resp.reason}")
+                if resp.status == 416 and have:
+                    fh.truncate(0)
+                    raise _Transient("registry refused to resume (HTTP 416)")
+                if resp.status not in (200, 206):
+                    client.fail(resp, f"blob {desc.digest}", ref)
+                if resp.status == 206:
+                    start = _content_range_start(resp.headers.get("Content-Range", ""))
+                    if start != have:
+                        fh.truncate(0)
+                        raise _Transient(f"unexpected Content-Range for offset {have}")
+                    state.resumed = state.resumed or have > 0
+                elif have:
+                    fh.truncate(0)  # the registry ignored Range: start over
+                    state.offset = 0
+                    state.hasher = hashlib.new(desc.algorithm)
+                last = state.offset
+                while chunk := resp.read(CHUNK):
+                    try:
+                        fh.write(chunk)
+                    except OSError as exc:  # local disk, not the network: no retry
+                        raise _LocalError(f"writing {partial}: {exc}") from exc
+                    state.hasher.update(chunk)
+                    state.offset += len(chunk)
+                    state.fetched += len(chunk)
+                    if state.offset > desc.size:
+                        break
+                    if state.offset - last >= PROGRESS_EVERY:
+                        last = state.offset
+                        emit(
+                            "blob-progress",
+                            digest=desc.digest,
+                            media_type=desc.media_type,
+                            current=state.offset,
+                            total=desc.size,
+                        )
+                    if abort.is_set():
+                        raise _Aborted()
+                fh.flush()
+            if state.offset < desc.size:
+                raise http.client.IncompleteRead(b"", desc.size - state.offset)
+            return state
+        except (OSError, http.client.HTTPException, _Transient) as exc:
+            fh.flush()
+            failures += 1
+            logger.debug("download of {} interrupted ({}), attempt {}", desc.digest, exc, failures)
+            if failures > retries:
+                raise RegistryError(
+                    f"download of blob {desc.digest} of {ref} from {client.domain} failed "
+                    f"after {failures} attempts: {exc}"
+                ) from exc
+            emit(
+                "blob-progress",
+                digest=desc.digest,
+                media_type=desc.media_type,
+                current=os.fstat(fh.fileno()).st_size,
+                total=desc.size,
+                message=f"retrying after: {exc}",
+            )
+            time.sleep(min(0.1 * 2**failures, 5.0))
+
+
 def _download_blob(
     client: RegistryClient,
     ref: Reference,
@@ -296,107 +408,33 @@ def _download_blob(
     abort: threading.Event,
     retries: int,
 ) -> int:
-    """Download one blob into the layout (resuming a ``.partial``); returns bytes fetched."""
+    """Download one blob into the layout (resuming a ``.partial``); returns bytes fetched.
+
+    A blob that fails verification after a resumed download is fetched once more from the
+    start (the kept part may be what was wrong); otherwise the mismatch is an error.
+    """
     final = layout.blob(desc.digest)
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
-    path = f"/v2/{ref.path}/blobs/{desc.digest}"
     with partial_file(final) as fh:
         if layout.present(desc):  # finished by someone else while we waited for the lock
-            if os.fstat(fh.fileno()).st_size == 0:
-                partial.unlink(missing_ok=True)
             emit("blob-skip", digest=desc.digest, media_type=desc.media_type, total=desc.size)
             return 0
         emit("blob-start", digest=desc.digest, media_type=desc.media_type, total=desc.size)
         fetched = 0
-        failures = 0
+        refetches = 0
         while True:
-            if abort.is_set():
-                raise _Aborted()
-            offset = os.fstat(fh.fileno()).st_size
-            if offset > desc.size:
+            state = _fill_partial(client, ref, scope, desc, fh, partial, emit, abort, retries)
+            fetched += state.fetched
+            size = os.fstat(fh.fileno()).st_size
+            actual = f"{desc.algorithm}:{state.hasher.hexdigest()}"
+            if size == desc.size and actual == desc.digest:
+                break
+            if state.resumed and refetches < 2:
+                refetches += 1
+                logger.debug("resumed download of {} does not verify: refetching", desc.digest)
                 fh.truncate(0)
-                offset = 0
-            if offset and offset == desc.size:
-                break
-            hasher = hashlib.new(desc.algorithm)
-            fh.seek(0)
-            while chunk := fh.read(CHUNK):
-                hasher.update(chunk)
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            try:
-                resp = client.request("GET", path, scope, headers)
-                with resp:
-                    if resp.status in (429, 500, 502, 503, 504):
-                        raise _Transient(f"HTTP {resp.status} {resp.reason}")
-                    if resp.status == 416 and offset:
-                        fh.truncate(0)
-                        raise _Transient("registry refused to resume (HTTP 416)")
-                    if resp.status not in (200, 206):
-                        client.fail(resp, f"blob {desc.digest}", ref)
-                    if resp.status == 206:
-                        start = _content_range_start(resp.headers.get("Content-Range", ""))
-                        if start != offset:
-                            fh.truncate(0)
-                            raise _Transient(f"unexpected Content-Range for offset {offset}")
-                    elif offset:
-                        fh.truncate(0)  # the registry ignored Range: start over
-                        offset = 0
-                        hasher = hashlib.new(desc.algorithm)
-                    last = offset
-                    while chunk := resp.read(CHUNK):
-                        try:
-                            fh.write(chunk)
-                        except OSError as exc:  # local disk, not the network: no retry
-                            raise _LocalError(f"writing {partial}: {exc}") from exc
-                        hasher.update(chunk)
-                        offset += len(chunk)
-                        fetched += len(chunk)
-                        if offset > desc.size:
-                            break
-                        if offset - last >= PROGRESS_EVERY:
-                            last = offset
-                            emit(
-                                "blob-progress",
-                                digest=desc.digest,
-                                media_type=desc.media_type,
-                                current=offset,
-                                total=desc.size,
-                            )
-                        if abort.is_set():
-                            raise _Aborted()
-                    fh.flush()
-                if offset < desc.size:
-                    raise http.client.IncompleteRead(b"", desc.size - offset)
-                break
-            except (OSError, http.client.HTTPException, _Transient) as exc:
-                fh.flush()
-                failures += 1
-                logger.debug(
-                    "download of {} interrupted ({}), attempt {}", desc.digest, exc, failures
-                )
-                if failures > retries:
-                    raise RegistryError(
-                        f"download of blob {desc.digest} of {ref} from {client.domain} failed "
-                        f"after {failures} attempts: {exc}"
-                    ) from exc
-                emit(
-                    "blob-progress",
-                    digest=desc.digest,
-                    media_type=desc.media_type,
-                    current=os.fstat(fh.fileno()).st_size,
-                    total=desc.size,
-                    message=f"retrying after: {exc}",
-                )
-                time.sleep(min(0.1 * 2**failures, 5.0))
-        size = os.fstat(fh.fileno()).st_size
-        if offset != size:  # resumed exactly at the end: hash the file
-            hasher = hashlib.new(desc.algorithm)
-            fh.seek(0)
-            while chunk := fh.read(CHUNK):
-                hasher.update(chunk)
-        actual = f"{desc.algorithm}:{hasher.hexdigest()}"
-        if size != desc.size or actual != desc.digest:
+                continue
             partial.unlink(missing_ok=True)
             raise DigestMismatchError(
                 f"blob of {ref} from registry {client.domain} does not match its descriptor: "

@@ -532,3 +532,42 @@ def test_https_proxy_tunnel(tmp_path: Path, proxied: list[tuple[str, str, str | 
     assert got.digest == layout.top_digest
     check_layout(tmp_path / "out")
     assert proxied and {(m, p) for (m, p, _) in proxied} == {("CONNECT", registry.host)}
+
+
+def _layer_of(pushed: Pushed, repo: str) -> tuple[dict[str, object], bytes]:
+    image = pushed.layouts[repo].images[0]
+    layer = json.loads(image.manifest)["layers"][0]
+    return layer, image.layers[0]
+
+
+def test_partial_from_an_earlier_pull_is_resumed(pushed: Pushed, tmp_path: Path) -> None:
+    layer, data = _layer_of(pushed, "big")
+    blobs = tmp_path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / f"{str(layer['digest']).split(':')[1]}.partial").write_bytes(data[:100_000])
+    state = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(state) as (host, _):
+        got = pull_to_oci_layout(f"{host}/big:v1", tmp_path)
+    check_layout(tmp_path)
+    ranges = [h.get("Range") for (_, p, h) in state.requests if p.endswith(str(layer["digest"]))]
+    assert ranges == ["bytes=100000-"]
+    assert got.downloaded == got.size - 100_000
+
+
+@pytest.mark.parametrize("kept", ["complete", "garbage"])
+def test_bad_or_complete_partial_is_verified(pushed: Pushed, tmp_path: Path, kept: str) -> None:
+    layer, data = _layer_of(pushed, "big")
+    blobs = tmp_path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    content = data if kept == "complete" else bytes(50_000)
+    (blobs / f"{str(layer['digest']).split(':')[1]}.partial").write_bytes(content)
+    state = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(state) as (host, _):
+        got = pull_to_oci_layout(f"{host}/big:v1", tmp_path)
+    check_layout(tmp_path)
+    ranges = [h.get("Range") for (_, p, h) in state.requests if p.endswith(str(layer["digest"]))]
+    if kept == "complete":
+        assert ranges == []  # verified from disk, never fetched
+        assert got.downloaded == got.size - len(data)
+    else:
+        assert ranges == ["bytes=50000-", None]  # resumed, failed to verify, fetched anew
