@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,19 @@ def _check_version(source: str, where: str, value: Any) -> str:
     return value
 
 
-def parse_network(obj: Any, source: str, bin_dir: Path | None = None) -> NetworkConfig:
+def parse_network(
+    obj: Any,
+    source: str,
+    bin_dir: Path | None = None,
+    *,
+    conflist: bool | None = None,
+    aggregated: Sequence[tuple[Path, Any]] = (),
+) -> NetworkConfig:
     """Validate a parsed conflist (or single plugin ``.conf``) object.
 
     ``bin_dir`` given: every plugin ``type`` (and ``ipam.type``) must be an executable there.
+    ``conflist`` None: a conflist when it has ``plugins``. ``aggregated``: plugin objects
+    from ``<conf dir>/<name>/*.conf`` (spec 1.1), appended after the inlined ones.
     """
     if not isinstance(obj, dict):
         raise ConfigError(f"{source}: must be a JSON object, got {type(obj).__name__}")
@@ -149,17 +159,33 @@ def parse_network(obj: Any, source: str, bin_dir: Path | None = None) -> Network
         versions = [_check_version(source, f"cniVersions[{i}]", v) for i, v in enumerate(versions)]
         if version not in versions:
             versions.append(version)
-    for key in ("disableCheck", "disableGC"):
+    for key in ("disableCheck", "disableGC", "loadOnlyInlinedPlugins"):
         if key in obj and not isinstance(obj[key], bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {obj[key]!r}")
-    if "plugins" in obj:
-        plugins = obj["plugins"]
-        if not isinstance(plugins, list) or not plugins:
+    if conflist is None:
+        conflist = "plugins" in obj
+    if conflist:
+        plugins = obj.get("plugins")
+        if plugins is None and obj.get("loadOnlyInlinedPlugins") is True:
+            raise ConfigError(f"{source}: loadOnlyInlinedPlugins is true but plugins is missing")
+        if plugins is None and aggregated:
+            plugins = []
+        if not isinstance(plugins, list) or not (plugins or aggregated):
             raise ConfigError(f"{source}: plugins must be a non-empty list of plugin objects")
         checked = [
             _check_plugin(source, f"plugins[{i}]", p, bin_dir) for i, p in enumerate(plugins)
         ]
-        known = {"name", "cniVersion", "cniVersions", "plugins", "disableCheck", "disableGC"}
+        for path, conf in aggregated:
+            checked.append(_check_plugin(str(path), "", conf, bin_dir))
+        known = {
+            "name",
+            "cniVersion",
+            "cniVersions",
+            "plugins",
+            "disableCheck",
+            "disableGC",
+            "loadOnlyInlinedPlugins",
+        }
         extra = {k: v for k, v in obj.items() if k not in known}
     else:
         # a single-plugin .conf: the whole object is the plugin configuration
@@ -197,16 +223,27 @@ def find_network(conf_dir: Path, name: str, bin_dir: Path | None = None) -> Netw
     """The network ``name`` from ``conf_dir``, or None when no file defines it.
 
     ``.conflist`` files win over ``.conf``/``.json``; within a kind files are tried in
-    lexical order (libcni's rule). A file that is not valid JSON is an error naming it.
+    lexical order (libcni's rule). A conflist without ``loadOnlyInlinedPlugins: true`` also
+    gets the plugin objects of ``<conf_dir>/<name>/*.conf`` appended (spec 1.1). A file that
+    is not valid JSON is an error naming it.
     """
     if not conf_dir.is_dir():
         return None
     entries = sorted(p for p in conf_dir.iterdir() if p.is_file())
-    for exts in ((".conflist",), (".conf", ".json")):
-        for path in (p for p in entries if p.suffix in exts):
-            obj = _load_json(path)
-            if isinstance(obj, dict) and obj.get("name") == name:
-                return parse_network(obj, str(path), bin_dir)
+    for path in (p for p in entries if p.suffix == ".conflist"):
+        obj = _load_json(path)
+        if isinstance(obj, dict) and obj.get("name") == name:
+            aggregated = []
+            sub = conf_dir / name
+            if obj.get("loadOnlyInlinedPlugins") is not True and sub.is_dir():
+                aggregated = [
+                    (p, _load_json(p)) for p in sorted(sub.iterdir()) if p.suffix == ".conf"
+                ]
+            return parse_network(obj, str(path), bin_dir, conflist=True, aggregated=aggregated)
+    for path in (p for p in entries if p.suffix in (".conf", ".json")):
+        obj = _load_json(path)
+        if isinstance(obj, dict) and obj.get("name") == name:
+            return parse_network(obj, str(path), bin_dir)
     return None
 
 

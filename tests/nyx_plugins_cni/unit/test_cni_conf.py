@@ -170,3 +170,43 @@ def test_default_is_not_written_when_plugins_are_missing(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"nyx\.conflist: plugins\[0\]\.ipam\.type 'host-local'"):
         driver.load_network()
     assert not (tmp_path / "net.d" / "nyx.conflist").exists()
+
+
+def test_plugins_from_the_network_folder_are_appended(tmp_path: Path) -> None:
+    conf = tmp_path / "net.d"
+    (conf / "nyx").mkdir(parents=True)
+    (conf / "nyx.conflist").write_text(json.dumps(_conflist("nyx", "bridge")))
+    (conf / "nyx" / "20-b.conf").write_text(json.dumps({"type": "portmap"}))
+    (conf / "nyx" / "10-a.conf").write_text(json.dumps({"type": "tuning", "mtu": 1400}))
+    (conf / "nyx" / "notes.txt").write_text("ignored")
+    bin_dir = _bin(tmp_path, "bridge", "portmap", "tuning")
+    net = find_network(conf, "nyx", bin_dir)
+    assert net is not None
+    assert [p["type"] for p in net.plugins] == ["bridge", "tuning", "portmap"]
+    # no inline plugins at all is fine too
+    (conf / "nyx.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": "nyx"}))
+    net = find_network(conf, "nyx", bin_dir)
+    assert net is not None and [p["type"] for p in net.plugins] == ["tuning", "portmap"]
+
+
+def test_load_only_inlined_plugins_ignores_the_folder(tmp_path: Path) -> None:
+    conf = tmp_path / "net.d"
+    (conf / "nyx").mkdir(parents=True)
+    obj = {**_conflist("nyx", "bridge"), "loadOnlyInlinedPlugins": True}
+    (conf / "nyx.conflist").write_text(json.dumps(obj))
+    (conf / "nyx" / "10-a.conf").write_text(json.dumps({"type": "tuning"}))
+    net = find_network(conf, "nyx", _bin(tmp_path, "bridge", "tuning"))
+    assert net is not None and [p["type"] for p in net.plugins] == ["bridge"]
+    del obj["plugins"]
+    (conf / "nyx.conflist").write_text(json.dumps(obj))
+    with pytest.raises(ConfigError, match=r"loadOnlyInlinedPlugins is true but plugins is missing"):
+        find_network(conf, "nyx", _bin(tmp_path, "bridge", "tuning"))
+
+
+def test_a_bad_folder_plugin_names_its_own_file(tmp_path: Path) -> None:
+    conf = tmp_path / "net.d"
+    (conf / "nyx").mkdir(parents=True)
+    (conf / "nyx.conflist").write_text(json.dumps(_conflist("nyx", "bridge")))
+    (conf / "nyx" / "10-a.conf").write_text(json.dumps({"type": "../evil"}))
+    with pytest.raises(ConfigError, match=r"nyx/10-a\.conf: type '\.\./evil' must be a plain"):
+        find_network(conf, "nyx", _bin(tmp_path, "bridge"))
