@@ -1,0 +1,195 @@
+"""nyxd end to end: real runc containers, native networking, embedded DNS, in test namespaces."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nyxd_e2e_kit import BIN, Nyxd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kernel]
+
+HTTPD = ["httpd", "-f", "-p", "80", "-h", "/www"]
+PAGE = "hello from nyx"
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_clean(d: Nyxd) -> None:
+    """No container process, veth, netns mount or port map element left."""
+    assert d.runc_list() == []
+    assert d.veths() == []
+    assert not list((d.run / "netns").glob("*"))
+    ruleset = d.host("nft", "list", "ruleset").stdout
+    assert ":80" not in ruleset.replace(" ", "")
+    assert str(d.root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_run_publish_resolve_stop_rm(nyxd: Nyxd, external_ns: Any) -> None:
+    ext, host_ip = external_ns
+    r = nyxd.nyx(
+        "run", "-d", "--name", "web", "--hostname", "web", "-p", "8080:80", "busybox:nyx", *HTTPD
+    )
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    web = nyxd.client.request("GET", "/v1/containers/web")
+    assert web["id"] == cid and web["state"] == "running"
+    assert web["ips"][0].startswith(f"10.231.{nyxd.octet}.")
+
+    # published port: from the host namespace's localhost and from an external namespace
+    local = wait_for(
+        lambda: PAGE in nyxd.host("curl", "-s", "-m", "2", "http://127.0.0.1:8080/").stdout,
+        what="127.0.0.1:8080",
+    )
+    assert local
+    out = ext.run(["curl", "-s", "-m", "3", f"http://{host_ip}:8080/"], check=False).stdout
+    assert PAGE in out
+
+    # name resolution between two containers (embedded DNS)
+    r = nyxd.nyx("run", "--rm", "busybox:nyx", "wget", "-qO-", "http://web.nyxd.local/")
+    assert r.returncode == 0, r.stderr
+    assert PAGE in r.stdout
+    r = nyxd.nyx("run", "--rm", "busybox:nyx", "cat", "/etc/resolv.conf")
+    assert f"nameserver {nyxd.gateway}" in r.stdout
+
+    r = nyxd.nyx("rm", "web")
+    assert r.returncode == 125 and "running" in r.stderr
+    assert nyxd.nyx("stop", "-t", "1", "web").returncode == 0
+    stopped = nyxd.client.request("GET", "/v1/containers/web")
+    assert stopped["state"] == "stopped" and stopped["pid"] is None
+    assert nyxd.nyx("rm", "web").returncode == 0
+    assert nyxd.client.request("GET", "/v1/containers", params={"all": 1}) == []
+    assert_clean(nyxd)
+    assert nyxd.host("curl", "-s", "-m", "1", "http://127.0.0.1:8080/").returncode != 0
+
+
+def test_exit_code_and_output(nyxd: Nyxd) -> None:
+    r = nyxd.nyx("run", "--rm", "busybox:nyx", "sh", "-c", "echo out; exit 7")
+    assert r.returncode == 7
+    assert r.stdout.rstrip().endswith("out")
+    r = nyxd.nyx("run", "--rm", "busybox:nyx", "no-such-command")
+    assert r.returncode == 127, r.stderr
+    assert_clean(nyxd)
+
+
+def test_foreground_run_stopped_by_sigint(nyxd: Nyxd) -> None:
+    script = 'trap "exit 143" TERM; echo ready; while :; do sleep 0.1; done'
+    proc = subprocess.Popen(
+        [
+            str(BIN / "nyx"),
+            "--socket",
+            str(nyxd.socket),
+            "run",
+            "--name",
+            "fg",
+            "busybox:nyx",
+            "sh",
+            "-c",
+            script,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: (
+                nyxd.client.request("GET", "/v1/containers")
+                and "ready"
+                in b"".join(nyxd.client.stream("GET", "/v1/containers/fg/logs")).decode()
+            ),
+            what="fg running",
+        )
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert json.loads(out[: out.index("\n}\n") + 2])["name"] == "fg"
+    fg = nyxd.client.request("GET", "/v1/containers/fg")
+    assert fg["state"] == "stopped" and fg["exit_code"] == 143
+    assert_clean(nyxd)
+
+
+def test_dns_off_no_resolv_conf_override(nyxd_factory: Callable[..., Nyxd]) -> None:
+    d = nyxd_factory("--dns", "off")
+    assert d.client.info()["dns"] == "off"
+    r = d.nyx("run", "--rm", "busybox:nyx", "sh", "-c", "cat /etc/resolv.conf; true")
+    assert r.returncode == 0
+    assert "nyxd" not in r.stdout and d.gateway not in r.stdout
+    assert '"dns started"' not in d.log.read_text()
+
+
+def test_kill9_then_restart_leaves_no_leak(nyxd: Nyxd) -> None:
+    for i in range(2):
+        r = nyxd.nyx("run", "-d", "--name", f"c{i}", "-p", f"{8090 + i}:80", "busybox:nyx", *HTTPD)
+        assert r.returncode == 0, r.stderr
+    assert len(nyxd.veths()) == 2
+    nyxd.kill9()
+    assert len(nyxd.runc_list()) == 2  # the containers outlived nyxd
+    nyxd.start()
+    rows = nyxd.client.request("GET", "/v1/containers", params={"all": 1})
+    assert sorted((c["name"], c["state"]) for c in rows) == [("c0", "exited"), ("c1", "exited")]
+    assert_clean(nyxd)
+    # and it still works, the same names can be reused after rm
+    assert nyxd.nyx("rm", "c0", "c1").returncode == 0
+    r = nyxd.nyx("run", "-d", "--name", "c0", "-p", "8090:80", "busybox:nyx", *HTTPD)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(
+        lambda: PAGE in nyxd.host("curl", "-s", "-m", "2", "http://127.0.0.1:8090/").stdout,
+        what="8090 after restart",
+    )
+    assert nyxd.stop() == 0
+    assert nyxd.runc_list() == [] and nyxd.veths() == []
+
+
+def test_twenty_in_parallel_distinct_ips_all_answer(nyxd: Nyxd) -> None:
+    spec = {"image": "busybox:nyx", "command": HTTPD}
+
+    def create(i: int) -> dict[str, Any]:
+        return nyxd.client.create({**spec, "name": f"p{i}"})
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        made = list(pool.map(create, range(20)))
+    ips = [c["ips"][0] for c in made]
+    assert len(set(ips)) == 20
+    probe = (
+        "import sys, urllib.request\n"
+        "bad = []\n"
+        "for ip in sys.argv[1:]:\n"
+        "    for _ in range(50):\n"
+        "        try:\n"
+        "            if b'hello' in urllib.request.urlopen(f'http://{ip}/', timeout=2).read():\n"
+        "                break\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "        import time; time.sleep(0.1)\n"
+        "    else:\n"
+        "        bad.append(ip)\n"
+        "print(' '.join(bad))\n"
+    )
+    r = nyxd.host("python3", "-c", probe, *ips, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+    def remove(c: dict[str, Any]) -> None:
+        nyxd.client.request("DELETE", f"/v1/containers/{c['id']}", params={"force": 1})
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(remove, made))
+    assert_clean(nyxd)
