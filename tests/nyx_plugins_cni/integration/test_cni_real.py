@@ -223,3 +223,63 @@ def test_ensure_network_primes_the_bridge(
     ]
     assert ipaddress.ip_address("10.231.0.1") == nyx_settings.gateway_ip
     assert ResultCache(nyx_settings.state_dir).entries() == []  # the scratch attachment is gone
+
+
+def test_own_conflist_with_more_plugins_and_capabilities(
+    nyx_settings: NyxSettings, nyx_in_host: Netns, nyx_container_ns: NsFactory
+) -> None:
+    """A user's chain: bridge, tuning (mac), bandwidth, firewall, portmap at 0.4.0."""
+    conf = {
+        "cniVersion": "0.4.0",
+        "name": "mine",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "nyxt1",
+                "isGateway": True,
+                "ipMasq": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.231.1.0/24"}]],
+                    "dataDir": str(nyx_settings.state_dir / "leases"),
+                },
+            },
+            {"type": "tuning", "capabilities": {"mac": True}},
+            {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+            {"type": "firewall"},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+    nyx_settings.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+    (nyx_settings.cni_conf_dir / "10-mine.conflist").write_text(json.dumps(conf))
+    settings = nyx_settings.model_copy(update={"network": "mine"})
+    d = CniDriver(settings)
+    d.ensure_network()
+    try:
+        assert d.version == "0.4.0"
+        ctr = nyx_container_ns()
+        before = snapshot(nyx_in_host)
+        r = d.setup(
+            "real-own",
+            ctr.path,
+            [PortMapping.parse("18085:80")],
+            capability_args={
+                "mac": "c2:11:22:33:44:55",
+                "bandwidth": {
+                    "ingressRate": 8_000_000,
+                    "ingressBurst": 80_000,
+                    "egressRate": 8_000_000,
+                    "egressBurst": 80_000,
+                },
+            },
+        )
+        assert r.ips[0] in ipaddress.ip_network("10.231.1.0/24")
+        assert r.interfaces[0].mac == "c2:11:22:33:44:55"
+        link = {a["ifname"]: a for a in ctr.ipj("link", "show")}["eth0"]
+        assert link["address"] == "c2:11:22:33:44:55"
+        during = snapshot(nyx_in_host)
+        assert any(kind == "ifb" for _, kind in during["links"])  # bandwidth's egress shaper
+        d.teardown("real-own", ctr.path)
+        assert snapshot(nyx_in_host) == before
+    finally:
+        d.close()
