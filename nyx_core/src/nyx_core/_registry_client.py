@@ -279,7 +279,7 @@ class RegistryClient:
         if isinstance(last, ssl.SSLError) and not self.insecure:
             hint = (
                 f"; if {self.domain} serves plain HTTP or an untrusted certificate, "
-                f"pass --insecure-registry {self.domain}"
+                "mark it as an insecure registry (nyx pull --insecure)"
             )
         raise RegistryError(
             f"cannot reach registry {self.domain} ({'/'.join(schemes)} on {self.host}): "
