@@ -353,6 +353,7 @@ class ProxyState:
     cut_blob_after: dict[str, int] = field(default_factory=dict)  # digest -> bytes, once
     corrupt_blob: set[str] = field(default_factory=set)
     ignore_range: bool = False
+    redirect_blobs_to: str = ""  # host:port a blob GET is redirected to (a "CDN")
     blob_delay: float = 0.0  # seconds each blob response waits (to observe parallelism)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -445,6 +446,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 return
         elif st.mode == "basic" and _check_basic(st, auth) is None:
             self._unauthorized(repo_scope)
+            return
+        if st.redirect_blobs_to and "/blobs/" in path:
+            location = f"http://{st.redirect_blobs_to}{self.path}"
+            self._send(307, b"", {"Location": location})
             return
         self._forward(path)
 

@@ -571,3 +571,17 @@ def test_bad_or_complete_partial_is_verified(pushed: Pushed, tmp_path: Path, kep
         assert got.downloaded == got.size - len(data)
     else:
         assert ranges == ["bytes=50000-", None]  # resumed, failed to verify, fetched anew
+
+
+def test_blob_redirect_gets_no_credentials(pushed: Pushed, tmp_path: Path) -> None:
+    """Like Docker Hub's CDN: blobs redirect to another host, which never sees the token."""
+    cdn = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(cdn) as (cdn_host, _):
+        front = ProxyState(upstream=pushed.registry.host, redirect_blobs_to=cdn_host)
+        with run_token_proxy(front) as (host, _):
+            got = pull_to_oci_layout(f"{host}/oci:v1", tmp_path)
+    check_layout(tmp_path)
+    assert got.downloaded == got.size
+    blob_gets = [h for (_, p, h) in cdn.requests if "/blobs/" in p]
+    assert len(blob_gets) == 5  # config + 4 layers, all via the redirect
+    assert not [h for h in blob_gets if "Authorization" in h]
