@@ -316,13 +316,20 @@ class CniDriver:
         with self._lock:
             self._inflight.pop(container_id, None)
             self._attached[container_id] = att
-        return to_setup_result(
-            result,
-            container_id=container_id,
-            network=net.name,
-            netns=netns_path,
-            ifname=ifname,
-        )
+        try:
+            return to_setup_result(
+                result,
+                container_id=container_id,
+                network=net.name,
+                netns=netns_path,
+                ifname=ifname,
+            )
+        except NyxError as exc:
+            try:  # a result nyx cannot use: undo the attachment like any failed setup
+                self.teardown(container_id, netns_path)
+            except NyxError as undo:
+                exc.add_note(f"rollback: {undo}")
+            raise
 
     def _check_ports(self, cid: str, keys: list[tuple[str, str | None, int]]) -> None:
         taken: dict[tuple[str, int], list[tuple[str | None, str]]] = {}

@@ -496,3 +496,14 @@ def test_gc_deletes_the_network_before_the_loopback_attachment(
         ("iface", "DEL"),
         ("loopback", "DEL"),
     ]
+
+
+def test_an_unusable_result_is_rolled_back(make_driver: Make, fake_bin: Any, netns: str) -> None:
+    fake_bin.make("iface", iface=True, address="not-an-address")
+    d = make_driver([{"type": "iface"}])
+    fake_bin.clear()
+    with pytest.raises(BackendError, match=r"ips\[0\]\.address 'not-an-address'"):
+        d.setup("c1", netns)
+    assert fake_bin.sequence() == [("iface", "ADD"), ("iface", "DEL")]
+    assert ResultCache(d.settings.state_dir).entries() == []
+    assert d.attached() == []
