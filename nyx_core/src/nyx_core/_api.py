@@ -119,7 +119,6 @@ _ROUTES: list[Route] = [
         ("POST", r"/v1/containers/(?P<ref>[^/]+)/stop", "containers_stop"),
         ("GET", r"/v1/containers/(?P<ref>[^/]+)/logs", "containers_logs"),
         ("GET", r"/v1/containers/(?P<ref>[^/]+)/wait", "containers_wait"),
-        ("POST", r"/v1/containers/(?P<ref>[^/]+)/wait", "containers_wait"),
         ("GET", r"/v1/images", "images_list"),
         ("POST", r"/v1/images/load", "images_load"),
         ("POST", r"/v1/images/pull", "images_pull"),
