@@ -13,11 +13,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
+
+from nyx_core import BackendError
 
 __all__ = ["CacheEntry", "ResultCache"]
 
@@ -91,13 +94,17 @@ class ResultCache:
         return self.dir / f"{network}-{container_id}-{ifname}"
 
     def put(self, entry: CacheEntry) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Write the entry atomically (temp file + rename)."""
         path = self.path(entry.network, entry.container_id, entry.ifname)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(entry.to_json(), fh, separators=(",", ":"))
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(entry.to_json(), fh, separators=(",", ":"))
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise BackendError(f"CNI result cache {path}: cannot write: {exc}") from exc
 
     def get(self, network: str, container_id: str, ifname: str) -> CacheEntry | None:
         path = self.path(network, container_id, ifname)

@@ -507,3 +507,16 @@ def test_an_unusable_result_is_rolled_back(make_driver: Make, fake_bin: Any, net
     assert fake_bin.sequence() == [("iface", "ADD"), ("iface", "DEL")]
     assert ResultCache(d.settings.state_dir).entries() == []
     assert d.attached() == []
+
+
+def test_an_unwritable_cache_fails_before_any_plugin_runs(
+    make_driver: Make, fake_bin: Any, netns: str
+) -> None:
+    d = make_driver(_three(fake_bin))
+    (d.settings.state_dir / "cni").mkdir(parents=True, exist_ok=True)
+    (d.settings.state_dir / "cni" / "results").write_text("a file, not a directory")
+    fake_bin.clear()
+    with pytest.raises(BackendError, match=r"CNI result cache .*cannot write"):
+        d.setup("c1", netns)
+    assert fake_bin.sequence() == []
+    assert d.attached() == []
