@@ -153,12 +153,22 @@ class RegistryClient:
         self.mode: Literal["none", "basic", "bearer"] = "none"
         self.bearer: dict[str, str] = {}
         self._tokens: dict[str, str] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts_lock = threading.Lock()  # never held while _lock is wanted
         self._lock = threading.Lock()
         self._pinged = False
 
     # -- connections
 
     def _ssl_context(self, netloc: str) -> ssl.SSLContext:
+        """The TLS context for ``netloc`` (cached: loading the system CAs is not free)."""
+        with self._contexts_lock:
+            ctx = self._contexts.get(netloc)
+            if ctx is None:
+                ctx = self._contexts[netloc] = self._make_ssl_context(netloc)
+        return ctx
+
+    def _make_ssl_context(self, netloc: str) -> ssl.SSLContext:
         host = urllib.parse.urlsplit(f"//{netloc}").hostname or netloc
         if netloc == self.host and self.insecure:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import gzip
 import hashlib
 import http.client
@@ -278,6 +279,12 @@ def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies, even if it is killed itself."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def run_registry(workdir: Path, *, tls: bool = False) -> Iterator[Registry]:
     port = free_port()
@@ -301,6 +308,7 @@ def run_registry(workdir: Path, *, tls: bool = False) -> Iterator[Registry]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     try:
         deadline = time.monotonic() + 20
@@ -391,7 +399,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         if st.mode == "basic":
             challenge = 'Basic realm="nyx-test"'
         else:
-            realm = f"http://127.0.0.1:{self.server.server_port}/token"
+            realm = f"{self.server.scheme}://127.0.0.1:{self.server.server_port}/token"
             challenge = f'Bearer realm="{realm}",service="nyx-test-registry"'
             if scope:
                 challenge += f',scope="{scope}"'
@@ -512,13 +520,22 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 class _ProxyServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     state: ProxyState
+    scheme = "http"
 
 
 @contextlib.contextmanager
-def run_token_proxy(state: ProxyState) -> Iterator[tuple[str, ProxyState]]:
-    """A registry front on 127.0.0.1 that demands Bearer (or Basic) and serves ``/token``."""
+def run_token_proxy(
+    state: ProxyState, tls: tuple[Path, Path] | None = None
+) -> Iterator[tuple[str, ProxyState]]:
+    """A registry front on 127.0.0.1 that demands Bearer (or Basic) and serves ``/token``;
+    HTTPS (registry and token realm) with ``tls=(cert, key)``."""
     server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
     server.state = state
+    if tls is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        server.scheme = "https"
     thread = threading.Thread(target=server.serve_forever, name="nyx-token-proxy", daemon=True)
     thread.start()
     try:

@@ -585,3 +585,19 @@ def test_blob_redirect_gets_no_credentials(pushed: Pushed, tmp_path: Path) -> No
     blob_gets = [h for (_, p, h) in cdn.requests if "/blobs/" in p]
     assert len(blob_gets) == 5  # config + 4 layers, all via the redirect
     assert not [h for h in blob_gets if "Authorization" in h]
+
+
+def test_bearer_flow_over_tls(pushed: Pushed, tmp_path: Path) -> None:
+    """Registry and token realm on HTTPS (Docker Hub's shape), parallel downloads."""
+    from registry_fixtures import self_signed_cert
+
+    state = ProxyState(upstream=pushed.registry.host)
+    with run_token_proxy(state, tls=self_signed_cert(tmp_path)) as (host, _):
+        events: list[ProgressEvent] = []
+        got = pull_to_oci_layout(
+            f"{host}/oci:v1", tmp_path / "out", progress=events.append, max_concurrent_downloads=3
+        )
+    check_layout(tmp_path / "out")
+    assert events[0].message.startswith(f"https://{host}/")
+    assert got.downloaded == got.size
+    assert state.token_requests
