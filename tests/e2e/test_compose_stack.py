@@ -31,6 +31,7 @@ BIN = Path(sys.executable).parent
 EXT_HOST_IP = "203.0.113.1"
 EXT_IP = "203.0.113.2"
 IMAGE = "busybox:nyx"
+CNI_BIN = "/usr/lib/cni"
 
 STACK = f"""
 name: twotier
@@ -171,11 +172,21 @@ def ext_ns(nyx_host_ns: Netns, tmp_path: Path) -> Iterator[Netns]:
 
 
 @pytest.fixture
-def nyxd(nyx_host_ns: Netns, ext_ns: Netns, tmp_path: Path) -> Iterator[Nyxd]:
-    """nyxd (native driver) in the host namespace and a mount namespace of its own."""
+def nyxd(
+    request: pytest.FixtureRequest, nyx_host_ns: Netns, ext_ns: Netns, tmp_path: Path
+) -> Iterator[Nyxd]:
+    """nyxd in the host namespace and a mount namespace of its own.
+
+    Native driver and ``--dns auto`` unless parametrized (indirectly) with extra flags.
+    """
     why = _missing()
     if why:
         pytest.skip(why)
+    flags: list[str] = list(getattr(request, "param", ()))
+    if "cni" in flags:
+        if not Path(CNI_BIN, "bridge").is_file():
+            pytest.skip(f"needs the CNI plugins in {CNI_BIN} (containernetworking-plugins)")
+        flags += ["--cni-bin-dir", CNI_BIN, "--cni-conf-dir", str(tmp_path / "cni")]
     work = tmp_path / "w"
     work.mkdir()
     sock = str(tmp_path / "nyxd.sock")
@@ -198,6 +209,7 @@ def nyxd(nyx_host_ns: Netns, ext_ns: Netns, tmp_path: Path) -> Iterator[Nyxd]:
             str(tmp_path / "run"),
             "--log-level",
             "debug",
+            *flags,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -317,3 +329,82 @@ def test_invalid_files_are_refused_before_anything_is_created(nyxd: Nyxd) -> Non
         assert "Traceback" not in result.stderr
     assert nyxd.api("/v1/containers?all=1") == []
     assert [n["name"] for n in nyxd.api("/v1/networks")] == ["nyx"]  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- the DNS policy, e2e
+
+PROBE = (
+    "if [ ! -f /etc/resolv.conf ]; then echo dns=none; "
+    "elif grep -q 'embedded DNS' /etc/resolv.conf; then echo dns=embedded; "
+    "else echo dns=other; fi"
+)
+
+
+def _probe_stack(first_internal: bool, second_internal: bool) -> str:
+    """Two one-shot services, each on one network (the CNI driver attaches one network)."""
+    return f"""
+name: dnsprobe
+services:
+  a: {{image: {IMAGE}, networks: [n1], command: [sh, -c, "{PROBE}"]}}
+  b: {{image: {IMAGE}, networks: [n2], command: [sh, -c, "{PROBE}"]}}
+networks:
+  n1: {{internal: {str(first_internal).lower()}}}
+  n2: {{internal: {str(second_internal).lower()}}}
+"""
+
+
+def _dns_seen(nyxd: Nyxd, stack: str) -> dict[str, str]:
+    """``up`` in the foreground (it returns once both one-shot services exited)."""
+    (nyxd.workdir / "compose.yaml").write_text(stack)
+    try:
+        up = nyxd.nyx("compose", "up")
+    finally:
+        down = nyxd.nyx("compose", "down", "-t", "1", check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    seen = {}
+    for line in up.stdout.splitlines():
+        prefix, sep, text = line.partition("|")
+        if sep and text.strip().startswith("dns="):
+            seen[prefix.strip().removesuffix("-1")] = text.strip().removeprefix("dns=")
+    return seen
+
+
+ALL_INTERNAL = _probe_stack(True, True)
+MIXED = _probe_stack(True, False)
+
+
+@pytest.mark.parametrize(
+    ("nyxd", "expected"),
+    [
+        # native + auto: embedded DNS for every container, whatever the networks
+        ((), {"internal": "embedded", "mixed": "embedded"}),
+        (("--dns", "embedded"), {"internal": "embedded", "mixed": "embedded"}),
+        (("--dns", "cni"), {"internal": "other", "mixed": "other"}),
+        (("--dns", "off"), {"internal": "none", "mixed": "none"}),
+        # cni + auto: embedded only when every service is solely on internal networks
+        (("--net-driver", "cni"), {"internal": "embedded", "mixed": "other"}),
+        (
+            ("--net-driver", "cni", "--dns", "embedded"),
+            {"internal": "embedded", "mixed": "embedded"},
+        ),
+        (("--net-driver", "cni", "--dns", "cni"), {"internal": "other", "mixed": "other"}),
+        (("--net-driver", "cni", "--dns", "off"), {"internal": "none", "mixed": "none"}),
+    ],
+    indirect=["nyxd"],
+    ids=[
+        "native-auto",
+        "native-embedded",
+        "native-cni",
+        "native-off",
+        "cni-auto",
+        "cni-embedded",
+        "cni-cni",
+        "cni-off",
+    ],
+)
+def test_dns_policy_table(nyxd: Nyxd, expected: dict[str, str]) -> None:
+    internal = _dns_seen(nyxd, ALL_INTERNAL)
+    assert internal == {"a": expected["internal"], "b": expected["internal"]}
+    mixed = _dns_seen(nyxd, MIXED)
+    assert mixed == {"a": expected["mixed"], "b": expected["mixed"]}
+    assert nyxd.api("/v1/containers?all=1") == []
