@@ -257,35 +257,32 @@ class Bench:
         return subprocess.run(argv, check=True, text=True, capture_output=True).stdout
 
     def measure(self, which: str, scenario: str) -> dict[str, float]:
+        """One max-qps run and one latency run against the running server ``which``."""
         qfile = self.tmp / f"{scenario}.txt"
-        handle = self.start_server(which, scenario)
-        try:
-            port = PORTS[which]
-            out = self.dnsperf(port, qfile, "-l", str(self.args.duration), "-q", "100")
-            qps = lost = 0.0
-            for line in out.splitlines():
-                line = line.strip()
-                if line.startswith("Queries per second:"):
-                    qps = float(line.split(":")[1])
-                elif line.startswith("Queries lost:"):
-                    lost = float(line.split(":")[1].split()[0])
-            out = self.dnsperf(
-                port, qfile, "-l", str(self.args.latency_seconds), "-Q", str(self.args.rate), "-v"
-            )
-            lat = []
-            bad = 0
-            for line in out.splitlines():
-                if line.startswith("> "):
-                    parts = line.split()
-                    lat.append(float(parts[-1]) * 1000)
-                    if parts[1] != "NOERROR":
-                        bad += 1
-            lat.sort()
-            p50 = statistics.median(lat) if lat else float("nan")
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
-            return {"qps": qps, "lost": lost, "p50": p50, "p99": p99, "bad": float(bad)}
-        finally:
-            self.stop_server(handle)
+        port = PORTS[which]
+        out = self.dnsperf(port, qfile, "-l", str(self.args.duration), "-q", "100")
+        qps = lost = 0.0
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("Queries per second:"):
+                qps = float(line.split(":")[1])
+            elif line.startswith("Queries lost:"):
+                lost = float(line.split(":")[1].split()[0])
+        out = self.dnsperf(
+            port, qfile, "-l", str(self.args.latency_seconds), "-Q", str(self.args.rate), "-v"
+        )
+        lat = []
+        bad = 0
+        for line in out.splitlines():
+            if line.startswith("> "):
+                parts = line.split()
+                lat.append(float(parts[-1]) * 1000)
+                if parts[1] != "NOERROR":
+                    bad += 1
+        lat.sort()
+        p50 = statistics.median(lat) if lat else float("nan")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
+        return {"qps": qps, "lost": lost, "p50": p50, "p99": p99, "bad": float(bad)}
 
     def cleanup(self) -> None:
         for proc in list(self.procs):
@@ -302,7 +299,7 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds per max-qps run")
     ap.add_argument("--latency-seconds", type=int, default=5, help="seconds per latency run")
     ap.add_argument("--rate", type=int, default=1000, help="qps offered in the latency run")
-    ap.add_argument("--rounds", type=int, default=1, help="repeat and report medians")
+    ap.add_argument("--rounds", type=int, default=3, help="repeat and report medians")
     ap.add_argument("--names", type=int, default=200, help="container names")
     ap.add_argument("--servers", default="nyx,aardvark,dnsmasq")
     ap.add_argument("--scenarios", default="names,forward")
@@ -317,18 +314,27 @@ def main() -> int:
     servers = [s for s in args.servers.split(",") if s]
     scenarios = [s for s in args.scenarios.split(",") if s]
     bench = Bench(args)
+    load = os.getloadavg()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
         bench.setup()
-        for _ in range(args.rounds):
-            for scenario in scenarios:
-                for which in servers:
-                    r = bench.measure(which, scenario)
-                    results.setdefault((scenario, which), []).append(r)
-                    print(
-                        f"  {scenario:8} {which:9} qps {r['qps']:9.0f}  p99 {r['p99']:.3f} ms",
-                        file=sys.stderr,
-                    )
+        for scenario in scenarios:
+            # all servers run at once (idle ones cost nothing); rounds rotate the order so
+            # every server sees the same background noise
+            handles = [bench.start_server(which, scenario) for which in servers]
+            try:
+                for rnd in range(args.rounds):
+                    order = servers[rnd % len(servers) :] + servers[: rnd % len(servers)]
+                    for which in order:
+                        r = bench.measure(which, scenario)
+                        results.setdefault((scenario, which), []).append(r)
+                        print(
+                            f"  {scenario:8} {which:9} qps {r['qps']:9.0f}  p99 {r['p99']:.3f} ms",
+                            file=sys.stderr,
+                        )
+            finally:
+                for handle in handles:
+                    bench.stop_server(handle)
     finally:
         bench.cleanup()
 
@@ -337,7 +343,8 @@ def main() -> int:
 
     print(
         f"\nDNS, {args.names} names, dnsperf {args.duration} s max qps; latency at "
-        f"{args.rate} qps offered; median of {args.rounds} round(s)"
+        f"{args.rate} qps offered; median of {args.rounds} round(s); "
+        f"load average at start {load[0]:.2f}"
     )
     head = ("scenario", "server", "qps", "p50 ms", "p99 ms", "lost", "!NOERROR")
     print("{:9} {:9} {:>9} {:>8} {:>8} {:>6} {:>8}".format(*head))

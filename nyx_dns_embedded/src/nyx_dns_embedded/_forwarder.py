@@ -94,7 +94,6 @@ class Forwarder:
     def attach(self) -> None:
         for sock in (*self.socks4, *self.socks6):
             self.loop.add_reader(sock.fileno(), self._on_reply, sock)
-        self._timer = self.loop.call_later(_SWEEP, self._sweep)
 
     def detach(self) -> None:
         if self._timer is not None:
@@ -156,6 +155,8 @@ class Forwarder:
                 p.server = server
                 p.deadline = time.monotonic() + self.timeout
                 self.pending[qid] = p
+                if self._timer is None:
+                    self._timer = self.loop.call_later(_SWEEP, self._sweep)
                 return
             p.attempt += 1
         self.stats["servfail"] += 1
@@ -190,9 +191,8 @@ class Forwarder:
             self.reply_sock.sendto(resp, client)
 
     def _sweep(self) -> None:
-        self._timer = self.loop.call_later(_SWEEP, self._sweep)
-        if not self.pending:
-            return
+        """Fail over or SERVFAIL expired queries; runs only while queries are pending."""
+        self._timer = None
         now = time.monotonic()
         expired = []
         for qid, p in self.pending.items():
@@ -204,6 +204,8 @@ class Forwarder:
             self.stats["timeouts"] += 1
             p.attempt += 1
             self._send(p)
+        if self.pending and self._timer is None:
+            self._timer = self.loop.call_later(_SWEEP, self._sweep)
 
     # ------------------------------------------------------------------ TCP
 
