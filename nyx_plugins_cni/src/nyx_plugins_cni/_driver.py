@@ -193,6 +193,7 @@ class CniDriver:
         Idempotent: a second call re-validates and changes nothing on the host.
         """
         net = self.load_network()
+        self.plugin_versions.clear()  # binaries may have been upgraded since the last call
         version = self.negotiate(net)
         self.network, self.version = net, version
         lo_exe = self.settings.cni_bin_dir / "loopback"
