@@ -291,12 +291,20 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def run_registry(workdir: Path, *, tls: bool = False) -> Iterator[Registry]:
+def run_registry(
+    workdir: Path, *, tls: bool = False, token_auth: dict[str, str] | None = None
+) -> Iterator[Registry]:
+    """``token_auth``: realm, service, issuer, rootcertbundle of the registry's token auth."""
     port = free_port()
     storage = workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     config = workdir / "registry.yml"
     tls_config = ""
+    auth_config = ""
+    if token_auth:
+        auth_config = "auth:\n  token:\n" + "".join(
+            f"    {k}: {v}\n" for k, v in token_auth.items()
+        )
     if tls:
         cert, key = self_signed_cert(workdir)
         tls_config = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
@@ -305,7 +313,7 @@ def run_registry(workdir: Path, *, tls: bool = False) -> Iterator[Registry]:
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n" + tls_config
+        f"http:\n  addr: 127.0.0.1:{port}\n" + tls_config + auth_config
     )
     log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(
@@ -664,6 +672,104 @@ def run_forward_proxy() -> Iterator[tuple[str, list[tuple[str, str, str | None]]
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", server.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- JWT token realm
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_jwt(claims: dict[str, Any], cert: Path, key: Path) -> str:
+    """An RS256 JWT with the certificate in ``x5c`` (signed with the openssl CLI)."""
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-outform", "DER"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    ).stdout
+    header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    signature = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-sign", str(key)],
+        input=signing_input.encode(),
+        check=True,
+        capture_output=True,
+        timeout=30,
+    ).stdout
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+@dataclass
+class TokenServer:
+    url: str
+    requests: list[dict[str, list[str]]]
+
+
+@contextlib.contextmanager
+def run_jwt_token_server(
+    cert: Path, key: Path, *, issuer: str, service: str, users: dict[str, str]
+) -> Iterator[TokenServer]:
+    """The token realm a ``docker-registry`` with ``auth: token`` trusts (its rootcertbundle
+    is ``cert``). Anonymous requests get tokens without access; users get what they ask."""
+    seen: list[dict[str, list[str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            seen.append(query)
+            auth = self.headers.get("Authorization", "")
+            user = ""
+            if auth.startswith("Basic "):
+                name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                if users.get(name) != password:
+                    body = b'{"details":"invalid credentials"}'
+                    self.send_response(401)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                user = name
+            access = []
+            for scope in query.get("scope", []):
+                kind, _, rest = scope.partition(":")
+                name, _, actions = rest.rpartition(":")
+                if user and kind == "repository":
+                    access.append({"type": kind, "name": name, "actions": actions.split(",")})
+            now = int(time.time())
+            claims = {
+                "iss": issuer,
+                "sub": user,
+                "aud": service,
+                "exp": now + 300,
+                "nbf": now - 10,
+                "iat": now,
+                "jti": base64.b16encode(os.urandom(8)).decode(),
+                "access": access,
+            }
+            body = json.dumps({"token": sign_jwt(claims, cert, key), "expires_in": 300}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="nyx-jwt-realm", daemon=True)
+    thread.start()
+    try:
+        yield TokenServer(f"http://127.0.0.1:{server.server_port}/token", seen)
     finally:
         server.shutdown()
         server.server_close()

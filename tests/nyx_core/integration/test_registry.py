@@ -1,9 +1,9 @@
 """``nyx pull`` against a real ``docker-registry`` on 127.0.0.1, images pushed by skopeo.
 
-The bearer-token flow runs through a small token-auth proxy (``registry_fixtures``) in front of
-the registry instead of the registry's own JWT token auth: same protocol on the wire
-(``401`` + ``WWW-Authenticate: Bearer realm,service,scope``, ``GET realm?service&scope``),
-without a signing key and certificate bundle to manage in the test.
+Bearer tokens are tested twice: against the registry's own ``auth: token`` with a JWT realm
+written in the test (RS256, signed with the openssl CLI, certificate in ``x5c``), and through
+a small token-auth proxy in front of an open registry, which also lets the tests cut,
+corrupt, redirect and slow down downloads.
 """
 
 from __future__ import annotations
@@ -601,3 +601,27 @@ def test_bearer_flow_over_tls(pushed: Pushed, tmp_path: Path) -> None:
     assert events[0].message.startswith(f"https://{host}/")
     assert got.downloaded == got.size
     assert state.token_requests
+
+
+def test_registry_token_auth_with_jwt_realm(tmp_path: Path) -> None:
+    """docker-registry's own ``auth: token`` with a JWT realm: the registry verifies tokens."""
+    from registry_fixtures import run_jwt_token_server, self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "pki")
+    service, issuer = "nyx-test-registry", "nyx-test-issuer"
+    users = {"carol": "pw"}
+    with run_jwt_token_server(cert, key, issuer=issuer, service=service, users=users) as realm:
+        auth = {"realm": realm.url, "service": service, "issuer": issuer, "rootcertbundle": cert}
+        with run_registry(tmp_path / "reg", token_auth={k: str(v) for k, v in auth.items()}) as reg:
+            layout = build_layout(tmp_path / "src", "v1", [("amd64", "")])
+            skopeo_push(layout.path, "v1", f"{reg.host}/app:v1", "--dest-creds", "carol:pw")
+            auth_file = tmp_path / "config.json"
+            with pytest.raises(UnauthorizedError, match="nyx login"):
+                pull_to_oci_layout(f"{reg.host}/app:v1", tmp_path / "a", auth_file=auth_file)
+            with pytest.raises(UnauthorizedError, match="carol"):
+                login(reg.host, "carol", "wrong", auth_file)
+            login(reg.host, "carol", "pw", auth_file)
+            got = pull_to_oci_layout(f"{reg.host}/app:v1", tmp_path / "b", auth_file=auth_file)
+    assert got.digest == layout.top_digest
+    check_layout(tmp_path / "b")
+    assert any(q.get("scope") == ["repository:app:pull"] for q in realm.requests)
