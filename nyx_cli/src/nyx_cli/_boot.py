@@ -20,6 +20,8 @@ from nyx_core._logging import configure_logging
 
 __all__ = ["boot", "fail", "load"]
 
+logger.disable("nyx_cli")  # configure_logging() enables it for nyxd
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """One clear line on stderr, no traceback."""

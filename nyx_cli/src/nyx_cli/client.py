@@ -57,6 +57,38 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 
 
 class _Group(click.Group):
+    """Exit codes like docker's; sub-command groups of other modules imported on use."""
+
+    lazy = {"compose": ("nyx_cli._compose_cmd", "compose")}
+
+    def _lazy_available(self, name: str) -> bool:
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec(self.lazy[name][0]) is not None
+        except ImportError:
+            return False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(n for n in self.lazy if self._lazy_available(n))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[cmd_name]
+            try:
+                found = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError):
+                return None
+            if isinstance(found, click.Command):
+                self.add_command(found, cmd_name)
+                return found
+        return cmd
+
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
@@ -157,12 +189,7 @@ def run(
     command: tuple[str, ...],
 ) -> int:
     """Run a container: print its JSON, stream its output, exit with its exit code."""
-    from nyx_core import NyxError, PortMapping
-
-    try:
-        ports = [PortMapping.parse(p).model_dump(mode="json") for p in publish]
-    except NyxError as exc:
-        raise click.BadParameter(str(exc), param_hint="-p") from exc
+    ports = list(publish)  # nyxd parses "[IP:]HOST:CTR[/PROTO]" and names a bad value
     spec: dict[str, Any] = {
         "image": image,
         "name": name,
@@ -594,14 +621,6 @@ def rmi(ctx: click.Context, refs: tuple[str, ...]) -> None:
     for ref in refs:
         _call(_client(ctx).request, "DELETE", f"/v1/images/{q(ref)}")
         click.echo(f"Untagged: {ref}")
-
-
-try:
-    from ._compose_cmd import compose  # type: ignore[import-not-found,unused-ignore]
-
-    cli.add_command(compose)
-except ImportError:
-    pass
 
 
 def main(argv: list[str] | None = None) -> None:

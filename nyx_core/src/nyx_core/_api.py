@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from loguru import logger
 from pydantic import ValidationError
 
-from ._models import ContainerSpec
+from ._models import ContainerSpec, PortMapping
 from ._state import ConflictError, NotFoundError
 from .errors import ConfigError, PortConflictError
 
@@ -315,6 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         start = body.pop("start", True)
         if "start" in q:
             start = _flag(q, "start")
+        ports = body.get("ports")
+        if isinstance(ports, list):  # docker-style strings are accepted too
+            body["ports"] = [PortMapping.parse(p) if isinstance(p, str) else p for p in ports]
         spec = ContainerSpec.model_validate(body)
         self._send_json(201, self.sup.create(spec, start=bool(start)))
 
