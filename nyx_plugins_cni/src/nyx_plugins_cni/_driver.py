@@ -204,6 +204,11 @@ class CniDriver:
             self.loopback = None
         with self._lock:
             self._load_index()
+        try:
+            status = self.status()
+        except CniPluginError as exc:  # informational (spec): ADD may still work
+            logger.warning("CNI STATUS of network {}: {}", net.name, exc)
+            status = {exc.plugin: f"error: {exc}"}
         if self.options.prime:
             self._prime()
         return {
@@ -214,6 +219,7 @@ class CniDriver:
             "plugins": [p["type"] for p in net.plugins],
             "written": str(self.written) if self.written else None,
             "loopback": self.loopback is not None,
+            "status": status,
         }
 
     def _require(self) -> NetworkConfig:

@@ -520,3 +520,11 @@ def test_an_unwritable_cache_fails_before_any_plugin_runs(
         d.setup("c1", netns)
     assert fake_bin.sequence() == []
     assert d.attached() == []
+
+
+def test_ensure_network_reports_status_without_failing(make_driver: Make, fake_bin: Any) -> None:
+    fake_bin.make("modern", mode="unavailable", fail_on=["STATUS"], versions=["1.0.0", "1.1.0"])
+    d = make_driver([{"type": "modern"}], ensure=False)
+    info = d.ensure_network()
+    assert info["status"]["modern"].startswith("error: CNI plugin 'modern' failed (code 50)")
+    assert info["cniVersion"] == "1.0.0" and info["plugins"] == ["modern"]
