@@ -16,7 +16,6 @@ import http.client
 import ipaddress
 import json
 import os
-import platform as _platform
 import re
 import threading
 import time
@@ -40,6 +39,14 @@ from ._registry_layout import (
     descriptor,
     hash_bytes,
     partial_file,
+)
+from ._registry_platform import (
+    Platform,
+    host_platform,
+    normalize_arch,
+    parse_platform,
+    platform_of_config,
+    select_platform_manifest,
 )
 from .errors import (
     ConfigError,
@@ -130,127 +137,6 @@ class PulledImage:
         """``name@digest`` of what the reference resolved to in the registry."""
         ref = normalize_reference(self.reference)
         return f"{ref.name}@{self.index_digest or self.digest}"
-
-
-# --------------------------------------------------------------------------- platforms
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        text = f"{self.os}/{self.architecture}"
-        return f"{text}/{self.variant}" if self.variant else text
-
-
-_ARCH_ALIASES = {
-    "x86_64": ("amd64", ""),
-    "x86-64": ("amd64", ""),
-    "amd64": ("amd64", ""),
-    "aarch64": ("arm64", "v8"),
-    "arm64": ("arm64", "v8"),
-    "armv8l": ("arm64", "v8"),
-    "armv7l": ("arm", "v7"),
-    "armhf": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "armel": ("arm", "v6"),
-    "armv5tel": ("arm", "v5"),
-    "i386": ("386", ""),
-    "i686": ("386", ""),
-    "x86": ("386", ""),
-}
-
-
-def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
-    arch = arch.lower()
-    base, default_variant = _ARCH_ALIASES.get(arch, (arch, ""))
-    variant = variant.lower()
-    if base == "arm64" and variant in ("", "8"):
-        variant = "v8"
-    elif base == "arm" and not variant:
-        variant = default_variant or "v7"
-    elif base == "arm" and variant.isdigit():
-        variant = "v" + variant
-    elif base == "amd64" and variant == "v1":
-        variant = ""
-    if not variant and arch != base and default_variant and base != "arm64":
-        variant = default_variant
-    return base, variant
-
-
-def host_platform() -> Platform:
-    """The platform images are pulled for by default: ``linux/<arch from platform.machine()>``."""
-    arch, variant = _normalize_arch(_platform.machine() or "amd64", "")
-    return Platform("linux", arch, variant)
-
-
-def parse_platform(text: str) -> Platform:
-    """Parse ``os/arch[/variant]`` (``linux/arm64``, ``linux/arm/v7``) or a bare ``arch``."""
-    parts = [p.strip() for p in text.strip().split("/")]
-    if not text.strip() or len(parts) > 3 or not all(parts):
-        raise ConfigError(f"invalid platform {text!r}: expected os/arch[/variant]")
-    if len(parts) == 1:
-        parts = ["linux", *parts]
-    os_name = parts[0].lower()
-    arch, variant = _normalize_arch(parts[1], parts[2] if len(parts) == 3 else "")
-    return Platform(os_name, arch, variant)
-
-
-def _variant_preference(want: Platform) -> list[str]:
-    if want.architecture == "arm64":
-        return ["v8", ""] if want.variant in ("", "v8") else [want.variant]
-    if want.architecture == "arm":
-        order = ["v8", "v7", "v6", "v5"]
-        start = order.index(want.variant) if want.variant in order else 1
-        return order[start:]
-    if want.architecture == "amd64":
-        if not want.variant:
-            return ["", "v1"]
-        levels = ["v4", "v3", "v2", "", "v1"]
-        start = levels.index(want.variant) if want.variant in levels else 3
-        return levels[start:]
-    return [want.variant, ""] if want.variant else [""]
-
-
-def select_platform_manifest(index: dict[str, Any], want: Platform) -> dict[str, Any]:
-    """Pick ``want``'s manifest descriptor from a manifest list / OCI index.
-
-    Matching is on OS and architecture; for variants an exact match wins, then compatible
-    older ones (``arm/v7`` accepts ``v6``, ``arm64`` accepts a missing ``v8``).
-
-    :raises NoMatchingPlatformError: listing the platforms the index has.
-    """
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list):
-        raise RegistryError("manifest list / OCI index has no 'manifests' array")
-    prefs = _variant_preference(want)
-    best: tuple[int, dict[str, Any]] | None = None
-    available: list[str] = []
-    for entry in manifests:
-        if not isinstance(entry, dict):
-            continue
-        plat = entry.get("platform")
-        if not isinstance(plat, dict):
-            continue
-        os_name = str(plat.get("os", "")).lower()
-        if os_name == "unknown":  # attestation manifests (buildkit)
-            continue
-        arch, variant = _normalize_arch(
-            str(plat.get("architecture", "")), str(plat.get("variant", ""))
-        )
-        available.append(str(Platform(os_name, arch, variant)))
-        if os_name != want.os or arch != want.architecture or variant not in prefs:
-            continue
-        rank = prefs.index(variant)
-        if best is None or rank < best[0]:
-            best = (rank, entry)
-    if best is None:
-        listed = ", ".join(sorted(set(available))) or "none"
-        raise NoMatchingPlatformError(f"no manifest for platform {want} (the image has: {listed})")
-    return best[1]
 
 
 # --------------------------------------------------------------------------- downloads
@@ -569,15 +455,6 @@ def _insecure(domain: str, insecure_registries: Sequence[str]) -> bool:
     return False
 
 
-def _platform_of(config: dict[str, Any]) -> Platform | None:
-    os_name = config.get("os")
-    arch = config.get("architecture")
-    if not isinstance(os_name, str) or not isinstance(arch, str) or not os_name or not arch:
-        return None
-    base, variant = _normalize_arch(arch, str(config.get("variant") or ""))
-    return Platform(os_name.lower(), base, variant)
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -639,7 +516,7 @@ def pull_to_oci_layout(
                 f"registry sent {len(body)}"
             )
         p = entry.get("platform") or {}
-        arch, variant = _normalize_arch(str(p.get("architecture", "")), str(p.get("variant", "")))
+        arch, variant = normalize_arch(str(p.get("architecture", "")), str(p.get("variant", "")))
         plat = str(Platform(str(p.get("os", "")).lower(), arch, variant))
     if media_type in DOCKER_SCHEMA1:
         raise RegistryError(
@@ -679,7 +556,7 @@ def pull_to_oci_layout(
         config_json = json.loads(layout.blob(config.digest).read_bytes())
     except ValueError as exc:
         raise RegistryError(f"image config {config.digest} of {ref} is not JSON") from exc
-    image_platform = _platform_of(config_json) if isinstance(config_json, dict) else None
+    image_platform = platform_of_config(config_json) if isinstance(config_json, dict) else None
     if index_digest is None and image_platform is not None:
         plat = str(image_platform)
         if platform and (image_platform.os, image_platform.architecture) != (

@@ -25,16 +25,16 @@ from nyx_core._compression import (
     decompressed_stream,
     detect_compression,
 )
-from nyx_core._registry import (
+from nyx_core._registry import _insecure
+from nyx_core._registry_client import _no_proxy_match, proxy_for
+from nyx_core._registry_layout import descriptor
+from nyx_core._registry_platform import (
     Platform,
-    _insecure,
-    _normalize_arch,
     host_platform,
+    normalize_arch,
     parse_platform,
     select_platform_manifest,
 )
-from nyx_core._registry_client import _no_proxy_match, proxy_for
-from nyx_core._registry_layout import descriptor
 from nyx_core.errors import (
     ConfigError,
     NoMatchingPlatformError,
@@ -215,9 +215,9 @@ def test_credential_helper_detection(tmp_path: Path) -> None:
     ],
 )
 def test_host_platform(machine: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nyx_core._registry as reg
+    import nyx_core._registry_platform as plat
 
-    monkeypatch.setattr(reg._platform, "machine", lambda: machine)
+    monkeypatch.setattr(plat._platform, "machine", lambda: machine)
     assert str(host_platform()) == expected
 
 
@@ -305,9 +305,9 @@ def test_no_matching_platform_lists_what_exists() -> None:
 
 
 def test_normalize_arch_aliases() -> None:
-    assert _normalize_arch("aarch64", "") == ("arm64", "v8")
-    assert _normalize_arch("arm64", "8") == ("arm64", "v8")
-    assert _normalize_arch("amd64", "v1") == ("amd64", "")
+    assert normalize_arch("aarch64", "") == ("arm64", "v8")
+    assert normalize_arch("arm64", "8") == ("arm64", "v8")
+    assert normalize_arch("amd64", "v1") == ("amd64", "")
 
 
 # --------------------------------------------------------------------------- descriptors
