@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nyx_core._reference import is_loopback_registry, normalize_reference, normalize_registry
 from nyx_core.errors import ConfigError, InvalidReferenceError, NyxError
@@ -128,3 +130,48 @@ def test_normalize_registry_rejects(bad: str) -> None:
 )
 def test_loopback_registries(domain: str, loopback: bool) -> None:
     assert is_loopback_registry(domain) is loopback
+
+
+_component = st.from_regex(r"[a-z0-9]{1,5}(?:[._-][a-z0-9]{1,4}){0,2}", fullmatch=True)
+_tag = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
+_domain = st.sampled_from(["", "docker.io/", "localhost:5000/", "quay.io/", "[::1]:5000/"])
+
+
+@given(
+    domain=_domain,
+    path=st.lists(_component, min_size=1, max_size=3),
+    tag=st.none() | _tag,
+    digest=st.none() | st.from_regex(r"sha256:[a-f0-9]{64}", fullmatch=True),
+)
+def test_normalisation_is_idempotent(
+    domain: str, path: list[str], tag: str | None, digest: str | None
+) -> None:
+    text = domain + "/".join(path)
+    if tag:
+        text += f":{tag}"
+    if digest:
+        text += f"@{digest}"
+    try:
+        ref = normalize_reference(text)
+    except InvalidReferenceError as exc:
+        # docker reads a first component with a '.' as a registry host, and '_' is not
+        # allowed in host names
+        assert not domain and len(path) > 1 and "." in path[0] and "_" in path[0], exc
+        return
+    again = normalize_reference(str(ref))
+    assert again == ref
+    assert ref.digest == digest
+    assert ref.tag == (tag or (None if digest else "latest"))
+    assert str(ref).endswith(
+        "/".join(path) + (f":{ref.tag}" if ref.tag else "") + (f"@{digest}" if digest else "")
+    )
+
+
+@given(st.text(max_size=60))
+def test_parsing_never_crashes(text: str) -> None:
+    try:
+        ref = normalize_reference(text)
+    except InvalidReferenceError as exc:
+        assert "invalid image reference" in str(exc)
+    else:
+        assert normalize_reference(str(ref)) == ref
