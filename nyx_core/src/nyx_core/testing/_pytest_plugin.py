@@ -77,7 +77,7 @@ def nyx_in_host(nyx_host_ns: Netns) -> Iterator[Netns]:
 
 @pytest.fixture
 def nyx_settings(tmp_path: Path) -> NyxSettings:
-    """Default settings with state, run dir and socket under ``tmp_path``.
+    """Default settings with state, run dir, socket and CNI conf dir under ``tmp_path``.
 
     The subnet is a small test range (10.231.0.0/24) so tests never collide with a real
     nyxd on the machine.
@@ -86,6 +86,7 @@ def nyx_settings(tmp_path: Path) -> NyxSettings:
         state_dir=tmp_path / "state",
         run_dir=tmp_path / "run",
         socket=tmp_path / "run" / "nyxd.sock",
+        cni_conf_dir=tmp_path / "cni" / "net.d",
         container_subnet="10.231.0.0/24",
         gateway_ip="10.231.0.1",
         bridge="nyxt0",
