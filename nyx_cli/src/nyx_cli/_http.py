@@ -1,8 +1,7 @@
-"""A tiny HTTP client for nyxd's control socket (stdlib ``http.client`` over AF_UNIX)."""
+"""A tiny HTTP/1.1 client for nyxd's control socket (AF_UNIX, one request per connection)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -32,21 +31,83 @@ class ApiError(Exception):
         self.body = body or {}
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None = None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+class _Response:
+    """A minimal HTTP/1.1 response reader (Content-Length, chunked, or until close).
 
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.timeout is not None:
-            s.settimeout(self.timeout)
-        try:
-            s.connect(self.unix_path)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
+    ``http.client`` costs ~20 ms of import (email parsing); the client must start fast.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.f = sock.makefile("rb")
+        line = self.f.readline(65537)
+        parts = line.decode("latin-1").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise OSError(f"bad HTTP status line {line[:60]!r}")
+        self.status = int(parts[1])
+        self.reason = parts[2].strip() if len(parts) > 2 else ""
+        self.headers: dict[str, str] = {}
+        while True:
+            h = self.f.readline(65537)
+            if h in (b"\r\n", b"\n", b""):
+                break
+            k, _, v = h.decode("latin-1").partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+        self.chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+        length = self.headers.get("content-length")
+        self.left: int | None = int(length) if length is not None and not self.chunked else None
+        self.done = False
+
+    def read1(self, n: int = 65536) -> bytes:
+        if self.done:
+            return b""
+        if self.chunked:
+            size_line = self.f.readline(1024)
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                self.done = True
+                return b""
+            data = self.f.read(size)
+            self.f.readline(8)
+            return data
+        if self.left is not None:
+            if self.left <= 0:
+                self.done = True
+                return b""
+            data = self.f.read1(min(n, self.left))
+            if not data:
+                self.done = True
+            self.left -= len(data)
+            return data
+        data = self.f.read1(n)
+        if not data:
+            self.done = True
+        return data
+
+    def read(self) -> bytes:
+        out = []
+        while chunk := self.read1(1 << 20):
+            out.append(chunk)
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+
+def _send(sock: socket.socket, method: str, path: str, hdrs: dict[str, str], payload: Any) -> None:
+    if isinstance(payload, bytes):
+        hdrs.setdefault("Content-Length", str(len(payload)))
+    elif payload is None and method in ("POST", "PUT"):
+        hdrs.setdefault("Content-Length", "0")
+    head = f"{method} {path} HTTP/1.1\r\nHost: nyxd\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
+    sock.sendall(head.encode("latin-1"))
+    if isinstance(payload, bytes):
+        sock.sendall(payload)
+    elif payload is not None:
+        while chunk := payload.read(1 << 20):
+            sock.sendall(chunk)
 
 
 def q(ref: str) -> str:
@@ -69,7 +130,7 @@ class Client:
         data: bytes | IO[bytes] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    ) -> _Response:
         if params:
             clean = {k: v for k, v in params.items() if v is not None}
             if clean:
@@ -79,10 +140,12 @@ class Client:
         if body is not None:
             payload = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        conn = _UnixConnection(self.socket_path, timeout=timeout)
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(timeout)
         try:
-            conn.request(method, path, body=payload, headers=hdrs)
-            resp = conn.getresponse()
+            conn.connect(self.socket_path)
+            _send(conn, method, path, hdrs, payload)
+            resp = _Response(conn)
         except FileNotFoundError as exc:
             conn.close()
             raise DaemonUnavailable(
@@ -105,7 +168,7 @@ class Client:
             raise DaemonUnavailable(f"cannot talk to nyxd at {self.socket_path}: {exc}") from exc
         if resp.status >= 400:
             raw = resp.read()
-            conn.close()
+            resp.close()
             try:
                 obj = json.loads(raw)
                 msg = obj.get("error") if isinstance(obj, dict) else None
@@ -116,14 +179,14 @@ class Client:
                 msg or f"HTTP {resp.status} {resp.reason}",
                 obj if isinstance(obj, dict) else None,
             )
-        return conn, resp
+        return resp
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
-        conn, resp = self._open(method, path, **kw)
+        resp = self._open(method, path, **kw)
         try:
             raw = resp.read()
         finally:
-            conn.close()
+            resp.close()
         if not raw:
             return None
         try:
@@ -132,7 +195,7 @@ class Client:
             raise ApiError(resp.status, f"nyxd sent a non-JSON answer: {raw[:80]!r}") from exc
 
     def stream(self, method: str, path: str, **kw: Any) -> Iterator[bytes]:
-        conn, resp = self._open(method, path, **kw)
+        resp = self._open(method, path, **kw)
         try:
             while True:
                 chunk = resp.read1(65536)
@@ -141,7 +204,6 @@ class Client:
                 yield chunk
         finally:
             resp.close()
-            conn.close()
 
     def lines(self, method: str, path: str, **kw: Any) -> Iterator[dict[str, Any]]:
         buf = b""
