@@ -11,8 +11,8 @@ Peers, all measured in one run on the same kernel, each in a fresh "host" namesp
 * ``cni``      the CNI reference plugins exec'd directly: bridge (+ host-local) + portmap.
 
 Every setup publishes one port. For each level N, N containers are attached first, then one
-more container is set up and torn down ``--iterations`` times; median and p90 are printed
-with nyx/peer ratios. Usage (root)::
+more container is set up and torn down ``--iterations`` times, the peers taking turns so a
+noisy machine slows them alike; median and p90 are printed with nyx/peer ratios. Usage (root)::
 
     .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15]
 
@@ -112,16 +112,29 @@ class Floor(Peer):
         elem: list[Any] = [{"concat": ["tcp", 20000 + i]}]
         if verb == "add":
             elem = [[elem[0], {"concat": [ip_for(i), 80]}]]
-        cmd = {"nftables": [{verb: {"element": {"family": "ip", "table": "floor",
-                                                "name": "ports", "elem": elem}}}]}
+        cmd = {
+            "nftables": [
+                {
+                    verb: {
+                        "element": {"family": "ip", "table": "floor", "name": "ports", "elem": elem}
+                    }
+                }
+            ]
+        }
         rc, _o, err = self.nft.cmd(json.dumps(cmd))
         assert rc == 0, err
 
     def setup(self, i: int, ns: Netns) -> None:
         fd = os.open(ns.path, os.O_RDONLY)
         try:
-            self.ipr.link("add", ifname=f"fl{i}", kind="veth", master=self.br, state="up",
-                          peer={"ifname": "eth0", "net_ns_fd": fd})
+            self.ipr.link(
+                "add",
+                ifname=f"fl{i}",
+                kind="veth",
+                master=self.br,
+                state="up",
+                peer={"ifname": "eth0", "net_ns_fd": fd},
+            )
         finally:
             os.close(fd)
         with entered(ns):
@@ -170,13 +183,21 @@ class Netavark(Peer):
                 }
             },
             "port_mappings": [
-                {"host_ip": "", "container_port": 80, "host_port": 20000 + i, "range": 1,
-                 "protocol": "tcp"}
+                {
+                    "host_ip": "",
+                    "container_port": 80,
+                    "host_port": 20000 + i,
+                    "range": 1,
+                    "protocol": "tcp",
+                }
             ],
         }
         subprocess.run(
             [NETAVARK, "--config", str(self.config), cmd, ns.path],
-            input=json.dumps(conf), text=True, check=True, capture_output=True,
+            input=json.dumps(conf),
+            text=True,
+            check=True,
+            capture_output=True,
         )
 
     def setup(self, i: int, ns: Netns) -> None:
@@ -202,8 +223,14 @@ class Cni(Peer):
             "CNI_PATH": CNI_PATH,
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         }
-        out = subprocess.run([f"{CNI_PATH}/{plugin}"], input=json.dumps(conf), env=env,
-                             text=True, capture_output=True, check=False)
+        out = subprocess.run(
+            [f"{CNI_PATH}/{plugin}"],
+            input=json.dumps(conf),
+            env=env,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"cni {plugin} {command}: {out.stdout} {out.stderr}")
         return json.loads(out.stdout) if out.stdout.strip() else None
@@ -211,12 +238,28 @@ class Cni(Peer):
     def _confs(self, i: int) -> list[dict[str, Any]]:
         base = {"cniVersion": "1.0.0", "name": "bench"}
         return [
-            {**base, "type": "bridge", "bridge": "cnib0", "isGateway": True, "ipMasq": True,
-             "ipam": {"type": "host-local", "dataDir": str(self.data),
-                      "ranges": [[{"subnet": str(SUBNET), "gateway": str(GATEWAY)}]]}},
-            {**base, "type": "portmap", "capabilities": {"portMappings": True},
-             "runtimeConfig": {"portMappings": [
-                 {"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"}]}},
+            {
+                **base,
+                "type": "bridge",
+                "bridge": "cnib0",
+                "isGateway": True,
+                "ipMasq": True,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": str(self.data),
+                    "ranges": [[{"subnet": str(SUBNET), "gateway": str(GATEWAY)}]],
+                },
+            },
+            {
+                **base,
+                "type": "portmap",
+                "capabilities": {"portMappings": True},
+                "runtimeConfig": {
+                    "portMappings": [
+                        {"hostPort": 20000 + i, "containerPort": 80, "protocol": "tcp"}
+                    ]
+                },
+            },
         ]
 
     def setup(self, i: int, ns: Netns) -> None:
@@ -237,48 +280,59 @@ class Cni(Peer):
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def run_peer(
-    peer: Peer, pool: list[Netns], probe: Netns, levels: list[int], iters: int
-) -> dict[tuple[str, int], list[float]]:
-    out: dict[tuple[str, int], list[float]] = {}
-    host = Netns.create("benchhost")
-    tmp = Path(tempfile.mkdtemp(prefix="nyx-bench-"))
-    try:
-        with entered(host):
-            peer.prepare(tmp)
-            attached = 0
-            probe_id = 60000 - 20000  # host port 60000 for the probe container
-            for level in levels:
-                while attached < level:
-                    peer.setup(attached, pool[attached])
-                    attached += 1
-                ups: list[float] = []
-                downs: list[float] = []
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    peer.setup(probe_id, probe)
-                    t1 = time.perf_counter()
-                    peer.teardown(probe_id, probe)
-                    t2 = time.perf_counter()
-                    ups.append((t1 - t0) * 1000)
-                    downs.append((t2 - t1) * 1000)
-                out[("setup", level)] = ups
-                out[("teardown", level)] = downs
-                print(f"  {peer.name:9s} {level:4d} attached: setup {statistics.median(ups):7.2f} ms"
-                      f"  teardown {statistics.median(downs):7.2f} ms", file=sys.stderr)
-            if isinstance(peer, (Nyx, Floor)):
-                # in-process peers hold sockets in the host namespace: clean up explicitly
-                for i in range(attached):
-                    peer.teardown(i, pool[i])
-            if isinstance(peer, Floor):
-                peer.close()
-    finally:
-        host.delete()  # takes every host-side veth (and so every container eth0) with it
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+class Runner:
+    """One peer in its own host namespace with its own container namespaces."""
+
+    def __init__(self, peer: Peer, size: int) -> None:
+        self.peer = peer
+        self.host = Netns.create("benchhost")
+        self.pool: list[Netns] = []
+        self.probe = Netns.create("benchprobe")
+        self.tmp = Path(tempfile.mkdtemp(prefix="nyx-bench-"))
+        self.attached = 0
+        self.ups: dict[int, list[float]] = {}
+        self.downs: dict[int, list[float]] = {}
+        self.pool = [Netns.create("bench") for _ in range(size)]
+        with entered(self.host):
+            peer.prepare(self.tmp)
+
+    def attach(self, level: int) -> None:
+        with entered(self.host):
+            while self.attached < level:
+                self.peer.setup(self.attached, self.pool[self.attached])
+                self.attached += 1
+            self.peer.setup(PROBE, self.probe)  # warm-up, not counted
+            self.peer.teardown(PROBE, self.probe)
+
+    def measure(self, level: int) -> None:
+        with entered(self.host):
+            t0 = time.perf_counter()
+            self.peer.setup(PROBE, self.probe)
+            t1 = time.perf_counter()
+            self.peer.teardown(PROBE, self.probe)
+            t2 = time.perf_counter()
+        self.ups.setdefault(level, []).append((t1 - t0) * 1000)
+        self.downs.setdefault(level, []).append((t2 - t1) * 1000)
+
+    def close(self) -> None:
+        try:
+            with entered(self.host):
+                if isinstance(self.peer, (Nyx, Floor)):
+                    # in-process peers hold sockets in the host namespace: undo explicitly
+                    for i in range(self.attached):
+                        self.peer.teardown(i, self.pool[i])
+                if isinstance(self.peer, Floor):
+                    self.peer.close()
+        finally:
+            for ns in [self.host, *self.pool, self.probe]:
+                ns.delete()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+PROBE = 40000  # the measured container publishes host port 60000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,29 +346,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     levels = [int(x) for x in args.levels.split(",")]
     makers: dict[str, Callable[[], Peer]] = {
-        "nyx": Nyx, "floor": Floor, "netavark": Netavark, "cni": Cni,
+        "nyx": Nyx,
+        "floor": Floor,
+        "netavark": Netavark,
+        "cni": Cni,
     }
     names = [p for p in args.peers.split(",") if p]
     if "netavark" in names and not os.path.exists(NETAVARK):
-        print(f"bench_native: {NETAVARK} missing (apt-get install netavark); skipped",
-              file=sys.stderr)
+        print(
+            f"bench_native: {NETAVARK} missing (apt-get install netavark); skipped", file=sys.stderr
+        )
         names.remove("netavark")
     if "cni" in names and not os.path.exists(f"{CNI_PATH}/bridge"):
-        print("bench_native: CNI plugins missing (containernetworking-plugins); skipped",
-              file=sys.stderr)
+        print(
+            "bench_native: CNI plugins missing (containernetworking-plugins); skipped",
+            file=sys.stderr,
+        )
         names.remove("cni")
-    pool: list[Netns] = []
-    probe = None
-    results: dict[str, dict[tuple[str, int], list[float]]] = {}
+    runners: list[Runner] = []
     try:
-        print(f"creating {max(levels)} container namespaces...", file=sys.stderr)
-        pool = [Netns.create("bench") for _ in range(max(levels))]
-        probe = Netns.create("benchprobe")
+        print(f"creating {len(names)} x {max(levels)} container namespaces...", file=sys.stderr)
         for name in names:
-            results[name] = run_peer(makers[name](), pool, probe, levels, args.iterations)
+            runners.append(Runner(makers[name](), max(levels)))
+        for level in levels:
+            for r in runners:
+                r.attach(level)
+            # interleaved: every peer sees the same background load
+            for _ in range(args.iterations):
+                for r in runners:
+                    r.measure(level)
+            print(f"  {level} attached: done", file=sys.stderr)
     finally:
-        for ns in [*pool, *([probe] if probe else [])]:
-            ns.delete()
+        for r in runners:
+            r.close()
+    results = {
+        r.peer.name: {
+            **{("setup", lv): xs for lv, xs in r.ups.items()},
+            **{("teardown", lv): xs for lv, xs in r.downs.items()},
+        }
+        for r in runners
+    }
     print_table(results, levels, args.iterations)
     return 0
 

@@ -158,8 +158,7 @@ class NativeDriver:
         check_kernel()
         net = Network(settings.network, settings.bridge, settings.gateway_interface, True)
         set_sysctl("net.ipv4.ip_forward", "1")
-        with nl.host_ipr() as ipr:
-            nl.ensure_bridge(ipr, net.bridge, net.gateway)
+        nl.ensure_bridge(net.bridge, net.gateway)
         _bridge_sysctls(net.bridge)
         try:
             self.firewall.ensure()
@@ -194,16 +193,16 @@ class NativeDriver:
                 raise ConfigError(
                     f"network {net.name!r}: bridge name {net.bridge!r} is taken by {name!r}"
                 )
-        with nl.host_ipr() as ipr:
-            nl.ensure_bridge(ipr, net.bridge, net.gateway)
-            try:
-                _bridge_sysctls(net.bridge)
-                self.firewall.run(
-                    network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
-                )
-            except BaseException:
-                nl.delete_link(ipr, net.bridge)
-                raise
+        nl.ensure_bridge(net.bridge, net.gateway)
+        try:
+            _bridge_sysctls(net.bridge)
+            self.firewall.run(
+                network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
+            )
+        except BaseException:
+            with nl.host_rtnl() as rt:
+                nl.delete_link(rt, net.bridge)
+            raise
         st["networks"][net.name] = net.record()
 
     def _remove_network_if_empty(self, st: dict[str, Any], name: str) -> None:
@@ -214,8 +213,8 @@ class NativeDriver:
             return
         net = Network.from_record(name, rec)
         self._delete_elements(network_elements("delete", net.bridge, net.subnet), name)
-        with nl.host_ipr() as ipr:
-            nl.delete_link(ipr, net.bridge)
+        with nl.host_rtnl() as rt:
+            nl.delete_link(rt, net.bridge)
         del st["networks"][name]
         st["cursor"].pop(name, None)
 
@@ -319,8 +318,8 @@ class NativeDriver:
                 if static is None:
                     st["cursor"][net.name] = str(ip)
             undo.append(("lease", lambda: self._forget(key)))
-            with nl.host_ipr() as ipr:
-                br = nl.get_link(ipr, net.bridge)
+            with nl.host_rtnl() as rt:
+                br = nl.get_link(rt, net.bridge)
                 if br is None:
                     raise NetlinkError(
                         f"bridge {net.bridge!r} of network {net.name!r} is missing "
@@ -329,10 +328,11 @@ class NativeDriver:
                 fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     try:
-                        nl.create_veth(ipr, veth, br.index, br.mtu, fd, opts.interface, mac)
+                        nl.create_veth(rt, veth, br.index, br.mtu, fd, opts.interface, mac)
                     except nl.LinkExists:  # a leftover of a crashed setup: replace it
-                        nl.delete_link(ipr, veth)
-                        nl.create_veth(ipr, veth, br.index, br.mtu, fd, opts.interface, mac)
+                        if not nl.delete_link(rt, veth):
+                            raise
+                        nl.create_veth(rt, veth, br.index, br.mtu, fd, opts.interface, mac)
                 finally:
                     os.close(fd)
             undo.append(("veth", lambda: self._del_veth(veth)))
@@ -378,8 +378,8 @@ class NativeDriver:
                 self._remove_network_if_empty(st, rec["network"])
 
     def _del_veth(self, name: str) -> None:
-        with nl.host_ipr() as ipr:
-            nl.delete_link(ipr, name)
+        with nl.host_rtnl() as rt:
+            nl.delete_link(rt, name)
 
     # ------------------------------------------------------------------ teardown
 
@@ -407,10 +407,10 @@ class NativeDriver:
         # 2. veths (gone already when the netns was deleted)
         if recs:
             try:
-                with nl.host_ipr() as ipr:
+                with nl.host_rtnl() as rt:
                     for rec in recs.values():
                         try:
-                            nl.delete_link(ipr, rec["veth"])
+                            nl.delete_link(rt, rec["veth"])
                         except NyxError as exc:
                             errors.append(exc)
             except OSError as exc:

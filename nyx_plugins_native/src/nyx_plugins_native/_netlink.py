@@ -1,9 +1,11 @@
-"""Netlink through pyroute2, in the calling thread's network namespace.
+"""Netlink in the calling thread's network namespace.
 
-Sockets are opened in the calling thread's namespace for each operation (pyroute2 0.9
-binds its sockets to the thread that uses them). Container-side work opens a socket inside
-the container namespace by switching the calling thread there with
-``setns`` for the few microseconds the ``socket()`` call takes; no process is forked.
+The rare, host-wide steps (creating a bridge) use pyroute2's ``IPRoute``; the per-container
+hot path uses :class:`~nyx_plugins_native._rtnl.Rtnl`, pyroute2's message classes over a
+plain socket, with several requests per ``send``. Sockets are opened per operation in the
+namespace of the calling thread, so concurrent setups never share one. Container-side work
+opens its socket inside the container namespace by switching the calling thread there with
+``setns`` just for the ``socket()`` call; no process is forked.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
 
 from nyx_core.errors import NetlinkError
 
+from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
+
 __all__ = [
     "LinkExists",
     "LinkInfo",
@@ -28,8 +32,10 @@ __all__ = [
     "create_veth",
     "delete_link",
     "ensure_bridge",
-    "host_ipr",
+    "get_link",
+    "host_rtnl",
     "in_netns",
+    "random_mac",
 ]
 
 _CLONE_NEWNET = 0x40000000
@@ -65,21 +71,20 @@ def in_netns(path: str) -> Iterator[None]:
 
 
 @contextmanager
-def host_ipr() -> Iterator[Any]:
-    """An ``IPRoute`` of the calling thread's netns, closed after the block.
-
-    pyroute2 0.9 keeps its socket and event loop per thread, so a socket is never shared
-    between threads (concurrent setups each open their own; opening costs ~0.5 ms).
-    """
-    ipr = IPRoute(groups=0)  # no multicast subscriptions: only our own replies to parse
+def host_rtnl() -> Iterator[Rtnl]:
+    """An rtnetlink socket of the calling thread's netns, closed after the block."""
     try:
-        yield ipr
+        rt = Rtnl()
+    except OSError as exc:
+        raise NetlinkError(f"cannot open a netlink socket: {exc.strerror}") from exc
+    try:
+        yield rt
     finally:
-        ipr.close()
+        rt.close()
 
 
-def _fail(what: str, exc: PyrNetlinkError) -> NetlinkError:
-    return NetlinkError(f"{what}: {os.strerror(exc.code) if exc.code else exc}")
+def _fail(what: str, code: int) -> NetlinkError:
+    return NetlinkError(f"{what}: {os.strerror(code)}")
 
 
 class LinkExists(NetlinkError):
@@ -95,18 +100,12 @@ class LinkInfo:
         self.kind = kind
 
 
-def get_link(ipr: Any, name: str) -> LinkInfo | None:
+def get_link(rt: Rtnl, name: str) -> LinkInfo | None:
     try:
-        msg = ipr.link("get", ifname=name)[0]
-    except PyrNetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise _fail(f"link {name!r} lookup failed", exc) from exc
-    kind = ""
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
-    return LinkInfo(msg["index"], msg.get_attr("IFLA_MTU") or 1500, kind)
+        found = rt.get_link(name)
+    except RtnlError as exc:
+        raise _fail(f"link {name!r} lookup failed", exc.errno or 0) from exc
+    return None if found is None else LinkInfo(*found)
 
 
 def random_mac() -> str:
@@ -115,52 +114,58 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def ensure_bridge(ipr: Any, name: str, gateway: ipaddress.IPv4Interface) -> LinkInfo:
+def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> LinkInfo:
     """Create (or complete) the bridge ``name`` with ``gateway`` and bring it up."""
-    link = get_link(ipr, name)
-    if link is None:
-        try:
-            ipr.link("add", ifname=name, kind="bridge", address=random_mac())
-        except PyrNetlinkError as exc:
-            if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT):
-                raise NetlinkError(
-                    f"cannot create bridge {name!r}: the kernel has no bridge support "
-                    "(CONFIG_BRIDGE; load it with `modprobe bridge`)"
-                ) from exc
-            if exc.code != errno.EEXIST:
-                raise _fail(f"cannot create bridge {name!r}", exc) from exc
-        link = get_link(ipr, name)
-        if link is None:
-            raise NetlinkError(f"bridge {name!r} vanished right after creation")
-    elif link.kind != "bridge":
-        raise NetlinkError(
-            f"interface {name!r} exists but is a {link.kind or 'plain'} link, not a bridge: "
-            "pick another bridge name (NYXD_BRIDGE)"
-        )
-    have = {
-        (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-        for a in ipr.addr("dump", index=link.index, family=2)
-    }
-    if (str(gateway.ip), gateway.network.prefixlen) not in have:
-        try:
-            ipr.addr(
-                "add",
-                index=link.index,
-                address=str(gateway.ip),
-                prefixlen=gateway.network.prefixlen,
-            )
-        except PyrNetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise _fail(f"cannot add {gateway} to bridge {name!r}", exc) from exc
+    with host_rtnl() as rt:
+        link = get_link(rt, name)
+    ipr: Any = IPRoute(groups=0)
     try:
-        ipr.link("set", index=link.index, state="up")
-    except PyrNetlinkError as exc:
-        raise _fail(f"cannot bring bridge {name!r} up", exc) from exc
-    return link
+        if link is None:
+            try:
+                ipr.link("add", ifname=name, kind="bridge", address=random_mac())
+            except PyrNetlinkError as exc:
+                if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT):
+                    raise NetlinkError(
+                        f"cannot create bridge {name!r}: the kernel has no bridge support "
+                        "(CONFIG_BRIDGE; load it with `modprobe bridge`)"
+                    ) from exc
+                if exc.code != errno.EEXIST:
+                    raise _fail(f"cannot create bridge {name!r}", exc.code) from exc
+            with host_rtnl() as rt:
+                link = get_link(rt, name)
+            if link is None:
+                raise NetlinkError(f"bridge {name!r} vanished right after creation")
+        elif link.kind != "bridge":
+            raise NetlinkError(
+                f"interface {name!r} exists but is a {link.kind or 'plain'} link, not a "
+                "bridge: pick another bridge name (NYXD_BRIDGE)"
+            )
+        have = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.addr("dump", index=link.index, family=2)
+        }
+        if (str(gateway.ip), gateway.network.prefixlen) not in have:
+            try:
+                ipr.addr(
+                    "add",
+                    index=link.index,
+                    address=str(gateway.ip),
+                    prefixlen=gateway.network.prefixlen,
+                )
+            except PyrNetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise _fail(f"cannot add {gateway} to bridge {name!r}", exc.code) from exc
+        try:
+            ipr.link("set", index=link.index, state="up")
+        except PyrNetlinkError as exc:
+            raise _fail(f"cannot bring bridge {name!r} up", exc.code) from exc
+        return link
+    finally:
+        ipr.close()
 
 
 def create_veth(
-    ipr: Any,
+    rt: Rtnl,
     host_name: str,
     bridge_index: int,
     mtu: int,
@@ -169,25 +174,34 @@ def create_veth(
     mac: str,
 ) -> None:
     """veth ``host_name`` on the bridge, its peer created directly in the container netns."""
-    try:
-        ipr.link(
-            "add",
-            ifname=host_name,
-            kind="veth",
-            mtu=mtu,
-            master=bridge_index,
-            state="up",
-            peer={"ifname": peer_name, "net_ns_fd": netns_fd, "address": mac, "mtu": mtu},
+    msg = Rtnl.veth_msg(host_name, bridge_index, mtu, peer_name, netns_fd, mac)
+    (err,) = rt.batch([(msg, NEWLINK, CREATE_EXCL)])
+    if err == errno.EEXIST:
+        raise LinkExists(f"link {host_name!r} (or {peer_name!r} in the container) exists")
+    if err == errno.EOPNOTSUPP:
+        raise NetlinkError(
+            "cannot create a veth pair: the kernel has no veth support "
+            "(CONFIG_VETH; load it with `modprobe veth`)"
         )
-    except PyrNetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            raise LinkExists(host_name) from exc
-        if exc.code == errno.EOPNOTSUPP:
-            raise NetlinkError(
-                "cannot create a veth pair: the kernel has no veth support "
-                "(CONFIG_VETH; load it with `modprobe veth`)"
-            ) from exc
-        raise _fail(f"cannot create veth {host_name!r} (peer {peer_name!r})", exc) from exc
+    if err:
+        raise _fail(f"cannot create veth {host_name!r} (peer {peer_name!r})", err)
+    # A bridge port needs no IPv6: without this every port adds an fe80::/64 and an ff00::/8
+    # route on the same FIB node, and the kernel's cost of adding a port grows with their
+    # number. Done while the link is down, before addrconf runs.
+    _disable_ipv6(host_name)
+    (err,) = rt.batch([(Rtnl.up_msg(0, host_name), NEWLINK, 0)])
+    if err:
+        raise _fail(f"cannot bring veth {host_name!r} up", err)
+
+
+def _disable_ipv6(ifname: str) -> None:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        pass  # a kernel without IPv6
+    except OSError as exc:
+        raise NetlinkError(f"cannot disable IPv6 on {ifname!r}: {exc.strerror}") from exc
 
 
 def configure_container(
@@ -198,37 +212,49 @@ def configure_container(
 ) -> None:
     """Inside the container netns: ``lo`` up, address on ``ifname``, up, default route."""
     with in_netns(netns_path):
-        ipr = IPRoute(groups=0)
+        rt = Rtnl()
     try:
-        step = f"{ifname} lookup"
-        try:
-            idx = ipr.link("get", ifname=ifname)[0]["index"]
-            step = "lo up"
-            ipr.link("set", index=1, state="up")
-            step = f"address {address} on {ifname}"
-            ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
-            step = f"{ifname} up"
-            ipr.link("set", index=idx, state="up")
-            if gateway is not None:
-                step = f"default route via {gateway}"
-                try:
-                    ipr.route("add", dst="0.0.0.0/0", gateway=str(gateway), oif=idx)
-                except PyrNetlinkError as exc:
-                    # a second network: the first one's default route stays
-                    if exc.code != errno.EEXIST or ifname == "eth0":
-                        raise
-        except PyrNetlinkError as exc:
-            raise _fail(f"container netns {netns_path!r}: {step} failed", exc) from exc
+        link = get_link(rt, ifname)
+        if link is None:
+            raise NetlinkError(f"container netns {netns_path!r}: {ifname} is missing")
+        steps: list[tuple[str, Any, int, int]] = [
+            ("lo up", Rtnl.up_msg(1), NEWLINK, 0),
+            (
+                f"address {address} on {ifname}",
+                Rtnl.addr_msg(
+                    link.index,
+                    str(address.ip),
+                    address.network.prefixlen,
+                    str(address.network.broadcast_address),
+                ),
+                NEWADDR,
+                CREATE_EXCL,
+            ),
+            (f"{ifname} up", Rtnl.up_msg(link.index), NEWLINK, 0),
+        ]
+        if gateway is not None:
+            steps.append(
+                (
+                    f"default route via {gateway}",
+                    Rtnl.default_route_msg(str(gateway), link.index),
+                    NEWROUTE,
+                    CREATE_EXCL,
+                )
+            )
+        errs = rt.batch([(m, t, f) for _s, m, t, f in steps])
+        for (step, *_rest), err in zip(steps, errs, strict=True):
+            if not err:
+                continue
+            if step.startswith("default route") and err == errno.EEXIST and ifname != "eth0":
+                continue  # a second network: the first one's default route stays
+            raise _fail(f"container netns {netns_path!r}: {step} failed", err)
     finally:
-        ipr.close()
+        rt.close()
 
 
-def delete_link(ipr: Any, name: str) -> bool:
+def delete_link(rt: Rtnl, name: str) -> bool:
     """Delete a link; False when it did not exist."""
     try:
-        ipr.link("del", ifname=name)
-    except PyrNetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return False
-        raise _fail(f"cannot delete link {name!r}", exc) from exc
-    return True
+        return rt.del_link(name)
+    except RtnlError as exc:
+        raise _fail(f"cannot delete link {name!r}", exc.errno or 0) from exc
