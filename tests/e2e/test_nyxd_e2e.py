@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -192,4 +193,44 @@ def test_twenty_in_parallel_distinct_ips_all_answer(nyxd: Nyxd) -> None:
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         list(pool.map(remove, made))
+    assert_clean(nyxd)
+
+
+def test_pull_from_a_registry_then_run(nyxd: Nyxd, busybox_tar: Path, tmp_path: Path) -> None:
+    registry = Path("/usr/bin/docker-registry")
+    if not registry.exists() or shutil.which("skopeo") is None:
+        pytest.skip("needs docker-registry and skopeo")
+    storage = tmp_path / "registry"
+    storage.mkdir()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n"
+        "http:\n  addr: 127.0.0.1:5000\n"
+    )
+    reg = subprocess.Popen(
+        ["nsenter", f"--net={nyxd.ns.path}", "--", str(registry), "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ref = "127.0.0.1:5000/demo/busybox:v1"
+    try:
+        wait_for(
+            lambda: nyxd.host("curl", "-s", "-m", "1", "http://127.0.0.1:5000/v2/").returncode == 0,
+            what="registry",
+        )
+        push = nyxd.host(
+            "skopeo", "copy", "--dest-tls-verify=false", f"docker-archive:{busybox_tar}",
+            f"docker://{ref}", timeout=120,
+        )  # fmt: skip
+        assert push.returncode == 0, push.stderr
+        r = nyxd.nyx("pull", "--insecure", ref, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().startswith("sha256:")
+        assert ref in [t for i in nyxd.client.request("GET", "/v1/images") for t in i["repo_tags"]]
+        r = nyxd.nyx("run", "--rm", ref, "echo", "pulled and running")
+        assert r.returncode == 0 and "pulled and running" in r.stdout, r.stderr
+    finally:
+        reg.terminate()
+        reg.wait(10)
     assert_clean(nyxd)

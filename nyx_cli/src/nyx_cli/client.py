@@ -535,8 +535,11 @@ def _show_progress(ev: dict[str, Any], tty: bool) -> None:
 @click.option("-u", "--username", prompt=True, help="user name")
 @click.option("-p", "--password", default=None, help="password (prefer --password-stdin)")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin")
+@click.option("--insecure", is_flag=True, help="plain HTTP / unverified TLS for this registry")
 @click.argument("registry")
-def login(registry: str, username: str, password: str | None, password_stdin: bool) -> None:
+def login(
+    registry: str, username: str, password: str | None, password_stdin: bool, insecure: bool
+) -> None:
     """Store registry credentials in the docker auth file nyxd reads when pulling."""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -547,7 +550,9 @@ def login(registry: str, username: str, password: str | None, password_stdin: bo
     except ImportError:
         _die("login is not available: nyx_core._registry is not installed")
     try:
-        _registry.login(registry, username, password)  # type: ignore[attr-defined]
+        _registry.login(
+            registry, username, password, insecure_registries=(registry,) if insecure else ()
+        )
     except Exception as exc:
         _die(f"login to {registry} failed: {exc}")
     click.echo("Login Succeeded")
