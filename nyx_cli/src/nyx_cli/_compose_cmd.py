@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from http.client import HTTPException
 from pathlib import Path
 from types import FrameType
@@ -430,6 +431,26 @@ def _follow(
             signal.signal(signal.SIGTERM, previous)
 
 
+def _interruptible(call: Callable[[], object]) -> bool:
+    """Run ``call`` in a helper thread so a signal interrupts the wait, not the request
+    (whose connection then still finishes and closes cleanly). ``False`` on an API error."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            call()
+        except (ApiError, click.ClickException) as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    while not done.wait(0.2):
+        pass
+    return not failed
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -540,10 +561,19 @@ def up(ctx: click.Context, detach: bool) -> None:
 
     def stop_all() -> None:
         click.echo("Gracefully stopping... (press Ctrl+C again to force)", err=True)
-        for c in reversed(started):
-            with contextlib.suppress(ApiError, click.ClickException):
-                client.request("POST", _stop_path(c, None))
-                _status("Container", str(c.get("name")), "Stopped")
+        pending = list(reversed(started))
+        timeout: float | None = None
+        while pending:
+            c = pending[0]
+            try:
+                if _interruptible(partial(client.request, "POST", _stop_path(c, timeout))):
+                    _status("Container", str(c.get("name")), "Stopped")
+                pending.pop(0)
+            except KeyboardInterrupt:
+                if timeout == 0:
+                    raise
+                click.echo("Killing...", err=True)
+                timeout = 0
 
     _follow(client, started, plan.name, follow=True, on_interrupt=stop_all)
 

@@ -55,6 +55,8 @@ class FakeNyxd:
         self.hold_follow = threading.Event()
         self.hold_follow.set()
         self.following = threading.Event()
+        self.stop_gate: threading.Event | None = None
+        self.stopping = threading.Event()
         self.lock = threading.Lock()
         self._next = 0
 
@@ -149,6 +151,14 @@ class FakeNyxd:
                 return 404, {"error": f"no such container {parts[2]}"}
             c = matches[0]
             if method == "POST" and parts[3:] == ["stop"]:
+                gate = self.stop_gate
+                if gate is not None and query.get("timeout") != ["0"]:
+                    self.stopping.set()
+                    self.lock.release()
+                    try:
+                        gate.wait(10)
+                    finally:
+                        self.lock.acquire()
                 c["state"] = "exited"
                 return 200, {"id": c["id"], "state": "exited"}
             if method == "DELETE" and len(parts) == 3:
@@ -402,6 +412,43 @@ def test_up_foreground_sigterm_stops_the_stack(
     assert all(c["state"] == "exited" for c in daemon.containers)
 
 
+def test_up_foreground_second_signal_kills(fake: tuple[FakeNyxd, str], project_dir: Path) -> None:
+    daemon, sock = fake
+    daemon.hold_follow.clear()
+    daemon.stop_gate = gate = threading.Event()
+
+    def guard(signum: int, frame: Any) -> None:
+        raise AssertionError("nyx compose up did not install its SIGTERM handler")
+
+    previous = signal.signal(signal.SIGTERM, guard)
+
+    def terminate_twice() -> None:
+        daemon.following.wait(10)
+        os.kill(os.getpid(), signal.SIGTERM)
+        daemon.stopping.wait(10)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_twice, daemon=True)
+    try:
+        killer.start()
+        result = run(sock, "up")
+    finally:
+        killer.join(10)
+        gate.set()
+        daemon.hold_follow.set()
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 0, result.output
+    assert "Killing..." in result.stderr
+    web = daemon.by_name("mystack-web-1")["id"]
+    backend = daemon.by_name("mystack-backend-1")["id"]
+    stops = [r[1] for r in daemon.calls("POST") if "/stop" in r[1]]
+    assert stops == [
+        f"/v1/containers/{web}/stop",
+        f"/v1/containers/{web}/stop?timeout=0",
+        f"/v1/containers/{backend}/stop?timeout=0",
+    ]
+
+
 # ---------------------------------------------------------------- down
 
 
@@ -641,3 +688,12 @@ def test_socket_from_env_and_parent_context(
 def test_yaml_reads_like_compose() -> None:
     data = load_yaml("p: [22:22, 80, '1:2']\nr: no\nd: 2024-01-01\nb: true\nn: 0x10", "x")
     assert data == {"p": ["22:22", 80, "1:2"], "r": "no", "d": "2024-01-01", "b": True, "n": 16}
+
+
+def test_yaml_anchors_and_merge_keys() -> None:
+    data = load_yaml(
+        "x-base: &base {image: busybox, restart: no}\n"
+        "services:\n  a:\n    <<: *base\n    command: echo a\n",
+        "x",
+    )
+    assert data["services"]["a"] == {"image": "busybox", "restart": "no", "command": "echo a"}
