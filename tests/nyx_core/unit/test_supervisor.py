@@ -523,3 +523,50 @@ def test_labels_filter(sup: Supervisor) -> None:
     assert len(sup.list_containers(labels={"nyx.stack": None})) == 2
     info = sup.info()
     assert info["driver"] == "fake" and info["containers"] == 2 and info["running"] == 2
+
+
+def test_daemon_serves_then_stops_everything(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import socket
+
+    from nyx_core._daemon import serve
+
+    s = make_sup(tmp_path, parts, calls)  # for its settings, backend and DNS facades
+    notify = tmp_path / "notify"
+    got: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
+        ns.bind(str(notify))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+        stop = threading.Event()
+        ready = threading.Event()
+        t = threading.Thread(
+            target=serve,
+            args=(s.settings, s.backend, s.dns),
+            kwargs={"host": s.host, "stop_event": stop, "ready": lambda sup: ready.set()},
+        )
+        t.start()
+        try:
+            assert ready.wait(10)
+            got.append(ns.recv(100))
+            with socket.socket(socket.AF_UNIX) as c:
+                c.connect(str(s.settings.socket))
+                body = json.dumps({"image": "busybox:nyx"}).encode()
+                c.sendall(
+                    b"POST /v1/containers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                reply = b""
+                while chunk := c.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 201")
+        finally:
+            stop.set()
+            t.join(30)
+    assert not t.is_alive()
+    assert got == [b"READY=1\nSTATUS=serving"]
+    names = calls.names()
+    assert names[:2] == ["ensure", "dns_start"]
+    assert names.index("start") < names.index("teardown") < names.index("dns_stop")
+    assert not s.settings.socket.exists()
