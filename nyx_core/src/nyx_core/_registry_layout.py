@@ -112,6 +112,16 @@ class OciLayout:
         self.publish(path)
 
     def add_to_index(self, desc: Descriptor, ref: Reference, plat: str) -> None:
+        """Add (or replace) the entry for ``ref``; concurrent pulls into one layout keep
+        each other's entries (``flock`` on ``oci-layout`` around read-modify-write)."""
+        with open(self.root / "oci-layout", "rb") as marker:
+            fcntl.flock(marker.fileno(), fcntl.LOCK_EX)
+            try:
+                self._add_to_index(desc, ref, plat)
+            finally:
+                fcntl.flock(marker.fileno(), fcntl.LOCK_UN)
+
+    def _add_to_index(self, desc: Descriptor, ref: Reference, plat: str) -> None:
         index_path = self.root / "index.json"
         index: dict[str, Any] = {"schemaVersion": 2, "manifests": []}
         with contextlib.suppress(FileNotFoundError, ValueError):
@@ -178,7 +188,24 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_THREAD_LOCKS = tuple(threading.Lock() for _ in range(64))  # striped: flock is per process
+_PATH_LOCKS: dict[str, tuple[threading.Lock, list[int]]] = {}  # path -> (lock, [users])
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _thread_lock(key: str) -> Iterator[None]:
+    """A lock per path between threads (``flock`` only separates processes)."""
+    with _PATH_LOCKS_GUARD:
+        lock, users = _PATH_LOCKS.setdefault(key, (threading.Lock(), [0]))
+        users[0] += 1
+    try:
+        with lock:
+            yield
+    finally:
+        with _PATH_LOCKS_GUARD:
+            users[0] -= 1
+            if users[0] == 0:
+                del _PATH_LOCKS[key]
 
 
 @contextlib.contextmanager
@@ -189,8 +216,7 @@ def partial_file(path: Path) -> Iterator[Any]:
     still be the one at the path (another holder may have renamed it into place meanwhile).
     """
     partial = path.with_name(path.name + ".partial")
-    tlock = _THREAD_LOCKS[hash(str(partial)) % len(_THREAD_LOCKS)]
-    with tlock:
+    with _thread_lock(str(partial)):
         while True:
             fh = open(partial, "a+b")  # noqa: SIM115 - closed below
             try:

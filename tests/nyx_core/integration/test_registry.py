@@ -627,3 +627,26 @@ def test_registry_token_auth_with_jwt_realm(tmp_path: Path) -> None:
     assert got.digest == layout.top_digest
     check_layout(tmp_path / "b")
     assert any(q.get("scope") == ["repository:app:pull"] for q in realm.requests)
+
+
+def test_concurrent_pulls_into_one_layout(pushed: Pushed, tmp_path: Path) -> None:
+    """Two pulls sharing a layout: every blob is downloaded once, both succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = ProxyState(upstream=pushed.registry.host, mode="none", blob_delay=0.1)
+    with run_token_proxy(state) as (host, _), ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(pull_to_oci_layout, f"{host}/oci:v1", tmp_path) for _ in range(2)]
+        results = [f.result() for f in futures]
+    check_layout(tmp_path)
+    assert results[0].digest == results[1].digest
+    assert sum(r.downloaded for r in results) == results[0].size
+    blob_gets = [p for (m, p, _) in state.requests if m == "GET" and "/blobs/" in p]
+    assert len(blob_gets) == len(set(blob_gets)) == 5
+    # different images at once: index.json keeps every entry
+    jobs = [("schema2", AMD64), ("zstd-skopeo", "linux/riscv64"), ("multi", "linux/arm64")]
+    with ThreadPoolExecutor(3) as pool:
+        list(
+            pool.map(lambda j: pull_to_oci_layout(pushed.ref(j[0]), tmp_path, platform=j[1]), jobs)
+        )
+    names = {e["annotations"]["org.opencontainers.image.ref.name"] for e in check_layout(tmp_path)}
+    assert names == {f"{host}/oci:v1", *(pushed.ref(repo) for repo, _ in jobs)}
