@@ -307,3 +307,25 @@ def test_dns_policy_table(
     mixed = _dns_seen(stack, MIXED)
     assert mixed == {"a": expected["mixed"], "b": expected["mixed"]}
     assert stack.api("/v1/containers?all=1") == []
+
+
+def test_restart_on_failure_while_up_runs_in_the_foreground(nyxd: Nyxd, tmp_path: Path) -> None:
+    stack = Stack(daemon=nyxd, workdir=tmp_path / "project")
+    stack.workdir.mkdir()
+    (stack.workdir / "compose.yaml").write_text(
+        f"""
+name: flaky
+services:
+  job: {{image: {IMAGE}, restart: "on-failure:2", command: [sh, -c, "echo attempt; exit 3"]}}
+  once: {{image: {IMAGE}, command: [sh, -c, "echo once; exit 1"]}}
+"""
+    )
+    try:
+        up = stack.nyx("compose", "up")
+    finally:
+        down = stack.nyx("compose", "down", "-t", "1", check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert up.stdout.count("job-1   | attempt") == 3, up.stdout
+    assert up.stdout.count("once-1  | once") == 1, up.stdout
+    assert "flaky-job-1 exited with 3; gave up after 2 restart(s)" in up.stderr
+    assert stack.api("/v1/containers?all=1") == []

@@ -375,10 +375,15 @@ def _follow(
     project: str,
     follow: bool,
     on_interrupt: Callable[[], None] | None = None,
+    on_end: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None,
 ) -> None:
-    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end."""
+    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end.
+
+    ``on_end(container)`` runs (in this thread) when a followed container's output ends; a
+    container it returns (a restarted one) is followed in its place.
+    """
     width = max((len(_prefix(c, project)) for c in containers), default=0)
-    lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
+    events: queue.Queue[tuple[str, str] | Mapping[str, Any]] = queue.Queue()
     suffix = "?follow=1" if follow else ""
 
     def pump(container: Mapping[str, Any]) -> None:
@@ -387,11 +392,11 @@ def _follow(
             for raw in client.stream(
                 f"/v1/containers/{quote(_cid(container), safe='')}/logs{suffix}"
             ):
-                lines.put((label, raw.decode(errors="replace").rstrip("\r\n")))
+                events.put((label, raw.decode(errors="replace").rstrip("\r\n")))
         except (ApiError, click.ClickException, OSError, HTTPException) as exc:
-            lines.put((label, f"(logs ended: {exc})"))
+            events.put((label, f"(logs ended: {exc})"))
         finally:
-            lines.put(None)
+            events.put(container)
 
     if not follow:
         for c in containers:
@@ -405,23 +410,29 @@ def _follow(
     def on_term(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
+    def start(container: Mapping[str, Any]) -> None:
+        threading.Thread(target=pump, args=(container,), daemon=True).start()
+
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, on_term)
-    threads = [threading.Thread(target=pump, args=(c,), daemon=True) for c in containers]
-    pending = len(threads)
+    pending = len(containers)
     try:
-        for t in threads:
-            t.start()
+        for c in containers:
+            start(c)
         while pending:
             try:
-                item = lines.get(timeout=0.5)
+                item = events.get(timeout=0.5)
             except queue.Empty:
                 continue
-            if item is None:
-                pending -= 1
+            if isinstance(item, tuple):
+                click.echo(f"{item[0]}  | {item[1]}")
                 continue
-            click.echo(f"{item[0]}  | {item[1]}")
+            pending -= 1
+            replacement = on_end(item) if on_end is not None else None
+            if replacement is not None:
+                pending += 1
+                start(replacement)
     except KeyboardInterrupt:
         if on_interrupt is None:
             raise SystemExit(130) from None
@@ -575,7 +586,48 @@ def up(ctx: click.Context, detach: bool) -> None:
                 click.echo("Killing...", err=True)
                 timeout = 0
 
-    _follow(client, started, plan.name, follow=True, on_interrupt=stop_all)
+    restarts: dict[str, int] = {}
+
+    def restart_on_failure(ended: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """``restart: on-failure[:N]``, enforced by this foreground ``up`` (nyxd has no
+        restart policy): a service that exited non-zero is recreated."""
+        service = _service_of(ended, plan.name)
+        svc = plan.project.services.get(service)
+        if svc is None or svc.restart != "on-failure":
+            return None
+        name = plan.container_name(service)
+        try:
+            info = client.request("GET", f"/v1/containers/{quote(_cid(ended), safe='')}")
+            code = info.get("exit_code") if isinstance(info, dict) else None
+            if not isinstance(info, dict) or info.get("state") != "exited" or code in (0, None):
+                return None
+            done = restarts.get(service, 0)
+            if svc.restart_max_retries is not None and done >= svc.restart_max_retries:
+                click.echo(f"{name} exited with {code}; gave up after {done} restart(s)", err=True)
+                return None
+            restarts[service] = done + 1
+            _status("Container", name, f"Restarting (exit {code})")
+            _remove_container(client, info)
+            created = client.request("POST", "/v1/containers", plan.create_request(service))
+        except (ApiError, click.ClickException) as exc:
+            click.echo(f"{name}: restart failed: {exc}", err=True)
+            return None
+        if not isinstance(created, dict):
+            return None
+        created.setdefault("name", name)
+        created.setdefault("labels", {SERVICE_LABEL: service})
+        created.setdefault("state", "running")
+        started[:] = [created if _cid(c) == _cid(ended) else c for c in started]
+        return created
+
+    _follow(
+        client,
+        started,
+        plan.name,
+        follow=True,
+        on_interrupt=stop_all,
+        on_end=restart_on_failure,
+    )
 
 
 @compose.command("down")

@@ -52,6 +52,7 @@ class FakeNyxd:
         self.fail: dict[tuple[str, str], tuple[int, str]] = {}
         self.fail_create: dict[str, tuple[int, str]] = {}
         self.logs: dict[str, list[str]] = {}
+        self.exits: dict[str, list[int]] = {}
         self.hold_follow = threading.Event()
         self.hold_follow.set()
         self.following = threading.Event()
@@ -150,6 +151,8 @@ class FakeNyxd:
             if not matches:
                 return 404, {"error": f"no such container {parts[2]}"}
             c = matches[0]
+            if method == "GET" and len(parts) == 3:
+                return 200, {k: v for k, v in c.items() if k != "spec"}
             if method == "POST" and parts[3:] == ["stop"]:
                 gate = self.stop_gate
                 if gate is not None and query.get("timeout") != ["0"]:
@@ -205,6 +208,10 @@ def _handler(fake: FakeNyxd) -> type[BaseHTTPRequestHandler]:
                 if "follow=1" in url.query:
                     fake.following.set()
                     fake.hold_follow.wait(10)
+                    codes = fake.exits.get(c[0]["name"])
+                    if codes:
+                        with fake.lock:
+                            c[0]["state"], c[0]["exit_code"] = "exited", codes.pop(0)
                 return
             self._send(*fake.handle("GET", self.path, None))
 
@@ -447,6 +454,35 @@ def test_up_foreground_second_signal_kills(fake: tuple[FakeNyxd, str], project_d
         f"/v1/containers/{web}/stop?timeout=0",
         f"/v1/containers/{backend}/stop?timeout=0",
     ]
+
+
+def test_up_foreground_restarts_on_failure_services(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    (project_dir / "compose.yaml").write_text(
+        TWO_TIER.replace(
+            "    image: busybox\n    networks:",
+            "    image: busybox\n    restart: on-failure:2\n    networks:",
+        )
+    )
+    daemon.exits = {"mystack-backend-1": [1, 3, 4], "mystack-web-1": [1]}
+    daemon.logs = {"mystack-backend-1": ["try"]}
+    result = run(sock, "up")
+    assert result.exit_code == 0, result.output
+    created = [r[2]["name"] for r in daemon.calls("POST", "/v1/containers") if r[2]]
+    assert created == [
+        "mystack-backend-1",
+        "mystack-web-1",
+        "mystack-backend-1",
+        "mystack-backend-1",
+    ]
+    assert "Container mystack-backend-1  Restarting (exit 1)" in result.stdout
+    assert "Container mystack-backend-1  Restarting (exit 3)" in result.stdout
+    assert "mystack-backend-1 exited with 4; gave up after 2 restart(s)" in result.stderr
+    assert result.stdout.count("backend-1  | try") == 3
+    assert "web-1  Restarting" not in result.stdout  # restart: no
+    assert len(daemon.containers) == 2
 
 
 # ---------------------------------------------------------------- down
