@@ -462,6 +462,32 @@ def _interruptible(call: Callable[[], object]) -> bool:
     return not failed
 
 
+def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
+    """What the daemon's driver cannot do is refused (or reported) before anything starts.
+
+    The CNI driver attaches a container to its one CNI network and ignores ``internal``
+    (the spec: "CNI ignores opts for now").
+    """
+    info = client.request("GET", "/v1/info")
+    if not isinstance(info, dict) or info.get("driver") != "cni":
+        return
+    for name, svc in plan.project.services.items():
+        if len(svc.networks) > 1:
+            keys = ", ".join(sn.key for sn in svc.networks)
+            raise click.ClickException(
+                f"services.{name}.networks: nyxd runs the cni driver, which attaches a "
+                f"container to one network; {name} lists {len(svc.networks)} ({keys}). "
+                "Use one network per service or nyxd --net-driver=native"
+            )
+    for net in plan.networks():
+        if net.internal:
+            click.echo(
+                f"warning: networks.{net.key}.internal: not enforced by nyxd's cni driver "
+                "(configure your CNI plugins); it still selects the DNS policy",
+                err=True,
+            )
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -514,6 +540,7 @@ def up(ctx: click.Context, detach: bool) -> None:
     started: list[dict[str, Any]] = []
     service = ""
     try:
+        _check_driver(client, plan)
         existing = _stack_containers(client, plan.name)
         by_service: dict[str, list[dict[str, Any]]] = {}
         for c in existing:

@@ -53,6 +53,7 @@ class FakeNyxd:
         self.fail_create: dict[str, tuple[int, str]] = {}
         self.logs: dict[str, list[str]] = {}
         self.exits: dict[str, list[int]] = {}
+        self.driver = "native"
         self.hold_follow = threading.Event()
         self.hold_follow.set()
         self.following = threading.Event()
@@ -88,6 +89,8 @@ class FakeNyxd:
         self, method: str, path: str, query: dict[str, list[str]], body: Any
     ) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
+        if parts == ["v1", "info"] and method == "GET":
+            return 200, {"driver": self.driver, "dns": "auto"}
         if parts[:2] == ["v1", "networks"]:
             if method == "POST" and len(parts) == 2:
                 name = body["name"]
@@ -483,6 +486,22 @@ def test_up_foreground_restarts_on_failure_services(
     assert result.stdout.count("backend-1  | try") == 3
     assert "web-1  Restarting" not in result.stdout  # restart: no
     assert len(daemon.containers) == 2
+
+
+def test_up_with_the_cni_driver_refuses_two_networks_per_service(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    daemon.driver = "cni"
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 1
+    assert "services.web.networks: nyxd runs the cni driver" in result.stderr
+    assert "web lists 2 (front, back)" in result.stderr
+    assert daemon.networks == {} and daemon.containers == []
+    (project_dir / "compose.yaml").write_text(TWO_TIER.replace("[front, back]", "[back]"))
+    ok = run(sock, "up", "-d")
+    assert ok.exit_code == 0, ok.output
+    assert "warning: networks.back.internal: not enforced by nyxd's cni driver" in ok.stderr
 
 
 # ---------------------------------------------------------------- down
