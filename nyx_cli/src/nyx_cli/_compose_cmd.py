@@ -46,7 +46,7 @@ from ._http import Client, DaemonUnavailable, default_socket
 __all__ = ["ApiError", "DaemonClient", "compose", "load_yaml"]
 
 
-# ------------------------------------------------------------------ HTTP over a unix socket
+# ------------------------------------------------------------------ talking to nyxd
 
 
 class ApiError(Exception):
@@ -131,7 +131,8 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def load_yaml(text: str, source: str) -> Any:
-    """Parse a compose file; a syntax error is a ``NyxError`` naming the file and line."""
+    """Parse a compose file; a syntax error is one ``ClickException`` line naming the file
+    and the position."""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
