@@ -177,7 +177,8 @@ class _Options:
     def compose_file(self, required: bool = True) -> Path | None:
         if self.file is not None:
             if not self.file.is_file():
-                raise click.ClickException(f"compose file {str(self.file)!r} not found")
+                why = "is not a regular file" if self.file.exists() else "not found"
+                raise click.ClickException(f"compose file {str(self.file)!r} {why}")
             return self.file
         try:
             return find_compose_file(Path.cwd())
