@@ -254,7 +254,10 @@ class Bench:
         argv = self.nsexec(
             "dnsperf", "-s", GATEWAY, "-p", str(port), "-a", CLIENT, "-d", str(qfile), *extra
         )
-        return subprocess.run(argv, check=True, text=True, capture_output=True).stdout
+        r = subprocess.run(argv, check=False, text=True, capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr or r.stdout}")
+        return r.stdout
 
     def measure(self, which: str, scenario: str) -> dict[str, float]:
         """One max-qps run and one latency run against the running server ``which``."""
