@@ -79,6 +79,26 @@ def allocate(
     )
 
 
+class _Tracked(dict[str, Any]):
+    """The attachments dict, remembering which keys a block set or deleted."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        super().__init__(data)
+        self.changed: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changed.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.changed.add(key)
+        return super().pop(key, *default)
+
+
 def _parse_head(raw: bytes) -> dict[str, Any]:
     try:
         head = json.loads(raw) if raw.strip() else {}
@@ -145,20 +165,19 @@ class StateStore:
         tmp.write_text(text)
         os.replace(tmp, path)
 
-    def _store(self, old: dict[str, Any], new: dict[str, Any], old_top: str) -> None:
-        oa, na = old["attachments"], new["attachments"]
-        for key, rec in na.items():
-            if oa.get(key) is not rec:
-                self.adir.mkdir(parents=True, exist_ok=True)
-                self._atomic_write(self.adir / self._fname(key), json.dumps(rec))
-        for key in oa:
-            if key not in na:
+    def _store(self, changed: set[str], attachments: dict[str, Any], top: str | None) -> None:
+        for key in changed:
+            rec = attachments.get(key)
+            path = self.adir / self._fname(key)
+            if rec is None:
                 try:
-                    os.unlink(self.adir / self._fname(key))
+                    os.unlink(path)
                 except FileNotFoundError:
                     pass
-        top = json.dumps({"networks": new["networks"]}, sort_keys=True)
-        if top != old_top:
+            else:
+                self.adir.mkdir(parents=True, exist_ok=True)
+                self._atomic_write(path, json.dumps(rec))
+        if top is not None:
             self._atomic_write(self.netfile, top)
 
     @contextmanager
@@ -180,21 +199,21 @@ class StateStore:
                 # the lock file holds the generation and the IPAM cursors (a hint only)
                 head = _parse_head(os.pread(fd, 65536, 0))
                 if self._cache is not None and self._cache[0] == head["g"] and head["g"]:
-                    cached = self._cache[1]
+                    work = self._cache[1]
                 else:
-                    cached = self._load()
-                self._cache = None
-                work = {
-                    "version": cached["version"],
-                    "networks": dict(cached["networks"]),
-                    "cursor": dict(head["c"]),
-                    "attachments": dict(cached["attachments"]),
-                }
-                old_top = json.dumps({"networks": cached["networks"]}, sort_keys=True)
+                    work = self._load()
+                self._cache = None  # until the block ends well: it edits ``work`` in place
+                attachments = work["attachments"]
+                if not isinstance(attachments, _Tracked):
+                    attachments = work["attachments"] = _Tracked(attachments)
+                attachments.changed = set()
+                work["cursor"] = dict(head["c"])
+                old_top = json.dumps({"networks": work["networks"]}, sort_keys=True)
                 yield work
                 gen = head["g"]
                 if write:
-                    self._store(cached, work, old_top)
+                    top = json.dumps({"networks": work["networks"]}, sort_keys=True)
+                    self._store(attachments.changed, attachments, None if top == old_top else top)
                     gen += 1
                     raw = json.dumps({"g": gen, "c": work["cursor"]}).encode()
                     os.ftruncate(fd, len(raw))
