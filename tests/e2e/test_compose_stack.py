@@ -152,6 +152,53 @@ def _wait_for(url: str, ns: Netns, want: str, timeout: float = 60) -> str | None
     return body
 
 
+OTHER = """
+name: other
+services:
+  probe:
+    image: {image}
+    command:
+      - sh
+      - -c
+      - |
+        for name in backend api web; do
+          if nslookup $$name >/dev/null 2>&1; then s=found; else s=missing; fi
+          echo "dns $$name $$s"
+        done
+        for target in {targets}; do
+          req='GET / HTTP/1.0\\r\\n\\r\\n'
+          if printf "$$req" | nc -w 2 $${{target%:*}} $${{target#*:}} | grep -q 200; then
+            s=reached
+          else
+            s=blocked
+          fi
+          echo "tcp $$target $$s"
+        done
+"""
+
+
+def _another_stack_is_isolated(stack: Stack) -> None:
+    """A second project neither resolves nor reaches the first one's services."""
+    by_name = {c["name"]: c["ips"] for c in stack.api("/v1/containers")}
+    targets = [f"{ip}:8000" for ip in by_name["twotier-backend-1"]]
+    targets += [f"{ip}:80" for ip in by_name["twotier-web-1"]]
+    assert len(targets) == 3  # backend on back; web on front and back
+    other = Stack(daemon=stack.daemon, workdir=stack.workdir / "other")
+    other.workdir.mkdir()
+    (other.workdir / "compose.yaml").write_text(
+        OTHER.format(image=IMAGE, targets=" ".join([*targets, f"{EXT_IP}:8000"]))
+    )
+    try:
+        up = other.nyx("compose", "up")
+    finally:
+        down = other.nyx("compose", "down", "-t", "1", check=False)
+    assert down.returncode == 0, down.stdout + down.stderr
+    said = {line.partition("|")[2].strip() for line in up.stdout.splitlines() if "|" in line}
+    assert {"dns backend missing", "dns api missing", "dns web missing"} <= said, up.stdout
+    assert {f"tcp {t} blocked" for t in targets} <= said, up.stdout
+    assert f"tcp {EXT_IP}:8000 reached" in said, up.stdout  # the probe itself works
+
+
 def test_two_tier_stack(stack: Stack) -> None:
     (stack.workdir / "compose.yaml").write_text(STACK)
     before = snapshot(stack.host)
@@ -182,6 +229,7 @@ def test_two_tier_stack(stack: Stack) -> None:
         # ... backend (only on the internal network) does not
         verdict = _wait_for(f"{web}/backend-external.txt", stack.host, "e")
         assert verdict == "blocked\n"
+        _another_stack_is_isolated(stack)
     finally:
         down = stack.nyx("compose", "down", "-t", "1", check=False)
     assert down.returncode == 0, down.stdout + down.stderr
