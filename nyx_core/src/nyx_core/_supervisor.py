@@ -149,6 +149,7 @@ class _Live:
     done: threading.Event = field(default_factory=threading.Event)
     stop_requested: bool = False
     removed: bool = False
+    adopted: bool = False  # left running by a previous nyxd: not our child, signal via runc
 
 
 def image_public(img: Any) -> dict[str, Any]:
@@ -185,12 +186,14 @@ class Supervisor:
         host: Host,
         *,
         stop_grace: float = 10.0,
+        readopt: bool = True,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.dns = dns
         self.host = host
         self.stop_grace = stop_grace
+        self.readopt = readopt
         self.store = StateStore(settings.state_dir)
         self.run_dir = Path(settings.run_dir)
         (self.run_dir / "netns").mkdir(parents=True, exist_ok=True)
@@ -519,13 +522,18 @@ class Supervisor:
             code = None
         live.exited.set()
         with live.lock, logger.contextualize(container=rec.id):
-            rec.exit_code = code
-            rec.finished = now()
-            rec.pid = None
-            self._teardown(live)
-            rec.state = "stopped" if live.stop_requested else "exited"
-            self._persist(live)
-            live.done.set()
+            try:
+                rec.exit_code = code
+                rec.finished = now()
+                rec.pid = None
+                self._teardown(live)
+                rec.state = "stopped" if live.stop_requested else "exited"
+                self._persist(live)
+            except Exception as exc:
+                logger.bind(error=repr(exc)).error("after-exit teardown failed")
+            finally:
+                rec.state = "stopped" if live.stop_requested else "exited"
+                live.done.set()
             logger.bind(exit_code=code, state=rec.state).info("container finished")
         if rec.spec.rm and not self._closing:
             with contextlib.suppress(NyxError):
@@ -595,7 +603,7 @@ class Supervisor:
 
     def _signal(self, live: _Live, sig: int) -> None:
         pid = live.rec.pid
-        if self.host.signal_direct and pid and not live.exited.is_set():
+        if self.host.signal_direct and pid and not live.adopted and not live.exited.is_set():
             try:
                 os.kill(pid, sig)
                 return
@@ -665,7 +673,8 @@ class Supervisor:
                 if chunk:
                     yield chunk
                     continue
-                if not follow or live.done.is_set() or live.removed:
+                failed = live.rec.state == "created" and live.rec.error is not None
+                if not follow or live.done.is_set() or live.removed or failed:
                     rest = f.read()
                     if rest:
                         yield rest
@@ -830,14 +839,25 @@ class Supervisor:
     # ------------------------------------------------------------------ daemon lifecycle
 
     def reconcile(self) -> dict[str, int]:
-        """After a (re)start: stop what a previous nyxd left running and undo its setup."""
+        """After a (re)start: re-adopt containers still running, undo what is left of others.
+
+        A container whose runc state is still ``running`` with the recorded pid is adopted
+        (its DNS records registered again, a watcher started; its exit code will read 255,
+        it is no longer nyxd's child). Anything else a previous nyxd recorded is stopped and
+        torn down: netns, veths, nft elements, leases, DNS records, mounts.
+        """
         records, broken = self.store.load_all()
-        stopped = cleaned = 0
+        stopped = cleaned = adopted = 0
         known = {r.id for r in records}
         for rec in records:
             live = _Live(rec)
             dirty = rec.runc_created or rec.network_setup or rec.dns_registered
             dirty = dirty or rec.rootfs_mounted or bool(rec.netns_path)
+            with self._lock:
+                self._live[rec.id] = live
+            if rec.state == "running" and self.readopt and self._adopt(live):
+                adopted += 1
+                continue
             if rec.state == "running" or dirty:
                 with logger.contextualize(container=rec.id):
                     if rec.state == "running":
@@ -851,8 +871,6 @@ class Supervisor:
                     cleaned += 1
             live.exited.set()
             live.done.set()
-            with self._lock:
-                self._live[rec.id] = live
             if rec.spec.rm and rec.state != "created":
                 self._remove(live)
             else:
@@ -868,9 +886,42 @@ class Supervisor:
                 oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
                 if isinstance(oid, str) and oid not in known:
                     self._clean_orphan(oid)
-        if stopped or cleaned:
-            logger.bind(stopped=stopped, cleaned=cleaned).info("reconciled previous state")
-        return {"stopped": stopped, "cleaned": cleaned}
+        if stopped or cleaned or adopted:
+            logger.bind(stopped=stopped, cleaned=cleaned, adopted=adopted).info(
+                "reconciled previous state"
+            )
+        return {"stopped": stopped, "cleaned": cleaned, "adopted": adopted}
+
+    def _adopt(self, live: _Live) -> bool:
+        rec = live.rec
+        try:
+            st = self.host.runtime.state(rec.id)
+        except Exception:
+            return False
+        if not isinstance(st, dict) or st.get("status") != "running":
+            return False
+        if not rec.pid or st.get("pid") != rec.pid or not rec.network_setup:
+            return False
+        live.adopted = True
+        with logger.contextualize(container=rec.id):
+            if rec.dns_registered:
+                if self.dns is None:
+                    rec.dns_registered = False
+                else:
+                    try:
+                        ips = [ipaddress.ip_address(ip) for ip in rec.ips]
+                        with self._net_lock:
+                            self.dns.register(
+                                rec.id, rec.hostname, ips, self._dns_aliases(rec), rec.networks
+                            )
+                    except Exception as exc:
+                        logger.bind(error=str(exc)).warning("DNS re-registration failed")
+            self._persist(live)
+            logger.bind(pid=rec.pid).info("container re-adopted")
+        threading.Thread(
+            target=self._watch, args=(live, rec.pid), name=f"watch-{rec.id[:12]}", daemon=True
+        ).start()
+        return True
 
     def _kill_leftover(self, rec: ContainerRecord) -> None:
         with contextlib.suppress(Exception):

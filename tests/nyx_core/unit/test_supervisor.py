@@ -173,7 +173,9 @@ class FakeRuntime:
 
     def state(self, container_id: str) -> Any:
         ev = self.exits.get(container_id)
-        return {"status": "stopped" if ev is None or ev.is_set() else "running"}
+        if ev is None or ev.is_set():
+            return {"status": "stopped"}
+        return {"status": "running", "pid": 4242}
 
     def delete(self, container_id: str, force: bool) -> None:
         self.calls.append(("runc_delete", container_id))
@@ -485,7 +487,7 @@ def test_reconcile_stops_leftovers(tmp_path: Path, parts: dict[str, Any], calls:
     (tmp_path / "run" / "netns").mkdir(parents=True)
     (tmp_path / "run" / "netns" / ("d" * 64)).touch()  # an orphan without a record
     s = make_sup(tmp_path, parts, calls)
-    assert s.reconcile() == {"stopped": 1, "cleaned": 1}
+    assert s.reconcile() == {"stopped": 1, "cleaned": 1, "adopted": 0}
     got = s.get("left")
     assert got["state"] == "exited" and "restart" in got["error"]
     names = calls.names()
@@ -493,6 +495,24 @@ def test_reconcile_stops_leftovers(tmp_path: Path, parts: dict[str, Any], calls:
     assert ("teardown", "d" * 64, str(tmp_path / "run" / "netns" / ("d" * 64))) in calls
     again = StateStore(tmp_path / "state").load_all()[0][0]
     assert not (again.network_setup or again.runc_created or again.rootfs_mounted)
+
+
+def test_restart_readopts_running_containers(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    first = make_sup(tmp_path, parts, calls)
+    c = first.create(spec(name="keep", hostname="keep"))
+    calls.clear()
+    # a new nyxd on the same state while the container still runs
+    second = make_sup(tmp_path, parts, calls)
+    assert second.reconcile() == {"stopped": 0, "cleaned": 0, "adopted": 1}
+    assert calls.names() == ["register"]  # DNS records again; nothing torn down
+    assert second.get("keep")["state"] == "running"
+    parts["runtime"].ignore_term.add(c["id"])
+    out = second.stop("keep", timeout=0.1)
+    assert out["state"] == "stopped"
+    assert [x[2] for x in calls if x[0] == "kill"] == [signal.SIGTERM, signal.SIGKILL]
+    assert "teardown" in calls.names()
 
 
 def test_shutdown_stops_everything(sup: Supervisor, calls: Calls) -> None:
