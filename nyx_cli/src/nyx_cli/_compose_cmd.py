@@ -734,6 +734,66 @@ def _ports(container: Mapping[str, Any]) -> str:
     return ",".join(out)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Output that reads back as the same compose file: ``$`` escaped as ``$$`` (values are
+    already interpolated), multi-line strings as ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    value = value.replace("$", "$$")
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _normalized(plan: ComposePlan) -> dict[str, Any]:
+    """The validated file as nyx understood it (``config``), itself a valid compose file:
+    services in start order, the names nyxd gets as ``name``/``x-nyx-container-name``."""
+    services: dict[str, Any] = {}
+    for name in plan.order:
+        svc = plan.project.services[name]
+        entry: dict[str, Any] = {"image": svc.image, "hostname": svc.hostname}
+        if svc.entrypoint is not None:
+            entry["entrypoint"] = list(svc.entrypoint)
+        if svc.command is not None:
+            entry["command"] = list(svc.command)
+        if svc.environment:
+            entry["environment"] = dict(svc.environment)
+        if svc.ports:
+            entry["ports"] = [str(p) for p in svc.ports]
+        key_of = {n.name: n.key for n in plan.project.networks.values()}
+        entry["networks"] = {
+            key_of[a.name]: ({"aliases": a.aliases[1:]} if a.aliases[1:] else None)
+            for a in plan.attachments(name)
+        }
+        if svc.depends_on:
+            entry["depends_on"] = list(svc.depends_on)
+        entry["restart"] = svc.restart + (
+            f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
+        )
+        entry["x-nyx-container-name"] = plan.container_name(name)
+        services[name] = entry
+    networks = {n.key: {"name": n.name, "internal": n.internal} for n in plan.networks()}
+    return {"name": plan.name, "services": services, "networks": networks}
+
+
+@compose.command("config")
+@click.option("-q", "--quiet", is_flag=True, help="only validate; print nothing")
+@click.pass_context
+def config(ctx: click.Context, quiet: bool) -> None:
+    """Validate the file and print it as nyx understood it (no daemon needed).
+
+    Services are listed in start order, networks by the names nyxd gets.
+    """
+    plan = _options(ctx).plan()
+    assert plan is not None
+    if not quiet:
+        text = yaml.dump(_normalized(plan), Dumper=_Dumper, sort_keys=False, width=100)
+        click.echo(text, nl=False)
+
+
 @compose.command("ps")
 @click.pass_context
 def ps(ctx: click.Context) -> None:

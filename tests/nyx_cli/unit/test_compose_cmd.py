@@ -752,3 +752,38 @@ def test_yaml_anchors_and_merge_keys() -> None:
         "x",
     )
     assert data["services"]["a"] == {"image": "busybox", "restart": "no", "command": "echo a"}
+
+
+def test_config_prints_the_normalized_file_without_a_daemon(
+    project_dir: Path, tmp_path: Path
+) -> None:
+    result = run(str(tmp_path / "no-daemon.sock"), "config")
+    assert result.exit_code == 0, result.output
+    data = load_yaml(result.stdout, "config")
+    assert data["name"] == "mystack"
+    assert list(data["services"]) == ["backend", "web"]
+    assert data["services"]["web"]["ports"] == ["8080:80/tcp"]
+    assert data["services"]["web"]["command"] == ["httpd", "-f", "-p", "80"]
+    assert data["services"]["web"]["networks"] == {"front": None, "back": None}
+    assert data["services"]["backend"]["networks"] == {"back": {"aliases": ["api"]}}
+    assert data["services"]["backend"]["x-nyx-container-name"] == "mystack-backend-1"
+    assert data["networks"]["back"] == {"name": "mystack_back", "internal": True}
+    quiet = run(str(tmp_path / "no-daemon.sock"), "config", "-q")
+    assert quiet.exit_code == 0 and quiet.output == ""
+    (project_dir / "compose.yaml").write_text("services: {a: {image: x, restart: always}}")
+    bad = run(str(tmp_path / "no-daemon.sock"), "config", "-q")
+    assert bad.exit_code == 1
+    assert "services.a.restart: must be 'no' or 'on-failure[:N]'" in bad.output
+
+
+def test_config_output_reads_back_as_the_same_file(tmp_path: Path) -> None:
+    example = Path(__file__).parents[3] / "examples" / "compose" / "compose.yaml"
+    first = CliRunner().invoke(compose, ["-f", str(example), "config"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "$$BACKEND_URL" in first.stdout and "- |" in first.stdout
+    again = tmp_path / "again.yaml"
+    again.write_text(first.stdout)
+    second = CliRunner().invoke(compose, ["-f", str(again), "config"], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert second.stdout == first.stdout
+    assert second.stderr == ""  # no warnings: the output is a plain compose file
