@@ -75,6 +75,8 @@ CHAINS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "forward": (
         "type filter hook forward priority 0; policy accept;",
         [
+            # published ports are for everybody, containers of other networks included
+            ("nyx:published", "iifname @net_bridges ct status dnat accept"),
             # networks are isolated from each other
             (
                 "nyx:isolate",

@@ -212,7 +212,7 @@ def test_extra_networks_are_isolated_and_removed_with_their_last_container(
     before = snapshot(nyx_in_host)
     blue = SetupOptions(network="blue", subnet="10.232.1.1/24")
     a, b, c = nyx_container_ns(), nyx_container_ns(), nyx_container_ns()
-    ra = native.setup("xn-a", a.path, [], SetupOptions())
+    ra = native.setup("xn-a", a.path, [PortMapping.parse("18600:9300")], SetupOptions())
     rb = native.setup("xn-b", b.path, [], blue)
     # c is on both networks: eth0 on the default one, eth1 on blue
     rc0 = native.setup("xn-c", c.path, [], SetupOptions())
@@ -234,6 +234,8 @@ def test_extra_networks_are_isolated_and_removed_with_their_last_container(
         assert ask(c, str(ra.ips[0]), 9300) == f"a {rc0.ips[0]}"
         # different networks cannot talk to each other
         assert ask(b, str(ra.ips[0]), 9300, timeout=0.5) == ""
+        # ... but a published port is reachable from everywhere
+        assert ask(b, "10.232.1.1", 18600).startswith("a ")
         native.teardown("xn-b", b.path)
         assert nyx_in_host.ipj("link", "show", br)  # c is still on blue
     finally:
