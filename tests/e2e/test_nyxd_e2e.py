@@ -253,3 +253,26 @@ def test_pull_from_a_registry_then_run(nyxd: Nyxd, busybox_tar: Path, tmp_path: 
         reg.terminate()
         reg.wait(10)
     assert_clean(nyxd)
+
+
+def test_cni_driver_runs_publishes_and_leaves_dns_to_cni(
+    nyxd_factory: Callable[..., Nyxd], tmp_path: Path
+) -> None:
+    if not Path("/usr/lib/cni/bridge").exists() or shutil.which("iptables") is None:
+        pytest.skip("needs containernetworking-plugins and iptables")
+    conf = tmp_path / "cni-conf"
+    conf.mkdir()
+    d = nyxd_factory(
+        "--net-driver", "cni", "--cni-bin-dir", "/usr/lib/cni", "--cni-conf-dir", str(conf)
+    )
+    assert d.client.info()["driver"] == "cni"
+    r = d.nyx("run", "-d", "--name", "web", "-p", "8080:80", "busybox:nyx", *HTTPD)
+    assert r.returncode == 0, r.stderr
+    assert wait_for(
+        lambda: PAGE in d.host("curl", "-s", "-m", "2", "http://127.0.0.1:8080/").stdout,
+        what="8080 through the CNI portmap plugin",
+    )
+    r = d.nyx("run", "--rm", "busybox:nyx", "cat", "/etc/resolv.conf")
+    assert r.returncode == 0 and d.gateway not in r.stdout  # --dns auto + cni: CNI side
+    assert d.nyx("rm", "-f", "web").returncode == 0
+    assert_clean(d)
