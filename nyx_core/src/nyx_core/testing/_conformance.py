@@ -16,6 +16,7 @@ Override ``nyx_backend`` when your driver needs settings beyond ``nyx_settings``
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 
@@ -26,7 +27,7 @@ from .._models import PortMapping, SetupOptions, SetupResult
 from .._plugins import DRIVER_GROUP, NetworkBackend, installed_plugins, make_plugin_manager
 from .._settings import NyxSettings
 from ..errors import NyxError, PluginNotFoundError
-from ._netns import Netns, snapshot
+from ._netns import Netns, entered, snapshot
 
 __all__ = ["BackendConformance"]
 
@@ -199,3 +200,70 @@ class BackendConformance:
         finally:
             for i, ns in enumerate(nss):
                 nyx_backend.teardown(f"conf-p{i}", ns.path)
+
+    @pytest.mark.kernel
+    def test_setup_result_describes_the_container(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        ctr = nyx_container_ns()
+        result = nyx_backend.setup("conf-r", ctr.path, [], SetupOptions())
+        try:
+            assert result.container_id == "conf-r"
+            assert result.interfaces, "setup returned no interface"
+            for iface in result.interfaces:
+                assert iface.name
+                for addr in iface.addresses:
+                    assert addr.network.prefixlen > 0, f"{iface.name}: {addr} has no prefix"
+            # every address it reports is really configured in the container's netns
+            inside = {
+                f"{a['local']}/{a['prefixlen']}"
+                for link in ctr.ipj("addr", "show")
+                for a in link.get("addr_info", [])
+            }
+            for iface in result.interfaces:
+                for addr in iface.addresses:
+                    assert str(addr) in inside, f"{addr} is not configured in the container"
+        finally:
+            nyx_backend.teardown("conf-r", ctr.path)
+
+    @pytest.mark.kernel
+    def test_published_port_answers_on_the_gateway_address(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        if not self.nyx_publishes_ports:
+            pytest.skip("driver publishes no ports")
+        ctr = nyx_container_ns()
+        result = nyx_backend.setup("conf-g", ctr.path, self._ports("18084:8084"), SetupOptions())
+        server: socket.socket | None = None
+        try:
+            if result.gateway is None:
+                pytest.skip("driver reports no gateway")
+            with entered(ctr):
+                server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            server.bind(("0.0.0.0", 8084))
+            server.listen(1)
+            server.settimeout(5)
+
+            def answer() -> None:
+                assert server is not None
+                try:
+                    conn, _peer = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(b"conformance")
+
+            t = threading.Thread(target=answer, daemon=True)
+            t.start()
+            with socket.create_connection((str(result.gateway), 18084), timeout=5) as client:
+                assert client.recv(64) == b"conformance"
+            t.join(timeout=5)
+        finally:
+            if server is not None:
+                server.close()
+            nyx_backend.teardown("conf-g", ctr.path)
