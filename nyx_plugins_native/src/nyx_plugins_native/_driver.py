@@ -103,6 +103,7 @@ class NativeDriver:
         self.firewall = firewall or Firewall()
         self._settings: NyxSettings | None = None
         self._store: StateStore | None = None
+        # attachment key -> sockets holding its published host ports
         self._reserved: dict[str, list[socket.socket]] = {}
         self._lock = threading.Lock()
 
@@ -177,8 +178,25 @@ class NativeDriver:
         with self._lock:
             self._settings = settings
             self._store = store
+        self._reserve_again(store)
         logger.debug("network ready", bridge=net.bridge, subnet=str(net.subnet))
         return {"driver": "native", "bridge": net.bridge, "subnet": str(net.subnet)}
+
+    def _reserve_again(self, store: StateStore) -> None:
+        """After a restart: hold the published ports of containers still attached again."""
+        with store.locked(write=False) as st:
+            recs = {k: a["ports"] for k, a in st["attachments"].items() if a["ports"]}
+        for key, ports in recs.items():
+            with self._lock:
+                if key in self._reserved:
+                    continue
+            try:
+                socks = reserve([_pel(p) for p in ports])
+            except NyxError as exc:
+                logger.warning("published port not reserved again", attachment=key, error=str(exc))
+                continue
+            with self._lock:
+                self._reserved.setdefault(key, []).extend(socks)
 
     def _create_network(self, st: dict[str, Any], net: Network) -> None:
         """Bring up a non-default network's bridge and firewall elements (state locked)."""
@@ -359,7 +377,7 @@ class NativeDriver:
                 f"native driver: setup of container {container_id!r} failed: {exc!r}"
             ) from exc
         with self._lock:
-            self._reserved.setdefault(container_id, []).extend(socks)
+            self._reserved.setdefault(key, []).extend(socks)
         logger.debug("container set up", container=container_id, ip=str(ip), veth=veth)
         return SetupResult(
             container_id=container_id,
@@ -401,7 +419,7 @@ class NativeDriver:
             except NyxError as exc:
                 errors.append(exc)
         with self._lock:
-            socks = self._reserved.pop(container_id, [])
+            socks = [s for key in recs for s in self._reserved.pop(key, [])]
         for s in socks:
             s.close()
         # 2. veths (gone already when the netns was deleted)

@@ -294,3 +294,27 @@ def test_never_execs_or_forks(
     backend.teardown("nx-a", ctr.path)
     backend.setup("nx-b", ctr.path, [], SetupOptions(network="green", subnet="10.232.2.1/24"))
     backend.teardown("nx-b", ctr.path)
+
+
+def test_a_restarted_driver_reserves_published_ports_again(
+    nyx_in_host: Netns,
+    nyx_settings: NyxSettings,
+    nyx_container_ns: Callable[[], Netns],
+    servers: Servers,
+) -> None:
+    ctr = nyx_container_ns()
+    before = _driver.NativeDriver()
+    before.ensure_network(nyx_settings)
+    before.setup("rs-a", ctr.path, [PortMapping.parse("18700:80")], SetupOptions())
+    for socks in before._reserved.values():  # the old nyxd process is gone
+        for s in socks:
+            s.close()
+    servers(None, "0.0.0.0", 18701, "probe")  # sanity: binding works in general
+    after = _driver.NativeDriver()
+    after.ensure_network(nyx_settings)
+    try:
+        with pytest.raises(OSError):
+            servers(None, "0.0.0.0", 18700, "thief")
+    finally:
+        after.teardown("rs-a", ctr.path)
+    servers(None, "0.0.0.0", 18700, "free-again")
