@@ -158,6 +158,7 @@ class NativeDriver:
     def ensure_network(self, settings: NyxSettings) -> dict[str, Any]:
         check_kernel()
         net = Network(settings.network, settings.bridge, settings.gateway_interface, True)
+        nl.check_veth_support()
         set_sysctl("net.ipv4.ip_forward", "1")
         nl.ensure_bridge(net.bridge, net.gateway)
         _bridge_sysctls(net.bridge)

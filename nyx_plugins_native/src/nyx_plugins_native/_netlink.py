@@ -20,6 +20,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from nyx_core.errors import NetlinkError
 
@@ -28,6 +29,7 @@ from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
 __all__ = [
     "LinkExists",
     "LinkInfo",
+    "check_veth_support",
     "configure_container",
     "create_veth",
     "delete_link",
@@ -106,6 +108,27 @@ def get_link(rt: Rtnl, name: str) -> LinkInfo | None:
     except RtnlError as exc:
         raise _fail(f"link {name!r} lookup failed", exc.errno or 0) from exc
     return None if found is None else LinkInfo(*found)
+
+
+def check_veth_support() -> None:
+    """Ask the kernel for a veth with an invalid MTU: it says EOPNOTSUPP when veth is missing,
+    EINVAL (from the veth driver's own validation, nothing created) when it is there."""
+    msg = ifinfmsg()
+    msg["attrs"] = [
+        ("IFLA_IFNAME", "nyxprobe0"),
+        ("IFLA_MTU", 1),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]}),
+    ]
+    with host_rtnl() as rt:
+        (err,) = rt.batch([(msg, NEWLINK, CREATE_EXCL)])
+    if err == errno.EOPNOTSUPP:
+        raise NetlinkError(
+            "the kernel has no veth support (CONFIG_VETH; load it with `modprobe veth`; "
+            "see docs/kernel-requirements.md)"
+        )
+    if err == 0:  # cannot happen with MTU 1; clean up anyway
+        with host_rtnl() as rt:
+            rt.del_link("nyxprobe0")
 
 
 def random_mac() -> str:

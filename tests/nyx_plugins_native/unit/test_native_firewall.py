@@ -145,3 +145,16 @@ def test_binding_loads_from_its_file_location(monkeypatch: pytest.MonkeyPatch) -
     assert hasattr(mod, "Nftables")
     assert sys.path == path_before
     assert "/usr/lib/python3/dist-packages" not in sys.path
+
+
+def test_missing_veth_support_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from nyx_core import NetlinkError
+    from nyx_plugins_native import _netlink
+
+    monkeypatch.setattr(_netlink.Rtnl, "batch", lambda self, reqs: [errno.EOPNOTSUPP])
+    with pytest.raises(NetlinkError, match=r"no veth support \(CONFIG_VETH; .*modprobe veth"):
+        _netlink.check_veth_support()
+    monkeypatch.setattr(_netlink.Rtnl, "batch", lambda self, reqs: [errno.EINVAL])
+    _netlink.check_veth_support()  # veth present: its own validation refused MTU 1
