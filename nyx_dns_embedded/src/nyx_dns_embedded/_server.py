@@ -220,32 +220,29 @@ class DnsServer:
         resolve = self.resolver.resolve
         recvfrom = sock.recvfrom
         sendto = sock.sendto
-        n = 0
-        try:
-            for n in range(self.options.udp_batch):  # noqa: B007
-                try:
-                    data, addr = recvfrom(_UDP_RECV)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
-                try:
-                    out = resolve(data, addr[0])
-                except Exception as exc:  # never let one packet kill the reader
-                    self.stats["errors"] += 1
-                    logger.debug("embedded DNS: query from {} failed: {!r}", addr, exc)
-                    continue
+        handled = 0
+        for _ in range(self.options.udp_batch):
+            try:
+                data, addr = recvfrom(_UDP_RECV)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            handled += 1
+            try:
+                out = resolve(data, addr[0])
                 if out is None:
                     continue
                 if out.__class__ is int:
                     fwd.forward_udp(data, addr, out)
                 else:
-                    try:
-                        sendto(out, addr)  # type: ignore[arg-type]
-                    except OSError:
-                        pass
-        finally:
-            self.stats["udp"] += n
+                    sendto(out, addr)  # type: ignore[arg-type]
+            except OSError:
+                pass  # the reply could not be sent (buffer full, unreachable): dropped
+            except Exception as exc:  # never let one packet kill the reader
+                self.stats["errors"] += 1
+                logger.debug("embedded DNS: query from {} failed: {!r}", addr, exc)
+        self.stats["udp"] += handled
 
     # ------------------------------------------------------------------ TCP
 
