@@ -387,3 +387,50 @@ def test_missing_gateway_address_is_a_clear_error(
         p.start(settings)
     assert p.server is None
     p.stop()
+
+
+def test_concurrent_registrations_while_serving(dns_host: Netns, provider: EmbeddedDns) -> None:
+    import threading
+
+    provider.register("client", "client", ips(A_IP), [], ["n1"])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def churn(worker: int) -> None:
+        try:
+            for i in range(60):
+                cid = f"w{worker}-{i}"
+                provider.register(cid, cid, ips(f"10.231.{10 + worker}.{i + 1}"), [], ["n1"])
+                if i % 3 == 0:
+                    provider.deregister(cid)
+        except BaseException as exc:
+            errors.append(exc)
+
+    answered = []
+
+    def ask_all_the_time() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(query("client").rcode())
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    asker = threading.Thread(target=ask_all_the_time)
+    asker.start()
+    workers = [threading.Thread(target=churn, args=(w,)) for w in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    asker.join()
+    assert errors == []
+    assert answered and set(answered) == {dns.rcode.NOERROR}
+    for w in range(4):
+        for i in range(60):
+            r = query(f"w{w}-{i}.nyxd.local")
+            if i % 3 == 0:
+                assert r.rcode() == dns.rcode.NXDOMAIN
+            else:
+                assert addrs(r) == [f"10.231.{10 + w}.{i + 1}"]
