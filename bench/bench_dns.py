@@ -14,9 +14,12 @@ Scenarios:
   a dnsmasq on 127.0.0.1:53 in the namespace answering every name with 203.0.113.7. The
   dnsmasq peer runs with ``--cache-size=0`` so it forwards every query too.
 
-Per server and scenario: max qps (dnsperf, ``--duration`` seconds, 100 outstanding), then
-latency at ``--rate`` qps offered (dnsperf ``-v`` per-query lines: p50/p99). The ratios
-printed at the end are nyx over each peer (qps: higher is better; p99: lower is better).
+Per scenario all three servers run at once. Throughput: ``--rounds`` dnsperf runs per
+server (``--duration`` s, 100 outstanding; median reported). Latency: ``--latency-slices``
+slices of ``--slice-seconds`` at ``--rate`` qps offered per server, interleaved with the
+other servers' slices so background load hits all of them alike; p50/p99 of the pooled
+per-query latencies (dnsperf ``-v``). The ratios printed at the end are nyx over each peer
+(qps: higher is better; p99: lower is better).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ SUBNET = "10.231.0.0/16"
 UPSTREAM_ANSWER = "203.0.113.7"
 AARDVARK = shutil.which("aardvark-dns") or "/usr/lib/podman/aardvark-dns"
 PORTS = {"nyx": 5301, "aardvark": 5302, "dnsmasq": 5303}
+
+
+def rotate(items: list[str], n: int) -> list[str]:
+    k = n % len(items)
+    return items[k:] + items[:k]
 
 
 def container_ip(i: int) -> str:
@@ -259,11 +267,10 @@ class Bench:
             raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr or r.stdout}")
         return r.stdout
 
-    def measure(self, which: str, scenario: str) -> dict[str, float]:
-        """One max-qps run and one latency run against the running server ``which``."""
+    def throughput(self, which: str, scenario: str) -> tuple[float, float]:
+        """Max qps (``--duration`` s, 100 outstanding) and queries lost."""
         qfile = self.tmp / f"{scenario}.txt"
-        port = PORTS[which]
-        out = self.dnsperf(port, qfile, "-l", str(self.args.duration), "-q", "100")
+        out = self.dnsperf(PORTS[which], qfile, "-l", str(self.args.duration), "-q", "100")
         qps = lost = 0.0
         for line in out.splitlines():
             line = line.strip()
@@ -271,21 +278,22 @@ class Bench:
                 qps = float(line.split(":")[1])
             elif line.startswith("Queries lost:"):
                 lost = float(line.split(":")[1].split()[0])
+        return qps, lost
+
+    def latencies(self, which: str, scenario: str) -> tuple[list[float], int]:
+        """Per-query latencies (ms) of one slice at ``--rate`` qps, and non-NOERROR count."""
+        qfile = self.tmp / f"{scenario}.txt"
         out = self.dnsperf(
-            port, qfile, "-l", str(self.args.latency_seconds), "-Q", str(self.args.rate), "-v"
+            PORTS[which], qfile, "-l", str(self.args.slice_seconds), "-Q", str(self.args.rate), "-v"
         )
-        lat = []
-        bad = 0
+        lat, bad = [], 0
         for line in out.splitlines():
             if line.startswith("> "):
                 parts = line.split()
                 lat.append(float(parts[-1]) * 1000)
                 if parts[1] != "NOERROR":
                     bad += 1
-        lat.sort()
-        p50 = statistics.median(lat) if lat else float("nan")
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
-        return {"qps": qps, "lost": lost, "p50": p50, "p99": p99, "bad": float(bad)}
+        return lat, bad
 
     def cleanup(self) -> None:
         for proc in list(self.procs):
@@ -300,7 +308,8 @@ class Bench:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds per max-qps run")
-    ap.add_argument("--latency-seconds", type=int, default=5, help="seconds per latency run")
+    ap.add_argument("--latency-slices", type=int, default=20, help="latency slices per server")
+    ap.add_argument("--slice-seconds", type=int, default=1, help="seconds per latency slice")
     ap.add_argument("--rate", type=int, default=1000, help="qps offered in the latency run")
     ap.add_argument("--rounds", type=int, default=3, help="repeat and report medians")
     ap.add_argument("--names", type=int, default=200, help="container names")
@@ -318,45 +327,55 @@ def main() -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     bench = Bench(args)
     load = os.getloadavg()
-    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    qpss: dict[tuple[str, str], list[float]] = {}
+    losts: dict[tuple[str, str], list[float]] = {}
+    lats: dict[tuple[str, str], list[float]] = {}
+    bads: dict[tuple[str, str], int] = {}
     try:
         bench.setup()
         for scenario in scenarios:
-            # all servers run at once (idle ones cost nothing); rounds rotate the order so
-            # every server sees the same background noise
+            # all servers run at once (idle ones cost nothing); every phase rotates the
+            # order so each server sees the same background noise
             handles = [bench.start_server(which, scenario) for which in servers]
             try:
                 for rnd in range(args.rounds):
-                    order = servers[rnd % len(servers) :] + servers[: rnd % len(servers)]
-                    for which in order:
-                        r = bench.measure(which, scenario)
-                        results.setdefault((scenario, which), []).append(r)
-                        print(
-                            f"  {scenario:8} {which:9} qps {r['qps']:9.0f}  p99 {r['p99']:.3f} ms",
-                            file=sys.stderr,
-                        )
+                    for which in rotate(servers, rnd):
+                        qps, lost = bench.throughput(which, scenario)
+                        qpss.setdefault((scenario, which), []).append(qps)
+                        losts.setdefault((scenario, which), []).append(lost)
+                        print(f"  {scenario:8} {which:9} qps {qps:9.0f}", file=sys.stderr)
+                for sl in range(args.latency_slices):
+                    for which in rotate(servers, sl):
+                        lat, bad = bench.latencies(which, scenario)
+                        lats.setdefault((scenario, which), []).extend(lat)
+                        bads[(scenario, which)] = bads.get((scenario, which), 0) + bad
             finally:
                 for handle in handles:
                     bench.stop_server(handle)
     finally:
         bench.cleanup()
 
-    def med(scenario: str, which: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[(scenario, which)])
+    def pct(key: tuple[str, str], q: float) -> float:
+        lat = sorted(lats.get(key, []))
+        return lat[min(len(lat) - 1, int(len(lat) * q))] if lat else float("nan")
+
+    def qps_of(key: tuple[str, str]) -> float:
+        return statistics.median(qpss[key])
 
     print(
-        f"\nDNS, {args.names} names, dnsperf {args.duration} s max qps; latency at "
-        f"{args.rate} qps offered; median of {args.rounds} round(s); "
-        f"load average at start {load[0]:.2f}"
+        f"\nDNS, {args.names} names. qps: dnsperf {args.duration} s, 100 outstanding, median of "
+        f"{args.rounds}; latency: {args.latency_slices} interleaved {args.slice_seconds} s slices "
+        f"at {args.rate} qps, pooled. Load average at start {load[0]:.2f}"
     )
-    head = ("scenario", "server", "qps", "p50 ms", "p99 ms", "lost", "!NOERROR")
-    print("{:9} {:9} {:>9} {:>8} {:>8} {:>6} {:>8}".format(*head))
+    head = ("scenario", "server", "qps", "p50 ms", "p99 ms", "samples", "lost", "!NOERROR")
+    print("{:9} {:9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>8}".format(*head))
     for scenario in scenarios:
         for which in servers:
+            key = (scenario, which)
             print(
-                f"{scenario:9} {which:9} {med(scenario, which, 'qps'):9.0f} "
-                f"{med(scenario, which, 'p50'):8.3f} {med(scenario, which, 'p99'):8.3f} "
-                f"{med(scenario, which, 'lost'):6.0f} {med(scenario, which, 'bad'):8.0f}"
+                f"{scenario:9} {which:9} {qps_of(key):9.0f} {pct(key, 0.5):8.3f} "
+                f"{pct(key, 0.99):8.3f} {len(lats.get(key, [])):8d} "
+                f"{statistics.median(losts[key]):6.0f} {bads.get(key, 0):8d}"
             )
     if "nyx" in servers:
         print("\nratios (nyx / peer): qps higher is better, p99 lower is better")
@@ -364,8 +383,9 @@ def main() -> int:
             for peer in servers:
                 if peer == "nyx":
                     continue
-                q = med(scenario, "nyx", "qps") / max(med(scenario, peer, "qps"), 1e-9)
-                p = med(scenario, "nyx", "p99") / max(med(scenario, peer, "p99"), 1e-9)
+                mine, theirs = (scenario, "nyx"), (scenario, peer)
+                q = qps_of(mine) / max(qps_of(theirs), 1e-9)
+                p = pct(mine, 0.99) / max(pct(theirs, 0.99), 1e-9)
                 print(f"{scenario:9} nyx/{peer:9} qps {q:5.2f}x   p99 {p:5.2f}x")
     return 0
 
