@@ -224,16 +224,18 @@ class NativeDriver:
             raise
         st["networks"][net.name] = net.record()
 
+    def _drop_network(self, net: Network) -> None:
+        self._delete_elements(network_elements("delete", net.bridge, net.subnet), net.name)
+        with nl.host_rtnl() as rt:
+            nl.delete_link(rt, net.bridge)
+
     def _remove_network_if_empty(self, st: dict[str, Any], name: str) -> None:
         rec = st["networks"].get(name)
         if rec is None or rec["default"]:
             return
         if any(a["network"] == name for a in st["attachments"].values()):
             return
-        net = Network.from_record(name, rec)
-        self._delete_elements(network_elements("delete", net.bridge, net.subnet), name)
-        with nl.host_rtnl() as rt:
-            nl.delete_link(rt, net.bridge)
+        self._drop_network(Network.from_record(name, rec))
         del st["networks"][name]
         st["cursor"].pop(name, None)
 
@@ -301,6 +303,8 @@ class NativeDriver:
                             "(nyx_backend_ensure_network)"
                         )
                     self._create_network(st, net)
+                    # until the lease is on disk, a failure must remove the new network here
+                    undo.append(("network", lambda: self._drop_network(net)))
                 else:
                     net = Network.from_record(net.name, st["networks"][net.name])
                     if not net.default and opts.subnet is not None and opts.subnet != net.gateway:
@@ -336,6 +340,8 @@ class NativeDriver:
                 }
                 if static is None:
                     st["cursor"][net.name] = str(ip)
+            # the lease is on disk: _forget removes the network with its last lease
+            undo = [u for u in undo if u[0] != "network"]
             undo.append(("lease", lambda: self._forget(key)))
             with nl.host_rtnl() as rt:
                 br = nl.get_link(rt, net.bridge)

@@ -318,3 +318,26 @@ def test_a_restarted_driver_reserves_published_ports_again(
     finally:
         after.teardown("rs-a", ctr.path)
     servers(None, "0.0.0.0", 18700, "free-again")
+
+
+def test_failed_first_setup_on_a_new_network_removes_the_network(
+    native: NetworkBackend,
+    nyx_in_host: Netns,
+    nyx_container_ns: Callable[[], Netns],
+    servers: Servers,
+) -> None:
+    ctr = nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    servers(None, "0.0.0.0", 18800, "host-process")
+    blue = SetupOptions(network="violet", subnet="10.232.3.1/24")
+    with pytest.raises(NyxError, match="18800"):
+        native.setup("fn-a", ctr.path, [PortMapping.parse("18800:80")], blue)
+    assert snapshot(nyx_in_host) == before
+    with pytest.raises(IpamError, match="outside"):
+        native.setup(
+            "fn-a",
+            ctr.path,
+            [],
+            SetupOptions(network="violet", subnet="10.232.3.1/24", static_ip="10.9.9.9"),
+        )
+    assert snapshot(nyx_in_host) == before
