@@ -12,6 +12,9 @@ from typing import Any
 
 from nyx_core.testing import Netns, entered
 
+HOST_EXT_IP = "198.51.100.1"  # the host namespace's address on the "external" link
+EXT_IP = "198.51.100.2"  # the external namespace
+
 
 class Server:
     """Answers every TCP connection (or UDP datagram) with ``<name> <peer-ip>``."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import EXT_IP, HOST_EXT_IP
-from native_helpers import Servers, ask
+from native_helpers import EXT_IP, HOST_EXT_IP, Servers, ask
 
 from nyx_core import NetworkBackend, PortConflictError, PortMapping, SetupOptions
 from nyx_core.testing import Netns
