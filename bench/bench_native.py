@@ -16,7 +16,7 @@ noisy machine slows them alike; median and p90 are printed with nyx/peer ratios.
 
     .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15]
 
-Everything runs in namespaces named ``nyxt-bench*-<pid>-*`` that are deleted at the end.
+Everything runs in namespaces named ``nyxt-nbench*-<pid>-*`` that are deleted at the end.
 """
 
 from __future__ import annotations
@@ -288,16 +288,22 @@ class Runner:
 
     def __init__(self, peer: Peer, size: int) -> None:
         self.peer = peer
-        self.host = Netns.create("benchhost")
+        self.host = Netns.create("nbenchhost")
         self.pool: list[Netns] = []
-        self.probe = Netns.create("benchprobe")
+        self.probe = Netns.create("nbenchprobe")
         self.tmp = Path(tempfile.mkdtemp(prefix="nyx-bench-"))
         self.attached = 0
         self.ups: dict[int, list[float]] = {}
         self.downs: dict[int, list[float]] = {}
-        self.pool = [Netns.create("bench") for _ in range(size)]
-        with entered(self.host):
-            peer.prepare(self.tmp)
+        try:
+            for _ in range(size):
+                self.pool.append(Netns.create("nbench"))
+            with entered(self.host):
+                peer.prepare(self.tmp)
+        except BaseException:
+            for ns in [self.host, *self.pool, self.probe]:
+                ns.delete()
+            raise
 
     def attach(self, level: int) -> None:
         with entered(self.host):
