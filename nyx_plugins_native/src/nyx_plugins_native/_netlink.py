@@ -212,7 +212,21 @@ def create_veth(
     # route on the same FIB node, and the kernel's cost of adding a port grows with their
     # number. Done while the link is down, before addrconf runs.
     _disable_ipv6(host_name)
-    (err,) = rt.batch([(Rtnl.up_msg(0, host_name), NEWLINK, 0)])
+    # up, and hairpin mode on the bridge port: a container reaching its own published port
+    # through a host address gets its (masqueraded) packets back through the same port
+    up = Rtnl.up_msg(0, host_name)
+    up["attrs"].append(
+        (
+            "IFLA_LINKINFO",
+            {
+                "attrs": [
+                    ("IFLA_INFO_SLAVE_KIND", "bridge"),
+                    ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]}),
+                ]
+            },
+        )
+    )
+    (err,) = rt.batch([(up, NEWLINK, 0)])
     if err:
         raise _fail(f"cannot bring veth {host_name!r} up", err)
 

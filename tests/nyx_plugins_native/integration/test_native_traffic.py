@@ -67,6 +67,8 @@ def test_published_port_from_external_localhost_and_hairpin(
         # hairpin: another container through a host address, and through the gateway
         assert ask(client, HOST_EXT_IP, 18080).startswith("web ")
         assert ask(client, GW, 18080).startswith("web ")
+        # the container itself through a host address (hairpin mode on its bridge port)
+        assert ask(web, HOST_EXT_IP, 18080).startswith("web ")
         # the subnet leaving through the external link is masqueraded
         servers(ext_ns, EXT_IP, 9100, "ext")
         assert ask(client, EXT_IP, 9100) == f"ext {HOST_EXT_IP}"
