@@ -54,10 +54,19 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Nyxd:
-    """One nyxd process in ``ns`` with everything under ``root``."""
+    """One nyxd process in ``ns`` with everything under ``root``.
 
-    def __init__(self, ns: Netns, root: Path, subnet_octet: int) -> None:
+    ``shared_mounts=True`` runs every nyxd started by this object in one mount namespace
+    held by a ``sleep`` process, like nyxd restarts on a real host (its netns and rootfs
+    mounts survive a crash); by default each start gets a fresh private mount namespace.
+    """
+
+    def __init__(
+        self, ns: Netns, root: Path, subnet_octet: int, *, shared_mounts: bool = False
+    ) -> None:
         self.ns = ns
+        self.shared_mounts = shared_mounts
+        self.holder: subprocess.Popen[bytes] | None = None
         self.root = root
         self.state = root / "state"
         self.run = root / "run"
@@ -68,15 +77,31 @@ class Nyxd:
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = Client(self.socket)
 
+    def _enter(self) -> list[str]:
+        private = ["nsenter", f"--net={self.ns.path}", "--"]
+        private += ["unshare", "--mount", "--propagation", "slave"]
+        if not self.shared_mounts:
+            return private
+        if self.holder is None:
+            self.holder = subprocess.Popen([*private, "sleep", "infinity"])
+            deadline = time.monotonic() + 10
+            mine = os.readlink("/proc/self/ns/mnt")
+            while os.readlink(f"/proc/{self.holder.pid}/ns/mnt") == mine:
+                if time.monotonic() > deadline:
+                    raise AssertionError("mount namespace holder did not start")
+                time.sleep(0.01)
+        return ["nsenter", "-t", str(self.holder.pid), "--mount", "--net", "--"]
+
+    def close(self) -> None:
+        """Stop the mount namespace holder (after :meth:`stop` and :meth:`force_cleanup`)."""
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait(10)
+            self.holder = None
+
     def start(self, *extra: str, wait: float = 30) -> None:
         argv = [
-            "nsenter",
-            f"--net={self.ns.path}",
-            "--",
-            "unshare",
-            "--mount",
-            "--propagation",
-            "slave",
+            *self._enter(),
             str(BIN / "nyxd"),
             "--state-dir",
             str(self.state),
@@ -181,9 +206,9 @@ def nyxd_factory(tmp_path: Path, busybox_tar: Path) -> Iterator[Callable[..., Ny
     """``nyxd_factory(*flags)``: a started nyxd with busybox:nyx loaded."""
     made: list[tuple[Nyxd, Netns]] = []
 
-    def make(*flags: str, load: bool = True) -> Nyxd:
+    def make(*flags: str, load: bool = True, shared_mounts: bool = False) -> Nyxd:
         ns = Netns.create("host")
-        d = Nyxd(ns, tmp_path / f"nyxd{len(made)}", next(_octets))
+        d = Nyxd(ns, tmp_path / f"nyxd{len(made)}", next(_octets), shared_mounts=shared_mounts)
         d.root.mkdir(parents=True)
         made.append((d, ns))
         d.start(*flags)
@@ -199,6 +224,7 @@ def nyxd_factory(tmp_path: Path, busybox_tar: Path) -> Iterator[Callable[..., Ny
                 d.stop()
             finally:
                 d.force_cleanup()
+                d.close()
                 ns.delete()
 
 

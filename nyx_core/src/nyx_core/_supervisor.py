@@ -113,6 +113,8 @@ class Host:
     #: signal a container's init with kill(2) instead of ``runc kill`` (saves an exec); only
     #: sound when nyxd is the subreaper, so the pid cannot be reused before it is reaped
     signal_direct: bool = False
+    #: is the netns still bind-mounted at this path (in nyxd's mount namespace)?
+    netns_alive: Callable[[Path], bool] = lambda path: True
 
     @classmethod
     def default(cls, settings: NyxSettings) -> Host:
@@ -133,6 +135,7 @@ class Host:
             delete_netns=netns_mod.delete_netns,
             extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
             signal_direct=True,
+            netns_alive=netns_mod.is_mountpoint,
         )
 
 
@@ -841,9 +844,10 @@ class Supervisor:
     def reconcile(self) -> dict[str, int]:
         """After a (re)start: re-adopt containers still running, undo what is left of others.
 
-        A container whose runc state is still ``running`` with the recorded pid is adopted
-        (its DNS records registered again, a watcher started; its exit code will read 255,
-        it is no longer nyxd's child). Anything else a previous nyxd recorded is stopped and
+        A container whose runc state is still ``running`` with the recorded pid, and whose
+        netns is still mounted where nyxd put it, is adopted (its DNS records registered
+        again, a watcher started; its exit code will read 255, it is no longer nyxd's
+        child). Anything else a previous nyxd recorded is stopped and
         torn down: netns, veths, nft elements, leases, DNS records, mounts.
         """
         records, broken = self.store.load_all()
@@ -901,6 +905,10 @@ class Supervisor:
         if not isinstance(st, dict) or st.get("status") != "running":
             return False
         if not rec.pid or st.get("pid") != rec.pid or not rec.network_setup:
+            return False
+        if not rec.netns_path or not self.host.netns_alive(Path(rec.netns_path)):
+            # its netns mount went with the previous nyxd's mount namespace: nyxd could no
+            # longer manage its network, so it is stopped and torn down instead
             return False
         live.adopted = True
         with logger.contextualize(container=rec.id):

@@ -515,6 +515,19 @@ def test_restart_readopts_running_containers(
     assert "teardown" in calls.names()
 
 
+def test_restart_stops_a_container_whose_netns_mount_is_gone(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    first = make_sup(tmp_path, parts, calls)
+    c = first.create(spec(name="lost"))
+    calls.clear()
+    second = make_sup(tmp_path, parts, calls)
+    second.host.netns_alive = lambda path: False
+    assert second.reconcile() == {"stopped": 1, "cleaned": 1, "adopted": 0}
+    assert calls.names()[:3] == ["kill", "runc_delete", "deregister"]
+    assert second.get(c["id"])["state"] == "exited"
+
+
 def test_shutdown_stops_everything(sup: Supervisor, calls: Calls) -> None:
     sup.create(spec())
     sup.create(spec())
