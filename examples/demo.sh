@@ -19,6 +19,7 @@ HAD_STATE=$([ -e /var/lib/nyx ] && echo 1 || echo 0)
 had_table() { nft list table "$NFT_FAMILY" "$NFT_TABLE" >/dev/null 2>&1; }
 HAD_TABLE=$(had_table && echo 1 || echo 0)
 HAD_BRIDGE=$(ip link show "$BRIDGE" >/dev/null 2>&1 && echo 1 || echo 0)
+HAD_CGROUP=$(ls -d /sys/fs/cgroup/nyx /sys/fs/cgroup/*/nyx >/dev/null 2>&1 && echo 1 || echo 0)
 if [ "$HAD_BRIDGE" = 1 ] || [ -S /run/nyx/nyxd.sock ]; then
   echo "demo: a nyxd seems to be running already (nyx0 or /run/nyx/nyxd.sock exists)" >&2
   exit 1
@@ -48,6 +49,10 @@ cleanup() {
   [ "$HAD_BRIDGE" = 0 ] && ip link del "$BRIDGE" 2>/dev/null
   [ "$HAD_TABLE" = 0 ] && nft delete table "$NFT_FAMILY" "$NFT_TABLE" 2>/dev/null
   echo "$IP_FORWARD" > /proc/sys/net/ipv4/ip_forward
+  # runc's cgroup parent for nyx containers (empty by now)
+  if [ "$HAD_CGROUP" = 0 ]; then
+    for d in /sys/fs/cgroup/nyx /sys/fs/cgroup/*/nyx; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+  fi
   [ "$HAD_RUN" = 0 ] && rm -rf /run/nyx
   [ "$HAD_STATE" = 0 ] && rm -rf /var/lib/nyx
   rm -rf "$WORK"

@@ -122,10 +122,8 @@ def serve(
         if api is not None:
             api.close()
         sup.shutdown()
-        cleanup = getattr(host.runtime, "remove_cgroup_parent", None)
-        if callable(cleanup):
-            with contextlib.suppress(Exception):
-                cleanup()
+        # the runtime's cgroup parent (/nyx) is left in place: another nyxd on the host may
+        # be creating a container under it right now (removing it races with runc's mkdir)
         if dns_started and dns is not None:
             with contextlib.suppress(Exception):
                 dns.stop()
