@@ -36,7 +36,7 @@ Template = tuple[bytes, bytes, bytes]
 question); or the ``FORWARD`` marker object of :mod:`._resolver`."""
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+_LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
 _ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
 _NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}$")
 
@@ -59,13 +59,13 @@ DOMAIN_WIRE = to_wire(DOMAIN)
 def check_name(value: str, field_name: str, container_id: str) -> str:
     """Validate a hostname or alias (one or more DNS labels); return it lower-cased."""
     text = value.strip().rstrip(".").lower() if isinstance(value, str) else ""
+    text = text.removesuffix("." + DOMAIN)  # "web.nyxd.local" registers "web"
     labels = text.split(".") if text else []
     if (
         not labels
-        or len(text) > 200
-        or not all(_LABEL.match(label) for label in labels)
+        or len(text) > 253 - len(DOMAIN) - 1
+        or not all(_LABEL.fullmatch(label) for label in labels)
         or text == DOMAIN
-        or text.endswith("." + DOMAIN + "." + DOMAIN)
     ):
         raise DnsError(
             f"embedded DNS register {container_id!r}: {field_name} {value!r} is not a valid "
@@ -84,7 +84,7 @@ def check_ip(value: object, container_id: str) -> IPAddress:
 
 
 def check_network(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NETWORK.match(value):
+    if not isinstance(value, str) or not _NETWORK.fullmatch(value):
         raise DnsError(f"embedded DNS {what}: network name {value!r} is not valid")
     return value
 
@@ -213,7 +213,7 @@ class Registry:
         networks: Sequence[str],
     ) -> Container:
         """Validate and store one container; a second call for the id replaces it."""
-        if not isinstance(container_id, str) or not _ID.match(container_id):
+        if not isinstance(container_id, str) or not _ID.fullmatch(container_id):
             raise DnsError(f"embedded DNS register: container_id {container_id!r} is not valid")
         host = check_name(hostname, "hostname", container_id)
         addrs = tuple(dict.fromkeys(check_ip(ip, container_id) for ip in ips))

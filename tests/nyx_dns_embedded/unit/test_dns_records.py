@@ -49,12 +49,14 @@ def test_hostname_and_aliases_with_and_without_domain(reg: Registry) -> None:
     [
         ("hostname", {"hostname": "bad name"}),
         ("hostname", {"hostname": ""}),
-        ("hostname", {"hostname": "-x"}),
+        ("hostname", {"hostname": "a..b"}),
+        ("hostname", {"hostname": "caf\u00e9"}),
         ("hostname", {"hostname": "a" * 64}),
         ("hostname", {"hostname": "nyxd.local"}),
         ("alias", {"aliases": ["ok", "no/slash"]}),
         ("ips", {"ips": ["10.0.0.300"]}),
         ("container_id", {"container_id": "../x"}),
+        ("container_id", {"container_id": "abc\n"}),
         ("network", {"networks": ["bad net"]}),
     ],
 )
@@ -76,6 +78,13 @@ def test_bad_input_is_a_dns_error_naming_field_and_value(
     shown = bad[-1] if isinstance(bad, list) else bad
     assert repr(shown) in str(err.value)
     assert reg.containers() == []
+
+
+def test_lenient_names_and_domain_suffix(reg: Registry) -> None:
+    reg.register("c1", "Web.NYXD.local.", [ip("10.231.0.2")], ["x-", "_svc", "a" * 63], ["n1"])
+    seen = names_of(reg, "10.231.0.2")
+    assert {"web", "web.nyxd.local", "x-", "_svc", "a" * 63} <= set(seen)
+    assert "web.nyxd.local.nyxd.local" not in seen
 
 
 def test_reregistration_replaces_records(reg: Registry) -> None:
