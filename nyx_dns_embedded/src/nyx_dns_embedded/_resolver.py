@@ -35,7 +35,7 @@ _V4_REVERSE = b"\x07in-addr\x04arpa\x00"
 _V6_REVERSE = b"\x03ip6\x04arpa\x00"
 _EDNS_SIZE = 1232
 _NEG_TTL = 5
-_CACHE_MAX = 4096
+_CACHE_MAX = 2048
 _T_A, _T_AAAA, _T_PTR, _T_SOA, _T_ANY, _T_OPT = 1, 28, 12, 6, 255, 41
 
 
