@@ -27,6 +27,7 @@ __all__ = ["DnsServer", "ServerOptions"]
 
 _UDP_RECV = 4096
 _RCVBUF = 4 << 20
+_SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ def _udp_socket(family: int, addr: tuple[str, int]) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        try:  # root may go past net.core.rmem_max for this one socket
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         sock.bind(addr)
     except BaseException:
         sock.close()
@@ -169,18 +173,17 @@ class DnsServer:
             self._ready.set()
         finally:
             try:
-                loop.run_until_complete(self._cleanup())
+                loop.run_until_complete(self._cleanup(loop))
             finally:
                 loop.close()
                 for s in self._socks:
                     s.close()
                 self._socks = []
 
-    async def _cleanup(self) -> None:
-        assert self.loop is not None
+    async def _cleanup(self, loop: asyncio.AbstractEventLoop) -> None:
         with contextlib.suppress(Exception):
             if self._udp is not None:
-                self.loop.remove_reader(self._udp.fileno())
+                loop.remove_reader(self._udp.fileno())
         if self.forwarder is not None:
             self.forwarder.detach()
         if self._tcp_server is not None:
@@ -192,7 +195,7 @@ class DnsServer:
         if self._tcp_server is not None:
             with contextlib.suppress(Exception):
                 await self._tcp_server.wait_closed()
-        await self.loop.shutdown_asyncgens()
+        await loop.shutdown_asyncgens()
 
     def stop(self) -> None:
         """Stop the loop, close every socket, join the thread. Idempotent."""
