@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from loguru import logger
 
-from ._provider import EmbeddedDns, EmbeddedDnsSettings, get_provider
+from ._provider import EmbeddedDns, EmbeddedDnsSettings, get_provider, set_network_internal
 from ._records import DOMAIN, Container
 from ._upstream import HostResolvConf, parse_resolv_conf
 
@@ -23,4 +23,5 @@ __all__ = [
     "HostResolvConf",
     "get_provider",
     "parse_resolv_conf",
+    "set_network_internal",
 ]

@@ -20,7 +20,7 @@ from ._resolver import Resolver
 from ._server import DnsServer, ServerOptions
 from ._upstream import MAX_SEARCH, Upstreams
 
-__all__ = ["EmbeddedDns", "EmbeddedDnsSettings", "get_provider"]
+__all__ = ["EmbeddedDns", "EmbeddedDnsSettings", "get_provider", "set_network_internal"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -211,3 +211,12 @@ def get_provider() -> EmbeddedDns:
         if _default is None:
             _default = EmbeddedDns()
         return _default
+
+
+def set_network_internal(name: str, internal: bool = True) -> None:
+    """Mark network ``name`` internal (no forwarding) on the provider the hooks use.
+
+    Shorthand for ``get_provider().set_network_internal(name, internal)``; nyxd calls it
+    for every network created with ``internal: true``. Takes effect immediately.
+    """
+    get_provider().set_network_internal(name, internal)

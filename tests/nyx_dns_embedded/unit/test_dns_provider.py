@@ -23,9 +23,22 @@ def test_entry_point_is_installed_and_loads_every_hook() -> None:
         assert [i.plugin for i in impls] == [nyx_dns_embedded.plugin]
 
 
-def test_public_names() -> None:
-    assert set(nyx_dns_embedded.__all__) >= {"EmbeddedDns", "EmbeddedDnsSettings", "get_provider"}
-    assert nyx_dns_embedded.get_provider() is nyx_dns_embedded.get_provider()
+def test_public_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nyx_dns_embedded._provider as prov
+
+    assert set(nyx_dns_embedded.__all__) >= {
+        "EmbeddedDns",
+        "EmbeddedDnsSettings",
+        "get_provider",
+        "set_network_internal",
+    }
+    monkeypatch.setattr(prov, "_default", None)
+    p = nyx_dns_embedded.get_provider()
+    assert nyx_dns_embedded.get_provider() is p
+    nyx_dns_embedded.set_network_internal("backend")
+    assert p.registry.internal_networks() == {"backend"}
+    nyx_dns_embedded.set_network_internal("backend", False)
+    assert p.registry.internal_networks() == frozenset()
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
