@@ -188,6 +188,7 @@ class DnsFacade:
         ips: Sequence[IPAddress],
         aliases: Sequence[str] = (),
         networks: Sequence[str] = (),
+        internal_networks: Sequence[str] = (),
     ) -> None:
         self._call(
             "nyx_dns_register",
@@ -196,6 +197,7 @@ class DnsFacade:
             ips=list(ips),
             aliases=list(aliases),
             networks=list(networks),
+            internal_networks=list(internal_networks),
         )
 
     def deregister(self, container_id: str) -> None:

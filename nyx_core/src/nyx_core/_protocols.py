@@ -62,6 +62,9 @@ class DnsProvider(Protocol):
 
     def resolv_conf(self, container_id: str) -> str: ...
 
+    # Optional (not part of the Protocol check): ``set_network_internal(name, internal)``
+    # is called by the adapter for every name of ``internal_networks`` before register.
+
 
 BackendFactory = Callable[[], Backend]
 DnsFactory = Callable[[], DnsProvider]
@@ -132,7 +135,13 @@ class _DnsPlugin:
         ips: Sequence[IPAddress],
         aliases: Sequence[str],
         networks: Sequence[str],
+        internal_networks: Sequence[str] = (),
     ) -> object:
+        # optional extra of a provider class: told which networks are internal
+        mark = getattr(self.impl, "set_network_internal", None)
+        if callable(mark):
+            for name in internal_networks:
+                mark(name, True)
         result = self.impl.register(container_id, hostname, ips, aliases, networks)
         return True if result is None else result
 

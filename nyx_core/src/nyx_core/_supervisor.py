@@ -414,6 +414,7 @@ class Supervisor:
                         [ip for r in results for ip in r.ips],
                         aliases,
                         rec.networks,
+                        self._internal_networks(rec.networks),
                     )
             mounts = self._write_etc(rec, cdir, decision, results)
             marks.append(("dns+etc", time.perf_counter()))
@@ -767,6 +768,11 @@ class Supervisor:
         rec = self._networks.get(name)
         return bool(rec and rec.internal)
 
+    def _internal_networks(self, names: list[str]) -> list[str]:
+        """The networks among ``names`` created ``internal`` (the DNS provider forwards
+        nothing for a container on internal networks only)."""
+        return [n for n in names if self._network_internal(n)]
+
     def list_networks(self) -> list[dict[str, Any]]:
         gw = self.settings.gateway_interface
         out: list[dict[str, Any]] = [
@@ -920,7 +926,12 @@ class Supervisor:
                         ips = [ipaddress.ip_address(ip) for ip in rec.ips]
                         with self._net_lock:
                             self.dns.register(
-                                rec.id, rec.hostname, ips, self._dns_aliases(rec), rec.networks
+                                rec.id,
+                                rec.hostname,
+                                ips,
+                                self._dns_aliases(rec),
+                                rec.networks,
+                                self._internal_networks(rec.networks),
                             )
                     except Exception as exc:
                         logger.bind(error=str(exc)).warning("DNS re-registration failed")

@@ -136,6 +136,7 @@ def nyx_dns_register(
     ips: Sequence[IPAddress],
     aliases: Sequence[str],
     networks: Sequence[str],
+    internal_networks: Sequence[str],
 ) -> object | None:
     """Publish a container's names.
 
@@ -148,6 +149,10 @@ def nyx_dns_register(
     :param aliases: extra names (compose service names, ``--network-alias``).
     :param networks: the networks the container is on; a container only resolves names of
         containers sharing one of them.
+    :param internal_networks: those of ``networks`` declared ``internal`` (compose
+        ``internal: true``): a container whose networks are all internal gets container
+        names only, no forwarding to upstream resolvers. Added after 0.1's first cut: an
+        implementation may leave it out of its signature (pluggy passes only what it asks).
     :returns: anything non-None on success.
 
     Takes effect immediately. Registering the same ``container_id`` again replaces its

@@ -35,8 +35,12 @@ def nyx_dns_register(
     ips: Sequence[IPAddress],
     aliases: Sequence[str],
     networks: Sequence[str],
+    internal_networks: Sequence[str] = (),
 ) -> object:
-    return get_provider().register(container_id, hostname, ips, aliases, networks)
+    provider = get_provider()
+    for name in internal_networks:
+        provider.set_network_internal(name, True)
+    return provider.register(container_id, hostname, ips, aliases, networks)
 
 
 @hookimpl

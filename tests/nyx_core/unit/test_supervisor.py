@@ -76,6 +76,9 @@ class FakeDns:
     def register(self, container_id: str, hostname: str, ips: Any, aliases: Any, nets: Any) -> None:
         self.calls.append(("register", container_id, hostname, list(ips), list(aliases), nets))
 
+    def set_network_internal(self, name: str, internal: bool) -> None:
+        self.calls.append(("internal", name, internal))
+
     def deregister(self, container_id: str) -> None:
         self.calls.append(("deregister", container_id))
 
@@ -415,6 +418,9 @@ def test_cni_auto_uses_cni_resolv_conf_but_internal_stack_registers(
     )
     reg = [x for x in calls if x[0] == "register"]
     assert len(reg) == 1 and reg[0][4] == ["db"] and reg[0][5] == ["back"]
+    # the provider learns that "back" is internal (no forwarding), before the register
+    i = calls.index(("internal", "back", True))
+    assert i < calls.index(reg[0])
 
 
 def test_networks_allocate_distinct_24s_and_attach(sup: Supervisor, calls: Calls) -> None:

@@ -92,3 +92,20 @@ def test_resolv_conf_text_and_file(tmp_path: Path) -> None:
     assert not path.parent.exists()
     with pytest.raises(DnsError, match="container_id"):
         p.resolv_conf_path("../x")
+
+
+def test_register_hook_marks_internal_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nyxd passes ``internal_networks`` through the facade; the provider stops forwarding."""
+    import nyx_dns_embedded._provider as prov
+
+    monkeypatch.setattr(prov, "_default", None)
+    facade = DnsFacade.load("embedded")
+    facade.register(
+        "c1",
+        "db",
+        [ipaddress.ip_address("10.89.1.2")],
+        ["db"],
+        ["p_back", "p_front"],
+        internal_networks=["p_back"],
+    )
+    assert nyx_dns_embedded.get_provider().registry.internal_networks() == {"p_back"}
