@@ -59,7 +59,11 @@ def _set_lo_up(netns_path: str) -> None:
 
 
 class LoopbackBackend:
-    """A :class:`nyx_core.Backend`: no host-side state at all."""
+    """A :class:`nyx_core.Backend`: no host-side state, only which attachments exist."""
+
+    def __init__(self) -> None:
+        self._attached: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     def ensure_network(self, settings: NyxSettings) -> None:
         return None
@@ -78,7 +82,15 @@ class LoopbackBackend:
             )
         if not os.path.exists(netns_path):
             raise NetlinkError(f"loopback driver: netns {netns_path!r} does not exist")
-        _set_lo_up(netns_path)
+        key = (container_id, opts.network)
+        with self._lock:
+            if key in self._attached:
+                raise ConfigError(
+                    f"loopback driver: container {container_id!r} is already set up on "
+                    f"network {opts.network!r}"
+                )
+            _set_lo_up(netns_path)
+            self._attached.add(key)
         return SetupResult(
             container_id=container_id,
             network=opts.network,
@@ -86,7 +98,9 @@ class LoopbackBackend:
         )
 
     def teardown(self, container_id: str, netns_path: str) -> None:
-        return None  # nothing on the host; the netns goes away with the container
+        # nothing on the host; the netns goes away with the container
+        with self._lock:
+            self._attached = {k for k in self._attached if k[0] != container_id}
 
 
 plugin = backend_plugin(LoopbackBackend)

@@ -116,6 +116,23 @@ class BackendConformance:
         assert snapshot(nyx_in_host) == before
 
     @pytest.mark.kernel
+    def test_second_setup_of_the_same_attachment_is_refused(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        ctr = nyx_container_ns()
+        nyx_backend.setup("conf-twice", ctr.path, [], SetupOptions())
+        try:
+            middle = snapshot(nyx_in_host)
+            with pytest.raises(NyxError, match="conf-twice"):
+                nyx_backend.setup("conf-twice", ctr.path, [], SetupOptions())
+            assert snapshot(nyx_in_host) == middle
+        finally:
+            nyx_backend.teardown("conf-twice", ctr.path)
+
+    @pytest.mark.kernel
     def test_teardown_after_netns_is_gone(
         self,
         nyx_backend: NetworkBackend,
