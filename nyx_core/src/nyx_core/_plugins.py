@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, cast
+from typing import Any, ClassVar, Self, cast
 
 import pluggy
 
@@ -102,19 +102,24 @@ def _require(pm: pluggy.PluginManager, names: Sequence[str], what: str) -> None:
         raise PluginLoadError(f"{what} does not implement: {', '.join(missing)}")
 
 
-class NetworkBackend:
-    """The one typed facade nyxd uses to call the loaded driver's hooks."""
+class _Facade:
+    """A loaded plugin's hooks behind typed methods; errors become ``error`` naming it."""
+
+    group: ClassVar[str]
+    kind: ClassVar[str]
+    hooks: ClassVar[Sequence[str]]
+    error: ClassVar[type[NyxError]]
 
     def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
         self.pm = pm
         self.name = name
-        _require(pm, hookspecs.BACKEND_HOOKS, f"net driver {name!r}")
+        _require(pm, self.hooks, f"{self.kind} {name!r}")
 
     @classmethod
-    def load(cls, name: str, pm: pluggy.PluginManager | None = None) -> NetworkBackend:
-        """Load the driver ``name`` from ``nyx.net_drivers`` into ``pm`` (or a new one)."""
+    def load(cls, name: str, pm: pluggy.PluginManager | None = None) -> Self:
+        """Load entry point ``name`` of the facade's group into ``pm`` (or a new one)."""
         pm = pm or make_plugin_manager()
-        load_plugin(pm, DRIVER_GROUP, name)
+        load_plugin(pm, cls.group, name)
         return cls(pm, name)
 
     def _call(self, hook: str, **kwargs: Any) -> Any:
@@ -123,7 +128,16 @@ class NetworkBackend:
         except NyxError:
             raise
         except Exception as exc:
-            raise BackendError(f"net driver {self.name!r} {hook} failed: {exc!r}") from exc
+            raise self.error(f"{self.kind} {self.name!r} {hook} failed: {exc!r}") from exc
+
+
+class NetworkBackend(_Facade):
+    """The one typed facade nyxd uses to call the loaded driver's hooks."""
+
+    group = DRIVER_GROUP
+    kind = "net driver"
+    hooks = hookspecs.BACKEND_HOOKS
+    error = BackendError
 
     def ensure_network(self, settings: NyxSettings) -> object | None:
         return cast(object | None, self._call("nyx_backend_ensure_network", settings=settings))
@@ -153,27 +167,13 @@ class NetworkBackend:
         self._call("nyx_backend_teardown", container_id=container_id, netns_path=netns_path)
 
 
-class DnsFacade:
+class DnsFacade(_Facade):
     """The one typed facade nyxd uses to call the loaded DNS provider's hooks."""
 
-    def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
-        self.pm = pm
-        self.name = name
-        _require(pm, hookspecs.DNS_HOOKS, f"DNS provider {name!r}")
-
-    @classmethod
-    def load(cls, name: str, pm: pluggy.PluginManager | None = None) -> DnsFacade:
-        pm = pm or make_plugin_manager()
-        load_plugin(pm, DNS_GROUP, name)
-        return cls(pm, name)
-
-    def _call(self, hook: str, **kwargs: Any) -> Any:
-        try:
-            return getattr(self.pm.hook, hook)(**kwargs)
-        except NyxError:
-            raise
-        except Exception as exc:
-            raise DnsError(f"DNS provider {self.name!r} {hook} failed: {exc!r}") from exc
+    group = DNS_GROUP
+    kind = "DNS provider"
+    hooks = hookspecs.DNS_HOOKS
+    error = DnsError
 
     def start(self, settings: NyxSettings) -> None:
         self._call("nyx_dns_start", settings=settings)

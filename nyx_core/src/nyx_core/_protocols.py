@@ -14,7 +14,7 @@ satisfies :class:`Backend` wrapped by :func:`backend_plugin`::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from ._markers import hookimpl
 from ._models import PortMapping, SetupOptions, SetupResult
@@ -66,27 +66,36 @@ class DnsProvider(Protocol):
     # is called by the adapter for every name of ``internal_networks`` before register.
 
 
+T = TypeVar("T")
 BackendFactory = Callable[[], Backend]
 DnsFactory = Callable[[], DnsProvider]
 
 
-class _BackendPlugin:
-    """Hookimpls delegating to one lazily built :class:`Backend` instance."""
+def _done(result: object | None) -> object:
+    """firstresult hooks need a non-None answer; methods may return None for "done"."""
+    return True if result is None else result
 
-    def __init__(self, factory: BackendFactory) -> None:
+
+class _Lazy(Generic[T]):
+    """Builds the wrapped instance on first use, so importing an entry point stays cheap."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
-        self._impl: Backend | None = None
+        self._impl: T | None = None
 
     @property
-    def impl(self) -> Backend:
+    def impl(self) -> T:
         if self._impl is None:
             self._impl = self._factory()
         return self._impl
 
+
+class _BackendPlugin(_Lazy[Backend]):
+    """Hookimpls delegating to one lazily built :class:`Backend` instance."""
+
     @hookimpl
     def nyx_backend_ensure_network(self, settings: NyxSettings) -> object:
-        result = self.impl.ensure_network(settings)
-        return True if result is None else result
+        return _done(self.impl.ensure_network(settings))
 
     @hookimpl
     def nyx_backend_setup(
@@ -100,32 +109,19 @@ class _BackendPlugin:
 
     @hookimpl
     def nyx_backend_teardown(self, container_id: str, netns_path: str) -> object:
-        result = self.impl.teardown(container_id, netns_path)
-        return True if result is None else result
+        return _done(self.impl.teardown(container_id, netns_path))
 
 
-class _DnsPlugin:
+class _DnsPlugin(_Lazy[DnsProvider]):
     """Hookimpls delegating to one lazily built :class:`DnsProvider` instance."""
-
-    def __init__(self, factory: DnsFactory) -> None:
-        self._factory = factory
-        self._impl: DnsProvider | None = None
-
-    @property
-    def impl(self) -> DnsProvider:
-        if self._impl is None:
-            self._impl = self._factory()
-        return self._impl
 
     @hookimpl
     def nyx_dns_start(self, settings: NyxSettings) -> object:
-        result = self.impl.start(settings)
-        return True if result is None else result
+        return _done(self.impl.start(settings))
 
     @hookimpl
     def nyx_dns_stop(self) -> object:
-        result = self.impl.stop()
-        return True if result is None else result
+        return _done(self.impl.stop())
 
     @hookimpl
     def nyx_dns_register(
@@ -142,13 +138,11 @@ class _DnsPlugin:
         if callable(mark):
             for name in internal_networks:
                 mark(name, True)
-        result = self.impl.register(container_id, hostname, ips, aliases, networks)
-        return True if result is None else result
+        return _done(self.impl.register(container_id, hostname, ips, aliases, networks))
 
     @hookimpl
     def nyx_dns_deregister(self, container_id: str) -> object:
-        result = self.impl.deregister(container_id)
-        return True if result is None else result
+        return _done(self.impl.deregister(container_id))
 
     @hookimpl
     def nyx_dns_resolv_conf(self, container_id: str) -> str:
