@@ -2,8 +2,9 @@
 
 A threaded stdlib server: one thread per connection, so a blocking ``wait`` or a followed
 ``logs`` stream never holds up other requests. Errors are ``{"error": "..."}`` with the
-status code of the error's kind (400 bad request, 404 not found, 409 conflict, 501 not
-available, 500 anything else). ``docs/api.md`` and ``docs/openapi.yaml`` describe the
+status code of the error's kind (400 bad request, 401 registry refused credentials, 404 not
+found, 409 conflict, 501 not available here, 502 registry failure,
+500 anything else). ``docs/api.md`` and ``docs/openapi.yaml`` describe the
 routes.
 """
 
@@ -27,7 +28,14 @@ from pydantic import ValidationError
 
 from ._models import ContainerSpec, PortMapping
 from ._state import ConflictError, NotFoundError
-from .errors import ConfigError, PortConflictError
+from .errors import (
+    ConfigError,
+    ImageNotFoundError,
+    PortConflictError,
+    RegistryError,
+    UnauthorizedError,
+    UnsupportedCompressionError,
+)
 
 __all__ = ["ApiServer", "SupervisorApi", "error_status"]
 
@@ -69,23 +77,22 @@ class HttpError(Exception):
 
 def error_status(exc: BaseException) -> int:
     """The HTTP status for an exception raised by the supervisor."""
-    name = type(exc).__name__
+    name = type(exc).__name__  # supervisor-side classes, matched by name to keep imports light
     if isinstance(exc, HttpError):
         return exc.status
-    if isinstance(exc, NotFoundError) or name in ("ImageNotFoundError",):
+    if isinstance(exc, NotFoundError | ImageNotFoundError):
         return 404
     if isinstance(exc, ConflictError | PortConflictError):
         return 409
-    if name == "UnauthorizedError":
+    if isinstance(exc, UnauthorizedError):
         return 401
-    if name == "NotImplementedYet":
+    if isinstance(exc, UnsupportedCompressionError) or name == "NotImplementedYet":
         return 501
-    if isinstance(exc, ConfigError | ValidationError | json.JSONDecodeError) or name in (
-        "InvalidReferenceError",
-        "CommandError",
+    if isinstance(exc, ConfigError | ValidationError | json.JSONDecodeError) or name == (
+        "CommandError"
     ):
         return 400
-    if name in ("RegistryError", "DigestMismatchError", "NoMatchingPlatformError"):
+    if isinstance(exc, RegistryError):
         return 502
     return 500
 

@@ -198,3 +198,20 @@ def test_keep_alive_serves_several_requests(api: Path) -> None:
                 if line.lower().startswith(b"content-length"):
                     length = int(line.split(b":")[1])
             assert json.loads(f.read(length))["driver"] == "fake"
+
+
+def test_error_status_by_kind() -> None:
+    from nyx_core import errors
+    from nyx_core._api import error_status
+    from nyx_core._images import ImageDigestMismatchError, InvalidImageError
+
+    assert error_status(errors.ImageNotFoundError("x")) == 404
+    assert error_status(errors.UnauthorizedError("x")) == 401
+    assert error_status(errors.UnsupportedCompressionError("zstd needs zstandard")) == 501
+    assert error_status(errors.InvalidReferenceError("bad ref")) == 400
+    assert error_status(InvalidImageError("bad tar")) == 400
+    assert error_status(ImageDigestMismatchError("local archive")) == 400
+    assert error_status(errors.DigestMismatchError("from the registry")) == 502
+    assert error_status(errors.NoMatchingPlatformError("arm only")) == 502
+    assert error_status(errors.PortConflictError("8080 taken")) == 409
+    assert error_status(RuntimeError("bug")) == 500
