@@ -31,13 +31,13 @@ from typing import Any, Protocol
 from loguru import logger
 
 from ._models import ContainerSpec, PortMapping, SetupOptions, SetupResult
+from ._networks import NetworkRegistry
 from ._plugins import DnsFacade, NetworkBackend, installed_plugins
 from ._policy import DnsDecision, StackNetwork, dns_policy
 from ._settings import NyxSettings
 from ._state import (
     ConflictError,
     ContainerRecord,
-    NetworkRecord,
     NotFoundError,
     StateStore,
     now,
@@ -47,8 +47,6 @@ from .errors import ConfigError, NyxError, RuntimeErrorNyx
 __all__ = ["CommandError", "Host", "Supervisor"]
 
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
-_NET_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-USER_NETWORK_POOL = ipaddress.IPv4Network("10.89.0.0/16")
 _TOMBSTONES = 256
 
 
@@ -205,7 +203,7 @@ class Supervisor:
         self._net_lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._networks: dict[str, NetworkRecord] = self.store.load_networks()
+        self.networks = NetworkRegistry(settings, self.store)
         self._closing = False
 
     # ------------------------------------------------------------------ lookups
@@ -286,7 +284,7 @@ class Supervisor:
         image = self._image(spec.image)
         del image
         for att in spec.attachments():
-            self._network_subnet(att.name, att.subnet)
+            self.networks.gateway(att.name, att.subnet)
         self._check_ports(spec.ports)
         cid = secrets.token_hex(32)
         name = spec.name or f"nyx-{cid[:8]}"
@@ -298,7 +296,7 @@ class Supervisor:
             name=name,
             spec=spec,
             hostname=hostname,
-            networks=[self._net_name(a.name) for a in spec.attachments()],
+            networks=[self.networks.canonical(a.name) for a in spec.attachments()],
         )
         live = _Live(rec)
         with self._lock:
@@ -387,10 +385,10 @@ class Supervisor:
             undo.append(("network", lambda: self._backend_teardown(cid, str(netns))))
             for i, att in enumerate(spec.attachments()):
                 opts = SetupOptions(
-                    network=self._net_name(att.name),
-                    subnet=self._network_subnet(att.name, att.subnet),
+                    network=self.networks.canonical(att.name),
+                    subnet=self.networks.gateway(att.name, att.subnet),
                     interface=f"eth{i}",
-                    internal=att.internal or self._network_internal(att.name),
+                    internal=att.internal or self.networks.is_internal(att.name),
                     hostname=rec.hostname,
                     aliases=list(att.aliases),
                     labels=dict(spec.labels),
@@ -414,7 +412,7 @@ class Supervisor:
                         [ip for r in results for ip in r.ips],
                         aliases,
                         rec.networks,
-                        self._internal_networks(rec.networks),
+                        self.networks.internal_of(rec.networks),
                     )
             mounts = self._write_etc(rec, cdir, decision, results)
             marks.append(("dns+etc", time.perf_counter()))
@@ -748,102 +746,23 @@ class Supervisor:
 
     # ------------------------------------------------------------------ networks
 
-    def _default_names(self) -> set[str]:
-        return {"nyx", self.settings.network}
-
-    def _net_name(self, name: str) -> str:
-        return self.settings.network if name in self._default_names() else name
-
-    def _network_subnet(self, name: str, given: Any = None) -> Any:
-        if given is not None:
-            return given
-        if name in self._default_names():
-            return None
-        rec = self._networks.get(name)
-        if rec is None:
-            raise NotFoundError(f"no such network: {name}")
-        return ipaddress.ip_interface(rec.gateway)
-
-    def _network_internal(self, name: str) -> bool:
-        rec = self._networks.get(name)
-        return bool(rec and rec.internal)
-
-    def _internal_networks(self, names: list[str]) -> list[str]:
-        """The networks among ``names`` created ``internal`` (the DNS provider forwards
-        nothing for a container on internal networks only)."""
-        return [n for n in names if self._network_internal(n)]
-
     def list_networks(self) -> list[dict[str, Any]]:
-        gw = self.settings.gateway_interface
-        out: list[dict[str, Any]] = [
-            {
-                "name": self.settings.network,
-                "subnet": str(self.settings.container_subnet),
-                "gateway": str(gw),
-                "internal": False,
-                "default": True,
-            }
-        ]
-        for rec in self._networks.values():
-            out.append({**rec.model_dump(), "default": False})
-        return out
+        return self.networks.list()
 
     def create_network(
         self, name: str, internal: bool = False, subnet: str | None = None
     ) -> dict[str, Any]:
-        if not isinstance(name, str) or not _NET_NAME_RE.match(name):
-            raise ConfigError(f"network name {name!r} is not valid ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
         with self._lock:
-            if name in self._default_names() or name in self._networks:
-                raise ConflictError(f"network {name!r} already exists")
-            used = [self.settings.container_subnet] + [
-                ipaddress.ip_network(n.subnet) for n in self._networks.values()
-            ]
-            if subnet is not None:
-                try:
-                    net = ipaddress.IPv4Network(subnet, strict=False)
-                except ValueError as exc:
-                    raise ConfigError(f"network subnet {subnet!r} is not an IPv4 subnet") from exc
-                if net.prefixlen > 30:
-                    raise ConfigError(f"network subnet {subnet!r} is too small (need /30)")
-                clash = [u for u in used if u.overlaps(net)]
-                if clash:
-                    raise ConflictError(f"network subnet {net} overlaps {clash[0]}")
-            else:
-                free = next(
-                    (
-                        s
-                        for s in USER_NETWORK_POOL.subnets(new_prefix=24)
-                        if not any(u.overlaps(s) for u in used)
-                    ),
-                    None,
-                )
-                if free is None:
-                    raise ConflictError(f"no free /24 left in {USER_NETWORK_POOL}")
-                net = free
-            gateway = ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
-            rec = NetworkRecord(name=name, subnet=str(net), gateway=str(gateway), internal=internal)
-            self._networks[name] = rec
-            self.store.save_networks(self._networks)
-        logger.bind(network=name, subnet=str(net), internal=internal).info("network created")
-        return {**rec.model_dump(), "default": False}
+            return self.networks.create(name, internal=internal, subnet=subnet)
 
     def remove_network(self, name: str) -> None:
         with self._lock:
-            if name in self._default_names():
-                raise ConflictError(f"network {name!r} is the default network")
-            if name not in self._networks:
-                raise NotFoundError(f"no such network: {name}")
             users = [
                 v.rec.name
                 for v in self._live.values()
                 if v.rec.state in ("created", "running") and name in v.rec.networks
             ]
-            if users:
-                raise ConflictError(f"network {name!r} is in use by {', '.join(sorted(users))}")
-            del self._networks[name]
-            self.store.save_networks(self._networks)
-        logger.bind(network=name).info("network removed")
+            self.networks.remove(name, users)
 
     # ------------------------------------------------------------------ daemon lifecycle
 
@@ -931,7 +850,7 @@ class Supervisor:
                                 ips,
                                 self._dns_aliases(rec),
                                 rec.networks,
-                                self._internal_networks(rec.networks),
+                                self.networks.internal_of(rec.networks),
                             )
                     except Exception as exc:
                         logger.bind(error=str(exc)).warning("DNS re-registration failed")
