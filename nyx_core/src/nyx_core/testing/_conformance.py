@@ -41,6 +41,10 @@ class BackendConformance:
 
     nyx_publishes_ports: bool = True
 
+    def _require_ports(self) -> None:
+        if not self.nyx_publishes_ports:
+            pytest.skip("driver publishes no ports")
+
     def _ports(self, *specs: str) -> list[PortMapping]:
         return [PortMapping.parse(s) for s in specs] if self.nyx_publishes_ports else []
 
@@ -175,8 +179,7 @@ class BackendConformance:
         nyx_in_host: Netns,
         nyx_container_ns: Callable[[], Netns],
     ) -> None:
-        if not self.nyx_publishes_ports:
-            pytest.skip("driver publishes no ports")
+        self._require_ports()
         a, b = nyx_container_ns(), nyx_container_ns()
         nyx_backend.setup("conf-e", a.path, self._ports("18083:80"), SetupOptions())
         try:
@@ -252,8 +255,7 @@ class BackendConformance:
         nyx_in_host: Netns,
         nyx_container_ns: Callable[[], Netns],
     ) -> None:
-        if not self.nyx_publishes_ports:
-            pytest.skip("driver publishes no ports")
+        self._require_ports()
         ctr = nyx_container_ns()
         result = nyx_backend.setup("conf-g", ctr.path, self._ports("18084:8084"), SetupOptions())
         server: socket.socket | None = None
