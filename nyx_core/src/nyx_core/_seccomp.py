@@ -87,6 +87,7 @@ class _Rule:
     requires: frozenset[str] = frozenset()  # every one of these capabilities
     unless: frozenset[str] = frozenset()  # none of these capabilities
     machines: frozenset[str] | None = None  # uname -m values; None: all
+    not_machines: frozenset[str] = frozenset()
     min_kernel: tuple[int, int] | None = None
     args: tuple[dict[str, Any], ...] = ()
     action: str = ALLOW
@@ -294,6 +295,7 @@ _ARCH_SPECIFIC = [
 
 # -- tied to capabilities ----------------------------------------------------------------
 _SYS_ADMIN = _caps("CAP_SYS_ADMIN")
+_S390 = frozenset({"s390", "s390x"})
 _BY_CAPABILITY = [
     _rule("open_by_handle_at", "open any inode (shocker)", requires=_caps("CAP_DAC_READ_SEARCH")),
     _rule(
@@ -310,7 +312,15 @@ _BY_CAPABILITY = [
         "clone",
         "fork and threads, but no namespace flags: no user namespace and its full cap set",
         unless=_SYS_ADMIN,
+        not_machines=_S390,
         args=(_arg(0, "SCMP_CMP_MASKED_EQ", CLONE_NAMESPACE_FLAGS, 0),),
+    ),
+    _rule(
+        "clone",
+        "the same on s390, where the flags are clone's second argument",
+        unless=_SYS_ADMIN,
+        machines=_S390,
+        args=(_arg(1, "SCMP_CMP_MASKED_EQ", CLONE_NAMESPACE_FLAGS, 0),),
     ),
     _rule(
         "clone3",
@@ -380,6 +390,8 @@ def seccomp_profile(
         if not rule.requires <= caps or rule.unless & caps:
             continue
         if rule.machines is not None and machine not in rule.machines:
+            continue
+        if machine in rule.not_machines:
             continue
         if rule.min_kernel is not None and kernel < rule.min_kernel:
             continue

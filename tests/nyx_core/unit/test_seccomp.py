@@ -243,6 +243,9 @@ def test_clone_without_namespace_flags_and_clone3_enosys() -> None:
         expected = "SCMP_ACT_ERRNO" if flag & CLONE_NAMESPACES else "SCMP_ACT_ALLOW"
         assert _action(profile, "clone", sigchld | flag)[0] == expected, hex(flag)
     assert _action(profile, "clone3", 0) == ("SCMP_ACT_ERRNO", ENOSYS)
+    # s390 passes the flags second (Docker's special case): the rule must read that one
+    (s390,) = _rules_for(_profile(machine="s390x"), "clone")
+    assert [a["index"] for a in s390["args"]] == [1]
 
 
 def test_socket_families_but_alg_and_vsock_even_with_high_bits() -> None:
