@@ -84,7 +84,9 @@ class Host:
         return cls(
             images=images_mod.ImageStore(settings.state_dir / "images"),
             rootfs=rootfs,
-            runtime=runtime_mod.RuncRuntime(settings.run_dir / "runc", runc=settings.runtime),
+            runtime=runtime_mod.RuncRuntime(
+                settings.run_dir / "runc", runc=settings.runtime, pids_limit=settings.pids_limit
+            ),
             process_from_image=runtime_mod.process_from_image,
             create_netns=netns_mod.create_netns,
             delete_netns=netns_mod.delete_netns,

@@ -5,7 +5,8 @@
 - :func:`process_from_image` turns the image config plus a run request into the process
   (docker's rules for Entrypoint/Cmd, Env, WorkingDir, User).
 - :class:`RuncRuntime` writes ``config.json`` (namespaces pid/ipc/uts/mount plus the prepared
-  network namespace, docker's default capabilities, masked paths) and drives ``runc``.
+  network namespace, docker's default capabilities and the seccomp profile that goes with
+  them (:mod:`nyx_core._seccomp`), a pids limit, masked paths) and drives ``runc``.
 
 Exit codes: nyxd makes itself a child subreaper (:func:`become_subreaper`) so a detached
 container's init is re-parented to it and :meth:`RuncRuntime.wait` can read the exit status.
@@ -22,6 +23,7 @@ import os
 import select
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,12 +31,13 @@ from loguru import logger
 from pydantic import BaseModel, Field
 
 from ._netns import mount, umount
+from ._seccomp import CAPABILITIES, seccomp_profile
 from .errors import ConfigError, RuntimeErrorNyx
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_PATH",
-    "DENIED_SYSCALLS",
+    "DEFAULT_PIDS_LIMIT",
     "ProcessSpec",
     "Rootfs",
     "RuncRuntime",
@@ -76,19 +79,7 @@ MASKED_PATHS = [
     "/sys/devices/virtual/powercap",
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-# Syscalls docker's default seccomp profile refuses (EPERM) to a container without extra
-# capabilities: kernel modules and kexec, namespaces and mounts, keyrings, clocks, tracing
-# other processes' memory, bpf/perf. Everything else is allowed (a deny list, not docker's
-# allow list). Names the kernel or libseccomp does not know are skipped by runc.
-_DENIED = """
-    acct add_key bpf clock_adjtime clock_settime create_module delete_module finit_module
-    fsconfig fsmount fsopen fspick get_kernel_syms init_module ioperm iopl kcmp
-    kexec_file_load kexec_load keyctl lookup_dcookie mount move_mount name_to_handle_at
-    nfsservctl open_by_handle_at open_tree perf_event_open pivot_root process_vm_readv
-    process_vm_writev query_module quotactl reboot request_key setns settimeofday stime
-    swapoff swapon _sysctl sysfs umount umount2 unshare uselib userfaultfd ustat vm86 vm86old
-"""
-DENIED_SYSCALLS = sorted(_DENIED.split())
+DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
 UNKNOWN_EXIT = 255
 _PR_SET_CHILD_SUBREAPER = 36
 _OVERLAY_OPTS_MAX = 4000  # mount(2) data is one page
@@ -330,9 +321,26 @@ class RuncRuntime:
     """``runc`` with its state under ``root`` (``runc --root``)."""
 
     def __init__(
-        self, root: Path, runc: str = "runc", cgroup_parent: str = "/nyx", seccomp: bool = True
+        self,
+        root: Path,
+        runc: str = "runc",
+        cgroup_parent: str = "/nyx",
+        seccomp: bool = True,
+        capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
     ) -> None:
+        """``capabilities``: the container's bounding/effective/permitted set; the seccomp
+        profile follows it (Docker's rules). ``pids_limit``: most tasks in the container's
+        cgroup; 0 or -1 is unlimited.
+        """
+        unknown = sorted(set(capabilities) - CAPABILITIES)
+        if unknown:
+            raise ConfigError(f"capabilities: unknown capability {', '.join(unknown)}")
+        if isinstance(pids_limit, bool) or not isinstance(pids_limit, int) or pids_limit < -1:
+            raise ConfigError(f"pids_limit: {pids_limit!r} is not a count, 0 or -1")
         self.seccomp = seccomp
+        self.capabilities = list(dict.fromkeys(capabilities))
+        self.pids_limit = pids_limit
         self.root = Path(root)
         self.runc = runc
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
@@ -393,7 +401,7 @@ class RuncRuntime:
                 "env": env,
                 "cwd": process.cwd,
                 "capabilities": {
-                    k: list(DEFAULT_CAPABILITIES) for k in ("bounding", "effective", "permitted")
+                    k: list(self.capabilities) for k in ("bounding", "effective", "permitted")
                 },
                 "noNewPrivileges": False,
             },
@@ -408,8 +416,11 @@ class RuncRuntime:
                     {"type": "mount"},
                     netns,
                 ],
-                "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-                **({"seccomp": _seccomp()} if self.seccomp else {}),
+                "resources": {
+                    "devices": [{"allow": False, "access": "rwm"}],
+                    **({"pids": {"limit": self.pids_limit}} if self.pids_limit > 0 else {}),
+                },
+                **({"seccomp": seccomp_profile(self.capabilities)} if self.seccomp else {}),
                 "maskedPaths": MASKED_PATHS,
                 "readonlyPaths": READONLY_PATHS,
             },
@@ -584,18 +595,6 @@ def _runc_error(log: Path) -> str:
     except OSError:
         pass
     return message
-
-
-def _seccomp() -> dict[str, Any]:
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
-        if os.uname().machine == "x86_64"
-        else [],
-        "syscalls": [
-            {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
-        ],
-    }
 
 
 def _bind(source: str, destination: str, readonly: bool) -> dict[str, Any]:

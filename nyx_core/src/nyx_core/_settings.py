@@ -68,6 +68,11 @@ class NyxSettings(BaseSettings):
         default=53, ge=1, le=65535, description="port of the embedded DNS server (tests move it)"
     )
     runtime: str = Field(default="runc", min_length=1, description="OCI runtime binary")
+    pids_limit: int = Field(
+        default=2048,
+        ge=-1,
+        description="most processes and threads in one container (0 or -1: unlimited)",
+    )
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:
