@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 
 from nyx_core import DnsError
@@ -327,7 +327,7 @@ class Registry:
         )
 
 
-def _internal_only(ctr: Container, internal: frozenset[str]) -> bool:
+def _internal_only(ctr: Container, internal: Set[str]) -> bool:
     return ctr.networks <= (ctr.internal | internal)
 
 

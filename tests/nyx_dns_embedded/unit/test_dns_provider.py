@@ -44,11 +44,20 @@ def test_public_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NYXD_DNS_UPSTREAM_RESOLV_CONF", str(tmp_path / "r.conf"))
     monkeypatch.setenv("NYXD_DNS_FORWARD_TIMEOUT", "0.5")
+    monkeypatch.setenv("NYXD_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", "3")
     cfg = EmbeddedDnsSettings()
     assert cfg.upstream_resolv_conf == tmp_path / "r.conf"
     assert cfg.forward_timeout == 0.5
+    assert cfg.tcp_max_connections_per_client == 3
     # the core settings ignore the provider's variables
     assert NyxSettings().dns == "auto"
+
+
+def test_every_setting_is_documented() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "dns.md").read_text()
+    for name, field in EmbeddedDnsSettings.model_fields.items():
+        default = field.default if not isinstance(field.default, float) else f"{field.default:g}"
+        assert f"| `NYXD_DNS_{name.upper()}` | `{default}` |" in docs, name
 
 
 def test_resolv_conf_needs_a_started_provider() -> None:
