@@ -424,6 +424,21 @@ def test_cni_auto_uses_cni_resolv_conf_but_internal_stack_registers(
     assert i < calls.index(reg[0])
 
 
+def test_cni_auto_stack_on_a_network_created_internal_counts_as_internal(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    """The DNS policy reads "internal" the same way as everything else: a stack whose only
+    network was created internal (not marked in the stack) is an internal stack."""
+    s = make_sup(tmp_path, parts, calls, driver="cni")
+    assert s.dns is not None
+    recorder = nyx_hook_recorder(s.dns.pm)
+    s.create_network("back", internal=True)
+    stack = {"db": {"networks": [{"name": "back"}]}}
+    s.create(spec(networks=[NetworkAttachment(name="back")], stack="p", stack_services=stack))
+    (reg,) = _dns_registrations(recorder)
+    assert reg["internal_networks"] == ["back"]
+
+
 def test_networks_allocate_distinct_24s_and_attach(sup: Supervisor, calls: Calls) -> None:
     a = sup.create_network("front")
     b = sup.create_network("back", internal=True)
