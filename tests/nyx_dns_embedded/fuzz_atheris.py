@@ -4,7 +4,8 @@
     python tests/nyx_dns_embedded/fuzz_atheris.py -atheris_runs=200000
 
 Every input goes through :meth:`Resolver.resolve` twice (slow path, then whatever the hot
-path cached) for a container client, an internal-network client, the host and a stranger,
+path cached) for a container client, an internal-network client, the host (gateway and another of
+its addresses) and a stranger,
 over UDP and TCP. It fails on any exception, on an answer that is not a response to the
 query's ID, or when the hot path answers differently from the slow path.
 """
@@ -22,7 +23,8 @@ with atheris.instrument_imports():
     from nyx_dns_embedded._records import Registry
     from nyx_dns_embedded._resolver import Resolver
 
-CLIENTS = ("10.231.0.1", "10.231.0.2", "10.231.0.3", "192.0.2.9")
+CLIENTS = ("10.231.0.1", "10.231.0.2", "10.231.0.3", "198.51.100.1", "192.0.2.9")
+HOST_ADDRESSES = frozenset({"198.51.100.1"})  # another address of the host
 
 
 def registry() -> Registry:
@@ -46,7 +48,7 @@ REG = registry()
 def one_input(data: bytes) -> None:
     for udp in (True, False):
         for client in CLIENTS:
-            res = Resolver(REG)
+            res = Resolver(REG, is_local=HOST_ADDRESSES.__contains__)
             first = res.resolve(data, client, udp)
             second = res.resolve(data, client, udp)
             if first != second:

@@ -53,13 +53,13 @@ class NetworkRegistry:
         return ipaddress.ip_interface(rec.gateway)
 
     def is_internal(self, name: str) -> bool:
+        """True for a network created ``internal`` (never the default network).
+
+        Whether a *container* is internal on a network is decided once, by
+        :meth:`Supervisor._internal_networks`, from this and its spec, and recorded.
+        """
         rec = self._records.get(name)
         return bool(rec and rec.internal)
-
-    def internal_of(self, names: Sequence[str]) -> list[str]:
-        """The networks among ``names`` created ``internal`` (the DNS provider forwards
-        nothing for a container on internal networks only)."""
-        return [n for n in names if self.is_internal(n)]
 
     def list(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [

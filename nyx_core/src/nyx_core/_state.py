@@ -58,6 +58,13 @@ class ContainerRecord(BaseModel):
     hostname: str
     ips: list[str] = Field(default_factory=list)
     networks: list[str] = Field(default_factory=list)
+    internal_networks: list[str] | None = Field(
+        default=None,
+        description="those of networks that are internal for this container (spec or network "
+        "created internal), decided once at create; the driver (SetupOptions.internal) and "
+        "the DNS provider (internal_networks) both read this. None: a record of an older "
+        "nyxd, decided from the spec at its next start or re-adoption",
+    )
     created: str = Field(default_factory=now)
     started: str | None = None
     finished: str | None = None

@@ -218,6 +218,7 @@ class Supervisor:
             spec=spec,
             hostname=hostname,
             networks=[self.networks.canonical(a.name) for a in spec.attachments()],
+            internal_networks=self._internal_networks(spec),
         )
         live = _Live(rec)
         with self._lock:
@@ -268,6 +269,29 @@ class Supervisor:
                 self._start(live)
         return live.rec.public()
 
+    def _internal_networks(self, spec: ContainerSpec) -> list[str]:
+        """The one place "internal" is decided: the canonical names of ``spec``'s networks
+        on which the container is internal (its spec says so, ``internal`` or
+        ``networks[].internal``, or the network was created internal).
+
+        Called once at create and kept in the record, so the driver (``SetupOptions.
+        internal``: egress dropped) and the DNS provider (``internal_networks``: no
+        forwarding) get the same answer, also after a nyxd restart.
+        """
+        return list(
+            dict.fromkeys(
+                self.networks.canonical(a.name)
+                for a in spec.attachments()
+                if a.internal or self.networks.is_internal(a.name)
+            )
+        )
+
+    def _recorded_internal(self, rec: ContainerRecord) -> list[str]:
+        """``rec.internal_networks``, decided now for a record of an older nyxd."""
+        if rec.internal_networks is None:
+            rec.internal_networks = self._internal_networks(rec.spec)
+        return rec.internal_networks
+
     def _dns_decision(self, spec: ContainerSpec) -> DnsDecision:
         if spec.dns is False:
             return DnsDecision(embedded=False, resolv_conf="none")
@@ -276,7 +300,10 @@ class Supervisor:
         stack = None
         if spec.stack_services is not None:
             stack = {
-                svc: [StackNetwork(n.name, n.internal) for n in s.networks]
+                svc: [
+                    StackNetwork(n.name, n.internal or self.networks.is_internal(n.name))
+                    for n in s.networks
+                ]
                 for svc, s in spec.stack_services.items()
             }
         decision = dns_policy(self.settings.dns, self.backend.name, stack)
@@ -301,15 +328,17 @@ class Supervisor:
             undo.append(("netns", lambda: self.host.delete_netns(netns)))
 
             results: list[SetupResult] = []
+            internal = self._recorded_internal(rec)
             rec.network_setup = True
             self._persist(live)
             undo.append(("network", lambda: self._backend_teardown(cid, str(netns))))
             for i, att in enumerate(spec.attachments()):
+                network = self.networks.canonical(att.name)
                 opts = SetupOptions(
-                    network=self.networks.canonical(att.name),
+                    network=network,
                     subnet=self.networks.gateway(att.name, att.subnet),
                     interface=f"eth{i}",
-                    internal=att.internal or self.networks.is_internal(att.name),
+                    internal=network in internal,
                     hostname=rec.hostname,
                     aliases=list(att.aliases),
                     labels=dict(spec.labels),
@@ -333,7 +362,7 @@ class Supervisor:
                         [ip for r in results for ip in r.ips],
                         aliases,
                         rec.networks,
-                        self.networks.internal_of(rec.networks),
+                        internal,
                     )
             mounts = self._write_etc(rec, cdir, decision, results)
             marks.append(("dns+etc", time.perf_counter()))
@@ -771,7 +800,7 @@ class Supervisor:
                                 ips,
                                 self._dns_aliases(rec),
                                 rec.networks,
-                                self.networks.internal_of(rec.networks),
+                                self._recorded_internal(rec),
                             )
                     except Exception as exc:
                         logger.bind(error=str(exc)).warning("DNS re-registration failed")

@@ -44,6 +44,12 @@ class EmbeddedDnsSettings(BaseSettings):
     tcp_max_connections: int = Field(
         default=64, ge=1, le=10000, description="open TCP client connections, at most"
     )
+    tcp_max_connections_per_client: int = Field(
+        default=8,
+        ge=1,
+        le=10000,
+        description="open TCP connections from one client address, at most",
+    )
     tcp_idle_timeout: float = Field(
         default=5.0, gt=0, le=300, description="seconds a TCP client may stay silent"
     )
@@ -92,6 +98,7 @@ class EmbeddedDns:
                     forward_timeout=cfg.forward_timeout,
                     max_inflight=cfg.max_inflight,
                     tcp_max_connections=cfg.tcp_max_connections,
+                    tcp_max_connections_per_client=cfg.tcp_max_connections_per_client,
                     tcp_idle_timeout=cfg.tcp_idle_timeout,
                     upstream_port=cfg.upstream_port,
                 ),
@@ -128,15 +135,25 @@ class EmbeddedDns:
         ips: Sequence[IPAddress],
         aliases: Sequence[str] = (),
         networks: Sequence[str] = (),
+        internal_networks: Sequence[str] = (),
     ) -> Container:
-        """Publish (or replace) a container's names; visible to the next query."""
-        ctr = self.registry.register(container_id, hostname, ips, aliases, networks)
+        """Publish (or replace) a container's names; visible to the next query.
+
+        ``internal_networks``: those of ``networks`` that are internal *for this
+        container*; when that is all of them, it gets container names only (no
+        forwarding) and no host search domains. Other containers on those networks are
+        not affected (see :meth:`set_network_internal` for a network internal for all).
+        """
+        ctr = self.registry.register(
+            container_id, hostname, ips, aliases, networks, internal_networks
+        )
         logger.debug(
-            "embedded DNS register {} {} {} on {}",
+            "embedded DNS register {} {} {} on {} (internal on {})",
             container_id,
             ctr.hostname,
             [str(ip) for ip in ctr.ips],
             sorted(ctr.networks),
+            sorted(ctr.internal),
         )
         if self._settings is not None:
             self._write_resolv_conf(container_id)
@@ -149,8 +166,10 @@ class EmbeddedDns:
             shutil.rmtree(self._dir(container_id), ignore_errors=True)
 
     def set_network_internal(self, name: str, internal: bool = True) -> None:
-        """Mark network ``name`` internal (or not): containers whose networks are all
-        internal get only container names, never forwarding. Takes effect immediately."""
+        """Mark network ``name`` internal (or not) for *every* container on it: containers
+        whose networks are all internal get only container names, never forwarding. Takes
+        effect immediately. (nyxd does not need it: it passes ``internal_networks`` with
+        each registration, which covers networks created internal too.)"""
         self.registry.set_network_internal(name, internal)
 
     # ------------------------------------------------------------------ resolv.conf
@@ -180,7 +199,7 @@ class EmbeddedDns:
         if settings is None or upstreams is None:
             raise DnsError("embedded DNS is not started: no gateway to put in resolv.conf")
         ctr = self.registry.get(container_id)
-        internal_only = ctr is not None and ctr.networks <= self.registry.internal_networks()
+        internal_only = ctr is not None and self.registry.internal_only(ctr)
         host_search = [] if internal_only else [d for d in upstreams.conf().search if d != DOMAIN]
         search = [DOMAIN, *host_search][:MAX_SEARCH]
         return (

@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 
 from nyx_core import DnsError
@@ -100,6 +100,9 @@ class Container:
     aliases: tuple[str, ...]
     networks: frozenset[str]
     seq: int
+    internal: frozenset[str] = frozenset()
+    """Those of ``networks`` that are internal for this registration (``internal_networks``
+    of ``nyx_dns_register``): it alone loses forwarding there, not the other containers."""
     records: dict[bytes, NameRecord] = field(default_factory=dict, compare=False)
     host_wires: tuple[bytes, ...] = ()
     alias_wires: tuple[bytes, ...] = ()
@@ -171,7 +174,13 @@ def _reverse_wire(ip: IPAddress) -> bytes:
 
 
 class Registry:
-    """Thread-safe store of registered containers and internal networks."""
+    """Thread-safe store of registered containers and internal networks.
+
+    "Internal" comes two ways: per registration (``internal_networks`` of
+    :meth:`register`: internal for that container only) and per network
+    (:meth:`set_network_internal`: internal for every container on it). A container whose
+    networks are all internal, one way or the other, gets container names only.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -211,8 +220,13 @@ class Registry:
         ips: Sequence[object],
         aliases: Sequence[str],
         networks: Sequence[str],
+        internal_networks: Sequence[str] = (),
     ) -> Container:
-        """Validate and store one container; a second call for the id replaces it."""
+        """Validate and store one container; a second call for the id replaces it.
+
+        ``internal_networks``: those of ``networks`` that are internal for this container
+        (names not in ``networks`` are ignored).
+        """
         if not isinstance(container_id, str) or not _ID.fullmatch(container_id):
             raise DnsError(f"embedded DNS register: container_id {container_id!r} is not valid")
         host = check_name(hostname, "hostname", container_id)
@@ -223,14 +237,20 @@ class Registry:
             )
         )
         nets = frozenset(check_network(n, f"register {container_id!r}") for n in networks)
+        internal = frozenset(
+            check_network(n, f"register {container_id!r} internal_networks")
+            for n in internal_networks
+        )
         with self.lock:
+            nets = nets or frozenset({self.default_network})
             ctr = Container(
                 container_id=container_id,
                 hostname=host,
                 ips=addrs,
                 aliases=names,
-                networks=nets or frozenset({self.default_network}),
+                networks=nets,
                 seq=next(self._seq),
+                internal=internal & nets,
             )
             self._containers[container_id] = ctr
             self._bump()
@@ -263,8 +283,14 @@ class Registry:
             return sorted(self._containers.values(), key=lambda c: c.seq)
 
     def internal_networks(self) -> frozenset[str]:
+        """The networks marked internal for everyone (:meth:`set_network_internal`)."""
         with self.lock:
             return frozenset(self._internal)
+
+    def internal_only(self, ctr: Container) -> bool:
+        """True when every network of ``ctr`` is internal for it: no forwarding."""
+        with self.lock:
+            return _internal_only(ctr, self._internal)
 
     def snapshot(self) -> Snapshot:
         """Build the per-client views from the current registrations."""
@@ -274,14 +300,17 @@ class Registry:
             internal = frozenset(self._internal)
             local_clients = self.local_clients
             subnets = self.subnets
-        scopes: dict[frozenset[str], Scope] = {}
+        scopes: dict[tuple[frozenset[str], bool], Scope] = {}
         clients: dict[str, Scope] = {}
         for ctr in ctrs:
-            scope = scopes.get(ctr.networks)
+            # containers on the same networks see the same names, but forwarding is decided
+            # per container: the scope is shared only between equals on both counts
+            forward = not _internal_only(ctr, internal)
+            scope = scopes.get((ctr.networks, forward))
             if scope is None:
                 members = [c for c in ctrs if c.networks & ctr.networks]
-                scope = _build_scope(members, forward=not ctr.networks <= internal)
-                scopes[ctr.networks] = scope
+                scope = _build_scope(members, forward=forward)
+                scopes[(ctr.networks, forward)] = scope
             for ip in ctr.ips:
                 clients[str(ip)] = scope
         local = _build_scope(ctrs, forward=True)
@@ -296,6 +325,10 @@ class Registry:
             subnets=subnets,
             all_ips=frozenset(ip for c in ctrs for ip in c.ips),
         )
+
+
+def _internal_only(ctr: Container, internal: Set[str]) -> bool:
+    return ctr.networks <= (ctr.internal | internal)
 
 
 def _build_scope(members: Sequence[Container], *, forward: bool) -> Scope:

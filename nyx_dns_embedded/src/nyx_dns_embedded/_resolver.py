@@ -13,14 +13,20 @@ RD bit and the question (to echo its case) are patched in. Everything else, and 
 first query for a name, goes through dnslib; the slow path fills the cache with what it
 answered when the answer is local, complete and fits 512 bytes. The cache lives in the
 registry snapshot, so any register/deregister drops it.
+
+The client's scope is one dict lookup by source address (registered containers and the
+fixed host addresses). Only a source missing there is checked against the host's own
+addresses (:mod:`._local`, cached): the host sees every name, anyone else is refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
+from ._local import LocalSources
 from ._records import DOMAIN, DOMAIN_WIRE, NameRecord, Registry, Scope, Snapshot, Template
 
 __all__ = ["FORWARD", "Resolver", "question_shape"]
@@ -110,10 +116,19 @@ def _reverse_ip(labels: tuple[bytes, ...]) -> ipaddress.IPv4Address | ipaddress.
 class Resolver:
     """Resolves queries against the registry; used only by the server's loop thread."""
 
-    def __init__(self, registry: Registry, *, ttl: int = 60) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        ttl: int = 60,
+        is_local: Callable[[str], bool] | None = None,
+    ) -> None:
         self.registry = registry
         self.ttl = ttl
         self.snap: Snapshot = registry.snapshot()
+        self.is_local: Callable[[str], bool] = is_local or LocalSources()
+        """Asked only about sources that are neither registered nor fixed host clients:
+        True when the source is an address of the host (it then sees every name)."""
 
     def refresh(self) -> Snapshot:
         if self.snap.generation != self.registry.generation:
@@ -124,7 +139,10 @@ class Resolver:
         snap = self.snap
         if snap.generation != self.registry.generation:
             snap = self.refresh()
-        return snap.clients.get(client_ip, snap.unknown)
+        scope = snap.clients.get(client_ip)
+        if scope is None:
+            scope = snap.local if self.is_local(client_ip) else snap.unknown
+        return scope
 
     # ------------------------------------------------------------------ hot path
 
@@ -133,7 +151,9 @@ class Resolver:
         snap = self.snap
         if snap.generation != self.registry.generation:
             snap = self.refresh()
-        scope = snap.clients.get(client_ip, snap.unknown)
+        scope = snap.clients.get(client_ip)
+        if scope is None:  # neither registered nor a fixed host client: off the hot path
+            scope = snap.local if self.is_local(client_ip) else snap.unknown
         n = len(data)
         if n > 16 and not data[2] & 0xF8:
             hdr = data[4:12]

@@ -4,7 +4,8 @@ Sockets are created by :meth:`DnsServer.start` in the *calling* thread, so they 
 the caller's network namespace (the thread started there inherits it too). UDP is a raw
 non-blocking socket watched with ``loop.add_reader``: each wakeup drains up to
 ``udp_batch`` datagrams with ``recvfrom``/``sendto``, no transport or protocol objects in
-between. TCP uses asyncio streams with a read timeout per message and a connection cap.
+between. TCP uses asyncio streams with a read timeout per message, a connection cap and
+a cap per client address; unknown clients are dropped as soon as they are accepted.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ServerOptions:
     forward_timeout: float = 1.5
     max_inflight: int = 1024
     tcp_max_connections: int = 64
+    tcp_max_connections_per_client: int = 8
     tcp_idle_timeout: float = 5.0
     upstream_port: int = 53
     udp_batch: int = 256
@@ -83,9 +85,10 @@ class DnsServer:
         self._socks: list[socket.socket] = []
         self._tcp_server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._per_client: dict[str, int] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self.stats = {"udp": 0, "tcp": 0, "tcp_refused": 0, "errors": 0}
+        self.stats = {"udp": 0, "tcp": 0, "tcp_refused": 0, "tcp_unknown": 0, "errors": 0}
 
     @property
     def running(self) -> bool:
@@ -250,15 +253,28 @@ class DnsServer:
     # ------------------------------------------------------------------ TCP
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP client. Refused at once, before it holds a slot or a read timeout, when
+        it is unknown (it would get REFUSED anyway), when its address already holds
+        ``tcp_max_connections_per_client`` connections, or when all slots are taken."""
         opts = self.options
         task = asyncio.current_task()
-        if len(self._conns) >= opts.tcp_max_connections or task is None:
-            self.stats["tcp_refused"] += 1
-            writer.close()
-            return
-        self._conns.add(task)
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else ""
+        if not self.resolver.scope(client).known:
+            self.stats["tcp_unknown"] += 1
+            writer.transport.abort()
+            return
+        held = self._per_client.get(client, 0)
+        if (
+            held >= opts.tcp_max_connections_per_client
+            or len(self._conns) >= opts.tcp_max_connections
+            or task is None
+        ):
+            self.stats["tcp_refused"] += 1
+            writer.transport.abort()
+            return
+        self._conns.add(task)
+        self._per_client[client] = held + 1
         fwd = self.forwarder
         assert fwd is not None
         try:
@@ -285,6 +301,11 @@ class DnsServer:
             pass
         finally:
             self._conns.discard(task)
+            left = self._per_client.get(client, 1) - 1
+            if left > 0:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

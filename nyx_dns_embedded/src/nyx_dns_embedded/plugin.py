@@ -37,10 +37,11 @@ def nyx_dns_register(
     networks: Sequence[str],
     internal_networks: Sequence[str] = (),
 ) -> object:
-    provider = get_provider()
-    for name in internal_networks:
-        provider.set_network_internal(name, True)
-    return provider.register(container_id, hostname, ips, aliases, networks)
+    # internal for this registration only: another container on the same network keeps
+    # forwarding unless its own registration lists the network too
+    return get_provider().register(
+        container_id, hostname, ips, aliases, networks, internal_networks
+    )
 
 
 @hookimpl

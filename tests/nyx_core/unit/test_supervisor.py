@@ -4,6 +4,7 @@ through the real facades, and a fake host (images, rootfs, runc, netns). No root
 from __future__ import annotations
 
 import ipaddress
+import json
 import signal
 import threading
 from pathlib import Path
@@ -423,6 +424,21 @@ def test_cni_auto_uses_cni_resolv_conf_but_internal_stack_registers(
     assert i < calls.index(reg[0])
 
 
+def test_cni_auto_stack_on_a_network_created_internal_counts_as_internal(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    """The DNS policy reads "internal" the same way as everything else: a stack whose only
+    network was created internal (not marked in the stack) is an internal stack."""
+    s = make_sup(tmp_path, parts, calls, driver="cni")
+    assert s.dns is not None
+    recorder = nyx_hook_recorder(s.dns.pm)
+    s.create_network("back", internal=True)
+    stack = {"db": {"networks": [{"name": "back"}]}}
+    s.create(spec(networks=[NetworkAttachment(name="back")], stack="p", stack_services=stack))
+    (reg,) = _dns_registrations(recorder)
+    assert reg["internal_networks"] == ["back"]
+
+
 def test_networks_allocate_distinct_24s_and_attach(sup: Supervisor, calls: Calls) -> None:
     a = sup.create_network("front")
     b = sup.create_network("back", internal=True)
@@ -448,6 +464,108 @@ def test_networks_allocate_distinct_24s_and_attach(sup: Supervisor, calls: Calls
     assert [n["name"] for n in sup.list_networks()] == ["nyx", "front"]
     with pytest.raises(NotFoundError):
         sup.create(spec(network="nowhere"))
+
+
+def _dns_registrations(recorder: Any) -> list[dict[str, Any]]:
+    return [c.kwargs for c in recorder.calls if c.name == "nyx_dns_register"]
+
+
+def test_internal_spec_is_one_decision_for_firewall_and_dns(
+    sup: Supervisor, calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    """Issue 11 item 5: ``"internal": true`` in the spec (default network) drops egress in
+    the driver *and* stops DNS forwarding: both read the value recorded at create."""
+    assert sup.dns is not None
+    recorder = nyx_hook_recorder(sup.dns.pm)
+    c = sup.create(spec(internal=True))
+    opts = [x[4] for x in calls if x[0] == "setup"]
+    assert [(o.network, o.internal) for o in opts] == [("nyx", True)]
+    (reg,) = _dns_registrations(recorder)
+    assert reg["networks"] == ["nyx"] and reg["internal_networks"] == ["nyx"]
+    rec = sup.store.load_all()[0][0]
+    assert rec.id == c["id"] and rec.internal_networks == ["nyx"]
+    # a container on the same network that did not ask for it is not internal
+    sup.create(spec())
+    assert [x[4].internal for x in calls if x[0] == "setup"] == [True, False]
+    assert _dns_registrations(recorder)[1]["internal_networks"] == []
+
+
+def test_internal_attachment_or_network_is_one_decision(
+    sup: Supervisor, calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    """``networks[].internal`` of the spec and a network created internal count alike."""
+    assert sup.dns is not None
+    recorder = nyx_hook_recorder(sup.dns.pm)
+    sup.create_network("front")
+    sup.create_network("back")
+    sup.create_network("vault", internal=True)
+    sup.create(
+        spec(
+            networks=[
+                NetworkAttachment(name="front"),
+                NetworkAttachment(name="back", internal=True),
+                NetworkAttachment(name="vault"),
+            ]
+        )
+    )
+    opts = [x[4] for x in calls if x[0] == "setup"]
+    assert [(o.network, o.internal) for o in opts] == [
+        ("front", False),
+        ("back", True),
+        ("vault", True),
+    ]
+    (reg,) = _dns_registrations(recorder)
+    assert reg["networks"] == ["front", "back", "vault"]
+    assert reg["internal_networks"] == ["back", "vault"]
+
+
+def test_readoption_registers_dns_with_the_recorded_internal(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    first = make_sup(tmp_path, parts, calls)
+    c = first.create(spec(name="vault", internal=True))
+    d = first.create(spec(name="plain"))
+    second = make_sup(tmp_path, parts, calls)
+    assert second.dns is not None
+    recorder = nyx_hook_recorder(second.dns.pm)
+    assert second.reconcile()["adopted"] == 2
+    got = {r["container_id"]: r["internal_networks"] for r in _dns_registrations(recorder)}
+    assert got == {c["id"]: ["nyx"], d["id"]: []}
+
+
+def test_readoption_reads_the_record_not_the_network_registry(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    first = make_sup(tmp_path, parts, calls)
+    c = first.create(spec(name="keep"))
+    # what the driver was told at start is what counts, whatever the spec says now
+    store = StateStore(tmp_path / "state")
+    rec = store.load_all()[0][0]
+    rec.internal_networks = ["nyx"]
+    store.save(rec)
+    second = make_sup(tmp_path, parts, calls)
+    assert second.dns is not None
+    recorder = nyx_hook_recorder(second.dns.pm)
+    assert second.reconcile()["adopted"] == 1
+    (reg,) = _dns_registrations(recorder)
+    assert reg["container_id"] == c["id"] and reg["internal_networks"] == ["nyx"]
+
+
+def test_record_of_an_older_nyxd_decides_internal_from_its_spec(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, nyx_hook_recorder: Any
+) -> None:
+    first = make_sup(tmp_path, parts, calls)
+    c = first.create(spec(name="old", internal=True))
+    path = first.store.container_dir(c["id"]) / "container.json"
+    raw = json.loads(path.read_text())
+    del raw["internal_networks"]  # written before the field existed
+    path.write_text(json.dumps(raw))
+    second = make_sup(tmp_path, parts, calls)
+    assert second.dns is not None
+    recorder = nyx_hook_recorder(second.dns.pm)
+    assert second.reconcile()["adopted"] == 1
+    assert _dns_registrations(recorder)[0]["internal_networks"] == ["nyx"]
+    assert second.store.load_all()[0][0].internal_networks == ["nyx"]
 
 
 def test_port_conflict_between_containers(sup: Supervisor) -> None:
@@ -567,7 +685,6 @@ def test_labels_filter(sup: Supervisor) -> None:
 def test_daemon_serves_then_stops_everything(
     tmp_path: Path, parts: dict[str, Any], calls: Calls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
     import socket
 
     from nyx_core._daemon import serve

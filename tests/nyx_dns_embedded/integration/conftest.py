@@ -1,5 +1,7 @@
 """Fixtures of the embedded DNS integration tests: a host namespace with the gateway and
-client addresses on ``lo``, a provider serving there, fake upstreams on loopback."""
+client addresses on ``lo``, a provider serving there, fake upstreams on loopback; and,
+for the "who is the host" tests, an uplink address of the host and a LAN neighbour
+namespace that routes the container subnet to the host."""
 
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ import pytest
 from dnslib import QTYPE, RR, A, DNSRecord
 
 from nyx_core import NyxSettings
-from nyx_core.testing import Netns
+from nyx_core.testing import Netns, entered
 from nyx_dns_embedded import EmbeddedDns, EmbeddedDnsSettings
 
 GW = "10.231.0.1"
 CLIENTS = ["10.231.0.2", "10.231.0.3", "10.231.0.4", "10.231.0.5"]
+UPLINK_IP = "192.0.2.2"  # the host's own address on its uplink (TEST-NET-1)
+LAN_HOST_IP = "198.51.100.1"  # the host's address on the LAN link
+NEIGHBOUR_IP = "198.51.100.2"  # a LAN neighbour (TEST-NET-2)
 
 
 class FakeUpstream:
@@ -109,6 +114,43 @@ def dns_host(nyx_in_host: Netns) -> Netns:
     for addr in (GW, *CLIENTS):
         nyx_in_host.ip("addr", "add", f"{addr}/24", "dev", "lo")
     return nyx_in_host
+
+
+@pytest.fixture
+def uplink(dns_host: Netns, nyx_container_ns: Callable[[], Netns]) -> str:
+    """A second address of the host, as on a real one: an uplink veth to an "internet"
+    namespace with UPLINK_IP/24 on the host side and the default route through it.
+    Returns UPLINK_IP."""
+    internet = nyx_container_ns()
+    dns_host.ip(
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", internet.name
+    )
+    dns_host.ip("addr", "add", f"{UPLINK_IP}/24", "dev", "uplink0")
+    dns_host.ip("link", "set", "uplink0", "up")
+    internet.ip("addr", "add", "192.0.2.254/24", "dev", "eth0")
+    internet.ip("link", "set", "eth0", "up")
+    dns_host.ip("route", "add", "default", "via", "192.0.2.254", "dev", "uplink0")
+    return UPLINK_IP
+
+
+@pytest.fixture
+def neighbour(dns_host: Netns, nyx_container_ns: Callable[[], Netns]) -> Netns:
+    """A LAN neighbour: its own namespace on a veth to the host (host side LAN_HOST_IP,
+    neighbour NEIGHBOUR_IP) with the container subnet routed to the host."""
+    lan = nyx_container_ns()
+    dns_host.ip("link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", lan.name)
+    dns_host.ip("addr", "add", f"{LAN_HOST_IP}/24", "dev", "lan0")
+    dns_host.ip("link", "set", "lan0", "up")
+    lan.ip("addr", "add", f"{NEIGHBOUR_IP}/24", "dev", "eth0")
+    lan.ip("link", "set", "eth0", "up")
+    lan.ip("route", "add", "10.231.0.0/24", "via", LAN_HOST_IP)
+    return lan
+
+
+def socket_in(ns: Netns, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket that belongs to namespace ``ns`` (it stays there after setns back)."""
+    with entered(ns):
+        return socket.socket(socket.AF_INET, kind)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ dnspython over UDP and TCP, forwarding to fake upstreams on the namespace's loop
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -18,7 +19,7 @@ import dns.query
 import dns.rcode
 import dns.resolver
 import pytest
-from conftest import CLIENTS, GW, FakeUpstream
+from conftest import CLIENTS, GW, LAN_HOST_IP, NEIGHBOUR_IP, FakeUpstream, socket_in
 
 from nyx_core import NyxSettings
 from nyx_core.testing import Netns
@@ -34,16 +35,62 @@ def ips(*texts: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return [ipaddress.ip_address(t) for t in texts]
 
 
-def dig(ns: Netns, *args: str, client: str = A_IP) -> str:
-    argv = ["dig", f"@{GW}", "-p", str(PORT), "-b", client, "+time=3", "+tries=1", *args]
+def dig(ns: Netns, *args: str, client: str | None = A_IP) -> str:
+    """dig's output for a query to the server from ``client`` (None: the namespace's own
+    source address, e.g. from the LAN neighbour)."""
+    source = ["-b", client] if client else []
+    argv = ["dig", f"@{GW}", "-p", str(PORT), *source, "+time=3", "+tries=1", *args]
     return ns.run(argv, check=False).stdout
 
 
 def status(out: str) -> str:
+    """The status dig printed; "NO-ANSWER" only when dig says no server answered. Any
+    other output (empty, a usage error) fails: a broken dig must not pass a check."""
     for line in out.splitlines():
         if "status:" in line:
             return line.split("status:")[1].split(",")[0].strip()
-    return "NO-ANSWER"
+    if "no servers could be reached" in out:
+        return "NO-ANSWER"
+    raise AssertionError(f"dig printed neither a status nor 'no servers could be reached': {out!r}")
+
+
+def closed_without_answer(sock: socket.socket) -> bytes:
+    """Read until the server closes ``sock``; what it sent first (b"" when nothing).
+
+    Fails if the server keeps the connection open for the socket's timeout: the tests that
+    use it give the server a much longer TCP idle timeout, so only a connection the server
+    drops by itself ends in time.
+    """
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError as exc:
+        raise AssertionError("the server kept the connection open") from exc
+    return got
+
+
+def tcp_roundtrip(sock: socket.socket, name: str) -> list[str]:
+    """One query on an open TCP connection; the answer's addresses."""
+    q = dns.message.make_query(name, "A")
+    wire = q.to_wire()
+    sock.sendall(len(wire).to_bytes(2, "big") + wire)
+    size = int.from_bytes(_recv_exactly(sock, 2), "big")
+    r = dns.message.from_wire(_recv_exactly(sock, size))
+    assert r.id == q.id
+    return addrs(r)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
 
 
 def answers(out: str) -> list[str]:
@@ -120,8 +167,10 @@ def test_scoping_between_networks(dns_host: Netns, provider: EmbeddedDns) -> Non
     assert dig(dns_host, "+short", "alpha.nyxd.local", client=C_IP).split() == [A_IP]
     assert dig(dns_host, "+short", "beta.nyxd.local", client=C_IP).split() == [B_IP]
     assert status(dig(dns_host, "-x", B_IP, client=A_IP)) == "NXDOMAIN"
-    # an unregistered client gets nothing
-    assert status(dig(dns_host, "alpha.nyxd.local", client=D_IP)) == "REFUSED"
+    # an address of the host that no container has is the host: it sees every name
+    # (strangers are refused: test_lan_neighbour_is_refused_host_addresses_are_answered)
+    assert dig(dns_host, "+short", "alpha.nyxd.local", client=D_IP).split() == [A_IP]
+    assert dig(dns_host, "+short", "beta.nyxd.local", client=D_IP).split() == [B_IP]
 
 
 def test_register_deregister_take_effect_at_once_on_the_same_sockets(
@@ -149,7 +198,8 @@ def test_listens_only_on_the_gateway_address(dns_host: Netns, provider: Embedded
         assert locals_ == [f"{GW}:{PORT}"], out
     provider.register("a", "web", ips(A_IP), [], ["n1"])
     other = ["dig", f"@{A_IP}", "-p", str(PORT), "+time=1", "+tries=1", "web"]
-    assert "status:" not in dns_host.run(other, check=False).stdout
+    assert status(dns_host.run(other, check=False).stdout) == "NO-ANSWER"
+    assert dig(dns_host, "+short", "web").split() == [A_IP]  # control: the gateway answers
 
 
 def test_forwarding_over_udp_and_tcp(
@@ -162,11 +212,11 @@ def test_forwarding_over_udp_and_tcp(
     r = query("tcp.example.org", tcp=True)
     assert addrs(r) == ["203.0.113.7"] and r.rcode() == dns.rcode.NOERROR
     assert up.names("tcp") == ["tcp.example.org."]
-    # container names never reach the upstream
-    dig(dns_host, "web")
-    dig(dns_host, "web.nyxd.local")
-    dig(dns_host, "nope.nyxd.local")
-    assert "web." not in up.names() and "nope.nyxd.local." not in up.names()
+    # container names never reach the upstream (each query is answered here)
+    assert dig(dns_host, "+short", "web").split() == [A_IP]
+    assert dig(dns_host, "+short", "web.nyxd.local").split() == [A_IP]
+    assert status(dig(dns_host, "nope.nyxd.local")) == "NXDOMAIN"
+    assert up.names() == ["example.com.", "tcp.example.org."]
 
 
 def test_forward_failover_timeout_and_servfail(
@@ -216,6 +266,175 @@ def test_internal_networks_get_no_forwarding(
     assert dig(dns_host, "+short", "example.com", client=B_IP).split() == ["203.0.113.7"]
     provider.set_network_internal("backend", False)
     assert dig(dns_host, "+short", "example.net").split() == ["203.0.113.7"]
+
+
+def test_internal_for_one_container_leaves_its_network_forwarding(
+    dns_host: Netns,
+    provider: EmbeddedDns,
+    upstream: Callable[..., FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11 item 5, through the hook nyxd calls: a container internal on the default
+    network gets no forwarding (nothing reaches the upstream), and that does not turn the
+    network internal for the container next to it."""
+    import nyx_dns_embedded._provider as prov
+    from nyx_dns_embedded import plugin
+
+    monkeypatch.setattr(prov, "_default", provider)
+    up = upstream("127.0.0.1")
+    for cid, host, ip, internal in (("vault", "vault", A_IP, ["nyx"]), ("plain", "web", B_IP, [])):
+        plugin.nyx_dns_register(
+            container_id=cid,
+            hostname=host,
+            ips=ips(ip),
+            aliases=[],
+            networks=["nyx"],
+            internal_networks=internal,
+        )
+    # positive control: the other container on the same network is forwarded
+    assert dig(dns_host, "+short", "control.example", client=B_IP).split() == ["203.0.113.7"]
+    assert up.names() == ["control.example."]
+    # the internal one: REFUSED over UDP and TCP, for names and reverse names outside
+    assert status(dig(dns_host, "leak.example", client=A_IP)) == "REFUSED"
+    assert status(dig(dns_host, "+tcp", "leak-tcp.example", client=A_IP)) == "REFUSED"
+    assert query("leak.example", "TXT", client=A_IP).rcode() == dns.rcode.REFUSED
+    assert status(dig(dns_host, "-x", "192.0.2.77", client=A_IP)) == "REFUSED"
+    for _ in range(3):  # again, now from the resolver's cached templates
+        assert query("leak-again.example", client=A_IP).rcode() == dns.rcode.REFUSED
+    assert up.names() == ["control.example."]  # the upstream received nothing more
+    # container names still work both ways
+    assert dig(dns_host, "+short", "web", client=A_IP).split() == [B_IP]
+    assert dig(dns_host, "+short", "vault", client=B_IP).split() == [A_IP]
+    assert dig(dns_host, "+short", "after.example", client=B_IP).split() == ["203.0.113.7"]
+    assert up.names() == ["control.example.", "after.example."]
+    assert provider.resolv_conf("vault").splitlines()[-1] == "search nyxd.local"
+    assert provider.resolv_conf("plain").splitlines()[-1] == "search nyxd.local corp.example"
+
+
+def test_lan_neighbour_is_refused_host_addresses_are_answered(
+    dns_host: Netns,
+    uplink: str,
+    neighbour: Netns,
+    provider: EmbeddedDns,
+    upstream: Callable[..., FakeUpstream],
+) -> None:
+    """Issue 11 item 1: the host sees every name whatever its source address (the
+    uplink's, a LAN address); a LAN neighbour routed to the gateway is refused."""
+    up = upstream("127.0.0.1")
+    provider.register("a", "web", ips(A_IP), [], ["n1"])
+    provider.register("b", "db", ips(B_IP), [], ["n2"])
+    for src in (uplink, LAN_HOST_IP):
+        assert dig(dns_host, "+short", "web.nyxd.local", client=src).split() == [A_IP]
+        assert dig(dns_host, "+short", "db", client=src).split() == [B_IP]
+        assert addrs(query("web", tcp=True, client=src)) == [A_IP]
+        assert dig(dns_host, "+short", "-x", B_IP, client=src).split() == ["db.nyxd.local."]
+    assert dig(dns_host, "+short", "host.example", client=uplink).split() == ["203.0.113.7"]
+    assert up.names() == ["host.example."]
+    # the neighbour reaches the server (it answers) but gets nothing, and nothing is
+    # forwarded for it
+    for name in ("web.nyxd.local", "web", "lan.example"):
+        out = dig(neighbour, name, client=None)
+        assert status(out) == "REFUSED", out
+    assert up.names() == ["host.example."]
+    # over TCP it is dropped without an answer
+    with socket_in(neighbour) as s:
+        s.settimeout(10)
+        s.connect((GW, PORT))
+        assert s.getsockname()[0] == NEIGHBOUR_IP
+        q = dns.message.make_query("web", "A").to_wire()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            s.sendall(len(q).to_bytes(2, "big") + q)
+        assert closed_without_answer(s) == b""
+    # a loopback source other than 127.0.0.1 is not trusted as the host (a container can
+    # send from one when the bridge has route_localnet)
+    assert status(dig(dns_host, "web.nyxd.local", client="127.0.0.5")) == "REFUSED"
+    assert dig(dns_host, "+short", "web.nyxd.local", client="127.0.0.1").split() == [A_IP]
+
+
+def test_tcp_from_unknown_clients_is_closed_at_once(
+    dns_host: Netns,
+    neighbour: Netns,
+    make_provider: Callable[..., EmbeddedDns],
+    host_resolv: Path,
+) -> None:
+    """Issue 11 item 12: a client that would be refused anyway never holds a TCP slot or
+    a read timeout: a flood of three times the cap is dropped at once (the idle timeout is
+    a minute, so a connection the server kept would outlive the read) and a known client
+    is served while the flood is connected."""
+    p = make_provider(
+        EmbeddedDnsSettings(
+            upstream_resolv_conf=host_resolv, tcp_idle_timeout=60, tcp_max_connections=4
+        )
+    )
+    p.register("a", "web", ips(A_IP), [], ["n1"])
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(12):
+            s = socket_in(neighbour)
+            flood.append(s)
+            s.settimeout(10)
+            s.connect((GW, PORT))
+        assert addrs(query("web", tcp=True)) == [A_IP]
+        with socket.create_connection((GW, PORT), timeout=10, source_address=(A_IP, 0)) as c:
+            assert tcp_roundtrip(c, "web") == [A_IP]
+            assert tcp_roundtrip(c, "web.nyxd.local") == [A_IP]
+        q = dns.message.make_query("web", "A").to_wire()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            flood[0].sendall(len(q).to_bytes(2, "big") + q)  # a query changes nothing
+        for s in flood:
+            assert closed_without_answer(s) == b""
+    finally:
+        for s in flood:
+            s.close()
+    assert p.server is not None and p.server.stats["tcp_unknown"] == 12
+
+
+def test_tcp_connections_per_client_are_capped(
+    dns_host: Netns, make_provider: Callable[..., EmbeddedDns], host_resolv: Path
+) -> None:
+    """Issue 11 item 12: one client address holds at most
+    ``tcp_max_connections_per_client`` connections; other clients are not affected."""
+    p = make_provider(
+        EmbeddedDnsSettings(
+            upstream_resolv_conf=host_resolv,
+            tcp_idle_timeout=60,
+            tcp_max_connections=8,
+            tcp_max_connections_per_client=2,
+        )
+    )
+    p.register("a", "web", ips(A_IP), [], ["n1"])
+    p.register("b", "db", ips(B_IP), [], ["n1"])
+    held = [
+        socket.create_connection((GW, PORT), timeout=10, source_address=(A_IP, 0)) for _ in range(2)
+    ]
+    try:
+        for c in held:  # each one is served, so each one holds a slot now
+            assert tcp_roundtrip(c, "db") == [B_IP]
+        with socket.create_connection((GW, PORT), timeout=10, source_address=(A_IP, 0)) as over:
+            assert closed_without_answer(over) == b""
+        # another client is served, and so are the two held connections
+        with socket.create_connection((GW, PORT), timeout=10, source_address=(B_IP, 0)) as b:
+            assert tcp_roundtrip(b, "web") == [A_IP]
+        assert [tcp_roundtrip(c, "web") for c in held] == [[A_IP], [A_IP]]
+        # closing one frees its slot (the server notices the close on its own time)
+        held.pop().close()
+        for _ in range(100):
+            with socket.create_connection(
+                (GW, PORT), timeout=10, source_address=(A_IP, 0)
+            ) as again:
+                try:
+                    got = tcp_roundtrip(again, "db")
+                except (AssertionError, ConnectionResetError):
+                    time.sleep(0.05)
+                    continue
+            assert got == [B_IP]
+            break
+        else:
+            raise AssertionError("the closed connection's slot was never given back")
+    finally:
+        for c in held:
+            c.close()
+    assert p.server is not None and p.server.stats["tcp_refused"] >= 1
 
 
 def test_host_resolv_conf_is_reread_when_it_changes(
@@ -380,7 +599,7 @@ def test_through_the_plugin_hooks(
         facade.stop()
         facade.stop()
     out = dns_host.run(["ss", "-lnu", f"sport = :{PORT}"]).stdout
-    assert GW not in out
+    assert "Local Address" in out and GW not in out
 
 
 def test_stop_start_keeps_records_and_frees_the_port(

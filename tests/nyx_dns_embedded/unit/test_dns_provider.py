@@ -44,11 +44,20 @@ def test_public_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NYXD_DNS_UPSTREAM_RESOLV_CONF", str(tmp_path / "r.conf"))
     monkeypatch.setenv("NYXD_DNS_FORWARD_TIMEOUT", "0.5")
+    monkeypatch.setenv("NYXD_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", "3")
     cfg = EmbeddedDnsSettings()
     assert cfg.upstream_resolv_conf == tmp_path / "r.conf"
     assert cfg.forward_timeout == 0.5
+    assert cfg.tcp_max_connections_per_client == 3
     # the core settings ignore the provider's variables
     assert NyxSettings().dns == "auto"
+
+
+def test_every_setting_is_documented() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "dns.md").read_text()
+    for name, field in EmbeddedDnsSettings.model_fields.items():
+        default = field.default if not isinstance(field.default, float) else f"{field.default:g}"
+        assert f"| `NYXD_DNS_{name.upper()}` | `{default}` |" in docs, name
 
 
 def test_resolv_conf_needs_a_started_provider() -> None:
@@ -94,18 +103,31 @@ def test_resolv_conf_text_and_file(tmp_path: Path) -> None:
         p.resolv_conf_path("../x")
 
 
-def test_register_hook_marks_internal_networks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """nyxd passes ``internal_networks`` through the facade; the provider stops forwarding."""
+def test_register_hook_internal_networks_are_per_container(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """nyxd passes ``internal_networks`` through the facade: that container alone gets no
+    forwarding and no host search domains; its network stays open for the others."""
     import nyx_dns_embedded._provider as prov
 
-    monkeypatch.setattr(prov, "_default", None)
-    facade = DnsFacade.load("embedded")
-    facade.register(
-        "c1",
-        "db",
-        [ipaddress.ip_address("10.89.1.2")],
-        ["db"],
-        ["p_back", "p_front"],
-        internal_networks=["p_back"],
+    host = tmp_path / "host-resolv.conf"
+    host.write_text("nameserver 192.0.2.1\nsearch corp.example\n")
+    settings = NyxSettings(
+        run_dir=tmp_path / "run", container_subnet="10.231.0.0/24", gateway_ip="10.231.0.1"
     )
-    assert nyx_dns_embedded.get_provider().registry.internal_networks() == {"p_back"}
+    p = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=host))
+    _started_without_server(p, settings)
+    monkeypatch.setattr(prov, "_default", p)
+    facade = DnsFacade.load("embedded")
+    ip = ipaddress.ip_address
+    facade.register("c1", "db", [ip("10.231.0.2")], [], ["nyx"], internal_networks=["nyx"])
+    facade.register("c2", "web", [ip("10.231.0.3")], [], ["nyx"], internal_networks=[])
+    facade.register("c3", "api", [ip("10.231.0.4")], [], ["nyx", "back"], ["back"])
+    assert p.registry.internal_networks() == frozenset()  # no network turned internal
+    snap = p.registry.snapshot()
+    assert snap.scope_for("10.231.0.2").forward is False
+    assert snap.scope_for("10.231.0.3").forward is True
+    assert snap.scope_for("10.231.0.4").forward is True
+    assert facade.resolv_conf("c1").splitlines()[-1] == "search nyxd.local"
+    assert facade.resolv_conf("c2").splitlines()[-1] == "search nyxd.local corp.example"
+    assert facade.resolv_conf("c3").splitlines()[-1] == "search nyxd.local corp.example"

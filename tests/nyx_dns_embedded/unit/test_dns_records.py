@@ -165,6 +165,45 @@ def test_internal_networks_get_no_forwarding(reg: Registry) -> None:
         reg.set_network_internal("bad name", True)
 
 
+@pytest.mark.parametrize("internal_first", [True, False])
+def test_internal_per_registration_leaves_the_network_alone(
+    reg: Registry, internal_first: bool
+) -> None:
+    """One container internal on "nyx" must not stop forwarding for the others there."""
+    regs = [
+        ("a", "a", [ip("10.231.0.2")], [], ["nyx"], ["nyx"]),
+        ("b", "b", [ip("10.231.0.3")], [], ["nyx"], []),
+    ]
+    for args in regs if internal_first else regs[::-1]:
+        reg.register(*args)  # type: ignore[arg-type]
+    snap = reg.snapshot()
+    assert snap.scope_for("10.231.0.2").forward is False
+    assert snap.scope_for("10.231.0.3").forward is True
+    assert snap.scope_for("10.231.0.1").forward is True
+    assert names_of(reg, "10.231.0.2") == names_of(reg, "10.231.0.3")  # same names
+    assert reg.internal_networks() == frozenset()
+    a = reg.get("a")
+    b = reg.get("b")
+    assert a is not None and b is not None
+    assert reg.internal_only(a) and not reg.internal_only(b)
+
+
+def test_internal_networks_of_a_registration(reg: Registry) -> None:
+    # on two networks, internal on one: still forwarded
+    reg.register("a", "a", [ip("10.231.0.2")], [], ["back", "front"], ["back"])
+    assert reg.snapshot().scope_for("10.231.0.2").forward is True
+    # internal on both (one by the registration, one by the network): no forwarding
+    reg.set_network_internal("front", True)
+    assert reg.snapshot().scope_for("10.231.0.2").forward is False
+    # names outside the container's networks are ignored; an empty list means "nyx"
+    reg.register("b", "b", [ip("10.231.0.3")], [], ["front2"], ["elsewhere"])
+    assert reg.snapshot().scope_for("10.231.0.3").forward is True
+    reg.register("c", "c", [ip("10.231.0.4")], [], [], ["nyx"])
+    assert reg.snapshot().scope_for("10.231.0.4").forward is False
+    with pytest.raises(DnsError, match="internal_networks: network name 'bad name'"):
+        reg.register("d", "d", [ip("10.231.0.5")], [], ["x"], ["bad name"])
+
+
 def test_every_change_bumps_the_generation(reg: Registry) -> None:
     g = reg.generation
     reg.register("a", "a", [ip("10.231.0.2")], [], [])

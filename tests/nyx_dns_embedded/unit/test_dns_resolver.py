@@ -20,6 +20,19 @@ GW = "10.231.0.1"
 A_IP = "10.231.0.2"  # container "web" on n1
 B_IP = "10.231.0.3"  # container "db" on n2
 STRANGER = "10.231.0.99"
+HOST_LAN = "192.0.2.2"  # another address of the host (uplink, LAN): local
+
+
+class FakeLocal:
+    """Stands in for the kernel question "is this address the host's?"; records calls."""
+
+    def __init__(self, *local: str) -> None:
+        self.local = set(local)
+        self.asked: list[str] = []
+
+    def __call__(self, ip: str) -> bool:
+        self.asked.append(ip)
+        return ip in self.local
 
 
 @pytest.fixture
@@ -34,8 +47,13 @@ def reg() -> Registry:
 
 
 @pytest.fixture
-def res(reg: Registry) -> Resolver:
-    return Resolver(reg, ttl=60)
+def local() -> FakeLocal:
+    return FakeLocal(HOST_LAN)
+
+
+@pytest.fixture
+def res(reg: Registry, local: FakeLocal) -> Resolver:
+    return Resolver(reg, ttl=60, is_local=local)
 
 
 def ask(
@@ -144,6 +162,28 @@ def test_unknown_clients_are_refused(res: Resolver) -> None:
     assert ask(res, "example.com", client=STRANGER).rcode() == dns.rcode.REFUSED
 
 
+def test_host_sees_every_name_from_any_of_its_addresses(res: Resolver, local: FakeLocal) -> None:
+    """Issue 11 item 1: a host query sourced from the uplink's address is the host."""
+    assert addresses(ask(res, "web", client=HOST_LAN)) == [A_IP]
+    assert addresses(ask(res, "db", client=HOST_LAN)) == [B_IP]
+    q = dns.message.make_query("example.com", "A")
+    assert isinstance(res.resolve(q.to_wire(), HOST_LAN), int)  # forwarded
+    # a source that is not the host's stays refused
+    assert ask(res, "web", client=STRANGER).rcode() == dns.rcode.REFUSED
+    assert set(local.asked) == {HOST_LAN, STRANGER}
+
+
+def test_registered_and_fixed_host_clients_never_ask_the_kernel(
+    res: Resolver, local: FakeLocal
+) -> None:
+    for _ in range(3):
+        ask(res, "web", client=A_IP)
+        ask(res, "db", client=B_IP)
+        ask(res, "web", client=GW)
+    assert res.scope(A_IP).known and res.scope(GW).known
+    assert local.asked == []
+
+
 def test_other_names_are_forwarded_with_question_end(res: Resolver) -> None:
     q = dns.message.make_query("Example.COM", "A").to_wire()
     for _ in range(2):  # slow path, then the FORWARD marker from the cache
@@ -163,6 +203,18 @@ def test_internal_network_clients_get_refused_instead_of_forwarding(
     assert addresses(ask(res, "web")) == [A_IP]  # container names still answered
     q = dns.message.make_query("example.com", "A")
     assert isinstance(res.resolve(q.to_wire(), B_IP), int)
+
+
+def test_internal_for_one_registration_only(reg: Registry, res: Resolver) -> None:
+    """Issue 11 item 5: internal for one container does not silence its network."""
+    reg.register("c", "api", [ipaddress.ip_address("10.231.0.4")], [], ["n1"], ["n1"])
+    q = dns.message.make_query("example.com", "A").to_wire()
+    for _ in range(2):  # slow path, then whatever the scope's cache holds
+        r = ask(res, "example.com", client="10.231.0.4")
+        assert r.rcode() == dns.rcode.REFUSED and not r.flags & dns.flags.RA
+        assert isinstance(res.resolve(q, A_IP), int)  # "web" on n1 still forwards
+    assert addresses(ask(res, "web", client="10.231.0.4")) == [A_IP]
+    assert addresses(ask(res, "api", client=A_IP)) == ["10.231.0.4"]
 
 
 def test_changes_take_effect_on_the_next_query(reg: Registry, res: Resolver) -> None:
