@@ -141,7 +141,7 @@ _ROUTES: list[Route] = [
         ("DELETE", r"/v1/images/(?P<ref>.+)", "images_remove"),
         ("GET", r"/v1/networks", "networks_list"),
         ("POST", r"/v1/networks", "networks_create"),
-        ("DELETE", r"/v1/networks/(?P<ref>[^/]+)", "networks_remove"),
+        ("DELETE", r"/v1/networks/(?P<name>[^/]+)", "networks_remove"),
     ]
 ]
 _TAKES_BODY = {"containers_create", "images_load", "images_pull", "networks_create"}
@@ -308,8 +308,8 @@ class _Routes:
         body = NetworkCreate.model_validate(_object(ex.json(), '{"name": ...}'))
         ex.send_json(201, self.sup.create_network(body.name, body.internal, body.subnet))
 
-    def h_networks_remove(self, ex: Exchange, q: dict[str, list[str]], ref: str) -> None:
-        self.sup.remove_network(ref)
+    def h_networks_remove(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
+        self.sup.remove_network(name)
         ex.send_empty(204)
 
 
