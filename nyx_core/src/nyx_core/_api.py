@@ -98,7 +98,9 @@ def _error_body(exc: BaseException) -> dict[str, Any]:
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "body"
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            got = repr(err.get("input"))
+            got = got if len(got) <= 80 else got[:77] + "..."
+            parts.append(f"{loc}: {err['msg']} (got {got})")
         body: dict[str, Any] = {"error": "invalid request: " + "; ".join(parts)}
     elif isinstance(exc, NyxError | HttpError):
         body = {"error": str(exc) or type(exc).__name__}

@@ -177,9 +177,14 @@ class Exchange:
 
     def send_stream(self, content_type: str, chunks: Iterator[bytes]) -> None:
         self._head(status=200, headers=[("Content-Type", content_type)])
-        for chunk in chunks:
-            if chunk:
-                self._conn.send(h11.Data(data=chunk))
+        try:
+            for chunk in chunks:
+                if chunk:
+                    self._conn.send(h11.Data(data=chunk))
+        finally:  # a peer gone mid-stream: let a followed log or a pull stop now
+            close = getattr(chunks, "close", None)
+            if callable(close):
+                close()
         self._conn.send(h11.EndOfMessage())
 
 
