@@ -395,3 +395,32 @@ def test_client_streams_an_oci_layout_directory(api: Path, fake_sup: Any, tmp_pa
         assert {"index.json", "oci-layout", "blobs/sha256/ab"} <= names
         member = tar.extractfile("blobs/sha256/ab")
         assert member is not None and member.read() == b"blob" * 100_000
+
+
+CONNECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("EACCES")
+else:
+    print("connected")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a client as uid 65534")
+def test_socket_is_private(make_api: Callable[..., Path], open_socket_dir: Path) -> None:
+    sock = make_api(sock=open_socket_dir / "nyxd.sock")
+    st = sock.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_uid == 0
+    out = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", CONNECT, str(sock)],
+        user=65534,
+        group=65534,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert out.strip() == "EACCES"
