@@ -25,6 +25,8 @@ from typing import Any
 import h11
 from loguru import logger
 
+from ._settings import NyxSettings
+
 __all__ = ["MAX_HEAD", "MAX_JSON_DEPTH", "Exchange", "HttpError", "HttpServer", "Limits"]
 
 MAX_HEAD = 64 * 1024
@@ -35,14 +37,18 @@ MAX_QUERY_FIELDS = 64
 _RECV = 65536
 
 
+def _default(name: str) -> Any:
+    return NyxSettings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class Limits:
     """The API's limits; nyxd takes them from its settings (``NYXD_API_*``)."""
 
-    max_connections: int = 128
-    idle_timeout: float = 30.0
-    max_body: int = 1 << 20
-    max_upload: int = 16 << 30
+    max_connections: int = _default("api_max_connections")
+    idle_timeout: float = _default("api_idle_timeout")
+    max_body: int = _default("api_max_body")
+    max_upload: int = _default("api_max_upload")
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
