@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlencode
 
-__all__ = ["ApiError", "Client", "DaemonUnavailable", "default_socket"]
+__all__ = ["ApiError", "Client", "DaemonUnavailable", "InputError", "default_socket"]
 
 
 def default_socket() -> str:
@@ -20,6 +22,10 @@ def default_socket() -> str:
 
 class DaemonUnavailable(Exception):
     """nyxd is not running there, or the socket is not ours to use."""
+
+
+class InputError(Exception):
+    """What the client was to send could not be read."""
 
 
 class ApiError(Exception):
@@ -100,14 +106,44 @@ def _send(sock: socket.socket, method: str, path: str, hdrs: dict[str, str], pay
         hdrs.setdefault("Content-Length", str(len(payload)))
     elif payload is None and method in ("POST", "PUT"):
         hdrs.setdefault("Content-Length", "0")
+    elif payload is not None and "Content-Length" not in hdrs:
+        hdrs["Transfer-Encoding"] = "chunked"  # a stream of unknown length
     head = f"{method} {path} HTTP/1.1\r\nHost: nyxd\r\nConnection: close\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
     sock.sendall(head.encode("latin-1"))
     if isinstance(payload, bytes):
         sock.sendall(payload)
     elif payload is not None:
-        while chunk := payload.read(1 << 20):
-            sock.sendall(chunk)
+        chunks = iter(lambda: payload.read(1 << 20), b"") if hasattr(payload, "read") else payload
+        chunked = "Transfer-Encoding" in hdrs
+        for chunk in chunks:
+            if chunk:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+
+
+def tar_stream(root: Path) -> Iterator[bytes]:
+    """A tar of the directory ``root`` (its entries at the top), read as the caller can."""
+    r, w = os.pipe()
+    failed: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(w, "wb") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+                for child in sorted(root.iterdir()):
+                    tar.add(child, arcname=child.name)
+        except BaseException as exc:  # handed to the reading side
+            failed.append(exc)
+
+    writer = threading.Thread(target=produce, name="tar", daemon=True)
+    writer.start()
+    with os.fdopen(r, "rb") as f:
+        while chunk := f.read1(1 << 20):
+            yield chunk
+    writer.join()
+    if failed:
+        raise InputError(f"cannot read {str(root)!r}: {failed[0]}") from failed[0]
 
 
 def q(ref: str) -> str:
@@ -127,7 +163,7 @@ class Client:
         *,
         params: dict[str, Any] | None = None,
         body: Any = None,
-        data: bytes | IO[bytes] | None = None,
+        data: bytes | IO[bytes] | Iterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> _Response:
@@ -136,7 +172,7 @@ class Client:
             if clean:
                 path += "?" + urlencode(clean, doseq=True)
         hdrs = dict(headers or {})
-        payload: bytes | IO[bytes] | None = data
+        payload: bytes | IO[bytes] | Iterator[bytes] | None = data
         if body is not None:
             payload = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
@@ -144,7 +180,10 @@ class Client:
         conn.settimeout(timeout)
         try:
             conn.connect(self.socket_path)
-            _send(conn, method, path, hdrs, payload)
+            try:
+                _send(conn, method, path, hdrs, payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # nyxd answered before reading everything (413): read that answer
             resp = _Response(conn)
         except FileNotFoundError as exc:
             conn.close()
@@ -235,14 +274,26 @@ class Client:
     def wait(self, ref: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/containers/{q(ref)}/wait"))
 
-    def load(self, path: Path) -> list[dict[str, Any]]:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+    def load(self, path: Path | IO[bytes]) -> list[dict[str, Any]]:
+        """Send an image tar, an OCI layout directory (as a tar) or a stream of tar bytes."""
+        headers = {"Content-Type": "application/x-tar"}
+        if not isinstance(path, Path):
+            return list(self.request("POST", "/v1/images/load", data=path, headers=headers))
+        if path.is_dir():
+            return list(
+                self.request("POST", "/v1/images/load", data=tar_stream(path), headers=headers)
+            )
+        try:
+            f = path.open("rb")
+            size = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise InputError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
+        with f:
             return list(
                 self.request(
                     "POST",
                     "/v1/images/load",
                     data=f,
-                    headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+                    headers={**headers, "Content-Length": str(size)},
                 )
             )

@@ -14,12 +14,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
 from ._argv import normalize_argv
-from ._http import ApiError, Client, DaemonUnavailable, default_socket, q
+from ._http import ApiError, Client, DaemonUnavailable, InputError, default_socket, q
 
 __all__ = ["cli", "main"]
 
@@ -459,23 +459,13 @@ def images(ctx: click.Context, quiet: bool, as_json: bool) -> None:
 def load(ctx: click.Context, path: str | None) -> None:
     """Load images from a tar archive or an OCI layout."""
     client = _client(ctx)
-    if path is not None and Path(path).is_dir():
-        loaded = _call(
-            client.request, "POST", "/v1/images/load", body={"path": str(Path(path).resolve())}
-        )
-    elif path is not None:
-        loaded = _call(client.load, Path(path))
-    else:
-        if sys.stdin.isatty():
-            raise click.UsageError("no input: use -i FILE or pipe an image tar to stdin")
-        data = sys.stdin.buffer.read()
-        loaded = _call(
-            client.request,
-            "POST",
-            "/v1/images/load",
-            data=data,
-            headers={"Content-Type": "application/x-tar"},
-        )
+    if path is None and sys.stdin.isatty():
+        raise click.UsageError("no input: use -i FILE or pipe an image tar to stdin")
+    source: Path | BinaryIO = Path(path) if path is not None else sys.stdin.buffer
+    try:  # streamed: nyxd never opens a path of its client's choosing
+        loaded = _call(client.load, source)
+    except InputError as exc:
+        _die(str(exc))
     for img in loaded:
         for tag in img.get("repo_tags") or [img.get("id")]:
             click.echo(f"Loaded image: {tag}")

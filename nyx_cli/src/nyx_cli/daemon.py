@@ -53,6 +53,10 @@ def _plugin_table() -> str:
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))
+@click.option("--api-max-connections", default=None, type=int, help=_help("api_max_connections"))
+@click.option("--api-idle-timeout", default=None, type=float, help=_help("api_idle_timeout"))
+@click.option("--api-max-body", default=None, type=int, help=_help("api_max_body"))
+@click.option("--api-max-upload", default=None, type=int, help=_help("api_max_upload"))
 @click.option("--list-plugins", is_flag=True, help="list installed drivers and DNS providers")
 @click.version_option(package_name="nyx-cli")
 def nyxd(list_plugins: bool, **flags: Any) -> None:

@@ -73,6 +73,29 @@ class NyxSettings(BaseSettings):
         ge=-1,
         description="most processes and threads in one container (0 or -1: unlimited)",
     )
+    api_max_connections: int = Field(
+        default=128,
+        ge=1,
+        le=4096,
+        description="control socket: open connections at most (beyond: 503 at once)",
+    )
+    api_idle_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="control socket: seconds a connection may stay silent while nyxd waits "
+        "for a request or its body (then it is closed)",
+    )
+    api_max_body: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="control socket: largest JSON request body in bytes (beyond: 413)",
+    )
+    api_max_upload: int = Field(
+        default=16 << 30,
+        ge=1 << 20,
+        description="control socket: largest image tar `nyx load` may send, in bytes (beyond: 413)",
+    )
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:

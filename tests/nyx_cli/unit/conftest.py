@@ -22,6 +22,8 @@ class FakeSupervisor:
         self.containers: dict[str, dict[str, Any]] = {}
         self.specs: dict[str, ContainerSpec] = {}
         self.loaded: list[bytes] = []
+        self.load_modes: list[tuple[int, int]] = []  # (file, its directory) during a load
+        self.fail_load: Exception | None = None
         self.stopped: list[tuple[str, float | None]] = []
         self.exit_code = 0
         self.exited = threading.Event()
@@ -119,7 +121,12 @@ class FakeSupervisor:
         return [{"id": "sha256:" + "ab" * 32, "repo_tags": ["busybox:nyx"], "size": 2150400}]
 
     def load_image(self, path: Path) -> list[dict[str, Any]]:
-        self.loaded.append(Path(path).read_bytes() if Path(path).is_file() else str(path).encode())
+        path = Path(path)
+        if path.is_file():
+            self.load_modes.append((path.stat().st_mode, path.parent.stat().st_mode))
+        self.loaded.append(path.read_bytes() if path.is_file() else str(path).encode())
+        if self.fail_load is not None:
+            raise self.fail_load
         return [{"id": "sha256:" + "cd" * 32, "repo_tags": ["loaded:1"]}]
 
     def pull_image(
@@ -176,6 +183,25 @@ def api(tmp_path: Path, fake_sup: FakeSupervisor) -> Iterator[Path]:
     try:
         yield sock
     finally:
+        server.close()
+
+
+@pytest.fixture
+def make_api(tmp_path: Path, fake_sup: FakeSupervisor) -> Iterator[Callable[..., Path]]:
+    """An API server whose supervisor settings have these ``api_*`` values (nyxd's way)."""
+    servers: list[ApiServer] = []
+
+    def make(sock: Path | None = None, **settings: Any) -> Path:
+        for name, value in settings.items():
+            setattr(fake_sup.settings, name, value)
+        sock = sock or tmp_path / "run" / f"nyxd{len(servers)}.sock"
+        server = ApiServer(sock, fake_sup)
+        server.start()
+        servers.append(server)
+        return sock
+
+    yield make
+    for server in servers:
         server.close()
 
 

@@ -1,0 +1,38 @@
+"""Request bodies of the control-socket API, validated strictly.
+
+Strict means JSON types are not coerced: ``"false"`` is not a boolean and ``"80"`` is not a
+port, so a value is either what it says or a 400 that names the field and the value.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ImagePull", "NetworkCreate"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NetworkCreate(_Body):
+    """``POST /v1/networks``."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", examples=["back"])
+    internal: bool = Field(default=False, description="no route out of the network")
+    subnet: str | None = Field(
+        default=None,
+        description="default: a free /24 of 10.89.0.0/16",
+        examples=["10.89.7.0/24"],
+    )
+
+
+class ImagePull(_Body):
+    """``POST /v1/images/pull``."""
+
+    reference: str = Field(min_length=1, examples=["alpine:3.19"])
+    insecure: bool = Field(
+        default=False,
+        description="plain HTTP / unverified TLS: only for a registry nyxd itself was told is "
+        "insecure (--insecure-registry)",
+    )
