@@ -49,6 +49,7 @@ def _plugin_table() -> str:
 @click.option("--bridge", default=None, help=_help("bridge"))
 @click.option("--dns-port", default=None, type=int, help=_help("dns_port"))
 @click.option("--runtime", default=None, help=_help("runtime"))
+@click.option("--max-published-ports", default=None, type=int, help=_help("max_published_ports"))
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))

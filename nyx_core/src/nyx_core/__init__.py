@@ -25,6 +25,14 @@ from ._plugins import (
     make_plugin_manager,
 )
 from ._policy import DnsDecision, StackNetwork, dns_policy
+from ._portset import (
+    PortRange,
+    check_port_clash,
+    find_port_clash,
+    port_ranges,
+    published_count,
+    runs_of_ports,
+)
 from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
 from ._reference import Reference, normalize_reference
 from ._registry import ProgressEvent, PulledImage, login, pull_to_oci_layout
@@ -86,6 +94,7 @@ __all__ = [
     "PluginNotFoundError",
     "PortConflictError",
     "PortMapping",
+    "PortRange",
     "ProgressEvent",
     "PulledImage",
     "Reference",
@@ -98,8 +107,10 @@ __all__ = [
     "UnauthorizedError",
     "__version__",
     "backend_plugin",
+    "check_port_clash",
     "dns_plugin",
     "dns_policy",
+    "find_port_clash",
     "hookimpl",
     "hookspec",
     "installed_plugins",
@@ -108,5 +119,8 @@ __all__ = [
     "login",
     "make_plugin_manager",
     "normalize_reference",
+    "port_ranges",
+    "published_count",
     "pull_to_oci_layout",
+    "runs_of_ports",
 ]

@@ -68,6 +68,13 @@ class NyxSettings(BaseSettings):
         default=53, ge=1, le=65535, description="port of the embedded DNS server (tests move it)"
     )
     runtime: str = Field(default="runc", min_length=1, description="OCI runtime binary")
+    max_published_ports: int = Field(
+        default=1024,
+        ge=1,
+        le=131070,
+        description="most host ports one container may publish (each port of a range counts; "
+        "each is one reserved socket and one nftables element)",
+    )
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:

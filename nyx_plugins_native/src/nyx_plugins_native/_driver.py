@@ -15,7 +15,15 @@ from typing import Any
 
 from loguru import logger
 
-from nyx_core import InterfaceResult, NyxSettings, PortMapping, SetupOptions, SetupResult
+from nyx_core import (
+    InterfaceResult,
+    NyxSettings,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+    port_ranges,
+    published_count,
+)
 from nyx_core.errors import (
     BackendError,
     ConfigError,
@@ -281,6 +289,13 @@ class NativeDriver:
                 )
         if opts.static_ip is not None and opts.static_ip.version != 4:
             raise ConfigError(f"static_ip {opts.static_ip} is not IPv4")
+        count = published_count(ports)
+        if count > self.settings.max_published_ports:
+            raise ConfigError(
+                f"ports: {count} host ports to publish, more than max_published_ports="
+                f"{self.settings.max_published_ports} (NYXD_MAX_PUBLISHED_PORTS) allows"
+            )
+        ranges = port_ranges(ports)
         net = self._network_for(opts)
         if not os.path.exists(netns_path):
             raise NetlinkError(f"container netns {netns_path!r} does not exist")
@@ -315,16 +330,14 @@ class NativeDriver:
                 used = [a["ip"] for a in st["attachments"].values() if a["network"] == net.name]
                 ip = allocate(net.subnet, net.gateway.ip, used, static, st["cursor"].get(net.name))
                 pels = port_elements(ports, str(ip))
-                wanted = {(p.protocol, p.host_port) for p in pels}
-                if wanted:
+                if ranges:
                     check_conflicts(
-                        pels,
-                        [
+                        ranges,
+                        (
                             (a["container"], _pel(p))
                             for a in st["attachments"].values()
                             for p in a["ports"]
-                            if (p[1], p[2]) in wanted
-                        ],
+                        ),
                     )
                 socks = reserve(pels)
                 st["attachments"][key] = {
