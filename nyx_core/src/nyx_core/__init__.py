@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loguru import logger
 
+from ._hostnet import HostView, check_subnet_on_host, read_host_view
 from ._markers import hookimpl, hookspec
 from ._models import (
     ContainerSpec,
@@ -78,6 +79,7 @@ __all__ = [
     "DnsMode",
     "DnsProvider",
     "FirewallError",
+    "HostView",
     "ImageNotFoundError",
     "InstalledPlugin",
     "InterfaceResult",
@@ -108,6 +110,7 @@ __all__ = [
     "__version__",
     "backend_plugin",
     "check_port_clash",
+    "check_subnet_on_host",
     "dns_plugin",
     "dns_policy",
     "find_port_clash",
@@ -122,5 +125,6 @@ __all__ = [
     "port_ranges",
     "published_count",
     "pull_to_oci_layout",
+    "read_host_view",
     "runs_of_ports",
 ]

@@ -21,6 +21,7 @@ from nyx_core import (
     PortMapping,
     SetupOptions,
     SetupResult,
+    check_subnet_on_host,
     port_ranges,
     published_count,
 )
@@ -166,6 +167,15 @@ class NativeDriver:
     def ensure_network(self, settings: NyxSettings) -> dict[str, Any]:
         check_kernel()
         net = Network(settings.network, settings.bridge, settings.gateway_interface, True)
+        store = StateStore(Path(settings.state_dir))
+        # before anything changes: the default subnet must not take the host's traffic
+        with store.locked(write=False) as st:
+            own = {net.bridge} | {r["bridge"] for r in st["networks"].values()}
+        check_subnet_on_host(
+            net.subnet,
+            f"default network {net.name!r} (NYXD_CONTAINER_SUBNET)",
+            ignore_devs=own,
+        )
         nl.check_veth_support()
         set_sysctl("net.ipv4.ip_forward", "1")
         nl.ensure_bridge(net.bridge, net.gateway)
@@ -180,7 +190,6 @@ class NativeDriver:
             if "not supported" in msg or "No such file" in msg:
                 raise FirewallError(msg + _NFT_HINT) from exc
             raise
-        store = StateStore(Path(settings.state_dir))
         with store.locked() as st:
             if st["networks"].get(net.name) != net.record():
                 st["networks"][net.name] = net.record()
@@ -220,6 +229,9 @@ class NativeDriver:
                 raise ConfigError(
                     f"network {net.name!r}: bridge name {net.bridge!r} is taken by {name!r}"
                 )
+        # nor any route or address of the host (nyx's own bridges are no host's)
+        own = {net.bridge} | {r["bridge"] for r in st["networks"].values()}
+        check_subnet_on_host(net.subnet, f"network {net.name!r}", ignore_devs=own)
         nl.ensure_bridge(net.bridge, net.gateway)
         try:
             _bridge_sysctls(net.bridge)
