@@ -50,6 +50,7 @@ def _plugin_table() -> str:
 @click.option("--dns-port", default=None, type=int, help=_help("dns_port"))
 @click.option("--runtime", default=None, help=_help("runtime"))
 @click.option("--pids-limit", default=None, type=int, help=_help("pids_limit"))
+@click.option("--max-published-ports", default=None, type=int, help=_help("max_published_ports"))
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))

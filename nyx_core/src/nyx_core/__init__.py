@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loguru import logger
 
+from ._hostnet import HostView, check_subnet_on_host, read_host_view
 from ._markers import hookimpl, hookspec
 from ._models import (
     ContainerSpec,
@@ -25,6 +26,14 @@ from ._plugins import (
     make_plugin_manager,
 )
 from ._policy import DnsDecision, StackNetwork, dns_policy
+from ._portset import (
+    PortRange,
+    check_port_clash,
+    find_port_clash,
+    port_ranges,
+    published_count,
+    runs_of_ports,
+)
 from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
 from ._reference import Reference, normalize_reference
 from ._registry import ProgressEvent, PulledImage, login, pull_to_oci_layout
@@ -70,6 +79,7 @@ __all__ = [
     "DnsMode",
     "DnsProvider",
     "FirewallError",
+    "HostView",
     "ImageNotFoundError",
     "InstalledPlugin",
     "InterfaceResult",
@@ -86,6 +96,7 @@ __all__ = [
     "PluginNotFoundError",
     "PortConflictError",
     "PortMapping",
+    "PortRange",
     "ProgressEvent",
     "PulledImage",
     "Reference",
@@ -98,8 +109,11 @@ __all__ = [
     "UnauthorizedError",
     "__version__",
     "backend_plugin",
+    "check_port_clash",
+    "check_subnet_on_host",
     "dns_plugin",
     "dns_policy",
+    "find_port_clash",
     "hookimpl",
     "hookspec",
     "installed_plugins",
@@ -108,5 +122,9 @@ __all__ = [
     "login",
     "make_plugin_manager",
     "normalize_reference",
+    "port_ranges",
+    "published_count",
     "pull_to_oci_layout",
+    "read_host_view",
+    "runs_of_ports",
 ]

@@ -194,16 +194,31 @@ class SetupResult(BaseModel):
 
 
 class NetworkAttachment(BaseModel):
-    """One network a container joins (compose services may join several)."""
+    """One network a container joins (compose services may join several).
+
+    The network must exist (the default one, or one made by ``POST /v1/networks``, which
+    is where a subnet is chosen and checked): a container cannot bring its own subnet.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="nyx", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     aliases: list[str] = Field(default_factory=list)
     internal: bool = False
-    subnet: IPvAnyInterface | None = Field(
-        default=None, description="gateway/prefix of a non-default network, e.g. 10.89.1.1/24"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_subnet(cls, data: Any) -> Any:
+        """Refuse a ``subnet`` (older nyxd took it unchecked); drop a stored ``null``."""
+        if isinstance(data, dict) and "subnet" in data:
+            if data["subnet"] is not None:
+                raise ValueError(
+                    f"subnet {data['subnet']!r}: a container joins existing networks only; "
+                    "create the network with its subnet first (POST /v1/networks, "
+                    "nyx network create --subnet)"
+                )
+            data = {k: v for k, v in data.items() if k != "subnet"}
+        return data
 
 
 class StackService(BaseModel):

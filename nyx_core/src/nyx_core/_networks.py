@@ -2,7 +2,8 @@
 
 The default network is the one of the settings (``container_subnet``, ``gateway_ip``),
 also reachable as ``nyx``; every other network gets a /24 of :data:`USER_NETWORK_POOL`
-that overlaps nothing else, persisted in the state dir.
+that overlaps nothing else, persisted in the state dir. A subnet that overlaps another
+nyx network, a host route or a host address (:mod:`nyx_core._hostnet`) is refused.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from loguru import logger
 
+from ._hostnet import HostView, read_host_view, subnet_host_conflict
 from ._settings import NyxSettings
 from ._state import ConflictError, NetworkRecord, NotFoundError, StateStore
 from .errors import ConfigError
@@ -28,9 +30,15 @@ USER_NETWORK_POOL = ipaddress.IPv4Network("10.89.0.0/16")
 class NetworkRegistry:
     """The networks nyxd knows, persisted through ``store``; thread-safe."""
 
-    def __init__(self, settings: NyxSettings, store: StateStore) -> None:
+    def __init__(
+        self,
+        settings: NyxSettings,
+        store: StateStore,
+        host_view: Callable[[], HostView] = read_host_view,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.host_view = host_view
         self._lock = threading.RLock()
         self._records: dict[str, NetworkRecord] = store.load_networks()
 
@@ -41,16 +49,14 @@ class NetworkRegistry:
         """The name the driver and DNS see (the default network under its settings name)."""
         return self.settings.network if name in self.default_names() else name
 
-    def gateway(self, name: str, given: Any = None) -> ipaddress.IPv4Interface | Any:
+    def gateway(self, name: str) -> ipaddress.IPv4Interface | None:
         """Gateway/prefix of ``name`` for ``SetupOptions.subnet``; None for the default."""
-        if given is not None:
-            return given
         if name in self.default_names():
             return None
         rec = self._records.get(name)
         if rec is None:
             raise NotFoundError(f"no such network: {name}")
-        return ipaddress.ip_interface(rec.gateway)
+        return ipaddress.IPv4Interface(rec.gateway)
 
     def is_internal(self, name: str) -> bool:
         """True for a network created ``internal`` (never the default network).
@@ -78,7 +84,12 @@ class NetworkRegistry:
     def create(
         self, name: str, internal: bool = False, subnet: str | None = None
     ) -> dict[str, Any]:
-        """Record a new network; ``subnet`` None takes the first free /24 of the pool."""
+        """Record a new network; ``subnet`` None takes the first free /24 of the pool.
+
+        Refused (before anything is recorded) when the subnet overlaps another nyx network
+        (:class:`ConflictError`), a host route, a host address or a reserved range such as
+        127.0.0.0/8 (:class:`ConfigError`); the pool skips what the host uses.
+        """
         if not isinstance(name, str) or not _NET_NAME_RE.match(name):
             raise ConfigError(f"network name {name!r} is not valid ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
         with self._lock:
@@ -87,7 +98,14 @@ class NetworkRegistry:
             used = [self.settings.container_subnet] + [
                 ipaddress.ip_network(n.subnet) for n in self._records.values()
             ]
-            net = self._free_subnet(used) if subnet is None else self._given_subnet(subnet, used)
+            view = self.host_view()
+            if subnet is None:
+                net = self._free_subnet(used, view)
+            else:
+                net = self._given_subnet(subnet, used)
+                reason = subnet_host_conflict(net, view)
+                if reason is not None:
+                    raise ConfigError(f"network {name!r}: subnet {net} {reason}")
             gateway = ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
             rec = NetworkRecord(name=name, subnet=str(net), gateway=str(gateway), internal=internal)
             self._records[name] = rec
@@ -112,12 +130,16 @@ class NetworkRegistry:
 
     @staticmethod
     def _free_subnet(
-        used: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        used: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network], view: HostView
     ) -> ipaddress.IPv4Network:
         for candidate in USER_NETWORK_POOL.subnets(new_prefix=24):
-            if not any(u.overlaps(candidate) for u in used):
+            if any(u.overlaps(candidate) for u in used):
+                continue
+            if subnet_host_conflict(candidate, view) is None:
                 return candidate
-        raise ConflictError(f"no free /24 left in {USER_NETWORK_POOL}")
+        raise ConflictError(
+            f"no free /24 left in {USER_NETWORK_POOL} (nyx networks and host routes use them)"
+        )
 
     def remove(self, name: str, users: Sequence[str] = ()) -> None:
         """Forget ``name``; refused for the default network and while ``users`` use it."""

@@ -96,6 +96,13 @@ class NyxSettings(BaseSettings):
         ge=1 << 20,
         description="control socket: largest image tar `nyx load` may send, in bytes (beyond: 413)",
     )
+    max_published_ports: int = Field(
+        default=1024,
+        ge=1,
+        le=131070,
+        description="most host ports one container may publish (each port of a range counts; "
+        "each is one reserved socket and one nftables element)",
+    )
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:

@@ -34,6 +34,7 @@ from ._models import ContainerSpec, PortMapping, SetupOptions, SetupResult
 from ._networks import NetworkRegistry
 from ._plugins import DnsFacade, NetworkBackend, installed_plugins
 from ._policy import DnsDecision, StackNetwork, dns_policy
+from ._portset import PortRange, clash_message, find_port_clash, port_ranges, published_count
 from ._settings import NyxSettings
 from ._state import (
     ConflictError,
@@ -205,8 +206,9 @@ class Supervisor:
         image = self._image(spec.image)
         del image
         for att in spec.attachments():
-            self.networks.gateway(att.name, att.subnet)
-        self._check_ports(spec.ports)
+            self.networks.gateway(att.name)
+        # conflicts with running containers are checked once, when it starts
+        self._check_ports(spec.ports, against_running=not start)
         cid = secrets.token_hex(32)
         name = spec.name or f"nyx-{cid[:8]}"
         hostname = spec.hostname or (
@@ -236,24 +238,41 @@ class Supervisor:
             self._forget(live)
             raise
 
-    def _check_ports(self, ports: Sequence[PortMapping], exclude: str | None = None) -> None:
-        mine = [(p.protocol, p.host_ip, port) for p in ports for port in _expand(p)]
-        if len(set(mine)) != len(mine):
-            raise ConfigError(f"ports {[str(p) for p in ports]}: a host port is listed twice")
-        with self._lock:
-            taken = {
-                (p.protocol, p.host_ip, port): v.rec.name
-                for v in self._live.values()
-                if v.rec.state == "running" and v.rec.id != exclude
-                for p in v.rec.spec.ports
-                for port in _expand(p)
-            }
-        for proto, ip, port in mine:
-            for (tproto, tip, tport), owner in taken.items():
-                if tproto == proto and tport == port and (ip is None or tip is None or ip == tip):
-                    raise ConflictError(
-                        f"host port {port}/{proto} is already published by container {owner!r}"
-                    )
+    def _check_ports(
+        self,
+        ports: Sequence[PortMapping],
+        exclude: str | None = None,
+        *,
+        against_running: bool = True,
+    ) -> None:
+        """Refuse too many ports, a port listed twice, or one a running container publishes.
+
+        Intervals, not ports (:mod:`nyx_core._portset`): O(m log m) for m mappings, and only
+        the gathering of the running containers' mappings holds the supervisor's lock.
+        """
+        count = published_count(ports)
+        limit = self.settings.max_published_ports
+        shown = [str(p) for p in ports[:3]] + (["..."] if len(ports) > 3 else [])
+        if count > limit:
+            raise ConfigError(
+                f"ports {shown}: {count} host ports to publish, more than "
+                f"max_published_ports={limit} (NYXD_MAX_PUBLISHED_PORTS) allows per container"
+            )
+        taken: list[PortRange] = []
+        if against_running:
+            with self._lock:
+                taken = [
+                    r
+                    for v in self._live.values()
+                    if v.rec.state == "running" and v.rec.id != exclude
+                    for r in port_ranges(v.rec.spec.ports, v.rec.name)
+                ]
+        clash = find_port_clash(port_ranges(ports), taken)
+        if clash is None:
+            return
+        if clash[1].owner is None:
+            raise ConfigError(f"ports {shown}: {clash_message(*clash)}")
+        raise ConflictError(clash_message(*clash))
 
     def start(self, ref: str) -> dict[str, Any]:
         live = self._find(ref)
@@ -336,7 +355,7 @@ class Supervisor:
                 network = self.networks.canonical(att.name)
                 opts = SetupOptions(
                     network=network,
-                    subnet=self.networks.gateway(att.name, att.subnet),
+                    subnet=self.networks.gateway(att.name),
                     interface=f"eth{i}",
                     internal=network in internal,
                     hostname=rec.hostname,
@@ -872,10 +891,6 @@ class Supervisor:
 
 class NotImplementedYet(NyxError):
     """A feature whose module is not installed (HTTP 501)."""
-
-
-def _expand(p: PortMapping) -> range:
-    return range(p.host_port, p.host_port + p.range)
 
 
 def _undo(steps: list[tuple[str, Callable[[], Any]]]) -> list[BaseException]:

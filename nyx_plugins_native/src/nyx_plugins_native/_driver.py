@@ -15,7 +15,16 @@ from typing import Any
 
 from loguru import logger
 
-from nyx_core import InterfaceResult, NyxSettings, PortMapping, SetupOptions, SetupResult
+from nyx_core import (
+    InterfaceResult,
+    NyxSettings,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+    check_subnet_on_host,
+    port_ranges,
+    published_count,
+)
 from nyx_core.errors import (
     BackendError,
     ConfigError,
@@ -158,6 +167,15 @@ class NativeDriver:
     def ensure_network(self, settings: NyxSettings) -> dict[str, Any]:
         check_kernel()
         net = Network(settings.network, settings.bridge, settings.gateway_interface, True)
+        store = StateStore(Path(settings.state_dir))
+        # before anything changes: the default subnet must not take the host's traffic
+        with store.locked(write=False) as st:
+            own = {net.bridge} | {r["bridge"] for r in st["networks"].values()}
+        check_subnet_on_host(
+            net.subnet,
+            f"default network {net.name!r} (NYXD_CONTAINER_SUBNET)",
+            ignore_devs=own,
+        )
         nl.check_veth_support()
         set_sysctl("net.ipv4.ip_forward", "1")
         nl.ensure_bridge(net.bridge, net.gateway)
@@ -172,7 +190,6 @@ class NativeDriver:
             if "not supported" in msg or "No such file" in msg:
                 raise FirewallError(msg + _NFT_HINT) from exc
             raise
-        store = StateStore(Path(settings.state_dir))
         with store.locked() as st:
             if st["networks"].get(net.name) != net.record():
                 st["networks"][net.name] = net.record()
@@ -212,6 +229,9 @@ class NativeDriver:
                 raise ConfigError(
                     f"network {net.name!r}: bridge name {net.bridge!r} is taken by {name!r}"
                 )
+        # nor any route or address of the host (nyx's own bridges are no host's)
+        own = {net.bridge} | {r["bridge"] for r in st["networks"].values()}
+        check_subnet_on_host(net.subnet, f"network {net.name!r}", ignore_devs=own)
         nl.ensure_bridge(net.bridge, net.gateway)
         try:
             _bridge_sysctls(net.bridge)
@@ -281,6 +301,13 @@ class NativeDriver:
                 )
         if opts.static_ip is not None and opts.static_ip.version != 4:
             raise ConfigError(f"static_ip {opts.static_ip} is not IPv4")
+        count = published_count(ports)
+        if count > self.settings.max_published_ports:
+            raise ConfigError(
+                f"ports: {count} host ports to publish, more than max_published_ports="
+                f"{self.settings.max_published_ports} (NYXD_MAX_PUBLISHED_PORTS) allows"
+            )
+        ranges = port_ranges(ports)
         net = self._network_for(opts)
         if not os.path.exists(netns_path):
             raise NetlinkError(f"container netns {netns_path!r} does not exist")
@@ -315,16 +342,14 @@ class NativeDriver:
                 used = [a["ip"] for a in st["attachments"].values() if a["network"] == net.name]
                 ip = allocate(net.subnet, net.gateway.ip, used, static, st["cursor"].get(net.name))
                 pels = port_elements(ports, str(ip))
-                wanted = {(p.protocol, p.host_port) for p in pels}
-                if wanted:
+                if ranges:
                     check_conflicts(
-                        pels,
-                        [
+                        ranges,
+                        (
                             (a["container"], _pel(p))
                             for a in st["attachments"].values()
                             for p in a["ports"]
-                            if (p[1], p[2]) in wanted
-                        ],
+                        ),
                     )
                 socks = reserve(pels)
                 st["attachments"][key] = {

@@ -4,19 +4,30 @@ A published port is reserved by a socket bound (TCP: and listening) in the names
 runs in, held until teardown: a process on the host that already uses the port makes the
 setup fail with a clear error, and nothing else can take the port afterwards. Traffic never
 reaches these sockets: DNAT in prerouting/output sends it to the container first.
+
+Conflicts are found on intervals (:mod:`nyx_core`'s ``find_port_clash``), never port by
+port against every other port. Each reserved port costs one file descriptor, so a setup is
+refused up front when it would take nyxd close to its ``RLIMIT_NOFILE``; the number of ports
+per container is bounded by the ``max_published_ports`` setting.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import resource
 import socket
 from collections.abc import Iterable, Sequence
 
+from nyx_core import PortRange, check_port_clash, runs_of_ports
 from nyx_core.errors import PortConflictError
 
 from ._firewall import PortElement
 
-__all__ = ["check_conflicts", "describe", "reserve"]
+__all__ = ["FD_HEADROOM", "check_conflicts", "check_fd_budget", "describe", "reserve"]
+
+# descriptors left free for everything else nyxd does (API connections, netlink, files)
+FD_HEADROOM = 256
 
 
 def describe(p: PortElement) -> str:
@@ -24,35 +35,45 @@ def describe(p: PortElement) -> str:
     return f"host port {where}{p.host_port}/{p.protocol}"
 
 
-def _clash(a: PortElement, b: PortElement) -> bool:
-    return (
-        a.protocol == b.protocol
-        and a.host_port == b.host_port
-        and (a.host_ip is None or b.host_ip is None or a.host_ip == b.host_ip)
-    )
+def check_conflicts(new: Sequence[PortRange], published: Iterable[tuple[str, PortElement]]) -> None:
+    """Refuse ``new`` intervals clashing with each other or with already published ports.
 
-
-def check_conflicts(
-    new: Sequence[PortElement], published: Iterable[tuple[str, PortElement]]
-) -> None:
-    """Refuse ``new`` ports clashing with each other or with already published ones."""
-    for i, p in enumerate(new):
-        for q in new[:i]:
-            if _clash(p, q):
-                raise PortConflictError(f"{describe(p)} is listed twice in the port mappings")
-    index: dict[tuple[str, int], list[tuple[str, PortElement]]] = {}
+    :param published: (owner, element) of every port already published; consecutive ports
+        of one owner are merged into intervals first.
+    """
+    by_owner: dict[str, list[tuple[str | None, str, int]]] = {}
     for owner, q in published:
-        index.setdefault((q.protocol, q.host_port), []).append((owner, q))
-    for p in new:
-        for owner, q in index.get((p.protocol, p.host_port), []):
-            if _clash(p, q):
-                raise PortConflictError(
-                    f"{describe(p)} is already published by container {owner!r}"
-                )
+        by_owner.setdefault(owner, []).append((q.host_ip, q.protocol, q.host_port))
+    taken = [r for owner, ports in by_owner.items() for r in runs_of_ports(ports, owner)]
+    check_port_clash(new, taken)
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def check_fd_budget(count: int) -> None:
+    """Refuse to reserve ``count`` more ports when nyxd would run short of descriptors."""
+    if count == 0:
+        return
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    used = _open_fds()
+    if used + count + FD_HEADROOM > soft:
+        raise PortConflictError(
+            f"publishing {count} host ports needs {count} file descriptors; nyxd has {used} "
+            f"open of its limit {soft} (RLIMIT_NOFILE) and keeps {FD_HEADROOM} free: raise "
+            "the limit (systemd: LimitNOFILE=) or publish fewer ports"
+        )
 
 
 def reserve(ports: Sequence[PortElement]) -> list[socket.socket]:
     """Bind every port in the current netns; all-or-nothing."""
+    check_fd_budget(len(ports))
     socks: list[socket.socket] = []
     try:
         for p in ports:

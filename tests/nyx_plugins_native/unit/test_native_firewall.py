@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nyx_core import FirewallError, PortConflictError, PortMapping
+from nyx_core import FirewallError, PortConflictError, PortMapping, port_ranges
 from nyx_plugins_native import _firewall as fw
 from nyx_plugins_native import _nft, bridge_name, veth_name
 from nyx_plugins_native._ports import check_conflicts
@@ -109,13 +109,13 @@ def test_network_elements() -> None:
 
 def test_port_conflicts() -> None:
     mine = fw.port_elements([PortMapping.parse("8080:80")], "10.0.0.2")
-    other = fw.port_elements([PortMapping.parse("127.0.0.1:8080:80")], "10.0.0.3")
-    udp = fw.port_elements([PortMapping.parse("8080:80/udp")], "10.0.0.3")
+    other = port_ranges([PortMapping.parse("127.0.0.1:8080:80")])
+    udp = port_ranges([PortMapping.parse("8080:80/udp")])
     with pytest.raises(PortConflictError, match=r"127\.0\.0\.1:8080/tcp.*'web'"):
         check_conflicts(other, [("web", mine[0])])
     check_conflicts(udp, [("web", mine[0])])  # another protocol is fine
     with pytest.raises(PortConflictError, match="listed twice"):
-        check_conflicts(mine + other, [])
+        check_conflicts(port_ranges([PortMapping.parse("8080:80")]) + other, [])
 
 
 def test_interface_names_fit_ifnamsiz() -> None:

@@ -1,0 +1,190 @@
+"""A host with an uplink (192.0.2.2/24, default route via 192.0.2.1): nyx subnets may not
+take its traffic (issue 11 item 6), and published port ranges stay bounded (item 11)."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from nyx_core import (
+    ConfigError,
+    NetworkBackend,
+    NyxSettings,
+    PortConflictError,
+    PortMapping,
+    SetupOptions,
+    read_host_view,
+)
+from nyx_core._networks import NetworkRegistry
+from nyx_core._state import StateStore as CoreStore
+from nyx_core.testing import Netns, entered, snapshot
+from nyx_plugins_native import StateStore
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def uplink(nyx_host_ns: Netns) -> Iterator[Netns]:
+    """The host namespace's uplink to an "internet" namespace, with the default route."""
+    inet = Netns.create("inet")
+    try:
+        nyx_host_ns.ip(
+            "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", inet.name
+        )
+        nyx_host_ns.ip("addr", "add", "192.0.2.2/24", "dev", "uplink")
+        nyx_host_ns.ip("link", "set", "uplink", "up")
+        inet.ip("addr", "add", "192.0.2.1/24", "dev", "eth0")
+        inet.ip("link", "set", "eth0", "up")
+        nyx_host_ns.ip("route", "add", "default", "via", "192.0.2.1")
+        yield inet
+    finally:
+        inet.delete()
+
+
+def _leases(settings: NyxSettings) -> dict[str, Any]:
+    return dict(StateStore(settings.state_dir).snapshot()["attachments"])
+
+
+@pytest.mark.parametrize(
+    ("gateway", "reason"),
+    [
+        ("192.0.2.129/25", "overlaps the host route 192.0.2.0/24 dev uplink"),
+        ("192.0.2.1/30", "contains host address 192.0.2.2 (uplink)"),
+        ("192.0.0.1/16", "contains host address 192.0.2.2 (uplink)"),
+    ],
+)
+def test_a_network_on_the_uplinks_subnet_is_refused_and_changes_nothing(
+    uplink: Netns,
+    native: NetworkBackend,
+    nyx_in_host: Netns,
+    nyx_settings: NyxSettings,
+    nyx_container_ns: Callable[[], Netns],
+    gateway: str,
+    reason: str,
+) -> None:
+    ctr = nyx_container_ns()
+    before = (snapshot(nyx_in_host), snapshot(ctr), _leases(nyx_settings))
+    gw = ipaddress.ip_interface(gateway)
+    opts = SetupOptions(network="evil", subnet=gw)
+    with pytest.raises(ConfigError) as exc:
+        native.setup("evil-1", ctr.path, [PortMapping.parse("18080:80")], opts)
+    assert str(exc.value) == f"network 'evil': subnet {gw.network} {reason}"
+    assert (snapshot(nyx_in_host), snapshot(ctr), _leases(nyx_settings)) == before
+
+
+def test_networks_clear_of_the_uplink_still_work(
+    uplink: Netns,
+    native: NetworkBackend,
+    nyx_in_host: Netns,
+    nyx_container_ns: Callable[[], Netns],
+) -> None:
+    before = snapshot(nyx_in_host)
+    a, b = nyx_container_ns(), nyx_container_ns()
+    native.setup("ok-1", a.path, [], SetupOptions())
+    # a second container on a new network: nyx's own bridges are no host routes
+    opts = SetupOptions(network="fine", subnet=ipaddress.ip_interface("10.89.3.1/24"))
+    native.setup("ok-2", b.path, [], opts)
+    native.setup("ok-3", a.path, [], opts.model_copy(update={"interface": "eth1"}))
+    native.teardown("ok-3", a.path)
+    native.teardown("ok-2", b.path)
+    native.teardown("ok-1", a.path)
+    assert snapshot(nyx_in_host) == before
+
+
+def test_a_default_subnet_on_the_uplink_fails_ensure_and_changes_nothing(
+    uplink: Netns, nyx_in_host: Netns, nyx_settings: NyxSettings
+) -> None:
+    settings = nyx_settings.model_copy(
+        update={
+            "container_subnet": ipaddress.IPv4Network("192.0.0.0/16"),
+            "gateway_ip": ipaddress.IPv4Address("192.0.0.1"),
+        }
+    )
+    before = snapshot(nyx_in_host)
+    backend = NetworkBackend.load("native")
+    with pytest.raises(ConfigError) as exc:
+        backend.ensure_network(settings)
+    assert str(exc.value) == (
+        "default network 'nyx' (NYXD_CONTAINER_SUBNET): subnet 192.0.0.0/16 contains host "
+        "address 192.0.2.2 (uplink)"
+    )
+    assert snapshot(nyx_in_host) == before
+
+
+def test_network_create_reads_the_calling_threads_namespace(
+    uplink: Netns, nyx_host_ns: Netns, nyx_settings: NyxSettings
+) -> None:
+    """nyxd's API thread (here a thread switched into the host namespace while the main
+    thread stays where it is) refuses ``nyx network create --subnet`` at once."""
+    out: dict[str, Any] = {}
+
+    def api_thread() -> None:
+        with entered(nyx_host_ns):
+            out["devs"] = {r.dev for r in read_host_view().routes}
+            reg = NetworkRegistry(nyx_settings, CoreStore(nyx_settings.state_dir))
+            try:
+                reg.create("evil", subnet="192.0.2.128/25")
+            except ConfigError as exc:
+                out["error"] = str(exc)
+            out["made"] = reg.create("fine")["subnet"]
+
+    t = threading.Thread(target=api_thread)
+    t.start()
+    t.join(30)
+    assert "uplink" in out["devs"]
+    assert out["error"] == (
+        "network 'evil': subnet 192.0.2.128/25 overlaps the host route 192.0.2.0/24 dev uplink"
+    )
+    assert out["made"] == "10.89.0.0/24"
+    assert list(CoreStore(nyx_settings.state_dir).load_networks()) == ["fine"]
+
+
+# ------------------------------------------------------------------ port ranges
+
+
+def test_every_port_is_refused_before_anything_changes(
+    native: NetworkBackend,
+    nyx_in_host: Netns,
+    nyx_settings: NyxSettings,
+    nyx_container_ns: Callable[[], Netns],
+) -> None:
+    ctr = nyx_container_ns()
+    before = (snapshot(nyx_in_host), _leases(nyx_settings))
+    with pytest.raises(ConfigError, match=r"65535 host ports.*max_published_ports=1024"):
+        native.setup("all", ctr.path, [PortMapping.parse("1-65535:1-65535")], SetupOptions())
+    assert (snapshot(nyx_in_host), _leases(nyx_settings)) == before
+
+
+@pytest.fixture
+def wide_native(nyx_settings: NyxSettings, nyx_in_host: Netns) -> NetworkBackend:
+    backend = NetworkBackend.load("native")
+    backend.ensure_network(nyx_settings.model_copy(update={"max_published_ports": 10000}))
+    return backend
+
+
+def test_a_10000_port_range_within_the_limit_is_published_and_checked_as_one(
+    wide_native: NetworkBackend,
+    nyx_in_host: Netns,
+    nyx_settings: NyxSettings,
+    nyx_container_ns: Callable[[], Netns],
+) -> None:
+    a, b = nyx_container_ns(), nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    wide_native.setup(
+        "rng-a", a.path, [PortMapping.parse("20000-29999:20000-29999")], SetupOptions()
+    )
+    try:
+        with pytest.raises(PortConflictError) as exc:
+            wide_native.setup(
+                "rng-b", b.path, [PortMapping.parse("29999-30001:29999-30001")], SetupOptions()
+            )
+        assert str(exc.value) == "host port 29999/tcp is already published by container 'rng-a'"
+        wide_native.setup("rng-b", b.path, [PortMapping.parse("30000-30009:1-10")], SetupOptions())
+        wide_native.teardown("rng-b", b.path)
+    finally:
+        wide_native.teardown("rng-a", a.path)
+    assert snapshot(nyx_in_host) == before

@@ -1,0 +1,60 @@
+"""The native driver's port checks without root: intervals, the per-container limit and
+the file descriptor budget of the reservations (issue 11 item 11)."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nyx_core import ConfigError, NyxSettings, PortConflictError, PortMapping, SetupOptions
+from nyx_core import port_ranges as ranges_of
+from nyx_plugins_native import _ports
+from nyx_plugins_native._driver import NativeDriver
+from nyx_plugins_native._firewall import port_elements
+
+
+def test_published_ports_are_merged_into_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = _ports.check_port_clash
+
+    def spy(new: Any, taken: Any) -> None:
+        seen.append(len(taken))
+        real(new, taken)
+
+    monkeypatch.setattr(_ports, "check_port_clash", spy)
+    web = port_elements([PortMapping.parse("10000-19999:10000-19999")], "10.0.0.2")
+    db = port_elements([PortMapping.parse("127.0.0.1:5432:5432")], "10.0.0.3")
+    published = [("web", p) for p in web] + [("db", p) for p in db]
+    _ports.check_conflicts(ranges_of([PortMapping.parse("20000-29999:1-10000")]), published)
+    assert seen == [2]  # 10001 published ports, two intervals
+    with pytest.raises(PortConflictError) as exc:
+        _ports.check_conflicts(ranges_of([PortMapping.parse("6000-15000:6000-15000")]), published)
+    assert str(exc.value) == "host port 10000/tcp is already published by container 'web'"
+    with pytest.raises(PortConflictError, match="127.0.0.1:5432/tcp .*'db'"):
+        _ports.check_conflicts(ranges_of([PortMapping.parse("5432:1")]), published)
+
+
+def test_setup_refuses_more_ports_than_the_setting_first(tmp_path: Path) -> None:
+    driver = NativeDriver()
+    driver._settings = NyxSettings(state_dir=tmp_path / "state", max_published_ports=100)
+    with pytest.raises(ConfigError) as exc:
+        driver.setup(
+            "c1", str(tmp_path / "no-netns"), [PortMapping.parse("1-65535:1-65535")], SetupOptions()
+        )
+    assert "65535 host ports" in str(exc.value)
+    assert "max_published_ports=100 (NYXD_MAX_PUBLISHED_PORTS)" in str(exc.value)
+    assert not (tmp_path / "state").exists()
+
+
+def test_reservations_keep_file_descriptors_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    used = len(list(Path("/proc/self/fd").iterdir()))
+    soft = used + _ports.FD_HEADROOM + 10
+    monkeypatch.setattr(resource, "getrlimit", lambda _what: (soft, soft * 4))
+    _ports.check_fd_budget(5)
+    with pytest.raises(PortConflictError) as exc:
+        _ports.reserve(port_elements([PortMapping.parse("127.0.0.1:40000-40099:1-100")], "x"))
+    assert "publishing 100 host ports needs 100 file descriptors" in str(exc.value)
+    assert f"of its limit {soft} (RLIMIT_NOFILE)" in str(exc.value)
