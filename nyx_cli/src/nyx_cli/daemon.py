@@ -49,6 +49,16 @@ def _plugin_table() -> str:
 @click.option("--bridge", default=None, help=_help("bridge"))
 @click.option("--dns-port", default=None, type=int, help=_help("dns_port"))
 @click.option("--runtime", default=None, help=_help("runtime"))
+@click.option(
+    "--image-layer-max-bytes", default=None, type=int, help=_help("image_layer_max_bytes")
+)
+@click.option("--image-max-bytes", default=None, type=int, help=_help("image_max_bytes"))
+@click.option(
+    "--image-layer-max-entries", default=None, type=int, help=_help("image_layer_max_entries")
+)
+@click.option(
+    "--image-config-max-bytes", default=None, type=int, help=_help("image_config_max_bytes")
+)
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))
