@@ -264,7 +264,8 @@ def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
         non-directory in the middle (``ENOTDIR``).
     """
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-    stack = [os.open(rootfs, flags | os.O_DIRECTORY)]  # the directories walked, root first
+    # the directories walked, root first (rootfs itself is nyx's own path: followed)
+    stack = [os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
     parts = [p for p in path.split("/") if p not in ("", ".")]
     links = 0
     try:
