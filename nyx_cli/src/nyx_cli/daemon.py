@@ -51,6 +51,16 @@ def _plugin_table() -> str:
 @click.option("--runtime", default=None, help=_help("runtime"))
 @click.option("--pids-limit", default=None, type=int, help=_help("pids_limit"))
 @click.option("--max-published-ports", default=None, type=int, help=_help("max_published_ports"))
+@click.option(
+    "--image-layer-max-bytes", default=None, type=int, help=_help("image_layer_max_bytes")
+)
+@click.option("--image-max-bytes", default=None, type=int, help=_help("image_max_bytes"))
+@click.option(
+    "--image-layer-max-entries", default=None, type=int, help=_help("image_layer_max_entries")
+)
+@click.option(
+    "--image-config-max-bytes", default=None, type=int, help=_help("image_config_max_bytes")
+)
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import signal
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -70,6 +72,24 @@ def _cni_gc(backend: NetworkBackend, sup: Supervisor) -> None:
         logger.bind(error=str(exc)).warning("CNI garbage collection failed")
 
 
+def _private_state_dir(state_dir: Path) -> None:
+    """Make ``state_dir`` root's alone (0700) and empty its ``tmp/``.
+
+    Nothing under it is meant for other users: image content (set-uid files), container
+    records with their environment, logs, leases. ``tmp/`` holds half-finished pulls and
+    uploads; after a crash nothing else will remove them. Docker makes ``/var/lib/docker``
+    0710 the same way (CVE-2021-41091).
+    """
+    os.chmod(state_dir, 0o700)
+    tmp = state_dir / "tmp"
+    if tmp.is_dir() and not tmp.is_symlink():
+        for stale in tmp.iterdir():
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 def serve(
     settings: NyxSettings,
     backend: NetworkBackend,
@@ -82,6 +102,7 @@ def serve(
     """Run nyxd until SIGTERM/SIGINT (or ``stop_event``); returns the exit status."""
     for d in (settings.state_dir, settings.run_dir, settings.socket.parent):
         d.mkdir(parents=True, exist_ok=True)
+    _private_state_dir(settings.state_dir)
     host = host or Host.default(settings)
     reaper = host.extra.get("become_subreaper")
     if callable(reaper):

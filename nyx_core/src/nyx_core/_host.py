@@ -82,7 +82,9 @@ class Host:
         except TypeError:
             rootfs = rootfs_cls
         return cls(
-            images=images_mod.ImageStore(settings.state_dir / "images"),
+            images=images_mod.ImageStore(
+                settings.state_dir / "images", images_mod.ImageLimits.from_settings(settings)
+            ),
             rootfs=rootfs,
             runtime=runtime_mod.RuncRuntime(
                 settings.run_dir / "runc", runc=settings.runtime, pids_limit=settings.pids_limit

@@ -7,9 +7,16 @@ Layout under ``root`` (e.g. ``state_dir/images``)::
     index.json              the images, their tags and the blobs they reference
     tmp/                    half-written blobs and layers (renamed into place when verified)
 
+Every directory of the store is 0700 and every file 0600 (root's alone): image content can
+hold set-uid binaries and secrets, and no other user may reach them, not even while a layer
+is being unpacked. Opening the store removes what an interrupted load left in ``tmp/``.
+
 :meth:`ImageStore.load` imports an OCI image layout (dir or tar) or a ``docker save`` archive.
 Whiteouts become what overlayfs understands: ``.wh.NAME`` a 0/0 character device ``NAME``,
-``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr on its directory.
+``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr on its directory. Layers and JSON
+documents are read under :class:`ImageLimits` (checked while streaming); device nodes other
+than the few a container may open, and xattrs other than ``user.*``, ``security.capability``
+and POSIX ACLs, are skipped.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import stat
 import tarfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO, cast
 
@@ -40,6 +48,8 @@ __all__ = [
     "Image",
     "ImageDigestMismatchError",
     "ImageError",
+    "ImageLimitError",
+    "ImageLimits",
     "ImageNotFoundError",
     "ImageStore",
     "InvalidImageError",
@@ -64,6 +74,19 @@ _DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?\Z")
 _TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
 _CHUNK = 1 << 20
 _REF_NAME = "org.opencontainers.image.ref.name"
+_HEADER_MAX = 1 << 20  # a pax / GNU long-name header (Go's archive/tar allows 1 MiB too)
+_HEADER_CHAIN = 8  # extended headers before one member
+_NAME_MAX = 4096  # PATH_MAX: longer member or link names cannot be created anyway
+_ARCHIVE_MEMBERS = 100_000  # members of a docker save / OCI layout tar
+_LAYER_CAP = "image_layer_max_bytes"
+_JSON_CAP = "image_config_max_bytes"
+_DIR_MODE = 0o700  # every directory of the store
+_FILE_MODE = 0o600  # every file nyx writes there (layer content keeps the image's modes)
+# Character devices a container may open (runc's default device cgroup rules), by (major,
+# minor); 0/0 is also an overlayfs whiteout. Other devices in a layer are skipped.
+_ALLOWED_DEVICES = {(0, 0), (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)}
+_XATTR_PREFIXES = ("user.",)
+_XATTR_NAMES = {"security.capability", "system.posix_acl_access", "system.posix_acl_default"}
 
 
 class ImageError(RuntimeErrorNyx):
@@ -76,6 +99,47 @@ class InvalidImageError(ImageError, ConfigError):
 
 class ImageDigestMismatchError(DigestMismatchError, ConfigError):
     """A blob of an archive being loaded does not match its digest or size."""
+
+
+class ImageLimitError(InvalidImageError):
+    """An image exceeds one of nyxd's caps (:class:`ImageLimits`); the message names it."""
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Caps on untrusted image content, checked while it streams (nyxd settings)."""
+
+    layer_bytes: int = 16 << 30
+    """a layer's uncompressed tar and its compressed blob (``image_layer_max_bytes``)"""
+    image_bytes: int = 64 << 30
+    """the sum of an image's uncompressed layers (``image_max_bytes``)"""
+    layer_entries: int = 1_000_000
+    """tar entries in one layer (``image_layer_max_entries``)"""
+    json_bytes: int = 4 << 20
+    """a config, manifest, index or manifest.json (``image_config_max_bytes``)"""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ImageLimits:
+        """The caps of nyxd's settings (:class:`~nyx_core.NyxSettings`)."""
+        return cls(
+            layer_bytes=settings.image_layer_max_bytes,
+            image_bytes=settings.image_max_bytes,
+            layer_entries=settings.image_layer_max_entries,
+            json_bytes=settings.image_config_max_bytes,
+        )
+
+    @staticmethod
+    def describe(field: str, value: int) -> str:
+        """``the cap of 4 MiB (image_config_max_bytes, NYXD_IMAGE_CONFIG_MAX_BYTES)``."""
+        shown = _size(value) if field.endswith("bytes") else str(value)
+        return f"the cap of {shown} ({field}, NYXD_{field.upper()})"
 
 
 class Image(BaseModel):
@@ -157,6 +221,59 @@ def canonical_reference(ref: str) -> str:
     return text
 
 
+# -- tar parsing -------------------------------------------------------------------------
+
+_EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
+_LONG = {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+
+
+class _BadTarHeader(InvalidImageError):
+    """A tar header nyx refuses to parse (the caller adds which archive or layer)."""
+
+
+class _TarInfo(tarfile.TarInfo):
+    """tarfile's member, refusing what would make nyxd read without bound into memory.
+
+    tarfile reads a pax or GNU long-name header in one piece (as large as its size field
+    says), chains extended headers by recursion and expands sparse files to their full
+    size: headers over 1 MiB, long chains and sparse members are refused. Docker's and
+    buildkit's tar writers never produce sparse members.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _BadTarHeader(f"member {self.name!r}: sparse files are not supported")
+        if self.type not in _EXTENDED and self.type not in _LONG:
+            return cast(tarfile.TarInfo, super()._proc_member(tarfile_))  # type: ignore[misc]
+        if self.size > _HEADER_MAX:
+            raise _BadTarHeader(f"a tar header of {self.size} bytes (at most {_HEADER_MAX})")
+        chain = int(getattr(tarfile_, "_nyx_chain", 0)) + 1
+        if chain > _HEADER_CHAIN:
+            raise _BadTarHeader(f"more than {_HEADER_CHAIN} extended tar headers in a row")
+        if self.type == tarfile.XGLTYPE:
+            total = int(getattr(tarfile_, "_nyx_global", 0)) + self.size
+            if total > _HEADER_MAX:
+                raise _BadTarHeader(f"global tar headers exceed {_HEADER_MAX} bytes")
+            setattr(tarfile_, "_nyx_global", total)  # noqa: B010
+        setattr(tarfile_, "_nyx_chain", chain)  # noqa: B010
+        try:
+            return cast(tarfile.TarInfo, super()._proc_member(tarfile_))  # type: ignore[misc]
+        finally:
+            setattr(tarfile_, "_nyx_chain", chain - 1)  # noqa: B010
+
+    def _proc_gnusparse_00(self, *args: Any) -> None:
+        raise _BadTarHeader("sparse files are not supported")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+def _json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidImageError(f"{what} is not valid JSON: {str(exc)[:200]}") from exc
+
+
 # -- archive sources ---------------------------------------------------------------------
 
 
@@ -172,11 +289,22 @@ class _Source:
         if not path.is_file():
             raise InvalidImageError(f"image archive {str(path)!r} does not exist")
         try:
-            self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by close())
-            for info in self._tar.getmembers():
+            self._tar = tarfile.open(path, "r:*", tarinfo=_TarInfo)  # noqa: SIM115 (close())
+            while (info := self._tar.next()) is not None:
+                if len(self._members) >= _ARCHIVE_MEMBERS:
+                    raise InvalidImageError(
+                        f"{str(path)!r} has more than {_ARCHIVE_MEMBERS} members"
+                    )
+                if len(info.name) > _NAME_MAX or len(info.linkname) > _NAME_MAX:
+                    raise InvalidImageError(f"{str(path)!r}: a member name is too long")
+                info.pax_headers = {}  # not needed here; could be 1 MiB per member
                 self._members[_clean(info.name) or "."] = info
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, RecursionError, _BadTarHeader) as exc:
+            self.close()
             raise InvalidImageError(f"{str(path)!r} is not a readable tar archive: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._tar is not None:
@@ -197,7 +325,15 @@ class _Source:
             target = (self.path / clean).resolve()
             if not target.is_relative_to(self.path.resolve()):
                 raise InvalidImageError(f"{str(self.path)!r}: {name!r} points outside the archive")
-            return target.open("rb")
+            try:  # O_NONBLOCK: a FIFO swapped in after exists() must not block the open
+                fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise InvalidImageError(f"{str(self.path)!r}: {name!r}: {exc.strerror}") from exc
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise InvalidImageError(f"{str(self.path)!r}: {name!r} is not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
         info = self._members[clean]
         for _ in range(16):
             if info.issym():
@@ -214,20 +350,18 @@ class _Source:
             raise InvalidImageError(f"{str(self.path)!r}: {name!r} is not a file")
         return cast(BinaryIO, f)
 
-    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+    def read(self, name: str, limit: int) -> bytes:
         with self.open(name) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise InvalidImageError(f"{str(self.path)!r}: {name!r} is implausibly large")
+            raise ImageLimitError(
+                f"{str(self.path)!r}: {name!r} is larger than "
+                + ImageLimits.describe("image_config_max_bytes", limit)
+            )
         return data
 
-    def json(self, name: str) -> Any:
-        try:
-            return json.loads(self.read(name))
-        except ValueError as exc:
-            raise InvalidImageError(
-                f"{str(self.path)!r}: {name!r} is not valid JSON: {exc}"
-            ) from exc
+    def json(self, name: str, limit: int) -> Any:
+        return _json(self.read(name, limit), f"{str(self.path)!r}: {name!r}")
 
 
 def _clean(name: str) -> str | None:
@@ -239,17 +373,32 @@ def _clean(name: str) -> str | None:
 
 
 class _Hashing:
-    """A read-only stream that hashes (and counts) what passes through it."""
+    """A read-only stream that hashes and counts what passes through it.
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    With ``limit``, reading more than ``limit`` bytes raises ``too_large()`` at once: a
+    gzip bomb is stopped after ``limit`` bytes, not after it has been written out.
+    """
+
+    def __init__(
+        self,
+        raw: IO[bytes],
+        limit: int | None = None,
+        too_large: Callable[[], ImageError] | None = None,
+    ) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.size = 0
+        self.limit = limit
+        self.too_large = too_large
 
     def read(self, n: int = -1) -> bytes:
+        if self.limit is not None and (n < 0 or n > _CHUNK):
+            n = _CHUNK  # never one unbounded read; callers loop until b""
         data = self.raw.read(n)
         self.sha.update(data)
         self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise self.too_large() if self.too_large else ImageLimitError("stream too large")
         return data
 
     def drain(self) -> None:
@@ -267,13 +416,17 @@ class _Hashing:
 class _Unpacker:
     """Writes one layer tar into ``dest`` the way overlayfs wants its lower layers."""
 
-    def __init__(self, dest: Path, layer: str) -> None:
+    def __init__(self, dest: Path, layer: str, max_entries: int | None = None) -> None:
         self.dest = dest
         self.layer = layer
         self.is_root = os.geteuid() == 0
         self.safe_dirs: set[str] = {""}
         self.created: set[str] = set()  # paths this layer itself provides
+        self.skipped: set[str] = set()  # device nodes left out (hard links to them too)
         self.dir_times: list[tuple[str, int]] = []
+        self.max_entries = max_entries
+        self.entries = 0
+        self.root_info: tarfile.TarInfo | None = None  # applied by finish()
 
     def _fail(self, name: str, why: str) -> ImageError:
         return InvalidImageError(f"layer {self.layer}: entry {name!r}: {why}")
@@ -330,8 +483,11 @@ class _Unpacker:
             if not key.startswith("SCHILY.xattr."):
                 continue
             attr = key[len("SCHILY.xattr.") :]
-            if attr.startswith("trusted.overlay."):
-                continue  # only nyx decides what overlayfs sees
+            if attr not in _XATTR_NAMES and not attr.startswith(_XATTR_PREFIXES):
+                # trusted.* (overlayfs' own: only nyx decides what overlayfs sees),
+                # security.selinux/ima/evm/apparmor (host policy, never the image's), ...
+                logger.debug("layer {}: xattr {} on {} skipped", self.layer, attr, path)
+                continue
             try:
                 os.setxattr(
                     path, attr, value.encode("utf-8", "surrogateescape"), follow_symlinks=False
@@ -340,12 +496,18 @@ class _Unpacker:
                 logger.debug("layer {}: xattr {} on {} skipped: {}", self.layer, attr, path, exc)
 
     def entry(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        self.entries += 1
+        if self.max_entries is not None and self.entries > self.max_entries:
+            raise ImageLimitError(
+                f"layer {self.layer}: more entries than "
+                + ImageLimits.describe("image_layer_max_entries", self.max_entries)
+            )
+        if len(info.name) > _NAME_MAX or len(info.linkname) > _NAME_MAX:
+            raise self._fail(info.name[:200] + "...", f"name longer than {_NAME_MAX}")
         rel = _clean(info.name)
         if rel is None:
-            if info.isdir():
-                os.chmod(self.dest, info.mode & 0o7777)
-                self._owner(self.dest, info)
-                self.dir_times.append(("", int(info.mtime)))
+            if info.isdir():  # the layer's root: its mode is applied by finish()
+                self.root_info = info
             return
         parent = self._parent(rel, info.name)
         base = rel.rpartition("/")[2]
@@ -378,6 +540,10 @@ class _Unpacker:
             target = _clean(info.linkname)
             if target is None:
                 raise self._fail(info.name, "hard link to the root")
+            if target in self.skipped:
+                self.skipped.add(rel)
+                self.created.discard(rel)
+                return
             self._parent(target, info.linkname)
             source = self.dest / target
             if not os.path.lexists(source) or os.path.isdir(source):
@@ -385,9 +551,24 @@ class _Unpacker:
             os.link(source, path, follow_symlinks=False)
             return  # shares the target's inode and metadata
         elif info.ischr() or info.isblk():
-            kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
-            os.mknod(path, kind | mode, os.makedev(info.devmajor, info.devminor))
+            if not info.ischr() or (info.devmajor, info.devminor) not in _ALLOWED_DEVICES:
+                # the container's device cgroup would refuse it anyway (and /dev is a tmpfs)
+                kind = "character" if info.ischr() else "block"
+                logger.warning(
+                    "layer {}: {} device {} ({}:{}) skipped",
+                    self.layer,
+                    kind,
+                    rel,
+                    info.devmajor,
+                    info.devminor,
+                )
+                self.skipped.add(rel)
+                self.created.discard(rel)
+                return
+            mode &= 0o777  # no set-id or sticky bits on a device node
+            os.mknod(path, stat.S_IFCHR | mode, os.makedev(info.devmajor, info.devminor))
         elif info.isfifo():
+            mode &= 0o777
             os.mkfifo(path, mode)
         else:
             logger.debug("layer {}: entry {} of type {!r} skipped", self.layer, rel, info.type)
@@ -416,35 +597,66 @@ class _Unpacker:
         self._owner(self.dest / target, info)
 
     def finish(self) -> None:
+        """Apply the layer root's metadata and the directories' mtimes (deepest first).
+
+        Until here the root keeps the 0700 of its staging directory.
+        """
+        if self.root_info is not None:
+            self._owner(self.dest, self.root_info)
+            os.chmod(self.dest, self.root_info.mode & 0o7777)
+            self._xattrs(self.dest, self.root_info)
+            self.dir_times.append(("", int(self.root_info.mtime)))
         for rel, mtime in sorted(self.dir_times, key=lambda item: -item[0].count("/")):
             path = self.dest / rel if rel else self.dest
             with contextlib.suppress(OSError):
                 os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def unpack_layer(stream: BinaryIO, dest: Path, layer: str = "?") -> None:
-    """Unpack an uncompressed layer tar from ``stream`` into the existing empty ``dest``."""
-    unpacker = _Unpacker(dest, layer)
+def unpack_layer(
+    stream: BinaryIO, dest: Path, layer: str = "?", max_entries: int | None = None
+) -> None:
+    """Unpack an uncompressed layer tar from ``stream`` into the existing empty ``dest``.
+
+    ``dest`` should be private (0700 under a 0700 parent): entries land there one by one.
+    :raises ImageLimitError: more than ``max_entries`` entries.
+    """
+    unpacker = _Unpacker(dest, layer, max_entries)
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for info in tar:
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_TarInfo) as tar:
+            members: list[tarfile.TarInfo] = cast(Any, tar).members
+            while (info := tar.next()) is not None:
+                members.clear()  # a stream is read once: keep no TarInfo (and its headers)
                 unpacker.entry(tar, info)
-    except (tarfile.TarError, EOFError) as exc:
+        unpacker.finish()
+    except _BadTarHeader as exc:
+        raise InvalidImageError(f"layer {layer}: {exc}") from exc
+    except (tarfile.TarError, EOFError, RecursionError) as exc:
         raise InvalidImageError(f"layer {layer}: not a valid tar stream: {exc}") from exc
     except OSError as exc:
         raise ImageError(f"layer {layer}: unpacking failed: {exc}") from exc
-    unpacker.finish()
 
 
 # -- the store ---------------------------------------------------------------------------
 
 
 class ImageStore:
-    """Images on local disk. Thread-safe; one store per root."""
+    """Images on local disk. Thread-safe; one store per root.
 
-    def __init__(self, root: Path) -> None:
+    Opening the store makes its directories private (0700, also for a store an older nyx
+    left world-readable) and removes what an interrupted load left in ``tmp/``.
+    """
+
+    def __init__(self, root: Path, limits: ImageLimits | None = None) -> None:
         self.root = Path(root)
+        self.limits = limits or ImageLimits()
         self._lock = threading.RLock()
+        with self._locked():
+            for sub in ("", "blobs", "blobs/sha256", "layers", "tmp"):
+                os.chmod(self.root / sub, _DIR_MODE)
+            for name in ("index.json", "lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(self.root / name, _FILE_MODE)
+            self._clean_tmp()
 
     # paths
     def _blob(self, digest: str) -> Path:
@@ -454,22 +666,42 @@ class ImageStore:
         return self.root / "layers" / diff_id.removeprefix("sha256:")
 
     def _ensure(self) -> None:
-        for sub in ("blobs/sha256", "layers", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root / "layers", 0o700)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        for sub in ("", "blobs", "blobs/sha256", "layers", "tmp"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.root / sub, _DIR_MODE)  # umask can only remove bits
+
+    def _clean_tmp(self) -> None:
+        """Remove half-written blobs and layers (a crash, a failed load)."""
+        for stale in (self.root / "tmp").iterdir():
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         """The index, locked against other threads and processes; saved when changed."""
         with self._lock:
             self._ensure()
-            with open(self.root / "lock", "a+b") as lockf:
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+            with open(fd, "a+b") as lockf:
                 fcntl.flock(lockf, fcntl.LOCK_EX)
                 index = self._read_index()
                 before = json.dumps(index, sort_keys=True)
                 yield index
                 if json.dumps(index, sort_keys=True) != before:
                     self._write_index(index)
+
+    @contextlib.contextmanager
+    def _loading(self) -> Iterator[dict[str, Any]]:
+        """:meth:`_locked` for a load: a failure removes every blob and layer it added."""
+        with self._locked() as index:
+            try:
+                yield index
+            except BaseException:
+                self._collect(self._read_index())  # the index on disk, without this load
+                raise
 
     def _read_index(self) -> dict[str, Any]:
         try:
@@ -485,23 +717,36 @@ class ImageStore:
 
     def _write_index(self, index: dict[str, Any]) -> None:
         tmp = self.root / f"index.json.{uuid.uuid4().hex}"
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(index, indent=1, sort_keys=True))
         os.replace(tmp, self.root / "index.json")
 
     # blobs and layers
     def _put_blob(
-        self, src: BinaryIO, expected: str | None, size: int | None, what: str
+        self, src: BinaryIO, expected: str | None, size: int | None, what: str, limit: int, cap: str
     ) -> tuple[str, int]:
-        """Copy a blob into the store, verifying digest and size when they are known."""
+        """Copy a blob into the store, verifying digest and size when they are known.
+
+        More than ``limit`` bytes (the setting ``cap``) stop the copy with
+        :class:`ImageLimitError`; a declared ``size`` over the limit is refused before.
+        """
         if expected is not None:
             if not _DIGEST.match(expected):
                 raise InvalidImageError(f"{what}: unsupported digest {expected!r} (sha256 only)")
             if self._blob(expected).is_file():
                 return expected, self._blob(expected).stat().st_size
+
+        def too_large() -> ImageError:
+            return ImageLimitError(f"{what} is larger than {ImageLimits.describe(cap, limit)}")
+
+        if size is not None and size > limit:
+            raise too_large()
         tmp = self.root / "tmp" / f"blob-{uuid.uuid4().hex}"
-        hashing = _Hashing(src)
+        hashing = _Hashing(src, limit, too_large)
         try:
-            with open(tmp, "wb") as out:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
                 while chunk := hashing.read(_CHUNK):
                     out.write(chunk)
             digest = hashing.digest
@@ -514,16 +759,38 @@ class ImageStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _unpack(self, blob: str, diff_id: str, media_type: str, sizes: dict[str, int]) -> None:
+    def _unpack(
+        self, blob: str, diff_id: str, media_type: str, sizes: dict[str, int], used: int
+    ) -> int:
+        """Unpack layer ``blob`` once; returns its uncompressed size.
+
+        ``used``: bytes of the image's layers below it (for the image cap). The layer is
+        unpacked into a private staging dir under ``tmp/`` while its diff_id is computed in
+        the same pass, and renamed into ``layers/`` only when the digest matches; any
+        failure removes the staging dir.
+        """
         final = self._layer(diff_id)
         if final.is_dir():
-            return
+            return int(sizes.get(diff_id, 0))
+        limits = self.limits
+        limit = min(limits.layer_bytes, max(limits.image_bytes - used, 0))
+
+        def too_large() -> ImageError:
+            if limit == limits.layer_bytes:
+                cap = ImageLimits.describe("image_layer_max_bytes", limit)
+            else:
+                cap = ImageLimits.describe("image_max_bytes", limits.image_bytes)
+                cap += f", with {used} bytes in the layers below"
+            return ImageLimitError(
+                f"layer {blob} (diff_id {diff_id}): uncompressed size exceeds {cap}"
+            )
+
         tmp = self.root / "tmp" / f"layer-{uuid.uuid4().hex}"
-        tmp.mkdir(mode=0o755)
+        tmp.mkdir(mode=_DIR_MODE)
         try:
             with open(self._blob(blob), "rb") as raw:
-                hashing = _Hashing(decompressed_stream(raw, media_type))
-                unpack_layer(cast(BinaryIO, hashing), tmp, diff_id)
+                hashing = _Hashing(decompressed_stream(raw, media_type), limit, too_large)
+                unpack_layer(cast(BinaryIO, hashing), tmp, diff_id, limits.layer_entries)
                 hashing.drain()
             if hashing.digest != diff_id:
                 raise ImageDigestMismatchError(
@@ -536,6 +803,7 @@ class ImageStore:
             except OSError:
                 if not final.is_dir():
                     raise
+            return hashing.size
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -611,7 +879,7 @@ class ImageStore:
         """
         src = _Source(Path(path))
         try:
-            with self._locked() as index:
+            with self._loading() as index:
                 if src.exists("manifest.json"):
                     return self._load_docker(src, index)
                 if src.exists("index.json"):
@@ -632,7 +900,7 @@ class ImageStore:
         canon = canonical_reference(reference)  # validates
         src = _Source(Path(layout))
         try:
-            with self._locked() as index:
+            with self._loading() as index:
                 (image,) = self._load_oci(src, index, reference)
                 if "@" in canon:
                     rec = index["images"][image.id]["image"]
@@ -643,7 +911,7 @@ class ImageStore:
         return image
 
     def _load_docker(self, src: _Source, index: dict[str, Any]) -> list[Image]:
-        manifest = src.json("manifest.json")
+        manifest = src.json("manifest.json", self.limits.json_bytes)
         if not isinstance(manifest, list) or not manifest:
             raise InvalidImageError(f"{str(src.path)!r}: manifest.json is not a list of images")
         images = []
@@ -658,17 +926,28 @@ class ImageStore:
             named = PurePosixPath(config_name).name.removesuffix(".json")
             expected = f"sha256:{named}" if _HEX64.match(named) else None
             with src.open(config_name) as f:
-                config_digest, _ = self._put_blob(f, expected, None, f"{what} config")
+                config_digest, _ = self._put_blob(
+                    f, expected, None, f"{what} config", self.limits.json_bytes, _JSON_CAP
+                )
             config = self._config(config_digest, what)
             diff_ids = self._check_layers(config, len(layers), what)
             blobs = [config_digest]
+            used = 0
             for layer_name, diff_id in zip(layers, diff_ids, strict=True):
                 if self._layer(diff_id).is_dir() and self._blob(diff_id).is_file():
                     blobs.append(diff_id)
+                    used += int(index["layer_sizes"].get(diff_id, 0))
                     continue
                 with src.open(layer_name) as f:
-                    blob, _ = self._put_blob(f, None, None, f"{what} layer {layer_name!r}")
-                self._unpack(blob, diff_id, "", index["layer_sizes"])
+                    blob, _ = self._put_blob(
+                        f,
+                        None,
+                        None,
+                        f"{what} layer {layer_name!r}",
+                        self.limits.layer_bytes,
+                        _LAYER_CAP,
+                    )
+                used += self._unpack(blob, diff_id, "", index["layer_sizes"], used)
                 blobs.append(blob)
             tags = entry.get("RepoTags") or []
             valid = [t for t in tags if isinstance(t, str) and self._valid_tag(t, what)]
@@ -684,10 +963,14 @@ class ImageStore:
         return True
 
     def _config(self, digest: str, what: str) -> dict[str, Any]:
-        try:
-            config = json.loads(self._blob(digest).read_bytes())
-        except ValueError as exc:
-            raise InvalidImageError(f"{what}: image config is not valid JSON") from exc
+        limit = self.limits.json_bytes
+        with open(self._blob(digest), "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ImageLimitError(
+                f"{what}: {digest} is larger than {ImageLimits.describe(_JSON_CAP, limit)}"
+            )
+        config = _json(data, f"{what}: {digest}")
         if not isinstance(config, dict):
             raise InvalidImageError(f"{what}: image config is not an object")
         return config
@@ -702,18 +985,23 @@ class ImageStore:
             raise InvalidImageError(f"{what}: bad size {size!r}")
         return digest, size, str(desc.get("mediaType", ""))
 
-    def _blob_from(self, src: _Source, desc: Any, what: str) -> tuple[str, str]:
+    def _blob_from(
+        self, src: _Source, desc: Any, what: str, layer: bool = False
+    ) -> tuple[str, str]:
         digest, size, media_type = self._descriptor(desc, what)
         name = f"blobs/sha256/{digest.removeprefix('sha256:')}"
+        limit, cap = (
+            (self.limits.layer_bytes, _LAYER_CAP) if layer else (self.limits.json_bytes, _JSON_CAP)
+        )
         if not self._blob(digest).is_file():
             with src.open(name) as f:
-                self._put_blob(f, digest, size, what)
+                self._put_blob(f, digest, size, what, limit, cap)
         elif self._blob(digest).stat().st_size != size:
             raise ImageDigestMismatchError(f"{what}: size of {digest} is not {size}")
         return digest, media_type
 
     def _load_oci(self, src: _Source, index: dict[str, Any], reference: str | None) -> list[Image]:
-        top = src.json("index.json")
+        top = src.json("index.json", self.limits.json_bytes)
         manifests = top.get("manifests") if isinstance(top, dict) else None
         if not isinstance(manifests, list) or not manifests:
             raise InvalidImageError(f"{str(src.path)!r}: index.json lists no manifests")
@@ -761,9 +1049,10 @@ class ImageStore:
             raise InvalidImageError(f"{what}: layers is not a list")
         diff_ids = self._check_layers(config, len(layers), what)
         blobs = [digest, config_digest]
+        used = 0
         for n, (layer_desc, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):
-            blob, layer_type = self._blob_from(src, layer_desc, f"{what} layer {n}")
-            self._unpack(blob, diff_id, layer_type, index["layer_sizes"])
+            blob, layer_type = self._blob_from(src, layer_desc, f"{what} layer {n}", layer=True)
+            used += self._unpack(blob, diff_id, layer_type, index["layer_sizes"], used)
             blobs.append(blob)
         return self._record(index, config, config_digest, blobs, tags, digest)
 
@@ -857,11 +1146,7 @@ class ImageStore:
         used_blobs = {b for rec in index["images"].values() for b in rec.get("blobs", [])}
         used_layers = {d for rec in index["images"].values() for d in rec["image"]["layers"]}
         mounted = _mounted_lowerdirs()
-        for stale in (self.root / "tmp").iterdir():  # left by an interrupted load
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+        self._clean_tmp()
         for blob in (self.root / "blobs" / "sha256").iterdir():
             if f"sha256:{blob.name}" not in used_blobs:
                 blob.unlink(missing_ok=True)

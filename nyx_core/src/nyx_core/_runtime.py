@@ -16,11 +16,13 @@ A container whose status cannot be read (re-adopted after a nyxd restart) report
 from __future__ import annotations
 
 import builtins
+import contextlib
 import ctypes
 import errno
 import json
 import os
 import select
+import stat
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -237,41 +239,114 @@ def process_from_image(
     )
 
 
-def _in_root(rootfs: Path, path: str) -> Path:
-    """``path`` inside ``rootfs`` with symlinks resolved as if ``rootfs`` were ``/``."""
+_ETC_FILE_MAX = 4 << 20  # /etc/passwd or /etc/group of an image larger than this is not read
+_MAX_SYMLINKS = 40  # as the kernel (ELOOP)
+
+
+def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
+    """An ``O_PATH`` fd of ``path`` resolved inside ``rootfs`` as if it were ``/``.
+
+    Every component is opened relative to its parent's fd with ``O_NOFOLLOW``; symlinks are
+    read and resolved here (absolute ones from ``rootfs``, ``..`` stops at ``rootfs``), so
+    neither a symlink nor ``..`` nor a swap during the walk can reach a host file. With
+    ``mkdir``, missing directories are created (0755). The caller closes the fd.
+
+    :raises OSError: a missing component (``FileNotFoundError``), a loop (``ELOOP``), a
+        non-directory in the middle (``ENOTDIR``).
+    """
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    # the directories walked, root first (rootfs itself is nyx's own path: followed)
+    stack = [os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
     parts = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = rootfs.joinpath(*done, part)
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise ConfigError(f"too many symlinks resolving {path!r} in the image")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        done.append(part)
-    return rootfs.joinpath(*done)
-
-
-def _table(rootfs: Path, name: str) -> list[list[str]]:
+    links = 0
     try:
-        text = _in_root(rootfs, f"/etc/{name}").read_text(errors="replace")
-    except OSError:
-        return []
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                fd = os.open(part, flags, dir_fd=stack[-1])
+            except FileNotFoundError:
+                if not mkdir:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=stack[-1])  # never follows a symlink
+                parts.insert(0, part)
+                continue
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                os.close(fd)
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                target = os.readlink(part, dir_fd=stack[-1])
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                continue
+            stack.append(fd)
+            if parts and not stat.S_ISDIR(mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _read_image_file(rootfs: Path, path: str, limit: int = _ETC_FILE_MAX) -> tuple[str, str]:
+    """The text of the image's ``path`` and ``""``, or ``""`` and why it was not read.
+
+    Only a regular file of at most ``limit`` bytes, resolved inside ``rootfs``, is read: a
+    device (``/dev/zero``), a FIFO, a huge file or a symlink out of the image never is.
+    """
+    try:
+        fd = _open_in_root(rootfs, path)
+    except FileNotFoundError:
+        return "", ""  # missing: like an empty file (docker: numeric ids still work)
+    except OSError as exc:
+        return "", f"{path} cannot be resolved in the image ({exc.strerror})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "", f"{path} is {_file_kind(st.st_mode)} in the image, not read"
+        if st.st_size > limit:
+            return "", f"{path} is larger than {limit >> 20} MiB in the image, not read"
+        # reopen the very inode the walk found (an O_PATH fd cannot be read)
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        return "", f"{path} cannot be read in the image ({exc.strerror})"
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return "", f"{path} is larger than {limit >> 20} MiB in the image, not read"
+    return data.decode(errors="replace"), ""
+
+
+def _table(rootfs: Path, name: str) -> tuple[list[list[str]], str]:
+    """The rows of the image's ``/etc/<name>``, and why it was not read (or ``""``)."""
+    text, why = _read_image_file(rootfs, f"/etc/{name}")
+    if why:
+        logger.warning("user lookup: {}", why)
     rows = []
     for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
             rows.append(line.split(":"))
-    return rows
+    return rows, why
 
 
 def resolve_user(rootfs: Path, user: str | None) -> tuple[int, int, list[int], str]:
@@ -279,24 +354,29 @@ def resolve_user(rootfs: Path, user: str | None) -> tuple[int, int, list[int], s
 
     Docker's rules: names are looked up in ``/etc/passwd`` and ``/etc/group``; a numeric
     uid need not exist (gid 0, home ``/``); without an explicit group the user's primary
-    group and the groups listing them apply.
+    group and the groups listing them apply. The files are resolved inside ``rootfs`` and
+    read only when regular and at most 4 MiB; otherwise they count as empty (numeric ids
+    still work).
 
-    :raises ConfigError: a name that the image does not know.
+    :raises ConfigError: a name that the image does not know (saying why a file was not read).
     """
     spec = user or "0"
     user_part, _, group_part = spec.partition(":")
-    passwd = [r for r in _table(rootfs, "passwd") if len(r) >= 7]
+    rows, passwd_why = _table(rootfs, "passwd")
+    passwd = [r for r in rows if len(r) >= 7]
     entry = None
     for row in passwd:
         if row[0] == user_part or (user_part.isdigit() and row[2] == user_part):
             entry = row
             break
     if entry is None and not user_part.isdigit():
-        raise ConfigError(f"user: {user_part!r} not found in the image's /etc/passwd")
+        why = f" ({passwd_why})" if passwd_why else ""
+        raise ConfigError(f"user: {user_part!r} not found in the image's /etc/passwd{why}")
     uid = int(entry[2]) if entry else int(user_part)
     gid = int(entry[3]) if entry and entry[3].isdigit() else 0
     home = entry[5] if entry and entry[5] else "/"
-    groups = [r for r in _table(rootfs, "group") if len(r) >= 3]
+    rows, group_why = _table(rootfs, "group")
+    groups = [r for r in rows if len(r) >= 3]
     extra: list[int] = []
     if group_part:
         if group_part.isdigit():
@@ -304,7 +384,8 @@ def resolve_user(rootfs: Path, user: str | None) -> tuple[int, int, list[int], s
         else:
             match = [r for r in groups if r[0] == group_part and r[2].isdigit()]
             if not match:
-                raise ConfigError(f"user: group {group_part!r} not found in /etc/group")
+                why = f" ({group_why})" if group_why else ""
+                raise ConfigError(f"user: group {group_part!r} not found in /etc/group{why}")
             gid = int(match[0][2])
     elif entry is not None:
         for row in groups:
@@ -386,9 +467,12 @@ class RuncRuntime:
             env.append(f"HOSTNAME={hostname}")
         if not any(e.startswith("HOME=") for e in env):
             env.append(f"HOME={home}")
-        cwd = _in_root(rootfs, process.cwd)
-        if not cwd.exists():
-            cwd.mkdir(parents=True, mode=0o755)
+        try:
+            os.close(_open_in_root(rootfs, process.cwd, mkdir=True))
+        except OSError as exc:
+            raise ConfigError(
+                f"workdir: {process.cwd!r} cannot be created in the image ({exc.strerror})"
+            ) from exc
         netns: dict[str, str] = {"type": "network"}
         if netns_path is not None:
             netns["path"] = str(netns_path)
@@ -427,10 +511,9 @@ class RuncRuntime:
         }
         if container_id is not None:
             config["linux"]["cgroupsPath"] = f"{self.cgroup_parent}/{container_id}"
-        Path(bundle).mkdir(parents=True, exist_ok=True)
-        tmp = Path(bundle) / "config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=1))
-        os.replace(tmp, Path(bundle) / "config.json")
+        Path(bundle).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(bundle, 0o700)
+        _write_private(Path(bundle) / "config.json", json.dumps(config, indent=1))
 
     def start(self, container_id: str, bundle: Path, log_path: Path) -> int:
         """``runc run -d``: start detached, output appended to ``log_path``; returns the pid.
@@ -442,13 +525,13 @@ class RuncRuntime:
         config = json.loads(config_path.read_text())
         if "cgroupsPath" not in config.get("linux", {}):
             config.setdefault("linux", {})["cgroupsPath"] = f"{self.cgroup_parent}/{container_id}"
-            config_path.write_text(json.dumps(config, indent=1))
+            _write_private(config_path, json.dumps(config, indent=1))
         pid_file = bundle / "init.pid"
         pid_file.unlink(missing_ok=True)
         runc_log = bundle / "runc.log"
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             proc = subprocess.run(
                 [
@@ -574,6 +657,15 @@ class RuncRuntime:
             raise RuntimeErrorNyx(f"runc list: {proc.stderr.strip()}")
         items = json.loads(proc.stdout or "null")
         return list(items) if isinstance(items, builtins.list) else []
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically, mode 0600 (a bundle's config holds the environment)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _gone(stderr: str) -> bool:

@@ -103,6 +103,27 @@ class NyxSettings(BaseSettings):
         description="most host ports one container may publish (each port of a range counts; "
         "each is one reserved socket and one nftables element)",
     )
+    image_layer_max_bytes: int = Field(
+        default=16 << 30,
+        ge=1 << 20,
+        description="largest layer nyxd unpacks, in bytes: its uncompressed tar and its "
+        "compressed blob (checked while streaming)",
+    )
+    image_max_bytes: int = Field(
+        default=64 << 30,
+        ge=1 << 20,
+        description="largest image, in bytes: the sum of its uncompressed layers",
+    )
+    image_layer_max_entries: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="most tar entries (files, directories, links) in one layer",
+    )
+    image_config_max_bytes: int = Field(
+        default=4 << 20,
+        ge=64 << 10,
+        description="largest image config, manifest, index or manifest.json, in bytes",
+    )
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:

@@ -109,20 +109,29 @@ class NetworkRecord(BaseModel):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``path`` atomically, mode 0600, its directory made 0700 when created."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(tmp, flags, 0o600), "w") as f:
+        f.write(text)
     os.replace(tmp, path)
 
 
 class StateStore:
-    """Container and network records under ``<state_dir>``."""
+    """Container and network records under ``<state_dir>``.
+
+    ``containers/`` is 0700 and every record 0600: a record holds the container's spec,
+    environment included, and its log what the container printed. Opening the store makes
+    an existing ``containers/`` private too.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.root = Path(state_dir)
         self.containers_dir = self.root / "containers"
         self.networks_file = self.root / "networks.json"
-        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.containers_dir, 0o700)
 
     def container_dir(self, container_id: str) -> Path:
         return self.containers_dir / container_id

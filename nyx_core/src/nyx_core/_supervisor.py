@@ -120,7 +120,10 @@ class Supervisor:
         self.store = StateStore(settings.state_dir)
         self.run_dir = Path(settings.run_dir)
         (self.run_dir / "netns").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "containers").mkdir(parents=True, exist_ok=True)
+        # 0700: a container's rootfs (set-uid files of the image, its upper dir), bundle and
+        # config live there; only the bind-mounted hosts/hostname/resolv.conf stay 0644
+        (self.run_dir / "containers").mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.run_dir / "containers", 0o700)
         self._lock = threading.RLock()
         self._net_lock = threading.Lock()
         self._live: dict[str, _Live] = {}
@@ -228,7 +231,7 @@ class Supervisor:
                 raise ConflictError(f"container name {name!r} is already in use")
             self._live[cid] = live
             self.store.save(rec)
-            self.store.log_path(cid).touch()
+            self.store.log_path(cid).touch(mode=0o600)
         logger.bind(container=cid, name=name, image=spec.image).info("container created")
         if not start:
             return rec.public()

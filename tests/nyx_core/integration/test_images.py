@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
+from nyx_core import _images as images_mod
 from nyx_core._compression import zstd_available
 from nyx_core._images import Image, ImageError, ImageStore
 from nyx_core._runtime import Rootfs
@@ -435,3 +440,243 @@ def test_remove_keeps_layers_a_container_still_mounts(
     assert list((store.root / "tmp").iterdir()) == []
     store.remove("s:1")
     assert_store_empty(store)
+
+
+# -- other users never reach image content -------------------------------------------------
+
+NOBODY_PROBE = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        os.stat(path)
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            open(path, "rb").close()
+        print("reachable")
+    except Exception as exc:
+        print(type(exc).__name__)
+"""
+
+
+def as_nobody(*paths: Path) -> list[str]:
+    """What uid/gid 65534 (no supplementary groups) gets when it stats and opens (or lists)
+    each of ``paths``: ``reachable`` or the exception's name."""
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", NOBODY_PROBE, *map(str, paths)],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    return proc.stdout.split()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can traverse (pytest's tmp_path is 0700: it would hide all)."""
+    path = Path(tempfile.mkdtemp(prefix="nyxt-open-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+SETUID_LAYER = [
+    Entry("bin", "dir", mode=0o755),
+    Entry("bin/su", data=b"#!/bin/sh\nid\n", mode=0o4755),
+    Entry("bin/sg", data=b"#!/bin/sh\nid\n", mode=0o2755),
+    Entry("bin/su2", "hardlink", target="bin/su"),
+]
+
+
+def test_setuid_files_are_never_reachable_by_other_users(
+    open_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ImageStore(open_dir / "images")
+    assert as_nobody(open_dir) == ["reachable"]  # the check itself can see what is open
+    seen: dict[str, list[str]] = {}
+    entry = images_mod._Unpacker.entry
+
+    def spy(self: Any, tar: Any, info: Any) -> None:
+        entry(self, tar, info)  # then, while the layer is still being unpacked:
+        seen[info.name] = as_nobody(self.dest / info.name, self.dest)
+
+    monkeypatch.setattr(images_mod._Unpacker, "entry", spy)
+    (image,) = store.load(_oci_dir(tmp_path, [bb.layer_tar(SETUID_LAYER)]))
+    assert set(seen) == {e.name for e in SETUID_LAYER}
+    assert all(got == ["PermissionError", "PermissionError"] for got in seen.values()), seen
+    (layer,) = store.layer_dirs(image)
+    assert stat.S_IMODE((layer / "bin" / "su").stat().st_mode) == 0o4755  # kept for root
+    blobs = list((store.root / "blobs" / "sha256").iterdir())
+    paths = [layer / "bin" / "su", layer, *blobs, store.root / "index.json", store.root]
+    assert as_nobody(*paths) == ["PermissionError"] * len(paths)
+    for sub in ("", "blobs", "blobs/sha256", "layers", "tmp"):
+        assert stat.S_IMODE((store.root / sub).stat().st_mode) == 0o700, sub
+    for f in [*blobs, store.root / "index.json", store.root / "lock"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_crash_leftovers_in_tmp_are_removed_when_the_store_opens(open_dir: Path) -> None:
+    root = open_dir / "images"  # as an older nyx left it: world-traversable
+    stale = root / "tmp" / "layer-0123" / "bin"
+    stale.mkdir(parents=True)
+    for d in (root, root / "tmp", stale.parent, stale):
+        d.chmod(0o755)
+    (stale / "su").write_bytes(b"#!/bin/sh\n")
+    (stale / "su").chmod(0o4755)
+    (root / "tmp" / "blob-0123").write_bytes(b"half a blob")
+    assert as_nobody(stale / "su") == ["reachable"]
+    store = ImageStore(root)
+    assert list((root / "tmp").iterdir()) == []
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert as_nobody(root / "tmp") == ["PermissionError"]
+    assert store.list() == []
+
+
+# -- caps on untrusted content ----------------------------------------------------------------
+
+
+class _Counting:
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.read_bytes = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.read_bytes += len(data)
+        return data
+
+
+def test_gzip_bomb_layer_is_refused_while_streaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb = bb.layer_tar([Entry("zeros", data=bytes(64 << 20))])  # gzips to ~64 KiB
+    layout = _oci_dir(tmp_path, [bomb])
+    limits = images_mod.ImageLimits(layer_bytes=8 << 20)
+    store = ImageStore(tmp_path / "images", limits)
+    streams: list[_Counting] = []
+    real = images_mod.decompressed_stream
+
+    def counting(raw: Any, media_type: str) -> Any:
+        streams.append(_Counting(real(raw, media_type)))
+        return streams[-1]
+
+    monkeypatch.setattr(images_mod, "decompressed_stream", counting)
+    with pytest.raises(ImageError) as info:
+        store.load(layout)
+    message = str(info.value)
+    assert f"diff_id {sha(bomb)}" in message
+    assert "8 MiB (image_layer_max_bytes, NYXD_IMAGE_LAYER_MAX_BYTES)" in message
+    assert isinstance(info.value, ConfigError)  # the image is bad (400), not nyxd
+    (stream,) = streams
+    assert stream.read_bytes <= (8 << 20) + (2 << 20)  # stopped at the cap, not at 64 MiB
+    assert_store_empty(store)
+    assert list((store.root / "blobs" / "sha256").iterdir()) == []  # the load rolled back
+
+
+def test_image_cap_counts_every_layer(tmp_path: Path) -> None:
+    layers = [bb.layer_tar([Entry(f"f{n}", data=bytes(3 << 20))]) for n in range(3)]
+    limits = images_mod.ImageLimits(layer_bytes=4 << 20, image_bytes=8 << 20)
+    store = ImageStore(tmp_path / "images", limits)
+    with pytest.raises(ImageError, match=r"8 MiB \(image_max_bytes, NYXD_IMAGE_MAX_BYTES\)"):
+        store.load(_oci_dir(tmp_path, layers))
+    assert_store_empty(store)
+
+
+def test_layer_entry_cap(tmp_path: Path) -> None:
+    layer = bb.layer_tar([Entry(f"f{n}") for n in range(20)])
+    store = ImageStore(tmp_path / "images", images_mod.ImageLimits(layer_entries=10))
+    with pytest.raises(ImageError, match=r"more entries than the cap of 10 \(image_layer_max"):
+        store.load(_oci_dir(tmp_path, [layer]))
+    assert_store_empty(store)
+
+
+def test_config_blob_over_the_cap_is_refused(store: ImageStore, tmp_path: Path) -> None:
+    layer = bb.layer_tar([Entry("f", data=b"x")])
+    config = bb.image_config([sha(layer)], extra={"Labels": {"pad": "x" * (5 << 20)}})
+    out = tmp_path / "layout"
+    bb.write_oci_layout(out, [layer], config, ["t:1"], as_dir=True)
+    with pytest.raises(ImageError, match=r"4 MiB \(image_config_max_bytes"):
+        store.load(out)
+    assert_store_empty(store)
+    assert list((store.root / "blobs" / "sha256").iterdir()) == []
+
+
+def test_docker_archive_config_over_the_cap_is_refused(store: ImageStore, tmp_path: Path) -> None:
+    layer = bb.layer_tar([Entry("f", data=b"x")])
+    config = bb.image_config([sha(layer)], extra={"Labels": {"pad": "x" * (5 << 20)}})
+    bb.write_docker_archive(tmp_path / "d.tar", [layer], config, ["t:1"])
+    with pytest.raises(ImageError, match=r"config is larger than the cap of 4 MiB"):
+        store.load(tmp_path / "d.tar")
+    assert_store_empty(store)
+
+
+def test_deeply_nested_json_is_a_clean_error(store: ImageStore, tmp_path: Path) -> None:
+    layout = _oci_dir(tmp_path, [bb.layer_tar([Entry("f")])])
+    (layout / "index.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ImageError, match="index.json' is not valid JSON"):
+        store.load(layout)
+
+
+def test_oversized_tar_header_is_refused(store: ImageStore, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"comment": "x" * (2 << 20)}  # tarfile reads it in one piece
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(ImageError, match="a tar header of"):
+        store.load(_oci_dir(tmp_path, [buf.getvalue()]))
+    assert_store_empty(store)
+
+
+def _device_layer(devices: list[tuple[str, bytes, int, int]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        d = tarfile.TarInfo("dev")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(d)
+        for name, kind, major, minor in devices:
+            info = tarfile.TarInfo(f"dev/{name}")
+            info.type, info.mode = kind, 0o6666
+            info.devmajor, info.devminor = major, minor
+            tar.addfile(info)
+        link = tarfile.TarInfo("dev/disk-link")
+        link.type, link.linkname = tarfile.LNKTYPE, "dev/sda"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+def test_device_nodes_only_those_a_container_may_open(store: ImageStore, tmp_path: Path) -> None:
+    layer = _device_layer(
+        [
+            ("null", tarfile.CHRTYPE, 1, 3),
+            ("sda", tarfile.BLKTYPE, 8, 0),
+            ("mem", tarfile.CHRTYPE, 1, 1),
+            ("tty1", tarfile.CHRTYPE, 4, 1),
+        ]
+    )
+    (image,) = store.load(_oci_dir(tmp_path, [layer]))
+    (dev,) = (d / "dev" for d in store.layer_dirs(image))
+    assert sorted(p.name for p in dev.iterdir()) == ["null"]
+    st = os.lstat(dev / "null")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert stat.S_IMODE(st.st_mode) == 0o666  # no set-id bits on a device
+
+
+def test_only_harmless_xattrs_are_kept(store: ImageStore, tmp_path: Path) -> None:
+    cap_net_raw = "\x01\x00\x00\x02\x00\x20\x00\x00" + "\x00" * 12  # vfs_cap_data v2, +ep
+    xattrs = {
+        "user.nyx": "kept",
+        "security.capability": cap_net_raw,
+        "trusted.nyx": "dropped",
+        "security.ima": "dropped",
+    }
+    layer = bb.layer_tar([Entry("ping", data=b"\x7fELF", mode=0o755, xattrs=xattrs)])
+    (image,) = store.load(_oci_dir(tmp_path, [layer]))
+    ping = store.layer_dirs(image)[0] / "ping"
+    assert sorted(os.listxattr(ping)) == ["security.capability", "user.nyx"]
+    assert os.getxattr(ping, "security.capability") == cap_net_raw.encode()

@@ -6,18 +6,32 @@ the container joins a test namespace by path: nothing runs in the root network n
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nyx_core import (
+    ContainerSpec,
+    NetworkBackend,
+    NyxSettings,
+    SetupOptions,
+    SetupResult,
+    backend_plugin,
+    make_plugin_manager,
+)
+from nyx_core._host import Host
 from nyx_core._images import Image, ImageStore
 from nyx_core._netns import create_netns, delete_netns, is_mountpoint
 from nyx_core._runtime import (
@@ -27,6 +41,7 @@ from nyx_core._runtime import (
     become_subreaper,
     process_from_image,
 )
+from nyx_core._supervisor import Supervisor
 from nyx_core.errors import RuntimeErrorNyx
 from nyx_core.testing import Netns
 
@@ -365,3 +380,134 @@ def test_container_joins_a_netns_made_by_create_netns(
         Rootfs.unmount(tmp_path / "c")
         delete_netns(ns)
     assert not is_mountpoint(ns) and not ns.exists()
+
+
+# -- what other users of the host can read ---------------------------------------------------
+
+NOBODY_PROBE = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        os.stat(path)
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            open(path, "rb").close()
+        print("reachable")
+    except Exception as exc:
+        print(type(exc).__name__)
+"""
+
+
+def as_nobody(*paths: Path) -> list[str]:
+    """What uid/gid 65534 (no supplementary groups) gets for each path: ``reachable`` or
+    the exception's name (stat, then open or list)."""
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", NOBODY_PROBE, *map(str, paths)],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    return proc.stdout.split()
+
+
+class _NoNetwork:
+    """A network backend that only hands out DNS facts: the container keeps ``lo``."""
+
+    def ensure_network(self, settings: NyxSettings) -> None:
+        pass
+
+    def setup(self, container_id: str, netns_path: str, ports: Any, opts: SetupOptions) -> Any:
+        return SetupResult(
+            container_id=container_id,
+            network=opts.network,
+            dns_server=ipaddress.ip_address("10.231.0.1"),
+            dns_search=["nyxd.local"],
+        )
+
+    def teardown(self, container_id: str, netns_path: str) -> None:
+        pass
+
+
+def test_container_secrets_are_private_and_etc_files_readable_by_a_nonroot_user(
+    busybox: tuple[ImageStore, Image], runtime: RuncRuntime
+) -> None:
+    store, _ = busybox
+    top = Path(tempfile.mkdtemp(prefix="nyxt-open-"))
+    top.chmod(0o755)  # every user can traverse it, as /var/lib and /run
+    settings = NyxSettings(
+        state_dir=top / "state",
+        run_dir=top / "run",
+        socket=top / "run" / "nyxd.sock",
+        container_subnet="10.231.0.0/24",
+        gateway_ip="10.231.0.1",
+        dns="off",
+    )
+    pm = make_plugin_manager()
+    pm.register(backend_plugin(_NoNetwork))
+    host = Host(
+        images=store,
+        rootfs=Rootfs(),
+        runtime=runtime,
+        process_from_image=process_from_image,
+        create_netns=create_netns,
+        delete_netns=delete_netns,
+        netns_alive=is_mountpoint,
+    )
+    sup = Supervisor(settings, NetworkBackend(pm, "none"), None, host, stop_grace=1)
+    script = "id -u; cat /etc/hostname /etc/hosts /etc/resolv.conf; echo done; sleep 300"
+    try:
+        c = sup.create(
+            ContainerSpec(
+                image="busybox:nyx",
+                name="private",
+                user="nobody",
+                env={"API_TOKEN": "s3cret"},
+                command=["sh", "-c", script],
+                dns=True,
+            )
+        )
+        log = top / "state" / "containers" / c["id"] / "container.log"
+        for _ in range(600):
+            if b"done" in log.read_bytes():
+                break
+            runtime.wait(c["id"], c["pid"], timeout=0.1)
+        lines = log.read_text().splitlines()
+        assert lines[0] == "65534"  # not root: the files below are read as nobody
+        assert "private" in lines[1]
+        assert "127.0.0.1\tlocalhost" in lines  # /etc/hosts
+        assert "nameserver 10.231.0.1" in lines
+        record = top / "state" / "containers" / c["id"] / "container.json"
+        assert "s3cret" in record.read_text()
+        cdir = top / "run" / "containers" / c["id"]
+        bundle = cdir / "bundle" / "config.json"
+        assert "s3cret" in bundle.read_text()
+        private = [record, log, bundle, cdir / "rootfs" / "bin" / "busybox", cdir / "upper"]
+        assert as_nobody(*private) == ["PermissionError"] * len(private)
+        for f in (record, log, bundle):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        for f in ("hosts", "hostname", "resolv.conf"):  # bind-mounted: must stay readable
+            assert stat.S_IMODE((cdir / f).stat().st_mode) == 0o644, f
+    finally:
+        sup.shutdown(grace=1)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_workdir_is_created_inside_the_rootfs_only(runtime: RuncRuntime, tmp_path: Path) -> None:
+    rootfs, host = tmp_path / "rootfs", tmp_path / "host"
+    (rootfs / "etc").mkdir(parents=True)
+    host.mkdir()
+    (rootfs / "link").symlink_to(host)  # absolute: means rootfs/<host path>
+    (rootfs / "up").symlink_to("../../../../../../..")
+    for cwd, made in [("/link/w", f"{host}/w"), ("/up/x/../y", "y")]:
+        spec = ProcessSpec(args=["true"], cwd=cwd)
+        runtime.write_bundle(
+            tmp_path / "b", rootfs=rootfs, process=spec, hostname="h", netns_path=None, mounts=[]
+        )
+        assert (rootfs / made.lstrip("/")).is_dir()
+    assert list(host.iterdir()) == []
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o700

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +206,100 @@ def test_passwd_symlink_resolves_inside_the_rootfs(rootfs: Path) -> None:
     (rootfs / "etc" / "passwd").rename(rootfs / "data" / "passwd")
     (rootfs / "etc" / "passwd").symlink_to("/data/passwd")  # absolute: means rootfs/data
     assert resolve_user(rootfs, "app")[0] == 1000
+
+
+# -- image files are read only when regular, small and inside the rootfs -------------------
+
+
+def _resolve_in_child(rootfs: Path, user: str) -> str:
+    """``resolve_user`` in a child limited to 1 GiB of memory: what it returned or raised.
+
+    Code that reads ``/dev/zero`` or blocks on a FIFO fails there (MemoryError, the hang
+    guard) instead of taking the test run down.
+    """
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from pathlib import Path\n"
+        "from nyx_core._runtime import resolve_user\n"
+        "try:\n"
+        "    print(resolve_user(Path(sys.argv[1]), sys.argv[2]))\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(rootfs), user],
+            capture_output=True,
+            text=True,
+            timeout=120,  # a hang guard, not a speed assertion
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "hung"
+    return (proc.stdout + proc.stderr).strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_passwd_that_is_a_device_is_not_read(rootfs: Path) -> None:
+    (rootfs / "etc" / "passwd").unlink()
+    os.mknod(rootfs / "etc" / "passwd", stat.S_IFCHR | 0o644, os.makedev(1, 5))  # /dev/zero
+    assert _resolve_in_child(rootfs, "0") == "(0, 0, [], '/')"
+    assert _resolve_in_child(rootfs, "app") == (
+        "ConfigError user: 'app' not found in the image's /etc/passwd "
+        "(/etc/passwd is a character device in the image, not read)"
+    )
+
+
+def test_passwd_that_is_a_fifo_is_not_read(rootfs: Path) -> None:
+    (rootfs / "etc" / "passwd").unlink()
+    os.mkfifo(rootfs / "etc" / "passwd")
+    assert _resolve_in_child(rootfs, "4242") == "(4242, 0, [], '/')"
+    assert "is a FIFO in the image, not read" in _resolve_in_child(rootfs, "app")
+
+
+def test_huge_group_file_is_not_read(rootfs: Path) -> None:
+    with open(rootfs / "etc" / "group", "r+b") as f:
+        f.seek(64 << 20)  # sparse: 64 MiB without using the disk
+        f.write(b"\nbig:x:77:app\n")
+    with pytest.raises(ConfigError, match=r"group 'big' not found .*larger than 4 MiB"):
+        resolve_user(rootfs, "app:big")
+    assert resolve_user(rootfs, "app") == (1000, 1000, [], "/home/app")  # no extra groups
+
+
+def test_symlinks_never_leave_the_rootfs(rootfs: Path, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "passwd").write_text("intruder:x:0:0::/:/bin/sh\n")
+    (rootfs / "etc" / "passwd").unlink()
+    (rootfs / "etc" / "passwd").symlink_to(host / "passwd")  # absolute host path
+    with pytest.raises(ConfigError, match="'intruder' not found"):
+        resolve_user(rootfs, "intruder")
+    (rootfs / "etc" / "passwd").unlink()
+    (rootfs / "etc" / "passwd").symlink_to("../" * 12 + str(host / "passwd").lstrip("/"))
+    with pytest.raises(ConfigError, match="'intruder' not found"):
+        resolve_user(rootfs, "intruder")
+    (rootfs / "etc" / "passwd").unlink()
+    shutil.rmtree(rootfs / "etc")
+    (rootfs / "etc").symlink_to(host)  # a directory on the way
+    with pytest.raises(ConfigError, match="'intruder' not found"):
+        resolve_user(rootfs, "intruder")
+    (rootfs / "etc").unlink()
+    (rootfs / "etc").symlink_to("etc")  # a loop: not read, numeric ids still work
+    assert resolve_user(rootfs, "7") == (7, 0, [], "/")
+    with pytest.raises(ConfigError, match="cannot be resolved in the image"):
+        resolve_user(rootfs, "app")
+
+
+def test_state_dir_is_made_private_and_its_tmp_emptied(tmp_path: Path) -> None:
+    from nyx_core._daemon import _private_state_dir
+
+    state = tmp_path / "state"
+    (state / "tmp" / "pull-0123" / "blobs").mkdir(parents=True)
+    (state / "tmp" / "upload-0123").write_bytes(b"half an upload")
+    (state / "images").mkdir()
+    state.chmod(0o755)
+    _private_state_dir(state)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert list((state / "tmp").iterdir()) == []
+    assert (state / "images").is_dir()

@@ -19,6 +19,10 @@ ENV = [
     "NYXD_CONTAINER_SUBNET",
     "NYXD_STATE_DIR",
     "NYXD_RUN_DIR",
+    "NYXD_IMAGE_LAYER_MAX_BYTES",
+    "NYXD_IMAGE_MAX_BYTES",
+    "NYXD_IMAGE_LAYER_MAX_ENTRIES",
+    "NYXD_IMAGE_CONFIG_MAX_BYTES",
 ]
 
 
@@ -100,3 +104,26 @@ def test_bad_env_value_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 def test_every_field_has_a_description() -> None:
     for name, field in NyxSettings.model_fields.items():
         assert field.description, name
+
+
+def test_image_caps_have_defaults_that_fit_real_images() -> None:
+    s = load_settings()
+    assert s.image_layer_max_bytes == 16 << 30  # CUDA / ML layers reach several GiB
+    assert s.image_max_bytes == 64 << 30
+    assert s.image_layer_max_entries == 1_000_000
+    assert s.image_config_max_bytes == 4 << 20  # docker distribution's and podman's cap
+
+
+def test_image_caps_from_env_flags_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NYXD_IMAGE_LAYER_MAX_BYTES", str(1 << 30))
+    monkeypatch.setenv("NYXD_IMAGE_MAX_BYTES", str(2 << 30))
+    monkeypatch.setenv("NYXD_IMAGE_LAYER_MAX_ENTRIES", "5000")
+    monkeypatch.setenv("NYXD_IMAGE_CONFIG_MAX_BYTES", str(1 << 20))
+    s = load_settings()
+    assert (s.image_layer_max_bytes, s.image_max_bytes) == (1 << 30, 2 << 30)
+    assert (s.image_layer_max_entries, s.image_config_max_bytes) == (5000, 1 << 20)
+    assert load_settings(image_layer_max_entries=7).image_layer_max_entries == 7
+    with pytest.raises(
+        ConfigError, match=r"image_config_max_bytes \(NYXD_IMAGE_CONFIG_MAX_BYTES\)"
+    ):
+        load_settings(image_config_max_bytes=10)
