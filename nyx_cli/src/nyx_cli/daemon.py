@@ -52,6 +52,14 @@ def _plugin_table() -> str:
 @click.option("--socket", default=None, help=_help("socket"))
 @click.option("--state-dir", default=None, help=_help("state_dir"))
 @click.option("--run-dir", default=None, help=_help("run_dir"))
+@click.option(
+    "--insecure-registry",
+    "insecure_registries",
+    metavar="HOST[:PORT]",
+    multiple=True,
+    callback=lambda ctx, param, value: list(value) or None,  # unset: env var or default
+    help=_help("insecure_registries"),
+)
 @click.option("--list-plugins", is_flag=True, help="list installed drivers and DNS providers")
 @click.version_option(package_name="nyx-cli")
 def nyxd(list_plugins: bool, **flags: Any) -> None:

@@ -25,7 +25,7 @@ from nyx_core._compression import (
     decompressed_stream,
     detect_compression,
 )
-from nyx_core._registry import _insecure
+from nyx_core._registry import is_insecure_registry as _insecure
 from nyx_core._registry_client import _no_proxy_match, proxy_for
 from nyx_core._registry_layout import descriptor
 from nyx_core._registry_platform import (
