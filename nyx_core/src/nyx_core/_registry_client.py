@@ -106,6 +106,13 @@ def error_detail(resp: Response) -> tuple[set[str], str]:
     return codes, text
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the default port filled in, to compare origins."""
+    parsed = httpx.URL(url)
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    return parsed.scheme, parsed.host, port
+
+
 def _ssl_error(exc: BaseException | None) -> ssl.SSLError | None:
     """The TLS error somewhere in ``exc``'s chain (httpx wraps httpcore wraps ssl)."""
     seen = 0
@@ -525,7 +532,10 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             resp = self.send(method, url, hdrs)
-            if resp.status == 401 and attempt == 0:
+            if resp.status == 401 and attempt == 0 and _origin(resp.url) == _origin(url):
+                # only the registry itself may change how we authenticate: a 401 from the
+                # host a blob was redirected to (a CDN) must not name a realm to send the
+                # stored credentials to
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.close()
                 if challenge:

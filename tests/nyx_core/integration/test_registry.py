@@ -706,6 +706,32 @@ def test_blob_redirect_to_another_host_gets_no_credentials(
     assert any("Authorization" in h for (_, p, h) in front.requests if "/manifests/" in p)
 
 
+@pytest.mark.parametrize("mode", ["bearer", "basic"])
+def test_challenge_from_a_redirect_target_is_not_followed(
+    pushed: Pushed, tmp_path: Path, mode: str
+) -> None:
+    """The host a blob is redirected to answers 401 with a challenge of its own: nyx must
+    not take its realm and send the registry's credentials there."""
+    auth_file = tmp_path / "config.json"
+    cdn = ProxyState(upstream=pushed.registry.host, mode="bearer")  # demands its own token
+    with run_token_proxy(cdn) as (cdn_host, _):
+        front = ProxyState(
+            upstream=pushed.registry.host,
+            mode=mode,
+            users={"bob": SECRET_PASSWORD},
+            redirect_blobs_to=cdn_host,
+        )
+        with run_token_proxy(front) as (host, _):
+            basic = base64.b64encode(f"bob:{SECRET_PASSWORD}".encode()).decode()
+            auth_file.write_text(json.dumps({"auths": {host: {"auth": basic}}}))
+            with pytest.raises(UnauthorizedError, match="denied"):
+                pull_to_oci_layout(f"{host}/oci:v1", tmp_path, auth_file=auth_file)
+    assert [p for (_, p, _) in cdn.requests if "/blobs/" in p]  # it was asked for the blob
+    assert cdn.token_requests == []
+    seen = repr(cdn.requests) + repr(cdn.bodies)
+    assert "Authorization" not in seen and basic not in seen
+
+
 # --------------------------------------------------------------------------- insecure registries
 
 
@@ -761,6 +787,31 @@ def test_plain_http_realm_is_refused_for_a_tls_registry(
     check_layout(tmp_path / "b")
     assert got.downloaded == got.size
     assert state.token_requests and named.plain_http()[0].startswith(state.realm)
+
+
+def test_tls_registry_never_redirects_nyx_to_plain_http(
+    pushed: Pushed, tmp_path: Path, named: NamedRegistries
+) -> None:
+    """A TLS registry whose blobs redirect to ``http://``: not followed (tag manifests and
+    tokens would otherwise be open to anyone on the path), unless configured insecure."""
+    from registry_fixtures import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "pki", names=("registry.test",))
+    cdn = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(cdn) as (cdn_host, _):
+        front = ProxyState(upstream=pushed.registry.host, redirect_blobs_to=cdn_host)
+        with run_token_proxy(front, tls=(cert, key)) as (tls, _):
+            name = f"registry.test:{tls.rpartition(':')[2]}"
+            front.realm = f"https://{name}/token"
+            (named.certs_d / name).mkdir()
+            (named.certs_d / name / "ca.crt").write_bytes(cert.read_bytes())
+            with pytest.raises(RegistryError, match="refusing plain HTTP") as info:
+                pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "a")
+            assert f"http://{cdn_host}/" in str(info.value)
+            assert cdn.requests == []
+            pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "b", insecure_registries=[name])
+    check_layout(tmp_path / "b")
+    assert len(cdn.requests) == 5
 
 
 def test_certs_d_ca_and_client_certificate(
