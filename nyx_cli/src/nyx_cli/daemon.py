@@ -54,6 +54,7 @@ def _plugin_table() -> str:
 @click.option("--run-dir", default=None, help=_help("run_dir"))
 @click.option(
     "--insecure-registry",
+    "--insecure-registries",  # the setting's name, as docker's daemon.json key
     "insecure_registries",
     metavar="HOST[:PORT]",
     multiple=True,
