@@ -67,7 +67,7 @@ class Response:
         self.headers = resp.headers
         self.url = str(resp.url)
         self._chunks: Iterator[bytes] = resp.iter_raw(CHUNK)  # as sent: no Content-Encoding
-        self._buf = b""
+        self._buf = bytearray()
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes of the body; fewer only at its end."""
@@ -76,7 +76,8 @@ class Response:
             if not chunk:
                 break
             self._buf += chunk
-        out, self._buf = self._buf[:n], self._buf[n:]
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
         return out
 
     def close(self) -> None:
