@@ -23,14 +23,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from loguru import logger
 
 from ._auth import Credentials, load_credentials, store_credentials
 from ._reference import Reference, is_loopback_registry, normalize_reference, normalize_registry
-from ._registry_client import TRANSPORT_ERRORS, RegistryClient, error_detail
 from ._registry_layout import (
     DIGEST_RE,
     OCI_INDEX,
@@ -55,6 +53,9 @@ from .errors import (
     RegistryError,
     UnauthorizedError,
 )
+
+if TYPE_CHECKING:
+    from ._registry_client import RegistryClient
 
 __all__ = [
     "MEDIA_TYPES_INDEX",
@@ -206,6 +207,7 @@ def _fill_partial(
     state = _Fill(hashlib.new(desc.algorithm))
     path = f"/v2/{ref.path}/blobs/{desc.digest}"
     failures = 0
+    retryable: tuple[type[Exception], ...] = (*client.transport_errors, _Transient)
     while True:
         if abort.is_set():
             raise _Aborted()
@@ -265,7 +267,7 @@ def _fill_partial(
             if state.offset < desc.size:
                 raise _Transient(f"connection closed after {state.offset} of {desc.size} bytes")
             return state
-        except (OSError, httpx.TransportError, _Transient) as exc:
+        except retryable as exc:
             fh.flush()
             failures += 1
             logger.debug("download of {} interrupted ({}), attempt {}", desc.digest, exc, failures)
@@ -391,7 +393,7 @@ def _fetch_manifest(
                 client.fail(resp, f"manifest {obj!r}", ref)
             try:
                 body = resp.read(MAX_MANIFEST_BYTES + 1)
-            except TRANSPORT_ERRORS as exc:
+            except client.transport_errors as exc:
                 if attempt == 2:
                     raise RegistryError(
                         f"registry {client.domain}: reading manifest {obj!r} of {ref}: {exc}"
@@ -497,6 +499,8 @@ def pull_to_oci_layout(
     """
     ref = normalize_reference(reference)
     want = parse_platform(platform) if platform else host_platform()
+    from ._registry_client import RegistryClient  # httpx: imported on the first pull
+
     client = RegistryClient(
         ref.domain,
         insecure=is_insecure_registry(ref.domain, insecure_registries),
@@ -640,6 +644,8 @@ def login(
     domain = normalize_registry(registry)
     if not username:
         raise ConfigError("login: username must not be empty")
+    from ._registry_client import TRANSPORT_ERRORS, RegistryClient, error_detail
+
     creds = Credentials(username=username, password=password)
     with RegistryClient(
         domain,

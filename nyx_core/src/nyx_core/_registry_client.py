@@ -215,6 +215,9 @@ class _Transport(httpx.BaseTransport):
 class RegistryClient:
     """A registry API v2 client for one registry host."""
 
+    #: what a failed exchange raises (for callers that must not import httpx themselves)
+    transport_errors = TRANSPORT_ERRORS
+
     def __init__(
         self,
         domain: str,
