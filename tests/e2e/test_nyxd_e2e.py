@@ -256,7 +256,21 @@ def test_pull_from_a_registry_then_run(nyxd: Nyxd, busybox_tar: Path, tmp_path: 
             f"docker://{ref}", timeout=120,
         )  # fmt: skip
         assert push.returncode == 0, push.stderr
-        r = nyxd.nyx("pull", "--insecure", ref, timeout=120)
+        # insecure is nyxd's configuration: the client flag is gone, the API refuses it for a
+        # registry nyxd was not started with, before any traffic
+        r = nyxd.nyx("pull", "--insecure", ref)
+        assert r.returncode == 125 and "nyxd with --insecure-registry" in r.stderr, r.stderr
+        from nyx_cli._http import ApiError
+
+        other = "registry.test:5000/demo/busybox:v1"
+        with pytest.raises(ApiError) as info:
+            nyxd.client.request(
+                "POST", "/v1/images/pull", body={"reference": other, "insecure": True}
+            )
+        assert info.value.status == 400
+        assert "registry.test:5000" in str(info.value) and "--insecure-registry" in str(info.value)
+        # 127.0.0.1 is loopback: plain HTTP without configuration, as in docker
+        r = nyxd.nyx("pull", ref, timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().startswith("sha256:")
         assert ref in [t for i in nyxd.client.request("GET", "/v1/images") for t in i["repo_tags"]]

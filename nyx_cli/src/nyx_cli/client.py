@@ -472,14 +472,24 @@ def load(ctx: click.Context, path: str | None) -> None:
 
 
 @cli.command()
-@click.option("--insecure", is_flag=True, help="plain HTTP / unverified TLS for this registry")
+@click.option("--insecure", is_flag=True, hidden=True, help="removed: see nyxd --insecure-registry")
 @click.option("-q", "--quiet", is_flag=True, help="no progress")
 @click.argument("reference")
 @click.pass_context
 def pull(ctx: click.Context, insecure: bool, quiet: bool, reference: str) -> None:
-    """Pull an image from a registry (through nyxd)."""
+    """Pull an image from a registry (through nyxd).
+
+    Registries that may use plain HTTP or an unverified certificate are nyxd's
+    configuration (nyxd --insecure-registry HOST[:PORT]), as in docker's daemon.json.
+    """
+    if insecure:
+        raise click.UsageError(
+            "nyx pull --insecure was removed: which registries may use plain HTTP or an "
+            "unverified certificate is nyxd's configuration; start nyxd with "
+            "--insecure-registry HOST[:PORT] (localhost and 127.0.0.0/8 need nothing)"
+        )
     client = _client(ctx)
-    body = {"reference": reference, "insecure": insecure}
+    body = {"reference": reference}
     tty = sys.stderr.isatty()
     try:
         for ev in client.lines("POST", "/v1/images/pull", params={"progress": 1}, body=body):

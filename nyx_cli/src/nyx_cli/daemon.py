@@ -68,6 +68,15 @@ def _plugin_table() -> str:
 @click.option("--api-idle-timeout", default=None, type=float, help=_help("api_idle_timeout"))
 @click.option("--api-max-body", default=None, type=int, help=_help("api_max_body"))
 @click.option("--api-max-upload", default=None, type=int, help=_help("api_max_upload"))
+@click.option(
+    "--insecure-registry",
+    "--insecure-registries",  # the setting's name, as docker's daemon.json key
+    "insecure_registries",
+    metavar="HOST[:PORT]",
+    multiple=True,
+    callback=lambda ctx, param, value: list(value) or None,  # unset: env var or default
+    help=_help("insecure_registries"),
+)
 @click.option("--list-plugins", is_flag=True, help="list installed drivers and DNS providers")
 @click.version_option(package_name="nyx-cli")
 def nyxd(list_plugins: bool, **flags: Any) -> None:

@@ -90,7 +90,7 @@ def _fail(ref: str, why: str) -> InvalidReferenceError:
 
 
 def normalize_registry(registry: str) -> str:
-    """Normalise a registry name as given to ``nyx login`` / ``--insecure-registry``.
+    """Normalise a registry name as given to ``nyx login`` / ``nyxd --insecure-registry``.
 
     Accepts ``host``, ``host:port``, ``https://host/v1/`` and Docker Hub's aliases (all of
     which become ``docker.io``). Returns the domain as it appears in references.
@@ -184,15 +184,23 @@ def normalize_reference(ref: str) -> Reference:
 
 
 def is_loopback_registry(domain: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ``::1`` registries (plain HTTP allowed)."""
+    """True for exactly ``localhost`` and loopback IP literals (127.0.0.0/8, ``::1``).
+
+    These may use plain HTTP without being configured, as in docker. A name is trusted only
+    when it is ``localhost`` itself: ``*.localhost`` names are resolved by whatever resolver
+    the host has (DNS may send them anywhere), so they are ordinary registries.
+    """
     host = domain
     if host.startswith("["):
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback

@@ -1,18 +1,17 @@
 """``nyx pull``: fetch an image from an OCI registry (distribution API v2) into an OCI layout.
 
-Standard library only (``http.client``, ``ssl``, ``hashlib``, ``concurrent.futures``).
-:func:`pull_to_oci_layout` resolves the reference, authenticates (anonymous or stored bearer
-tokens, basic auth), picks the host's platform from a manifest list / OCI index, downloads the
-config and layers in parallel (resuming interrupted downloads with ``Range``, skipping blobs
-already present) and writes a verified OCI image layout. Docker schema2 manifests are stored
-as-is, with their own media types, so the manifest digest stays the registry's.
+HTTP goes through :mod:`._registry_client` (httpx). :func:`pull_to_oci_layout` resolves the
+reference, authenticates (anonymous or stored bearer tokens, basic auth), picks the host's
+platform from a manifest list / OCI index, downloads the config and layers in parallel
+(resuming interrupted downloads with ``Range``, skipping blobs already present) and writes a
+verified OCI image layout. Docker schema2 manifests are stored as-is, with their own media
+types, so the manifest digest stays the registry's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import ipaddress
 import json
 import os
@@ -24,13 +23,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 
 from ._auth import Credentials, load_credentials, store_credentials
 from ._reference import Reference, is_loopback_registry, normalize_reference, normalize_registry
-from ._registry_client import RegistryClient, error_detail
 from ._registry_layout import (
     DIGEST_RE,
     OCI_INDEX,
@@ -56,6 +54,9 @@ from .errors import (
     UnauthorizedError,
 )
 
+if TYPE_CHECKING:
+    from ._registry_client import RegistryClient
+
 __all__ = [
     "MEDIA_TYPES_INDEX",
     "MEDIA_TYPES_MANIFEST",
@@ -63,6 +64,7 @@ __all__ = [
     "ProgressEvent",
     "PulledImage",
     "host_platform",
+    "is_insecure_registry",
     "login",
     "parse_platform",
     "pull_to_oci_layout",
@@ -205,6 +207,7 @@ def _fill_partial(
     state = _Fill(hashlib.new(desc.algorithm))
     path = f"/v2/{ref.path}/blobs/{desc.digest}"
     failures = 0
+    retryable: tuple[type[Exception], ...] = (*client.transport_errors, _Transient)
     while True:
         if abort.is_set():
             raise _Aborted()
@@ -262,9 +265,9 @@ def _fill_partial(
                         raise _Aborted()
                 fh.flush()
             if state.offset < desc.size:
-                raise http.client.IncompleteRead(b"", desc.size - state.offset)
+                raise _Transient(f"connection closed after {state.offset} of {desc.size} bytes")
             return state
-        except (OSError, http.client.HTTPException, _Transient) as exc:
+        except retryable as exc:
             fh.flush()
             failures += 1
             logger.debug("download of {} interrupted ({}), attempt {}", desc.digest, exc, failures)
@@ -300,7 +303,7 @@ def _download_blob(
     start (the kept part may be what was wrong); otherwise the mismatch is an error.
     """
     final = layout.blob(desc.digest)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
     with partial_file(final) as fh:
         if layout.present(desc):  # finished by someone else while we waited for the lock
@@ -390,7 +393,7 @@ def _fetch_manifest(
                 client.fail(resp, f"manifest {obj!r}", ref)
             try:
                 body = resp.read(MAX_MANIFEST_BYTES + 1)
-            except (OSError, http.client.HTTPException) as exc:
+            except client.transport_errors as exc:
                 if attempt == 2:
                     raise RegistryError(
                         f"registry {client.domain}: reading manifest {obj!r} of {ref}: {exc}"
@@ -430,7 +433,14 @@ def _fetch_manifest(
     return body, media_type, digest
 
 
-def _insecure(domain: str, insecure_registries: Sequence[str]) -> bool:
+def is_insecure_registry(domain: str, insecure_registries: Sequence[str]) -> bool:
+    """May registry ``domain`` use plain HTTP or unverified TLS?
+
+    Yes for loopback registries (exactly ``localhost``, 127.0.0.0/8, ``::1``) and for those
+    ``insecure_registries`` covers: ``host[:port]`` (a bare host covers all its ports) or a
+    CIDR, matched against registries addressed by an IP literal only (a name is never
+    resolved to decide).
+    """
     if is_loopback_registry(domain):
         return True
     host = urllib.parse.urlsplit(f"//{domain}").hostname or domain
@@ -489,13 +499,41 @@ def pull_to_oci_layout(
     """
     ref = normalize_reference(reference)
     want = parse_platform(platform) if platform else host_platform()
-    emit = _Emitter(progress, str(ref))
+    from ._registry_client import RegistryClient  # httpx: imported on the first pull
+
     client = RegistryClient(
         ref.domain,
-        insecure=_insecure(ref.domain, insecure_registries),
+        insecure=is_insecure_registry(ref.domain, insecure_registries),
         credentials=load_credentials(ref.domain, auth_file),
         timeout=timeout,
     )
+    with client:
+        return _pull(
+            client,
+            ref,
+            dest,
+            want=want,
+            explicit_platform=bool(platform),
+            progress=progress,
+            blob_cache=blob_cache,
+            workers=max_concurrent_downloads,
+            retries=retries,
+        )
+
+
+def _pull(
+    client: RegistryClient,
+    ref: Reference,
+    dest: Path,
+    *,
+    want: Platform,
+    explicit_platform: bool,
+    progress: Callable[[ProgressEvent], None] | None,
+    blob_cache: Path | None,
+    workers: int,
+    retries: int,
+) -> PulledImage:
+    emit = _Emitter(progress, str(ref))
     scope = f"repository:{ref.path}:pull"
     client.ping()
     emit("resolve", message=f"{client.scheme}://{client.host}/v2/{ref.path}")
@@ -541,13 +579,13 @@ def pull_to_oci_layout(
     emit("manifest", digest=digest, media_type=media_type, total=total)
 
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         layout = OciLayout(dest, blob_cache)
     except OSError as exc:
         raise ConfigError(f"cannot use {str(dest)!r} as image layout directory: {exc}") from exc
     try:
         downloaded = _fetch_blobs(
-            client, ref, scope, [config, *layers], layout, emit, max_concurrent_downloads, retries
+            client, ref, scope, [config, *layers], layout, emit, workers, retries
         )
     except (_LocalError, OSError) as exc:
         raise RegistryError(f"pulling {ref} into {str(dest)!r}: {exc}") from exc
@@ -559,7 +597,7 @@ def pull_to_oci_layout(
     image_platform = platform_of_config(config_json) if isinstance(config_json, dict) else None
     if index_digest is None and image_platform is not None:
         plat = str(image_platform)
-        if platform and (image_platform.os, image_platform.architecture) != (
+        if explicit_platform and (image_platform.os, image_platform.architecture) != (
             want.os,
             want.architecture,
         ):
@@ -606,31 +644,33 @@ def login(
     domain = normalize_registry(registry)
     if not username:
         raise ConfigError("login: username must not be empty")
+    from ._registry_client import TRANSPORT_ERRORS, RegistryClient, error_detail
+
     creds = Credentials(username=username, password=password)
-    client = RegistryClient(
+    with RegistryClient(
         domain,
-        insecure=_insecure(domain, insecure_registries),
+        insecure=is_insecure_registry(domain, insecure_registries),
         credentials=creds,
         timeout=timeout,
-    )
-    client.ping()
-    if client.mode == "bearer":
-        client.fetch_token("", account=True)
-    elif client.mode == "basic":
-        basic = creds.basic_header()
-        assert basic is not None
-        try:
-            resp = client.send("GET", f"{client.base_url()}/v2/", {"Authorization": basic})
-        except (OSError, http.client.HTTPException) as exc:
-            raise RegistryError(f"login to {domain} failed: {exc}") from exc
-        with resp:
-            if resp.status in (401, 403):
-                _, text = error_detail(resp)
-                raise UnauthorizedError(
-                    f"registry {domain} refused the credentials for user {username!r}: {text}"
-                )
-            if resp.status != 200:
-                _, text = error_detail(resp)
-                raise RegistryError(f"login to {domain} failed: {text}")
+    ) as client:
+        client.ping()
+        if client.mode == "bearer":
+            client.fetch_token("", account=True)
+        elif client.mode == "basic":
+            basic = creds.basic_header()
+            assert basic is not None
+            try:
+                resp = client.send("GET", f"{client.base_url()}/v2/", {"Authorization": basic})
+            except TRANSPORT_ERRORS as exc:
+                raise RegistryError(f"login to {domain} failed: {exc}") from exc
+            with resp:
+                if resp.status in (401, 403):
+                    _, text = error_detail(resp)
+                    raise UnauthorizedError(
+                        f"registry {domain} refused the credentials for user {username!r}: {text}"
+                    )
+                if resp.status != 200:
+                    _, text = error_detail(resp)
+                    raise RegistryError(f"login to {domain} failed: {text}")
     store_credentials(domain, username, password, auth_file)
     logger.info("stored credentials for {} (user {})", domain, username)

@@ -3,7 +3,8 @@
 Blobs only ever appear under ``blobs/<alg>/<hex>`` after their digest and size were checked:
 downloads go to ``<hex>.partial`` (locked with ``flock`` so parallel pulls sharing a layout or
 a blob cache do not collide) and are renamed into place. A present blob of the right size is
-therefore a verified one.
+therefore a verified one. Directories are created 0700 and files 0600: image content is
+nobody else's business until the image store publishes it (nyxd pulls into ``state/tmp``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class OciLayout:
     def __init__(self, root: Path, cache: Path | None) -> None:
         self.root = root
         self.cache = cache
-        (root / "blobs").mkdir(parents=True, exist_ok=True)
+        (root / "blobs").mkdir(mode=0o700, parents=True, exist_ok=True)
         marker = root / "oci-layout"
         if not marker.exists():
             _atomic_write(marker, json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
@@ -88,7 +89,7 @@ class OciLayout:
         if self.cache is not None:
             cached = self.blob(desc.digest, self.cache)
             if _has_size(cached, desc.size):
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 _link_or_copy(cached, path)
                 return True
         return False
@@ -100,14 +101,14 @@ class OciLayout:
         rel = path.relative_to(self.root)
         cached = self.cache / rel
         if not cached.exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with contextlib.suppress(OSError):
                 _link_or_copy(path, cached)
 
     def write_verified(self, desc: Descriptor, data: bytes) -> None:
         path = self.blob(desc.digest)
         if not _has_size(path, desc.size):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _atomic_write(path, data)
         self.publish(path)
 
@@ -171,15 +172,26 @@ def _link_or_copy(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o600)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _open_private(path: Path, flags: int, mode: str) -> Any:
+    """``open(path, mode)``, but a file it creates is 0600 from the start."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with _open_private(tmp, os.O_WRONLY | os.O_TRUNC, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -218,7 +230,7 @@ def partial_file(path: Path) -> Iterator[Any]:
     partial = path.with_name(path.name + ".partial")
     with _thread_lock(str(partial)):
         while True:
-            fh = open(partial, "a+b")  # noqa: SIM115 - closed below
+            fh = _open_private(partial, os.O_RDWR | os.O_APPEND, "a+b")
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
                 try:

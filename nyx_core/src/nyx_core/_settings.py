@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ._reference import normalize_registry
 from .errors import ConfigError
 
 __all__ = ["DnsMode", "LogLevel", "NyxSettings", "load_settings"]
@@ -124,6 +125,43 @@ class NyxSettings(BaseSettings):
         ge=64 << 10,
         description="largest image config, manifest, index or manifest.json, in bytes",
     )
+    insecure_registries: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "registry HOST[:PORT] (or a CIDR of registry IP addresses) nyxd may pull from over "
+            "plain HTTP or unverified TLS; repeat the flag, comma-separate in the env var. "
+            "localhost, 127.0.0.0/8 and ::1 always may (see docs/registry.md)"
+        ),
+    )
+
+    @field_validator("insecure_registries", mode="before")
+    @classmethod
+    def _split_registries(cls, value: Any) -> Any:
+        if isinstance(value, str):  # NYXD_INSECURE_REGISTRIES=a:5000,10.0.0.0/8
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _valid_registries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out: list[str] = []
+        for entry in value:
+            text = entry.strip()
+            if "/" in text and "://" not in text:
+                try:
+                    out.append(str(ipaddress.ip_network(text, strict=False)))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"insecure registry {entry!r} is neither HOST[:PORT] nor a CIDR"
+                    ) from exc
+                continue
+            try:
+                out.append(normalize_registry(text))
+            except ValueError as exc:
+                raise ValueError(
+                    f"insecure registry {entry!r} is neither HOST[:PORT] nor a CIDR"
+                ) from exc
+        return tuple(out)
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:

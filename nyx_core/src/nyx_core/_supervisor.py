@@ -679,23 +679,35 @@ class Supervisor:
     def pull_image(
         self, reference: str, insecure: bool = False, progress: Callable[..., Any] | None = None
     ) -> dict[str, Any]:
+        """Pull ``reference`` into the image store.
+
+        Whether a registry may use plain HTTP or unverified TLS is nyxd's own configuration
+        (``--insecure-registry``; loopback registries always may), never the caller's:
+        ``insecure=True`` for a registry that is not configured so is refused before any
+        traffic, with a :class:`ConfigError` naming the registry and the flag.
+        """
         try:
             registry: Any = importlib.import_module("nyx_core._registry")
         except ImportError as exc:
             raise NotImplementedYet(
                 "image pull is not available: nyx_core._registry is not installed"
             ) from exc
+        ref = registry.normalize_reference(reference)
+        configured = tuple(self.settings.insecure_registries)
+        if insecure and not registry.is_insecure_registry(ref.domain, configured):
+            raise ConfigError(
+                f"registry {ref.domain} is not an insecure registry of this nyxd: plain HTTP "
+                "and unverified TLS are nyxd's configuration, not a request option; start "
+                f"nyxd with --insecure-registry {ref.domain} (or NYXD_INSECURE_REGISTRIES) to "
+                "allow them"
+            )
         tmp_root = self.settings.state_dir / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         dest = tmp_root / f"pull-{secrets.token_hex(6)}"
-        insecure_regs: tuple[str, ...] = ()
-        if insecure:
-            first = reference.split("/", 1)[0]
-            if "/" in reference and ("." in first or ":" in first or first == "localhost"):
-                insecure_regs = (first,)
+        dest.mkdir(mode=0o700)  # the layout inside is 0700 directories, 0600 files
         try:
             pulled = registry.pull_to_oci_layout(
-                reference, dest, insecure_registries=insecure_regs, progress=progress
+                reference, dest, insecure_registries=configured, progress=progress
             )
             img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
         finally:

@@ -263,8 +263,8 @@ class Registry:
         return self.root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
 
-def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 made with the openssl CLI: (cert, key)."""
+def self_signed_cert(workdir: Path, names: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and DNS ``names``) made with the openssl CLI: (cert, key)."""
     if shutil.which("openssl") is None:
         import pytest
 
@@ -274,7 +274,8 @@ def self_signed_cert(workdir: Path) -> tuple[Path, Path]:
     subprocess.run(
         [
             "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=" + ",".join(["IP:127.0.0.1", *(f"DNS:{n}" for n in names)]),
             "-keyout", str(key), "-out", str(cert),
         ],
         check=True,
@@ -375,6 +376,10 @@ class ProxyState:
     corrupt_blob: set[str] = field(default_factory=set)
     ignore_range: bool = False
     redirect_blobs_to: str = ""  # host:port a blob GET is redirected to (a "CDN")
+    redirect_token_to: str = ""  # host:port every /token request is redirected to (307)
+    realm: str = ""  # the token realm the challenge names (default: this server's /token)
+    refresh_tokens: set[str] = field(default_factory=set)  # accepted in a token POST
+    bodies: list[tuple[str, str, bytes]] = field(default_factory=list)  # (method, path, body)
     blob_delay: float = 0.0  # seconds each blob response waits (to observe parallelism)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -412,7 +417,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         if st.mode == "basic":
             challenge = 'Basic realm="nyx-test"'
         else:
-            realm = f"{self.server.scheme}://127.0.0.1:{self.server.server_port}/token"
+            realm = st.realm or f"{self.server.scheme}://127.0.0.1:{self.server.server_port}/token"
             challenge = f'Bearer realm="{realm}",service="nyx-test-registry"'
             if scope:
                 challenge += f',scope="{scope}"'
@@ -421,13 +426,23 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         ).encode()
         self._send(401, body, {"WWW-Authenticate": challenge, "Content-Type": "application/json"})
 
-    def _token(self) -> None:
+    def _token(self, body: bytes) -> None:
         st = self.server.state
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        if self.command == "POST":  # OAuth2 refresh-token grant: the form is the query
+            query = {**query, **urllib.parse.parse_qs(body.decode("utf-8", "replace"))}
         with st.lock:
             st.token_requests.append(query)
+        if st.redirect_token_to:
+            location = f"{self.server.scheme}://{st.redirect_token_to}{self.path}"
+            self._send(307, b"", {"Location": location})
+            return
         auth = self.headers.get("Authorization", "")
-        if (auth or st.users) and _check_basic(st, auth) is None:
+        refresh = query.get("refresh_token", [""])[0]
+        if self.command == "POST" and refresh not in st.refresh_tokens:
+            self._send(401, b'{"details":"invalid refresh token"}')
+            return
+        if self.command == "GET" and (auth or st.users) and _check_basic(st, auth) is None:
             self._send(401, b'{"details":"incorrect username or password"}')
             return
         scope = " ".join(query.get("scope", []))
@@ -446,13 +461,22 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._handle()
 
+    def do_POST(self) -> None:
+        self._handle()
+
     def _handle(self) -> None:
         st = self.server.state
         path = urllib.parse.urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
         with st.lock:
             st.requests.append((self.command, self.path, dict(self.headers.items())))
+            st.bodies.append((self.command, self.path, body))
         if path == "/token":
-            self._token()
+            self._token(body)
+            return
+        if self.command == "POST":
+            self._send(405, b"")
             return
         repo_scope = ""
         if path.startswith("/v2/") and path != "/v2/":
@@ -538,15 +562,19 @@ class _ProxyServer(http.server.ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def run_token_proxy(
-    state: ProxyState, tls: tuple[Path, Path] | None = None
+    state: ProxyState, tls: tuple[Path, Path] | None = None, client_ca: Path | None = None
 ) -> Iterator[tuple[str, ProxyState]]:
     """A registry front on 127.0.0.1 that demands Bearer (or Basic) and serves ``/token``;
-    HTTPS (registry and token realm) with ``tls=(cert, key)``."""
+    HTTPS (registry and token realm) with ``tls=(cert, key)``, and then a client certificate
+    signed by ``client_ca`` if given."""
     server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
     server.state = state
     if tls is not None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+        if client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=str(client_ca))
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
         server.scheme = "https"
     thread = threading.Thread(target=server.serve_forever, name="nyx-token-proxy", daemon=True)
@@ -609,7 +637,7 @@ class _ForwardProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_CONNECT(self) -> None:
         self.server.seen.append(("CONNECT", self.path, self.headers.get("Proxy-Authorization")))
-        host, _, port = self.path.rpartition(":")
+        host, _, port = self.server.resolve(self.path).rpartition(":")
         upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=30)
         self.send_response(200, "Connection established")
         self.end_headers()
@@ -638,7 +666,7 @@ class _ForwardProxyHandler(http.server.BaseHTTPRequestHandler):
             for k, v in self.headers.items()
             if k.lower() not in ("proxy-authorization", "proxy-connection", "connection", "host")
         }
-        conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+        conn = http.client.HTTPConnection(self.server.resolve(parts.netloc), timeout=30)
         try:
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             conn.request(self.command, target, body=body, headers=headers)
@@ -661,13 +689,26 @@ class _ForwardProxyHandler(http.server.BaseHTTPRequestHandler):
 class _ForwardProxyServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     seen: list[tuple[str, str, str | None]]
+    hosts: dict[str, str]
+
+    def resolve(self, netloc: str) -> str:
+        """``name:port`` -> ``127.0.0.1:port`` for the names the proxy knows."""
+        host, sep, port = netloc.rpartition(":")
+        return f"{self.hosts[host]}{sep}{port}" if host in self.hosts else netloc
 
 
 @contextlib.contextmanager
-def run_forward_proxy() -> Iterator[tuple[str, list[tuple[str, str, str | None]]]]:
-    """An HTTP proxy on 127.0.0.1; yields (``http://127.0.0.1:port``, requests seen)."""
+def run_forward_proxy(
+    hosts: dict[str, str] | None = None,
+) -> Iterator[tuple[str, list[tuple[str, str, str | None]]]]:
+    """An HTTP proxy on 127.0.0.1; yields (``http://127.0.0.1:port``, requests seen).
+
+    ``hosts`` maps names to addresses the way the proxy's own resolver would (a corporate
+    proxy resolves names the client cannot): registries under made-up, non-loopback names
+    (``registry.test``) that are served on 127.0.0.1."""
     server = _ForwardProxyServer(("127.0.0.1", 0), _ForwardProxyHandler)
     server.seen = []
+    server.hosts = dict(hosts or {})
     thread = threading.Thread(target=server.serve_forever, name="nyx-fwd-proxy", daemon=True)
     thread.start()
     try:

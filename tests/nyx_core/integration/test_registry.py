@@ -15,6 +15,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from registry_fixtures import (
@@ -575,20 +576,6 @@ def test_bad_or_complete_partial_is_verified(pushed: Pushed, tmp_path: Path, kep
         assert ranges == ["bytes=50000-", None]  # resumed, failed to verify, fetched anew
 
 
-def test_blob_redirect_gets_no_credentials(pushed: Pushed, tmp_path: Path) -> None:
-    """Like Docker Hub's CDN: blobs redirect to another host, which never sees the token."""
-    cdn = ProxyState(upstream=pushed.registry.host, mode="none")
-    with run_token_proxy(cdn) as (cdn_host, _):
-        front = ProxyState(upstream=pushed.registry.host, redirect_blobs_to=cdn_host)
-        with run_token_proxy(front) as (host, _):
-            got = pull_to_oci_layout(f"{host}/oci:v1", tmp_path)
-    check_layout(tmp_path)
-    assert got.downloaded == got.size
-    blob_gets = [h for (_, p, h) in cdn.requests if "/blobs/" in p]
-    assert len(blob_gets) == 5  # config + 4 layers, all via the redirect
-    assert not [h for h in blob_gets if "Authorization" in h]
-
-
 def test_bearer_flow_over_tls(pushed: Pushed, tmp_path: Path) -> None:
     """Registry and token realm on HTTPS (Docker Hub's shape), parallel downloads."""
     from registry_fixtures import self_signed_cert
@@ -650,3 +637,298 @@ def test_concurrent_pulls_into_one_layout(pushed: Pushed, tmp_path: Path) -> Non
         )
     names = {e["annotations"]["org.opencontainers.image.ref.name"] for e in check_layout(tmp_path)}
     assert names == {f"{host}/oci:v1", *(pushed.ref(repo) for repo, _ in jobs)}
+
+
+# --------------------------------------------------------------------------- credentials stay home
+
+SECRET_PASSWORD = "s3cret-password"
+SECRET_REFRESH = "r3fresh-token-secret"
+
+
+@pytest.mark.parametrize("creds", ["refresh-token", "password"])
+def test_token_redirect_to_another_host_gets_no_credentials(
+    pushed: Pushed, tmp_path: Path, creds: str
+) -> None:
+    """A token realm that redirects elsewhere: the other host sees no Authorization, no
+    password and no refresh token (a 307 would make a client re-send the POST body)."""
+    auth_file = tmp_path / "config.json"
+    other = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(other) as (other_host, _):
+        front = ProxyState(
+            upstream=pushed.registry.host,
+            users={"alice": SECRET_PASSWORD},
+            refresh_tokens={SECRET_REFRESH},
+            redirect_token_to=other_host,
+        )
+        with run_token_proxy(front) as (host, _):
+            entry = (
+                {"identitytoken": SECRET_REFRESH}
+                if creds == "refresh-token"
+                else {"auth": base64.b64encode(f"alice:{SECRET_PASSWORD}".encode()).decode()}
+            )
+            auth_file.write_text(json.dumps({"auths": {host: entry}}))
+            with pytest.raises(RegistryError) as info:
+                pull_to_oci_layout(f"{host}/oci:v1", tmp_path / "out", auth_file=auth_file)
+    assert front.token_requests  # the realm was asked, and redirected
+    seen = repr(other.requests) + repr(other.bodies)
+    assert "Authorization" not in seen
+    assert SECRET_REFRESH not in seen and SECRET_PASSWORD not in seen
+    assert base64.b64encode(f"alice:{SECRET_PASSWORD}".encode()).decode() not in seen
+    if creds == "refresh-token":
+        assert "redirected" in str(info.value) and other_host in str(info.value)
+        assert other.requests == []  # the POST is never re-sent anywhere
+
+
+@pytest.mark.parametrize("mode", ["bearer", "basic"])
+def test_blob_redirect_to_another_host_gets_no_credentials(
+    pushed: Pushed, tmp_path: Path, mode: str
+) -> None:
+    """Bearer token or basic password: a blob redirected to a CDN host goes without them."""
+    auth_file = tmp_path / "config.json"
+    cdn = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(cdn) as (cdn_host, _):
+        front = ProxyState(
+            upstream=pushed.registry.host,
+            mode=mode,
+            users={"bob": SECRET_PASSWORD},
+            redirect_blobs_to=cdn_host,
+        )
+        with run_token_proxy(front) as (host, _):
+            basic = base64.b64encode(f"bob:{SECRET_PASSWORD}".encode()).decode()
+            auth_file.write_text(json.dumps({"auths": {host: {"auth": basic}}}))
+            got = pull_to_oci_layout(f"{host}/oci:v1", tmp_path, auth_file=auth_file)
+    check_layout(tmp_path)
+    assert got.downloaded == got.size
+    assert len([p for (_, p, _) in cdn.requests if "/blobs/" in p]) == 5
+    seen = repr(cdn.requests) + repr(cdn.bodies)
+    assert "Authorization" not in seen and basic not in seen
+    # the registry itself got them
+    assert any("Authorization" in h for (_, p, h) in front.requests if "/manifests/" in p)
+
+
+@pytest.mark.parametrize("mode", ["bearer", "basic"])
+def test_challenge_from_a_redirect_target_is_not_followed(
+    pushed: Pushed, tmp_path: Path, mode: str
+) -> None:
+    """The host a blob is redirected to answers 401 with a challenge of its own: nyx must
+    not take its realm and send the registry's credentials there."""
+    auth_file = tmp_path / "config.json"
+    cdn = ProxyState(upstream=pushed.registry.host, mode="bearer")  # demands its own token
+    with run_token_proxy(cdn) as (cdn_host, _):
+        front = ProxyState(
+            upstream=pushed.registry.host,
+            mode=mode,
+            users={"bob": SECRET_PASSWORD},
+            redirect_blobs_to=cdn_host,
+        )
+        with run_token_proxy(front) as (host, _):
+            basic = base64.b64encode(f"bob:{SECRET_PASSWORD}".encode()).decode()
+            auth_file.write_text(json.dumps({"auths": {host: {"auth": basic}}}))
+            with pytest.raises(UnauthorizedError, match="denied"):
+                pull_to_oci_layout(f"{host}/oci:v1", tmp_path, auth_file=auth_file)
+    assert [p for (_, p, _) in cdn.requests if "/blobs/" in p]  # it was asked for the blob
+    assert cdn.token_requests == []
+    seen = repr(cdn.requests) + repr(cdn.bodies)
+    assert "Authorization" not in seen and basic not in seen
+
+
+# --------------------------------------------------------------------------- insecure registries
+
+
+@pytest.fixture
+def named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[NamedRegistries]:
+    """Registries under non-loopback names (``registry.test``, ``foo.localhost``) reached
+    through a forward proxy that resolves those names to 127.0.0.1, and a ``certs.d``."""
+    from registry_fixtures import run_forward_proxy
+
+    import nyx_core._registry_client as client_mod
+
+    certs_d = tmp_path / "certs.d"
+    certs_d.mkdir()
+    monkeypatch.setattr(client_mod, "CERTS_DIRS", (certs_d,))
+    hosts = {"registry.test": "127.0.0.1", "foo.localhost": "127.0.0.1"}
+    with run_forward_proxy(hosts) as (url, seen):
+        for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, url)
+        for name in ("NO_PROXY", "no_proxy", "http_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        yield NamedRegistries(seen, certs_d)
+
+
+@dataclass
+class NamedRegistries:
+    seen: list[tuple[str, str, str | None]]  # what the forward proxy was asked
+    certs_d: Path
+
+    def plain_http(self) -> list[str]:
+        return [path for (method, path, _) in self.seen if method != "CONNECT"]
+
+
+def test_plain_http_realm_is_refused_for_a_tls_registry(
+    pushed: Pushed, tmp_path: Path, named: NamedRegistries
+) -> None:
+    """A TLS registry whose challenge names an ``http://`` realm: refused before anything is
+    sent there, unless nyxd is configured to treat that registry as insecure."""
+    from registry_fixtures import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "pki", names=("registry.test",))
+    state = ProxyState(upstream=pushed.registry.host)
+    with run_token_proxy(state) as (plain, _), run_token_proxy(state, tls=(cert, key)) as (tls, _):
+        name = f"registry.test:{tls.rpartition(':')[2]}"
+        (named.certs_d / name).mkdir()
+        (named.certs_d / name / "ca.crt").write_bytes(cert.read_bytes())
+        state.realm = f"http://registry.test:{plain.rpartition(':')[2]}/token"
+        with pytest.raises(RegistryError, match="plain-HTTP token realm") as info:
+            pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "a")
+        assert f"--insecure-registry {name}" in str(info.value)
+        assert state.token_requests == [] and named.plain_http() == []
+        # configured insecure: the same realm is used
+        got = pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "b", insecure_registries=[name])
+    check_layout(tmp_path / "b")
+    assert got.downloaded == got.size
+    assert state.token_requests and named.plain_http()[0].startswith(state.realm)
+
+
+def test_tls_registry_never_redirects_nyx_to_plain_http(
+    pushed: Pushed, tmp_path: Path, named: NamedRegistries
+) -> None:
+    """A TLS registry whose blobs redirect to ``http://``: not followed (tag manifests and
+    tokens would otherwise be open to anyone on the path), unless configured insecure."""
+    from registry_fixtures import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "pki", names=("registry.test",))
+    cdn = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(cdn) as (cdn_host, _):
+        front = ProxyState(upstream=pushed.registry.host, redirect_blobs_to=cdn_host)
+        with run_token_proxy(front, tls=(cert, key)) as (tls, _):
+            name = f"registry.test:{tls.rpartition(':')[2]}"
+            front.realm = f"https://{name}/token"
+            (named.certs_d / name).mkdir()
+            (named.certs_d / name / "ca.crt").write_bytes(cert.read_bytes())
+            with pytest.raises(RegistryError, match="refusing plain HTTP") as info:
+                pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "a")
+            assert f"http://{cdn_host}/" in str(info.value)
+            assert cdn.requests == []
+            pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "b", insecure_registries=[name])
+    check_layout(tmp_path / "b")
+    assert len(cdn.requests) == 5
+
+
+def test_certs_d_ca_and_client_certificate(
+    pushed: Pushed, tmp_path: Path, named: NamedRegistries
+) -> None:
+    """``certs.d/<host:port>/``: ``*.crt`` CAs are trusted, ``client.cert`` + ``client.key``
+    is presented to a registry that demands a client certificate (docker's layout)."""
+    from registry_fixtures import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path / "server", names=("registry.test",))
+    client_cert, client_key = self_signed_cert(tmp_path / "client")
+    state = ProxyState(upstream=pushed.registry.host, mode="none")
+    with run_token_proxy(state, tls=(cert, key), client_ca=client_cert) as (tls, _):
+        name = f"registry.test:{tls.rpartition(':')[2]}"
+        with pytest.raises(RegistryError, match="certificate"):
+            pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "a")  # CA unknown
+        certs = named.certs_d / name
+        certs.mkdir()
+        (certs / "ca.crt").write_bytes(cert.read_bytes())
+        with pytest.raises(RegistryError, match="cannot reach"):
+            pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "b")  # no client certificate
+        (certs / "client.cert").write_bytes(client_cert.read_bytes())
+        (certs / "client.key").write_bytes(client_key.read_bytes())
+        got = pull_to_oci_layout(f"{name}/oci:v1", tmp_path / "c")
+    check_layout(tmp_path / "c")
+    assert got.downloaded == got.size
+    assert named.plain_http() == []
+
+
+class _Images:
+    """The image store end of a pull: checks the layout nyxd pulled into."""
+
+    def __init__(self) -> None:
+        self.checked: list[Path] = []
+
+    def import_oci_layout(self, layout: Path, reference: str) -> object:
+        import os
+        import stat
+        import subprocess
+
+        bad = [
+            (str(p), oct(stat.S_IMODE(p.stat().st_mode)))
+            for p in [layout, *layout.rglob("*")]
+            if stat.S_IMODE(p.stat().st_mode) & 0o077
+        ]
+        assert not bad, bad
+        assert stat.S_IMODE(layout.stat().st_mode) == 0o700
+        blob = next(p for p in layout.rglob("*") if p.is_file() and p.parent.name == "sha256")
+        assert stat.S_IMODE(blob.stat().st_mode) == 0o600
+        # another local user can neither list the layout nor read a blob
+        for cmd in (["ls", str(layout)], ["cat", str(blob)]):
+            proc = subprocess.run(cmd, user=65534, group=65534, capture_output=True, check=False)
+            assert proc.returncode != 0, cmd
+        assert os.path.basename(layout).startswith("pull-")
+        self.checked.append(layout)
+
+        class Img:
+            id = "sha256:" + "ab" * 32
+            repo_tags = [reference]
+
+        return Img()
+
+
+def _supervisor(tmp_path: Path, images: _Images, insecure_registries: tuple[str, ...] = ()) -> Any:
+    """A real Supervisor whose host collaborators other than the image store are unused."""
+    from nyx_core import NetworkBackend, NyxSettings, backend_plugin, make_plugin_manager
+    from nyx_core._supervisor import Host, Supervisor
+
+    settings = NyxSettings(
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        socket=tmp_path / "run" / "nyxd.sock",
+        insecure_registries=insecure_registries,
+    )
+    pm = make_plugin_manager()
+    pm.register(backend_plugin(lambda: None))  # type: ignore[arg-type,return-value]
+    unused = object()
+    host = Host(
+        images=images,  # type: ignore[arg-type]
+        rootfs=unused,  # type: ignore[arg-type]
+        runtime=unused,  # type: ignore[arg-type]
+        process_from_image=lambda *a: None,
+        create_netns=lambda p: None,
+        delete_netns=lambda p: None,
+    )
+    return Supervisor(settings, NetworkBackend(pm, "fake"), None, host)
+
+
+@pytest.mark.parametrize("hostname", ["registry.test", "foo.localhost"])
+def test_insecure_is_nyxds_configuration_not_the_callers(
+    pushed: Pushed, tmp_path: Path, named: NamedRegistries, hostname: str
+) -> None:
+    """``insecure=True`` from the API for a registry nyxd was not started with is refused
+    (4xx, naming the registry and the flag) before any traffic; without it a plain-HTTP
+    registry is only tried over TLS; ``--insecure-registry`` makes it work."""
+    from nyx_core._api import error_status
+    from nyx_core.errors import ConfigError
+
+    port = pushed.registry.port
+    name = f"{hostname}:{port}"
+    ref = f"{name}/oci:v1"
+    images = _Images()
+    sup = _supervisor(tmp_path / "a", images)
+    with pytest.raises(ConfigError) as info:
+        sup.pull_image(ref, insecure=True)
+    assert name in str(info.value) and "--insecure-registry" in str(info.value)
+    assert 400 <= error_status(info.value) < 500
+    assert named.seen == []  # nothing was contacted at all
+    with pytest.raises(RegistryError, match="cannot reach"):
+        sup.pull_image(ref)  # TLS only: the plain-HTTP registry fails the handshake
+    assert named.plain_http() == [] and {m for (m, _, _) in named.seen} == {"CONNECT"}
+    assert images.checked == []
+    assert [p.name for p in (tmp_path / "a/state/tmp").iterdir()] == []  # cleaned up
+
+    configured = _supervisor(tmp_path / "b", images, insecure_registries=(name,))
+    for insecure in (True, False):  # the configuration decides, the flag may say so too
+        got = configured.pull_image(ref, insecure=insecure)
+        assert got["repo_tags"] == [ref]
+    assert f"http://{name}/v2/" in named.plain_http()
+    assert len(images.checked) == 2 and not any(p.exists() for p in images.checked)

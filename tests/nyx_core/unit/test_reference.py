@@ -126,6 +126,12 @@ def test_normalize_registry_rejects(bad: str) -> None:
         ("docker.io", False),
         ("localhost.example.com", False),
         ("128.0.0.1", False),
+        ("LOCALHOST:5000", True),
+        ("[::ffff:127.0.0.1]:5000", True),
+        # a name under .localhost goes to the resolver like any other: not trusted by name
+        ("foo.localhost", False),
+        ("foo.localhost:5000", False),
+        ("0.0.0.0:5000", False),
     ],
 )
 def test_loopback_registries(domain: str, loopback: bool) -> None:

@@ -25,7 +25,7 @@ from nyx_core._compression import (
     decompressed_stream,
     detect_compression,
 )
-from nyx_core._registry import _insecure
+from nyx_core._registry import is_insecure_registry as _insecure
 from nyx_core._registry_client import _no_proxy_match, proxy_for
 from nyx_core._registry_layout import descriptor
 from nyx_core._registry_platform import (
@@ -344,6 +344,48 @@ def test_insecure_registries() -> None:
     assert not _insecure("192.0.2.1:5000", ["10.0.0.0/8"])
     with pytest.raises(ConfigError, match="invalid insecure registry"):
         _insecure("reg.example", ["10.0.0.0/99"])
+    # only exactly "localhost" is trusted by name; a CIDR never matches a name
+    assert not _insecure("foo.localhost:5000", ())
+    assert not _insecure("localhost.example:5000", ["127.0.0.0/8"])
+    assert _insecure("foo.localhost:5000", ["foo.localhost:5000"])
+
+
+def test_insecure_registries_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nyx_core import load_settings
+
+    monkeypatch.delenv("NYXD_INSECURE_REGISTRIES", raising=False)
+    assert load_settings().insecure_registries == ()
+    got = load_settings(
+        insecure_registries=["Reg.Example:5000", "http://b.example/v2/", "10.1.0.0/16"]
+    )
+    assert got.insecure_registries == ("reg.example:5000", "b.example", "10.1.0.0/16")
+    monkeypatch.setenv("NYXD_INSECURE_REGISTRIES", "a.example:5000, 10.0.0.0/8")
+    assert load_settings().insecure_registries == ("a.example:5000", "10.0.0.0/8")
+    assert load_settings(insecure_registries=["c.example"]).insecure_registries == ("c.example",)
+    for bad in ("bad host", "10.0.0.0/99", "a_b.example"):
+        with pytest.raises(ConfigError, match="NYXD_INSECURE_REGISTRIES") as info:
+            load_settings(insecure_registries=[bad])
+        assert bad in str(info.value)
+
+
+def test_nyxd_insecure_registry_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nyx_core import load_settings
+
+    daemon = pytest.importorskip("nyx_cli.daemon")
+    monkeypatch.setenv("NYXD_INSECURE_REGISTRIES", "from-env.example")
+
+    def settings(*argv: str) -> tuple[str, ...]:
+        ctx = daemon.nyxd.make_context("nyxd", list(argv))
+        flags = {k: v for k, v in ctx.params.items() if k != "list_plugins"}
+        return load_settings(**flags).insecure_registries
+
+    assert settings() == ("from-env.example",)  # no flag: the env var
+    assert settings("--insecure-registry", "a.example:5000", "--insecure-registry=10.0.0.0/8") == (
+        "a.example:5000",
+        "10.0.0.0/8",
+    )
+    text = daemon.nyxd.get_help(daemon.nyxd.make_context("nyxd", []))
+    assert "--insecure-registry" in text and "HOST[:PORT]" in text
 
 
 # --------------------------------------------------------------------------- compression
