@@ -36,6 +36,7 @@ from ._topology import (
     HostTopology,
     Neighbour,
     Unprivileged,
+    route_localhost_via,
 )
 
 __all__ = [
@@ -53,5 +54,6 @@ __all__ = [
     "Netns",
     "Unprivileged",
     "entered",
+    "route_localhost_via",
     "snapshot",
 ]

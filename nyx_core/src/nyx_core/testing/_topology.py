@@ -52,6 +52,7 @@ __all__ = [
     "HostTopology",
     "Neighbour",
     "Unprivileged",
+    "route_localhost_via",
 ]
 
 UPLINK_HOST_IP = "203.0.113.2"
@@ -83,6 +84,30 @@ def _write_sysctls(ns: Netns, values: Mapping[str, str]) -> None:
             Path("/proc/sys/" + key.replace(".", "/")).write_text(value)
 
 
+def route_localhost_via(ns: Netns, gateway: str, dev: str = "eth0") -> None:
+    """Make ``ns`` send its ``127.0.0.1`` traffic to ``gateway`` through ``dev``, as a LAN
+    neighbour or a container with NET_ADMIN can (found on Linux 6.x; no raw socket needed):
+
+    * ``127.0.0.1/8`` removed from ``ns``'s ``lo`` (that also drops the ``local
+      127.0.0.0/8`` and ``local 127.0.0.1`` routes of table ``local``, which is looked up
+      before ``main``). Deleting only those routes is not enough: the answers come *from*
+      127.0.0.1, and a source that is one of our own addresses is a martian.
+    * a route ``127.0.0.1/32 via gateway``; the packets leave with ``dev``'s address as
+      source.
+    * ``route_localnet=1`` on ``dev``, without which answers from 127.0.0.1 are dropped as
+      martians (a TCP connect then times out although the far side answered).
+
+    Whether the far side accepts such a packet is its business: Linux drops it as a martian
+    destination unless something rewrites it before routing (a DNAT keyed on the
+    destination alone) or the arriving link has ``route_localnet=1``.
+    """
+    _batch(
+        ns.name,
+        ["addr del 127.0.0.1/8 dev lo", f"route add 127.0.0.1/32 via {gateway} dev {dev}"],
+    )
+    _write_sysctls(ns, {f"net.ipv4.conf.{dev}.route_localnet": "1"})
+
+
 def _python() -> str:
     for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if os.access(cand, os.X_OK):
@@ -98,28 +123,9 @@ class Neighbour(Netns):
         self.ip("route", "replace", str(subnet), "via", LAN_HOST_IP, "dev", "eth0")
 
     def route_localhost_to_host(self) -> None:
-        """Send this namespace's traffic for ``127.0.0.1`` to the host, as an attacker can.
-
-        What it takes (found on Linux 6.x; a raw socket is not needed):
-
-        * ``127.0.0.1/8`` removed from this side's ``lo`` (that also drops the ``local
-          127.0.0.0/8`` and ``local 127.0.0.1`` routes of table ``local``, which is looked
-          up before ``main``). Deleting only those routes is not enough: the host's answers
-          come *from* 127.0.0.1, and a source that is one of our own addresses is a martian.
-        * a route ``127.0.0.1/32 via`` the host's LAN address; the packets leave with the
-          source :data:`LAN_NEIGHBOUR_IP`.
-        * ``route_localnet=1`` on ``eth0``, without which answers from 127.0.0.1 are dropped
-          as martians (a TCP connect then times out even though the host answered).
-
-        Whether the host accepts such a packet is the host's business: by default Linux
-        drops it as a martian destination, unless something rewrites it before routing
-        (a DNAT keyed on the destination alone) or the arriving link has route_localnet.
-        """
-        _batch(
-            self.name,
-            ["addr del 127.0.0.1/8 dev lo", f"route add 127.0.0.1/32 via {LAN_HOST_IP} dev eth0"],
-        )
-        _write_sysctls(self, {"net.ipv4.conf.eth0.route_localnet": "1"})
+        """Send this namespace's traffic for ``127.0.0.1`` to the host, as an attacker can
+        (:func:`route_localhost_via` the host's LAN address)."""
+        route_localhost_via(self, LAN_HOST_IP)
 
 
 @dataclass
