@@ -107,6 +107,17 @@ CHAINS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ),
             # internal containers never leave the nyx subnets
             ("nyx:internal", "ip saddr @internal ip daddr != @net_subnets drop"),
+            # from outside into a bridge (a neighbour routing the subnets through the host):
+            # published ports and replies only, never a container's other ports
+            (
+                "nyx:inbound-published",
+                "iifname != @net_bridges oifname @net_bridges ct status dnat accept",
+            ),
+            (
+                "nyx:inbound",
+                "iifname != @net_bridges oifname @net_bridges "
+                "ct state != { established, related } drop",
+            ),
         ],
     ),
 }

@@ -289,3 +289,39 @@ def test_no_route_localnet_without_the_guard(nyx_in_host: Netns, nyx_settings: N
         key = f"net.ipv4.conf.{nyx_settings.bridge}.route_localnet"
         assert nyx_in_host.sysctl(key) == "0"
     assert nyx_in_host.sysctl("net.ipv4.ip_forward") == forwarding
+
+
+# ------------------------------------------- direct access to containers from the LAN
+
+
+def test_lan_neighbour_routing_the_subnet_reaches_only_published_ports(
+    native: NetworkBackend,
+    nyx_settings: NyxSettings,
+    nyx_lan_ns: Neighbour,
+    nyx_internet_ns: Netns,
+    nyx_container_ns: Callable[[], Netns],
+    servers: Servers,
+) -> None:
+    """A neighbour that routes the container subnet through the host reaches a container
+    only through its published ports (as with Docker), not every port it listens on."""
+    ctr = nyx_container_ns()
+    r = native.setup("rh-direct", ctr.path, [PortMapping.parse("18150:80")], SetupOptions())
+    try:
+        ip = _ip(r)
+        servers(ctr, "0.0.0.0", 80, "published")
+        servers(ctr, "0.0.0.0", 5000, "unpublished")
+        servers(ctr, "0.0.0.0", 5001, "unpublished-udp", udp=True)
+        nyx_lan_ns.route_to_host(nyx_settings.container_subnet)
+        # positive controls: the published port, with the client's address kept; the
+        # container's own egress (and its replies) through the uplink and the LAN
+        assert ask(nyx_lan_ns, LAN_HOST_IP, 18150) == f"published {LAN_IP}"
+        servers(nyx_internet_ns, INTERNET_SERVER_IP, 9430, "inet")
+        assert ask(ctr, INTERNET_SERVER_IP, 9430) == f"inet {UPLINK_HOST_IP}"
+        servers(nyx_lan_ns, LAN_IP, 9431, "lan")
+        assert ask(ctr, LAN_IP, 9431) == f"lan {LAN_HOST_IP}"
+        # the container's addresses, straight
+        assert ask(nyx_lan_ns, ip, 5000, timeout=0.5) == ""
+        assert ask(nyx_lan_ns, ip, 5001, udp=True, timeout=0.5) == ""
+        assert ask(nyx_lan_ns, ip, 80, timeout=0.5) == ""
+    finally:
+        native.teardown("rh-direct", ctr.path)
