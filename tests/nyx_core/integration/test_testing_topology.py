@@ -96,7 +96,7 @@ def test_internet_answers_unreachable_at_once_for_other_addresses(nyx_host_ns: N
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(10)
     with s, pytest.raises(OSError) as info:
-        s.connect(("192.0.2.99", 80))
+        s.connect(("100.64.0.99", 80))
     assert not isinstance(info.value, TimeoutError)
 
 
