@@ -9,6 +9,11 @@ setup or teardown is one small batch whose cost does not grow with the number of
 * ``net_subnets`` / ``net_bridges`` / ``same_bridge``: the subnets and bridges of nyx networks.
 * ``internal``: addresses of containers on an ``internal`` network.
 
+Besides NAT, the fixed rules keep out what a real host's neighbours would try: ``guard``
+drops ``127.0.0.0/8`` arriving on any link but ``lo`` (route_localnet is on for the bridges),
+the masquerade spares the host's own packets through ``lo``, and the forward chain lets
+traffic from outside into a bridge only through published ports (docs/native.md).
+
 The builders here are pure functions (unit-tested without root); :class:`Firewall` runs them.
 """
 
