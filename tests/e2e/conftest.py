@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from nyxd_e2e_kit import busybox_tar, external_ns, nyxd, nyxd_factory
+from nyxd_e2e_kit import busybox_tar, external_ns, internet_ns, nyxd, nyxd_factory
 
-__all__ = ["busybox_tar", "external_ns", "nyxd", "nyxd_factory"]
+__all__ = ["busybox_tar", "external_ns", "internet_ns", "nyxd", "nyxd_factory"]

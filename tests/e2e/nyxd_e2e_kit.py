@@ -2,10 +2,14 @@
 
 Imported by ``conftest.py`` (fixtures) and the tests (``Nyxd``).
 
-nyxd runs as ``nsenter --net=/run/netns/<host-ns> -- unshare --mount --propagation slave
-nyxd ...`` (``ip netns exec`` would remount /sys and hide the cgroup mounts from runc), with
-its state, run dir and socket under the test's tmp dir and a 10.231.x test subnet. Nothing
-touches the root namespace; every fixture cleans up in ``finally``.
+The host namespace is the test kit's real-looking host (:class:`nyx_core.testing.HostTopology`):
+``uplink0`` 203.0.113.2 with the default route to an "internet" namespace (server address
+198.18.0.10), ``lan0`` 198.51.100.1 to a LAN neighbour (198.51.100.2, the ``external_ns``
+fixture). nyxd runs as ``nsenter --net=/run/netns/<host-ns> -- unshare --mount
+--propagation slave nyxd ...`` (``ip netns exec`` would remount /sys and hide the cgroup
+mounts from runc), with its state, run dir and socket under the test's tmp dir and a
+10.231.x test subnet. Nothing touches the root namespace; every fixture cleans up in
+``finally``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import pytest
 
 from nyx_cli._http import ApiError, Client, DaemonUnavailable
-from nyx_core.testing import Netns
+from nyx_core.testing import HOST_LINKS, LAN_HOST_IP, HostTopology, Neighbour, Netns
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -62,9 +66,16 @@ class Nyxd:
     """
 
     def __init__(
-        self, ns: Netns, root: Path, subnet_octet: int, *, shared_mounts: bool = False
+        self,
+        ns: Netns,
+        root: Path,
+        subnet_octet: int,
+        *,
+        shared_mounts: bool = False,
+        topology: HostTopology | None = None,
     ) -> None:
         self.ns = ns
+        self.topology = topology
         self.shared_mounts = shared_mounts
         self.holder: subprocess.Popen[bytes] | None = None
         self.root = root
@@ -190,12 +201,45 @@ class Nyxd:
             )
 
     def veths(self) -> list[str]:
+        """nyx's veths in the host namespace (the topology's own links left out)."""
         return [
             link["ifname"]
             for link in self.ns.ipj("-d", "link", "show")
             if (link.get("linkinfo") or {}).get("info_kind") == "veth"
-            and not link["ifname"].startswith("ext")
+            and link["ifname"] not in HOST_LINKS
         ]
+
+    @property
+    def subnet_prefix(self) -> str:
+        return f"10.231.{self.octet}."
+
+    def mountinfo(self) -> str:
+        """``/proc/<pid>/mountinfo`` of nyxd's own mount namespace (never the test's: nyxd
+        mounts in a namespace of its own, invisible from here)."""
+        pid = None
+        if self.proc is not None and self.proc.poll() is None:
+            pid = self.proc.pid
+        elif self.holder is not None and self.holder.poll() is None:
+            pid = self.holder.pid
+        if pid is None:
+            raise AssertionError("no nyxd (or mount namespace holder) running to look into")
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            raise AssertionError(f"pid {pid} is not in a mount namespace of its own")
+        return Path(f"/proc/{pid}/mountinfo").read_text()
+
+    def ruleset(self) -> dict[str, Any]:
+        """The host namespace's nftables ruleset (JSON)."""
+        out = self.host("nft", "-j", "list", "ruleset").stdout
+        return json.loads(out) if out.strip() else {"nftables": []}
+
+    def nyx_elements(self) -> dict[str, list[Any]]:
+        """Elements of table ``ip nyx``'s per-container maps and sets ({} without the table)."""
+        out: dict[str, list[Any]] = {}
+        for item in self.ruleset()["nftables"]:
+            obj = item.get("map") or item.get("set")
+            if obj and obj.get("table") == "nyx" and obj.get("family") == "ip":
+                out[obj["name"]] = list(obj.get("elem", []))
+        return out
 
 
 _octets = iter(range(10, 250))
@@ -204,13 +248,19 @@ _octets = iter(range(10, 250))
 @pytest.fixture
 def nyxd_factory(tmp_path: Path, busybox_tar: Path) -> Iterator[Callable[..., Nyxd]]:
     """``nyxd_factory(*flags)``: a started nyxd with busybox:nyx loaded."""
-    made: list[tuple[Nyxd, Netns]] = []
+    made: list[Nyxd] = []
 
     def make(*flags: str, load: bool = True, shared_mounts: bool = False) -> Nyxd:
-        ns = Netns.create("host")
-        d = Nyxd(ns, tmp_path / f"nyxd{len(made)}", next(_octets), shared_mounts=shared_mounts)
+        topo = HostTopology.create()
+        d = Nyxd(
+            topo.host,
+            tmp_path / f"nyxd{len(made)}",
+            next(_octets),
+            shared_mounts=shared_mounts,
+            topology=topo,
+        )
+        made.append(d)
         d.root.mkdir(parents=True)
-        made.append((d, ns))
         d.start(*flags)
         if load:
             d.client.load(busybox_tar)
@@ -219,13 +269,14 @@ def nyxd_factory(tmp_path: Path, busybox_tar: Path) -> Iterator[Callable[..., Ny
     try:
         yield make
     finally:
-        for d, ns in made:
+        for d in made:
             try:
                 d.stop()
             finally:
                 d.force_cleanup()
                 d.close()
-                ns.delete()
+                if d.topology is not None:
+                    d.topology.delete()
 
 
 @pytest.fixture
@@ -234,17 +285,19 @@ def nyxd(nyxd_factory: Callable[..., Nyxd]) -> Nyxd:
 
 
 @pytest.fixture
-def external_ns(nyxd: Nyxd) -> Iterator[tuple[Netns, str]]:
-    """A namespace wired to nyxd's host namespace by a veth: (ns, host-side address)."""
-    ext = Netns.create("ext")
-    host_ip, ext_ip = "10.232.0.1", "10.232.0.2"
-    peer = f"ext{os.getpid() % 100000}"
-    try:
-        nyxd.ns.ip("link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ext.name)
-        nyxd.ns.ip("addr", "add", f"{host_ip}/24", "dev", peer)
-        nyxd.ns.ip("link", "set", peer, "up")
-        ext.ip("addr", "add", f"{ext_ip}/24", "dev", "eth0")
-        ext.ip("link", "set", "eth0", "up")
-        yield ext, host_ip
-    finally:
-        ext.delete()
+def external_ns(nyxd: Nyxd) -> tuple[Neighbour, str]:
+    """nyxd's LAN neighbour and the host's address on that LAN: ``(ns, "198.51.100.1")``.
+
+    The neighbour (198.51.100.2) can route more through the host on request
+    (:meth:`~nyx_core.testing.Neighbour.route_to_host`,
+    :meth:`~nyx_core.testing.Neighbour.route_localhost_to_host`).
+    """
+    assert nyxd.topology is not None
+    return nyxd.topology.lan, LAN_HOST_IP
+
+
+@pytest.fixture
+def internet_ns(nyxd: Nyxd) -> Netns:
+    """The far end of nyxd's uplink (203.0.113.1, and the server address 198.18.0.10)."""
+    assert nyxd.topology is not None
+    return nyxd.topology.internet

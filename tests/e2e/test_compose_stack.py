@@ -1,9 +1,10 @@
 """E2E: ``nyx compose`` runs a two-tier stack on a real nyxd (native driver, runc).
 
 Uses the nyxd e2e kit (``tests/e2e/nyxd_e2e_kit.py``): nyxd runs in a throwaway "host"
-network namespace (and a mount namespace of its own); ``external_ns`` hangs off that host by
-a veth (10.232.0.0/24) and serves HTTP here. The stack: ``web`` (published on 8080, on
-``front`` and ``back``) and ``backend`` (only on ``back``, which is ``internal: true``).
+network namespace (and a mount namespace of its own); ``external_ns`` is that host's LAN
+neighbour (198.51.100.2, the host being 198.51.100.1) and serves HTTP here. The stack:
+``web`` (published on 8080, on ``front`` and ``back``) and ``backend`` (only on ``back``,
+which is ``internal: true``).
 The DNS policy table is checked with both drivers through one-shot compose services.
 """
 
@@ -21,12 +22,12 @@ from typing import Any
 import pytest
 from nyxd_e2e_kit import Nyxd
 
-from nyx_core.testing import Netns, entered, snapshot
+from nyx_core.testing import LAN_HOST_IP, LAN_NEIGHBOUR_IP, Netns, entered, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kernel]
 
-EXT_HOST_IP = "10.232.0.1"
-EXT_IP = "10.232.0.2"
+EXT_HOST_IP = LAN_HOST_IP
+EXT_IP = LAN_NEIGHBOUR_IP
 IMAGE = "busybox:nyx"
 CNI_BIN = "/usr/lib/cni"
 
@@ -101,7 +102,7 @@ class Stack:
 
 @pytest.fixture
 def ext_http(external_ns: tuple[Netns, str], tmp_path: Path) -> Iterator[Netns]:
-    """The kit's external namespace, serving ``external-ok`` on 10.232.0.2:8000."""
+    """The kit's LAN neighbour, serving ``external-ok`` on 198.51.100.2:8000."""
     ext, host_ip = external_ns
     assert host_ip == EXT_HOST_IP
     www = tmp_path / "ext-www"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -32,13 +33,28 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20, what: str = "conditio
 
 
 def assert_clean(d: Nyxd) -> None:
-    """No container process, veth, netns mount or port map element left."""
+    """No container process, veth, netns file, firewall entry or mount left.
+
+    Firewall: table ``ip nyx``'s per-container maps and sets are empty, and no container
+    address (anything in nyxd's subnet but the network and gateway addresses) is left in
+    any table (the CNI driver's iptables-nft chains included). Mounts: read in nyxd's own
+    mount namespace (its netns and rootfs mounts are invisible from the test's).
+    """
     assert d.runc_list() == []
     assert d.veths() == []
     assert not list((d.run / "netns").glob("*"))
-    ruleset = d.host("nft", "list", "ruleset").stdout
-    assert ":80" not in ruleset.replace(" ", "")
-    assert str(d.root) not in Path("/proc/self/mountinfo").read_text()
+    elements = d.nyx_elements()
+    for name in ("ports_any", "ports_ip", "internal"):
+        assert elements.get(name, []) == [], f"{name}: {elements[name]}"
+    text = d.host("nft", "list", "ruleset").stdout
+    left = {
+        m.group(0)
+        for m in re.finditer(rf"(?<![\d.]){re.escape(d.subnet_prefix)}(\d+)\b", text)
+        if m.group(1) not in ("0", "1", "255")
+    }
+    assert not left, f"container addresses left in the ruleset: {sorted(left)}"
+    mounts = [line for line in d.mountinfo().splitlines() if str(d.root) in line]
+    assert not mounts, "\n".join(mounts)
 
 
 def test_run_publish_resolve_stop_rm(nyxd: Nyxd, external_ns: Any) -> None:

@@ -71,7 +71,10 @@ def bridge_name(network: str) -> str:
 
 
 def _bridge_sysctls(bridge: str) -> None:
-    # 127.0.0.1:PORT publishing needs local-net addresses routed out of the bridge
+    # 127.0.0.1:PORT publishing needs local-net addresses routed out of the bridge. Its
+    # price (a container sending to the host's 127.0.0.1, CVE-2020-8558) is paid by the
+    # table's guard chain, which drops 127.0.0.0/8 arriving on any link but lo: ensure the
+    # table before calling this.
     set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
     # IPv4 only: no link-local address or fe80::/64 route appearing with the first port
     if os.path.exists(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"):
@@ -177,11 +180,14 @@ class NativeDriver:
             ignore_devs=own,
         )
         nl.check_veth_support()
-        set_sysctl("net.ipv4.ip_forward", "1")
-        nl.ensure_bridge(net.bridge, net.gateway)
-        _bridge_sysctls(net.bridge)
         try:
+            # the table first: its guard must drop 127.0.0.0/8 from outside before any
+            # bridge gets route_localnet, and nothing is forwarded before the masquerade
+            # and isolation rules exist
             self.firewall.ensure()
+            set_sysctl("net.ipv4.ip_forward", "1")
+            nl.ensure_bridge(net.bridge, net.gateway)
+            _bridge_sysctls(net.bridge)
             self.firewall.run(
                 network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
             )

@@ -9,15 +9,21 @@ setup or teardown is one small batch whose cost does not grow with the number of
 * ``net_subnets`` / ``net_bridges`` / ``same_bridge``: the subnets and bridges of nyx networks.
 * ``internal``: addresses of containers on an ``internal`` network.
 
+Besides NAT, the fixed rules keep out what a real host's neighbours would try: ``guard``
+drops ``127.0.0.0/8`` arriving on any link but ``lo`` (route_localnet is on for the bridges),
+the masquerade spares the host's own packets through ``lo``, and the forward chain lets
+traffic from outside into a bridge only through published ports (docs/native.md).
+
 The builders here are pure functions (unit-tested without root); :class:`Firewall` runs them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._nft import nft_context
@@ -27,6 +33,7 @@ __all__ = [
     "TABLE",
     "Firewall",
     "PortElement",
+    "TableState",
     "ensure_batch",
     "network_elements",
     "port_elements",
@@ -41,8 +48,23 @@ Cmd = dict[str, Any]
 # The fixed rules, in nft syntax: libnftables 1.0.6's JSON parser crashes on a ``dnat`` to a
 # concatenated map, so the (one-time) ensure batch is written in nft's own language; the
 # per-container batches use the JSON API.
-# chain name -> (base chain spec or "", [(comment, rule)])
+# chain name -> (base chain spec or "", [(name, rule)]); each rule's comment is its name and
+# a hash of its text (see rule_comment), so an upgraded layout is recognised.
 CHAINS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "guard": (
+        # after conntrack (-200), before the DNAT of nat prerouting (-100): a packet is seen
+        # with the destination it arrived with, and replies are not yet de-NAT'd
+        "type filter hook prerouting priority -150; policy accept;",
+        [
+            # 127.0.0.0/8 comes from lo only (route_localnet is on for the bridges): a LAN
+            # neighbour routing 127.0.0.1 here, or a container sending there, gets nothing;
+            # the replies of connections the host opened are established and pass
+            (
+                "nyx:localnet",
+                'iifname != "lo" ip daddr 127.0.0.0/8 ct state != { established, related } drop',
+            ),
+        ],
+    ),
     "ports": (
         "",
         [
@@ -52,7 +74,8 @@ CHAINS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     ),
     "prerouting": (
         "type nat hook prerouting priority -100; policy accept;",
-        [("nyx:pre", "fib daddr type local jump ports")],
+        # never DNAT 127.0.0.0/8 arriving from outside (the guard drops it already)
+        [("nyx:pre", "fib daddr type local ip daddr != 127.0.0.0/8 jump ports")],
     ),
     "output": (
         "type nat hook output priority -100; policy accept;",
@@ -61,8 +84,13 @@ CHAINS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "postrouting": (
         "type nat hook postrouting priority 100; policy accept;",
         [
-            # the subnets leaving through a non-bridge interface (never DNAT'd clients)
-            ("nyx:masq", "ip saddr @net_subnets oifname != @net_bridges masquerade"),
+            # the subnets leaving through a non-bridge interface (never DNAT'd clients);
+            # not lo: the host's own packets from a gateway address to a local address
+            # (its DNS server) keep their source
+            (
+                "nyx:masq",
+                'ip saddr @net_subnets oifname != @net_bridges oifname != "lo" masquerade',
+            ),
             # 127.0.0.1:PORT from the host: the container must answer the gateway
             ("nyx:localhost", "ip saddr 127.0.0.0/8 oifname @net_bridges masquerade"),
             # hairpin: a container reaching a published port through a host address
@@ -84,6 +112,17 @@ CHAINS: dict[str, tuple[str, list[tuple[str, str]]]] = {
             ),
             # internal containers never leave the nyx subnets
             ("nyx:internal", "ip saddr @internal ip daddr != @net_subnets drop"),
+            # from outside into a bridge (a neighbour routing the subnets through the host):
+            # published ports and replies only, never a container's other ports
+            (
+                "nyx:inbound-published",
+                "iifname != @net_bridges oifname @net_bridges ct status dnat accept",
+            ),
+            (
+                "nyx:inbound",
+                "iifname != @net_bridges oifname @net_bridges "
+                "ct state != { established, related } drop",
+            ),
         ],
     ),
 }
@@ -100,42 +139,73 @@ SETS: dict[str, str] = {
 }
 
 
-def ensure_batch(existing: dict[str, list[str]] | None) -> str:
-    """The nft script that creates the table, or completes a half-present one.
+def rule_comment(name: str, rule: str) -> str:
+    """``<name>:<6 hex digits of the rule's text>``: the comment ``ensure`` recognises."""
+    return f"{name}:{hashlib.sha1(rule.encode()).hexdigest()[:6]}"
 
-    :param existing: chain name -> rule comments present, None when the table is absent.
+
+@dataclass
+class TableState:
+    """What ``list table ip nyx`` shows: its sets and maps, and per chain its rules' comments
+    with their handles, in order."""
+
+    sets: list[str] = field(default_factory=list)
+    chains: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+
+def ensure_batch(existing: TableState | None) -> str:
+    """The nft script that creates the table, or brings a present one to this layout.
+
+    A chain whose rules are not exactly this version's (one missing, one of an older
+    version, an extra one) gets all its rules deleted and written again, in order, in the
+    same atomic batch: traffic never sees a half-written chain. Chains of an older layout
+    are deleted. Sets and maps (the per-container elements) are only ever added.
+
+    :param existing: the table as listed (:func:`parse_table`), None when it is absent.
     :returns: an empty string when everything is present (a second ensure changes nothing).
     """
     lines: list[str] = []
     t = f"{FAMILY} {TABLE}"
     if existing is None:
         lines.append(f"add table {t}")
-    have = existing or {}
-    sets = set(have.get("\0sets", []))
+    have = existing or TableState()
     for name, decl in SETS.items():
-        if name not in sets:
+        if name not in have.sets:
             kind, rest = decl.split(" ", 1)
             lines.append(f"add {kind} {t} {rest}")
+    stale: list[str] = []
+    for chain, rules in have.chains.items():
+        if chain not in CHAINS:
+            lines += [f"delete rule {t} {chain} handle {h}" for _c, h in rules]
+            stale.append(f"delete chain {t} {chain}")
     for chain, (base, rules) in CHAINS.items():
-        if chain not in have:
+        wanted = [rule_comment(name, rule) for name, rule in rules]
+        present = have.chains.get(chain)
+        if present is None:
             lines.append(f"add chain {t} {chain}" + (f" {{ {base} }}" if base else ""))
-        present = set(have.get(chain, []))
-        for comment, rule in rules:
-            if comment not in present:
-                lines.append(f'add rule {t} {chain} {rule} comment "{comment}"')
+            present = []
+        if [c for c, _h in present] == wanted:
+            continue
+        lines += [f"delete rule {t} {chain} handle {h}" for _c, h in present]
+        for comment, (_name, rule) in zip(wanted, rules, strict=True):
+            lines.append(f'add rule {t} {chain} {rule} comment "{comment}"')
+    lines += stale  # after the rules that may jump to them are gone
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def parse_table(listing: Any) -> dict[str, list[str]]:
+def parse_table(listing: Any) -> TableState:
     """Turn ``list table`` JSON output into the ``existing`` argument of :func:`ensure_batch`."""
-    out: dict[str, list[str]] = {"\0sets": []}
+    out = TableState()
     for item in (listing or {}).get("nftables", []):
         if "chain" in item:
-            out.setdefault(item["chain"]["name"], [])
+            out.chains.setdefault(item["chain"]["name"], [])
         elif "rule" in item:
-            out.setdefault(item["rule"]["chain"], []).append(item["rule"].get("comment", ""))
+            rule = item["rule"]
+            out.chains.setdefault(rule["chain"], []).append(
+                (rule.get("comment", ""), int(rule["handle"]))
+            )
         elif "set" in item or "map" in item:
-            out["\0sets"].append((item.get("set") or item["map"])["name"])
+            out.sets.append((item.get("set") or item["map"])["name"])
     return out
 
 
@@ -210,7 +280,7 @@ def network_elements(verb: str, bridge: str, subnet: ipaddress.IPv4Network) -> l
 class Firewall:
     """Runs the batches in the calling thread's network namespace."""
 
-    def list_table(self) -> dict[str, list[str]] | None:
+    def list_table(self) -> TableState | None:
         ctx = nft_context()
         with ctx.lock:
             rc, out, _err = ctx.nft.cmd(f"list table {FAMILY} {TABLE}")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from nyx_core import CniPluginError, NyxSettings, PortMapping
-from nyx_core.testing import Netns, entered, snapshot
+from nyx_core.testing import LAN_HOST_IP, Netns, entered, snapshot
 from nyx_plugins_cni import CniDriver, CniOptions, ResultCache
 
 pytestmark = [
@@ -89,25 +89,15 @@ def _serve(
     return srv, t
 
 
-def _external(host: Netns, ext: Netns) -> None:
-    """A veth between the host namespace (198.51.100.1) and an "external" one (.2)."""
-    host.ip("link", "add", "nyxt-ext", "type", "veth", "peer", "name", "eth1", "netns", ext.name)
-    host.ip("addr", "add", "198.51.100.1/24", "dev", "nyxt-ext")
-    host.ip("link", "set", "nyxt-ext", "up")
-    ext.ip("addr", "add", "198.51.100.2/24", "dev", "eth1")
-    ext.ip("link", "set", "eth1", "up")
-
-
 def test_port_map_answers_from_an_external_namespace(
-    driver: CniDriver, nyx_in_host: Netns, nyx_container_ns: NsFactory
+    driver: CniDriver, nyx_in_host: Netns, nyx_lan_ns: Netns, nyx_container_ns: NsFactory
 ) -> None:
-    ctr, ext = nyx_container_ns(), nyx_container_ns()
-    _external(nyx_in_host, ext)
+    ctr, ext = nyx_container_ns(), nyx_lan_ns  # the kit's LAN neighbour (198.51.100.2)
     driver.setup("real-p", ctr.path, [PortMapping.parse("18080:80")])
     srv, t = _serve(ctr, 80, b"hello from the container", times=2)
     try:
         with entered(ext):
-            cli = socket.create_connection(("198.51.100.1", 18080), timeout=10)
+            cli = socket.create_connection((LAN_HOST_IP, 18080), timeout=10)
         with cli:
             assert cli.recv(100) == b"hello from the container"
         # and from the host itself, on 127.0.0.1 (portmap's SNAT + route_localnet)
@@ -118,7 +108,7 @@ def test_port_map_answers_from_an_external_namespace(
         t.join(5)
         driver.teardown("real-p", ctr.path)
     with entered(ext), pytest.raises(OSError):  # the mapping is gone
-        socket.create_connection(("198.51.100.1", 18080), timeout=2).close()
+        socket.create_connection((LAN_HOST_IP, 18080), timeout=2).close()
 
 
 def test_del_cleans_up(

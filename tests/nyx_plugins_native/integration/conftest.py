@@ -1,4 +1,9 @@
-"""Fixtures of the native driver's integration tests (all inside test namespaces)."""
+"""Fixtures of the native driver's integration tests (all inside test namespaces).
+
+The host namespace is the kit's real-looking host (``nyx_topology``): an uplink to the
+"internet" namespace with the default route (``nyx_internet_ns``), a LAN link to a
+neighbour (``nyx_lan_ns``); addresses in ``native_helpers``.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,6 @@ from native_helpers import Servers
 from nyx_core import NetworkBackend, NyxSettings
 from nyx_core.testing import Netns
 
-HOST_EXT_IP = "198.51.100.1"
-EXT_IP = "198.51.100.2"
-
 
 @pytest.fixture
 def native(nyx_settings: NyxSettings, nyx_in_host: Netns) -> NetworkBackend:
@@ -20,23 +22,6 @@ def native(nyx_settings: NyxSettings, nyx_in_host: Netns) -> NetworkBackend:
     backend = NetworkBackend.load("native")
     backend.ensure_network(nyx_settings)
     return backend
-
-
-@pytest.fixture
-def ext_ns(nyx_in_host: Netns) -> Iterator[Netns]:
-    """An "external" namespace linked to the host one over 198.51.100.0/24."""
-    ext = Netns.create("ext")
-    try:
-        nyx_in_host.ip(
-            "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", ext.name
-        )
-        nyx_in_host.ip("addr", "add", f"{HOST_EXT_IP}/24", "dev", "ext0")
-        nyx_in_host.ip("link", "set", "ext0", "up")
-        ext.ip("addr", "add", f"{EXT_IP}/24", "dev", "eth0")
-        ext.ip("link", "set", "eth0", "up")
-        yield ext
-    finally:
-        ext.delete()
 
 
 @pytest.fixture

@@ -10,10 +10,28 @@ import socket
 import threading
 from typing import Any
 
-from nyx_core.testing import Netns, entered
+from nyx_core.testing import (
+    INTERNET_SERVER_IP,
+    LAN_HOST_IP,
+    LAN_NEIGHBOUR_IP,
+    UPLINK_HOST_IP,
+    Netns,
+    entered,
+)
 
-HOST_EXT_IP = "198.51.100.1"  # the host namespace's address on the "external" link
-EXT_IP = "198.51.100.2"  # the external namespace
+__all__ = [
+    "GW",
+    "INTERNET_SERVER_IP",
+    "LAN_HOST_IP",
+    "LAN_IP",
+    "UPLINK_HOST_IP",
+    "Server",
+    "Servers",
+    "ask",
+]
+
+GW = "10.231.0.1"  # the gateway of the kit's test subnet (nyx_settings)
+LAN_IP = LAN_NEIGHBOUR_IP  # the LAN neighbour
 
 
 class Server:

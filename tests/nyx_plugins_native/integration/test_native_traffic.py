@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from native_helpers import EXT_IP, HOST_EXT_IP, Servers, ask
+from native_helpers import GW, LAN_HOST_IP, LAN_IP, Servers, ask
 
 from nyx_core import NetworkBackend, PortConflictError, PortMapping, SetupOptions
 from nyx_core.testing import Netns
 
 pytestmark = pytest.mark.kernel
-
-GW = "10.231.0.1"
 
 
 def _ip(result: object) -> str:
@@ -47,7 +45,7 @@ def test_container_reaches_gateway_and_other_container(
 def test_published_port_from_external_localhost_and_hairpin(
     native: NetworkBackend,
     nyx_in_host: Netns,
-    ext_ns: Netns,
+    nyx_lan_ns: Netns,
     nyx_container_ns: Callable[[], Netns],
     servers: Servers,
 ) -> None:
@@ -59,30 +57,30 @@ def test_published_port_from_external_localhost_and_hairpin(
         servers(web, "0.0.0.0", 80, "web")
         servers(web, "0.0.0.0", 53, "dns", udp=True)
         # from another host: the container sees the client's own address (no masquerade)
-        assert ask(ext_ns, HOST_EXT_IP, 18080) == f"web {EXT_IP}"
-        assert ask(ext_ns, HOST_EXT_IP, 18053, udp=True) == f"dns {EXT_IP}"
+        assert ask(nyx_lan_ns, LAN_HOST_IP, 18080) == f"web {LAN_IP}"
+        assert ask(nyx_lan_ns, LAN_HOST_IP, 18053, udp=True) == f"dns {LAN_IP}"
         # from the host itself, on 127.0.0.1 and on its own addresses
         assert ask(None, "127.0.0.1", 18080).startswith("web ")
-        assert ask(None, HOST_EXT_IP, 18080).startswith("web ")
+        assert ask(None, LAN_HOST_IP, 18080).startswith("web ")
         # hairpin: another container through a host address, and through the gateway
-        assert ask(client, HOST_EXT_IP, 18080).startswith("web ")
+        assert ask(client, LAN_HOST_IP, 18080).startswith("web ")
         assert ask(client, GW, 18080).startswith("web ")
         # the container itself through a host address (hairpin mode on its bridge port)
-        assert ask(web, HOST_EXT_IP, 18080).startswith("web ")
+        assert ask(web, LAN_HOST_IP, 18080).startswith("web ")
         # the subnet leaving through the external link is masqueraded
-        servers(ext_ns, EXT_IP, 9100, "ext")
-        assert ask(client, EXT_IP, 9100) == f"ext {HOST_EXT_IP}"
+        servers(nyx_lan_ns, LAN_IP, 9100, "ext")
+        assert ask(client, LAN_IP, 9100) == f"ext {LAN_HOST_IP}"
         assert _ip(rw) != _ip(rc)
     finally:
         native.teardown("tr-web", web.path)
         native.teardown("tr-client", client.path)
     # after teardown nothing answers any more
-    assert ask(ext_ns, HOST_EXT_IP, 18080, timeout=0.5) == ""
+    assert ask(nyx_lan_ns, LAN_HOST_IP, 18080, timeout=0.5) == ""
 
 
 def test_port_range_and_host_ip(
     native: NetworkBackend,
-    ext_ns: Netns,
+    nyx_lan_ns: Netns,
     nyx_container_ns: Callable[[], Netns],
     servers: Servers,
 ) -> None:
@@ -95,18 +93,18 @@ def test_port_range_and_host_ip(
     try:
         for p in (9100, 9101, 9102):
             servers(ctr, "0.0.0.0", p, f"p{p}")
-        assert ask(ext_ns, HOST_EXT_IP, 18100).startswith("p9100 ")
-        assert ask(ext_ns, HOST_EXT_IP, 18101).startswith("p9101 ")
+        assert ask(nyx_lan_ns, LAN_HOST_IP, 18100).startswith("p9100 ")
+        assert ask(nyx_lan_ns, LAN_HOST_IP, 18101).startswith("p9101 ")
         assert ask(None, "127.0.0.1", 18102).startswith("p9102 ")
         # published on 127.0.0.1 only: not reachable from outside
-        assert ask(ext_ns, HOST_EXT_IP, 18102, timeout=0.5) == ""
+        assert ask(nyx_lan_ns, LAN_HOST_IP, 18102, timeout=0.5) == ""
     finally:
         native.teardown("tr-range", ctr.path)
 
 
 def test_internal_container_cannot_leave_the_subnet(
     native: NetworkBackend,
-    ext_ns: Netns,
+    nyx_lan_ns: Netns,
     nyx_container_ns: Callable[[], Netns],
     servers: Servers,
 ) -> None:
@@ -115,11 +113,11 @@ def test_internal_container_cannot_leave_the_subnet(
     rn = native.setup("tr-norm", normal.path, [], SetupOptions())
     try:
         assert ri.internal
-        servers(ext_ns, EXT_IP, 9200, "ext")
+        servers(nyx_lan_ns, LAN_IP, 9200, "ext")
         servers(normal, _ip(rn), 9201, "normal")
         servers(None, GW, 9202, "gateway")
-        assert ask(normal, EXT_IP, 9200) == f"ext {HOST_EXT_IP}"
-        assert ask(inner, EXT_IP, 9200, timeout=0.7) == ""
+        assert ask(normal, LAN_IP, 9200) == f"ext {LAN_HOST_IP}"
+        assert ask(inner, LAN_IP, 9200, timeout=0.7) == ""
         # inside the bridge it still works, and so does the gateway (DNS lives there)
         assert ask(inner, _ip(rn), 9201) == f"normal {_ip(ri)}"
         assert ask(inner, GW, 9202) == f"gateway {_ip(ri)}"
@@ -129,7 +127,7 @@ def test_internal_container_cannot_leave_the_subnet(
     # the address is not internal any more once torn down
     native.setup("tr-int2", inner.path, [], SetupOptions())
     try:
-        assert ask(inner, EXT_IP, 9200) == f"ext {HOST_EXT_IP}"
+        assert ask(inner, LAN_IP, 9200) == f"ext {LAN_HOST_IP}"
     finally:
         native.teardown("tr-int2", inner.path)
 

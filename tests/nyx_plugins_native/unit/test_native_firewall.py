@@ -15,11 +15,12 @@ from nyx_plugins_native import _nft, bridge_name, veth_name
 from nyx_plugins_native._ports import check_conflicts
 
 
-def _full_listing() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"\0sets": list(fw.SETS)}
+def _full_listing() -> fw.TableState:
+    state = fw.TableState(sets=list(fw.SETS))
+    handle = iter(range(100, 1000))
     for chain, (_base, rules) in fw.CHAINS.items():
-        out[chain] = [c for c, _r in rules]
-    return out
+        state.chains[chain] = [(fw.rule_comment(n, r), next(handle)) for n, r in rules]
+    return state
 
 
 def test_ensure_batch_creates_everything_once() -> None:
@@ -29,26 +30,67 @@ def test_ensure_batch_creates_everything_once() -> None:
         assert f" {name} {{" in script
     for chain, (_base, rules) in fw.CHAINS.items():
         assert f"add chain ip nyx {chain}" in script
-        for comment, _rule in rules:
-            assert script.count(f'"{comment}"') == 1
+        for name, rule in rules:
+            assert script.count(f'"{fw.rule_comment(name, rule)}"') == 1
     # the hooks nyx relies on
-    assert "fib daddr type local jump ports" in script
+    assert "fib daddr type local ip daddr != 127.0.0.0/8 jump ports" in script
+    assert "fib daddr type local jump ports" in script  # output: 127.0.0.1:PORT from the host
     assert "ip saddr 127.0.0.0/8 oifname @net_bridges masquerade" in script
     assert "ct status dnat" in script
-    assert "flush" not in script  # never flushes anything
+    assert "flush" not in script and "delete" not in script  # never flushes anything
+
+
+def test_the_guard_and_the_masquerade_spare_the_host() -> None:
+    script = fw.ensure_batch(None)
+    # 127.0.0.0/8 only through lo, before the DNAT (-100) and after conntrack (-200)
+    assert "add chain ip nyx guard { type filter hook prerouting priority -150;" in script
+    assert (
+        'iifname != "lo" ip daddr 127.0.0.0/8 ct state != { established, related } drop' in script
+    )
+    # the host's packets from a gateway address to a local one keep their source
+    assert 'ip saddr @net_subnets oifname != @net_bridges oifname != "lo" masquerade' in script
 
 
 def test_ensure_batch_is_empty_when_complete_and_completes_half_present() -> None:
     assert fw.ensure_batch(_full_listing()) == ""
     half = _full_listing()
-    half["postrouting"] = ["nyx:masq"]
-    half["\0sets"].remove("internal")
+    masq = half.chains["postrouting"][0]
+    half.chains["postrouting"] = [masq]
+    half.sets.remove("internal")
     script = fw.ensure_batch(half)
     lines = script.splitlines()
-    assert len(lines) == 3
     assert "add set ip nyx internal" in lines[0]
-    assert '"nyx:localhost"' in script and '"nyx:hairpin"' in script
+    # the chain is written again in order, in the same (atomic) batch
+    assert lines[1] == f"delete rule ip nyx postrouting handle {masq[1]}"
+    assert [ln.rsplit('"', 2)[1] for ln in lines[2:]] == [
+        fw.rule_comment(n, r) for n, r in fw.CHAINS["postrouting"][1]
+    ]
     assert "add table" not in script and "add chain" not in script
+
+
+def test_ensure_batch_replaces_an_older_layout() -> None:
+    old = _full_listing()
+    # an older version: another masquerade rule, a chain that no longer exists
+    old.chains["postrouting"][0] = ("nyx:masq", 7)
+    old.chains["legacy"] = [("nyx:legacy", 8), ("", 9)]
+    lines = fw.ensure_batch(old).splitlines()
+    assert "delete rule ip nyx postrouting handle 7" in lines
+    assert lines.count("delete rule ip nyx postrouting handle 7") == 1
+    assert {"delete rule ip nyx legacy handle 8", "delete rule ip nyx legacy handle 9"} <= set(
+        lines
+    )
+    assert lines[-1] == "delete chain ip nyx legacy"
+    adds = [ln for ln in lines if ln.startswith("add rule")]
+    assert len(adds) == len(fw.CHAINS["postrouting"][1])
+    assert all(" postrouting " in ln for ln in adds)
+    # other chains are left alone
+    assert not any(" forward " in ln or " guard " in ln for ln in lines)
+
+
+def test_rule_comments_follow_the_rule_text() -> None:
+    a = fw.rule_comment("nyx:masq", "ip saddr @net_subnets masquerade")
+    b = fw.rule_comment("nyx:masq", "ip saddr @net_subnets oifname != lo masquerade")
+    assert a.startswith("nyx:masq:") and b.startswith("nyx:masq:") and a != b
 
 
 def test_parse_table_reads_a_listing() -> None:
@@ -59,11 +101,14 @@ def test_parse_table_reads_a_listing() -> None:
             {"map": {"name": "ports_any"}},
             {"set": {"name": "internal"}},
             {"chain": {"name": "forward"}},
-            {"rule": {"chain": "forward", "comment": "nyx:internal"}},
+            {"chain": {"name": "ports"}},
+            {"rule": {"chain": "forward", "comment": "nyx:internal:abcdef", "handle": 4}},
+            {"rule": {"chain": "forward", "handle": 5}},
         ]
     }
     got = fw.parse_table(listing)
-    assert got == {"\0sets": ["ports_any", "internal"], "forward": ["nyx:internal"]}
+    assert got.sets == ["ports_any", "internal"]
+    assert got.chains == {"forward": [("nyx:internal:abcdef", 4), ("", 5)], "ports": []}
 
 
 def test_port_elements_expand_ranges_and_host_ips() -> None:

@@ -3,9 +3,15 @@
 
 Fixtures (see :mod:`nyx_core.testing._pytest_plugin`):
 
-* ``nyx_host_ns``: a throwaway "host" network namespace; the driver under test runs there.
+* ``nyx_host_ns``: a throwaway "host" network namespace that looks like a real host; the
+  driver under test runs there. It is part of ``nyx_topology`` (:class:`HostTopology`):
+  ``uplink0`` 203.0.113.2/24 with the default route via the "internet" namespace
+  (``nyx_internet_ns``: 203.0.113.1 and an outside server 198.18.0.10), ``lan0``
+  198.51.100.1/24 to a LAN neighbour (``nyx_lan_ns``: 198.51.100.2, a :class:`Neighbour`
+  that can route the container subnet or ``127.0.0.1`` to the host).
 * ``nyx_container_ns``: a factory of container namespaces.
 * ``nyx_in_host``: the test thread switched into ``nyx_host_ns`` for the test's duration.
+* ``nyx_unprivileged``: :class:`Unprivileged`, runs commands as ``nobody`` in a namespace.
 * ``nyx_settings``: :class:`~nyx_core.NyxSettings` with state/run dirs under ``tmp_path``.
 * ``nyx_hook_recorder``: records every hook call made through a plugin manager.
 
@@ -19,5 +25,35 @@ from ._conformance import BackendConformance
 from ._netns import Netns, entered, snapshot
 from ._pytest_plugin import *  # noqa: F403  (fixtures are found by pytest through this module)
 from ._recorder import HookRecorder
+from ._topology import (
+    HOST_LINKS,
+    INTERNET_SERVER_IP,
+    LAN_HOST_IP,
+    LAN_NEIGHBOUR_IP,
+    UNPRIVILEGED_UID,
+    UPLINK_GATEWAY_IP,
+    UPLINK_HOST_IP,
+    HostTopology,
+    Neighbour,
+    Unprivileged,
+    route_localhost_via,
+)
 
-__all__ = ["BackendConformance", "HookRecorder", "Netns", "entered", "snapshot"]
+__all__ = [
+    "HOST_LINKS",
+    "INTERNET_SERVER_IP",
+    "LAN_HOST_IP",
+    "LAN_NEIGHBOUR_IP",
+    "UNPRIVILEGED_UID",
+    "UPLINK_GATEWAY_IP",
+    "UPLINK_HOST_IP",
+    "BackendConformance",
+    "HookRecorder",
+    "HostTopology",
+    "Neighbour",
+    "Netns",
+    "Unprivileged",
+    "entered",
+    "route_localhost_via",
+    "snapshot",
+]

@@ -18,12 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PREFIX", "Netns", "entered", "leaked_namespaces", "snapshot"]
+__all__ = ["PREFIX", "Netns", "entered", "leaked_namespaces", "new_name", "snapshot"]
 
 PREFIX = "nyxt-"
 _CLONE_NEWNET = 0x40000000
 _counter = itertools.count()
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def new_name(role: str) -> str:
+    """A fresh test namespace name, ``nyxt-<role>-<pid>-<n>`` (what the leak check knows)."""
+    return f"{PREFIX}{role}-{os.getpid()}-{next(_counter)}"
 
 
 def _setns(fd: int) -> None:
@@ -44,9 +49,8 @@ class Netns:
 
     @classmethod
     def create(cls, role: str = "ns") -> Netns:
-        name = f"{PREFIX}{role}-{os.getpid()}-{next(_counter)}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        ns = cls(name)
+        ns = cls(new_name(role))
+        subprocess.run(["ip", "netns", "add", ns.name], check=True)
         ns.ip("link", "set", "lo", "up")
         return ns
 

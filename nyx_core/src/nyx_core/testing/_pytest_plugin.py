@@ -14,13 +14,18 @@ from .._plugins import make_plugin_manager
 from .._settings import NyxSettings
 from ._netns import Netns, entered, leaked_namespaces
 from ._recorder import HookRecorder
+from ._topology import HostTopology, Neighbour, Unprivileged
 
 __all__ = [
     "nyx_container_ns",
     "nyx_hook_recorder",
     "nyx_host_ns",
     "nyx_in_host",
+    "nyx_internet_ns",
+    "nyx_lan_ns",
     "nyx_settings",
+    "nyx_topology",
+    "nyx_unprivileged",
     "require_kernel",
 ]
 
@@ -42,13 +47,42 @@ def require_kernel() -> None:
 
 
 @pytest.fixture
-def nyx_host_ns(require_kernel: None) -> Iterator[Netns]:
-    """A fresh "host" namespace with ``lo`` up; deleted after the test."""
-    ns = Netns.create("host")
+def nyx_topology(require_kernel: None) -> Iterator[HostTopology]:
+    """A real-looking host: the host namespace with an uplink (default route) to an
+    "internet" namespace and a LAN link to a neighbour namespace (see
+    :class:`~nyx_core.testing.HostTopology`); all deleted after the test."""
+    topo = HostTopology.create()
     try:
-        yield ns
+        yield topo
     finally:
-        ns.delete()
+        topo.delete()
+
+
+@pytest.fixture
+def nyx_host_ns(nyx_topology: HostTopology) -> Netns:
+    """The "host" namespace the driver under test runs in: ``lo``, ``uplink0``
+    203.0.113.2/24 with the default route via 203.0.113.1, ``lan0`` 198.51.100.1/24."""
+    return nyx_topology.host
+
+
+@pytest.fixture
+def nyx_internet_ns(nyx_topology: HostTopology) -> Netns:
+    """The far end of the host's uplink: 203.0.113.1 and the server address 198.18.0.10."""
+    return nyx_topology.internet
+
+
+@pytest.fixture
+def nyx_lan_ns(nyx_topology: HostTopology) -> Neighbour:
+    """The LAN neighbour (198.51.100.2 on the host's ``lan0``); it routes more through the
+    host on request (:meth:`~nyx_core.testing.Neighbour.route_to_host`,
+    :meth:`~nyx_core.testing.Neighbour.route_localhost_to_host`)."""
+    return nyx_topology.lan
+
+
+@pytest.fixture
+def nyx_unprivileged(require_kernel: None) -> Unprivileged:
+    """Runs commands and Python snippets as ``nobody`` (65534), optionally in a namespace."""
+    return Unprivileged()
 
 
 @pytest.fixture
