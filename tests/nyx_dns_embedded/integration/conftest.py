@@ -16,12 +16,12 @@ import pytest
 from dnslib import QTYPE, RR, A, DNSRecord
 
 from nyx_core import NyxSettings
-from nyx_core.testing import Netns, entered
+from nyx_core.testing import Neighbour, Netns, entered
 from nyx_dns_embedded import EmbeddedDns, EmbeddedDnsSettings
 
 GW = "10.231.0.1"
 CLIENTS = ["10.231.0.2", "10.231.0.3", "10.231.0.4", "10.231.0.5"]
-UPLINK_IP = "192.0.2.2"  # the host's own address on its uplink (TEST-NET-1)
+UPLINK_IP = "203.0.113.2"  # the host's own address on its uplink (the kit's topology)
 LAN_HOST_IP = "198.51.100.1"  # the host's address on the LAN link
 NEIGHBOUR_IP = "198.51.100.2"  # a LAN neighbour (TEST-NET-2)
 
@@ -117,34 +117,18 @@ def dns_host(nyx_in_host: Netns) -> Netns:
 
 
 @pytest.fixture
-def uplink(dns_host: Netns, nyx_container_ns: Callable[[], Netns]) -> str:
-    """A second address of the host, as on a real one: an uplink veth to an "internet"
-    namespace with UPLINK_IP/24 on the host side and the default route through it.
-    Returns UPLINK_IP."""
-    internet = nyx_container_ns()
-    dns_host.ip(
-        "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", internet.name
-    )
-    dns_host.ip("addr", "add", f"{UPLINK_IP}/24", "dev", "uplink0")
-    dns_host.ip("link", "set", "uplink0", "up")
-    internet.ip("addr", "add", "192.0.2.254/24", "dev", "eth0")
-    internet.ip("link", "set", "eth0", "up")
-    dns_host.ip("route", "add", "default", "via", "192.0.2.254", "dev", "uplink0")
+def uplink(dns_host: Netns) -> str:
+    """A second address of the host, as on a real one: the kit's host namespace has an
+    uplink (UPLINK_IP/24 on uplink0, default route through it). Returns UPLINK_IP."""
     return UPLINK_IP
 
 
 @pytest.fixture
-def neighbour(dns_host: Netns, nyx_container_ns: Callable[[], Netns]) -> Netns:
-    """A LAN neighbour: its own namespace on a veth to the host (host side LAN_HOST_IP,
-    neighbour NEIGHBOUR_IP) with the container subnet routed to the host."""
-    lan = nyx_container_ns()
-    dns_host.ip("link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", lan.name)
-    dns_host.ip("addr", "add", f"{LAN_HOST_IP}/24", "dev", "lan0")
-    dns_host.ip("link", "set", "lan0", "up")
-    lan.ip("addr", "add", f"{NEIGHBOUR_IP}/24", "dev", "eth0")
-    lan.ip("link", "set", "eth0", "up")
-    lan.ip("route", "add", "10.231.0.0/24", "via", LAN_HOST_IP)
-    return lan
+def neighbour(dns_host: Netns, nyx_lan_ns: Neighbour) -> Neighbour:
+    """The kit's LAN neighbour (NEIGHBOUR_IP, the host is LAN_HOST_IP on lan0), with the
+    container subnet routed to the host."""
+    nyx_lan_ns.route_to_host("10.231.0.0/24")
+    return nyx_lan_ns
 
 
 def socket_in(ns: Netns, kind: int = socket.SOCK_STREAM) -> socket.socket:

@@ -1,11 +1,11 @@
-"""A host with an uplink (192.0.2.2/24, default route via 192.0.2.1): nyx subnets may not
+"""A host with an uplink (203.0.113.2/24, default route via 203.0.113.1): nyx subnets may not
 take its traffic (issue 11 item 6), and published port ranges stay bounded (item 11)."""
 
 from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,21 +28,10 @@ pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
-def uplink(nyx_host_ns: Netns) -> Iterator[Netns]:
-    """The host namespace's uplink to an "internet" namespace, with the default route."""
-    inet = Netns.create("inet")
-    try:
-        nyx_host_ns.ip(
-            "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", inet.name
-        )
-        nyx_host_ns.ip("addr", "add", "192.0.2.2/24", "dev", "uplink")
-        nyx_host_ns.ip("link", "set", "uplink", "up")
-        inet.ip("addr", "add", "192.0.2.1/24", "dev", "eth0")
-        inet.ip("link", "set", "eth0", "up")
-        nyx_host_ns.ip("route", "add", "default", "via", "192.0.2.1")
-        yield inet
-    finally:
-        inet.delete()
+def uplink(nyx_internet_ns: Netns) -> Netns:
+    """The kit's host namespace has an uplink (uplink0 203.0.113.2/24, default route via
+    203.0.113.1) to its "internet" namespace: this is it."""
+    return nyx_internet_ns
 
 
 def _leases(settings: NyxSettings) -> dict[str, Any]:
@@ -52,9 +41,9 @@ def _leases(settings: NyxSettings) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("gateway", "reason"),
     [
-        ("192.0.2.129/25", "overlaps the host route 192.0.2.0/24 dev uplink"),
-        ("192.0.2.1/30", "contains host address 192.0.2.2 (uplink)"),
-        ("192.0.0.1/16", "contains host address 192.0.2.2 (uplink)"),
+        ("203.0.113.129/25", "overlaps the host route 203.0.113.0/24 dev uplink0"),
+        ("203.0.113.1/30", "contains host address 203.0.113.2 (uplink0)"),
+        ("203.0.0.1/16", "contains host address 203.0.113.2 (uplink0)"),
     ],
 )
 def test_a_network_on_the_uplinks_subnet_is_refused_and_changes_nothing(
@@ -100,8 +89,8 @@ def test_a_default_subnet_on_the_uplink_fails_ensure_and_changes_nothing(
 ) -> None:
     settings = nyx_settings.model_copy(
         update={
-            "container_subnet": ipaddress.IPv4Network("192.0.0.0/16"),
-            "gateway_ip": ipaddress.IPv4Address("192.0.0.1"),
+            "container_subnet": ipaddress.IPv4Network("203.0.0.0/16"),
+            "gateway_ip": ipaddress.IPv4Address("203.0.0.1"),
         }
     )
     before = snapshot(nyx_in_host)
@@ -109,8 +98,8 @@ def test_a_default_subnet_on_the_uplink_fails_ensure_and_changes_nothing(
     with pytest.raises(ConfigError) as exc:
         backend.ensure_network(settings)
     assert str(exc.value) == (
-        "default network 'nyx' (NYXD_CONTAINER_SUBNET): subnet 192.0.0.0/16 contains host "
-        "address 192.0.2.2 (uplink)"
+        "default network 'nyx' (NYXD_CONTAINER_SUBNET): subnet 203.0.0.0/16 contains host "
+        "address 203.0.113.2 (uplink0)"
     )
     assert snapshot(nyx_in_host) == before
 
@@ -127,7 +116,7 @@ def test_network_create_reads_the_calling_threads_namespace(
             out["devs"] = {r.dev for r in read_host_view().routes}
             reg = NetworkRegistry(nyx_settings, CoreStore(nyx_settings.state_dir))
             try:
-                reg.create("evil", subnet="192.0.2.128/25")
+                reg.create("evil", subnet="203.0.113.128/25")
             except ConfigError as exc:
                 out["error"] = str(exc)
             out["made"] = reg.create("fine")["subnet"]
@@ -135,9 +124,9 @@ def test_network_create_reads_the_calling_threads_namespace(
     t = threading.Thread(target=api_thread)
     t.start()
     t.join(30)
-    assert "uplink" in out["devs"]
+    assert "uplink0" in out["devs"]
     assert out["error"] == (
-        "network 'evil': subnet 192.0.2.128/25 overlaps the host route 192.0.2.0/24 dev uplink"
+        "network 'evil': subnet 203.0.113.128/25 overlaps the host route 203.0.113.0/24 dev uplink0"
     )
     assert out["made"] == "10.89.0.0/24"
     assert list(CoreStore(nyx_settings.state_dir).load_networks()) == ["fine"]
