@@ -6,9 +6,12 @@ from loguru import logger
 
 from ._markers import hookimpl, hookspec
 from ._models import (
+    BackendCapabilities,
     ContainerSpec,
     InterfaceResult,
     NetworkAttachment,
+    NetworkInfo,
+    NetworkSpec,
     PortMapping,
     SetupOptions,
     SetupResult,
@@ -23,12 +26,21 @@ from ._plugins import (
     installed_plugins,
     load_plugin,
     make_plugin_manager,
+    plugin_class,
+    plugin_settings_class,
 )
 from ._policy import DnsDecision, StackNetwork, dns_policy
 from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
 from ._reference import Reference, normalize_reference
 from ._registry import ProgressEvent, PulledImage, login, pull_to_oci_layout
-from ._settings import DnsMode, NyxSettings, load_settings
+from ._settings import (
+    DnsMode,
+    NyxSettings,
+    PluginSettings,
+    load_settings,
+    parse_options,
+    plugin_settings_config,
+)
 from .errors import (
     BackendError,
     CniPluginError,
@@ -59,6 +71,7 @@ __all__ = [
     "DNS_GROUP",
     "DRIVER_GROUP",
     "Backend",
+    "BackendCapabilities",
     "BackendError",
     "CniPluginError",
     "ConfigError",
@@ -78,12 +91,15 @@ __all__ = [
     "NetlinkError",
     "NetworkAttachment",
     "NetworkBackend",
+    "NetworkInfo",
+    "NetworkSpec",
     "NoMatchingPlatformError",
     "NyxError",
     "NyxSettings",
     "PluginError",
     "PluginLoadError",
     "PluginNotFoundError",
+    "PluginSettings",
     "PortConflictError",
     "PortMapping",
     "ProgressEvent",
@@ -108,5 +124,9 @@ __all__ = [
     "login",
     "make_plugin_manager",
     "normalize_reference",
+    "parse_options",
+    "plugin_class",
+    "plugin_settings_class",
+    "plugin_settings_config",
     "pull_to_oci_layout",
 ]
