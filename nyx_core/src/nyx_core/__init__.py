@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loguru import logger
 
+from ._ipam import LeaseState, LeaseStore, allocate
 from ._markers import hookimpl, hookspec
 from ._models import (
     BackendCapabilities,
@@ -88,6 +89,8 @@ __all__ = [
     "InterfaceResult",
     "InvalidReferenceError",
     "IpamError",
+    "LeaseState",
+    "LeaseStore",
     "NetlinkError",
     "NetworkAttachment",
     "NetworkBackend",
@@ -113,6 +116,7 @@ __all__ = [
     "TeardownError",
     "UnauthorizedError",
     "__version__",
+    "allocate",
     "backend_plugin",
     "dns_plugin",
     "dns_policy",
