@@ -16,7 +16,7 @@ from nyx_core import (
     load_settings,
     make_plugin_manager,
 )
-from nyx_core._logging import configure_logging
+from nyx_core._logging import configure_logging, enable_plugin_logging
 
 __all__ = ["boot", "fail", "load"]
 
@@ -39,24 +39,30 @@ def load(flags: dict[str, Any]) -> tuple[NyxSettings, NetworkBackend, DnsFacade 
     pm = make_plugin_manager()
     try:
         backend = NetworkBackend.load(settings.net_driver, pm)
+        enable_plugin_logging(pm)
         versions = {p.name: p.version for p in installed_plugins("nyx.net_drivers")}
+        caps = backend.capabilities()
         logger.bind(
             driver=settings.net_driver,
             version=versions.get(settings.net_driver),
+            capabilities=caps.model_dump(),
             subnet=str(settings.container_subnet),
             gateway=str(settings.gateway_ip),
         ).info("network backend")
         dns = None
-        if settings.dns != "off":
-            dns_pm = make_plugin_manager()
+        if settings.dns not in ("off", "cni"):
             try:
-                dns = DnsFacade.load("embedded", dns_pm)
+                dns = DnsFacade.load(settings.dns_provider, make_plugin_manager())
+                enable_plugin_logging(dns.pm)
             except NyxError as exc:
-                if settings.dns == "embedded" or (
-                    settings.dns == "auto" and settings.net_driver != "cni"
-                ):
+                # under --dns auto a driver with its own DNS (external_dns) runs without one
+                if settings.dns == "embedded" or not caps.external_dns:
                     raise
-                logger.bind(dns=settings.dns).info(f"embedded DNS unavailable: {exc}")
+                logger.bind(dns=settings.dns, provider=settings.dns_provider).info(
+                    f"DNS provider unavailable: {exc}"
+                )
+            else:
+                logger.bind(provider=settings.dns_provider).info("dns provider")
     except NyxError as exc:
         fail(str(exc))
     return settings, backend, dns

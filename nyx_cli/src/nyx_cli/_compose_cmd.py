@@ -467,27 +467,30 @@ def _interruptible(call: Callable[[], object]) -> bool:
 def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
     """What the daemon's driver cannot do is refused (or reported) before anything starts.
 
-    The CNI driver attaches a container to its one CNI network and ignores ``internal``
-    (the spec: "CNI ignores opts for now").
+    Read from the driver's capabilities in ``GET /v1/info``, never from its name.
     """
     info = client.request("GET", "/v1/info")
-    if not isinstance(info, dict) or info.get("driver") != "cni":
+    caps = info.get("capabilities") if isinstance(info, dict) else None
+    if not isinstance(caps, dict):
         return
-    for name, svc in plan.project.services.items():
-        if len(svc.networks) > 1:
-            keys = ", ".join(sn.key for sn in svc.networks)
-            raise click.ClickException(
-                f"services.{name}.networks: nyxd runs the cni driver, which attaches a "
-                f"container to one network; {name} lists {len(svc.networks)} ({keys}). "
-                "Use one network per service or nyxd --net-driver=native"
-            )
-    for net in plan.networks():
-        if net.internal:
-            click.echo(
-                f"warning: networks.{net.key}.internal: not enforced by nyxd's cni driver "
-                "(configure your CNI plugins); it still selects the DNS policy",
-                err=True,
-            )
+    driver = info.get("driver")
+    if not caps.get("multiple_networks"):
+        for name, svc in plan.project.services.items():
+            if len(svc.networks) > 1:
+                keys = ", ".join(sn.key for sn in svc.networks)
+                raise click.ClickException(
+                    f"services.{name}.networks: nyxd's net driver {driver!r} attaches a "
+                    f"container to one network; {name} lists {len(svc.networks)} ({keys}). "
+                    "Use one network per service or a driver with multiple_networks"
+                )
+    if not caps.get("enforces_internal"):
+        for net in plan.networks():
+            if net.internal:
+                click.echo(
+                    f"warning: networks.{net.key}.internal: not enforced by nyxd's net driver "
+                    f"{driver!r} (configure it yourself); it still selects the DNS policy",
+                    err=True,
+                )
 
 
 # ------------------------------------------------------------------ commands

@@ -35,6 +35,14 @@ def _plugin_table() -> str:
     type=click.Choice(["auto", "embedded", "cni", "off"]),
     help=_help("dns"),
 )
+@click.option("--dns-provider", default=None, help=_help("dns_provider"))
+@click.option(
+    "--driver-opt",
+    "driver_opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=_help("driver_opts"),
+)
 @click.option("--cni-bin-dir", default=None, help=_help("cni_bin_dir"))
 @click.option("--cni-conf-dir", default=None, help=_help("cni_conf_dir"))
 @click.option("--network", default=None, help=_help("network"))
@@ -86,6 +94,8 @@ def nyxd(list_plugins: bool, **flags: Any) -> None:
         return
     from ._boot import boot
 
+    if not flags.get("driver_opts"):
+        flags["driver_opts"] = None  # unset: NYXD_DRIVER_OPTS or the default
     boot(flags)
 
 

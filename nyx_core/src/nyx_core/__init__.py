@@ -5,11 +5,15 @@ from __future__ import annotations
 from loguru import logger
 
 from ._hostnet import HostView, check_subnet_on_host, read_host_view
+from ._ipam import LeaseState, LeaseStore, allocate
 from ._markers import hookimpl, hookspec
 from ._models import (
+    BackendCapabilities,
     ContainerSpec,
     InterfaceResult,
     NetworkAttachment,
+    NetworkInfo,
+    NetworkSpec,
     PortMapping,
     SetupOptions,
     SetupResult,
@@ -24,6 +28,8 @@ from ._plugins import (
     installed_plugins,
     load_plugin,
     make_plugin_manager,
+    plugin_class,
+    plugin_settings_class,
 )
 from ._policy import DnsDecision, StackNetwork, dns_policy
 from ._portset import (
@@ -37,7 +43,14 @@ from ._portset import (
 from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
 from ._reference import Reference, normalize_reference
 from ._registry import ProgressEvent, PulledImage, login, pull_to_oci_layout
-from ._settings import DnsMode, NyxSettings, load_settings
+from ._settings import (
+    DnsMode,
+    NyxSettings,
+    PluginSettings,
+    load_settings,
+    parse_options,
+    plugin_settings_config,
+)
 from .errors import (
     BackendError,
     CniPluginError,
@@ -68,6 +81,7 @@ __all__ = [
     "DNS_GROUP",
     "DRIVER_GROUP",
     "Backend",
+    "BackendCapabilities",
     "BackendError",
     "CniPluginError",
     "ConfigError",
@@ -85,15 +99,20 @@ __all__ = [
     "InterfaceResult",
     "InvalidReferenceError",
     "IpamError",
+    "LeaseState",
+    "LeaseStore",
     "NetlinkError",
     "NetworkAttachment",
     "NetworkBackend",
+    "NetworkInfo",
+    "NetworkSpec",
     "NoMatchingPlatformError",
     "NyxError",
     "NyxSettings",
     "PluginError",
     "PluginLoadError",
     "PluginNotFoundError",
+    "PluginSettings",
     "PortConflictError",
     "PortMapping",
     "PortRange",
@@ -108,6 +127,7 @@ __all__ = [
     "TeardownError",
     "UnauthorizedError",
     "__version__",
+    "allocate",
     "backend_plugin",
     "check_port_clash",
     "check_subnet_on_host",
@@ -122,6 +142,10 @@ __all__ = [
     "login",
     "make_plugin_manager",
     "normalize_reference",
+    "parse_options",
+    "plugin_class",
+    "plugin_settings_class",
+    "plugin_settings_config",
     "port_ranges",
     "published_count",
     "pull_to_oci_layout",

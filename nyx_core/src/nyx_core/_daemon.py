@@ -8,7 +8,6 @@ container has been stopped and torn down, DNS stopped and the socket removed.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import signal
@@ -53,23 +52,15 @@ def should_start_dns(settings: NyxSettings, dns: DnsFacade | None) -> bool:
     return dns is not None and settings.dns not in ("off", "cni")
 
 
-def _cni_gc(backend: NetworkBackend, sup: Supervisor) -> None:
-    """Call the CNI driver's documented ``gc_network`` with the containers still valid."""
-    if backend.name != "cni":
-        return
-    try:
-        mod: Any = importlib.import_module("nyx_plugins_cni")
-    except ImportError:
-        return
-    gc = getattr(mod, "gc_network", None)
-    if not callable(gc):
-        return
+def _gc(backend: NetworkBackend, sup: Supervisor) -> None:
+    """Tell the driver which containers are still set up: it releases everything else."""
     valid = [c["id"] for c in sup.list_containers(all=False)]
     try:
-        report = gc(valid)
-        logger.bind(report=str(report)).info("CNI garbage collection")
+        report = backend.gc(valid)
+        if report is not None:
+            logger.bind(report=str(report)).info("network garbage collection")
     except Exception as exc:
-        logger.bind(error=str(exc)).warning("CNI garbage collection failed")
+        logger.bind(error=str(exc)).warning("network garbage collection failed")
 
 
 def _private_state_dir(state_dir: Path) -> None:
@@ -129,7 +120,7 @@ def serve(
             previous[sig] = signal.signal(sig, on_signal)
     try:
         sup.reconcile()
-        _cni_gc(backend, sup)
+        _gc(backend, sup)
         api = ApiServer(settings.socket, sup)
         api.start()
         logger.bind(socket=str(settings.socket)).info("listening")

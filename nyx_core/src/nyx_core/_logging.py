@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "enable_plugin_logging"]
 
 
 def _json_sink(stream: TextIO) -> Any:
@@ -39,11 +39,25 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     logger.add(
         _json_sink(stream or sys.stderr), level=level.upper(), diagnose=False, backtrace=False
     )
-    for name in (
-        "nyx_core",
-        "nyx_plugins_native",
-        "nyx_plugins_cni",
-        "nyx_dns_embedded",
-        "nyx_cli",
-    ):
+    for name in ("nyx_core", "nyx_cli"):
         logger.enable(name)
+
+
+def enable_plugin_logging(pm: Any) -> list[str]:
+    """Enable the log records of every plugin registered in ``pm`` (their top package).
+
+    Plugins call ``logger.disable(__name__)`` as libraries do; nyxd turns on exactly the
+    ones it loaded, first-party or not. Returns the package names enabled.
+    """
+    names: list[str] = []
+    for plugin in pm.get_plugins():
+        module = (
+            plugin.__name__
+            if hasattr(plugin, "__path__") or isinstance(plugin, type(sys))
+            else type(plugin).__module__
+        )
+        top = str(module).split(".")[0]
+        if top and top not in names:
+            names.append(top)
+            logger.enable(top)
+    return names

@@ -11,9 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterfac
 from .errors import ConfigError
 
 __all__ = [
+    "BackendCapabilities",
     "ContainerSpec",
     "InterfaceResult",
     "NetworkAttachment",
+    "NetworkInfo",
+    "NetworkSpec",
     "PortMapping",
     "SetupOptions",
     "SetupResult",
@@ -263,3 +266,100 @@ class ContainerSpec(BaseModel):
         if self.networks:
             return list(self.networks)
         return [NetworkAttachment(name=self.network, aliases=self.aliases, internal=self.internal)]
+
+
+class BackendCapabilities(BaseModel):
+    """What a network driver can do (``nyx_backend_capabilities``).
+
+    nyxd, the DNS policy and compose read these, never a driver's name. Every field
+    defaults to ``False``: a driver declares only what it really does (the conformance
+    suite checks each claim).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    publishes_ports: bool = Field(
+        default=False, description="honours the ports of nyx_backend_setup (-p HOST:CTR)"
+    )
+    multiple_networks: bool = Field(
+        default=False, description="a container may join several networks (eth0, eth1...)"
+    )
+    enforces_internal: bool = Field(
+        default=False,
+        description="an internal network's containers cannot reach outside its subnet",
+    )
+    external_dns: bool = Field(
+        default=False,
+        description=(
+            "the driver's own chain may serve DNS (as CNI's dnsname does): under --dns auto "
+            "embedded DNS then serves only compose stacks on internal-only networks"
+        ),
+    )
+    ipv6: bool = Field(default=False, description="IPv6 subnets, addresses and port maps")
+    network_lifecycle: bool = Field(
+        default=False,
+        description=(
+            "implements nyx_backend_network_create / nyx_backend_network_remove: "
+            "nyx network create|rm ask the driver"
+        ),
+    )
+
+
+class NetworkSpec(BaseModel):
+    """A network nyxd asks a driver to create (``nyx_backend_network_create``).
+
+    nyxd fills ``subnet``/``gateway`` from the user's request or from its pool of free
+    subnets; ``options`` are driver options (``nyx network create -o key=value``, compose
+    ``driver_opts``) that the driver validates and refuses when it cannot honour them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+    subnet: ipaddress.IPv4Network | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    internal: bool = False
+    default: bool = Field(default=False, description="nyxd's default network (from settings)")
+    options: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _gateways_inside(self) -> Self:
+        for net, gw, what in (
+            (self.subnet, self.gateway, "gateway"),
+            (self.subnet6, self.gateway6, "gateway6"),
+        ):
+            if gw is not None and net is None:
+                raise ValueError(f"{what} {gw} given without its subnet")
+            if gw is not None and net is not None and gw not in net:
+                raise ValueError(f"{what} {gw} is not inside {net}")
+        return self
+
+    @property
+    def gateway_interface(self) -> ipaddress.IPv4Interface | None:
+        """``gateway/prefix`` (the subnet's first address when no gateway is given)."""
+        if self.subnet is None:
+            return None
+        gw = self.gateway or self.subnet.network_address + 1
+        return ipaddress.IPv4Interface(f"{gw}/{self.subnet.prefixlen}")
+
+
+class NetworkInfo(BaseModel):
+    """What a driver made of a :class:`NetworkSpec`; nyxd records and shows it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    subnet: ipaddress.IPv4Network | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    subnet6: ipaddress.IPv6Network | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    internal: bool = False
+    interface: str | None = Field(
+        default=None, description="the host-side device (bridge) of the network, if any"
+    )
+    options: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict, description="driver-specific facts")

@@ -1,8 +1,17 @@
-"""Entry-point discovery and the typed facades nyxd calls hooks through."""
+"""Entry-point discovery and the typed facades nyxd calls hooks through.
+
+One way to hold a plugin: the entry point names a **class** whose methods are the
+``@hookimpl`` functions; :func:`load_plugin` instantiates it once (no arguments) and
+registers the instance, so every load gets fresh state. A class may name its own settings
+in ``settings_class`` (a :class:`~nyx_core.PluginSettings` subclass). Modules with loose
+hookimpls are accepted too (pluggy's own way), but the first-party plugins and the
+examples are classes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar, Self, cast
@@ -11,9 +20,23 @@ import pluggy
 
 from . import hookspecs
 from ._markers import PROJECT_NAME
-from ._models import PortMapping, SetupOptions, SetupResult
-from ._settings import NyxSettings
-from .errors import BackendError, DnsError, NyxError, PluginLoadError, PluginNotFoundError
+from ._models import (
+    BackendCapabilities,
+    NetworkInfo,
+    NetworkSpec,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+)
+from ._settings import NyxSettings, PluginSettings
+from .errors import (
+    BackendError,
+    ConfigError,
+    DnsError,
+    NyxError,
+    PluginLoadError,
+    PluginNotFoundError,
+)
 from .hookspecs import IPAddress
 
 __all__ = [
@@ -25,6 +48,8 @@ __all__ = [
     "installed_plugins",
     "load_plugin",
     "make_plugin_manager",
+    "plugin_class",
+    "plugin_settings_class",
 ]
 
 DRIVER_GROUP = "nyx.net_drivers"
@@ -73,33 +98,70 @@ def make_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def load_plugin(pm: pluggy.PluginManager, group: str, name: str) -> object:
-    """Import and register only the entry point ``name`` of ``group``.
-
-    Raises :class:`PluginNotFoundError` listing the installed names when there is none,
-    :class:`PluginLoadError` when it fails to import or its hookimpls do not match a spec.
-    """
-    kind = _KINDS.get(group, "plugin")
+def _entry_point(group: str, name: str) -> EntryPoint:
     matches = [ep for ep in _entry_points(group) if ep.name == name]
     if not matches:
+        kind = _KINDS.get(group, "plugin")
         raise PluginNotFoundError(kind, name, group, {ep.name for ep in _entry_points(group)})
-    ep = matches[0]
+    return matches[0]
+
+
+def plugin_class(group: str, name: str) -> object:
+    """Import entry point ``name`` of ``group`` (a class, or a module) without registering.
+
+    :raises PluginNotFoundError: listing the installed names.
+    :raises PluginLoadError: when it fails to import.
+    """
+    ep = _entry_point(group, name)
     try:
-        plugin = ep.load()
+        return ep.load()
     except Exception as exc:
+        kind = _KINDS.get(group, "plugin")
         raise PluginLoadError(f"{kind} {name!r} ({ep.value}) failed to import: {exc}") from exc
+
+
+def plugin_settings_class(group: str, name: str) -> type[PluginSettings] | None:
+    """The ``settings_class`` of plugin ``name`` (None when it has none)."""
+    obj = plugin_class(group, name)
+    cls = getattr(obj, "settings_class", None)
+    if cls is None:
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, PluginSettings)):
+        kind = _KINDS.get(group, "plugin")
+        raise PluginLoadError(
+            f"{kind} {name!r}: settings_class {cls!r} is not a nyx_core.PluginSettings subclass"
+        )
+    return cls
+
+
+def load_plugin(pm: pluggy.PluginManager, group: str, name: str) -> object:
+    """Import entry point ``name`` of ``group``, instantiate it if it is a class, register it.
+
+    Only that entry point is imported (``--net-driver=cni`` never imports pyroute2).
+
+    :raises PluginNotFoundError: listing the installed names when there is none.
+    :raises PluginLoadError: when it fails to import or instantiate, or its hookimpls do
+        not match a spec.
+    """
+    kind = _KINDS.get(group, "plugin")
+    obj = plugin_class(group, name)
+    value = _entry_point(group, name).value
+    plugin: object = obj
+    if inspect.isclass(obj):
+        try:
+            plugin = obj()
+        except Exception as exc:
+            raise PluginLoadError(f"{kind} {name!r} ({value}) failed to start: {exc}") from exc
     try:
         pm.register(plugin, name=f"{group}:{name}")
         pm.check_pending()
     except Exception as exc:
-        raise PluginLoadError(f"{kind} {name!r} ({ep.value}) is not a valid plugin: {exc}") from exc
+        raise PluginLoadError(f"{kind} {name!r} ({value}) is not a valid plugin: {exc}") from exc
     return plugin
 
 
-def _require(pm: pluggy.PluginManager, names: Sequence[str], what: str) -> None:
-    missing = [n for n in names if not getattr(pm.hook, n).get_hookimpls()]
-    if missing:
-        raise PluginLoadError(f"{what} does not implement: {', '.join(missing)}")
+def _implemented(pm: pluggy.PluginManager, hook: str) -> bool:
+    return bool(getattr(pm.hook, hook).get_hookimpls())
 
 
 class _Facade:
@@ -107,13 +169,15 @@ class _Facade:
 
     group: ClassVar[str]
     kind: ClassVar[str]
-    hooks: ClassVar[Sequence[str]]
+    required: ClassVar[Sequence[str]]
     error: ClassVar[type[NyxError]]
 
     def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
         self.pm = pm
         self.name = name
-        _require(pm, self.hooks, f"{self.kind} {name!r}")
+        missing = [h for h in self.required if not _implemented(pm, h)]
+        if missing:
+            raise PluginLoadError(f"{self.kind} {name!r} does not implement: {', '.join(missing)}")
 
     @classmethod
     def load(cls, name: str, pm: pluggy.PluginManager | None = None) -> Self:
@@ -121,6 +185,10 @@ class _Facade:
         pm = pm or make_plugin_manager()
         load_plugin(pm, cls.group, name)
         return cls(pm, name)
+
+    def implements(self, hook: str) -> bool:
+        """Whether the loaded plugin implements ``hook`` (for optional hooks)."""
+        return _implemented(self.pm, hook)
 
     def _call(self, hook: str, **kwargs: Any) -> Any:
         try:
@@ -132,15 +200,70 @@ class _Facade:
 
 
 class NetworkBackend(_Facade):
-    """The one typed facade nyxd uses to call the loaded driver's hooks."""
+    """The one typed facade nyxd uses to call the loaded driver's hooks.
+
+    Its methods mirror the ``nyx_backend_*`` hookspecs argument by argument (a test
+    compares them). Optional hooks a driver does not implement answer with defaults:
+    no capabilities, and ``network_create``/``network_remove`` refuse clearly.
+    """
 
     group = DRIVER_GROUP
     kind = "net driver"
-    hooks = hookspecs.BACKEND_HOOKS
+    required = hookspecs.REQUIRED_BACKEND_HOOKS
     error = BackendError
 
-    def ensure_network(self, settings: NyxSettings) -> object | None:
-        return cast(object | None, self._call("nyx_backend_ensure_network", settings=settings))
+    def __init__(self, pm: pluggy.PluginManager, name: str) -> None:
+        super().__init__(pm, name)
+        self._caps: BackendCapabilities | None = None
+        caps = self.capabilities()
+        lifecycle = ("nyx_backend_network_create", "nyx_backend_network_remove")
+        if caps.network_lifecycle and not all(self.implements(h) for h in lifecycle):
+            raise PluginLoadError(
+                f"net driver {name!r} declares network_lifecycle but does not implement "
+                "nyx_backend_network_create and nyx_backend_network_remove"
+            )
+
+    def capabilities(self) -> BackendCapabilities:
+        if self._caps is None:
+            if not self.implements("nyx_backend_capabilities"):
+                self._caps = BackendCapabilities()
+            else:
+                caps = self._call("nyx_backend_capabilities")
+                if not isinstance(caps, BackendCapabilities):
+                    raise PluginLoadError(
+                        f"net driver {self.name!r} nyx_backend_capabilities returned "
+                        f"{type(caps).__name__}, not BackendCapabilities"
+                    )
+                self._caps = caps
+        return self._caps
+
+    def ensure_network(
+        self, settings: NyxSettings, options: Mapping[str, str] | None = None
+    ) -> object | None:
+        opts = dict(settings.driver_opts if options is None else options)
+        return cast(
+            object | None,
+            self._call("nyx_backend_ensure_network", settings=settings, options=opts),
+        )
+
+    def network_create(self, network: NetworkSpec) -> NetworkInfo:
+        if not self.capabilities().network_lifecycle:
+            raise ConfigError(
+                f"net driver {self.name!r} cannot create networks (network {network.name!r}): "
+                "it does not declare the network_lifecycle capability"
+            )
+        info = self._call("nyx_backend_network_create", network=network)
+        if not isinstance(info, NetworkInfo):
+            raise BackendError(
+                f"net driver {self.name!r} nyx_backend_network_create returned "
+                f"{type(info).__name__}, not NetworkInfo"
+            )
+        return info
+
+    def network_remove(self, name: str) -> None:
+        if not self.capabilities().network_lifecycle:
+            return
+        self._call("nyx_backend_network_remove", name=name)
 
     def setup(
         self,
@@ -166,13 +289,22 @@ class NetworkBackend(_Facade):
     def teardown(self, container_id: str, netns_path: str) -> None:
         self._call("nyx_backend_teardown", container_id=container_id, netns_path=netns_path)
 
+    def gc(self, container_ids: Sequence[str]) -> object | None:
+        if not self.implements("nyx_backend_gc"):
+            return None
+        return cast(object | None, self._call("nyx_backend_gc", container_ids=list(container_ids)))
+
 
 class DnsFacade(_Facade):
-    """The one typed facade nyxd uses to call the loaded DNS provider's hooks."""
+    """The one typed facade nyxd uses to call the loaded DNS provider's hooks.
+
+    Its methods mirror the ``nyx_dns_*`` hookspecs argument by argument (a test compares
+    them).
+    """
 
     group = DNS_GROUP
     kind = "DNS provider"
-    hooks = hookspecs.DNS_HOOKS
+    required = hookspecs.DNS_HOOKS
     error = DnsError
 
     def start(self, settings: NyxSettings) -> None:
@@ -186,9 +318,9 @@ class DnsFacade(_Facade):
         container_id: str,
         hostname: str,
         ips: Sequence[IPAddress],
-        aliases: Sequence[str] = (),
-        networks: Sequence[str] = (),
-        internal_networks: Sequence[str] = (),
+        aliases: Sequence[str],
+        networks: Sequence[str],
+        internal_networks: Sequence[str],
     ) -> None:
         self._call(
             "nyx_dns_register",

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ._models import BackendCapabilities
 from ._settings import DnsMode
 
 __all__ = ["DnsDecision", "StackNetwork", "dns_policy"]
@@ -43,17 +44,20 @@ def _solely_internal(stack: Mapping[str, Sequence[StackNetwork]]) -> bool:
 
 def dns_policy(
     mode: DnsMode,
-    driver: str,
+    capabilities: BackendCapabilities,
     stack: Mapping[str, Sequence[StackNetwork]] | None = None,
 ) -> DnsDecision:
     """Decide embedded DNS for one container, exactly as the spec's ``-dns`` table says.
 
     :param mode: ``auto`` | ``embedded`` | ``cni`` | ``off``.
-    :param driver: the loaded net driver's name (``native``, ``cni``, a third party's).
+    :param capabilities: the loaded driver's capabilities; only ``external_dns`` matters
+        (the CNI driver declares it: its chain may serve DNS, as the dnsname plugin does).
     :param stack: for a Compose stack, every service name mapped to the networks it is
         attached to (the default network included); ``None`` for a plain ``nyx run``.
 
-    ``auto`` with any driver other than ``cni`` behaves as with ``native``.
+    ``auto``: embedded DNS for every container of a driver without ``external_dns`` (the
+    native driver); with ``external_dns`` (cni), only for Compose stacks whose services are
+    all attached solely to internal networks.
     """
     if mode == "off":
         return DnsDecision(embedded=False, resolv_conf="none")
@@ -62,7 +66,7 @@ def dns_policy(
     if mode == "cni":
         return DnsDecision(embedded=False, resolv_conf="cni")
     if mode == "auto":
-        if driver != "cni":
+        if not capabilities.external_dns:
             return DnsDecision(embedded=True, resolv_conf="embedded")
         if stack is not None and _solely_internal(stack):
             return DnsDecision(embedded=True, resolv_conf="embedded")

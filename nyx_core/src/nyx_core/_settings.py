@@ -4,18 +4,83 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ._reference import normalize_registry
 from .errors import ConfigError
 
-__all__ = ["DnsMode", "LogLevel", "NyxSettings", "load_settings"]
+__all__ = [
+    "DnsMode",
+    "LogLevel",
+    "NyxSettings",
+    "PluginSettings",
+    "load_settings",
+    "parse_options",
+    "plugin_settings_config",
+]
 
 DnsMode = Literal["auto", "embedded", "cni", "off"]
 LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical"]
+
+
+_OPT_KEY = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+
+
+def parse_options(value: Any, what: str = "driver option") -> dict[str, str]:
+    """``k=v`` options from a mapping, a list of ``k=v`` strings or ``"k=v,k2=v2"``.
+
+    :raises ValueError: naming the bad item (not ``k=v``, bad key, key given twice).
+    """
+    import re
+
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        items = []
+        for part in parts:
+            text = str(part).strip()
+            if not text:
+                continue
+            key, sep, val = text.partition("=")
+            if not sep:
+                raise ValueError(f"{what} {text!r} is not key=value")
+            items.append((key.strip(), val.strip()))
+    out: dict[str, str] = {}
+    for key, val in items:
+        if not re.match(_OPT_KEY, key):
+            raise ValueError(f"{what} key {key!r} is not valid ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+        if key in out:
+            raise ValueError(f"{what} {key!r} is given twice")
+        out[key] = val
+    return out
+
+
+class PluginSettings(BaseSettings):
+    """Base class of a plugin's own settings (its bridge name, binary dirs, tunables...).
+
+    A plugin class names it in its ``settings_class`` attribute; nyxd then adds one flag
+    per field (``--<plugin>-<field>``, or the field's ``json_schema_extra={"flag": ...}``)
+    to ``nyxd --help``, builds the instance from flags, ``NYXD_<PLUGIN>_<FIELD>`` env vars
+    and defaults, and hands it over inside the core settings: the plugin reads it with
+    ``settings.plugin(MySettings)``. Use :func:`plugin_settings_config` for the config.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def plugin_settings_config(name: str) -> SettingsConfigDict:
+    """The model config of plugin ``name``'s settings: env prefix ``NYXD_<NAME>_``."""
+    prefix = "NYXD_" + name.upper().replace("-", "_") + "_"
+    return SettingsConfigDict(env_prefix=prefix, extra="forbid", frozen=True, validate_default=True)
+
+
+P = TypeVar("P", bound=PluginSettings)
 
 
 class NyxSettings(BaseSettings):
@@ -32,6 +97,15 @@ class NyxSettings(BaseSettings):
     )
     dns: DnsMode = Field(
         default="auto", description="DNS mode: auto, embedded, cni or off (see docs/networking.md)"
+    )
+    dns_provider: str = Field(
+        default="embedded",
+        min_length=1,
+        description="DNS provider: entry point name in group nyx.dns_providers",
+    )
+    driver_opts: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="options for the network driver (key=value, repeatable; env: k=v,k2=v2)",
     )
     gateway_ip: ipaddress.IPv4Address = Field(
         default=ipaddress.IPv4Address("10.88.0.1"),
@@ -162,6 +236,28 @@ class NyxSettings(BaseSettings):
                     f"insecure registry {entry!r} is neither HOST[:PORT] nor a CIDR"
                 ) from exc
         return tuple(out)
+
+    _plugins: dict[type[PluginSettings], PluginSettings] = PrivateAttr(default_factory=dict)
+
+    @field_validator("driver_opts", mode="before")
+    @classmethod
+    def _parse_driver_opts(cls, value: Any) -> dict[str, str]:
+        return parse_options(value)
+
+    def plugin(self, cls: type[P]) -> P:
+        """The plugin settings of class ``cls`` nyxd built from flags (else env + defaults)."""
+        found = self._plugins.get(cls)
+        if found is None:
+            found = cls()
+            self._plugins[cls] = found
+        assert isinstance(found, cls)
+        return found
+
+    def with_plugins(self, *plugin_settings: PluginSettings) -> Self:
+        """A copy carrying ``plugin_settings`` (what :meth:`plugin` returns for their classes)."""
+        copy = self.model_copy()
+        copy._plugins = {**self._plugins, **{type(p): p for p in plugin_settings}}
+        return copy
 
     @model_validator(mode="after")
     def _gateway_inside_subnet(self) -> Self:

@@ -182,6 +182,7 @@ class Supervisor:
         return {
             "version": __version__,
             "driver": self.backend.name,
+            "capabilities": self.backend.capabilities().model_dump(),
             "dns": self.settings.dns,
             "dns_provider": self.dns.name if self.dns else None,
             "plugins": [
@@ -328,7 +329,7 @@ class Supervisor:
                 ]
                 for svc, s in spec.stack_services.items()
             }
-        decision = dns_policy(self.settings.dns, self.backend.name, stack)
+        decision = dns_policy(self.settings.dns, self.backend.capabilities(), stack)
         if decision.embedded and self.dns is None:
             return DnsDecision(embedded=False, resolv_conf="cni")
         return decision

@@ -635,24 +635,3 @@ class CniDriver:
                     os.close(att.fd)
                     att.fd = None
 
-
-_active: CniDriver | None = None
-_active_lock = threading.Lock()
-
-
-def activate(settings: NyxSettings) -> CniDriver:
-    """The driver for ``settings`` (kept when the settings did not change)."""
-    global _active
-    with _active_lock:
-        if _active is None or _active.settings != settings:
-            if _active is not None:
-                _active.close()
-            _active = CniDriver(settings)
-        return _active
-
-
-def active() -> CniDriver:
-    """The driver ``nyx_backend_ensure_network`` set up."""
-    if _active is None:
-        raise BackendError("CNI driver: nyx_backend_ensure_network was not called")
-    return _active

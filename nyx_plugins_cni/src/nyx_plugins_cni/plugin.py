@@ -1,37 +1,84 @@
 """Hook implementations of the CNI driver (entry point ``cni`` in ``nyx.net_drivers``).
 
-Only hookimpls live here; the work is in :mod:`nyx_plugins_cni._driver`. ``opts`` of
-``nyx_backend_setup`` is ignored: CNI has no per-container options, configure the plugins
-in the conflist instead (see docs/cni.md).
+nyxd instantiates :class:`CniPlugin` once when it loads the driver; the work is in
+:mod:`nyx_plugins_cni._driver`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nyx_core import NyxSettings, PortMapping, SetupOptions, SetupResult, hookimpl
+from nyx_core import (
+    BackendCapabilities,
+    BackendError,
+    ConfigError,
+    NyxSettings,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+    hookimpl,
+)
 
-from ._driver import activate, active
+from ._driver import CniDriver, GcReport
+
+CAPABILITIES = BackendCapabilities(
+    publishes_ports=True,  # through the portmap plugin's portMappings capability
+    multiple_networks=False,
+    enforces_internal=False,
+    external_dns=True,  # the conflist may serve DNS itself (dnsname)
+    ipv6=False,
+    network_lifecycle=False,
+)
 
 
-@hookimpl
-def nyx_backend_ensure_network(settings: NyxSettings) -> dict[str, Any]:
-    return activate(settings).ensure_network()
+class CniPlugin:
+    """The CNI driver: execs the standard CNI plugins of a conflist, per the CNI spec."""
 
+    def __init__(self) -> None:
+        self._driver: CniDriver | None = None
 
-@hookimpl
-def nyx_backend_setup(
-    container_id: str,
-    netns_path: str,
-    ports: Sequence[PortMapping],
-    opts: SetupOptions,
-) -> SetupResult:
-    del opts  # ignored by the CNI driver (documented in docs/cni.md)
-    return active().setup(container_id, netns_path, ports)
+    @property
+    def driver(self) -> CniDriver:
+        """The driver ``nyx_backend_ensure_network`` set up."""
+        if self._driver is None:
+            raise BackendError("CNI driver: nyx_backend_ensure_network was not called")
+        return self._driver
 
+    @hookimpl
+    def nyx_backend_capabilities(self) -> BackendCapabilities:
+        return CAPABILITIES
 
-@hookimpl
-def nyx_backend_teardown(container_id: str, netns_path: str) -> bool:
-    active().teardown(container_id, netns_path)
-    return True
+    @hookimpl
+    def nyx_backend_ensure_network(
+        self, settings: NyxSettings, options: Mapping[str, str]
+    ) -> dict[str, Any]:
+        if options:
+            raise ConfigError(
+                f"cni driver: unknown driver option(s) {', '.join(sorted(options))} "
+                "(configure the CNI plugins in the conflist; see docs/cni.md)"
+            )
+        if self._driver is None or self._driver.settings != settings:
+            if self._driver is not None:
+                self._driver.close()
+            self._driver = CniDriver(settings)
+        return self._driver.ensure_network()
+
+    @hookimpl
+    def nyx_backend_setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult:
+        return self.driver.setup(container_id, netns_path, ports)
+
+    @hookimpl
+    def nyx_backend_teardown(self, container_id: str, netns_path: str) -> bool:
+        self.driver.teardown(container_id, netns_path)
+        return True
+
+    @hookimpl
+    def nyx_backend_gc(self, container_ids: Sequence[str]) -> GcReport:
+        return self.driver.gc(container_ids)

@@ -1,29 +1,67 @@
-"""Hook implementations of the native driver (entry point ``native`` in ``nyx.net_drivers``)."""
+"""Hook implementations of the native driver (entry point ``native`` in ``nyx.net_drivers``).
+
+nyxd instantiates :class:`NativePlugin` once when it loads the driver; the work lives in
+:mod:`nyx_plugins_native._driver`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from nyx_core import NyxSettings, PortMapping, SetupOptions, SetupResult, hookimpl
+from nyx_core import (
+    BackendCapabilities,
+    ConfigError,
+    NyxSettings,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+    hookimpl,
+)
 
 from ._driver import NativeDriver
 
-driver = NativeDriver()
+CAPABILITIES = BackendCapabilities(
+    publishes_ports=True,
+    multiple_networks=True,
+    enforces_internal=True,
+    external_dns=False,
+    ipv6=False,
+    network_lifecycle=False,
+)
 
 
-@hookimpl
-def nyx_backend_ensure_network(settings: NyxSettings) -> object:
-    return driver.ensure_network(settings)
+class NativePlugin:
+    """The native driver: bridge, veth, IPAM and nftables, in-process."""
 
+    def __init__(self) -> None:
+        self.driver = NativeDriver()
 
-@hookimpl
-def nyx_backend_setup(
-    container_id: str, netns_path: str, ports: Sequence[PortMapping], opts: SetupOptions
-) -> SetupResult:
-    return driver.setup(container_id, netns_path, ports, opts)
+    @hookimpl
+    def nyx_backend_capabilities(self) -> BackendCapabilities:
+        return CAPABILITIES
 
+    @hookimpl
+    def nyx_backend_ensure_network(
+        self, settings: NyxSettings, options: Mapping[str, str]
+    ) -> object:
+        if options:
+            raise ConfigError(
+                f"native driver: unknown driver option(s) {', '.join(sorted(options))} "
+                "(the native driver takes none; see docs/native.md)"
+            )
+        return self.driver.ensure_network(settings)
 
-@hookimpl
-def nyx_backend_teardown(container_id: str, netns_path: str) -> object:
-    driver.teardown(container_id, netns_path)
-    return True
+    @hookimpl
+    def nyx_backend_setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult:
+        return self.driver.setup(container_id, netns_path, ports, opts)
+
+    @hookimpl
+    def nyx_backend_teardown(self, container_id: str, netns_path: str) -> object:
+        self.driver.teardown(container_id, netns_path)
+        return True

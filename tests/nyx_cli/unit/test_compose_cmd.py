@@ -90,7 +90,11 @@ class FakeNyxd:
     ) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
         if parts == ["v1", "info"] and method == "GET":
-            return 200, {"driver": self.driver, "dns": "auto"}
+            caps = {
+                "native": {"multiple_networks": True, "enforces_internal": True},
+                "cni": {"multiple_networks": False, "enforces_internal": False},
+            }[self.driver]
+            return 200, {"driver": self.driver, "dns": "auto", "capabilities": caps}
         if parts[:2] == ["v1", "networks"]:
             if method == "POST" and len(parts) == 2:
                 name = body["name"]
@@ -488,20 +492,22 @@ def test_up_foreground_restarts_on_failure_services(
     assert len(daemon.containers) == 2
 
 
-def test_up_with_the_cni_driver_refuses_two_networks_per_service(
+def test_up_with_a_single_network_driver_refuses_two_networks_per_service(
     fake: tuple[FakeNyxd, str], project_dir: Path
 ) -> None:
     daemon, sock = fake
     daemon.driver = "cni"
     result = run(sock, "up", "-d")
     assert result.exit_code == 1
-    assert "services.web.networks: nyxd runs the cni driver" in result.stderr
+    assert "services.web.networks: nyxd's net driver 'cni' attaches a container to one network" in (
+        result.stderr
+    )
     assert "web lists 2 (front, back)" in result.stderr
     assert daemon.networks == {} and daemon.containers == []
     (project_dir / "compose.yaml").write_text(TWO_TIER.replace("[front, back]", "[back]"))
     ok = run(sock, "up", "-d")
     assert ok.exit_code == 0, ok.output
-    assert "warning: networks.back.internal: not enforced by nyxd's cni driver" in ok.stderr
+    assert "warning: networks.back.internal: not enforced by nyxd's net driver 'cni'" in ok.stderr
 
 
 # ---------------------------------------------------------------- down

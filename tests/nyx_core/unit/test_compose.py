@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nyx_core import ConfigError, ContainerSpec, DnsMode, PortMapping, dns_policy
+from nyx_core import ConfigError, ContainerSpec, DnsMode, NetworkBackend, PortMapping, dns_policy
 from nyx_core._compose import (
     CONFIG_HASH_LABEL,
     PROJECT_LABEL,
@@ -532,7 +532,8 @@ def test_dns_policy_table_with_planned_stacks(
     mode: DnsMode, driver: str, doc: str, embedded: bool, resolv: str
 ) -> None:
     plan = plan_stack(load(doc))
-    decision = dns_policy(mode, driver, plan.dns_stack())
+    caps = NetworkBackend.load(driver).capabilities()
+    decision = dns_policy(mode, caps, plan.dns_stack())
     assert (decision.embedded, decision.resolv_conf) == (embedded, resolv)
 
 

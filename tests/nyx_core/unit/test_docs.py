@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import nyx_core
 from nyx_core import NyxSettings, hookspecs
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
@@ -46,3 +47,39 @@ def test_every_setting_is_in_the_networking_docs() -> None:
     text = (DOCS / "networking.md").read_text()
     for name in NyxSettings.model_fields:
         assert f"NYXD_{name.upper()}" in text, name
+
+
+MODELS = [
+    "BackendCapabilities",
+    "NetworkSpec",
+    "NetworkInfo",
+    "PortMapping",
+    "SetupOptions",
+    "SetupResult",
+    "InterfaceResult",
+]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_field_is_documented(model: str) -> None:
+    text = (DOCS / "hooks.md").read_text()
+    start = text.index(f"### {model}\n")
+    section = text[start : text.find("\n### ", start + 1)]
+    for field in getattr(nyx_core, model).model_fields:
+        assert f"`{field}`" in section, f"{model}.{field} is not documented in docs/hooks.md"
+
+
+def test_call_order_is_documented() -> None:
+    text = (DOCS / "hooks.md").read_text()
+    order = [
+        "nyx_backend_capabilities",
+        "nyx_backend_ensure_network(settings, options)",
+        "nyx_backend_network_create",
+        "nyx_dns_start",
+        "reconciles",
+        "nyx_backend_gc(container_ids)",
+        "serves",
+    ]
+    section = text[text.index("## Call order") : text.index("## Backend hooks")]
+    positions = [section.index(step) for step in order]
+    assert positions == sorted(positions)

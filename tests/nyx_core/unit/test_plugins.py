@@ -193,7 +193,7 @@ def test_dns_adapter_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
     pm.register(dns_plugin(lambda: impl))
     dns = DnsFacade(pm, "test")
     dns.start(NyxSettings())
-    dns.register("c1", "web", [], [], ["nyx"])
+    dns.register("c1", "web", [], [], ["nyx"], [])
     assert dns.resolv_conf("c1") == "nameserver 10.88.0.1 # web\n"
     dns.deregister("c1")
     assert impl.names == {}

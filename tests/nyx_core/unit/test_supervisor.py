@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from nyx_core import (
+    BackendCapabilities,
     BackendError,
     ConfigError,
     ContainerSpec,
@@ -26,6 +27,7 @@ from nyx_core import (
     SetupResult,
     backend_plugin,
     dns_plugin,
+    hookimpl,
     make_plugin_manager,
 )
 from nyx_core._state import ConflictError, ContainerRecord, NotFoundError, StateStore
@@ -224,6 +226,19 @@ def make_host(parts: dict[str, Any], calls: Calls) -> Host:
     )
 
 
+class FakeCapabilities:
+    """What the fake driver declares: like cni (its own DNS) when named so."""
+
+    def __init__(self, driver: str) -> None:
+        self.caps = BackendCapabilities(
+            publishes_ports=True, multiple_networks=True, external_dns=driver == "cni"
+        )
+
+    @hookimpl
+    def nyx_backend_capabilities(self) -> BackendCapabilities:
+        return self.caps
+
+
 def make_sup(
     tmp_path: Path,
     parts: dict[str, Any],
@@ -242,6 +257,7 @@ def make_sup(
     )
     pm = make_plugin_manager()
     pm.register(backend_plugin(lambda: parts["backend"]))
+    pm.register(FakeCapabilities(driver))
     backend = NetworkBackend(pm, driver)
     dns = None
     if with_dns:

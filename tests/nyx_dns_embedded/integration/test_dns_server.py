@@ -583,7 +583,7 @@ def test_through_the_plugin_hooks(
     facade.start(nyx_settings)
     try:
         facade.start(nyx_settings)  # idempotent
-        facade.register("c1", "web", ips(A_IP), aliases=["www"], networks=["nyx"])
+        facade.register("c1", "web", ips(A_IP), ["www"], ["nyx"], [])
         text = facade.resolv_conf("c1")
         assert text.splitlines()[1:] == [f"nameserver {GW}", "search nyxd.local corp.example"]
         path = prov.get_provider().resolv_conf_path("c1")

@@ -8,9 +8,10 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from nyx_core import (
+    BackendCapabilities,
     ConfigError,
     InterfaceResult,
     NetlinkError,
@@ -18,10 +19,10 @@ from nyx_core import (
     PortMapping,
     SetupOptions,
     SetupResult,
-    backend_plugin,
+    hookimpl,
 )
 
-__all__ = ["LoopbackBackend", "plugin"]
+__all__ = ["LoopbackPlugin"]
 
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
@@ -58,17 +59,30 @@ def _set_lo_up(netns_path: str) -> None:
         raise NetlinkError(f"loopback driver: cannot bring lo up in {netns_path}: {errors[0]}")
 
 
-class LoopbackBackend:
-    """A :class:`nyx_core.Backend`: no host-side state, only which attachments exist."""
+class LoopbackPlugin:
+    """A nyx network driver: no host-side state, only which attachments exist.
+
+    The entry point names this class; nyxd makes one instance when it loads the driver.
+    """
 
     def __init__(self) -> None:
         self._attached: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def ensure_network(self, settings: NyxSettings) -> None:
-        return None
+    @hookimpl
+    def nyx_backend_capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities()  # no ports, one network, nothing else
 
-    def setup(
+    @hookimpl
+    def nyx_backend_ensure_network(
+        self, settings: NyxSettings, options: Mapping[str, str]
+    ) -> object:
+        if options:
+            raise ConfigError(f"loopback driver: unknown option(s) {', '.join(sorted(options))}")
+        return True
+
+    @hookimpl
+    def nyx_backend_setup(
         self,
         container_id: str,
         netns_path: str,
@@ -97,10 +111,9 @@ class LoopbackBackend:
             interfaces=[InterfaceResult(name="lo", addresses=["127.0.0.1/8"])],  # type: ignore[list-item]
         )
 
-    def teardown(self, container_id: str, netns_path: str) -> None:
+    @hookimpl
+    def nyx_backend_teardown(self, container_id: str, netns_path: str) -> object:
         # nothing on the host; the netns goes away with the container
         with self._lock:
             self._attached = {k for k in self._attached if k[0] != container_id}
-
-
-plugin = backend_plugin(LoopbackBackend)
+        return True
