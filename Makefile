@@ -35,10 +35,10 @@ venv: $(BIN)/pytest
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check nyx_core
+	$(BIN)/ruff format --check nyx_core nyx_cli
 
 type: venv
-	$(BIN)/mypy --strict nyx_core/src/nyx_core
+	$(BIN)/mypy --strict nyx_core/src/nyx_core nyx_cli/src/nyx_cli
 
 check: lint type
 

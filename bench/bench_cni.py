@@ -51,15 +51,14 @@ def _ns(role: str) -> Netns:
 
 
 def _settings(tmp: Path, bridge: str) -> NyxSettings:
+    from nyx_plugins_cni import CniSettings
+
     return NyxSettings(
         state_dir=tmp / "state",
         run_dir=tmp / "run",
-        cni_bin_dir=CNI_PATH,
-        cni_conf_dir=tmp / "net.d",
         container_subnet=SUBNET,
         gateway_ip=GATEWAY,
-        bridge=bridge,
-    )
+    ).with_plugins(CniSettings(bin_dir=CNI_PATH, conf_dir=tmp / "net.d", bridge=bridge))
 
 
 class Peer:

@@ -66,7 +66,6 @@ def serve_nyx(port: int, resolv: str, names: int) -> None:
     settings = NyxSettings(
         run_dir=run_dir,
         state_dir=run_dir,
-        socket=f"{run_dir}/nyxd.sock",
         container_subnet=SUBNET,
         gateway_ip=GATEWAY,
         dns_port=port,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nyx_cli._http import Client
+from nyx_cli.client._http import Client
 from nyx_core.testing import Netns, entered
 
 ROOT = Path(__file__).resolve().parents[1]

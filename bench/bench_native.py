@@ -37,6 +37,7 @@ from typing import Any
 
 from nyx_core import NetworkBackend, NyxSettings, PortMapping, SetupOptions
 from nyx_core.testing import Netns, entered
+from nyx_plugins_native import NativeSettings
 
 SUBNET = ipaddress.IPv4Network("10.232.0.0/16")
 GATEWAY = ipaddress.IPv4Address("10.232.0.1")
@@ -68,8 +69,7 @@ class Nyx(Peer):
             run_dir=tmp / "run",
             container_subnet=SUBNET,
             gateway_ip=GATEWAY,
-            bridge="nyxb0",
-        )
+        ).with_plugins(NativeSettings(bridge="nyxb0"))
         self.backend.ensure_network(self.settings)
 
     def setup(self, i: int, ns: Netns) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from nyx_cli._http import ApiError, Client, DaemonUnavailable
+from nyx_cli.client._http import ApiError, Client, DaemonUnavailable
 from nyx_core.testing import HOST_LINKS, LAN_HOST_IP, HostTopology, Neighbour, Netns
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -276,7 +276,7 @@ def test_pull_from_a_registry_then_run(nyxd: Nyxd, busybox_tar: Path, tmp_path: 
         # registry nyxd was not started with, before any traffic
         r = nyxd.nyx("pull", "--insecure", ref)
         assert r.returncode == 125 and "nyxd with --insecure-registry" in r.stderr, r.stderr
-        from nyx_cli._http import ApiError
+        from nyx_cli.client._http import ApiError
 
         other = "registry.test:5000/demo/busybox:v1"
         with pytest.raises(ApiError) as info:

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from nyx_core import NyxSettings
+from nyx_core import PluginSettings
+from nyx_plugins_cni import CniSettings
 
 DEBIAN_CNI = Path("/usr/lib/cni")
 
@@ -139,8 +140,7 @@ def fake_bin(tmp_path: Path) -> FakeBin:
 
 
 @pytest.fixture
-def nyx_settings(nyx_settings: NyxSettings, tmp_path: Path) -> NyxSettings:
-    """The kit's settings with the CNI dirs moved off the real host's /etc and /opt."""
-    return nyx_settings.model_copy(
-        update={"cni_bin_dir": DEBIAN_CNI, "cni_conf_dir": tmp_path / "net.d"}
-    )
+def nyx_plugin_settings(tmp_path: Path) -> list[PluginSettings]:
+    """The CNI driver's settings with its dirs moved off the real host's /etc and /opt
+    (the kit's ``nyx_settings`` carries them)."""
+    return [CniSettings(bin_dir=DEBIAN_CNI, conf_dir=tmp_path / "net.d")]

@@ -1,23 +1,28 @@
-"""nyx-core: the contract between nyxd and its network drivers and DNS providers."""
+"""nyx-core: the contract between nyxd and its network drivers and DNS providers.
+
+Hookspecs and markers (:mod:`nyx_core.hookspecs`), the shared models, the error hierarchy
+(:mod:`nyx_core.errors`), the base settings and plugin settings, plugin discovery and the
+typed facades nyxd calls hooks through, the DNS policy, and helpers for driver authors
+(IPAM leases, port intervals, host-route checks). The test kit for driver and DNS-provider
+authors is :mod:`nyx_core.testing`. The daemon itself (supervisor, API, images, registry,
+runtime, compose) lives in the ``nyx-cli`` distribution.
+"""
 
 from __future__ import annotations
 
 from loguru import logger
 
-from ._hostnet import HostView, check_subnet_on_host, read_host_view
+from ._hostnet import HostView, check_subnet_on_host, read_host_view, subnet_host_conflict
 from ._ipam import LeaseState, LeaseStore, allocate
 from ._markers import hookimpl, hookspec
 from ._models import (
     BackendCapabilities,
-    ContainerSpec,
     InterfaceResult,
-    NetworkAttachment,
     NetworkInfo,
     NetworkSpec,
     PortMapping,
     SetupOptions,
     SetupResult,
-    StackService,
 )
 from ._plugins import (
     DNS_GROUP,
@@ -35,16 +40,15 @@ from ._policy import DnsDecision, StackNetwork, dns_policy
 from ._portset import (
     PortRange,
     check_port_clash,
+    clash_message,
     find_port_clash,
     port_ranges,
     published_count,
     runs_of_ports,
 )
-from ._protocols import Backend, DnsProvider, backend_plugin, dns_plugin
-from ._reference import Reference, normalize_reference
-from ._registry import ProgressEvent, PulledImage, login, pull_to_oci_layout
 from ._settings import (
     DnsMode,
+    LogLevel,
     NyxSettings,
     PluginSettings,
     load_settings,
@@ -55,22 +59,16 @@ from .errors import (
     BackendError,
     CniPluginError,
     ConfigError,
-    DigestMismatchError,
     DnsError,
     FirewallError,
-    ImageNotFoundError,
-    InvalidReferenceError,
     IpamError,
     NetlinkError,
-    NoMatchingPlatformError,
     NyxError,
     PluginError,
     PluginLoadError,
     PluginNotFoundError,
     PortConflictError,
-    RegistryError,
     TeardownError,
-    UnauthorizedError,
 )
 
 __version__ = "0.1.0"
@@ -80,33 +78,26 @@ logger.disable("nyx_core")
 __all__ = [
     "DNS_GROUP",
     "DRIVER_GROUP",
-    "Backend",
     "BackendCapabilities",
     "BackendError",
     "CniPluginError",
     "ConfigError",
-    "ContainerSpec",
-    "DigestMismatchError",
     "DnsDecision",
     "DnsError",
     "DnsFacade",
     "DnsMode",
-    "DnsProvider",
     "FirewallError",
     "HostView",
-    "ImageNotFoundError",
     "InstalledPlugin",
     "InterfaceResult",
-    "InvalidReferenceError",
     "IpamError",
     "LeaseState",
     "LeaseStore",
+    "LogLevel",
     "NetlinkError",
-    "NetworkAttachment",
     "NetworkBackend",
     "NetworkInfo",
     "NetworkSpec",
-    "NoMatchingPlatformError",
     "NyxError",
     "NyxSettings",
     "PluginError",
@@ -116,22 +107,15 @@ __all__ = [
     "PortConflictError",
     "PortMapping",
     "PortRange",
-    "ProgressEvent",
-    "PulledImage",
-    "Reference",
-    "RegistryError",
     "SetupOptions",
     "SetupResult",
     "StackNetwork",
-    "StackService",
     "TeardownError",
-    "UnauthorizedError",
     "__version__",
     "allocate",
-    "backend_plugin",
     "check_port_clash",
     "check_subnet_on_host",
-    "dns_plugin",
+    "clash_message",
     "dns_policy",
     "find_port_clash",
     "hookimpl",
@@ -139,16 +123,14 @@ __all__ = [
     "installed_plugins",
     "load_plugin",
     "load_settings",
-    "login",
     "make_plugin_manager",
-    "normalize_reference",
     "parse_options",
     "plugin_class",
     "plugin_settings_class",
     "plugin_settings_config",
     "port_ranges",
     "published_count",
-    "pull_to_oci_layout",
     "read_host_view",
     "runs_of_ports",
+    "subnet_host_conflict",
 ]

@@ -12,15 +12,12 @@ from .errors import ConfigError
 
 __all__ = [
     "BackendCapabilities",
-    "ContainerSpec",
     "InterfaceResult",
-    "NetworkAttachment",
     "NetworkInfo",
     "NetworkSpec",
     "PortMapping",
     "SetupOptions",
     "SetupResult",
-    "StackService",
 ]
 
 Protocol = Literal["tcp", "udp"]
@@ -194,78 +191,6 @@ class SetupResult(BaseModel):
     def ips(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """Every address of every interface, without prefix."""
         return [a.ip for i in self.interfaces for a in i.addresses]
-
-
-class NetworkAttachment(BaseModel):
-    """One network a container joins (compose services may join several).
-
-    The network must exist (the default one, or one made by ``POST /v1/networks``, which
-    is where a subnet is chosen and checked): a container cannot bring its own subnet.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(default="nyx", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-    aliases: list[str] = Field(default_factory=list)
-    internal: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_subnet(cls, data: Any) -> Any:
-        """Refuse a ``subnet`` (older nyxd took it unchecked); drop a stored ``null``."""
-        if isinstance(data, dict) and "subnet" in data:
-            if data["subnet"] is not None:
-                raise ValueError(
-                    f"subnet {data['subnet']!r}: a container joins existing networks only; "
-                    "create the network with its subnet first (POST /v1/networks, "
-                    "nyx network create --subnet)"
-                )
-            data = {k: v for k, v in data.items() if k != "subnet"}
-        return data
-
-
-class StackService(BaseModel):
-    """For the DNS policy: the networks (name, internal) one compose service is attached to."""
-
-    networks: list[NetworkAttachment] = Field(default_factory=list)
-
-
-class ContainerSpec(BaseModel):
-    """A request to run one container (API, supervisor and CLI share it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: str = Field(min_length=1)
-    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-    hostname: str | None = Field(
-        default=None, pattern=r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
-    )
-    command: list[str] | None = None
-    entrypoint: list[str] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    workdir: str | None = None
-    user: str | None = None
-    ports: list[PortMapping] = Field(default_factory=list)
-    aliases: list[str] = Field(default_factory=list)
-    network: str = "nyx"
-    internal: bool = False
-    networks: list[NetworkAttachment] = Field(
-        default_factory=list,
-        description="networks to join; empty means the default network (network/internal)",
-    )
-    stack: str | None = Field(default=None, description="compose project name, if any")
-    stack_services: dict[str, StackService] | None = Field(
-        default=None, description="every service of the stack with its networks (DNS policy)"
-    )
-    dns: bool | None = Field(default=None, description="None: follow the daemon's DNS policy")
-    rm: bool = False
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    def attachments(self) -> list[NetworkAttachment]:
-        """The networks to join, the default network when none is listed."""
-        if self.networks:
-            return list(self.networks)
-        return [NetworkAttachment(name=self.network, aliases=self.aliases, internal=self.internal)]
 
 
 class BackendCapabilities(BaseModel):

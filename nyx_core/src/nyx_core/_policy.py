@@ -11,7 +11,7 @@ from ._settings import DnsMode
 
 __all__ = ["DnsDecision", "StackNetwork", "dns_policy"]
 
-ResolvSource = Literal["embedded", "cni", "none"]
+ResolvSource = Literal["provider", "driver", "none"]
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,15 @@ class StackNetwork:
 class DnsDecision:
     """What nyxd does for one container.
 
-    ``embedded``: register the container with the embedded DNS provider.
-    ``resolv_conf``: ``"embedded"`` bind-mounts the provider's resolv.conf; ``"cni"`` leaves
-    DNS to the CNI side (nyxd writes what the CNI result's ``dns`` says, or the host's
-    resolvers); ``"none"`` means no ``/etc/resolv.conf`` override from nyxd at all.
+    ``use_provider``: register the container with the DNS provider (the spec's "embedded
+    DNS").
+    ``resolv_conf``: ``"provider"`` bind-mounts the provider's resolv.conf; ``"driver"`` leaves
+    DNS to the driver's side (nyxd writes what the driver's result says in ``dns_server`` /
+    ``dns_search``, as a CNI result's ``dns``, or the host's resolvers); ``"none"`` means no
+    ``/etc/resolv.conf`` override from nyxd at all.
     """
 
-    embedded: bool
+    use_provider: bool
     resolv_conf: ResolvSource
 
 
@@ -60,15 +62,15 @@ def dns_policy(
     all attached solely to internal networks.
     """
     if mode == "off":
-        return DnsDecision(embedded=False, resolv_conf="none")
+        return DnsDecision(use_provider=False, resolv_conf="none")
     if mode == "embedded":
-        return DnsDecision(embedded=True, resolv_conf="embedded")
+        return DnsDecision(use_provider=True, resolv_conf="provider")
     if mode == "cni":
-        return DnsDecision(embedded=False, resolv_conf="cni")
+        return DnsDecision(use_provider=False, resolv_conf="driver")
     if mode == "auto":
         if not capabilities.external_dns:
-            return DnsDecision(embedded=True, resolv_conf="embedded")
+            return DnsDecision(use_provider=True, resolv_conf="provider")
         if stack is not None and _solely_internal(stack):
-            return DnsDecision(embedded=True, resolv_conf="embedded")
-        return DnsDecision(embedded=False, resolv_conf="cni")
+            return DnsDecision(use_provider=True, resolv_conf="provider")
+        return DnsDecision(use_provider=False, resolv_conf="driver")
     raise ValueError(f"dns mode {mode!r} is not one of auto, embedded, cni, off")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, cast
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from ._reference import normalize_registry
 from .errors import ConfigError
 
 __all__ = [
@@ -106,6 +105,7 @@ class NyxSettings(BaseSettings):
     driver_opts: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="options for the network driver (key=value, repeatable; env: k=v,k2=v2)",
+        json_schema_extra={"flags": ["--driver-opt"]},
     )
     gateway_ip: ipaddress.IPv4Address = Field(
         default=ipaddress.IPv4Address("10.88.0.1"),
@@ -115,21 +115,10 @@ class NyxSettings(BaseSettings):
         default=ipaddress.IPv4Network("10.88.0.0/16"),
         description="subnet containers get addresses from; must contain the gateway",
     )
-    bridge: str = Field(
-        default="nyx0",
-        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$",
-        description="name of the bridge the native driver creates",
-    )
-    cni_bin_dir: Path = Field(
-        default=Path("/opt/cni/bin"), description="directory with the CNI plugin executables"
-    )
-    cni_conf_dir: Path = Field(
-        default=Path("/etc/cni/net.d"), description="directory with CNI network configurations"
-    )
     network: str = Field(
         default="nyx",
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
-        description="CNI network name (the conflist's name)",
+        description="the default network's name (for the CNI driver: its conflist's name)",
     )
     log_level: LogLevel = Field(default="info", description="log level")
     state_dir: Path = Field(
@@ -138,38 +127,8 @@ class NyxSettings(BaseSettings):
     run_dir: Path = Field(
         default=Path("/run/nyx"), description="runtime state (netns mounts, resolv.conf, bundles)"
     )
-    socket: Path = Field(default=Path("/run/nyx/nyxd.sock"), description="control socket path")
     dns_port: int = Field(
         default=53, ge=1, le=65535, description="port of the embedded DNS server (tests move it)"
-    )
-    runtime: str = Field(default="runc", min_length=1, description="OCI runtime binary")
-    pids_limit: int = Field(
-        default=2048,
-        ge=-1,
-        description="most processes and threads in one container (0 or -1: unlimited)",
-    )
-    api_max_connections: int = Field(
-        default=128,
-        ge=1,
-        le=4096,
-        description="control socket: open connections at most (beyond: 503 at once)",
-    )
-    api_idle_timeout: float = Field(
-        default=30.0,
-        gt=0,
-        le=3600,
-        description="control socket: seconds a connection may stay silent while nyxd waits "
-        "for a request or its body (then it is closed)",
-    )
-    api_max_body: int = Field(
-        default=1 << 20,
-        ge=1024,
-        description="control socket: largest JSON request body in bytes (beyond: 413)",
-    )
-    api_max_upload: int = Field(
-        default=16 << 30,
-        ge=1 << 20,
-        description="control socket: largest image tar `nyx load` may send, in bytes (beyond: 413)",
     )
     max_published_ports: int = Field(
         default=1024,
@@ -178,65 +137,6 @@ class NyxSettings(BaseSettings):
         description="most host ports one container may publish (each port of a range counts; "
         "each is one reserved socket and one nftables element)",
     )
-    image_layer_max_bytes: int = Field(
-        default=16 << 30,
-        ge=1 << 20,
-        description="largest layer nyxd unpacks, in bytes: its uncompressed tar and its "
-        "compressed blob (checked while streaming)",
-    )
-    image_max_bytes: int = Field(
-        default=64 << 30,
-        ge=1 << 20,
-        description="largest image, in bytes: the sum of its uncompressed layers",
-    )
-    image_layer_max_entries: int = Field(
-        default=1_000_000,
-        ge=1,
-        description="most tar entries (files, directories, links) in one layer",
-    )
-    image_config_max_bytes: int = Field(
-        default=4 << 20,
-        ge=64 << 10,
-        description="largest image config, manifest, index or manifest.json, in bytes",
-    )
-    insecure_registries: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(),
-        description=(
-            "registry HOST[:PORT] (or a CIDR of registry IP addresses) nyxd may pull from over "
-            "plain HTTP or unverified TLS; repeat the flag, comma-separate in the env var. "
-            "localhost, 127.0.0.0/8 and ::1 always may (see docs/registry.md)"
-        ),
-    )
-
-    @field_validator("insecure_registries", mode="before")
-    @classmethod
-    def _split_registries(cls, value: Any) -> Any:
-        if isinstance(value, str):  # NYXD_INSECURE_REGISTRIES=a:5000,10.0.0.0/8
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("insecure_registries")
-    @classmethod
-    def _valid_registries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        out: list[str] = []
-        for entry in value:
-            text = entry.strip()
-            if "/" in text and "://" not in text:
-                try:
-                    out.append(str(ipaddress.ip_network(text, strict=False)))
-                except ValueError as exc:
-                    raise ValueError(
-                        f"insecure registry {entry!r} is neither HOST[:PORT] nor a CIDR"
-                    ) from exc
-                continue
-            try:
-                out.append(normalize_registry(text))
-            except ValueError as exc:
-                raise ValueError(
-                    f"insecure registry {entry!r} is neither HOST[:PORT] nor a CIDR"
-                ) from exc
-        return tuple(out)
-
     _plugins: dict[type[PluginSettings], PluginSettings] = PrivateAttr(default_factory=dict)
 
     @field_validator("driver_opts", mode="before")
@@ -277,21 +177,27 @@ class NyxSettings(BaseSettings):
         return ipaddress.IPv4Interface(f"{self.gateway_ip}/{self.container_subnet.prefixlen}")
 
 
-def load_settings(**overrides: Any) -> NyxSettings:
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[S] | None = None, /, **overrides: Any) -> S:
     """Build settings from overrides (flags), the environment and defaults.
 
+    :param settings_class: :class:`NyxSettings` (the default) or a subclass (nyxd's).
     Overrides whose value is ``None`` are ignored (an unset flag). A bad value raises one
     :class:`ConfigError` naming the setting, its env var and the value.
     """
+    cls: type[Any] = settings_class or NyxSettings
     given = {k: v for k, v in overrides.items() if v is not None}
+    prefix = str(cls.model_config.get("env_prefix", "NYXD_"))
     try:
-        return NyxSettings(**given)
+        return cast(S, cls(**given))
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
             value = err.get("input")
-            env = f"NYXD_{loc.upper()}" if loc in NyxSettings.model_fields else ""
+            env = f"{prefix}{loc.upper()}" if loc in cls.model_fields else ""
             where = f"{loc} ({env})" if env else loc
             msg = err["msg"].removeprefix("Value error, ")
             if not loc:

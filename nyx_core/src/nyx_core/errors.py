@@ -12,24 +12,16 @@ __all__ = [
     "BackendError",
     "CniPluginError",
     "ConfigError",
-    "DigestMismatchError",
     "DnsError",
     "FirewallError",
-    "ImageNotFoundError",
-    "InvalidReferenceError",
     "IpamError",
     "NetlinkError",
-    "NoMatchingPlatformError",
     "NyxError",
     "PluginError",
     "PluginLoadError",
     "PluginNotFoundError",
     "PortConflictError",
-    "RegistryError",
-    "RuntimeErrorNyx",
     "TeardownError",
-    "UnauthorizedError",
-    "UnsupportedCompressionError",
 ]
 
 
@@ -106,10 +98,6 @@ class DnsError(NyxError):
     """The DNS provider failed."""
 
 
-class RuntimeErrorNyx(NyxError):
-    """The container runtime (runc, images, bundles) failed."""
-
-
 class TeardownError(NyxError):
     """Best-effort teardown finished but some steps failed; ``errors`` lists them all."""
 
@@ -117,31 +105,3 @@ class TeardownError(NyxError):
         self.errors = list(errors)
         joined = "; ".join(str(e) for e in self.errors)
         super().__init__(f"teardown of {what}: {len(self.errors)} step(s) failed: {joined}")
-
-
-class RegistryError(NyxError):
-    """Pulling from (or logging in to) an OCI registry failed; names the registry and image."""
-
-
-class InvalidReferenceError(RegistryError, ConfigError):
-    """An image reference (``nginx:alpine``, ``host:5000/app@sha256:...``) is malformed."""
-
-
-class ImageNotFoundError(RegistryError):
-    """The registry does not know the repository, tag or digest (404, MANIFEST_UNKNOWN, ...)."""
-
-
-class UnauthorizedError(RegistryError):
-    """The registry refused the credentials, or the image needs credentials nyx does not have."""
-
-
-class DigestMismatchError(RegistryError):
-    """A downloaded manifest or blob does not match its digest or size."""
-
-
-class NoMatchingPlatformError(RegistryError):
-    """A multi-platform image has no manifest for the requested platform."""
-
-
-class UnsupportedCompressionError(RegistryError):
-    """A layer uses a compression nyx cannot decompress (or zstd without ``zstandard``)."""

@@ -1,15 +1,15 @@
 """nyx-dns-embedded: container names served on the bridge gateway.
 
-The entry point ``embedded`` (group ``nyx.dns_providers``) is :mod:`nyx_dns_embedded.plugin`;
-its hooks drive the process-wide :class:`EmbeddedDns` returned by :func:`get_provider`.
-See ``docs/dns.md``.
+The entry point ``embedded`` (group ``nyx.dns_providers``) is the class
+:class:`nyx_dns_embedded.plugin.EmbeddedDnsPlugin`; nyxd makes one, whose hooks drive its
+:class:`EmbeddedDns`. See ``docs/dns.md``.
 """
 
 from __future__ import annotations
 
 from loguru import logger
 
-from ._provider import EmbeddedDns, EmbeddedDnsSettings, get_provider, set_network_internal
+from ._provider import EmbeddedDns, EmbeddedDnsSettings
 from ._records import DOMAIN, Container
 from ._upstream import HostResolvConf, parse_resolv_conf
 
@@ -21,7 +21,5 @@ __all__ = [
     "EmbeddedDns",
     "EmbeddedDnsSettings",
     "HostResolvConf",
-    "get_provider",
     "parse_resolv_conf",
-    "set_network_internal",
 ]

@@ -11,24 +11,25 @@ from pathlib import Path
 
 from loguru import logger
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nyx_core import DnsError, NyxSettings
+from nyx_core import DnsError, NyxSettings, PluginSettings, plugin_settings_config
 
 from ._records import DOMAIN, Container, Registry
 from ._resolver import Resolver
 from ._server import DnsServer, ServerOptions
 from ._upstream import MAX_SEARCH, Upstreams
 
-__all__ = ["EmbeddedDns", "EmbeddedDnsSettings", "get_provider", "set_network_internal"]
+__all__ = ["EmbeddedDns", "EmbeddedDnsSettings"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class EmbeddedDnsSettings(BaseSettings):
-    """Settings of the embedded DNS provider (env prefix ``NYXD_DNS_``)."""
+class EmbeddedDnsSettings(PluginSettings):
+    """Settings of the embedded DNS provider (env ``NYXD_EMBEDDED_*``, flags
+    ``--embedded-*``; nyxd builds them and the provider reads
+    ``settings.plugin(EmbeddedDnsSettings)``)."""
 
-    model_config = SettingsConfigDict(env_prefix="NYXD_DNS_", extra="forbid", frozen=True)
+    model_config = plugin_settings_config("embedded")
 
     upstream_resolv_conf: Path = Field(
         default=Path("/etc/resolv.conf"),
@@ -64,7 +65,8 @@ class EmbeddedDns:
     """
 
     def __init__(self, config: EmbeddedDnsSettings | None = None) -> None:
-        self.config = config or EmbeddedDnsSettings()
+        #: the provider's settings: given here, else nyxd's at :meth:`start`
+        self.config: EmbeddedDnsSettings | None = config
         self.registry = Registry()
         self._lock = threading.RLock()
         self._server: DnsServer | None = None
@@ -78,7 +80,7 @@ class EmbeddedDns:
         with self._lock:
             if self._server is not None and self._server.running:
                 return self._server.address
-            cfg = self.config
+            cfg = self.config = self.config or settings.plugin(EmbeddedDnsSettings)
             gateway = str(settings.gateway_ip)
             self.registry.configure(
                 default_network=settings.network,
@@ -218,24 +220,3 @@ class EmbeddedDns:
             f.write(text)
         return path
 
-
-_default: EmbeddedDns | None = None
-_default_lock = threading.Lock()
-
-
-def get_provider() -> EmbeddedDns:
-    """The process-wide provider the hooks in :mod:`nyx_dns_embedded.plugin` use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = EmbeddedDns()
-        return _default
-
-
-def set_network_internal(name: str, internal: bool = True) -> None:
-    """Mark network ``name`` internal (no forwarding) on the provider the hooks use.
-
-    Shorthand for ``get_provider().set_network_internal(name, internal)``; nyxd calls it
-    for every network created with ``internal: true``. Takes effect immediately.
-    """
-    get_provider().set_network_internal(name, internal)

@@ -10,7 +10,7 @@ from loguru import logger
 
 from ._cache import CacheEntry, ResultCache
 from ._conf import NetworkConfig, default_conflist, find_network, parse_network
-from ._driver import CniDriver, CniOptions, GcReport
+from ._driver import CniDriver, CniSettings, GcReport
 from ._exec import PluginExec, PluginRequest
 
 logger.disable(__name__)
@@ -18,7 +18,7 @@ logger.disable(__name__)
 __all__ = [
     "CacheEntry",
     "CniDriver",
-    "CniOptions",
+    "CniSettings",
     "GcReport",
     "NetworkConfig",
     "PluginExec",

@@ -247,10 +247,10 @@ def find_network(conf_dir: Path, name: str, bin_dir: Path | None = None) -> Netw
     return None
 
 
-def default_conflist(settings: NyxSettings) -> dict[str, Any]:
+def default_conflist(settings: NyxSettings, bridge: str = "nyx0") -> dict[str, Any]:
     """The conflist nyx writes when ``-network`` names no existing configuration.
 
-    bridge (gateway on ``settings.bridge``, masquerade) with host-local IPAM for
+    bridge (gateway on ``bridge``, masquerade) with host-local IPAM for
     ``NYXD_CONTAINER_SUBNET`` / ``NYXD_GATEWAY_IP`` (leases under the state dir), then
     portmap for published ports.
     """
@@ -260,7 +260,7 @@ def default_conflist(settings: NyxSettings) -> dict[str, Any]:
         "plugins": [
             {
                 "type": "bridge",
-                "bridge": settings.bridge,
+                "bridge": bridge,
                 "isGateway": True,
                 "ipMasq": True,
                 "hairpinMode": True,

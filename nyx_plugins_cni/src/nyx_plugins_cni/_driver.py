@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
 
 from nyx_core import (
     BackendError,
@@ -22,10 +22,12 @@ from nyx_core import (
     ConfigError,
     NyxError,
     NyxSettings,
+    PluginSettings,
     PortConflictError,
     PortMapping,
     SetupResult,
     TeardownError,
+    plugin_settings_config,
 )
 
 from ._cache import CacheEntry, ResultCache
@@ -43,16 +45,33 @@ from ._exec import DEFAULT_TIMEOUT, PluginExec, PluginRequest
 from ._netns import scratch_netns
 from ._result import port_mappings, request_config, to_setup_result
 
-__all__ = ["CniDriver", "CniOptions", "GcReport"]
+__all__ = ["CniDriver", "CniSettings", "GcReport"]
 
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _PRIME_PORT = 65535
 
 
-class CniOptions(BaseSettings):
-    """Settings of the CNI driver beyond :class:`~nyx_core.NyxSettings` (env ``NYXD_CNI_*``)."""
+class CniSettings(PluginSettings):
+    """The CNI driver's own settings (env ``NYXD_CNI_*``; nyxd adds their flags).
 
-    model_config = SettingsConfigDict(env_prefix="NYXD_CNI_", extra="forbid", frozen=True)
+    ``--cni-bin-dir``, ``--cni-conf-dir`` and ``--bridge`` are the spec's flags.
+    """
+
+    model_config = SettingsConfigDict(**plugin_settings_config("cni"), populate_by_name=True)
+
+    bin_dir: Path = Field(
+        default=Path("/opt/cni/bin"), description="directory with the CNI plugin executables"
+    )
+    conf_dir: Path = Field(
+        default=Path("/etc/cni/net.d"), description="directory with CNI network configurations"
+    )
+    bridge: str = Field(
+        default="nyx0",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$",
+        description="bridge of the default conflist nyx writes when none exists",
+        validation_alias=AliasChoices("NYXD_CNI_BRIDGE", "NYXD_BRIDGE"),
+        json_schema_extra={"flags": ["--bridge", "--cni-bridge"]},
+    )
 
     timeout: float = Field(
         default=DEFAULT_TIMEOUT, gt=0, description="seconds one plugin execution may take"
@@ -122,10 +141,10 @@ class CniDriver:
     container; :meth:`gc` at start with the ids of the containers that still exist.
     """
 
-    def __init__(self, settings: NyxSettings, options: CniOptions | None = None) -> None:
+    def __init__(self, settings: NyxSettings, options: CniSettings | None = None) -> None:
         self.settings = settings
-        self.options = options or CniOptions()
-        self.exec = PluginExec(settings.cni_bin_dir, self.options.timeout)
+        self.options = options or settings.plugin(CniSettings)
+        self.exec = PluginExec(self.options.bin_dir, self.options.timeout)
         self.cache = ResultCache(settings.state_dir)
         self.network: NetworkConfig | None = None
         self.version = ""
@@ -142,18 +161,19 @@ class CniDriver:
     def load_network(self) -> NetworkConfig:
         """Find (or write the default) network configuration and validate it."""
         s = self.settings
-        net = find_network(s.cni_conf_dir, s.network, s.cni_bin_dir)
+        o = self.options
+        net = find_network(o.conf_dir, s.network, o.bin_dir)
         if net is None:
-            path = s.cni_conf_dir / f"{s.network}.conflist"
-            net = parse_network(default_conflist(s), str(path), s.cni_bin_dir)  # before writing
+            path = o.conf_dir / f"{s.network}.conflist"
+            net = parse_network(default_conflist(s, o.bridge), str(path), o.bin_dir)  # first
             try:
-                s.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+                o.conf_dir.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(default_conflist(s), indent=2) + "\n")
+                tmp.write_text(json.dumps(default_conflist(s, o.bridge), indent=2) + "\n")
                 os.replace(tmp, path)
             except OSError as exc:
                 raise ConfigError(
-                    f"cni_conf_dir {str(s.cni_conf_dir)!r}: cannot write the default conflist "
+                    f"cni conf_dir {str(o.conf_dir)!r}: cannot write the default conflist "
                     f"{path}: {exc.strerror or exc}"
                 ) from exc
             logger.info("wrote default CNI conflist {}", path)
@@ -196,7 +216,7 @@ class CniDriver:
         self.plugin_versions.clear()  # binaries may have been upgraded since the last call
         version = self.negotiate(net)
         self.network, self.version = net, version
-        lo_exe = self.settings.cni_bin_dir / "loopback"
+        lo_exe = self.options.bin_dir / "loopback"
         if self.options.loopback and os.access(lo_exe, os.X_OK):
             lo = loopback_network()
             self.loopback, self.loopback_version = lo, self.negotiate(lo)

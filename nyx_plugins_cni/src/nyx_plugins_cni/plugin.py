@@ -20,7 +20,7 @@ from nyx_core import (
     hookimpl,
 )
 
-from ._driver import CniDriver, GcReport
+from ._driver import CniDriver, CniSettings, GcReport
 
 CAPABILITIES = BackendCapabilities(
     publishes_ports=True,  # through the portmap plugin's portMappings capability
@@ -34,6 +34,8 @@ CAPABILITIES = BackendCapabilities(
 
 class CniPlugin:
     """The CNI driver: execs the standard CNI plugins of a conflist, per the CNI spec."""
+
+    settings_class = CniSettings
 
     def __init__(self) -> None:
         self._driver: CniDriver | None = None
@@ -58,7 +60,11 @@ class CniPlugin:
                 f"cni driver: unknown driver option(s) {', '.join(sorted(options))} "
                 "(configure the CNI plugins in the conflist; see docs/cni.md)"
             )
-        if self._driver is None or self._driver.settings != settings:
+        if (
+            self._driver is None
+            or self._driver.settings != settings
+            or self._driver.options != settings.plugin(CniSettings)
+        ):
             if self._driver is not None:
                 self._driver.close()
             self._driver = CniDriver(settings)

@@ -12,6 +12,7 @@ from ._driver import NativeDriver, bridge_name, veth_name
 from ._firewall import FAMILY, TABLE, Firewall, PortElement
 from ._ipam import StateStore, allocate
 from ._nft import load_nftables
+from ._settings import NativeSettings
 
 logger.disable(__name__)
 
@@ -20,6 +21,7 @@ __all__ = [
     "TABLE",
     "Firewall",
     "NativeDriver",
+    "NativeSettings",
     "PortElement",
     "StateStore",
     "allocate",

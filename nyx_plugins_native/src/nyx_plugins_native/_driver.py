@@ -39,6 +39,7 @@ from ._firewall import Firewall, PortElement, container_batch, network_elements,
 from ._ipam import StateStore, allocate
 from ._kernel import check_kernel, set_sysctl
 from ._ports import check_conflicts, reserve
+from ._settings import NativeSettings
 
 __all__ = ["NativeDriver", "bridge_name", "veth_name"]
 
@@ -135,7 +136,7 @@ class NativeDriver:
 
     def _default_network(self) -> Network:
         s = self.settings
-        return Network(s.network, s.bridge, s.gateway_interface, True)
+        return Network(s.network, s.plugin(NativeSettings).bridge, s.gateway_interface, True)
 
     def _network_for(self, opts: SetupOptions) -> Network:
         s = self.settings
@@ -169,7 +170,8 @@ class NativeDriver:
 
     def ensure_network(self, settings: NyxSettings) -> dict[str, Any]:
         check_kernel()
-        net = Network(settings.network, settings.bridge, settings.gateway_interface, True)
+        bridge = settings.plugin(NativeSettings).bridge
+        net = Network(settings.network, bridge, settings.gateway_interface, True)
         store = StateStore(Path(settings.state_dir))
         # before anything changes: the default subnet must not take the host's traffic
         with store.locked(write=False) as st:

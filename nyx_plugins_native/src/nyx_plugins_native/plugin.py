@@ -19,6 +19,7 @@ from nyx_core import (
 )
 
 from ._driver import NativeDriver
+from ._settings import NativeSettings
 
 CAPABILITIES = BackendCapabilities(
     publishes_ports=True,
@@ -32,6 +33,8 @@ CAPABILITIES = BackendCapabilities(
 
 class NativePlugin:
     """The native driver: bridge, veth, IPAM and nftables, in-process."""
+
+    settings_class = NativeSettings
 
     def __init__(self) -> None:
         self.driver = NativeDriver()

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from nyx_core import ContainerSpec
-from nyx_core._api import ApiServer
-from nyx_core._state import ConflictError, NotFoundError
-from nyx_core._supervisor import CommandError, NotImplementedYet
+from nyx_cli.daemon._api import ApiServer
+from nyx_cli.daemon._models import ContainerSpec
+from nyx_cli.errors import CommandError, ConflictError, NotFoundError, NotImplementedYet
 
 
 class FakeSupervisor:
@@ -133,7 +132,7 @@ class FakeSupervisor:
         self, reference: str, insecure: bool = False, progress: Callable[..., Any] | None = None
     ) -> dict[str, Any]:
         if not self.pull_available:
-            raise NotImplementedYet("image pull is not available: nyx_core._registry is missing")
+            raise NotImplementedYet("image pull is not available: the registry module is missing")
         if progress:
             progress({"kind": "resolve", "reference": reference})
             progress({"kind": "done", "reference": reference})

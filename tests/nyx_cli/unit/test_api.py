@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nyx_cli._http import ApiError, Client
+from nyx_cli.client._http import ApiError, Client
 
 
 def raw(sock: Path, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -119,7 +119,7 @@ def test_label_filter(api: Path) -> None:
 
 
 def test_command_error_carries_exit_code(api: Path, fake_sup: Any) -> None:
-    from nyx_core._supervisor import CommandError
+    from nyx_cli.errors import CommandError
 
     fake_sup.fail_start = CommandError("container command not found: nope", 127)
     with pytest.raises(ApiError) as info:
@@ -152,7 +152,7 @@ def test_images_pull_and_501(api: Path, fake_sup: Any) -> None:
     fake_sup.pull_available = False
     with pytest.raises(ApiError) as info:
         c.request("POST", "/v1/images/pull", body={"reference": "alpine:3"})
-    assert info.value.status == 501 and "_registry" in str(info.value)
+    assert info.value.status == 501 and "registry module" in str(info.value)
     with pytest.raises(ApiError) as info:
         c.request("POST", "/v1/images/pull", body={})
     assert info.value.status == 400
@@ -199,9 +199,10 @@ def test_keep_alive_serves_several_requests(api: Path) -> None:
 
 
 def test_error_status_by_kind() -> None:
-    from nyx_core import errors
-    from nyx_core._api import error_status
-    from nyx_core._images import ImageDigestMismatchError, InvalidImageError
+    from nyx_cli import errors
+    from nyx_cli.daemon._api import error_status
+    from nyx_cli.errors import ImageDigestMismatchError, InvalidImageError
+    from nyx_core.errors import PortConflictError
 
     assert error_status(errors.ImageNotFoundError("x")) == 404
     assert error_status(errors.UnauthorizedError("x")) == 401
@@ -211,5 +212,5 @@ def test_error_status_by_kind() -> None:
     assert error_status(ImageDigestMismatchError("local archive")) == 400
     assert error_status(errors.DigestMismatchError("from the registry")) == 502
     assert error_status(errors.NoMatchingPlatformError("arm only")) == 502
-    assert error_status(errors.PortConflictError("8080 taken")) == 409
+    assert error_status(PortConflictError("8080 taken")) == 409
     assert error_status(RuntimeError("bug")) == 500

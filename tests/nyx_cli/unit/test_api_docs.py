@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nyx_core._api import _ROUTES
-from nyx_core._api_openapi import openapi
+from nyx_cli.daemon._api import _ROUTES
+from nyx_cli.daemon._api_openapi import openapi
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
@@ -33,7 +33,7 @@ def test_openapi_yaml_is_generated_from_the_code() -> None:
     yaml = pytest.importorskip("yaml")
     committed = yaml.safe_load((DOCS / "openapi.yaml").read_text())
     assert committed == json.loads(json.dumps(openapi())), (
-        "docs/openapi.yaml is stale: python -m nyx_core._api_openapi docs/openapi.yaml"
+        "docs/openapi.yaml is stale: python -m nyx_cli.daemon._api_openapi docs/openapi.yaml"
     )
 
 

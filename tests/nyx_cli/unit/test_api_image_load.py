@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from nyx_cli.client import cli
-from nyx_core._api import ApiServer
-from nyx_core._images import ImageStore
+from nyx_cli.daemon._api import ApiServer
+from nyx_cli.images._store import ImageStore
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from nyx_cli._http import ApiError, Client
+from nyx_cli.client._http import ApiError, Client
 
 WAIT = 10.0  # seconds a test waits for an answer before it calls the server hung
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from nyx_cli._http import Client, DaemonUnavailable
 from nyx_cli.client import cli
+from nyx_cli.client._http import Client, DaemonUnavailable
 
 
 def nyx(sock: Path | str, *args: str, input: bytes | None = None) -> Any:
@@ -104,7 +104,7 @@ def test_run_foreground_prints_json_output_and_exit_code(api: Path, fake_sup: An
 
 
 def test_run_command_not_found_is_127(api: Path, fake_sup: Any) -> None:
-    from nyx_core._supervisor import CommandError
+    from nyx_cli.errors import CommandError
 
     fake_sup.fail_start = CommandError("container command not found: nope", 127)
     r = nyx(api, "run", "--rm", "busybox:nyx", "nope")

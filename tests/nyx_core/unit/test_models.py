@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
-from nyx_core import ConfigError, ContainerSpec, NetworkAttachment, PortMapping, SetupResult
+from nyx_core import ConfigError, PortMapping, SetupResult
 
 
 @pytest.mark.parametrize(
@@ -76,15 +76,3 @@ def test_setup_result_ips() -> None:
         }
     )
     assert r.ips == [ipaddress.ip_address("10.88.0.2"), ipaddress.ip_address("fd00::2")]
-
-
-def test_container_spec_default_attachment_and_validation() -> None:
-    spec = ContainerSpec(image="busybox", ports=["8080:80"], internal=True)  # type: ignore[list-item]
-    assert spec.ports == [PortMapping.parse("8080:80")]
-    assert spec.attachments() == [NetworkAttachment(name="nyx", internal=True)]
-    with pytest.raises(ValidationError, match="hostname"):
-        ContainerSpec(image="busybox", hostname="-bad-")
-    with pytest.raises(ValidationError, match="image"):
-        ContainerSpec(image="")
-    with pytest.raises(ValidationError, match="bogus"):
-        ContainerSpec.model_validate({"image": "x", "bogus": 1})

@@ -6,12 +6,25 @@ from functools import cache
 
 import pytest
 
-from nyx_core import BackendCapabilities, DnsDecision, NetworkBackend, StackNetwork, dns_policy
+from nyx_core import (
+    DRIVER_GROUP,
+    BackendCapabilities,
+    DnsDecision,
+    NetworkBackend,
+    StackNetwork,
+    dns_policy,
+    installed_plugins,
+)
 
 
 @cache
 def caps(driver: str) -> BackendCapabilities:
-    """What the installed driver declares (the policy never sees its name)."""
+    """What the installed driver declares (the policy never sees its name).
+
+    The spec's table is about the first-party drivers: with nyx-core alone installed (tox's
+    ``core`` environment) those rows are skipped; ``make test`` installs everything."""
+    if driver not in {p.name for p in installed_plugins(DRIVER_GROUP)}:
+        pytest.skip(f"driver {driver!r} is not installed")
     return NetworkBackend.load(driver).capabilities()
 
 
@@ -24,9 +37,9 @@ MIXED_SERVICE = {"api": [INTERNAL, PUBLIC], "db": [INTERNAL]}
 ONE_PUBLIC = {"web": [PUBLIC], "db": [INTERNAL]}
 NO_NETWORKS = {"web": []}
 
-EMBEDDED = DnsDecision(embedded=True, resolv_conf="embedded")
-CNI_SIDE = DnsDecision(embedded=False, resolv_conf="cni")
-OFF = DnsDecision(embedded=False, resolv_conf="none")
+EMBEDDED = DnsDecision(use_provider=True, resolv_conf="provider")
+CNI_SIDE = DnsDecision(use_provider=False, resolv_conf="driver")
+OFF = DnsDecision(use_provider=False, resolv_conf="none")
 
 
 @pytest.mark.parametrize("stack", [None, ALL_INTERNAL, MIXED_SERVICE, ONE_PUBLIC])

@@ -277,10 +277,10 @@ def test_internal_for_one_container_leaves_its_network_forwarding(
     """Issue 11 item 5, through the hook nyxd calls: a container internal on the default
     network gets no forwarding (nothing reaches the upstream), and that does not turn the
     network internal for the container next to it."""
-    import nyx_dns_embedded._provider as prov
-    from nyx_dns_embedded import plugin
+    from nyx_dns_embedded.plugin import EmbeddedDnsPlugin
 
-    monkeypatch.setattr(prov, "_default", provider)
+    plugin = EmbeddedDnsPlugin()
+    plugin.provider = provider  # the hooks nyxd calls, on the provider serving here
     up = upstream("127.0.0.1")
     for cid, host, ip, internal in (("vault", "vault", A_IP, ["nyx"]), ("plain", "web", B_IP, [])):
         plugin.nyx_dns_register(
@@ -573,12 +573,10 @@ def test_through_the_plugin_hooks(
     monkeypatch: pytest.MonkeyPatch,
     upstream: Callable[..., FakeUpstream],
 ) -> None:
-    import nyx_dns_embedded._provider as prov
     from nyx_core import DnsFacade
 
     upstream("127.0.0.1")
-    monkeypatch.setattr(prov, "_default", None)
-    monkeypatch.setenv("NYXD_DNS_UPSTREAM_RESOLV_CONF", str(host_resolv))
+    monkeypatch.setenv("NYXD_EMBEDDED_UPSTREAM_RESOLV_CONF", str(host_resolv))
     facade = DnsFacade.load("embedded")
     facade.start(nyx_settings)
     try:
@@ -586,7 +584,8 @@ def test_through_the_plugin_hooks(
         facade.register("c1", "web", ips(A_IP), ["www"], ["nyx"], [])
         text = facade.resolv_conf("c1")
         assert text.splitlines()[1:] == [f"nameserver {GW}", "search nyxd.local corp.example"]
-        path = prov.get_provider().resolv_conf_path("c1")
+        (plugin,) = facade.pm.get_plugins()
+        path = plugin.provider.resolv_conf_path("c1")
         assert path == nyx_settings.run_dir / "dns" / "c1" / "resolv.conf"
         assert path.read_text() == text
         assert dig(dns_host, "+short", "www.nyxd.local").split() == [A_IP]

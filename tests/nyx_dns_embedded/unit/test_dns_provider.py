@@ -8,43 +8,39 @@ from pathlib import Path
 import pytest
 
 import nyx_dns_embedded
-import nyx_dns_embedded.plugin
 from nyx_core import DnsError, DnsFacade, NyxSettings, installed_plugins
 from nyx_core.hookspecs import DNS_HOOKS
 from nyx_dns_embedded import EmbeddedDns, EmbeddedDnsSettings
+from nyx_dns_embedded.plugin import EmbeddedDnsPlugin
 
 
-def test_entry_point_is_installed_and_loads_every_hook() -> None:
+def test_entry_point_is_the_plugin_class_and_loads_every_hook() -> None:
     found = [p for p in installed_plugins("nyx.dns_providers") if p.name == "embedded"]
-    assert found and found[0].value == "nyx_dns_embedded.plugin"
+    assert found and found[0].value == "nyx_dns_embedded.plugin:EmbeddedDnsPlugin"
     facade = DnsFacade.load("embedded")
+    (plugin,) = facade.pm.get_plugins()
+    assert isinstance(plugin, EmbeddedDnsPlugin)
+    assert isinstance(plugin.provider, EmbeddedDns)
     for hook in DNS_HOOKS:
         impls = getattr(facade.pm.hook, hook).get_hookimpls()
-        assert [i.plugin for i in impls] == [nyx_dns_embedded.plugin]
+        assert [i.plugin for i in impls] == [plugin]
+    # every load is a provider of its own (no process-wide state between loads)
+    assert DnsFacade.load("embedded").pm.get_plugins() != facade.pm.get_plugins()
 
 
-def test_public_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nyx_dns_embedded._provider as prov
-
-    assert set(nyx_dns_embedded.__all__) >= {
-        "EmbeddedDns",
-        "EmbeddedDnsSettings",
-        "get_provider",
-        "set_network_internal",
-    }
-    monkeypatch.setattr(prov, "_default", None)
-    p = nyx_dns_embedded.get_provider()
-    assert nyx_dns_embedded.get_provider() is p
-    nyx_dns_embedded.set_network_internal("backend")
+def test_public_names() -> None:
+    assert set(nyx_dns_embedded.__all__) >= {"EmbeddedDns", "EmbeddedDnsSettings"}
+    p = EmbeddedDns()
+    p.set_network_internal("backend")
     assert p.registry.internal_networks() == {"backend"}
-    nyx_dns_embedded.set_network_internal("backend", False)
+    p.set_network_internal("backend", False)
     assert p.registry.internal_networks() == frozenset()
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("NYXD_DNS_UPSTREAM_RESOLV_CONF", str(tmp_path / "r.conf"))
-    monkeypatch.setenv("NYXD_DNS_FORWARD_TIMEOUT", "0.5")
-    monkeypatch.setenv("NYXD_DNS_TCP_MAX_CONNECTIONS_PER_CLIENT", "3")
+    monkeypatch.setenv("NYXD_EMBEDDED_UPSTREAM_RESOLV_CONF", str(tmp_path / "r.conf"))
+    monkeypatch.setenv("NYXD_EMBEDDED_FORWARD_TIMEOUT", "0.5")
+    monkeypatch.setenv("NYXD_EMBEDDED_TCP_MAX_CONNECTIONS_PER_CLIENT", "3")
     cfg = EmbeddedDnsSettings()
     assert cfg.upstream_resolv_conf == tmp_path / "r.conf"
     assert cfg.forward_timeout == 0.5
@@ -57,7 +53,7 @@ def test_every_setting_is_documented() -> None:
     docs = (Path(__file__).parents[3] / "docs" / "dns.md").read_text()
     for name, field in EmbeddedDnsSettings.model_fields.items():
         default = field.default if not isinstance(field.default, float) else f"{field.default:g}"
-        assert f"| `NYXD_DNS_{name.upper()}` | `{default}` |" in docs, name
+        assert f"| `NYXD_EMBEDDED_{name.upper()}` | `{default}` |" in docs, name
 
 
 def test_resolv_conf_needs_a_started_provider() -> None:
@@ -108,8 +104,6 @@ def test_register_hook_internal_networks_are_per_container(
 ) -> None:
     """nyxd passes ``internal_networks`` through the facade: that container alone gets no
     forwarding and no host search domains; its network stays open for the others."""
-    import nyx_dns_embedded._provider as prov
-
     host = tmp_path / "host-resolv.conf"
     host.write_text("nameserver 192.0.2.1\nsearch corp.example\n")
     settings = NyxSettings(
@@ -117,8 +111,9 @@ def test_register_hook_internal_networks_are_per_container(
     )
     p = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=host))
     _started_without_server(p, settings)
-    monkeypatch.setattr(prov, "_default", p)
     facade = DnsFacade.load("embedded")
+    (plugin,) = facade.pm.get_plugins()
+    plugin.provider = p
     ip = ipaddress.ip_address
     facade.register("c1", "db", [ip("10.231.0.2")], [], ["nyx"], internal_networks=["nyx"])
     facade.register("c2", "web", [ip("10.231.0.3")], [], ["nyx"], internal_networks=[])

@@ -18,7 +18,7 @@ import pytest
 
 from nyx_core import CniPluginError, NyxSettings, PortMapping
 from nyx_core.testing import LAN_HOST_IP, Netns, entered, snapshot
-from nyx_plugins_cni import CniDriver, CniOptions, ResultCache
+from nyx_plugins_cni import CniDriver, CniSettings, ResultCache
 
 pytestmark = [
     pytest.mark.kernel,
@@ -26,6 +26,10 @@ pytestmark = [
 ]
 
 NsFactory = Callable[[], Netns]
+
+
+def cni_settings(settings: NyxSettings) -> CniSettings:
+    return settings.plugin(CniSettings)
 
 
 @pytest.fixture
@@ -172,12 +176,14 @@ def test_broken_plugin_in_the_middle_leaves_nothing(
     # the fixture primed the network with the default conflist; now break the chain
     fake_bin.link_debian()
     fake_bin.make("broken", mode=mode)
-    conf_path = nyx_settings.cni_conf_dir / "nyx.conflist"
+    conf_path = cni_settings(nyx_settings).conf_dir / "nyx.conflist"
     obj = json.loads(conf_path.read_text())
     obj["plugins"].insert(1, {"type": "broken"})
     conf_path.write_text(json.dumps(obj))
-    settings = nyx_settings.model_copy(update={"cni_bin_dir": fake_bin.dir})
-    broken = CniDriver(settings, CniOptions(prime=False, timeout=2))
+    opts = cni_settings(nyx_settings).model_copy(
+        update={"bin_dir": fake_bin.dir, "prime": False, "timeout": 2}
+    )
+    broken = CniDriver(nyx_settings, opts)
     broken.ensure_network()
     ctr = nyx_container_ns()
     before = snapshot(nyx_in_host)
@@ -207,7 +213,7 @@ def test_ensure_network_primes_the_bridge(
     driver: CniDriver, nyx_settings: NyxSettings, nyx_in_host: Netns
 ) -> None:
     links = {a["ifname"]: a for a in nyx_in_host.ipj("addr", "show")}
-    bridge = links[nyx_settings.bridge]
+    bridge = links[cni_settings(nyx_settings).bridge]
     assert f"{nyx_settings.gateway_ip}/24" in [
         f"{i['local']}/{i['prefixlen']}" for i in bridge["addr_info"]
     ]
@@ -240,8 +246,9 @@ def test_own_conflist_with_more_plugins_and_capabilities(
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
-    nyx_settings.cni_conf_dir.mkdir(parents=True, exist_ok=True)
-    (nyx_settings.cni_conf_dir / "10-mine.conflist").write_text(json.dumps(conf))
+    conf_dir = cni_settings(nyx_settings).conf_dir
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "10-mine.conflist").write_text(json.dumps(conf))
     settings = nyx_settings.model_copy(update={"network": "mine"})
     d = CniDriver(settings)
     d.ensure_network()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nyx_core import ConfigError, NyxSettings
-from nyx_plugins_cni import CniDriver, CniOptions, default_conflist, find_network, parse_network
+from nyx_plugins_cni import CniDriver, CniSettings, default_conflist, find_network, parse_network
 
 
 def _bin(tmp_path: Path, *names: str) -> Path:
@@ -131,17 +132,18 @@ def _settings(tmp_path: Path, bin_dir: Path) -> NyxSettings:
     return NyxSettings(
         state_dir=tmp_path / "state",
         run_dir=tmp_path / "run",
-        cni_bin_dir=bin_dir,
-        cni_conf_dir=tmp_path / "net.d",
         container_subnet="10.231.0.0/24",
         gateway_ip="10.231.0.1",
-        bridge="nyxt9",
-    )
+    ).with_plugins(_opts(tmp_path, bin_dir))
+
+
+def _opts(tmp_path: Path, bin_dir: Path, **kw: Any) -> CniSettings:
+    return CniSettings(bin_dir=bin_dir, conf_dir=tmp_path / "net.d", bridge="nyxt9", **kw)
 
 
 def test_default_conflist_follows_the_settings(tmp_path: Path) -> None:
     s = _settings(tmp_path, tmp_path)
-    obj = default_conflist(s)
+    obj = default_conflist(s, "nyxt9")
     bridge, portmap = obj["plugins"]
     assert obj["name"] == "nyx" and obj["cniVersion"] == "1.0.0"
     assert bridge["type"] == "bridge" and bridge["bridge"] == "nyxt9" and bridge["isGateway"]
@@ -153,20 +155,24 @@ def test_default_conflist_follows_the_settings(tmp_path: Path) -> None:
 
 def test_default_is_written_once_and_not_overwritten(tmp_path: Path) -> None:
     bin_dir = _bin(tmp_path, "bridge", "host-local", "portmap")
-    driver = CniDriver(_settings(tmp_path, bin_dir), CniOptions(prime=False, loopback=False))
+    driver = CniDriver(
+        _settings(tmp_path, bin_dir), _opts(tmp_path, bin_dir, prime=False, loopback=False)
+    )
     net = driver.load_network()
     path = tmp_path / "net.d" / "nyx.conflist"
     assert driver.written == path and net.source == str(path)
     assert json.loads(path.read_text())["plugins"][0]["bridge"] == "nyxt9"
     path.write_text(json.dumps(_conflist("nyx", "portmap")))  # the admin's own version
-    again = CniDriver(_settings(tmp_path, bin_dir), CniOptions(prime=False, loopback=False))
+    again = CniDriver(
+        _settings(tmp_path, bin_dir), _opts(tmp_path, bin_dir, prime=False, loopback=False)
+    )
     assert [p["type"] for p in again.load_network().plugins] == ["portmap"]
     assert again.written is None
 
 
 def test_default_is_not_written_when_plugins_are_missing(tmp_path: Path) -> None:
     bin_dir = _bin(tmp_path, "bridge")  # no host-local, no portmap
-    driver = CniDriver(_settings(tmp_path, bin_dir), CniOptions(prime=False))
+    driver = CniDriver(_settings(tmp_path, bin_dir), _opts(tmp_path, bin_dir, prime=False))
     with pytest.raises(ConfigError, match=r"nyx\.conflist: plugins\[0\]\.ipam\.type 'host-local'"):
         driver.load_network()
     assert not (tmp_path / "net.d" / "nyx.conflist").exists()

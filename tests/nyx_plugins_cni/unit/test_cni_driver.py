@@ -21,7 +21,7 @@ from nyx_core import (
     PortMapping,
     TeardownError,
 )
-from nyx_plugins_cni import CniDriver, CniOptions, ResultCache
+from nyx_plugins_cni import CniDriver, CniSettings, ResultCache
 
 Make = Callable[..., CniDriver]
 
@@ -47,12 +47,17 @@ def make_driver(fake_bin: Any, tmp_path: Path) -> Make:
         s = NyxSettings(
             state_dir=tmp_path / "state",
             run_dir=tmp_path / "run",
-            cni_bin_dir=fake_bin.dir,
-            cni_conf_dir=conf_dir,
             container_subnet="10.231.0.0/24",
             gateway_ip="10.231.0.1",
         )
-        d = CniDriver(s, CniOptions(prime=False, loopback=loopback, timeout=timeout))
+        opts = CniSettings(
+            bin_dir=fake_bin.dir,
+            conf_dir=conf_dir,
+            prime=False,
+            loopback=loopback,
+            timeout=timeout,
+        )
+        d = CniDriver(s, opts)
         if ensure:
             d.ensure_network()
         return d
@@ -177,7 +182,7 @@ def test_del_after_restart_uses_the_cache(make_driver: Make, fake_bin: Any, netn
     d.setup("c1", netns)
     # the admin edits the conflist; DEL must still use what ADD used
     fake_bin.make("other")
-    (d.settings.cni_conf_dir / "nyx.conflist").write_text(
+    (d.options.conf_dir / "nyx.conflist").write_text(
         json.dumps({"cniVersion": "1.0.0", "name": "nyx", "plugins": [{"type": "other"}]})
     )
     restarted = make_driver()
@@ -441,11 +446,9 @@ def test_hooks_through_the_facade(
     s = NyxSettings(
         state_dir=tmp_path / "state",
         run_dir=tmp_path / "run",
-        cni_bin_dir=fake_bin.dir,
-        cni_conf_dir=tmp_path / "net.d",
         container_subnet="10.231.0.0/24",
         gateway_ip="10.231.0.1",
-    )
+    ).with_plugins(CniSettings(bin_dir=fake_bin.dir, conf_dir=tmp_path / "net.d"))
     backend = NetworkBackend.load("cni")
     info = backend.ensure_network(s)
     assert isinstance(info, dict) and info["written"] == str(tmp_path / "net.d" / "nyx.conflist")

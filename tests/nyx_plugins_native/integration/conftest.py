@@ -12,8 +12,15 @@ from collections.abc import Iterator
 import pytest
 from native_helpers import Servers
 
-from nyx_core import NetworkBackend, NyxSettings
+from nyx_core import NetworkBackend, NyxSettings, PluginSettings
 from nyx_core.testing import Netns
+from nyx_plugins_native import NativeSettings
+
+
+@pytest.fixture
+def nyx_plugin_settings() -> list[PluginSettings]:
+    """The kit's override point: the native driver's bridge is ``nyxt0`` in these tests."""
+    return [NativeSettings(bridge="nyxt0")]
 
 
 @pytest.fixture

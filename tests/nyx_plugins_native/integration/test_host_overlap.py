@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from nyx_cli.daemon._networks import NetworkRegistry
+from nyx_cli.daemon._state import StateStore as CoreStore
 from nyx_core import (
     ConfigError,
     NetworkBackend,
@@ -19,8 +21,6 @@ from nyx_core import (
     SetupOptions,
     read_host_view,
 )
-from nyx_core._networks import NetworkRegistry
-from nyx_core._state import StateStore as CoreStore
 from nyx_core.testing import Netns, entered, snapshot
 from nyx_plugins_native import StateStore
 

@@ -190,7 +190,6 @@ def test_exhausted_pool_is_a_clear_error(
         run_dir=tmp_path / "r",
         container_subnet="10.231.0.0/30",
         gateway_ip="10.231.0.1",
-        bridge="nyxt0",
     )
     backend = NetworkBackend.load("native")
     backend.ensure_network(settings)

@@ -30,7 +30,7 @@ from nyx_core.testing import (
     entered,
     route_localhost_via,
 )
-from nyx_plugins_native import Firewall, NativeDriver
+from nyx_plugins_native import Firewall, NativeDriver, NativeSettings
 
 pytestmark = pytest.mark.kernel
 
@@ -285,8 +285,9 @@ def test_no_route_localnet_without_the_guard(nyx_in_host: Netns, nyx_settings: N
     with pytest.raises(FirewallError, match="test"):
         driver.ensure_network(nyx_settings)
     links = {link["ifname"] for link in nyx_in_host.ipj("link", "show")}
-    if nyx_settings.bridge in links:
-        key = f"net.ipv4.conf.{nyx_settings.bridge}.route_localnet"
+    bridge = nyx_settings.plugin(NativeSettings).bridge
+    if bridge in links:
+        key = f"net.ipv4.conf.{bridge}.route_localnet"
         assert nyx_in_host.sysctl(key) == "0"
     assert nyx_in_host.sysctl("net.ipv4.ip_forward") == forwarding
 

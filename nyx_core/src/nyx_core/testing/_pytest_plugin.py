@@ -11,7 +11,7 @@ import pluggy
 import pytest
 
 from .._plugins import make_plugin_manager
-from .._settings import NyxSettings
+from .._settings import NyxSettings, PluginSettings
 from ._netns import Netns, entered, leaked_namespaces
 from ._recorder import HookRecorder
 from ._topology import HostTopology, Neighbour, Unprivileged
@@ -23,6 +23,7 @@ __all__ = [
     "nyx_in_host",
     "nyx_internet_ns",
     "nyx_lan_ns",
+    "nyx_plugin_settings",
     "nyx_settings",
     "nyx_topology",
     "nyx_unprivileged",
@@ -110,22 +111,31 @@ def nyx_in_host(nyx_host_ns: Netns) -> Iterator[Netns]:
 
 
 @pytest.fixture
-def nyx_settings(tmp_path: Path) -> NyxSettings:
-    """Default settings with state, run dir, socket and CNI conf dir under ``tmp_path``.
+def nyx_plugin_settings() -> list[PluginSettings]:
+    """The plugin's own settings objects the tests run with (none by default).
 
-    The subnet is a small test range (10.231.0.0/24) so tests never collide with a real
-    nyxd on the machine.
+    Override it in your test module or conftest to run your driver or provider with
+    settings of its own, e.g. ``return [MySettings(conf_dir=tmp_path / "conf")]``:
+    :func:`nyx_settings` carries them (``settings.plugin(MySettings)`` returns yours).
+    """
+    return []
+
+
+@pytest.fixture
+def nyx_settings(tmp_path: Path, nyx_plugin_settings: list[PluginSettings]) -> NyxSettings:
+    """Default settings with the state and run dirs under ``tmp_path``, carrying
+    :func:`nyx_plugin_settings`.
+
+    The subnet is a small test range (10.231.0.0/24, gateway 10.231.0.1) so tests never
+    collide with a real nyxd on the machine; DNS port 5353.
     """
     return NyxSettings(
         state_dir=tmp_path / "state",
         run_dir=tmp_path / "run",
-        socket=tmp_path / "run" / "nyxd.sock",
-        cni_conf_dir=tmp_path / "cni" / "net.d",
         container_subnet="10.231.0.0/24",
         gateway_ip="10.231.0.1",
-        bridge="nyxt0",
         dns_port=5353,
-    )
+    ).with_plugins(*nyx_plugin_settings)
 
 
 @pytest.fixture

@@ -1,0 +1,634 @@
+"""``nyx``: the client. It talks only to nyxd's control socket (``--socket``/``NYXD_SOCKET``).
+
+Exit codes follow docker's: 125 when nyxd or the request fails (or bad usage), 126 when the
+container's command cannot be executed, 127 when it is not found, otherwise the
+container's own exit code (``nyx run`` without ``-d``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+import click
+
+from .._argv import normalize_argv
+from ._http import ApiError, Client, DaemonUnavailable, InputError, default_socket, q
+
+__all__ = ["cli", "main"]
+
+EXIT_DAEMON = 125
+
+
+def _die(message: str, code: int = EXIT_DAEMON) -> NoReturn:
+    click.echo(f"nyx: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["socket"])
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one client call; a daemon or API error becomes one line and exit 125."""
+    try:
+        return fn(*args, **kwargs)
+    except DaemonUnavailable as exc:
+        _die(str(exc))
+    except ApiError as exc:
+        code = exc.body.get("exit_code")
+        _die(str(exc), code if isinstance(code, int) else EXIT_DAEMON)
+
+
+def _short(cid: str | None) -> str:
+    return (cid or "")[:12]
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+class _Group(click.Group):
+    """Exit codes like docker's; sub-command groups of other modules imported on use."""
+
+    lazy = {"compose": ("nyx_cli.compose._cli", "compose")}
+
+    def _lazy_available(self, name: str) -> bool:
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec(self.lazy[name][0]) is not None
+        except ImportError:
+            return False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        names.update(n for n in self.lazy if self._lazy_available(n))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[cmd_name]
+            try:
+                found = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError):
+                return None
+            if isinstance(found, click.Command):
+                self.add_command(found, cmd_name)
+                return found
+        return cmd
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            raise SystemExit(exc.exit_code) from None
+        except click.Abort:
+            _die("aborted", 130)
+        except click.UsageError as exc:
+            exc.show()
+            raise SystemExit(EXIT_DAEMON) from None
+        except click.ClickException as exc:
+            exc.show()
+            raise SystemExit(EXIT_DAEMON) from None
+        if isinstance(rv, int):
+            raise SystemExit(rv)
+        return rv
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket",
+    "socket_path",
+    default=None,
+    metavar="PATH",
+    help="nyxd control socket [env NYXD_SOCKET; default /run/nyx/nyxd.sock]",
+)
+@click.version_option(package_name="nyx-cli")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None) -> None:
+    """nyx: run containers through nyxd."""
+    ctx.ensure_object(dict)
+    ctx.obj["socket"] = socket_path or default_socket()
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _env_pairs(values: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values:
+        k, sep, v = item.partition("=")
+        if not k:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="-e")
+        if not sep:
+            import os
+
+            if k not in os.environ:
+                continue
+            v = os.environ[k]
+        env[k] = v
+    return env
+
+
+def _labels(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        k, _, v = item.partition("=")
+        if not k:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--label")
+        out[k] = v
+    return out
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="exit after start, print the id")
+@click.option("--rm", is_flag=True, help="remove the container when it exits")
+@click.option("--name", default=None, help="container name (unique)")
+@click.option("--hostname", default=None, help="hostname (and DNS name <hostname>.nyxd.local)")
+@click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/PROTO]", help="publish")
+@click.option("-e", "--env", multiple=True, metavar="NAME=VALUE", help="environment variable")
+@click.option("--network", "networks", multiple=True, help="network to join (repeatable)")
+@click.option("--network-alias", "aliases", multiple=True, help="extra DNS name")
+@click.option("--dns-off", is_flag=True, help="no embedded DNS, no resolv.conf override")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="label")
+@click.option("--entrypoint", default=None, help="override the image's entrypoint")
+@click.option("-w", "--workdir", default=None, help="working directory inside the container")
+@click.option("-u", "--user", default=None, help="user[:group] inside the container")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    detach: bool,
+    rm: bool,
+    name: str | None,
+    hostname: str | None,
+    publish: tuple[str, ...],
+    env: tuple[str, ...],
+    networks: tuple[str, ...],
+    aliases: tuple[str, ...],
+    dns_off: bool,
+    labels: tuple[str, ...],
+    entrypoint: str | None,
+    workdir: str | None,
+    user: str | None,
+    image: str,
+    command: tuple[str, ...],
+) -> int:
+    """Run a container: print its JSON, stream its output, exit with its exit code."""
+    ports = list(publish)  # nyxd parses "[IP:]HOST:CTR[/PROTO]" and names a bad value
+    spec: dict[str, Any] = {
+        "image": image,
+        "name": name,
+        "hostname": hostname,
+        "command": list(command) or None,
+        "entrypoint": [entrypoint] if entrypoint is not None else None,
+        "env": _env_pairs(env),
+        "workdir": workdir,
+        "user": user,
+        "ports": ports,
+        "aliases": list(aliases),
+        "labels": _labels(labels),
+        "rm": rm,
+    }
+    if len(networks) == 1:
+        spec["network"] = networks[0]
+    elif networks:
+        spec["networks"] = [{"name": n} for n in networks]
+    if dns_off:
+        spec["dns"] = False
+    spec = {k: v for k, v in spec.items() if v is not None}
+    client = _client(ctx)
+    if detach:
+        created = _call(client.create, spec, True)
+        click.echo(created["id"])
+        return 0
+    return _run_foreground(client, spec, rm)
+
+
+def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
+    created = _call(client.create, spec, False)
+    cid = created["id"]
+    printed = threading.Event()
+    out = sys.stdout.buffer
+
+    def pump() -> None:
+        printed.wait()
+        try:
+            for chunk in client.stream(
+                "GET", f"/v1/containers/{q(cid)}/logs", params={"follow": 1}
+            ):
+                out.write(chunk)
+                out.flush()
+        except Exception:
+            return
+
+    logs = threading.Thread(target=pump, daemon=True)
+    logs.start()
+    try:
+        started = client.start(cid)
+    except (ApiError, DaemonUnavailable) as exc:
+        if rm:
+            with contextlib.suppress(Exception):
+                client.request("DELETE", f"/v1/containers/{q(cid)}", params={"force": 1})
+        code = exc.body.get("exit_code") if isinstance(exc, ApiError) else None
+        _die(str(exc), code if isinstance(code, int) else EXIT_DAEMON)
+    click.echo(json.dumps(started, indent=2))
+    sys.stdout.flush()
+    printed.set()
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        click.echo(f"nyx: stopping {_short(cid)}", err=True)
+        threading.Thread(target=_quiet_stop, args=(client, cid), daemon=True).start()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = _call(client.wait, cid)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    logs.join(5)
+    code = result.get("exit_code")
+    return code if isinstance(code, int) else (137 if stopping.is_set() else 1)
+
+
+def _quiet_stop(client: Client, cid: str) -> None:
+    with contextlib.suppress(Exception):
+        client.stop(cid)
+
+
+# ----------------------------------------------------------------------- containers
+
+
+@cli.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="show stopped containers too")
+@click.option("-q", "--quiet", is_flag=True, help="only ids")
+@click.option("--json", "as_json", is_flag=True, help="JSON list")
+@click.option("--filter", "filters", multiple=True, metavar="label=K=V", help="filter by label")
+@click.pass_context
+def ps(
+    ctx: click.Context, all_: bool, quiet: bool, as_json: bool, filters: tuple[str, ...]
+) -> None:
+    """List containers."""
+    labels = [f.removeprefix("label=") for f in filters]
+    rows = _call(
+        _client(ctx).request,
+        "GET",
+        "/v1/containers",
+        params={"all": 1 if all_ else None, "label": labels or None},
+    )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if quiet:
+        for r in rows:
+            click.echo(_short(r["id"]))
+        return
+    _table(
+        [
+            (
+                _short(r["id"]),
+                r["name"],
+                r["image"],
+                r["state"] + (f" ({r['exit_code']})" if r.get("exit_code") is not None else ""),
+                ",".join(r.get("ips") or []),
+                ",".join(r.get("ports") or []),
+            )
+            for r in rows
+        ],
+        ("CONTAINER ID", "NAME", "IMAGE", "STATE", "IPS", "PORTS"),
+    )
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", type=float, default=None, help="grace seconds (10)")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx: click.Context, timeout: float | None, containers: tuple[str, ...]) -> None:
+    """Stop containers: SIGTERM, grace period, SIGKILL."""
+    client = _client(ctx)
+    for ref in containers:
+        _call(client.stop, ref, timeout)
+        click.echo(ref)
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="kill and remove a running container")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
+    """Remove containers."""
+    client = _client(ctx)
+    for ref in containers:
+        _call(
+            client.request,
+            "DELETE",
+            f"/v1/containers/{q(ref)}",
+            params={"force": 1 if force else None},
+        )
+        click.echo(ref)
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="keep streaming until the container exits")
+@click.argument("container")
+@click.pass_context
+def logs(ctx: click.Context, follow: bool, container: str) -> None:
+    """Print a container's output."""
+    client = _client(ctx)
+    out = sys.stdout.buffer
+    stream = _call(
+        client.stream,
+        "GET",
+        f"/v1/containers/{q(container)}/logs",
+        params={"follow": 1 if follow else None},
+    )
+    try:
+        for chunk in stream:
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        return
+    except (DaemonUnavailable, ApiError) as exc:
+        _die(str(exc))
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Show containers (or images) as JSON."""
+    client = _client(ctx)
+    found = []
+    for ref in refs:
+        try:
+            found.append(client.request("GET", f"/v1/containers/{q(ref)}"))
+            continue
+        except ApiError as exc:
+            if exc.status != 404:
+                _die(str(exc))
+        except DaemonUnavailable as exc:
+            _die(str(exc))
+        images = _call(client.request, "GET", "/v1/images")
+        match = [
+            i
+            for i in images
+            if ref in (i.get("repo_tags") or []) or str(i.get("id", "")).startswith(ref)
+        ]
+        if not match:
+            _die(f"no such container or image: {ref}", 1)
+        found.append(match[0])
+    click.echo(json.dumps(found, indent=2))
+
+
+@cli.command()
+@click.argument("container")
+@click.pass_context
+def wait(ctx: click.Context, container: str) -> int:
+    """Wait for a container to exit; print its exit code."""
+    result = _call(_client(ctx).wait, container)
+    click.echo(result.get("exit_code"))
+    return 0
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, int):
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1000
+    return f"{n}B"
+
+
+@cli.command()
+@click.option("-q", "--quiet", is_flag=True, help="only ids")
+@click.option("--json", "as_json", is_flag=True, help="JSON list")
+@click.pass_context
+def images(ctx: click.Context, quiet: bool, as_json: bool) -> None:
+    """List images."""
+    rows = _call(_client(ctx).request, "GET", "/v1/images")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = []
+    for img in rows:
+        ident = str(img.get("id") or "").removeprefix("sha256:")[:12]
+        if quiet:
+            click.echo(ident)
+            continue
+        for tag in img.get("repo_tags") or ["<none>:<none>"]:
+            repo, _, t = tag.rpartition(":")
+            table.append((repo or tag, t, ident, _size(img.get("size"))))
+    if not quiet:
+        _table(table, ("REPOSITORY", "TAG", "IMAGE ID", "SIZE"))
+
+
+@cli.command()
+@click.option(
+    "-i",
+    "--input",
+    "path",
+    type=click.Path(dir_okay=True),
+    default=None,
+    help="image tar (docker save or OCI) or OCI layout dir; default stdin",
+)
+@click.pass_context
+def load(ctx: click.Context, path: str | None) -> None:
+    """Load images from a tar archive or an OCI layout."""
+    client = _client(ctx)
+    if path is None and sys.stdin.isatty():
+        raise click.UsageError("no input: use -i FILE or pipe an image tar to stdin")
+    source: Path | BinaryIO = Path(path) if path is not None else sys.stdin.buffer
+    try:  # streamed: nyxd never opens a path of its client's choosing
+        loaded = _call(client.load, source)
+    except InputError as exc:
+        _die(str(exc))
+    for img in loaded:
+        for tag in img.get("repo_tags") or [img.get("id")]:
+            click.echo(f"Loaded image: {tag}")
+
+
+@cli.command()
+@click.option("--insecure", is_flag=True, hidden=True, help="removed: see nyxd --insecure-registry")
+@click.option("-q", "--quiet", is_flag=True, help="no progress")
+@click.argument("reference")
+@click.pass_context
+def pull(ctx: click.Context, insecure: bool, quiet: bool, reference: str) -> None:
+    """Pull an image from a registry (through nyxd).
+
+    Registries that may use plain HTTP or an unverified certificate are nyxd's
+    configuration (nyxd --insecure-registry HOST[:PORT]), as in docker's daemon.json.
+    """
+    if insecure:
+        raise click.UsageError(
+            "nyx pull --insecure was removed: which registries may use plain HTTP or an "
+            "unverified certificate is nyxd's configuration; start nyxd with "
+            "--insecure-registry HOST[:PORT] (localhost and 127.0.0.0/8 need nothing)"
+        )
+    client = _client(ctx)
+    body = {"reference": reference}
+    tty = sys.stderr.isatty()
+    try:
+        for ev in client.lines("POST", "/v1/images/pull", params={"progress": 1}, body=body):
+            if "error" in ev:
+                code = ev.get("exit_code")
+                _die(ev["error"], code if isinstance(code, int) else EXIT_DAEMON)
+            if "image" in ev:
+                if tty and not quiet:
+                    click.echo("", err=True)
+                click.echo(ev["image"].get("id"))
+                return
+            if not quiet:
+                _show_progress(ev.get("progress") or {}, tty)
+    except (ApiError, DaemonUnavailable) as exc:
+        code = exc.body.get("exit_code") if isinstance(exc, ApiError) else None
+        _die(str(exc), code if isinstance(code, int) else EXIT_DAEMON)
+    _die("pull ended without a result")
+
+
+def _show_progress(ev: dict[str, Any], tty: bool) -> None:
+    kind = ev.get("kind", "")
+    digest = str(ev.get("digest", "")).removeprefix("sha256:")[:12]
+    if kind == "blob-progress":
+        if not tty:
+            return
+        cur, tot = ev.get("current", 0), ev.get("total", 0)
+        pct = f"{100 * cur // tot}%" if tot else _size(cur)
+        click.echo(f"\r{digest}: downloading {pct} of {_size(tot)}    ", err=True, nl=False)
+        return
+    text = {
+        "resolve": f"resolving {ev.get('reference', '')}",
+        "manifest": f"manifest {ev.get('digest', '')}",
+        "blob-start": f"{digest}: downloading {_size(ev.get('total'))}",
+        "blob-skip": f"{digest}: already present",
+        "blob-done": f"{digest}: done",
+        "done": "pull complete",
+    }.get(kind, ev.get("message") or str(ev))
+    prefix = "\r" if tty else ""
+    click.echo(f"{prefix}{text}".ljust(60), err=True)
+
+
+@cli.command()
+@click.option("-u", "--username", prompt=True, help="user name")
+@click.option("-p", "--password", default=None, help="password (prefer --password-stdin)")
+@click.option("--password-stdin", is_flag=True, help="read the password from stdin")
+@click.option("--insecure", is_flag=True, help="plain HTTP / unverified TLS for this registry")
+@click.argument("registry")
+def login(
+    registry: str, username: str, password: str | None, password_stdin: bool, insecure: bool
+) -> None:
+    """Store registry credentials in the docker auth file nyxd reads when pulling."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    if password is None:
+        password = click.prompt("Password", hide_input=True)
+    from ..registry import login as registry_login  # httpx: only for this command
+
+    try:
+        registry_login(
+            registry, username, password, insecure_registries=(registry,) if insecure else ()
+        )
+    except Exception as exc:
+        _die(f"login to {registry} failed: {exc}")
+    click.echo("Login Succeeded")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="raw JSON")
+@click.pass_context
+def info(ctx: click.Context, as_json: bool) -> None:
+    """Show nyxd's version, driver, DNS mode and plugins."""
+    data = _call(_client(ctx).info)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key in ("version", "driver", "dns", "dns_provider", "subnet", "gateway"):
+        if key in data:
+            click.echo(f"{key}: {data[key]}")
+    click.echo(f"containers: {data.get('containers')} (running {data.get('running', '?')})")
+    click.echo(f"images: {data.get('images')}")
+    click.echo("plugins:")
+    for p in data.get("plugins", []):
+        click.echo(f"  {p['group']:<18} {p['name']:<10} {p['distribution']} {p['version']}")
+
+
+# ---------------------------------------------------------------------------- networks
+
+
+@cli.group()
+def network() -> None:
+    """Manage networks."""
+
+
+@network.command("ls")
+@click.pass_context
+def network_ls(ctx: click.Context) -> None:
+    """List networks."""
+    rows = _call(_client(ctx).request, "GET", "/v1/networks")
+    _table(
+        [(n["name"], n["subnet"], n["gateway"], "yes" if n.get("internal") else "") for n in rows],
+        ("NAME", "SUBNET", "GATEWAY", "INTERNAL"),
+    )
+
+
+@network.command("create")
+@click.option("--internal", is_flag=True, help="no traffic leaves the network's subnet")
+@click.option("--subnet", default=None, help="IPv4 subnet (default: a free /24 of 10.89/16)")
+@click.argument("name")
+@click.pass_context
+def network_create(ctx: click.Context, internal: bool, subnet: str | None, name: str) -> None:
+    """Create a network."""
+    body = {"name": name, "internal": internal, "subnet": subnet}
+    net = _call(_client(ctx).request, "POST", "/v1/networks", body=body)
+    click.echo(net["name"])
+
+
+@network.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove networks."""
+    for n in names:
+        _call(_client(ctx).request, "DELETE", f"/v1/networks/{q(n)}")
+        click.echo(n)
+
+
+@cli.command("rmi")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def rmi(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Remove images."""
+    for ref in refs:
+        _call(_client(ctx).request, "DELETE", f"/v1/images/{q(ref)}")
+        click.echo(f"Untagged: {ref}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    # the spec's single-dash spelling for the one global long option, before the command
+    if args and (args[0] == "-socket" or args[0].startswith("-socket=")):
+        args = normalize_argv(args[:1], ["socket"]) + args[1:]
+    cli.main(args=args, prog_name="nyx")

@@ -1,0 +1,858 @@
+"""``nyx compose``: run a Compose stack through nyxd's control socket.
+
+The file is read and validated here (``nyx_cli.compose._project`` does the pure work), then the
+stack's networks and containers are created with plain HTTP requests to nyxd:
+``POST /v1/networks``, ``POST /v1/containers`` (a ``ContainerSpec`` plus ``"start": true``),
+and removed again by ``down``. Errors are one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from http.client import HTTPException
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode
+
+import click
+import yaml
+
+from nyx_core import NyxError, PortMapping
+
+from ..client._http import ApiError as HttpApiError
+from ..client._http import Client, DaemonUnavailable, default_socket
+from ._project import (
+    COMPOSE_FILENAMES,
+    CONFIG_HASH_LABEL,
+    PROJECT_LABEL,
+    SERVICE_LABEL,
+    ComposePlan,
+    check_project_name,
+    load_compose,
+    normalize_project_name,
+    plan_stack,
+)
+
+__all__ = ["ApiError", "DaemonClient", "compose", "load_yaml"]
+
+
+# ------------------------------------------------------------------ talking to nyxd
+
+
+class ApiError(Exception):
+    """nyxd answered with an error status; ``message`` is its ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+class DaemonClient:
+    """nyx's control-socket client (``nyx_cli.client._http``) with compose's error types.
+
+    A missing or refused socket becomes one ``ClickException`` line; an API error an
+    :class:`ApiError` carrying the status, so callers can treat 404/409 as they need.
+    """
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self._client = Client(socket_path)
+
+    def request(self, method: str, path: str, body: object = None) -> Any:
+        """Send one request, return the decoded JSON (``None`` for an empty body)."""
+        try:
+            return self._client.request(method, path, body=body)
+        except DaemonUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        except HttpApiError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+
+    def stream(self, path: str) -> Iterator[bytes]:
+        """Yield the response body line by line until the server closes it."""
+        buf = b""
+        try:
+            for chunk in self._client.stream("GET", path):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    yield line + b"\n"
+        except DaemonUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        except HttpApiError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+        if buf:
+            yield buf
+
+
+# ------------------------------------------------------------------ the compose file
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML the way Compose reads it (YAML 1.2 scalars): ``22:22`` stays a string (no
+    base-60 integers), ``no``/``yes``/``on``/``off`` stay strings, dates stay strings."""
+
+
+_REPLACED = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp"}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0o[0-7_]+|0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    return int(text, 0) if text.startswith("0x") else int(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse a compose file; a syntax error is one ``ClickException`` line naming the file
+    and the position."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"{source}: invalid YAML: {exc}") from exc
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if not path.is_file():
+        return env
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def find_compose_file(cwd: Path) -> Path:
+    for name in COMPOSE_FILENAMES:
+        candidate = cwd / name
+        if candidate.is_file():
+            return candidate
+    raise click.ClickException(
+        f"no compose file in {cwd} (looked for {', '.join(COMPOSE_FILENAMES)}); use -f FILE"
+    )
+
+
+@dataclass
+class _Options:
+    file: Path | None
+    project_name: str | None
+    socket_path: str
+
+    def client(self) -> DaemonClient:
+        return DaemonClient(self.socket_path)
+
+    def compose_file(self, required: bool = True) -> Path | None:
+        if self.file is not None:
+            if not self.file.is_file():
+                why = "is not a regular file" if self.file.exists() else "not found"
+                raise click.ClickException(f"compose file {str(self.file)!r} {why}")
+            return self.file
+        try:
+            return find_compose_file(Path.cwd())
+        except click.ClickException:
+            if required:
+                raise
+            return None
+
+    def plan(self, required: bool = True) -> ComposePlan | None:
+        """Load, validate and plan the file; print its warnings on stderr."""
+        path = self.compose_file(required)
+        if path is None:
+            return None
+        directory = path.resolve().parent
+        environ = {**_dotenv(directory / ".env"), **os.environ}
+        explicit = self.project_name or os.environ.get("COMPOSE_PROJECT_NAME") or None
+        try:
+            data = load_yaml(path.read_text(), str(path))
+            project = load_compose(
+                data,
+                explicit,
+                default_project=normalize_project_name(directory.name),
+                environ=environ,
+            )
+            plan = plan_stack(project)
+        except NyxError as exc:
+            raise click.ClickException(f"{path}: {exc}") from exc
+        for warning in project.warnings:
+            click.echo(f"warning: {path}: {warning}", err=True)
+        return plan
+
+    def project(self, plan: ComposePlan | None) -> str:
+        if plan is not None:
+            return plan.name
+        explicit = self.project_name or os.environ.get("COMPOSE_PROJECT_NAME")
+        if explicit:
+            try:
+                return check_project_name(explicit)
+            except NyxError as exc:
+                raise click.ClickException(str(exc)) from exc
+        try:
+            return normalize_project_name(Path.cwd().name)
+        except NyxError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _socket_from_context(ctx: click.Context) -> str | None:
+    """The ``--socket`` the parent ``nyx`` group got, whatever way it stored it."""
+    obj = ctx.obj
+    for value in (
+        obj.get("socket") if isinstance(obj, Mapping) else None,
+        getattr(obj, "socket", None),
+        getattr(obj, "socket_path", None),
+        getattr(getattr(obj, "client", None), "socket_path", None),
+    ):
+        if isinstance(value, str | os.PathLike) and str(value):
+            return str(value)
+    parent = ctx.parent
+    while parent is not None:
+        value = parent.params.get("socket")
+        if value:
+            return str(value)
+        parent = parent.parent
+    return None
+
+
+# ------------------------------------------------------------------ daemon helpers
+
+
+def _stack_containers(client: DaemonClient, project: str) -> list[dict[str, Any]]:
+    query = urlencode({"label": f"{PROJECT_LABEL}={project}", "all": "1"})
+    data = client.request("GET", f"/v1/containers?{query}")
+    if isinstance(data, dict):
+        data = data.get("containers", [])
+    if not isinstance(data, list):
+        return []
+    name_re = re.compile(rf"^{re.escape(project)}-.+-\d+$")
+    out: list[dict[str, Any]] = []
+    for c in data:
+        if not isinstance(c, dict):
+            continue
+        labels = c.get("labels")
+        if isinstance(labels, dict):
+            if labels.get(PROJECT_LABEL) == project:
+                out.append(c)
+        elif name_re.match(str(c.get("name", ""))):
+            out.append(c)
+    return out
+
+
+def _service_of(container: Mapping[str, Any], project: str) -> str:
+    labels = container.get("labels")
+    if isinstance(labels, dict) and isinstance(labels.get(SERVICE_LABEL), str):
+        return str(labels[SERVICE_LABEL])
+    name = str(container.get("name", ""))
+    m = re.match(rf"^{re.escape(project)}-(.+)-\d+$", name)
+    return m.group(1) if m else name
+
+
+def _cid(container: Mapping[str, Any]) -> str:
+    return str(container.get("id") or container.get("name"))
+
+
+def _running(container: Mapping[str, Any]) -> bool:
+    return str(container.get("state", "")).lower() in ("running", "starting", "created")
+
+
+def _status(kind: str, name: str, what: str) -> None:
+    click.echo(f" {kind} {name}  {what}")
+
+
+def _ensure_network(client: DaemonClient, name: str, internal: bool) -> bool:
+    """Create the network, or reuse it when it exists with the same flag: ``True`` if created."""
+    try:
+        client.request("POST", "/v1/networks", {"name": name, "internal": internal})
+        _status("Network", name, "Created")
+        return True
+    except ApiError as exc:
+        if exc.status != 409:
+            raise ApiError(exc.status, f"network {name}: {exc.message}") from exc
+    existing = client.request("GET", "/v1/networks")
+    if isinstance(existing, dict):
+        existing = existing.get("networks", [])
+    for net in existing or []:
+        if isinstance(net, dict) and net.get("name") == name:
+            if bool(net.get("internal", False)) != internal:
+                raise click.ClickException(
+                    f"network {name} exists with internal={bool(net.get('internal'))}, the file "
+                    f"says internal={internal}; run `nyx compose down` first"
+                )
+            _status("Network", name, "Exists")
+            return False
+    raise click.ClickException(f"network {name}: nyxd says it exists but does not list it")
+
+
+def _undo_up(
+    client: DaemonClient, containers: list[dict[str, Any]], networks: list[str]
+) -> list[str]:
+    """Remove what a failed ``up`` created, newest first; returns what could not be undone."""
+    failed: list[str] = []
+    for c in reversed(containers):
+        try:
+            _remove_container(client, c)
+            _status("Container", str(c.get("name")), "Removed")
+        except (ApiError, click.ClickException) as exc:
+            failed.append(f"container {c.get('name')}: {exc}")
+    for name in reversed(networks):
+        try:
+            client.request("DELETE", f"/v1/networks/{quote(name, safe='')}")
+            _status("Network", name, "Removed")
+        except (ApiError, click.ClickException) as exc:
+            failed.append(f"network {name}: {exc}")
+    return failed
+
+
+def _stop_path(container: Mapping[str, Any], timeout: float | None) -> str:
+    path = f"/v1/containers/{quote(_cid(container), safe='')}/stop"
+    return path if timeout is None else f"{path}?{urlencode({'timeout': timeout})}"
+
+
+def _remove_container(
+    client: DaemonClient, container: Mapping[str, Any], timeout: float | None = None
+) -> None:
+    cid = quote(_cid(container), safe="")
+    if _running(container):
+        with contextlib.suppress(ApiError):
+            client.request("POST", _stop_path(container, timeout))
+    try:
+        client.request("DELETE", f"/v1/containers/{cid}?force=1")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+def _order_for_stop(
+    containers: list[dict[str, Any]], plan: ComposePlan | None, project: str
+) -> list[dict[str, Any]]:
+    rank = {s: i for i, s in enumerate(plan.stop_order())} if plan is not None else {}
+    indexed = list(enumerate(containers))
+    # services unknown to the file (orphans) go first, then the plan's reverse start order;
+    # without a file, the reverse of nyxd's listing order.
+    indexed.sort(key=lambda ic: (rank.get(_service_of(ic[1], project), -1), -ic[0]))
+    return [c for _, c in indexed]
+
+
+# ------------------------------------------------------------------ log following
+
+
+def _prefix(container: Mapping[str, Any], project: str) -> str:
+    return f"{_service_of(container, project)}-1"
+
+
+def _follow(
+    client: DaemonClient,
+    containers: Sequence[Mapping[str, Any]],
+    project: str,
+    follow: bool,
+    on_interrupt: Callable[[], None] | None = None,
+    on_end: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None,
+) -> None:
+    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end.
+
+    ``on_end(container)`` runs (in this thread) when a followed container's output ends; a
+    container it returns (a restarted one) is followed in its place.
+    """
+    width = max((len(_prefix(c, project)) for c in containers), default=0)
+    events: queue.Queue[tuple[str, str] | Mapping[str, Any]] = queue.Queue()
+    suffix = "?follow=1" if follow else ""
+
+    def pump(container: Mapping[str, Any]) -> None:
+        label = _prefix(container, project).ljust(width)
+        try:
+            for raw in client.stream(
+                f"/v1/containers/{quote(_cid(container), safe='')}/logs{suffix}"
+            ):
+                events.put((label, raw.decode(errors="replace").rstrip("\r\n")))
+        except (ApiError, click.ClickException, OSError, HTTPException) as exc:
+            events.put((label, f"(logs ended: {exc})"))
+        finally:
+            events.put(container)
+
+    if not follow:
+        for c in containers:
+            label = _prefix(c, project).ljust(width)
+            for raw in client.stream(f"/v1/containers/{quote(_cid(c), safe='')}/logs"):
+                click.echo(f"{label}  | {raw.decode(errors='replace').rstrip(chr(13) + chr(10))}")
+        return
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: FrameType | None) -> NoReturn:
+        raise KeyboardInterrupt
+
+    def start(container: Mapping[str, Any]) -> None:
+        threading.Thread(target=pump, args=(container,), daemon=True).start()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, on_term)
+    pending = len(containers)
+    try:
+        for c in containers:
+            start(c)
+        while pending:
+            try:
+                item = events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(item, tuple):
+                click.echo(f"{item[0]}  | {item[1]}")
+                continue
+            pending -= 1
+            replacement = on_end(item) if on_end is not None else None
+            if replacement is not None:
+                pending += 1
+                start(replacement)
+    except KeyboardInterrupt:
+        if on_interrupt is None:
+            raise SystemExit(130) from None
+        on_interrupt()
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interruptible(call: Callable[[], object]) -> bool:
+    """Run ``call`` in a helper thread so a signal interrupts the wait, not the request
+    (whose connection then still finishes and closes cleanly). ``False`` on an API error."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            call()
+        except (ApiError, click.ClickException) as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    while not done.wait(0.2):
+        pass
+    return not failed
+
+
+def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
+    """What the daemon's driver cannot do is refused (or reported) before anything starts.
+
+    Read from the driver's capabilities in ``GET /v1/info``, never from its name.
+    """
+    info = client.request("GET", "/v1/info")
+    caps = info.get("capabilities") if isinstance(info, dict) else None
+    if not isinstance(caps, dict):
+        return
+    driver = info.get("driver")
+    if not caps.get("multiple_networks"):
+        for name, svc in plan.project.services.items():
+            if len(svc.networks) > 1:
+                keys = ", ".join(sn.key for sn in svc.networks)
+                raise click.ClickException(
+                    f"services.{name}.networks: nyxd's net driver {driver!r} attaches a "
+                    f"container to one network; {name} lists {len(svc.networks)} ({keys}). "
+                    "Use one network per service or a driver with multiple_networks"
+                )
+    if not caps.get("enforces_internal"):
+        for net in plan.networks():
+            if net.internal:
+                click.echo(
+                    f"warning: networks.{net.key}.internal: not enforced by nyxd's net driver "
+                    f"{driver!r} (configure it yourself); it still selects the DNS policy",
+                    err=True,
+                )
+
+
+# ------------------------------------------------------------------ commands
+
+
+@click.group("compose", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-f",
+    "--file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"compose file [default: the first of {', '.join(COMPOSE_FILENAMES)} in the cwd]",
+)
+@click.option(
+    "-p",
+    "--project-name",
+    default=None,
+    help="project name [default: COMPOSE_PROJECT_NAME, the file's name:, the directory name]",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    default=None,
+    help="nyxd control socket [env NYXD_SOCKET; default /run/nyx/nyxd.sock]",
+)
+@click.pass_context
+def compose(
+    ctx: click.Context, file: Path | None, project_name: str | None, socket_path: str | None
+) -> None:
+    """Run a Compose stack (services, networks, internal networks) on nyxd."""
+    resolved = socket_path or _socket_from_context(ctx) or default_socket()
+    ctx.obj = _Options(file=file, project_name=project_name, socket_path=resolved)
+
+
+def _options(ctx: click.Context) -> _Options:
+    obj = ctx.find_object(_Options)
+    assert obj is not None
+    return obj
+
+
+@compose.command("up")
+@click.option("-d", "--detach", is_flag=True, help="start the stack and return")
+@click.pass_context
+def up(ctx: click.Context, detach: bool) -> None:
+    """Create networks and start services in depends_on order (then follow their logs)."""
+    opts = _options(ctx)
+    plan = opts.plan()
+    assert plan is not None
+    client = opts.client()
+    new_networks: list[str] = []
+    new_containers: list[dict[str, Any]] = []
+    started: list[dict[str, Any]] = []
+    service = ""
+    try:
+        _check_driver(client, plan)
+        existing = _stack_containers(client, plan.name)
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for c in existing:
+            by_service.setdefault(_service_of(c, plan.name), []).append(c)
+        for orphan_service, orphans in by_service.items():
+            if orphan_service not in plan.project.services:
+                for c in orphans:
+                    click.echo(
+                        f"warning: container {c.get('name')} belongs to service "
+                        f"{orphan_service!r}, which the file no longer has (`down` removes it)",
+                        err=True,
+                    )
+        for net in plan.networks():
+            if _ensure_network(client, net.name, net.internal):
+                new_networks.append(net.name)
+        for service in plan.order:
+            body = plan.create_request(service)
+            name = plan.container_name(service)
+            current = by_service.get(service, [])
+            same = [
+                c
+                for c in current
+                if _running(c)
+                and isinstance(c.get("labels"), dict)
+                and c["labels"].get(CONFIG_HASH_LABEL) == body["labels"][CONFIG_HASH_LABEL]
+            ]
+            if same and len(current) == 1:
+                _status("Container", name, "Running")
+                started.append(same[0])
+                continue
+            for c in current:
+                _remove_container(client, c)
+                _status("Container", str(c.get("name", name)), "Recreate")
+            try:
+                created = client.request("POST", "/v1/containers", body)
+            except ApiError as exc:
+                raise ApiError(exc.status, f"service {service}: {exc.message}") from exc
+            if not isinstance(created, dict):
+                created = {"id": name, "name": name}
+            created.setdefault("name", name)
+            created.setdefault("labels", body["labels"])
+            created.setdefault("state", "running")
+            new_containers.append(created)
+            _status("Container", name, "Started")
+            started.append(created)
+    except (ApiError, click.ClickException) as exc:
+        message = exc.message
+        if new_containers or new_networks:
+            click.echo(f"up failed: {message}; undoing what it created", err=True)
+            failed = _undo_up(client, new_containers, new_networks)
+            if failed:
+                message += f" (could not undo: {'; '.join(failed)})"
+        raise click.ClickException(message) from exc
+    if detach:
+        return
+
+    def stop_all() -> None:
+        click.echo("Gracefully stopping... (press Ctrl+C again to force)", err=True)
+        pending = list(reversed(started))
+        timeout: float | None = None
+        while pending:
+            c = pending[0]
+            try:
+                if _interruptible(partial(client.request, "POST", _stop_path(c, timeout))):
+                    _status("Container", str(c.get("name")), "Stopped")
+                pending.pop(0)
+            except KeyboardInterrupt:
+                if timeout == 0:
+                    raise
+                click.echo("Killing...", err=True)
+                timeout = 0
+
+    restarts: dict[str, int] = {}
+
+    def restart_on_failure(ended: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """``restart: on-failure[:N]``, enforced by this foreground ``up`` (nyxd has no
+        restart policy): a service that exited non-zero is recreated."""
+        service = _service_of(ended, plan.name)
+        svc = plan.project.services.get(service)
+        if svc is None or svc.restart != "on-failure":
+            return None
+        name = plan.container_name(service)
+        try:
+            info = client.request("GET", f"/v1/containers/{quote(_cid(ended), safe='')}")
+            code = info.get("exit_code") if isinstance(info, dict) else None
+            if not isinstance(info, dict) or info.get("state") != "exited" or code in (0, None):
+                return None
+            done = restarts.get(service, 0)
+            if svc.restart_max_retries is not None and done >= svc.restart_max_retries:
+                click.echo(f"{name} exited with {code}; gave up after {done} restart(s)", err=True)
+                return None
+            restarts[service] = done + 1
+            _status("Container", name, f"Restarting (exit {code})")
+            _remove_container(client, info)
+            created = client.request("POST", "/v1/containers", plan.create_request(service))
+        except (ApiError, click.ClickException) as exc:
+            click.echo(f"{name}: restart failed: {exc}", err=True)
+            return None
+        if not isinstance(created, dict):
+            return None
+        created.setdefault("name", name)
+        created.setdefault("labels", {SERVICE_LABEL: service})
+        created.setdefault("state", "running")
+        started[:] = [created if _cid(c) == _cid(ended) else c for c in started]
+        return created
+
+    _follow(
+        client,
+        started,
+        plan.name,
+        follow=True,
+        on_interrupt=stop_all,
+        on_end=restart_on_failure,
+    )
+
+
+@compose.command("down")
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="seconds to wait for a container to stop before killing it [default: nyxd's]",
+)
+@click.pass_context
+def down(ctx: click.Context, timeout: float | None) -> None:
+    """Stop and remove the stack's containers (reverse order), then its networks."""
+    opts = _options(ctx)
+    plan = opts.plan(required=opts.project_name is None)
+    project = opts.project(plan)
+    client = opts.client()
+    errors: list[str] = []
+    try:
+        containers = _stack_containers(client, project)
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from exc
+    networks: list[str] = [n.name for n in plan.networks()] if plan is not None else []
+    for c in _order_for_stop(containers, plan, project):
+        name = str(c.get("name") or _cid(c))
+        try:
+            _remove_container(client, c, timeout)
+            _status("Container", name, "Removed")
+        except (ApiError, click.ClickException) as exc:
+            errors.append(f"container {name}: {exc}")
+        attached = c.get("networks")
+        for net in attached if isinstance(attached, list) else []:
+            net_name = net.get("name") if isinstance(net, dict) else net
+            if (
+                isinstance(net_name, str)
+                and net_name.startswith(f"{project}_")
+                and net_name not in networks
+            ):
+                networks.append(net_name)
+    if plan is None:
+        default = f"{project}_default"
+        if default not in networks:
+            networks.append(default)
+    for net_name in networks:
+        try:
+            client.request("DELETE", f"/v1/networks/{quote(net_name, safe='')}")
+            _status("Network", net_name, "Removed")
+        except ApiError as exc:
+            if exc.status != 404:
+                errors.append(f"network {net_name}: {exc.message}")
+        except click.ClickException as exc:
+            errors.append(f"network {net_name}: {exc.message}")
+    if errors:
+        raise click.ClickException(
+            f"down finished with {len(errors)} error(s): " + "; ".join(errors)
+        )
+
+
+def _ips(container: Mapping[str, Any]) -> str:
+    ips = container.get("ips")
+    if isinstance(ips, dict):
+        return ",".join(f"{k}={v}" for k, v in ips.items())
+    if isinstance(ips, list):
+        return ",".join(str(i) for i in ips)
+    return str(ips or "")
+
+
+def _ports(container: Mapping[str, Any]) -> str:
+    out: list[str] = []
+    for p in container.get("ports") or []:
+        try:
+            out.append(str(PortMapping.model_validate(p)) if isinstance(p, dict) else str(p))
+        except ValueError:
+            out.append(str(p))
+    return ",".join(out)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Output that reads back as the same compose file: ``$`` escaped as ``$$`` (values are
+    already interpolated), multi-line strings as ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    value = value.replace("$", "$$")
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _normalized(plan: ComposePlan) -> dict[str, Any]:
+    """The validated file as nyx understood it (``config``), itself a valid compose file:
+    services in start order, the names nyxd gets as ``name``/``x-nyx-container-name``."""
+    services: dict[str, Any] = {}
+    for name in plan.order:
+        svc = plan.project.services[name]
+        entry: dict[str, Any] = {"image": svc.image, "hostname": svc.hostname}
+        if svc.entrypoint is not None:
+            entry["entrypoint"] = list(svc.entrypoint)
+        if svc.command is not None:
+            entry["command"] = list(svc.command)
+        if svc.environment:
+            entry["environment"] = dict(svc.environment)
+        if svc.ports:
+            entry["ports"] = [str(p) for p in svc.ports]
+        key_of = {n.name: n.key for n in plan.project.networks.values()}
+        entry["networks"] = {
+            key_of[a.name]: ({"aliases": a.aliases[1:]} if a.aliases[1:] else None)
+            for a in plan.attachments(name)
+        }
+        if svc.depends_on:
+            entry["depends_on"] = list(svc.depends_on)
+        entry["restart"] = svc.restart + (
+            f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
+        )
+        entry["x-nyx-container-name"] = plan.container_name(name)
+        services[name] = entry
+    networks = {n.key: {"name": n.name, "internal": n.internal} for n in plan.networks()}
+    return {"name": plan.name, "services": services, "networks": networks}
+
+
+@compose.command("config")
+@click.option("-q", "--quiet", is_flag=True, help="only validate; print nothing")
+@click.pass_context
+def config(ctx: click.Context, quiet: bool) -> None:
+    """Validate the file and print it as nyx understood it (no daemon needed).
+
+    Services are listed in start order, networks by the names nyxd gets.
+    """
+    plan = _options(ctx).plan()
+    assert plan is not None
+    if not quiet:
+        text = yaml.dump(_normalized(plan), Dumper=_Dumper, sort_keys=False, width=100)
+        click.echo(text, nl=False)
+
+
+@compose.command("ps")
+@click.pass_context
+def ps(ctx: click.Context) -> None:
+    """List the stack's containers."""
+    opts = _options(ctx)
+    plan = opts.plan(required=opts.project_name is None)
+    project = opts.project(plan)
+    try:
+        containers = _stack_containers(opts.client(), project)
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from exc
+    rows = [("NAME", "SERVICE", "STATE", "IPS", "PORTS")]
+    for c in containers:
+        rows.append(
+            (
+                str(c.get("name", "")),
+                _service_of(c, project),
+                str(c.get("state", "")),
+                _ips(c),
+                _ports(c),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@compose.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="keep following new output")
+@click.argument("services", nargs=-1)
+@click.pass_context
+def logs(ctx: click.Context, follow: bool, services: tuple[str, ...]) -> None:
+    """Show the logs of the stack's containers (or only of SERVICE...)."""
+    opts = _options(ctx)
+    plan = opts.plan(required=opts.project_name is None)
+    project = opts.project(plan)
+    client = opts.client()
+    try:
+        containers = _stack_containers(client, project)
+        if services:
+            known = {_service_of(c, project) for c in containers}
+            if plan is not None:
+                known |= set(plan.project.services)
+            for s in services:
+                if s not in known:
+                    raise click.ClickException(
+                        f"no such service: {s} (services: {', '.join(sorted(known)) or 'none'})"
+                    )
+            containers = [c for c in containers if _service_of(c, project) in services]
+        if plan is not None:
+            rank = {s: i for i, s in enumerate(plan.order)}
+            containers.sort(key=lambda c: rank.get(_service_of(c, project), -1))
+        _follow(client, containers, project, follow=follow)
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - handy for debugging
+    compose.main(args=sys.argv[1:] if argv is None else argv, prog_name="nyx compose")

@@ -1,0 +1,728 @@
+"""Compose files: validate the Compose Specification subset nyx runs, and plan a stack.
+
+Pure logic, no I/O: :func:`load_compose` takes an already-parsed mapping (the CLI reads the
+YAML), returns a :class:`ComposeProject` with the warnings it found, or raises
+:class:`~nyx_core.errors.ConfigError` naming the key path and the value
+(``services.web.ports[0]: ...``). :func:`plan_stack` orders the services (``depends_on``,
+a cycle is an error) and builds the requests nyxd receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nyx_core import PortMapping, StackNetwork
+from nyx_core.errors import ConfigError
+
+from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
+
+__all__ = [
+    "COMPOSE_FILENAMES",
+    "CONFIG_HASH_LABEL",
+    "DEFAULT_NETWORK",
+    "PROJECT_LABEL",
+    "RESTART_LABEL",
+    "SERVICE_LABEL",
+    "ComposeNetwork",
+    "ComposePlan",
+    "ComposeProject",
+    "ComposeService",
+    "ServiceNetwork",
+    "check_project_name",
+    "interpolate",
+    "load_compose",
+    "normalize_project_name",
+    "plan_stack",
+]
+
+COMPOSE_FILENAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+PROJECT_LABEL = "com.nyx.compose.project"
+SERVICE_LABEL = "com.nyx.compose.service"
+RESTART_LABEL = "com.nyx.compose.restart"
+CONFIG_HASH_LABEL = "com.nyx.compose.config-hash"
+DEFAULT_NETWORK = "default"
+
+RestartPolicy = Literal["no", "on-failure"]
+
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+_NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ENVKEY_RE = re.compile(r"^[^=\s]+$")
+_CONTAINER_NAME_MAX = 63
+
+_TOP_KEYS = {"version", "name", "services", "networks"}
+_TOP_IGNORED = {"volumes", "configs", "secrets", "include"}
+_SERVICE_KEYS = {
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "ports",
+    "networks",
+    "hostname",
+    "depends_on",
+    "restart",
+}
+_NETWORK_KEYS = {"internal", "name", "driver", "labels"}
+_PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
+_DEPENDS_KEYS = {"condition", "required", "restart"}
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class ComposeNetwork:
+    """A network of the stack: ``key`` in the file, ``name`` nyxd knows it by."""
+
+    key: str
+    name: str
+    internal: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceNetwork:
+    """One network a service joins, with its extra DNS aliases."""
+
+    key: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ComposeService:
+    """One validated service."""
+
+    name: str
+    image: str
+    hostname: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[PortMapping, ...] = ()
+    networks: tuple[ServiceNetwork, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    restart: RestartPolicy = "no"
+    restart_max_retries: int | None = None
+
+
+@dataclass(frozen=True)
+class ComposeProject:
+    """A validated compose file: services and networks in file order, plus warnings."""
+
+    name: str
+    services: Mapping[str, ComposeService]
+    networks: Mapping[str, ComposeNetwork]
+    warnings: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------ project name
+
+
+def normalize_project_name(name: str) -> str:
+    """Derive a project name from a directory name the way Compose does.
+
+    Lower-case, keep ``a-z 0-9 _ -``, drop leading ``_``/``-``. Raises ``ConfigError`` when
+    nothing usable is left.
+    """
+    kept = "".join(re.findall(r"[a-z0-9_-]", name.lower())).lstrip("_-")
+    if not kept:
+        raise ConfigError(f"project name: cannot derive one from {name!r}; pass -p/--project-name")
+    return kept
+
+
+def check_project_name(name: str) -> str:
+    """Validate an explicit project name (``-p`` or the file's ``name:``) like Compose."""
+    if not isinstance(name, str) or not _PROJECT_RE.match(name):
+        raise ConfigError(
+            f"project name {name!r}: must contain only lowercase letters, digits, '-' and '_' "
+            "and start with a letter or digit"
+        )
+    return name
+
+
+# ------------------------------------------------------------------ interpolation
+
+_VAR_RE = re.compile(
+    r"\$(?:(?P<esc>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|(?P<bad>\{[^}]*\}?))"
+)
+
+
+def interpolate(
+    value: str, environ: Mapping[str, str], path: str, warnings: list[str] | None = None
+) -> str:
+    """Substitute ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
+    ``${VAR:?error}``, ``${VAR?error}``, ``${VAR:+alt}``, ``${VAR+alt}``; ``$$`` is ``$``.
+
+    An unset variable without a default becomes ``""`` with a warning, as in Compose.
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group("esc"):
+            return "$"
+        if m.group("bad") is not None:
+            raise ConfigError(f"{path}: invalid interpolation {m.group(0)!r} in {value!r}")
+        var = m.group("braced") or m.group("named")
+        op = m.group("op") or ""
+        arg = m.group("arg") or ""
+        is_set = var in environ
+        non_empty = bool(environ.get(var, ""))
+        present = non_empty if op.startswith(":") else is_set
+        kind = op[-1:] if op else ""
+        if kind == "-":
+            return environ[var] if present else arg
+        if kind == "?":
+            if not present:
+                raise ConfigError(f"{path}: required variable {var} is missing: {arg or 'unset'}")
+            return environ[var]
+        if kind == "+":
+            return arg if present else ""
+        if not is_set:
+            if warnings is not None:
+                warnings.append(f"{path}: variable {var} is not set, using an empty string")
+            return ""
+        return environ[var]
+
+    return _VAR_RE.sub(repl, value)
+
+
+def _interpolate_tree(node: object, environ: Mapping[str, str], path: str, w: list[str]) -> object:
+    if isinstance(node, str):
+        return interpolate(node, environ, path, w)
+    if isinstance(node, Mapping):
+        return {k: _interpolate_tree(v, environ, _join(path, str(k)), w) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_tree(v, environ, f"{path}[{i}]", w) for i, v in enumerate(node)]
+    return node
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _bad(path: str, value: object, why: str) -> ConfigError:
+    return ConfigError(f"{path}: {why} (got {value!r})")
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(path, value, "must be a mapping")
+    for k in value:
+        if not isinstance(k, str):
+            raise _bad(_join(path, str(k)), k, "keys must be strings")
+    return value
+
+
+def _str(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(path, value, "must be a string")
+    return value
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(path, value, "must be true or false")
+    return value
+
+
+def _scalar_text(value: object, path: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise _bad(path, value, "must be a string or number")
+
+
+def _check_keys(node: Mapping[str, Any], known: set[str], path: str, warnings: list[str]) -> None:
+    for key in node:
+        if key.startswith("x-"):
+            continue
+        if key not in known:
+            warnings.append(f"{_join(path, key)}: unsupported key, ignored")
+
+
+def _argv(value: object, path: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise _bad(path, value, f"cannot be split like a shell command: {exc}") from exc
+    if isinstance(value, list):
+        return tuple(_scalar_text(v, f"{path}[{i}]") for i, v in enumerate(value))
+    raise _bad(path, value, "must be a string or a list of strings")
+
+
+def _environment(value: object, path: str, environ: Mapping[str, str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if value is None:
+        return env
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            ipath = f"{path}[{i}]"
+            text = _str(item, ipath)
+            key, sep, val = text.partition("=")
+            if not key or not _ENVKEY_RE.match(key):
+                raise _bad(ipath, item, "must be KEY=VALUE or KEY")
+            if sep:
+                env[key] = val
+            elif key in environ:
+                env[key] = environ[key]
+        return env
+    if isinstance(value, Mapping):
+        for key, val in _mapping(value, path).items():
+            kpath = _join(path, key)
+            if not _ENVKEY_RE.match(key):
+                raise _bad(kpath, key, "is not a valid variable name")
+            if val is None:
+                if key in environ:
+                    env[key] = environ[key]
+                continue
+            env[key] = _scalar_text(val, kpath)
+        return env
+    raise _bad(path, value, "must be a list of KEY=VALUE or a mapping")
+
+
+def _port(value: object, path: str, warnings: list[str]) -> PortMapping:
+    if isinstance(value, bool) or not isinstance(value, str | int | Mapping):
+        raise _bad(path, value, "must be a HOST:CONTAINER string or a mapping")
+    if isinstance(value, int):
+        raise _bad(path, value, "a bare container port is not published; use HOST_PORT:PORT")
+    if isinstance(value, str):
+        try:
+            return PortMapping.parse(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    node = _mapping(value, path)
+    _check_keys(node, _PORT_LONG_KEYS, path, warnings)
+    for ignored in ("mode", "name", "app_protocol"):
+        if ignored in node and not (ignored == "mode" and node[ignored] == "ingress"):
+            warnings.append(f"{_join(path, ignored)}: not supported, ignored")
+    if "target" not in node:
+        raise _bad(path, dict(node), "long syntax needs 'target'")
+    if "published" not in node:
+        raise _bad(path, dict(node), "long syntax needs 'published' (nyx publishes named ports)")
+    target = node["target"]
+    if isinstance(target, bool) or not isinstance(target, int | str):
+        raise _bad(_join(path, "target"), target, "must be a port number")
+    published = node["published"]
+    if isinstance(published, bool) or not isinstance(published, int | str):
+        raise _bad(_join(path, "published"), published, "must be a port number or range")
+    proto = node.get("protocol", "tcp")
+    if proto not in ("tcp", "udp"):
+        raise _bad(_join(path, "protocol"), proto, "must be tcp or udp")
+    host_ip = node.get("host_ip")
+    if host_ip is not None and not isinstance(host_ip, str):
+        raise _bad(_join(path, "host_ip"), host_ip, "must be an IP address string")
+    ip = ""
+    if host_ip:
+        ip = f"[{host_ip}]:" if ":" in host_ip else f"{host_ip}:"
+    published_text = str(published)
+    target_text = str(target)
+    if "-" in published_text and "-" not in target_text:
+        lo, _, hi = published_text.partition("-")
+        if lo.isdigit() and hi.isdigit() and target_text.isdigit():
+            # compose: a published range for one target port means "any one of them";
+            # nyx publishes exactly what it is told, so only a single port is accepted.
+            raise _bad(_join(path, "published"), published, "a range needs a target range too")
+    try:
+        return PortMapping.parse(f"{ip}{published_text}:{target_text}/{proto}")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _alias(value: object, path: str) -> str:
+    text = _str(value, path)
+    if not _HOSTNAME_RE.match(text):
+        raise _bad(path, value, "is not a valid DNS name (letters, digits, '-')")
+    return text
+
+
+def _service_networks(
+    value: object, path: str, declared: Mapping[str, ComposeNetwork], warnings: list[str]
+) -> tuple[ServiceNetwork, ...]:
+    if value is None:
+        return (ServiceNetwork(DEFAULT_NETWORK),)
+    out: list[ServiceNetwork] = []
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            ipath = f"{path}[{i}]"
+            out.append(ServiceNetwork(_str(item, ipath)))
+            _declared(out[-1].key, ipath, declared)
+    elif isinstance(value, Mapping):
+        for key, conf in _mapping(value, path).items():
+            kpath = _join(path, key)
+            _declared(key, kpath, declared)
+            aliases: tuple[str, ...] = ()
+            if conf is not None:
+                node = _mapping(conf, kpath)
+                _check_keys(node, {"aliases"}, kpath, warnings)
+                raw = node.get("aliases", [])
+                apath = _join(kpath, "aliases")
+                if not isinstance(raw, list):
+                    raise _bad(apath, raw, "must be a list of names")
+                aliases = tuple(_alias(a, f"{apath}[{i}]") for i, a in enumerate(raw))
+            out.append(ServiceNetwork(key, aliases))
+    else:
+        raise _bad(path, value, "must be a list of network names or a mapping")
+    seen: set[str] = set()
+    for sn in out:
+        if sn.key in seen:
+            raise _bad(path, sn.key, "lists the same network twice")
+        seen.add(sn.key)
+    if not out:
+        raise _bad(path, value, "must name at least one network")
+    return tuple(out)
+
+
+def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> None:
+    if key not in declared and key != DEFAULT_NETWORK:
+        names = ", ".join(sorted(declared)) or "none"
+        raise _bad(path, key, f"network is not declared in the top-level networks ({names})")
+
+
+def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, Mapping):
+        names: list[str] = []
+        for dep, conf in _mapping(value, path).items():
+            dpath = _join(path, dep)
+            names.append(dep)
+            if conf is None:
+                continue
+            node = _mapping(conf, dpath)
+            _check_keys(node, _DEPENDS_KEYS, dpath, warnings)
+            cond = node.get("condition", "service_started")
+            if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
+                raise _bad(_join(dpath, "condition"), cond, "is not a Compose condition")
+            if cond != "service_started":
+                warnings.append(
+                    f"{_join(dpath, 'condition')}: {cond} is not supported, "
+                    "treated as service_started"
+                )
+            for flag in ("required", "restart"):
+                if flag in node:
+                    _bool(node[flag], _join(dpath, flag))
+            if node.get("restart") is True:
+                warnings.append(f"{_join(dpath, 'restart')}: not supported, ignored")
+        return tuple(names)
+    raise _bad(path, value, "must be a list of service names or a mapping")
+
+
+def _restart(value: object, path: str) -> tuple[RestartPolicy, int | None]:
+    # YAML 1.1 reads a bare `no` as false.
+    if value is None or value is False or value == "no":
+        return "no", None
+    if isinstance(value, str):
+        if value == "on-failure":
+            return "on-failure", None
+        if value.startswith("on-failure:"):
+            n = value.partition(":")[2]
+            if n.isdigit() and int(n) > 0:
+                return "on-failure", int(n)
+            raise _bad(path, value, "on-failure:N needs a positive retry count")
+    raise _bad(path, value, "must be 'no' or 'on-failure[:N]' (always/unless-stopped unsupported)")
+
+
+def _network_decl(
+    key: str, value: object, path: str, project: str, warnings: list[str]
+) -> ComposeNetwork:
+    if not _NETNAME_RE.match(key):
+        raise _bad(path, key, "network key must be letters, digits, '_', '.', '-'")
+    internal = False
+    name = f"{project}_{key}"
+    if value is not None:
+        node = _mapping(value, path)
+        _check_keys(node, _NETWORK_KEYS, path, warnings)
+        if "external" in node:
+            raise _bad(
+                _join(path, "external"), node["external"], "external networks are unsupported"
+            )
+        if "internal" in node:
+            internal = _bool(node["internal"], _join(path, "internal"))
+        if "name" in node:
+            name = _str(node["name"], _join(path, "name"))
+            if not _NETNAME_RE.match(name):
+                raise _bad(_join(path, "name"), name, "must be letters, digits, '_', '.', '-'")
+        driver = node.get("driver", "bridge")
+        if driver != "bridge":
+            raise _bad(_join(path, "driver"), driver, "only the bridge driver is supported")
+        if "labels" in node:
+            warnings.append(f"{_join(path, 'labels')}: not supported, ignored")
+    return ComposeNetwork(key=key, name=name, internal=internal)
+
+
+def _service(
+    name: str,
+    value: object,
+    path: str,
+    project: str,
+    networks: Mapping[str, ComposeNetwork],
+    environ: Mapping[str, str],
+    warnings: list[str],
+) -> ComposeService:
+    if not _SERVICE_RE.match(name):
+        raise _bad(path, name, "service name must be letters, digits, '_', '.', '-'")
+    node = _mapping(value, path)
+    _check_keys(node, _SERVICE_KEYS, path, warnings)
+    if "image" not in node:
+        why = (
+            "'build' is not supported, 'image' is required" if "build" in node else "needs 'image'"
+        )
+        raise _bad(path, name, why)
+    image = _str(node["image"], _join(path, "image"))
+    if not image.strip():
+        raise _bad(_join(path, "image"), image, "must not be empty")
+    if "hostname" in node:
+        hostname = _str(node["hostname"], _join(path, "hostname"))
+        if not _HOSTNAME_RE.match(hostname):
+            raise _bad(_join(path, "hostname"), hostname, "is not a valid hostname")
+    elif _HOSTNAME_RE.match(name):
+        hostname = name
+    else:
+        raise _bad(path, name, "service name is not a valid hostname; set 'hostname'")
+    container = f"{project}-{name}-1"
+    if len(container) > _CONTAINER_NAME_MAX:
+        raise _bad(path, container, f"container name is longer than {_CONTAINER_NAME_MAX}")
+    ports_raw = node.get("ports", [])
+    if ports_raw is None:
+        ports_raw = []
+    if not isinstance(ports_raw, list):
+        raise _bad(_join(path, "ports"), ports_raw, "must be a list")
+    ports = tuple(
+        _port(p, f"{_join(path, 'ports')}[{i}]", warnings) for i, p in enumerate(ports_raw)
+    )
+    restart, retries = _restart(node.get("restart"), _join(path, "restart"))
+    return ComposeService(
+        name=name,
+        image=image,
+        hostname=hostname,
+        command=_argv(node.get("command"), _join(path, "command")),
+        entrypoint=_argv(node.get("entrypoint"), _join(path, "entrypoint")),
+        environment=_environment(node.get("environment"), _join(path, "environment"), environ),
+        ports=ports,
+        networks=_service_networks(
+            node.get("networks"), _join(path, "networks"), networks, warnings
+        ),
+        depends_on=_depends_on(node.get("depends_on"), _join(path, "depends_on"), warnings),
+        restart=restart,
+        restart_max_retries=retries,
+    )
+
+
+# ------------------------------------------------------------------ loading
+
+
+def load_compose(
+    data: object,
+    project_name: str | None = None,
+    *,
+    default_project: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ComposeProject:
+    """Validate a parsed compose file.
+
+    :param data: the parsed YAML document.
+    :param project_name: an explicit name (``-p``); beats the file's ``name:``, which beats
+        ``default_project`` (normally the directory name, already normalised).
+    :param environ: variables for ``${VAR}`` interpolation and bare ``environment`` keys;
+        ``None`` disables interpolation.
+    :returns: the project; its ``warnings`` list unsupported keys by path.
+    :raises ConfigError: naming the key path and the value of the first invalid entry.
+    """
+    warnings: list[str] = []
+    if data is None:
+        raise ConfigError("compose file is empty")
+    if environ is not None:
+        data = _interpolate_tree(data, environ, "", warnings)
+    env: Mapping[str, str] = environ if environ is not None else {}
+    top = _mapping(data, "(top level)")
+    for key in top:
+        if key.startswith("x-") or key in _TOP_KEYS:
+            continue
+        if key in _TOP_IGNORED:
+            warnings.append(f"{key}: not supported, ignored")
+        else:
+            warnings.append(f"{key}: unknown key, ignored")
+    if "version" in top:
+        warnings.append("version: obsolete, ignored")
+    if project_name is not None:
+        name = check_project_name(project_name)
+    elif "name" in top:
+        name = check_project_name(_str(top["name"], "name"))
+    elif default_project is not None:
+        name = check_project_name(default_project)
+    else:
+        raise ConfigError("project name: none given (-p), none in the file (name:)")
+    nets_raw = top.get("networks") or {}
+    nets_node = _mapping(nets_raw, "networks")
+    networks: dict[str, ComposeNetwork] = {}
+    for key, value in nets_node.items():
+        networks[key] = _network_decl(key, value, _join("networks", key), name, warnings)
+    services_raw = top.get("services")
+    if services_raw is None:
+        raise ConfigError("services: missing; a compose file needs at least one service")
+    services_node = _mapping(services_raw, "services")
+    if not services_node:
+        raise _bad("services", dict(services_node), "must define at least one service")
+    services: dict[str, ComposeService] = {}
+    for sname, value in services_node.items():
+        services[sname] = _service(
+            sname, value, _join("services", sname), name, networks, env, warnings
+        )
+    for svc in services.values():
+        for i, dep in enumerate(svc.depends_on):
+            if dep not in services:
+                raise _bad(f"services.{svc.name}.depends_on[{i}]", dep, "no such service")
+    if any(sn.key == DEFAULT_NETWORK for s in services.values() for sn in s.networks):
+        networks.setdefault(DEFAULT_NETWORK, ComposeNetwork(DEFAULT_NETWORK, f"{name}_default"))
+    for svc in services.values():
+        if svc.ports and all(networks[sn.key].internal for sn in svc.networks):
+            warnings.append(
+                f"services.{svc.name}.ports: the service is only on internal networks, "
+                "its published ports cannot be reached from outside"
+            )
+    used = {sn.key for s in services.values() for sn in s.networks}
+    for key in networks:
+        if key not in used:
+            warnings.append(f"networks.{key}: not used by any service, not created")
+    by_name: dict[str, str] = {}
+    for key, net in networks.items():
+        if net.name in by_name:
+            raise _bad(f"networks.{key}.name", net.name, f"also the name of {by_name[net.name]}")
+        by_name[net.name] = key
+    return ComposeProject(name=name, services=services, networks=networks, warnings=tuple(warnings))
+
+
+# ------------------------------------------------------------------ planning
+
+
+def _topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = [*trail[trail.index(name) :], name]
+            raise ConfigError(f"services.{name}.depends_on: dependency cycle {' -> '.join(cycle)}")
+        state[name] = 1
+        for dep in services[name].depends_on:
+            visit(dep, [*trail, name])
+        state[name] = 2
+        order.append(name)
+
+    for name in services:
+        visit(name, [])
+    return tuple(order)
+
+
+@dataclass(frozen=True)
+class ComposePlan:
+    """What ``nyx compose up`` asks nyxd for, in order."""
+
+    project: ComposeProject
+    order: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.project.name
+
+    def networks(self) -> list[ComposeNetwork]:
+        """Networks to create: those at least one service joins, in file order."""
+        used = {sn.key for s in self.project.services.values() for sn in s.networks}
+        return [n for k, n in self.project.networks.items() if k in used]
+
+    def container_name(self, service: str) -> str:
+        return f"{self.project.name}-{service}-1"
+
+    def attachments(self, service: str) -> list[NetworkAttachment]:
+        """The service's networks as nyxd sees them; aliases start with the service name.
+
+        File order, except that a service publishing ports gets a non-internal network
+        first (nyxd publishes ports on the first one).
+        """
+        svc = self.project.services[service]
+        nets = list(svc.networks)
+        if svc.ports:
+            # nyxd publishes ports on the first network: make it one that is not internal
+            nets.sort(key=lambda sn: self.project.networks[sn.key].internal)
+        out: list[NetworkAttachment] = []
+        for sn in nets:
+            net = self.project.networks[sn.key]
+            aliases = [service, *(a for a in sn.aliases if a != service)]
+            out.append(NetworkAttachment(name=net.name, aliases=aliases, internal=net.internal))
+        return out
+
+    def stack_services(self) -> dict[str, StackService]:
+        """Every service with its networks: nyxd computes the DNS policy from this."""
+        return {s: StackService(networks=self.attachments(s)) for s in self.project.services}
+
+    def dns_stack(self) -> dict[str, list[StackNetwork]]:
+        """The same, in the shape :func:`nyx_core.dns_policy` takes."""
+        return {
+            s: [StackNetwork(a.name, a.internal) for a in st.networks]
+            for s, st in self.stack_services().items()
+        }
+
+    def container_spec(self, service: str) -> ContainerSpec:
+        """The request for one service, labelled with project, service and config hash."""
+        svc = self.project.services[service]
+        labels = {PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
+        if svc.restart != "no":
+            labels[RESTART_LABEL] = svc.restart + (
+                f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
+            )
+        spec = ContainerSpec(
+            image=svc.image,
+            name=self.container_name(service),
+            hostname=svc.hostname,
+            command=list(svc.command) if svc.command is not None else None,
+            entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
+            env=dict(svc.environment),
+            ports=list(svc.ports),
+            networks=self.attachments(service),
+            stack=self.project.name,
+            stack_services=self.stack_services(),
+            labels=labels,
+        )
+        digest = hashlib.sha256(
+            json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+        spec.labels[CONFIG_HASH_LABEL] = digest[:16]
+        return spec
+
+    def container_specs(self) -> list[ContainerSpec]:
+        """One spec per service, in start order."""
+        return [self.container_spec(s) for s in self.order]
+
+    def create_request(self, service: str) -> dict[str, Any]:
+        """The ``POST /v1/containers`` body: the spec's JSON plus ``"start": true``."""
+        body: dict[str, Any] = self.container_spec(service).model_dump(
+            mode="json", exclude_none=True
+        )
+        body["start"] = True
+        return body
+
+    def stop_order(self) -> tuple[str, ...]:
+        return tuple(reversed(self.order))
+
+
+def plan_stack(project: ComposeProject) -> ComposePlan:
+    """Order the services so each starts after what it ``depends_on``; a cycle is an error."""
+    return ComposePlan(project=project, order=_topological(project.services))

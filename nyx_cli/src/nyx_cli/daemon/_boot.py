@@ -1,0 +1,94 @@
+"""nyxd start-up: settings, logging, plugin loading."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from loguru import logger
+
+from nyx_core import (
+    DnsFacade,
+    NetworkBackend,
+    NyxError,
+    PluginSettings,
+    installed_plugins,
+    load_settings,
+    make_plugin_manager,
+)
+
+from ._logging import configure_logging, enable_plugin_logging
+from ._settings import DaemonSettings
+
+__all__ = ["boot", "fail", "load"]
+
+logger.disable("nyx_cli")  # configure_logging() enables it for nyxd
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One clear line on stderr, no traceback."""
+    print(f"nyxd: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+PluginFlags = Sequence[tuple[type[PluginSettings], dict[str, Any]]]
+
+
+def load(
+    flags: dict[str, Any], plugin_flags: PluginFlags = ()
+) -> tuple[DaemonSettings, NetworkBackend, DnsFacade | None]:
+    """Settings from flags/env (nyxd's and its plugins'), then the selected driver and
+    (unless ``off``/``cni``) the DNS provider."""
+    try:
+        settings = load_settings(DaemonSettings, **flags)
+        mine = [load_settings(cls, **values) for cls, values in plugin_flags]
+        settings = settings.with_plugins(*mine)
+    except NyxError as exc:
+        fail(str(exc))
+    configure_logging(settings.log_level)
+    pm = make_plugin_manager()
+    try:
+        backend = NetworkBackend.load(settings.net_driver, pm)
+        enable_plugin_logging(pm)
+        versions = {p.name: p.version for p in installed_plugins("nyx.net_drivers")}
+        caps = backend.capabilities()
+        logger.bind(
+            driver=settings.net_driver,
+            version=versions.get(settings.net_driver),
+            capabilities=caps.model_dump(),
+            subnet=str(settings.container_subnet),
+            gateway=str(settings.gateway_ip),
+        ).info("network backend")
+        dns = None
+        if settings.dns not in ("off", "cni"):
+            try:
+                dns = DnsFacade.load(settings.dns_provider, make_plugin_manager())
+                enable_plugin_logging(dns.pm)
+            except NyxError as exc:
+                # under --dns auto a driver with its own DNS (external_dns) runs without one
+                if settings.dns == "embedded" or not caps.external_dns:
+                    raise
+                logger.bind(dns=settings.dns, provider=settings.dns_provider).info(
+                    f"DNS provider unavailable: {exc}"
+                )
+            else:
+                logger.bind(provider=settings.dns_provider).info("dns provider")
+    except NyxError as exc:
+        fail(str(exc))
+    return settings, backend, dns
+
+
+def boot(flags: dict[str, Any], plugin_flags: PluginFlags = ()) -> None:
+    """Load everything, then serve until SIGTERM/SIGINT (see :func:`._serve.serve`)."""
+    settings, backend, dns = load(flags, plugin_flags)
+    from ._serve import serve
+
+    try:
+        code = serve(settings, backend, dns)
+    except NyxError as exc:
+        logger.bind(error=str(exc)).error("nyxd failed")
+        fail(str(exc), 1)
+    except PermissionError as exc:
+        fail(f"{exc} (nyxd needs root)", 1)
+    raise SystemExit(code)

@@ -1,0 +1,98 @@
+"""What the supervisor does to the host besides networking: images, rootfs, runc, netns.
+
+The supervisor only sees these protocols; :meth:`Host.default` wires nyx_core's runtime
+modules (imported on use), and unit tests pass fakes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._settings import DaemonSettings
+
+__all__ = ["Host", "ImageStoreLike", "RootfsLike", "RuntimeLike"]
+
+
+class ImageStoreLike(Protocol):
+    def get(self, ref: str) -> Any: ...
+    def list(self) -> Sequence[Any]: ...
+    def load(self, path: Path) -> builtins.list[Any]: ...
+    def import_oci_layout(self, layout: Path, reference: str) -> Any: ...
+    def remove(self, ref: str) -> Any: ...
+    def layer_dirs(self, image: Any) -> builtins.list[Path]: ...
+
+
+class RootfsLike(Protocol):
+    def mount(self, layer_dirs: Sequence[Path], container_dir: Path) -> Path: ...
+    def unmount(self, container_dir: Path) -> Any: ...
+
+
+class RuntimeLike(Protocol):
+    def write_bundle(
+        self,
+        bundle: Path,
+        *,
+        rootfs: Path,
+        process: Any,
+        hostname: str,
+        netns_path: str | None,
+        mounts: Sequence[tuple[str, str, bool]],
+    ) -> Any: ...
+    def start(self, container_id: str, bundle: Path, log_path: Path) -> int: ...
+    def wait(self, container_id: str, pid: int, timeout: float | None) -> int | None: ...
+    def kill(self, container_id: str, sig: int) -> Any: ...
+    def state(self, container_id: str) -> Any: ...
+    def delete(self, container_id: str, force: bool) -> Any: ...
+    def list(self) -> Sequence[Any]: ...
+
+
+@dataclass
+class Host:
+    """What the supervisor does to the host besides networking: images, rootfs, runc, netns.
+
+    :meth:`default` builds it from nyx_core's runtime modules; unit tests pass fakes.
+    """
+
+    images: ImageStoreLike
+    rootfs: RootfsLike
+    runtime: RuntimeLike
+    process_from_image: Callable[..., Any]
+    create_netns: Callable[[Path], Any]
+    delete_netns: Callable[[Path], Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: signal a container's init with kill(2) instead of ``runc kill`` (saves an exec); only
+    #: sound when nyxd is the subreaper, so the pid cannot be reused before it is reaped
+    signal_direct: bool = False
+    #: is the netns still bind-mounted at this path (in nyxd's mount namespace)?
+    netns_alive: Callable[[Path], bool] = lambda path: True
+
+    @classmethod
+    def default(cls, settings: DaemonSettings) -> Host:
+        images_mod: Any = importlib.import_module("nyx_cli.images._store")
+        runtime_mod: Any = importlib.import_module("nyx_cli.runtime._runc")
+        netns_mod: Any = importlib.import_module("nyx_cli.daemon._netns")
+        rootfs_cls = runtime_mod.Rootfs
+        try:
+            rootfs = rootfs_cls()
+        except TypeError:
+            rootfs = rootfs_cls
+        return cls(
+            images=images_mod.ImageStore(
+                settings.state_dir / "images", images_mod.ImageLimits.from_settings(settings)
+            ),
+            rootfs=rootfs,
+            runtime=runtime_mod.RuncRuntime(
+                settings.run_dir / "runc", runc=settings.runtime, pids_limit=settings.pids_limit
+            ),
+            process_from_image=runtime_mod.process_from_image,
+            create_netns=netns_mod.create_netns,
+            delete_netns=netns_mod.delete_netns,
+            extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
+            signal_direct=True,
+            netns_alive=netns_mod.is_mountpoint,
+        )

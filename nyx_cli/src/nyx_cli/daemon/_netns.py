@@ -1,0 +1,137 @@
+"""Named network namespaces for containers, and the libc mount calls nyx needs.
+
+:func:`create_netns` makes a fresh namespace in a short-lived helper thread
+(``unshare(CLONE_NEWNET)`` changes only that thread) and bind-mounts the thread's
+``/proc/thread-self/ns/net`` onto ``path``, as ``ip netns add`` does. The caller's own
+namespace never changes. ``lo`` is left down: the network driver brings it up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from pathlib import Path
+
+from ..errors import RuntimeErrorNyx
+
+__all__ = [
+    "MNT_DETACH",
+    "MS_BIND",
+    "create_netns",
+    "delete_netns",
+    "is_mountpoint",
+    "mount",
+    "umount",
+]
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+
+def _enc(value: str | os.PathLike[str] | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def mount(
+    source: str | os.PathLike[str] | None,
+    target: str | os.PathLike[str],
+    fstype: str | None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """``mount(2)``; raises :class:`OSError` with the errno."""
+    if _libc.mount(_enc(source), _enc(target), _enc(fstype), flags, _enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or ''} {source} on {target}: {os.strerror(err)}")
+
+
+def umount(target: str | os.PathLike[str], flags: int = MNT_DETACH) -> bool:
+    """``umount2(2)``; False when ``target`` was not mounted (or does not exist)."""
+    if _libc.umount2(_enc(target), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOENT):
+        return False
+    raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def is_mountpoint(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is the mount point of something in this mount namespace."""
+    want = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = line.split(" ", 5)[4]
+                if _unescape(point) == want:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _unescape(text: str) -> str:
+    return (
+        text.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+    )
+
+
+def create_netns(path: Path) -> None:
+    """Create a new network namespace and bind-mount it at ``path``.
+
+    :raises RuntimeErrorNyx: naming the path, when the namespace cannot be made (not root,
+        ``path`` already a namespace mount, ...). Nothing is left behind on failure.
+    """
+    path = Path(path)
+    if is_mountpoint(path):
+        raise RuntimeErrorNyx(f"network namespace {str(path)!r} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    failure: list[BaseException] = []
+
+    def helper() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, MS_BIND)
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=helper, name="nyx-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        if created:
+            path.unlink(missing_ok=True)
+        raise RuntimeErrorNyx(
+            f"cannot create network namespace {str(path)!r}: {failure[0]}"
+        ) from failure[0]
+
+
+def delete_netns(path: Path) -> None:
+    """Unmount (lazily) and remove the namespace at ``path``; a missing one is no error."""
+    path = Path(path)
+    try:
+        while umount(path, MNT_DETACH):
+            pass
+    except OSError as exc:
+        raise RuntimeErrorNyx(f"cannot unmount network namespace {str(path)!r}: {exc}") from exc
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise RuntimeErrorNyx(f"cannot remove network namespace {str(path)!r}: {exc}") from exc

@@ -1,0 +1,164 @@
+"""Persisted supervisor state: one JSON file per container, one for user networks.
+
+Everything nyxd must know after a crash lives under ``<state_dir>``: which containers
+existed, what was set up for them (netns, network, DNS, rootfs, runc) and the user-defined
+networks. Files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from nyx_core.errors import NyxError
+
+from ._models import ContainerSpec
+
+__all__ = [
+    "ContainerRecord",
+    "ContainerState",
+    "NetworkRecord",
+    "StateStore",
+    "now",
+]
+
+ContainerState = Literal["created", "running", "exited", "stopped"]
+
+
+def now() -> str:
+    """The current time, ISO 8601 UTC."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class ContainerRecord(BaseModel):
+    """What nyxd persists about one container."""
+
+    id: str
+    name: str
+    spec: ContainerSpec
+    state: ContainerState = "created"
+    pid: int | None = None
+    exit_code: int | None = None
+    hostname: str
+    ips: list[str] = Field(default_factory=list)
+    networks: list[str] = Field(default_factory=list)
+    internal_networks: list[str] | None = Field(
+        default=None,
+        description="those of networks that are internal for this container (spec or network "
+        "created internal), decided once at create; the driver (SetupOptions.internal) and "
+        "the DNS provider (internal_networks) both read this. None: a record of an older "
+        "nyxd, decided from the spec at its next start or re-adoption",
+    )
+    created: str = Field(default_factory=now)
+    started: str | None = None
+    finished: str | None = None
+    error: str | None = None
+    # what was set up, so a restarted nyxd knows what to undo
+    netns_path: str | None = None
+    network_setup: bool = False
+    dns_registered: bool = False
+    rootfs_mounted: bool = False
+    runc_created: bool = False
+
+    def public(self) -> dict[str, object]:
+        """The container object of the API."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "image": self.spec.image,
+            "state": self.state,
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "hostname": self.hostname,
+            "ips": list(self.ips),
+            "ports": [str(p) for p in self.spec.ports],
+            "networks": list(self.networks),
+            "labels": dict(self.spec.labels),
+            "command": self.spec.command,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+        }
+
+
+class NetworkRecord(BaseModel):
+    """A user-defined network: a /24 with its gateway."""
+
+    name: str
+    subnet: str
+    gateway: str
+    internal: bool = False
+    created: str = Field(default_factory=now)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` atomically, mode 0600, its directory made 0700 when created."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(tmp, flags, 0o600), "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class StateStore:
+    """Container and network records under ``<state_dir>``.
+
+    ``containers/`` is 0700 and every record 0600: a record holds the container's spec,
+    environment included, and its log what the container printed. Opening the store makes
+    an existing ``containers/`` private too.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        self.containers_dir = self.root / "containers"
+        self.networks_file = self.root / "networks.json"
+        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.containers_dir, 0o700)
+
+    def container_dir(self, container_id: str) -> Path:
+        return self.containers_dir / container_id
+
+    def log_path(self, container_id: str) -> Path:
+        return self.container_dir(container_id) / "container.log"
+
+    def save(self, rec: ContainerRecord) -> None:
+        _write_atomic(self.container_dir(rec.id) / "container.json", rec.model_dump_json())
+
+    def delete(self, container_id: str) -> None:
+        shutil.rmtree(self.container_dir(container_id), ignore_errors=True)
+
+    def load_all(self) -> tuple[list[ContainerRecord], list[str]]:
+        """Every readable record, and the ids of unreadable ones (kept out of the way)."""
+        records: list[ContainerRecord] = []
+        broken: list[str] = []
+        for d in sorted(self.containers_dir.iterdir()):
+            f = d / "container.json"
+            if not d.is_dir():
+                continue
+            try:
+                records.append(ContainerRecord.model_validate_json(f.read_text()))
+            except (OSError, ValidationError, ValueError):
+                broken.append(d.name)
+        return records, broken
+
+    def load_networks(self) -> dict[str, NetworkRecord]:
+        try:
+            raw = json.loads(self.networks_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise NyxError(f"network state {self.networks_file} is unreadable: {exc}") from exc
+        return {n["name"]: NetworkRecord.model_validate(n) for n in raw}
+
+    def save_networks(self, networks: dict[str, NetworkRecord]) -> None:
+        data = [n.model_dump() for n in networks.values()]
+        _write_atomic(self.networks_file, json.dumps(data, indent=1))

@@ -1,0 +1,936 @@
+"""The supervisor: runs containers with the network backend, DNS provider and runc.
+
+It holds the :class:`~nyx_core.NetworkBackend` facade, the :class:`~nyx_core.DnsFacade`
+(or ``None``) and the DNS policy; never a concrete driver. Run: validate → netns →
+``backend.setup`` per attachment → DNS register (per :func:`~nyx_core.dns_policy`) →
+resolv.conf/hosts/hostname → rootfs + bundle → runc start → a watcher thread waits for the
+exit. Stop: SIGTERM, grace period, SIGKILL, then the same teardown in reverse order.
+Everything done is recorded in the container's state file first, so a restarted nyxd
+(:meth:`Supervisor.reconcile`) knows what to undo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from nyx_core import (
+    DnsDecision,
+    DnsFacade,
+    NetworkBackend,
+    PortMapping,
+    PortRange,
+    SetupOptions,
+    SetupResult,
+    StackNetwork,
+    clash_message,
+    dns_policy,
+    find_port_clash,
+    installed_plugins,
+    port_ranges,
+    published_count,
+)
+from nyx_core.errors import ConfigError, NyxError
+
+from ..errors import CommandError, ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
+from ._host import Host
+from ._models import ContainerSpec
+from ._networks import NetworkRegistry
+from ._settings import DaemonSettings
+from ._state import ContainerRecord, StateStore, now
+
+__all__ = ["Host", "Supervisor"]
+
+_LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+_TOMBSTONES = 256
+
+
+# ------------------------------------------------------------------------ containers
+
+
+@dataclass
+class _Live:
+    """In-memory companion of a record: locks and events for its lifecycle."""
+
+    rec: ContainerRecord
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    exited: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    stop_requested: bool = False
+    removed: bool = False
+    adopted: bool = False  # left running by a previous nyxd: not our child, signal via runc
+
+
+def image_public(img: Any) -> dict[str, Any]:
+    """The image object of the API."""
+    return {
+        "id": getattr(img, "id", None),
+        "repo_tags": list(getattr(img, "repo_tags", []) or []),
+        "digest": getattr(img, "digest", None),
+        "size": getattr(img, "size", None),
+        "created": getattr(img, "created", None),
+    }
+
+
+def _classify_start_error(exc: BaseException) -> NyxError:
+    text = str(exc)
+    low = text.lower()
+    if "executable file not found" in low or "no such file or directory" in low:
+        return CommandError(f"container command not found: {text}", 127)
+    if "permission denied" in low:
+        return CommandError(f"container command cannot be executed: {text}", 126)
+    if isinstance(exc, NyxError):
+        return exc
+    return RuntimeErrorNyx(f"runc start failed: {text}")
+
+
+class Supervisor:
+    """Creates, starts, stops and removes containers; owns their networking lifecycle."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        backend: NetworkBackend,
+        dns: DnsFacade | None,
+        host: Host,
+        *,
+        stop_grace: float = 10.0,
+        readopt: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.dns = dns
+        self.host = host
+        self.stop_grace = stop_grace
+        self.readopt = readopt
+        self.store = StateStore(settings.state_dir)
+        self.run_dir = Path(settings.run_dir)
+        (self.run_dir / "netns").mkdir(parents=True, exist_ok=True)
+        # 0700: a container's rootfs (set-uid files of the image, its upper dir), bundle and
+        # config live there; only the bind-mounted hosts/hostname/resolv.conf stay 0644
+        (self.run_dir / "containers").mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.run_dir / "containers", 0o700)
+        self._lock = threading.RLock()
+        self._net_lock = threading.Lock()
+        self._live: dict[str, _Live] = {}
+        self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.networks = NetworkRegistry(settings, self.store)
+        self._closing = False
+
+    # ------------------------------------------------------------------ lookups
+
+    def _find(self, ref: str) -> _Live:
+        with self._lock:
+            if ref in self._live:
+                return self._live[ref]
+            for live in self._live.values():
+                if live.rec.name == ref:
+                    return live
+            matches = [v for k, v in self._live.items() if k.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ConfigError(f"container id prefix {ref!r} is ambiguous")
+        raise NotFoundError(f"no such container: {ref}")
+
+    def _persist(self, live: _Live) -> None:
+        if not live.removed:
+            self.store.save(live.rec)
+
+    def list_containers(
+        self, all: bool = False, labels: dict[str, str | None] | None = None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            lives = list(self._live.values())
+        out = []
+        for live in sorted(lives, key=lambda lv: lv.rec.created):
+            rec = live.rec
+            if not all and rec.state != "running":
+                continue
+            if labels and not all_labels_match(rec.spec.labels, labels):
+                continue
+            out.append(rec.public())
+        return out
+
+    def get(self, ref: str) -> dict[str, Any]:
+        return self._find(ref).rec.public()
+
+    def info(self) -> dict[str, Any]:
+        from .. import __version__
+
+        with self._lock:
+            running = sum(1 for v in self._live.values() if v.rec.state == "running")
+            count = len(self._live)
+        try:
+            images = len(self.host.images.list())
+        except Exception:
+            images = 0
+        return {
+            "version": __version__,
+            "driver": self.backend.name,
+            "capabilities": self.backend.capabilities().model_dump(),
+            "dns": self.settings.dns,
+            "dns_provider": self.dns.name if self.dns else None,
+            "plugins": [
+                {
+                    "group": p.group,
+                    "name": p.name,
+                    "distribution": p.distribution,
+                    "version": p.version,
+                }
+                for p in installed_plugins()
+            ],
+            "containers": count,
+            "running": running,
+            "images": images,
+            "subnet": str(self.settings.container_subnet),
+            "gateway": str(self.settings.gateway_ip),
+        }
+
+    # ------------------------------------------------------------------ create / start
+
+    def create(self, spec: ContainerSpec, start: bool = True) -> dict[str, Any]:
+        """Validate ``spec``, record the container and (by default) start it."""
+        if self._closing:
+            raise ConflictError("nyxd is shutting down")
+        image = self._image(spec.image)
+        del image
+        for att in spec.attachments():
+            self.networks.gateway(att.name)
+        # conflicts with running containers are checked once, when it starts
+        self._check_ports(spec.ports, against_running=not start)
+        cid = secrets.token_hex(32)
+        name = spec.name or f"nyx-{cid[:8]}"
+        hostname = spec.hostname or (
+            spec.name if spec.name and _LABEL_RE.match(spec.name) else cid[:12]
+        )
+        rec = ContainerRecord(
+            id=cid,
+            name=name,
+            spec=spec,
+            hostname=hostname,
+            networks=[self.networks.canonical(a.name) for a in spec.attachments()],
+            internal_networks=self._internal_networks(spec),
+        )
+        live = _Live(rec)
+        with self._lock:
+            if any(v.rec.name == name for v in self._live.values()):
+                raise ConflictError(f"container name {name!r} is already in use")
+            self._live[cid] = live
+            self.store.save(rec)
+            self.store.log_path(cid).touch(mode=0o600)
+        logger.bind(container=cid, name=name, image=spec.image).info("container created")
+        if not start:
+            return rec.public()
+        try:
+            return self.start(cid)
+        except BaseException:
+            self._forget(live)
+            raise
+
+    def _check_ports(
+        self,
+        ports: Sequence[PortMapping],
+        exclude: str | None = None,
+        *,
+        against_running: bool = True,
+    ) -> None:
+        """Refuse too many ports, a port listed twice, or one a running container publishes.
+
+        Intervals, not ports (:mod:`nyx_core._portset`): O(m log m) for m mappings, and only
+        the gathering of the running containers' mappings holds the supervisor's lock.
+        """
+        count = published_count(ports)
+        limit = self.settings.max_published_ports
+        shown = [str(p) for p in ports[:3]] + (["..."] if len(ports) > 3 else [])
+        if count > limit:
+            raise ConfigError(
+                f"ports {shown}: {count} host ports to publish, more than "
+                f"max_published_ports={limit} (NYXD_MAX_PUBLISHED_PORTS) allows per container"
+            )
+        taken: list[PortRange] = []
+        if against_running:
+            with self._lock:
+                taken = [
+                    r
+                    for v in self._live.values()
+                    if v.rec.state == "running" and v.rec.id != exclude
+                    for r in port_ranges(v.rec.spec.ports, v.rec.name)
+                ]
+        clash = find_port_clash(port_ranges(ports), taken)
+        if clash is None:
+            return
+        if clash[1].owner is None:
+            raise ConfigError(f"ports {shown}: {clash_message(*clash)}")
+        raise ConflictError(clash_message(*clash))
+
+    def start(self, ref: str) -> dict[str, Any]:
+        live = self._find(ref)
+        with live.lock:
+            if live.rec.state == "running":
+                return live.rec.public()
+            if live.rec.state != "created":
+                raise ConflictError(
+                    f"container {live.rec.name!r} is {live.rec.state}; create a new one"
+                )
+            self._check_ports(live.rec.spec.ports, exclude=live.rec.id)
+            with logger.contextualize(container=live.rec.id):
+                self._start(live)
+        return live.rec.public()
+
+    def _internal_networks(self, spec: ContainerSpec) -> list[str]:
+        """The one place "internal" is decided: the canonical names of ``spec``'s networks
+        on which the container is internal (its spec says so, ``internal`` or
+        ``networks[].internal``, or the network was created internal).
+
+        Called once at create and kept in the record, so the driver (``SetupOptions.
+        internal``: egress dropped) and the DNS provider (``internal_networks``: no
+        forwarding) get the same answer, also after a nyxd restart.
+        """
+        return list(
+            dict.fromkeys(
+                self.networks.canonical(a.name)
+                for a in spec.attachments()
+                if a.internal or self.networks.is_internal(a.name)
+            )
+        )
+
+    def _recorded_internal(self, rec: ContainerRecord) -> list[str]:
+        """``rec.internal_networks``, decided now for a record of an older nyxd."""
+        if rec.internal_networks is None:
+            rec.internal_networks = self._internal_networks(rec.spec)
+        return rec.internal_networks
+
+    def _dns_decision(self, spec: ContainerSpec) -> DnsDecision:
+        if spec.dns is False:
+            return DnsDecision(use_provider=False, resolv_conf="none")
+        if spec.dns is True:
+            return DnsDecision(use_provider=self.dns is not None, resolv_conf="provider")
+        stack = None
+        if spec.stack_services is not None:
+            stack = {
+                svc: [
+                    StackNetwork(n.name, n.internal or self.networks.is_internal(n.name))
+                    for n in s.networks
+                ]
+                for svc, s in spec.stack_services.items()
+            }
+        decision = dns_policy(self.settings.dns, self.backend.capabilities(), stack)
+        if decision.use_provider and self.dns is None:
+            return DnsDecision(use_provider=False, resolv_conf="driver")
+        return decision
+
+    def _start(self, live: _Live) -> None:
+        rec = live.rec
+        spec = rec.spec
+        cid = rec.id
+        undo: list[tuple[str, Callable[[], Any]]] = []
+        cdir = self.run_dir / "containers" / cid
+        marks: list[tuple[str, float]] = [("begin", time.perf_counter())]
+        try:
+            image = self._image(spec.image)
+            cdir.mkdir(parents=True, exist_ok=True)
+            netns = self.run_dir / "netns" / cid
+            rec.netns_path = str(netns)
+            self._persist(live)
+            self.host.create_netns(netns)
+            undo.append(("netns", lambda: self.host.delete_netns(netns)))
+
+            results: list[SetupResult] = []
+            internal = self._recorded_internal(rec)
+            rec.network_setup = True
+            self._persist(live)
+            undo.append(("network", lambda: self._backend_teardown(cid, str(netns))))
+            for i, att in enumerate(spec.attachments()):
+                network = self.networks.canonical(att.name)
+                opts = SetupOptions(
+                    network=network,
+                    subnet=self.networks.gateway(att.name),
+                    interface=f"eth{i}",
+                    internal=network in internal,
+                    hostname=rec.hostname,
+                    aliases=list(att.aliases),
+                    labels=dict(spec.labels),
+                )
+                ports = spec.ports if i == 0 else []
+                with self._net_lock:
+                    results.append(self.backend.setup(cid, str(netns), ports, opts))
+            rec.ips = [str(ip) for r in results for ip in r.ips]
+            marks.append(("network", time.perf_counter()))
+
+            decision = self._dns_decision(spec)
+            if decision.use_provider and self.dns is not None:
+                aliases = self._dns_aliases(rec)
+                rec.dns_registered = True
+                self._persist(live)
+                undo.append(("dns", lambda: self._dns_deregister(cid)))
+                with self._net_lock:
+                    self.dns.register(
+                        cid,
+                        rec.hostname,
+                        [ip for r in results for ip in r.ips],
+                        aliases,
+                        rec.networks,
+                        internal,
+                    )
+            mounts = self._write_etc(rec, cdir, decision, results)
+            marks.append(("dns+etc", time.perf_counter()))
+
+            rec.rootfs_mounted = True
+            self._persist(live)
+            undo.append(("rootfs", lambda: self.host.rootfs.unmount(cdir)))
+            merged = self.host.rootfs.mount(self.host.images.layer_dirs(image), cdir)
+            process = self.host.process_from_image(
+                getattr(image, "config", None) or {},
+                spec.entrypoint,
+                spec.command,
+                spec.env,
+                spec.workdir,
+                spec.user,
+            )
+            bundle = cdir / "bundle"
+            self.host.runtime.write_bundle(
+                bundle,
+                rootfs=Path(merged),
+                process=process,
+                hostname=rec.hostname,
+                netns_path=str(netns),
+                mounts=mounts,
+            )
+            marks.append(("rootfs+bundle", time.perf_counter()))
+            rec.runc_created = True
+            self._persist(live)
+            undo.append(("runc", lambda: self.host.runtime.delete(cid, True)))
+            try:
+                pid = self.host.runtime.start(cid, bundle, self.store.log_path(cid))
+            except BaseException as exc:
+                raise _classify_start_error(exc) from exc
+        except BaseException as exc:
+            errors = _undo(undo)
+            rec.netns_path = None
+            rec.network_setup = rec.dns_registered = False
+            rec.rootfs_mounted = rec.runc_created = False
+            rec.ips = []
+            shutil.rmtree(cdir, ignore_errors=True)
+            rec.error = str(exc)
+            self._persist(live)
+            logger.bind(error=str(exc), undo_errors=[str(e) for e in errors]).warning(
+                "container start failed; undone"
+            )
+            raise
+        rec.state = "running"
+        rec.pid = pid
+        rec.started = now()
+        rec.finished = None
+        rec.exit_code = None
+        rec.error = None
+        live.exited.clear()
+        live.done.clear()
+        self._persist(live)
+        marks.append(("runc", time.perf_counter()))
+        steps = {n: round((t - marks[i][1]) * 1000, 1) for i, (n, t) in enumerate(marks[1:])}
+        logger.bind(pid=pid, ips=rec.ips, ms=steps).info("container started")
+        threading.Thread(
+            target=self._watch, args=(live, pid), name=f"watch-{cid[:12]}", daemon=True
+        ).start()
+
+    def _dns_aliases(self, rec: ContainerRecord) -> list[str]:
+        names: list[str] = []
+        for att in rec.spec.attachments():
+            names.extend(att.aliases)
+        names.extend(rec.spec.aliases)
+        if rec.spec.name and rec.name != rec.hostname and _LABEL_RE.match(rec.name):
+            names.append(rec.name)
+        return list(dict.fromkeys(n for n in names if n != rec.hostname))
+
+    def _write_etc(
+        self,
+        rec: ContainerRecord,
+        cdir: Path,
+        decision: DnsDecision,
+        results: Sequence[SetupResult],
+    ) -> list[tuple[str, str, bool]]:
+        hostname = cdir / "hostname"
+        hostname.write_text(rec.hostname + "\n")
+        hosts = cdir / "hosts"
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        names = rec.hostname if rec.name == rec.hostname else f"{rec.hostname} {rec.name}"
+        lines += [f"{ip}\t{names}" for ip in rec.ips[:1]]
+        hosts.write_text("\n".join(lines) + "\n")
+        mounts = [(str(hosts), "/etc/hosts", False), (str(hostname), "/etc/hostname", False)]
+        text: str | None = None
+        if decision.resolv_conf == "provider" and self.dns is not None:
+            text = self.dns.resolv_conf(rec.id)
+        elif decision.resolv_conf == "driver" or (
+            decision.resolv_conf == "provider" and self.dns is None
+        ):
+            text = _cni_resolv_conf(results)
+        if text is not None:
+            resolv = cdir / "resolv.conf"
+            resolv.write_text(text if text.endswith("\n") else text + "\n")
+            mounts.append((str(resolv), "/etc/resolv.conf", False))
+        return mounts
+
+    # ------------------------------------------------------------------ exit / stop / rm
+
+    def _watch(self, live: _Live, pid: int) -> None:
+        rec = live.rec
+        code: int | None
+        try:
+            code = self.host.runtime.wait(rec.id, pid, None)
+        except Exception as exc:
+            logger.bind(container=rec.id, error=str(exc)).warning("wait failed")
+            code = None
+        live.exited.set()
+        with live.lock, logger.contextualize(container=rec.id):
+            try:
+                rec.exit_code = code
+                rec.finished = now()
+                rec.pid = None
+                self._teardown(live)
+                rec.state = "stopped" if live.stop_requested else "exited"
+                self._persist(live)
+            except Exception as exc:
+                logger.bind(error=repr(exc)).error("after-exit teardown failed")
+            finally:
+                rec.state = "stopped" if live.stop_requested else "exited"
+                live.done.set()
+            logger.bind(exit_code=code, state=rec.state).info("container finished")
+        if rec.spec.rm and not self._closing:
+            with contextlib.suppress(NyxError):
+                self._remove(live)
+
+    def _backend_teardown(self, cid: str, netns: str) -> None:
+        with self._net_lock:
+            self.backend.teardown(cid, netns)
+
+    def _dns_deregister(self, cid: str) -> None:
+        if self.dns is not None:
+            with self._net_lock:
+                self.dns.deregister(cid)
+
+    def _teardown(self, live: _Live) -> list[BaseException]:
+        """Undo everything recorded for the container, in reverse order; never stop early."""
+        rec = live.rec
+        cid = rec.id
+        cdir = self.run_dir / "containers" / cid
+        errors: list[BaseException] = []
+
+        def step(flag: str, fn: Callable[[], Any]) -> None:
+            try:
+                fn()
+            except Exception as exc:
+                errors.append(exc)
+                logger.bind(container=cid, step=flag, error=str(exc)).warning("teardown step")
+            if flag:
+                setattr(rec, flag, False)
+
+        if rec.runc_created:
+            step("runc_created", lambda: self.host.runtime.delete(cid, True))
+        if rec.dns_registered:
+            step("dns_registered", lambda: self._dns_deregister(cid))
+        if rec.network_setup:
+            step("network_setup", lambda: self._backend_teardown(cid, rec.netns_path or ""))
+        if rec.netns_path:
+            path = Path(rec.netns_path)
+            step("", lambda: self.host.delete_netns(path))
+            rec.netns_path = None
+        if rec.rootfs_mounted:
+            step("rootfs_mounted", lambda: self.host.rootfs.unmount(cdir))
+        if not rec.rootfs_mounted and not os.path.ismount(cdir / "rootfs"):
+            shutil.rmtree(cdir, ignore_errors=True)
+        if errors:
+            rec.error = "; ".join(str(e) for e in errors)
+        return errors
+
+    def stop(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown."""
+        live = self._find(ref)
+        grace = self.stop_grace if timeout is None else max(0.0, timeout)
+        with live.lock:
+            state = live.rec.state
+            if state != "running":
+                return live.rec.public()
+            live.stop_requested = True
+        logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
+        if grace > 0:
+            self._signal(live, signal.SIGTERM)
+        if not live.exited.wait(grace):
+            self._signal(live, signal.SIGKILL)
+            if not live.exited.wait(15):
+                raise RuntimeErrorNyx(f"container {live.rec.name!r} did not die after SIGKILL")
+        live.done.wait(60)
+        return live.rec.public()
+
+    def _signal(self, live: _Live, sig: int) -> None:
+        pid = live.rec.pid
+        if self.host.signal_direct and pid and not live.adopted and not live.exited.is_set():
+            try:
+                os.kill(pid, sig)
+                return
+            except ProcessLookupError:
+                return
+            except OSError:
+                pass
+        with contextlib.suppress(Exception):
+            self.host.runtime.kill(live.rec.id, sig)
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        live = self._find(ref)
+        if live.rec.state == "running":
+            if not force:
+                raise ConflictError(
+                    f"container {live.rec.name!r} is running; stop it first or force removal"
+                )
+            self.stop(live.rec.id, timeout=0)
+        self._remove(live)
+
+    def _remove(self, live: _Live) -> None:
+        with live.lock:
+            if live.removed:
+                return
+            if live.rec.state == "running":
+                raise ConflictError(f"container {live.rec.name!r} is running")
+            self._teardown(live)
+            live.removed = True
+            live.done.set()
+        self._forget(live)
+        logger.bind(container=live.rec.id).info("container removed")
+
+    def _forget(self, live: _Live) -> None:
+        live.removed = True
+        with self._lock:
+            self._live.pop(live.rec.id, None)
+            self._tombstones[live.rec.id] = live.rec.public()
+            while len(self._tombstones) > _TOMBSTONES:
+                self._tombstones.popitem(last=False)
+        self.store.delete(live.rec.id)
+
+    def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the container has exited and been torn down: ``{"exit_code": n}``."""
+        try:
+            live = self._find(ref)
+        except NotFoundError:
+            with self._lock:
+                for cid, pub in reversed(self._tombstones.items()):
+                    if cid == ref or pub["name"] == ref or cid.startswith(ref):
+                        return {"exit_code": pub["exit_code"], "state": pub["state"]}
+            raise
+        if not live.done.wait(timeout):
+            raise ConflictError(f"container {live.rec.name!r} still running after {timeout}s")
+        return {"exit_code": live.rec.exit_code, "state": live.rec.state}
+
+    def logs(self, ref: str, follow: bool = False, poll: float = 0.1) -> Iterator[bytes]:
+        """The container's output; with ``follow`` until it has exited."""
+        live = self._find(ref)
+        path = self.store.log_path(live.rec.id)
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return
+        with f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                failed = live.rec.state == "created" and live.rec.error is not None
+                if not follow or live.done.is_set() or live.removed or failed:
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                time.sleep(poll)
+
+    # ------------------------------------------------------------------ images
+
+    def _image(self, ref: str) -> Any:
+        try:
+            img = self.host.images.get(ref)
+        except NyxError:
+            raise
+        except (KeyError, LookupError, FileNotFoundError) as exc:
+            raise NotFoundError(f"no such image: {ref}") from exc
+        if img is None:
+            raise NotFoundError(f"no such image: {ref}")
+        return img
+
+    def list_images(self) -> list[dict[str, Any]]:
+        return [image_public(i) for i in self.host.images.list()]
+
+    def load_image(self, path: Path) -> list[dict[str, Any]]:
+        images = self.host.images.load(path)
+        logger.bind(images=[getattr(i, "repo_tags", None) for i in images]).info("images loaded")
+        return [image_public(i) for i in images]
+
+    def pull_image(
+        self, reference: str, insecure: bool = False, progress: Callable[..., Any] | None = None
+    ) -> dict[str, Any]:
+        """Pull ``reference`` into the image store.
+
+        Whether a registry may use plain HTTP or unverified TLS is nyxd's own configuration
+        (``--insecure-registry``; loopback registries always may), never the caller's:
+        ``insecure=True`` for a registry that is not configured so is refused before any
+        traffic, with a :class:`ConfigError` naming the registry and the flag.
+        """
+        try:
+            registry: Any = importlib.import_module("nyx_cli.registry._pull")
+        except ImportError as exc:
+            raise NotImplementedYet(
+                "image pull is not available: nyx_core._registry is not installed"
+            ) from exc
+        ref = registry.normalize_reference(reference)
+        configured = tuple(self.settings.insecure_registries)
+        if insecure and not registry.is_insecure_registry(ref.domain, configured):
+            raise ConfigError(
+                f"registry {ref.domain} is not an insecure registry of this nyxd: plain HTTP "
+                "and unverified TLS are nyxd's configuration, not a request option; start "
+                f"nyxd with --insecure-registry {ref.domain} (or NYXD_INSECURE_REGISTRIES) to "
+                "allow them"
+            )
+        tmp_root = self.settings.state_dir / "tmp"
+        tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dest = tmp_root / f"pull-{secrets.token_hex(6)}"
+        dest.mkdir(mode=0o700)  # the layout inside is 0700 directories, 0600 files
+        try:
+            pulled = registry.pull_to_oci_layout(
+                reference, dest, insecure_registries=configured, progress=progress
+            )
+            img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+        logger.bind(reference=reference).info("image pulled")
+        return image_public(img)
+
+    def remove_image(self, ref: str) -> None:
+        img = self._image(ref)
+        ident = getattr(img, "id", None)
+        tags = set(getattr(img, "repo_tags", []) or [])
+        with self._lock:
+            for live in self._live.values():
+                used = live.rec.spec.image
+                if used in (ref, ident) or used in tags:
+                    raise ConflictError(
+                        f"image {ref!r} is used by container {live.rec.name!r}; remove it first"
+                    )
+        self.host.images.remove(ref)
+
+    # ------------------------------------------------------------------ networks
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        return self.networks.list()
+
+    def create_network(
+        self, name: str, internal: bool = False, subnet: str | None = None
+    ) -> dict[str, Any]:
+        with self._lock:
+            return self.networks.create(name, internal=internal, subnet=subnet)
+
+    def remove_network(self, name: str) -> None:
+        with self._lock:
+            users = [
+                v.rec.name
+                for v in self._live.values()
+                if v.rec.state in ("created", "running") and name in v.rec.networks
+            ]
+            self.networks.remove(name, users)
+
+    # ------------------------------------------------------------------ daemon lifecycle
+
+    def reconcile(self) -> dict[str, int]:
+        """After a (re)start: re-adopt containers still running, undo what is left of others.
+
+        A container whose runc state is still ``running`` with the recorded pid, and whose
+        netns is still mounted where nyxd put it, is adopted (its DNS records registered
+        again, a watcher started; its exit code will read 255, it is no longer nyxd's
+        child). Anything else a previous nyxd recorded is stopped and
+        torn down: netns, veths, nft elements, leases, DNS records, mounts.
+        """
+        records, broken = self.store.load_all()
+        stopped = cleaned = adopted = 0
+        known = {r.id for r in records}
+        for rec in records:
+            live = _Live(rec)
+            dirty = rec.runc_created or rec.network_setup or rec.dns_registered
+            dirty = dirty or rec.rootfs_mounted or bool(rec.netns_path)
+            with self._lock:
+                self._live[rec.id] = live
+            if rec.state == "running" and self.readopt and self._adopt(live):
+                adopted += 1
+                continue
+            if rec.state == "running" or dirty:
+                with logger.contextualize(container=rec.id):
+                    if rec.state == "running":
+                        self._kill_leftover(rec)
+                        stopped += 1
+                        rec.state = "exited"
+                        rec.finished = now()
+                        rec.pid = None
+                        rec.error = "stopped by nyxd at restart"
+                    self._teardown(live)
+                    cleaned += 1
+            live.exited.set()
+            live.done.set()
+            if rec.spec.rm and rec.state != "created":
+                self._remove(live)
+            else:
+                self._persist(live)
+        for cid in broken:
+            logger.bind(container=cid).warning("unreadable container state; cleaning up")
+            self._clean_orphan(cid)
+        for leftover in sorted((self.run_dir / "netns").glob("*")):
+            if leftover.name not in known:
+                self._clean_orphan(leftover.name)
+        with contextlib.suppress(Exception):
+            for item in self.host.runtime.list():
+                oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
+                if isinstance(oid, str) and oid not in known:
+                    self._clean_orphan(oid)
+        if stopped or cleaned or adopted:
+            logger.bind(stopped=stopped, cleaned=cleaned, adopted=adopted).info(
+                "reconciled previous state"
+            )
+        return {"stopped": stopped, "cleaned": cleaned, "adopted": adopted}
+
+    def _adopt(self, live: _Live) -> bool:
+        rec = live.rec
+        try:
+            st = self.host.runtime.state(rec.id)
+        except Exception:
+            return False
+        if not isinstance(st, dict) or st.get("status") != "running":
+            return False
+        if not rec.pid or st.get("pid") != rec.pid or not rec.network_setup:
+            return False
+        if not rec.netns_path or not self.host.netns_alive(Path(rec.netns_path)):
+            # its netns mount went with the previous nyxd's mount namespace: nyxd could no
+            # longer manage its network, so it is stopped and torn down instead
+            return False
+        live.adopted = True
+        with logger.contextualize(container=rec.id):
+            if rec.dns_registered:
+                if self.dns is None:
+                    rec.dns_registered = False
+                else:
+                    try:
+                        ips = [ipaddress.ip_address(ip) for ip in rec.ips]
+                        with self._net_lock:
+                            self.dns.register(
+                                rec.id,
+                                rec.hostname,
+                                ips,
+                                self._dns_aliases(rec),
+                                rec.networks,
+                                self._recorded_internal(rec),
+                            )
+                    except Exception as exc:
+                        logger.bind(error=str(exc)).warning("DNS re-registration failed")
+            self._persist(live)
+            logger.bind(pid=rec.pid).info("container re-adopted")
+        threading.Thread(
+            target=self._watch, args=(live, rec.pid), name=f"watch-{rec.id[:12]}", daemon=True
+        ).start()
+        return True
+
+    def _kill_leftover(self, rec: ContainerRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.host.runtime.kill(rec.id, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                st = self.host.runtime.state(rec.id)
+            except Exception:
+                return
+            status = st.get("status") if isinstance(st, dict) else getattr(st, "status", st)
+            if status in (None, "stopped") or st is None:
+                return
+            time.sleep(0.05)
+
+    def _clean_orphan(self, cid: str) -> None:
+        live = _Live(
+            ContainerRecord(
+                id=cid,
+                name=cid,
+                spec=ContainerSpec(image="?"),
+                hostname="orphan",
+                netns_path=str(self.run_dir / "netns" / cid),
+                network_setup=True,
+                dns_registered=self.dns is not None,
+                rootfs_mounted=(self.run_dir / "containers" / cid).exists(),
+                runc_created=True,
+            )
+        )
+        with contextlib.suppress(Exception):
+            self.host.runtime.kill(cid, signal.SIGKILL)
+        self._teardown(live)
+        self.store.delete(cid)
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every running container (in parallel), leaving the host clean."""
+        self._closing = True
+        with self._lock:
+            running = [v for v in self._live.values() if v.rec.state == "running"]
+        threads = [
+            threading.Thread(target=self._stop_quiet, args=(v, grace), daemon=True) for v in running
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(grace + 30)
+        with self._lock:
+            lives = list(self._live.values())
+        for live in lives:
+            if live.rec.spec.rm and live.rec.state != "running":
+                with contextlib.suppress(Exception):
+                    self._remove(live)
+
+    def _stop_quiet(self, live: _Live, grace: float) -> None:
+        try:
+            self.stop(live.rec.id, timeout=grace)
+        except Exception as exc:
+            logger.bind(container=live.rec.id, error=str(exc)).warning("stop at shutdown failed")
+
+
+def _undo(steps: list[tuple[str, Callable[[], Any]]]) -> list[BaseException]:
+    errors: list[BaseException] = []
+    for what, fn in reversed(steps):
+        try:
+            fn()
+        except Exception as exc:
+            errors.append(exc)
+            logger.bind(step=what, error=str(exc)).warning("undo step failed")
+    return errors
+
+
+def _cni_resolv_conf(results: Sequence[SetupResult]) -> str:
+    servers = [str(r.dns_server) for r in results if r.dns_server is not None]
+    search = [s for r in results for s in r.dns_search]
+    if servers:
+        lines = [f"nameserver {s}" for s in dict.fromkeys(servers)]
+        if search:
+            lines.append("search " + " ".join(dict.fromkeys(search)))
+        return "\n".join(lines) + "\n"
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
+
+
+def all_labels_match(have: dict[str, str], want: dict[str, str | None]) -> bool:
+    """``want`` maps key → value (or None: key present)."""
+    return all(k in have and (v is None or have[k] == v) for k, v in want.items())

@@ -1,0 +1,740 @@
+"""Running containers with runc: overlay rootfs, the process, the OCI bundle, runc calls.
+
+- :class:`Rootfs` mounts an image's unpacked layers with overlayfs (upper/work dirs per
+  container) and unmounts them.
+- :func:`process_from_image` turns the image config plus a run request into the process
+  (docker's rules for Entrypoint/Cmd, Env, WorkingDir, User).
+- :class:`RuncRuntime` writes ``config.json`` (namespaces pid/ipc/uts/mount plus the prepared
+  network namespace, docker's default capabilities and the seccomp profile that goes with
+  them (:mod:`nyx_core._seccomp`), a pids limit, masked paths) and drives ``runc``.
+
+Exit codes: nyxd makes itself a child subreaper (:func:`become_subreaper`) so a detached
+container's init is re-parented to it and :meth:`RuncRuntime.wait` can read the exit status.
+A container whose status cannot be read (re-adopted after a nyxd restart) reports 255.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import select
+import stat
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from loguru import logger
+from pydantic import BaseModel, Field
+
+from nyx_core.errors import ConfigError
+
+from ..daemon._netns import mount, umount
+from ..errors import RuntimeErrorNyx
+from ._seccomp import CAPABILITIES, seccomp_profile
+
+__all__ = [
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_PATH",
+    "DEFAULT_PIDS_LIMIT",
+    "ProcessSpec",
+    "Rootfs",
+    "RuncRuntime",
+    "become_subreaper",
+    "process_from_image",
+    "resolve_user",
+]
+
+logger.disable(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_CAPABILITIES = [  # docker's default set
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+MASKED_PATHS = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
+UNKNOWN_EXIT = 255
+_PR_SET_CHILD_SUBREAPER = 36
+_OVERLAY_OPTS_MAX = 4000  # mount(2) data is one page
+
+
+def become_subreaper(enable: bool = True) -> None:
+    """Make this process (nyxd) the reaper of its orphaned descendants, i.e. containers."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeErrorNyx(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+# -- rootfs ------------------------------------------------------------------------------
+
+
+class Rootfs:
+    """The container's root filesystem: image layers under a per-container overlay."""
+
+    @staticmethod
+    def mount(image_layers: list[Path], container_dir: Path) -> Path:
+        """Mount ``image_layers`` (bottom first) at ``container_dir/rootfs``; returns it.
+
+        Writes go to ``container_dir/upper`` (``container_dir/work`` is overlayfs' scratch).
+        """
+        container_dir = Path(container_dir)
+        merged, upper, work = (container_dir / n for n in ("rootfs", "upper", "work"))
+        for d in (merged, upper, work):
+            d.mkdir(parents=True, exist_ok=True)
+        lowers = [str(p) for p in reversed(image_layers)]
+        if not lowers:
+            empty = container_dir / "empty"
+            empty.mkdir(exist_ok=True)
+            lowers = [str(empty)]
+        for lower in lowers:
+            if any(c in lower for c in ",:\n"):
+                raise RuntimeErrorNyx(f"layer path {lower!r} cannot be an overlayfs lowerdir")
+        opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+        try:
+            if len(opts) <= _OVERLAY_OPTS_MAX:
+                mount("overlay", merged, "overlay", 0, opts)
+            else:
+                Rootfs._mount_relative(lowers, upper, work, merged)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RuntimeErrorNyx(f"overlay mount of {str(merged)!r} failed: {exc}") from exc
+        return merged
+
+    @staticmethod
+    def _mount_relative(lowers: list[str], upper: Path, work: Path, merged: Path) -> None:
+        """Many layers: name them relative to their common parent, from a child's cwd."""
+        parent = os.path.commonpath(lowers)
+        rel = [os.path.relpath(p, parent) for p in lowers]
+        opts = f"lowerdir={':'.join(rel)},upperdir={upper},workdir={work}"
+        proc = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
+            cwd=parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise OSError(errno.EIO, proc.stderr.strip() or "mount failed")
+
+    @staticmethod
+    def unmount(container_dir: Path) -> None:
+        """Unmount ``container_dir/rootfs``; nothing mounted is no error."""
+        merged = Path(container_dir) / "rootfs"
+        try:
+            for _ in range(16):
+                if not umount(merged):
+                    break
+        except OSError as exc:
+            logger.warning("unmount {}: {}", merged, exc)
+
+
+# -- process -----------------------------------------------------------------------------
+
+
+class ProcessSpec(BaseModel):
+    """What runs in the container."""
+
+    args: list[str] = Field(description="argv, args[0] looked up in PATH")
+    env: list[str] = Field(default_factory=list, description='"KEY=value" entries')
+    cwd: str = Field(default="/", description="absolute working directory")
+    user: str | None = Field(
+        default=None, description='"name", "uid", "name:group" or "uid:gid" (image rootfs)'
+    )
+
+
+def _strings(value: Any, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{field} must be a list of strings, not {value!r}")
+    return list(value)
+
+
+def process_from_image(
+    config: dict[str, Any],
+    entrypoint: list[str] | None,
+    command: list[str] | None,
+    env: dict[str, str],
+    workdir: str | None,
+    user: str | None,
+) -> ProcessSpec:
+    """The process of a container, with docker's rules.
+
+    - ``entrypoint=None`` keeps the image's Entrypoint; a list replaces it (``[]`` or
+      ``[""]`` removes it). Replacing the entrypoint with a non-empty one drops the image's
+      Cmd. ``command`` (when non-empty) replaces the Cmd. argv = entrypoint + cmd.
+    - Env: the image's, then ``env`` (which wins per key); PATH defaults to the usual one.
+    - ``workdir`` or the image's WorkingDir or ``/``; must be absolute.
+    - ``user`` or the image's User (resolved against the rootfs when the bundle is written).
+
+    :raises ConfigError: naming the field, when nothing is left to run or a value is bad.
+    """
+    image_entry = _strings(config.get("Entrypoint"), "image Entrypoint") or []
+    image_cmd = _strings(config.get("Cmd"), "image Cmd") or []
+    given_entry = _strings(entrypoint, "entrypoint")
+    given_cmd = _strings(command, "command") or []
+    if given_entry is None:
+        entry, cmd = image_entry, given_cmd or image_cmd
+    elif given_entry in ([], [""]):
+        entry, cmd = [], given_cmd or image_cmd
+    else:
+        entry, cmd = given_entry, given_cmd
+    args = entry + cmd
+    if not args or not args[0]:
+        raise ConfigError("command: no command specified (the image has no Entrypoint or Cmd)")
+
+    merged: dict[str, str] = {}
+    for item in _strings(config.get("Env"), "image Env") or []:
+        key, sep, value = item.partition("=")
+        if key and sep:
+            merged[key] = value
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise ConfigError(f"env: bad variable name {key!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise ConfigError(f"env: bad value for {key!r}: {value!r}")
+        merged[key] = value
+    merged.setdefault("PATH", DEFAULT_PATH)
+
+    cwd = workdir or config.get("WorkingDir") or "/"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise ConfigError(f"workdir: {cwd!r} is not an absolute path")
+    cwd = str(PurePosixPath(cwd))
+    chosen_user = user if user else config.get("User") or None
+    if chosen_user is not None and (not isinstance(chosen_user, str) or ":" in chosen_user[:1]):
+        raise ConfigError(f"user: bad value {chosen_user!r}")
+    return ProcessSpec(
+        args=args, env=[f"{k}={v}" for k, v in merged.items()], cwd=cwd, user=chosen_user
+    )
+
+
+_ETC_FILE_MAX = 4 << 20  # /etc/passwd or /etc/group of an image larger than this is not read
+_MAX_SYMLINKS = 40  # as the kernel (ELOOP)
+
+
+def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
+    """An ``O_PATH`` fd of ``path`` resolved inside ``rootfs`` as if it were ``/``.
+
+    Every component is opened relative to its parent's fd with ``O_NOFOLLOW``; symlinks are
+    read and resolved here (absolute ones from ``rootfs``, ``..`` stops at ``rootfs``), so
+    neither a symlink nor ``..`` nor a swap during the walk can reach a host file. With
+    ``mkdir``, missing directories are created (0755). The caller closes the fd.
+
+    :raises OSError: a missing component (``FileNotFoundError``), a loop (``ELOOP``), a
+        non-directory in the middle (``ENOTDIR``).
+    """
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    # the directories walked, root first (rootfs itself is nyx's own path: followed)
+    stack = [os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    links = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                fd = os.open(part, flags, dir_fd=stack[-1])
+            except FileNotFoundError:
+                if not mkdir:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=stack[-1])  # never follows a symlink
+                parts.insert(0, part)
+                continue
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                os.close(fd)
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+                target = os.readlink(part, dir_fd=stack[-1])
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                continue
+            stack.append(fd)
+            if parts and not stat.S_ISDIR(mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _read_image_file(rootfs: Path, path: str, limit: int = _ETC_FILE_MAX) -> tuple[str, str]:
+    """The text of the image's ``path`` and ``""``, or ``""`` and why it was not read.
+
+    Only a regular file of at most ``limit`` bytes, resolved inside ``rootfs``, is read: a
+    device (``/dev/zero``), a FIFO, a huge file or a symlink out of the image never is.
+    """
+    try:
+        fd = _open_in_root(rootfs, path)
+    except FileNotFoundError:
+        return "", ""  # missing: like an empty file (docker: numeric ids still work)
+    except OSError as exc:
+        return "", f"{path} cannot be resolved in the image ({exc.strerror})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "", f"{path} is {_file_kind(st.st_mode)} in the image, not read"
+        if st.st_size > limit:
+            return "", f"{path} is larger than {limit >> 20} MiB in the image, not read"
+        # reopen the very inode the walk found (an O_PATH fd cannot be read)
+        with open(f"/proc/self/fd/{fd}", "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        return "", f"{path} cannot be read in the image ({exc.strerror})"
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return "", f"{path} is larger than {limit >> 20} MiB in the image, not read"
+    return data.decode(errors="replace"), ""
+
+
+def _table(rootfs: Path, name: str) -> tuple[list[list[str]], str]:
+    """The rows of the image's ``/etc/<name>``, and why it was not read (or ``""``)."""
+    text, why = _read_image_file(rootfs, f"/etc/{name}")
+    if why:
+        logger.warning("user lookup: {}", why)
+    rows = []
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            rows.append(line.split(":"))
+    return rows, why
+
+
+def resolve_user(rootfs: Path, user: str | None) -> tuple[int, int, list[int], str]:
+    """``(uid, gid, additional gids, home)`` for ``user`` in the image at ``rootfs``.
+
+    Docker's rules: names are looked up in ``/etc/passwd`` and ``/etc/group``; a numeric
+    uid need not exist (gid 0, home ``/``); without an explicit group the user's primary
+    group and the groups listing them apply. The files are resolved inside ``rootfs`` and
+    read only when regular and at most 4 MiB; otherwise they count as empty (numeric ids
+    still work).
+
+    :raises ConfigError: a name that the image does not know (saying why a file was not read).
+    """
+    spec = user or "0"
+    user_part, _, group_part = spec.partition(":")
+    rows, passwd_why = _table(rootfs, "passwd")
+    passwd = [r for r in rows if len(r) >= 7]
+    entry = None
+    for row in passwd:
+        if row[0] == user_part or (user_part.isdigit() and row[2] == user_part):
+            entry = row
+            break
+    if entry is None and not user_part.isdigit():
+        why = f" ({passwd_why})" if passwd_why else ""
+        raise ConfigError(f"user: {user_part!r} not found in the image's /etc/passwd{why}")
+    uid = int(entry[2]) if entry else int(user_part)
+    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
+    home = entry[5] if entry and entry[5] else "/"
+    rows, group_why = _table(rootfs, "group")
+    groups = [r for r in rows if len(r) >= 3]
+    extra: list[int] = []
+    if group_part:
+        if group_part.isdigit():
+            gid = int(group_part)
+        else:
+            match = [r for r in groups if r[0] == group_part and r[2].isdigit()]
+            if not match:
+                why = f" ({group_why})" if group_why else ""
+                raise ConfigError(f"user: group {group_part!r} not found in /etc/group{why}")
+            gid = int(match[0][2])
+    elif entry is not None:
+        for row in groups:
+            members = row[3].split(",") if len(row) > 3 else []
+            if entry[0] in members and row[2].isdigit() and int(row[2]) != gid:
+                extra.append(int(row[2]))
+    return uid, gid, sorted(set(extra)), home
+
+
+# -- runc --------------------------------------------------------------------------------
+
+
+class RuncRuntime:
+    """``runc`` with its state under ``root`` (``runc --root``)."""
+
+    def __init__(
+        self,
+        root: Path,
+        runc: str = "runc",
+        cgroup_parent: str = "/nyx",
+        seccomp: bool = True,
+        capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
+    ) -> None:
+        """``capabilities``: the container's bounding/effective/permitted set; the seccomp
+        profile follows it (Docker's rules). ``pids_limit``: most tasks in the container's
+        cgroup; 0 or -1 is unlimited.
+        """
+        unknown = sorted(set(capabilities) - CAPABILITIES)
+        if unknown:
+            raise ConfigError(f"capabilities: unknown capability {', '.join(unknown)}")
+        if isinstance(pids_limit, bool) or not isinstance(pids_limit, int) or pids_limit < -1:
+            raise ConfigError(f"pids_limit: {pids_limit!r} is not a count, 0 or -1")
+        self.seccomp = seccomp
+        self.capabilities = list(dict.fromkeys(capabilities))
+        self.pids_limit = pids_limit
+        self.root = Path(root)
+        self.runc = runc
+        self.cgroup_parent = "/" + cgroup_parent.strip("/")
+        self._exit_codes: dict[tuple[str, int], int] = {}  # until delete(); pids get reused
+        self._lock = threading.Lock()
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            return subprocess.run(
+                [self.runc, "--root", str(self.root), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeErrorNyx(f"runc {args[0]}: {exc}") from exc
+
+    def write_bundle(
+        self,
+        bundle: Path,
+        *,
+        rootfs: Path,
+        process: ProcessSpec,
+        hostname: str,
+        netns_path: str | None,
+        mounts: list[tuple[str, str, bool]],
+        container_id: str | None = None,
+    ) -> None:
+        """Write ``bundle/config.json`` for ``process`` in ``rootfs``.
+
+        ``netns_path`` is the prepared network namespace (``None``: a new, empty one; never
+        the host's). ``mounts`` are extra bind mounts ``(source, destination, readonly)``.
+        The cgroup is ``<cgroup_parent>/<container_id>`` (set by :meth:`start` when not
+        given here). The working directory is created in the rootfs when missing.
+        """
+        rootfs = Path(rootfs)
+        uid, gid, extra, home = resolve_user(rootfs, process.user)
+        env = list(process.env)
+        if not any(e.startswith("HOSTNAME=") for e in env):
+            env.append(f"HOSTNAME={hostname}")
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={home}")
+        try:
+            os.close(_open_in_root(rootfs, process.cwd, mkdir=True))
+        except OSError as exc:
+            raise ConfigError(
+                f"workdir: {process.cwd!r} cannot be created in the image ({exc.strerror})"
+            ) from exc
+        netns: dict[str, str] = {"type": "network"}
+        if netns_path is not None:
+            netns["path"] = str(netns_path)
+        config: dict[str, Any] = {
+            "ociVersion": "1.0.2-dev",
+            "process": {
+                "terminal": False,
+                "user": {"uid": uid, "gid": gid, "additionalGids": extra},
+                "args": process.args,
+                "env": env,
+                "cwd": process.cwd,
+                "capabilities": {
+                    k: list(self.capabilities) for k in ("bounding", "effective", "permitted")
+                },
+                "noNewPrivileges": False,
+            },
+            "root": {"path": str(rootfs), "readonly": False},
+            "hostname": hostname,
+            "mounts": _default_mounts() + [_bind(s, d, ro) for s, d, ro in mounts],
+            "linux": {
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "ipc"},
+                    {"type": "uts"},
+                    {"type": "mount"},
+                    netns,
+                ],
+                "resources": {
+                    "devices": [{"allow": False, "access": "rwm"}],
+                    **({"pids": {"limit": self.pids_limit}} if self.pids_limit > 0 else {}),
+                },
+                **({"seccomp": seccomp_profile(self.capabilities)} if self.seccomp else {}),
+                "maskedPaths": MASKED_PATHS,
+                "readonlyPaths": READONLY_PATHS,
+            },
+        }
+        if container_id is not None:
+            config["linux"]["cgroupsPath"] = f"{self.cgroup_parent}/{container_id}"
+        Path(bundle).mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(bundle, 0o700)
+        _write_private(Path(bundle) / "config.json", json.dumps(config, indent=1))
+
+    def start(self, container_id: str, bundle: Path, log_path: Path) -> int:
+        """``runc run -d``: start detached, output appended to ``log_path``; returns the pid.
+
+        :raises RuntimeErrorNyx: with runc's own error message; nothing is left behind.
+        """
+        bundle = Path(bundle)
+        config_path = bundle / "config.json"
+        config = json.loads(config_path.read_text())
+        if "cgroupsPath" not in config.get("linux", {}):
+            config.setdefault("linux", {})["cgroupsPath"] = f"{self.cgroup_parent}/{container_id}"
+            _write_private(config_path, json.dumps(config, indent=1))
+        pid_file = bundle / "init.pid"
+        pid_file.unlink(missing_ok=True)
+        runc_log = bundle / "runc.log"
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            proc = subprocess.run(
+                [
+                    self.runc,
+                    "--root",
+                    str(self.root),
+                    "--log",
+                    str(runc_log),
+                    "--log-format",
+                    "json",
+                    "run",
+                    "-d",
+                    "--pid-file",
+                    str(pid_file),
+                    "--bundle",
+                    str(bundle),
+                    container_id,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                timeout=120,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.delete(container_id, force=True)
+            raise RuntimeErrorNyx(f"runc run {container_id}: {exc}") from exc
+        finally:
+            os.close(fd)
+        if proc.returncode != 0:
+            message = _runc_error(runc_log)
+            if "already exists" not in message:  # never touch the container that has this id
+                self.delete(container_id, force=True)
+            raise RuntimeErrorNyx(f"runc run {container_id}: {message}")
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError) as exc:
+            self.delete(container_id, force=True)
+            raise RuntimeErrorNyx(f"runc run {container_id}: no pid file") from exc
+
+    def wait(self, container_id: str, pid: int, timeout: float | None = None) -> int | None:
+        """The exit code of the container's init ``pid`` (128+N for signal N), or ``None``
+        when it is still running after ``timeout`` seconds. 255 when unknown (not our child).
+        """
+        key = (container_id, pid)
+        with self._lock:
+            if key in self._exit_codes:
+                return self._exit_codes[key]
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return self._reap(key)
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            ms = None if timeout is None else max(0, int(timeout * 1000))
+            if not poller.poll(ms):
+                return None
+        finally:
+            os.close(pidfd)
+        return self._reap(key)
+
+    def _reap(self, key: tuple[str, int]) -> int:
+        pid = key[1]
+        with self._lock:
+            if key in self._exit_codes:
+                return self._exit_codes[key]
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                code = UNKNOWN_EXIT
+            else:
+                if got == 0:  # readable pidfd but not reapable yet: should not happen
+                    got, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                code = 128 - code if code < 0 else code
+            self._exit_codes[key] = code
+            return code
+
+    def kill(self, container_id: str, sig: int = 15) -> None:
+        """Send ``sig`` to the container's init; a stopped or unknown container is no error."""
+        proc = self._run("kill", container_id, str(int(sig)))
+        if proc.returncode != 0 and not _gone(proc.stderr):
+            raise RuntimeErrorNyx(f"runc kill {container_id}: {proc.stderr.strip()}")
+
+    def state(self, container_id: str) -> dict[str, Any] | None:
+        """runc's state (``status``: created/running/stopped, ``pid``...), ``None`` if unknown."""
+        proc = self._run("state", container_id)
+        if proc.returncode != 0:
+            if _gone(proc.stderr):
+                return None
+            raise RuntimeErrorNyx(f"runc state {container_id}: {proc.stderr.strip()}")
+        state: dict[str, Any] = json.loads(proc.stdout)
+        return state
+
+    def delete(self, container_id: str, force: bool = False) -> None:
+        """Remove the container from runc (``force`` kills it first); idempotent."""
+        args = ["delete", *(["--force"] if force else []), container_id]
+        proc = self._run(*args)
+        if proc.returncode != 0 and not _gone(proc.stderr):
+            raise RuntimeErrorNyx(f"runc delete {container_id}: {proc.stderr.strip()}")
+        with self._lock:
+            for key in [k for k in self._exit_codes if k[0] == container_id]:
+                del self._exit_codes[key]
+
+    def remove_cgroup_parent(self) -> None:
+        """Remove the (empty) ``cgroup_parent`` directories runc left; best-effort."""
+        base = Path("/sys/fs/cgroup")
+        rel = self.cgroup_parent.strip("/")
+        if not rel:
+            return
+        candidates = [base / rel] + [d / rel for d in base.iterdir() if d.is_dir()]
+        for path in candidates:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """All containers runc knows under this root."""
+        proc = self._run("list", "--format", "json")
+        if proc.returncode != 0:
+            raise RuntimeErrorNyx(f"runc list: {proc.stderr.strip()}")
+        items = json.loads(proc.stdout or "null")
+        return list(items) if isinstance(items, builtins.list) else []
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically, mode 0600 (a bundle's config holds the environment)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _gone(stderr: str) -> bool:
+    text = stderr.lower()
+    return any(s in text for s in ("does not exist", "not exist", "not running", "no such"))
+
+
+def _runc_error(log: Path) -> str:
+    """The last error runc logged (JSON lines), or a generic line."""
+    message = "failed (no error message)"
+    try:
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("level") in ("error", "fatal"):
+                message = str(entry.get("msg", message))
+    except OSError:
+        pass
+    return message
+
+
+def _bind(source: str, destination: str, readonly: bool) -> dict[str, Any]:
+    if not destination.startswith("/"):
+        raise ConfigError(f"mounts: destination {destination!r} is not absolute")
+    options = ["rbind", "rprivate", *(["ro"] if readonly else [])]
+    return {"destination": destination, "type": "bind", "source": source, "options": options}
+
+
+def _default_mounts() -> list[dict[str, Any]]:
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
+    ]

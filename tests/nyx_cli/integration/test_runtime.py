@@ -1,0 +1,519 @@
+"""runc with real containers (busybox) inside throwaway network namespaces; netns helpers.
+
+runc runs from the test process (root mount namespace, so it sees the cgroup mounts) and
+the container joins a test namespace by path: nothing runs in the root network namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nyx_cli.daemon._host import Host
+from nyx_cli.daemon._models import ContainerSpec
+from nyx_cli.daemon._netns import create_netns, delete_netns, is_mountpoint
+from nyx_cli.daemon._settings import DaemonSettings
+from nyx_cli.daemon._supervisor import Supervisor
+from nyx_cli.errors import RuntimeErrorNyx
+from nyx_cli.images._store import Image, ImageStore
+from nyx_cli.runtime._runc import (
+    ProcessSpec,
+    Rootfs,
+    RuncRuntime,
+    become_subreaper,
+    process_from_image,
+)
+from nyx_core import (
+    NetworkBackend,
+    NyxSettings,
+    SetupOptions,
+    SetupResult,
+    hookimpl,
+    make_plugin_manager,
+)
+from nyx_core.testing import Netns
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_kernel")]
+
+ROOT = Path(__file__).resolve().parents[3]
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def busybox(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageStore, Image]:
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed")
+    out = tmp_path_factory.mktemp("busybox")
+    script = str(ROOT / "examples/busybox_image.py")
+    subprocess.run([sys.executable, script, str(out / "bb.tar")], check=True, capture_output=True)
+    store = ImageStore(out / "images")
+    (image,) = store.load(out / "bb.tar")
+    return store, image
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[RuncRuntime]:
+    rt = RuncRuntime(tmp_path / "runc", cgroup_parent=f"/nyxt-{os.getpid()}")
+    become_subreaper()
+    try:
+        yield rt
+    finally:
+        become_subreaper(False)
+        for item in rt.list():
+            rt.delete(item["id"], force=True)
+        rt.remove_cgroup_parent()
+
+
+@dataclass
+class Container:
+    id: str
+    dir: Path
+    ns: Netns
+    pid: int = 0
+
+    @property
+    def log(self) -> str:
+        path = self.dir / "log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def run_container(
+    busybox: tuple[ImageStore, Image],
+    runtime: RuncRuntime,
+    nyx_container_ns: Callable[[], Netns],
+    tmp_path: Path,
+) -> Iterator[Callable[..., Container]]:
+    """Start busybox with a command; every container is deleted and unmounted afterwards."""
+    store, image = busybox
+    made: list[Container] = []
+
+    def run(
+        command: list[str],
+        *,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        mounts: list[tuple[str, str, bool]] | None = None,
+        ns: Netns | None = None,
+    ) -> Container:
+        n = next(_ids)
+        ctr = Container(f"nyxt-{os.getpid()}-{n}", tmp_path / f"c{n}", ns or nyx_container_ns())
+        made.append(ctr)
+        rootfs = Rootfs.mount(store.layer_dirs(image), ctr.dir)
+        process = process_from_image(image.config, None, command, env or {}, workdir, user)
+        runtime.write_bundle(
+            ctr.dir / "bundle",
+            rootfs=rootfs,
+            process=process,
+            hostname=f"host{n}",
+            netns_path=ctr.ns.path,
+            mounts=mounts or [],
+        )
+        ctr.pid = runtime.start(ctr.id, ctr.dir / "bundle", ctr.dir / "log")
+        return ctr
+
+    try:
+        yield run
+    finally:
+        for ctr in made:
+            runtime.delete(ctr.id, force=True)
+            Rootfs.unmount(ctr.dir)
+        for ctr in made:
+            assert not is_mountpoint(ctr.dir / "rootfs")
+
+
+def test_echo_hello_logs_and_exits_zero(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    ctr = run_container(["echo", "hello"])
+    assert ctr.pid > 0
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 0
+    assert ctr.log == "hello\n"
+    state = runtime.state(ctr.id)
+    assert state is not None and state["status"] == "stopped"
+    runtime.delete(ctr.id)
+    assert runtime.state(ctr.id) is None
+    runtime.delete(ctr.id)  # idempotent
+
+
+def test_namespaces_hostname_env_mounts_and_exit_code(
+    run_container: Callable[..., Container], runtime: RuncRuntime, tmp_path: Path
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.231.0.5 peer\n")
+    script = (
+        "hostname; echo FOO=$FOO $HOSTNAME; cat /etc/hosts; pwd; "
+        "ip -o link | cut -d: -f2 | tr -d ' \\n'; echo; "
+        "echo $$; touch /etc/hosts 2>/dev/null || echo hosts-ro; exit 7"
+    )
+    ctr = run_container(
+        ["sh", "-c", script],
+        env={"FOO": "bar"},
+        workdir="/made/here",
+        mounts=[(str(hosts), "/etc/hosts", True)],
+    )
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 7
+    lines = ctr.log.splitlines()
+    assert lines[0].startswith("host")
+    assert lines[1:] == [
+        f"FOO=bar {lines[0]}",
+        "10.231.0.5 peer",
+        "/made/here",
+        "lo",
+        "1",
+        "hosts-ro",
+    ]
+
+
+def test_busybox_httpd_serves_its_page(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    server = run_container(["httpd", "-f", "-p", "8080", "-h", "/www"])
+    fetch = (
+        "for i in $(seq 100); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.1; done; "
+        "exit 1"
+    )
+    client = run_container(["sh", "-c", fetch], ns=server.ns)
+    assert runtime.wait(client.id, client.pid, timeout=60) == 0
+    assert "hello from nyx" in client.log
+    runtime.kill(server.id, signal.SIGKILL)
+    assert runtime.wait(server.id, server.pid, timeout=60) == 137
+
+
+def test_seccomp_and_capabilities_confine_the_container(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    script = (
+        "unshare -U true 2>/dev/null; echo unshare=$?; "  # user namespaces need no caps
+        "mount -t tmpfs none /mnt 2>/dev/null; echo mount=$?; "
+        "grep Seccomp: /proc/self/status | cut -f2; grep CapEff /proc/self/status | cut -f2"
+    )
+    ctr = run_container(["sh", "-c", script])
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 0
+    unshare, mount, seccomp_mode, cap_eff = ctr.log.split()
+    assert unshare != "unshare=0" and mount != "mount=0"
+    assert seccomp_mode == "2"  # a filter is installed
+    assert int(cap_eff, 16) & (1 << 21) == 0  # no CAP_SYS_ADMIN
+    assert int(cap_eff, 16) & (1 << 10)  # CAP_NET_BIND_SERVICE (httpd on port 80)
+
+
+def test_user_resolution_in_the_container(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    ctr = run_container(["sh", "-c", "id -u; id -g; echo $HOME"], user="www-data")
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 0
+    assert ctr.log.split() == ["33", "33", "/var/www"]
+
+
+def test_long_running_container_kill_state_delete(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    ctr = run_container(["sleep", "300"])
+    state = runtime.state(ctr.id)
+    assert state is not None and state["status"] == "running" and state["pid"] == ctr.pid
+    assert any(item["id"] == ctr.id for item in runtime.list())
+    assert runtime.wait(ctr.id, ctr.pid, timeout=0.2) is None  # still sleeping
+    runtime.kill(ctr.id, signal.SIGKILL)
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 128 + signal.SIGKILL
+    assert runtime.wait(ctr.id, ctr.pid) == 137  # remembered
+    runtime.kill(ctr.id, signal.SIGKILL)  # already gone: no error
+    runtime.delete(ctr.id)
+    assert runtime.state(ctr.id) is None
+    assert all(item["id"] != ctr.id for item in runtime.list())
+
+
+def test_sigterm_reaches_a_trapping_init(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    ctr = run_container(
+        ["sh", "-c", "trap 'echo bye; exit 0' TERM; echo up; while :; do sleep 1; done"]
+    )
+    for _ in range(200):
+        if "up" in ctr.log:
+            break
+        runtime.wait(ctr.id, ctr.pid, timeout=0.05)
+    runtime.kill(ctr.id, signal.SIGTERM)
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 0
+    assert ctr.log.split() == ["up", "bye"]
+
+
+def test_duplicate_id_fails_and_leaves_the_running_one(
+    run_container: Callable[..., Container], runtime: RuncRuntime, tmp_path: Path
+) -> None:
+    ctr = run_container(["sleep", "300"])
+    with pytest.raises(RuntimeErrorNyx, match="exists"):
+        runtime.start(ctr.id, ctr.dir / "bundle", tmp_path / "other.log")
+    state = runtime.state(ctr.id)
+    assert state is not None and state["status"] == "running"
+
+
+def test_force_delete_of_a_running_container(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    ctr = run_container(["sleep", "300"])
+    with pytest.raises(RuntimeErrorNyx, match=ctr.id):
+        runtime.delete(ctr.id)
+    runtime.delete(ctr.id, force=True)
+    assert runtime.state(ctr.id) is None
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 137
+
+
+def test_unknown_container_is_no_error(runtime: RuncRuntime) -> None:
+    name = f"nyxt-{os.getpid()}-missing"
+    assert runtime.state(name) is None
+    runtime.kill(name)
+    runtime.delete(name)
+    runtime.delete(name, force=True)
+    assert runtime.list() == []
+
+
+def test_missing_executable_fails_cleanly(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    with pytest.raises(RuntimeErrorNyx, match="no-such-binary"):
+        run_container(["no-such-binary"])
+    assert runtime.list() == []
+
+
+def test_process_spec_in_bundle(
+    busybox: tuple[ImageStore, Image], runtime: RuncRuntime, tmp_path: Path
+) -> None:
+    import json
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    spec = ProcessSpec(args=["true"], env=["A=1"], cwd="/w")
+    runtime.write_bundle(
+        tmp_path / "b",
+        rootfs=rootfs,
+        process=spec,
+        hostname="h",
+        netns_path="/run/netns/x",
+        mounts=[("/src", "/dst", False)],
+        container_id="abc",
+    )
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["process"]["args"] == ["true"]
+    assert config["process"]["env"] == ["A=1", "HOSTNAME=h", "HOME=/root"]
+    assert config["process"]["user"] == {"uid": 0, "gid": 0, "additionalGids": []}
+    assert {"type": "network", "path": "/run/netns/x"} in config["linux"]["namespaces"]
+    assert config["linux"]["cgroupsPath"] == f"/nyxt-{os.getpid()}/abc"
+    assert "CAP_SYS_ADMIN" not in config["process"]["capabilities"]["bounding"]
+    assert config["mounts"][-1] == {
+        "destination": "/dst",
+        "type": "bind",
+        "source": "/src",
+        "options": ["rbind", "rprivate"],
+    }
+    assert (rootfs / "w").is_dir()
+
+
+# -- netns ---------------------------------------------------------------------------------
+
+
+def _ns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def test_create_and_delete_netns_leave_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "netns" / f"nyxt-{os.getpid()}"
+    ours = _ns_inode("/proc/thread-self/ns/net")
+    try:
+        create_netns(path)
+        assert is_mountpoint(path)
+        assert _ns_inode(str(path)) != ours
+        assert _ns_inode("/proc/thread-self/ns/net") == ours
+        links = subprocess.run(
+            ["nsenter", f"--net={path}", "ip", "-o", "link"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+        assert "UP" not in links.split("<")[1].split(">")[0].split(",")  # lo left down
+        with pytest.raises(RuntimeErrorNyx, match="already exists"):
+            create_netns(path)
+    finally:
+        delete_netns(path)
+    assert not path.exists()
+    assert not is_mountpoint(path)
+    delete_netns(path)  # idempotent
+
+
+def test_container_joins_a_netns_made_by_create_netns(
+    busybox: tuple[ImageStore, Image], runtime: RuncRuntime, tmp_path: Path
+) -> None:
+    store, image = busybox
+    ns = tmp_path / "netns" / "c"
+    cid = f"nyxt-{os.getpid()}-own-ns"
+    try:
+        create_netns(ns)
+        rootfs = Rootfs.mount(store.layer_dirs(image), tmp_path / "c")
+        process = process_from_image(image.config, None, ["ip", "-o", "link"], {}, None, None)
+        runtime.write_bundle(
+            tmp_path / "c" / "bundle",
+            rootfs=rootfs,
+            process=process,
+            hostname="c",
+            netns_path=str(ns),
+            mounts=[],
+        )
+        pid = runtime.start(cid, tmp_path / "c" / "bundle", tmp_path / "c" / "log")
+        assert runtime.wait(cid, pid, timeout=60) == 0
+        assert "lo:" in (tmp_path / "c" / "log").read_text()
+    finally:
+        runtime.delete(cid, force=True)
+        Rootfs.unmount(tmp_path / "c")
+        delete_netns(ns)
+    assert not is_mountpoint(ns) and not ns.exists()
+
+
+# -- what other users of the host can read ---------------------------------------------------
+
+NOBODY_PROBE = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        os.stat(path)
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            open(path, "rb").close()
+        print("reachable")
+    except Exception as exc:
+        print(type(exc).__name__)
+"""
+
+
+def as_nobody(*paths: Path) -> list[str]:
+    """What uid/gid 65534 (no supplementary groups) gets for each path: ``reachable`` or
+    the exception's name (stat, then open or list)."""
+    proc = subprocess.run(
+        ["/usr/bin/python3", "-c", NOBODY_PROBE, *map(str, paths)],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    return proc.stdout.split()
+
+
+class _NoNetwork:
+    """A network backend that only hands out DNS facts: the container keeps ``lo``."""
+
+    @hookimpl
+    def nyx_backend_ensure_network(self, settings: NyxSettings, options: Any) -> Any:
+        return True
+
+    @hookimpl
+    def nyx_backend_setup(
+        self, container_id: str, netns_path: str, ports: Any, opts: SetupOptions
+    ) -> Any:
+        return SetupResult(
+            container_id=container_id,
+            network=opts.network,
+            dns_server=ipaddress.ip_address("10.231.0.1"),
+            dns_search=["nyxd.local"],
+        )
+
+    @hookimpl
+    def nyx_backend_teardown(self, container_id: str, netns_path: str) -> Any:
+        return True
+
+
+def test_container_secrets_are_private_and_etc_files_readable_by_a_nonroot_user(
+    busybox: tuple[ImageStore, Image], runtime: RuncRuntime
+) -> None:
+    store, _ = busybox
+    top = Path(tempfile.mkdtemp(prefix="nyxt-open-"))
+    top.chmod(0o755)  # every user can traverse it, as /var/lib and /run
+    settings = DaemonSettings(
+        state_dir=top / "state",
+        run_dir=top / "run",
+        socket=top / "run" / "nyxd.sock",
+        container_subnet="10.231.0.0/24",
+        gateway_ip="10.231.0.1",
+        dns="off",
+    )
+    pm = make_plugin_manager()
+    pm.register(_NoNetwork())
+    host = Host(
+        images=store,
+        rootfs=Rootfs(),
+        runtime=runtime,
+        process_from_image=process_from_image,
+        create_netns=create_netns,
+        delete_netns=delete_netns,
+        netns_alive=is_mountpoint,
+    )
+    sup = Supervisor(settings, NetworkBackend(pm, "none"), None, host, stop_grace=1)
+    script = "id -u; cat /etc/hostname /etc/hosts /etc/resolv.conf; echo done; sleep 300"
+    try:
+        c = sup.create(
+            ContainerSpec(
+                image="busybox:nyx",
+                name="private",
+                user="nobody",
+                env={"API_TOKEN": "s3cret"},
+                command=["sh", "-c", script],
+                dns=True,
+            )
+        )
+        log = top / "state" / "containers" / c["id"] / "container.log"
+        for _ in range(600):
+            if b"done" in log.read_bytes():
+                break
+            runtime.wait(c["id"], c["pid"], timeout=0.1)
+        lines = log.read_text().splitlines()
+        assert lines[0] == "65534"  # not root: the files below are read as nobody
+        assert "private" in lines[1]
+        assert "127.0.0.1\tlocalhost" in lines  # /etc/hosts
+        assert "nameserver 10.231.0.1" in lines
+        record = top / "state" / "containers" / c["id"] / "container.json"
+        assert "s3cret" in record.read_text()
+        cdir = top / "run" / "containers" / c["id"]
+        bundle = cdir / "bundle" / "config.json"
+        assert "s3cret" in bundle.read_text()
+        private = [record, log, bundle, cdir / "rootfs" / "bin" / "busybox", cdir / "upper"]
+        assert as_nobody(*private) == ["PermissionError"] * len(private)
+        for f in (record, log, bundle):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        for f in ("hosts", "hostname", "resolv.conf"):  # bind-mounted: must stay readable
+            assert stat.S_IMODE((cdir / f).stat().st_mode) == 0o644, f
+    finally:
+        sup.shutdown(grace=1)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_workdir_is_created_inside_the_rootfs_only(runtime: RuncRuntime, tmp_path: Path) -> None:
+    rootfs, host = tmp_path / "rootfs", tmp_path / "host"
+    (rootfs / "etc").mkdir(parents=True)
+    host.mkdir()
+    (rootfs / "link").symlink_to(host)  # absolute: means rootfs/<host path>
+    (rootfs / "up").symlink_to("../../../../../../..")
+    for cwd, made in [("/link/w", f"{host}/w"), ("/up/x/../y", "y")]:
+        spec = ProcessSpec(args=["true"], cwd=cwd)
+        runtime.write_bundle(
+            tmp_path / "b", rootfs=rootfs, process=spec, hostname="h", netns_path=None, mounts=[]
+        )
+        assert (rootfs / made.lstrip("/")).is_dir()
+    assert list(host.iterdir()) == []
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o700

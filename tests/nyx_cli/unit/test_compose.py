@@ -1,0 +1,573 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nyx_cli.compose._project import (
+    CONFIG_HASH_LABEL,
+    PROJECT_LABEL,
+    RESTART_LABEL,
+    SERVICE_LABEL,
+    ComposeProject,
+    check_project_name,
+    interpolate,
+    load_compose,
+    normalize_project_name,
+    plan_stack,
+)
+from nyx_cli.daemon._models import ContainerSpec
+from nyx_core import ConfigError, DnsMode, NetworkBackend, PortMapping, dns_policy
+
+EXAMPLE = Path(__file__).parents[3] / "examples" / "compose" / "compose.yaml"
+
+
+def load(doc: str | dict[str, Any], **kw: Any) -> ComposeProject:
+    data = yaml.safe_load(doc) if isinstance(doc, str) else doc
+    kw.setdefault("default_project", "proj")
+    return load_compose(data, **kw)
+
+
+def err(doc: str | dict[str, Any], **kw: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(doc, **kw)
+    return str(info.value)
+
+
+TWO_TIER = """
+services:
+  web:
+    image: busybox
+    command: httpd -f -p 80
+    ports: ["8080:80"]
+    networks: [front, back]
+    depends_on: [backend]
+  backend:
+    image: busybox
+    networks:
+      back:
+        aliases: [api, db]
+networks:
+  front:
+  back:
+    internal: true
+"""
+
+
+# ---------------------------------------------------------------- services
+
+
+def test_two_tier_parses_and_orders() -> None:
+    project = load(TWO_TIER)
+    assert project.name == "proj"
+    assert project.warnings == ()
+    web = project.services["web"]
+    assert web.command == ("httpd", "-f", "-p", "80")
+    assert web.ports == (PortMapping(host_port=8080, container_port=80),)
+    assert [n.key for n in web.networks] == ["front", "back"]
+    assert project.services["backend"].networks[0].aliases == ("api", "db")
+    assert project.networks["back"].internal is True
+    assert project.networks["front"].name == "proj_front"
+    assert "default" not in project.networks
+    assert plan_stack(project).order == ("backend", "web")
+
+
+def test_default_network_when_service_lists_none() -> None:
+    project = load("services: {a: {image: x}, b: {image: y, networks: [n]}}\nnetworks: {n: {}}")
+    assert project.networks["default"].name == "proj_default"
+    assert project.networks["default"].internal is False
+    plan = plan_stack(project)
+    assert [n.name for n in plan.networks()] == ["proj_n", "proj_default"]
+    assert plan.attachments("a")[0].name == "proj_default"
+
+
+def test_default_network_can_be_declared_internal() -> None:
+    project = load("services: {a: {image: x}}\nnetworks: {default: {internal: true}}")
+    assert project.networks["default"].internal is True
+    assert plan_stack(project).attachments("a")[0].internal is True
+
+
+def test_network_name_overrides_prefix() -> None:
+    project = load("services: {a: {image: x, networks: [n]}}\nnetworks: {n: {name: shared-net}}")
+    assert plan_stack(project).attachments("a")[0].name == "shared-net"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("echo 'hello world' x", ("echo", "hello world", "x")),
+        (["sh", "-c", "echo a b"], ("sh", "-c", "echo a b")),
+        ([1, "x"], ("1", "x")),
+        (None, None),
+        ([], ()),
+    ],
+)
+def test_command_string_is_shell_split_list_kept(command: Any, expected: Any) -> None:
+    project = load({"services": {"a": {"image": "x", "command": command, "entrypoint": command}}})
+    assert project.services["a"].command == expected
+    assert project.services["a"].entrypoint == expected
+
+
+def test_environment_list_and_map() -> None:
+    environ = {"FROM_SHELL": "s"}
+    as_list = load(
+        {
+            "services": {
+                "a": {"image": "x", "environment": ["A=1", "B=", "C=x=y", "FROM_SHELL", "NOPE"]}
+            }
+        },
+        environ=environ,
+    )
+    assert dict(as_list.services["a"].environment) == {
+        "A": "1",
+        "B": "",
+        "C": "x=y",
+        "FROM_SHELL": "s",
+    }
+    as_map = load(
+        "services: {a: {image: x, environment: {A: 1, B: true, C: 1.5, FROM_SHELL: , NOPE: }}}",
+        environ=environ,
+    )
+    assert dict(as_map.services["a"].environment) == {
+        "A": "1",
+        "B": "true",
+        "C": "1.5",
+        "FROM_SHELL": "s",
+    }
+
+
+def test_ports_short_and_long_syntax() -> None:
+    project = load(
+        """
+services:
+  a:
+    image: x
+    ports:
+      - "127.0.0.1:8080:80"
+      - "53:53/udp"
+      - target: 443
+        published: 8443
+      - target: 53
+        published: "5353"
+        protocol: udp
+        host_ip: 127.0.0.1
+      - {target: 81, published: 9081, host_ip: "::1"}
+      - {target: "7000-7001", published: "9000-9001"}
+"""
+    )
+    ports = project.services["a"].ports
+    assert [str(p) for p in ports] == [
+        "127.0.0.1:8080:80/tcp",
+        "53:53/udp",
+        "8443:443/tcp",
+        "127.0.0.1:5353:53/udp",
+        "[::1]:9081:81/tcp",
+        "9000-9001:7000-7001/tcp",
+    ]
+    assert ports[3].host_ip == ipaddress.ip_address("127.0.0.1")
+
+
+def test_depends_on_map_and_restart() -> None:
+    project = load(
+        """
+services:
+  a: {image: x, restart: on-failure, depends_on: {b: {condition: service_started}, c: }}
+  b: {image: x, restart: no}
+  c: {image: x, restart: "on-failure:3"}
+"""
+    )
+    assert project.services["a"].depends_on == ("b", "c")
+    assert project.services["a"].restart == "on-failure"
+    assert project.services["b"].restart == "no"
+    assert project.services["c"].restart_max_retries == 3
+    assert plan_stack(project).order == ("b", "c", "a")
+
+
+def test_hostname_defaults_to_service_name() -> None:
+    project = load("services: {web: {image: x}, b: {image: x, hostname: other}}")
+    assert project.services["web"].hostname == "web"
+    assert project.services["b"].hostname == "other"
+
+
+# ---------------------------------------------------------------- warnings
+
+
+def test_unknown_keys_are_warnings_with_their_path() -> None:
+    project = load(
+        """
+version: "3.8"
+x-common: &c {image: x}
+volumes: {data: {}}
+bogus: 1
+services:
+  a:
+    image: x
+    build: .
+    x-note: fine
+    volumes: [data:/data]
+    networks:
+      n: {aliases: [b], ipv4_address: 10.1.1.1}
+    ports: [{target: 80, published: 8080, mode: host}]
+    depends_on: {c: {condition: service_healthy}}
+  c: {image: x}
+networks:
+  n: {labels: {a: b}, ipam: {}}
+  unused: {}
+"""
+    )
+    assert set(project.warnings) == {
+        "version: obsolete, ignored",
+        "volumes: not supported, ignored",
+        "bogus: unknown key, ignored",
+        "services.a.build: unsupported key, ignored",
+        "services.a.volumes: unsupported key, ignored",
+        "services.a.networks.n.ipv4_address: unsupported key, ignored",
+        "services.a.ports[0].mode: not supported, ignored",
+        "services.a.depends_on.c.condition: service_healthy is not supported, "
+        "treated as service_started",
+        "networks.n.ipam: unsupported key, ignored",
+        "networks.n.labels: not supported, ignored",
+        "networks.unused: not used by any service, not created",
+    }
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragments"),
+    [
+        ("", ["compose file is empty"]),
+        ("[1, 2]", ["(top level): must be a mapping"]),
+        ("networks: {}", ["services: missing"]),
+        ("services: {}", ["services: must define at least one service"]),
+        ("services: {a: [x]}", ["services.a: must be a mapping", "['x']"]),
+        ("services: {a: {command: x}}", ["services.a: needs 'image'"]),
+        ("services: {a: {build: .}}", ["services.a: 'build' is not supported"]),
+        ("services: {a: {image: 3}}", ["services.a.image: must be a string", "3"]),
+        ("services: {a: {image: ''}}", ["services.a.image: must not be empty"]),
+        ("services: {'a b': {image: x}}", ["services.a b: service name", "'a b'"]),
+        ("services: {a_b: {image: x}}", ["services.a_b: service name is not a valid hostname"]),
+        ("services: {a: {image: x, hostname: -bad}}", ["services.a.hostname", "'-bad'"]),
+        ("services: {a: {image: x, command: {a: 1}}}", ["services.a.command: must be a string"]),
+        (
+            'services: {a: {image: x, command: "echo \'oops"}}',
+            ["services.a.command: cannot be split"],
+        ),
+        ("services: {a: {image: x, ports: ['80']}}", ["services.a.ports[0]:", "host port missing"]),
+        (
+            "services: {a: {image: x, ports: ['8080:80', '1:99999']}}",
+            ["services.a.ports[1]:", "99999"],
+        ),
+        ("services: {a: {image: x, ports: [80]}}", ["services.a.ports[0]: a bare container port"]),
+        ("services: {a: {image: x, ports: '80:80'}}", ["services.a.ports: must be a list"]),
+        (
+            "services: {a: {image: x, ports: [{target: 80}]}}",
+            ["services.a.ports[0]: long syntax needs 'published'"],
+        ),
+        (
+            "services: {a: {image: x, ports: [{published: 80}]}}",
+            ["services.a.ports[0]: long syntax needs 'target'"],
+        ),
+        (
+            "services: {a: {image: x, ports: [{target: 80, published: 80, protocol: sctp}]}}",
+            ["services.a.ports[0].protocol: must be tcp or udp", "'sctp'"],
+        ),
+        (
+            "services: {a: {image: x, ports: [{target: 80, published: 8000-8001}]}}",
+            ["services.a.ports[0].published: a range needs a target range"],
+        ),
+        (
+            "services: {a: {image: x, ports: [{target: 80, published: 80, host_ip: nope}]}}",
+            ["services.a.ports[0]:", "'nope' is not an IP address"],
+        ),
+        ("services: {a: {image: x, environment: [1]}}", ["services.a.environment[0]"]),
+        ("services: {a: {image: x, environment: ['=x']}}", ["services.a.environment[0]", "'=x'"]),
+        ("services: {a: {image: x, environment: 'A=1'}}", ["services.a.environment: must be"]),
+        (
+            "services: {a: {image: x, environment: {A: [1]}}}",
+            ["services.a.environment.A: must be a string or number"],
+        ),
+        (
+            "services: {a: {image: x, networks: [nope]}}",
+            ["services.a.networks[0]: network is not declared", "'nope'"],
+        ),
+        (
+            "services: {a: {image: x, networks: {nope: }}}",
+            ["services.a.networks.nope: network is not declared"],
+        ),
+        (
+            "services: {a: {image: x, networks: [n, n]}}\nnetworks: {n: }",
+            ["services.a.networks: lists the same network twice"],
+        ),
+        ("services: {a: {image: x, networks: []}}", ["services.a.networks: must name at least"]),
+        (
+            "services: {a: {image: x, networks: {n: {aliases: a}}}}\nnetworks: {n: }",
+            ["services.a.networks.n.aliases: must be a list"],
+        ),
+        (
+            "services: {a: {image: x, networks: {n: {aliases: [bad_alias]}}}}\nnetworks: {n: }",
+            ["services.a.networks.n.aliases[0]: is not a valid DNS name", "'bad_alias'"],
+        ),
+        ("services: {a: {image: x, depends_on: [zz]}}", ["services.a.depends_on[0]: no such"]),
+        ("services: {a: {image: x, depends_on: b}}", ["services.a.depends_on: must be a list"]),
+        (
+            "services: {a: {image: x, depends_on: {b: {condition: later}}}, b: {image: x}}",
+            ["services.a.depends_on.b.condition: is not a Compose condition", "'later'"],
+        ),
+        (
+            "services: {a: {image: x, restart: always}}",
+            ["services.a.restart: must be 'no' or 'on-failure", "'always'"],
+        ),
+        ("services: {a: {image: x, restart: 'on-failure:0'}}", ["services.a.restart"]),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {internal: maybe}}",
+            ["networks.n.internal: must be true or false", "'maybe'"],
+        ),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {external: true}}",
+            ["networks.n.external: external networks are unsupported"],
+        ),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {driver: overlay}}",
+            ["networks.n.driver: only the bridge driver", "'overlay'"],
+        ),
+        ("services: {a: {image: x}}\nnetworks: {n: {name: 'a b'}}", ["networks.n.name"]),
+        ("services: {a: {image: x}}\nnetworks: [n]", ["networks: must be a mapping"]),
+        (
+            "services: {a: {image: x, networks: [m, n]}}\nnetworks: {n: {name: s}, m: {name: s}}",
+            ["networks.m.name:", "also the name of n"],
+        ),
+        ("name: Bad Name\nservices: {a: {image: x}}", ["project name 'Bad Name'"]),
+        ("services: {" + "a" * 60 + ": {image: x}}", ["container name is longer than 63"]),
+    ],
+)
+def test_invalid_files_name_path_and_value(doc: str, fragments: list[str]) -> None:
+    message = err(doc)
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_depends_on_cycle_is_an_error() -> None:
+    project = load(
+        "services: {a: {image: x, depends_on: [b]}, b: {image: x, depends_on: [c]}, "
+        "c: {image: x, depends_on: [a]}}"
+    )
+    with pytest.raises(ConfigError, match=r"dependency cycle a -> b -> c -> a"):
+        plan_stack(project)
+    selfish = load("services: {a: {image: x, depends_on: [a]}}")
+    with pytest.raises(ConfigError, match=r"cycle a -> a"):
+        plan_stack(selfish)
+
+
+def test_topological_order_keeps_file_order_for_independent_services() -> None:
+    project = load(
+        "services: {z: {image: x, depends_on: [y]}, y: {image: x}, m: {image: x}, "
+        "a: {image: x, depends_on: [z, m]}}"
+    )
+    plan = plan_stack(project)
+    assert plan.order == ("y", "z", "m", "a")
+    assert plan.stop_order() == ("a", "m", "z", "y")
+
+
+# ---------------------------------------------------------------- project names
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("My App", "myapp"),
+        ("_dir-1", "dir-1"),
+        ("compose.example", "composeexample"),
+        ("a_b", "a_b"),
+    ],
+)
+def test_normalize_project_name(raw: str, expected: str) -> None:
+    assert normalize_project_name(raw) == expected
+
+
+def test_normalize_project_name_empty_is_error() -> None:
+    with pytest.raises(ConfigError, match="cannot derive one from '...'"):
+        normalize_project_name("...")
+
+
+def test_project_name_precedence() -> None:
+    doc = "name: fromfile\nservices: {a: {image: x}}"
+    assert load(doc).name == "fromfile"
+    assert load(doc, project_name="explicit").name == "explicit"
+    assert load("services: {a: {image: x}}", default_project="dir").name == "dir"
+    with pytest.raises(ConfigError, match="project name"):
+        load_compose(yaml.safe_load("services: {a: {image: x}}"))
+    with pytest.raises(ConfigError, match="project name 'UP'"):
+        check_project_name("UP")
+
+
+# ---------------------------------------------------------------- interpolation
+
+
+def test_interpolation() -> None:
+    env = {"A": "1", "E": ""}
+    w: list[str] = []
+    assert interpolate("$A ${A} $$A ${E:-d} ${E-d} ${U:-d} ${A:+y} ${U+y}", env, "p", w) == (
+        "1 1 $A d  d y "
+    )
+    assert w == []
+    assert interpolate("x${MISSING}y", env, "p.q", w) == "xy"
+    assert w == ["p.q: variable MISSING is not set, using an empty string"]
+    with pytest.raises(ConfigError, match=r"p: required variable E is missing: need it"):
+        interpolate("${E:?need it}", env, "p", w)
+    with pytest.raises(ConfigError, match=r"p: invalid interpolation '\$\{1x\}'"):
+        interpolate("${1x}", env, "p", w)
+
+
+def test_interpolation_applies_to_the_file_with_paths() -> None:
+    project = load(
+        "services: {a: {image: '${IMG:-busybox}', ports: ['${PORT}:80'], command: echo $$HOME}}",
+        environ={"PORT": "8081"},
+    )
+    a = project.services["a"]
+    assert a.image == "busybox"
+    assert a.ports[0].host_port == 8081
+    assert a.command == ("echo", "$HOME")
+    # without an environ the text is taken literally
+    raw = load("services: {a: {image: '${IMG:-busybox}'}}")
+    assert raw.services["a"].image == "${IMG:-busybox}"
+    message = err("services: {a: {image: x, ports: ['${NOPE:?set NOPE}:80']}}", environ={})
+    assert "services.a.ports[0]: required variable NOPE" in message
+
+
+# ---------------------------------------------------------------- plan → requests
+
+
+def test_container_specs_for_the_daemon() -> None:
+    plan = plan_stack(load(TWO_TIER, environ={}))
+    specs = plan.container_specs()
+    assert [s.name for s in specs] == ["proj-backend-1", "proj-web-1"]
+    backend, web = specs
+    assert backend.hostname == "backend"
+    assert [(a.name, a.aliases, a.internal) for a in backend.networks] == [
+        ("proj_back", ["backend", "api", "db"], True)
+    ]
+    assert [(a.name, a.aliases, a.internal) for a in web.networks] == [
+        ("proj_front", ["web"], False),
+        ("proj_back", ["web"], True),
+    ]
+    assert web.stack == "proj"
+    assert web.stack_services is not None
+    assert set(web.stack_services) == {"web", "backend"}
+    assert web.stack_services == backend.stack_services
+    assert web.labels[PROJECT_LABEL] == "proj"
+    assert web.labels[SERVICE_LABEL] == "web"
+    assert RESTART_LABEL not in web.labels
+    assert web.command == ["httpd", "-f", "-p", "80"]
+    body = plan.create_request("web")
+    assert body["start"] is True
+    assert ContainerSpec.model_validate({k: v for k, v in body.items() if k != "start"}) == web
+
+
+def test_config_hash_changes_with_config_only() -> None:
+    a = plan_stack(load(TWO_TIER)).container_spec("web").labels[CONFIG_HASH_LABEL]
+    b = plan_stack(load(TWO_TIER)).container_spec("web").labels[CONFIG_HASH_LABEL]
+    c = plan_stack(load(TWO_TIER.replace("8080:80", "8081:80"))).container_spec("web")
+    assert a == b
+    assert c.labels[CONFIG_HASH_LABEL] != a
+
+
+def test_restart_label() -> None:
+    plan = plan_stack(load("services: {a: {image: x, restart: 'on-failure:2'}, b: {image: x}}"))
+    assert plan.container_spec("a").labels[RESTART_LABEL] == "on-failure:2"
+    assert RESTART_LABEL not in plan.container_spec("b").labels
+
+
+def test_example_file_is_valid() -> None:
+    project = load_compose(yaml.safe_load(EXAMPLE.read_text()), environ={})
+    assert project.warnings == ()
+    plan = plan_stack(project)
+    assert plan.order == ("backend", "web")
+    assert project.networks["back"].internal
+
+
+# ---------------------------------------------------------------- DNS policy table
+
+
+ALL_INTERNAL = """
+services:
+  a: {image: x, networks: [i1]}
+  b: {image: x, networks: [i1, i2]}
+networks: {i1: {internal: true}, i2: {internal: true}}
+"""
+MIXED = TWO_TIER
+DEFAULT_ONLY = "services: {a: {image: x}, b: {image: x}}"
+DEFAULT_INTERNAL = "services: {a: {image: x}}\nnetworks: {default: {internal: true}}"
+
+
+@pytest.mark.parametrize(
+    ("mode", "driver", "doc", "embedded", "resolv"),
+    [
+        # auto: native (and any non-cni driver) -> embedded for every container
+        ("auto", "native", ALL_INTERNAL, True, "provider"),
+        ("auto", "native", MIXED, True, "provider"),
+        ("auto", "native", DEFAULT_ONLY, True, "provider"),
+        ("auto", "loopback", MIXED, True, "provider"),
+        # auto + cni: embedded only when every service is solely on internal networks
+        ("auto", "cni", ALL_INTERNAL, True, "provider"),
+        ("auto", "cni", DEFAULT_INTERNAL, True, "provider"),
+        ("auto", "cni", MIXED, False, "driver"),
+        ("auto", "cni", DEFAULT_ONLY, False, "driver"),
+        # embedded: always, both drivers
+        ("embedded", "native", MIXED, True, "provider"),
+        ("embedded", "cni", MIXED, True, "provider"),
+        ("embedded", "cni", DEFAULT_ONLY, True, "provider"),
+        # cni: never embedded, CNI-side DNS
+        ("cni", "native", ALL_INTERNAL, False, "driver"),
+        ("cni", "cni", ALL_INTERNAL, False, "driver"),
+        # off: nothing, no resolv.conf override
+        ("off", "native", ALL_INTERNAL, False, "none"),
+        ("off", "cni", ALL_INTERNAL, False, "none"),
+    ],
+)
+def test_dns_policy_table_with_planned_stacks(
+    mode: DnsMode, driver: str, doc: str, embedded: bool, resolv: str
+) -> None:
+    plan = plan_stack(load(doc))
+    caps = NetworkBackend.load(driver).capabilities()
+    decision = dns_policy(mode, caps, plan.dns_stack())
+    assert (decision.use_provider, decision.resolv_conf) == (embedded, resolv)
+
+
+def test_dns_stack_matches_stack_services() -> None:
+    plan = plan_stack(load(MIXED))
+    stack = plan.dns_stack()
+    assert {s: [(n.name, n.internal) for n in nets] for s, nets in stack.items()} == {
+        "web": [("proj_front", False), ("proj_back", True)],
+        "backend": [("proj_back", True)],
+    }
+    # what the daemon derives from the request equals what the planner computed
+    spec = plan.container_spec("web")
+    assert spec.stack_services is not None
+    from_request = {
+        s: [(a.name, a.internal) for a in st.networks] for s, st in spec.stack_services.items()
+    }
+    assert from_request == {s: [(n.name, n.internal) for n in v] for s, v in stack.items()}
+
+
+def test_published_service_gets_a_non_internal_network_first() -> None:
+    project = load(
+        """
+services:
+  web: {image: x, ports: ["80:80"], networks: [back, front]}
+  worker: {image: x, networks: [back, front]}
+  hidden: {image: x, ports: ["81:80"], networks: [back]}
+networks: {back: {internal: true}, front: {}}
+"""
+    )
+    plan = plan_stack(project)
+    assert [a.name for a in plan.attachments("web")] == ["proj_front", "proj_back"]
+    assert [a.name for a in plan.attachments("worker")] == ["proj_back", "proj_front"]
+    assert project.warnings == (
+        "services.hidden.ports: the service is only on internal networks, "
+        "its published ports cannot be reached from outside",
+    )
