@@ -43,7 +43,7 @@ from .._settings import NyxSettings
 from ..errors import ConfigError, NyxError, PluginNotFoundError
 from ._netns import Netns, snapshot
 from ._probe import reach, tcp_server
-from ._topology import INTERNET_SERVER_IP
+from ._topology import INTERNET_SERVER_IP, UPLINK_HOST_IP
 
 __all__ = [
     "INTERNAL_NETWORK",
@@ -393,7 +393,10 @@ class BackendConformance:
         try:
             assert not errors, errors
             ips = [ip for r in results.values() for ip in r.ips]
-            assert len(ips) == len(set(ips)) == len(nss)
+            assert len(ips) == len(nss), f"{len(nss)} setups reported {len(ips)} addresses"
+            assert len(set(ips)) == len(ips), (
+                f"the same address went to two containers: {sorted(map(str, ips))}"
+            )
         finally:
             for i, ns in enumerate(nss):
                 nyx_backend.teardown(f"conf-p{i}", ns.path)
@@ -739,7 +742,10 @@ class BackendConformance:
         nyx_container_ns: Callable[[], Netns],
     ) -> None:
         """On an internal network a container reaches its peers, but not the kit's
-        internet server (198.18.0.10), which a container of the default network reaches."""
+        internet server (198.18.0.10), which a container of the default network reaches.
+        The internet namespace routes the internal subnet back to the host meanwhile (as a
+        router that knows it would), so only a drop on the host keeps the traffic in, not
+        a missing masquerade."""
         self._require(nyx_backend, "enforces_internal")
         name, gateway = INTERNAL_NETWORK
         outside, a, b = nyx_container_ns(), nyx_container_ns(), nyx_container_ns()
@@ -754,6 +760,8 @@ class BackendConformance:
                 f"a container of the default network cannot reach {INTERNET_SERVER_IP} "
                 f"either ({err}): egress must work for the internal check to mean anything"
             )
+            subnet = str(ipaddress.IPv4Interface(gateway).network)
+            nyx_internet_ns.ip("route", "add", subnet, "via", UPLINK_HOST_IP)
             with self._network(nyx_backend, name, gateway, internal=True) as opts:
                 ra = nyx_backend.setup("conf-ia", a.path, [], opts)
                 try:
