@@ -15,9 +15,12 @@ HERE = Path(__file__).parent
 
 def _entry_points() -> str:
     import kit_bridge
+    import kit_dns
 
     lines = ["[nyx.net_drivers]"]
     lines += [f"{name} = kit_bridge:{cls.__name__}" for name, cls in kit_bridge.VARIANTS.items()]
+    lines += ["[nyx.dns_providers]"]
+    lines += [f"{name} = kit_dns:{cls.__name__}" for name, cls in kit_dns.VARIANTS.items()]
     return "\n".join(lines) + "\n"
 
 
