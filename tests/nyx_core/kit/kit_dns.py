@@ -31,6 +31,11 @@ class StartTwiceFails(HostsDnsPlugin):
                 self.server = server
 
 
+_LEAKED: list[Server] = []
+"""The servers StopKeepsSockets forgot, held for good: a socket collected later, in another
+test, would warn there (ResourceWarning) and fail that test instead."""
+
+
 class StopKeepsSockets(HostsDnsPlugin):
     """Breaks test_start_and_stop_are_idempotent: stop forgets the server, never closes it."""
 
@@ -39,6 +44,7 @@ class StopKeepsSockets(HostsDnsPlugin):
         if self.server is not None:
             for s in (self.server.udp, self.server.tcp):
                 s.shutdown()
+            _LEAKED.append(self.server)
             self.server = None
         return True
 
