@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DISTS := nyx_core nyx_plugins_native nyx_plugins_cni nyx_dns_embedded nyx_cli
-EXAMPLES := examples/nyx-driver-loopback
+EXAMPLES := examples/nyx-driver-loopback examples/nyx-dns-hosts
 APT_PACKAGES := iproute2 nftables python3-nftables iptables containernetworking-plugins runc \
 	busybox-static docker-registry skopeo bind9-dnsutils iputils-ping procps util-linux curl \
 	openssl python3-venv
@@ -25,7 +25,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BIN)/pytest: $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.txt
+$(BIN)/pytest: $(foreach d,$(DISTS) $(EXAMPLES),$(d)/pyproject.toml) requirements-dev.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(foreach d,$(DISTS),-e ./$(d)) $(foreach e,$(EXAMPLES),-e ./$(e)) -r requirements-dev.txt

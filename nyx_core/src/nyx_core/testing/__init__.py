@@ -15,14 +15,23 @@ Fixtures (see :mod:`nyx_core.testing._pytest_plugin`):
 * ``nyx_settings``: :class:`~nyx_core.NyxSettings` with state/run dirs under ``tmp_path``.
 * ``nyx_hook_recorder``: records every hook call made through a plugin manager.
 
-:class:`BackendConformance` is the conformance suite: subclass it in your tests and provide
-the ``nyx_driver_name`` fixture (and ``nyx_backend`` when the driver needs more setup).
+Two conformance suites (docs/writing-a-driver.md lists every check):
+
+* :class:`BackendConformance` for network drivers: subclass it and provide the
+  ``nyx_driver_name`` fixture (override ``nyx_make_backend`` when the driver needs more
+  setup; its own settings go in ``nyx_plugin_settings``).
+* :class:`DnsProviderConformance` for DNS providers: provide ``nyx_dns_provider_name`` and
+  ``nyx_dns_upstream`` (how to make it forward to the kit's fake upstream, or None). It
+  needs dnspython (``pip install nyx-core[testing]``).
 """
 
 from __future__ import annotations
 
-from ._conformance import BackendConformance
+from ._conformance import BackendConformance, snapshot_diff
+from ._dns_conformance import DnsProviderConformance, UpstreamConfig
+from ._dnsnet import NETWORK_A, NETWORK_B, UPSTREAM_ANSWER, DnsClient, DnsNetworks, FakeUpstream
 from ._netns import Netns, entered, snapshot
+from ._probe import TcpServer, reach, tcp_server
 from ._pytest_plugin import *  # noqa: F403  (fixtures are found by pytest through this module)
 from ._recorder import HookRecorder
 from ._topology import (
@@ -44,16 +53,28 @@ __all__ = [
     "INTERNET_SERVER_IP",
     "LAN_HOST_IP",
     "LAN_NEIGHBOUR_IP",
+    "NETWORK_A",
+    "NETWORK_B",
     "UNPRIVILEGED_UID",
     "UPLINK_GATEWAY_IP",
     "UPLINK_HOST_IP",
+    "UPSTREAM_ANSWER",
     "BackendConformance",
+    "DnsClient",
+    "DnsNetworks",
+    "DnsProviderConformance",
+    "FakeUpstream",
     "HookRecorder",
     "HostTopology",
     "Neighbour",
     "Netns",
+    "TcpServer",
     "Unprivileged",
+    "UpstreamConfig",
     "entered",
+    "reach",
     "route_localhost_via",
     "snapshot",
+    "snapshot_diff",
+    "tcp_server",
 ]

@@ -57,6 +57,15 @@ class Netns:
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
 
+    def make_stale(self) -> None:
+        """Unmount the namespace from :attr:`path`: the path stays, as a plain empty file
+        that is no longer a namespace (what a host crash or reboot leaves under a runtime's
+        netns directory). The namespace itself goes away with its last reference, and its
+        links with it. :meth:`delete` still removes the file."""
+        proc = subprocess.run(["umount", "--lazy", self.path], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"umount {self.path} failed: {proc.stderr.strip()}")
+
     def run(
         self, argv: Sequence[str], *, check: bool = True, timeout: float = 30, **kw: Any
     ) -> subprocess.CompletedProcess[str]:

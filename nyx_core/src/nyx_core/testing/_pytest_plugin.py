@@ -31,6 +31,13 @@ __all__ = [
 ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the kit's marker, so a driver's own test suite needs no ini entry."""
+    config.addinivalue_line(
+        "markers", "kernel: needs root and the real kernel (network namespaces, nftables)"
+    )
+
+
 def _kernel_ready() -> str | None:
     if os.geteuid() != 0:
         return "needs root"

@@ -1,0 +1,37 @@
+"""docs/writing-a-driver.md lists every conformance check and every fixture of the kit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nyx_core.testing import BackendConformance, DnsProviderConformance, _pytest_plugin
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "writing-a-driver.md"
+
+
+def _members(cls: type, prefix: str) -> list[str]:
+    return sorted(n for n in vars(cls) if n.startswith(prefix))
+
+
+CHECKS = _members(BackendConformance, "test_") + _members(DnsProviderConformance, "test_")
+FIXTURES = (
+    list(_pytest_plugin.__all__)
+    + _members(BackendConformance, "nyx_")
+    + _members(DnsProviderConformance, "nyx_")
+)
+
+
+def test_the_kit_is_found() -> None:
+    assert len(CHECKS) > 30 and "nyx_driver_name" in FIXTURES and "nyx_dns" in FIXTURES
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_every_check_is_listed(name: str) -> None:
+    assert f"`{name}`" in DOC.read_text(), f"{name} is not in docs/writing-a-driver.md"
+
+
+@pytest.mark.parametrize("name", sorted(set(FIXTURES)))
+def test_every_fixture_is_listed(name: str) -> None:
+    assert f"`{name}`" in DOC.read_text(), f"fixture {name} is not in docs/writing-a-driver.md"
