@@ -121,12 +121,15 @@ def test_network_create_reads_the_calling_threads_namespace(
     def api_thread() -> None:
         with entered(nyx_host_ns):
             out["devs"] = {r.dev for r in read_host_view().routes}
-            reg = NetworkRegistry(nyx_settings, CoreStore(nyx_settings.state_dir))
+            backend = NetworkBackend.load("native")
+            backend.ensure_network(nyx_settings)
+            reg = NetworkRegistry(nyx_settings, CoreStore(nyx_settings.state_dir), backend)
             try:
                 reg.create("evil", subnet="203.0.113.128/25")
             except ConfigError as exc:
                 out["error"] = str(exc)
-            out["made"] = reg.create("fine")["subnet"]
+            made = reg.create("fine")
+            out["made"] = (made["subnet"], made["interface"])
 
     t = threading.Thread(target=api_thread)
     t.start()
@@ -135,7 +138,7 @@ def test_network_create_reads_the_calling_threads_namespace(
     assert out["error"] == (
         "network 'evil': subnet 203.0.113.128/25 overlaps the host route 203.0.113.0/24 dev uplink0"
     )
-    assert out["made"] == "10.89.0.0/24"
+    assert out["made"] == ("10.89.0.0/24", "nyx-fine")
     assert list(CoreStore(nyx_settings.state_dir).load_networks()) == ["fine"]
 
 
