@@ -214,7 +214,9 @@ class LeaseStore:
         freed: list[str] = []
         with self.locked() as st:
             for key, rec in list(st.records.items()):
-                if rec.get("owner") == owner and network in (None, rec.get("network")):
+                # ``container``: the owner's key in records of the native driver's older store
+                who = rec.get("owner", rec.get("container"))
+                if who == owner and network in (None, rec.get("network")):
                     freed.append(str(rec.get("ip")))
                     del st.records[key]
         return freed

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from loguru import logger
 
-from ._driver import NativeDriver, bridge_name, veth_name
+from ._driver import NativeDriver, veth_name
 from ._firewall import FAMILY, TABLE, Firewall, PortElement
-from ._ipam import StateStore, allocate
+from ._network import Network, bridge_name, lease_store
 from ._nft import load_nftables
 from ._settings import NativeSettings
 
@@ -22,10 +22,10 @@ __all__ = [
     "Firewall",
     "NativeDriver",
     "NativeSettings",
+    "Network",
     "PortElement",
-    "StateStore",
-    "allocate",
     "bridge_name",
+    "lease_store",
     "load_nftables",
     "veth_name",
 ]

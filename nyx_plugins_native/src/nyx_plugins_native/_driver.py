@@ -1,4 +1,12 @@
-"""The native driver: bridge + veth + IPAM + nftables map elements, all in-process."""
+"""The native driver: bridge + veth + IPAM + nftables map elements, all in-process.
+
+Networks have a lifecycle: ``ensure_network`` brings the default network up (from the
+settings), ``network_create`` any other one (validated first, then its bridge and firewall
+elements), ``network_remove`` takes it down once no container is attached. ``setup`` joins a
+container to a network that exists; ``teardown`` leaves the network in place; ``gc`` releases
+what crashed containers left behind. Leases and network records are nyx_core's
+:class:`~nyx_core.LeaseStore` (:func:`~nyx_plugins_native._network.lease_store`).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +16,21 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loguru import logger
 
 from nyx_core import (
     InterfaceResult,
+    LeaseStore,
+    NetworkInfo,
+    NetworkSpec,
     NyxSettings,
     PortMapping,
     SetupOptions,
     SetupResult,
+    allocate,
     check_subnet_on_host,
     port_ranges,
     published_count,
@@ -35,17 +45,24 @@ from nyx_core.errors import (
 )
 
 from . import _netlink as nl
-from ._firewall import Firewall, PortElement, container_batch, network_elements, port_elements
-from ._ipam import StateStore, allocate
+from ._firewall import (
+    Firewall,
+    PortElement,
+    container_batch,
+    network_elements,
+    port_elements,
+    stale_elements,
+)
 from ._kernel import check_kernel, set_sysctl
+from ._network import IFNAME_RE, Network, bridge_name, lease_store, owner, parse_options
 from ._ports import check_conflicts, reserve
 from ._settings import NativeSettings
 
 __all__ = ["NativeDriver", "bridge_name", "veth_name"]
 
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-_IFNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$")
-_NET_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_IFNAME_RE = IFNAME_RE
+_VETH_RE = re.compile(r"^nv[0-9a-f]{12}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NFT_HINT = (
     " (the kernel needs nf_tables with nat, masquerade, fib and conntrack: "
@@ -63,14 +80,6 @@ def veth_name(container_id: str, network: str) -> str:
     return "nv" + _h(f"{container_id}/{network}", 12)
 
 
-def bridge_name(network: str) -> str:
-    """Bridge of a non-default network: ``nyx-<name>`` or, when too long, shortened + hash."""
-    cand = f"nyx-{network}"
-    if _IFNAME_RE.match(cand):
-        return cand
-    return f"nyx-{network[:4]}-{_h(network, 6)}"
-
-
 def _bridge_sysctls(bridge: str) -> None:
     # 127.0.0.1:PORT publishing needs local-net addresses routed out of the bridge. Its
     # price (a container sending to the host's 127.0.0.1, CVE-2020-8558) is paid by the
@@ -82,25 +91,6 @@ def _bridge_sysctls(bridge: str) -> None:
         set_sysctl(f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
 
 
-@dataclass(frozen=True)
-class Network:
-    name: str
-    bridge: str
-    gateway: ipaddress.IPv4Interface
-    default: bool
-
-    @property
-    def subnet(self) -> ipaddress.IPv4Network:
-        return self.gateway.network
-
-    def record(self) -> dict[str, Any]:
-        return {"bridge": self.bridge, "gateway": str(self.gateway), "default": self.default}
-
-    @classmethod
-    def from_record(cls, name: str, rec: dict[str, Any]) -> Network:
-        return cls(name, rec["bridge"], ipaddress.IPv4Interface(rec["gateway"]), rec["default"])
-
-
 def _pel(p: list[Any]) -> PortElement:
     return PortElement(p[0], p[1], p[2], p[3], p[4])
 
@@ -109,13 +99,17 @@ def _pel_list(p: PortElement) -> list[Any]:
     return [p.host_ip, p.protocol, p.host_port, p.container_ip, p.container_port]
 
 
+def _networks(meta: Mapping[str, Any]) -> dict[str, Network]:
+    return {name: Network.from_record(name, rec) for name, rec in meta.items()}
+
+
 class NativeDriver:
     """One instance per process; ``ensure_network`` binds it to the daemon's settings."""
 
     def __init__(self, firewall: Firewall | None = None) -> None:
         self.firewall = firewall or Firewall()
         self._settings: NyxSettings | None = None
-        self._store: StateStore | None = None
+        self._store: LeaseStore | None = None
         # attachment key -> sockets holding its published host ports
         self._reserved: dict[str, list[socket.socket]] = {}
         self._lock = threading.Lock()
@@ -123,7 +117,7 @@ class NativeDriver:
     # ------------------------------------------------------------------ helpers
 
     @property
-    def store(self) -> StateStore:
+    def store(self) -> LeaseStore:
         if self._store is None:
             raise BackendError("native driver: nyx_backend_ensure_network was not called")
         return self._store
@@ -134,48 +128,60 @@ class NativeDriver:
             raise BackendError("native driver: nyx_backend_ensure_network was not called")
         return self._settings
 
-    def _default_network(self) -> Network:
-        s = self.settings
-        return Network(s.network, s.plugin(NativeSettings).bridge, s.gateway_interface, True)
+    def _bring_up(self, net: Network) -> None:
+        """Bridge (gateway, MTU, up), its sysctls and firewall elements; idempotent."""
+        try:
+            nl.ensure_bridge(net.bridge, net.gateway, net.mtu)
+            _bridge_sysctls(net.bridge)
+            self.firewall.run(
+                network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
+            )
+        except FirewallError as exc:
+            msg = str(exc)
+            if "not supported" in msg or "No such file" in msg:
+                raise FirewallError(msg + _NFT_HINT) from exc
+            raise
 
-    def _network_for(self, opts: SetupOptions) -> Network:
-        s = self.settings
-        if opts.network == s.network:
-            if opts.subnet is not None and opts.subnet != s.gateway_interface:
-                raise ConfigError(
-                    f"network {opts.network!r}: subnet {opts.subnet} differs from the default "
-                    f"network's {s.gateway_interface}"
-                )
-            return self._default_network()
-        if not _NET_RE.match(opts.network):
-            raise ConfigError(f"network {opts.network!r} is not a valid network name")
-        if opts.subnet is None:
-            raise ConfigError(
-                f"network {opts.network!r}: subnet (gateway/prefix, e.g. 10.89.1.1/24) is "
-                "required for a non-default network"
+    def _take_down(self, net: Network) -> list[BaseException]:
+        """Delete the network's firewall elements and bridge; the failures, if any."""
+        errors: list[BaseException] = []
+        try:
+            self._delete_elements(
+                network_elements("delete", net.bridge, net.subnet), f"network {net.name!r}"
             )
-        if not isinstance(opts.subnet, ipaddress.IPv4Interface):
-            raise ConfigError(f"network {opts.network!r}: subnet {opts.subnet} is not IPv4")
-        gw = opts.subnet
-        if gw.ip in (gw.network.network_address, gw.network.broadcast_address):
-            raise ConfigError(
-                f"network {opts.network!r}: subnet {gw} must be the gateway address with its "
-                "prefix (e.g. 10.89.1.1/24), not the network address"
-            )
-        if gw.network.prefixlen > 30:
-            raise ConfigError(f"network {opts.network!r}: subnet {gw} is too small (need /30)")
-        return Network(opts.network, bridge_name(opts.network), gw, False)
+        except NyxError as exc:
+            errors.append(exc)
+        try:
+            with nl.host_rtnl() as rt:
+                nl.delete_link(rt, net.bridge)
+        except NyxError as exc:
+            errors.append(exc)
+        return errors
 
     # ------------------------------------------------------------------ ensure
 
-    def ensure_network(self, settings: NyxSettings) -> dict[str, Any]:
+    def ensure_network(
+        self, settings: NyxSettings, options: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        options = dict(options or {})
         check_kernel()
+        _none, mtu = parse_options("nyxd --driver-opt", options, bridge=False)
         bridge = settings.plugin(NativeSettings).bridge
-        net = Network(settings.network, bridge, settings.gateway_interface, True)
-        store = StateStore(Path(settings.state_dir))
-        # before anything changes: the default subnet must not take the host's traffic
+        net = Network(
+            settings.network, bridge, settings.gateway_interface, True, mtu=mtu, options=options
+        )
+        store = lease_store(settings.state_dir)
+        # before anything changes: the default subnet must not take the host's traffic,
+        # nor another nyx network's
         with store.locked(write=False) as st:
-            own = {net.bridge} | {r["bridge"] for r in st["networks"].values()}
+            others = _networks(st.meta)
+        for name, other in others.items():
+            if name != net.name and other.subnet.overlaps(net.subnet):
+                raise ConfigError(
+                    f"default network {net.name!r} (NYXD_CONTAINER_SUBNET): subnet "
+                    f"{net.subnet} overlaps network {name!r} ({other.subnet})"
+                )
+        own = {net.bridge} | {o.bridge for o in others.values()}
         check_subnet_on_host(
             net.subnet,
             f"default network {net.name!r} (NYXD_CONTAINER_SUBNET)",
@@ -188,19 +194,15 @@ class NativeDriver:
             # and isolation rules exist
             self.firewall.ensure()
             set_sysctl("net.ipv4.ip_forward", "1")
-            nl.ensure_bridge(net.bridge, net.gateway)
-            _bridge_sysctls(net.bridge)
-            self.firewall.run(
-                network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
-            )
         except FirewallError as exc:
             msg = str(exc)
             if "not supported" in msg or "No such file" in msg:
                 raise FirewallError(msg + _NFT_HINT) from exc
             raise
+        self._bring_up(net)
         with store.locked() as st:
-            if st["networks"].get(net.name) != net.record():
-                st["networks"][net.name] = net.record()
+            if st.meta.get(net.name) != net.record():
+                st.meta[net.name] = net.record()
         with self._lock:
             self._settings = settings
             self._store = store
@@ -208,10 +210,10 @@ class NativeDriver:
         logger.debug("network ready", bridge=net.bridge, subnet=str(net.subnet))
         return {"driver": "native", "bridge": net.bridge, "subnet": str(net.subnet)}
 
-    def _reserve_again(self, store: StateStore) -> None:
+    def _reserve_again(self, store: LeaseStore) -> None:
         """After a restart: hold the published ports of containers still attached again."""
         with store.locked(write=False) as st:
-            recs = {k: a["ports"] for k, a in st["attachments"].items() if a["ports"]}
+            recs = {k: a["ports"] for k, a in st.records.items() if a.get("ports")}
         for key, ports in recs.items():
             with self._lock:
                 if key in self._reserved:
@@ -224,48 +226,137 @@ class NativeDriver:
             with self._lock:
                 self._reserved.setdefault(key, []).extend(socks)
 
-    def _create_network(self, st: dict[str, Any], net: Network) -> None:
-        """Bring up a non-default network's bridge and firewall elements (state locked)."""
-        for name, rec in st["networks"].items():
-            other = Network.from_record(name, rec)
-            if other.subnet.overlaps(net.subnet):
-                raise ConfigError(
-                    f"network {net.name!r}: subnet {net.subnet} overlaps network {name!r} "
-                    f"({other.subnet})"
-                )
-            if other.bridge == net.bridge:
-                raise ConfigError(
-                    f"network {net.name!r}: bridge name {net.bridge!r} is taken by {name!r}"
-                )
-        # nor any route or address of the host (nyx's own bridges are no host's)
-        own = {net.bridge} | {r["bridge"] for r in st["networks"].values()}
-        check_subnet_on_host(net.subnet, f"network {net.name!r}", ignore_devs=own)
-        nl.ensure_bridge(net.bridge, net.gateway)
-        try:
-            _bridge_sysctls(net.bridge)
-            self.firewall.run(
-                network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
+    # ------------------------------------------------------------------ networks
+
+    def _default_spec(self, spec: NetworkSpec) -> Network:
+        s = self.settings
+        what = f"default network {spec.name!r}"
+        if spec.name != s.network:
+            raise ConfigError(f"{what}: the default network of this nyxd is {s.network!r}")
+        gw = spec.gateway_interface
+        if gw is not None and gw != s.gateway_interface:
+            raise ConfigError(
+                f"{what}: subnet {spec.subnet} gateway {gw.ip} differ from the settings' "
+                f"{s.gateway_interface} (NYXD_CONTAINER_SUBNET, NYXD_GATEWAY_IP)"
             )
-        except BaseException:
-            with nl.host_rtnl() as rt:
-                nl.delete_link(rt, net.bridge)
-            raise
-        st["networks"][net.name] = net.record()
+        if spec.internal:
+            raise ConfigError(f"{what}: the default network cannot be internal")
+        if spec.options:
+            raise ConfigError(
+                f"{what}: options {', '.join(sorted(spec.options))}: the default network's "
+                "driver options are nyxd's (--driver-opt key=value)"
+            )
+        with self.store.locked(write=False) as st:
+            rec = st.meta.get(s.network)
+        if rec is None:
+            raise BackendError(f"native driver: {what} was not ensured (ensure_network)")
+        return Network.from_record(s.network, rec)
 
-    def _drop_network(self, net: Network) -> None:
-        self._delete_elements(network_elements("delete", net.bridge, net.subnet), net.name)
-        with nl.host_rtnl() as rt:
-            nl.delete_link(rt, net.bridge)
+    def _spec_network(self, spec: NetworkSpec) -> Network:
+        """Validate a non-default spec into the network it asks for (nothing changes)."""
+        what = f"network {spec.name!r}"
+        if spec.name in (self.settings.network, "nyx"):
+            raise ConfigError(f"{what}: that is the default network's name")
+        if spec.subnet6 is not None or spec.gateway6 is not None:
+            raise ConfigError(
+                f"{what}: subnet6 {spec.subnet6} / gateway6 {spec.gateway6}: the native driver "
+                "is IPv4-only (it does not declare the ipv6 capability)"
+            )
+        if spec.subnet is None:
+            raise ConfigError(f"{what}: subnet is required (nyxd picks one from its pool)")
+        if spec.subnet.prefixlen > 30:
+            raise ConfigError(f"{what}: subnet {spec.subnet} is too small (need /30 or larger)")
+        gw = spec.gateway_interface
+        assert gw is not None
+        if gw.ip in (spec.subnet.network_address, spec.subnet.broadcast_address):
+            raise ConfigError(
+                f"{what}: gateway {gw.ip} is the network or broadcast address of {spec.subnet}"
+            )
+        bridge, mtu = parse_options(what, spec.options)
+        return Network(
+            spec.name,
+            bridge or bridge_name(spec.name),
+            gw,
+            False,
+            spec.internal,
+            mtu,
+            dict(spec.options),
+            dict(spec.labels),
+        )
 
-    def _remove_network_if_empty(self, st: dict[str, Any], name: str) -> None:
-        rec = st["networks"].get(name)
-        if rec is None or rec["default"]:
-            return
-        if any(a["network"] == name for a in st["attachments"].values()):
-            return
-        self._drop_network(Network.from_record(name, rec))
-        del st["networks"][name]
-        st["cursor"].pop(name, None)
+    def network_create(self, spec: NetworkSpec) -> NetworkInfo:
+        """Create (or complete, for an identical spec) the network ``spec`` asks for."""
+        if spec.default:
+            net = self._default_spec(spec)
+            self._bring_up(net)
+            return net.info().model_copy(update={"labels": dict(spec.labels)})
+        net = self._spec_network(spec)
+        what = f"network {net.name!r}"
+        with self.store.locked() as st:
+            networks = _networks(st.meta)
+            old = networks.pop(net.name, None)
+            if old is not None:
+                legacy = "options" not in st.meta[net.name]  # recorded by an older driver
+                diff = old.differences(net)
+                if legacy:
+                    diff = [d for d in diff if d.split(" ", 1)[0] in ("gateway", "bridge")]
+                if diff:
+                    raise ConfigError(
+                        f"{what} exists with another spec: {'; '.join(diff)}; "
+                        "remove it first (nyx network rm)"
+                    )
+            for name, other in networks.items():
+                if other.subnet.overlaps(net.subnet):
+                    raise ConfigError(
+                        f"{what}: subnet {net.subnet} overlaps network {name!r} ({other.subnet})"
+                    )
+                if other.bridge == net.bridge:
+                    raise ConfigError(f"{what}: bridge name {net.bridge!r} is taken by {name!r}")
+            # nor any route or address of the host (nyx's own bridges are no host's)
+            own = {o.bridge for o in networks.values()} | ({old.bridge} if old else set())
+            check_subnet_on_host(net.subnet, what, ignore_devs=own)
+            if old is None:
+                with nl.host_rtnl() as rt:
+                    taken = nl.get_link(rt, net.bridge)
+                if taken is not None:
+                    raise ConfigError(
+                        f"{what}: bridge name {net.bridge!r}: an interface of that name exists "
+                        "on the host and is no nyx network's; pick another one "
+                        "(-o com.docker.network.bridge.name=NAME) or remove it"
+                    )
+            try:
+                self._bring_up(net)
+            except BaseException:
+                if old is None:
+                    failures = self._take_down(net)
+                    if failures:
+                        logger.warning("network rollback incomplete", errors=failures)
+                raise
+            st.meta[net.name] = net.record()
+        logger.debug("network created", network=net.name, bridge=net.bridge)
+        return net.info()
+
+    def network_remove(self, name: str) -> None:
+        """Remove a network without attachments: elements, bridge, record. Idempotent."""
+        if name == self.settings.network:
+            raise ConfigError(f"network {name!r} is the default network: it cannot be removed")
+        with self.store.locked() as st:
+            rec = st.meta.get(name)
+            if rec is None:
+                return
+            users = sorted({owner(a) for a in st.records.values() if a.get("network") == name})
+            if users:
+                raise ConfigError(
+                    f"network {name!r} has containers attached ({', '.join(users)}): "
+                    "tear them down first"
+                )
+            net = Network.from_record(name, rec)
+            errors = self._take_down(net)
+            if errors:
+                raise TeardownError(f"network {name!r}", errors)
+            del st.meta[name]
+            st.cursor.pop(name, None)
+        logger.debug("network removed", network=name, bridge=net.bridge)
 
     def _delete_elements(self, cmds: list[dict[str, Any]], what: str) -> None:
         """Delete elements in one batch; when some are already gone, one by one."""
@@ -316,88 +407,84 @@ class NativeDriver:
                 f"{self.settings.max_published_ports} (NYXD_MAX_PUBLISHED_PORTS) allows"
             )
         ranges = port_ranges(ports)
-        net = self._network_for(opts)
         if not os.path.exists(netns_path):
             raise NetlinkError(f"container netns {netns_path!r} does not exist")
-        key = f"{container_id}/{net.name}"
-        veth = veth_name(container_id, net.name)
+        key = LeaseStore.key(container_id, opts.network)
+        veth = veth_name(container_id, opts.network)
         mac = (opts.mac or nl.random_mac()).lower()
         static = ipaddress.IPv4Address(str(opts.static_ip)) if opts.static_ip else None
         undo: list[tuple[str, Callable[[], None]]] = []
         socks: list[socket.socket] = []
         try:
             with self.store.locked() as st:
-                if key in st["attachments"]:
+                rec = st.meta.get(opts.network)
+                if rec is None:
+                    raise ConfigError(
+                        f"network {opts.network!r} does not exist: create it first "
+                        "(nyx network create, nyx_backend_network_create)"
+                    )
+                net = Network.from_record(opts.network, rec)
+                if opts.subnet is not None and opts.subnet != net.gateway:
+                    raise ConfigError(
+                        f"network {net.name!r} has gateway/prefix {net.gateway}, not {opts.subnet}"
+                    )
+                if key in st.records:
                     raise BackendError(
                         f"container {container_id!r} is already set up on network {net.name!r}"
                     )
-                if net.name not in st["networks"]:
-                    if net.default:
-                        raise BackendError(
-                            "native driver: the default network is not set up "
-                            "(nyx_backend_ensure_network)"
-                        )
-                    self._create_network(st, net)
-                    # until the lease is on disk, a failure must remove the new network here
-                    undo.append(("network", lambda: self._drop_network(net)))
-                else:
-                    net = Network.from_record(net.name, st["networks"][net.name])
-                    if not net.default and opts.subnet is not None and opts.subnet != net.gateway:
-                        raise ConfigError(
-                            f"network {net.name!r} exists with subnet {net.gateway}, "
-                            f"not {opts.subnet}"
-                        )
-                used = [a["ip"] for a in st["attachments"].values() if a["network"] == net.name]
-                ip = allocate(net.subnet, net.gateway.ip, used, static, st["cursor"].get(net.name))
+                internal = opts.internal or net.internal
+                ip = allocate(
+                    net.subnet, net.gateway.ip, st.used(net.name), static, st.cursor.get(net.name)
+                )
+                assert isinstance(ip, ipaddress.IPv4Address)
                 pels = port_elements(ports, str(ip))
                 if ranges:
                     check_conflicts(
                         ranges,
                         (
-                            (a["container"], _pel(p))
-                            for a in st["attachments"].values()
-                            for p in a["ports"]
+                            (owner(a), _pel(p))
+                            for a in st.records.values()
+                            for p in a.get("ports", [])
                         ),
                     )
                 socks = reserve(pels)
-                st["attachments"][key] = {
-                    "container": container_id,
+                st.records[key] = {
+                    "owner": container_id,
                     "network": net.name,
                     "ip": str(ip),
                     "veth": veth,
                     "interface": opts.interface,
                     "mac": mac,
-                    "internal": opts.internal,
+                    "internal": internal,
                     "ports": [_pel_list(p) for p in pels],
                     "netns": netns_path,
                 }
                 if static is None:
-                    st["cursor"][net.name] = str(ip)
-            # the lease is on disk: _forget removes the network with its last lease
-            undo = [u for u in undo if u[0] != "network"]
+                    st.cursor[net.name] = str(ip)
             undo.append(("lease", lambda: self._forget(key)))
             with nl.host_rtnl() as rt:
                 br = nl.get_link(rt, net.bridge)
                 if br is None:
                     raise NetlinkError(
                         f"bridge {net.bridge!r} of network {net.name!r} is missing "
-                        "(was nyx_backend_ensure_network called in this namespace?)"
+                        "(was the network created in this namespace?)"
                     )
+                mtu = net.mtu or br.mtu
                 fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     try:
-                        nl.create_veth(rt, veth, br.index, br.mtu, fd, opts.interface, mac)
+                        nl.create_veth(rt, veth, br.index, mtu, fd, opts.interface, mac)
                     except nl.LinkExists:  # a leftover of a crashed setup: replace it
                         if not nl.delete_link(rt, veth):
                             raise
-                        nl.create_veth(rt, veth, br.index, br.mtu, fd, opts.interface, mac)
+                        nl.create_veth(rt, veth, br.index, mtu, fd, opts.interface, mac)
                 finally:
                     os.close(fd)
             undo.append(("veth", lambda: self._del_veth(veth)))
             iface = ipaddress.IPv4Interface(f"{ip}/{net.subnet.prefixlen}")
             nl.configure_container(netns_path, opts.interface, iface, net.gateway.ip)
             self.firewall.run(
-                container_batch("add", pels, str(ip) if opts.internal else None),
+                container_batch("add", pels, str(ip) if internal else None),
                 f"setup of container {container_id!r}",
             )
         except BaseException as exc:
@@ -425,37 +512,32 @@ class NativeDriver:
             interfaces=[InterfaceResult(name=opts.interface, mac=mac, addresses=[iface])],
             gateway=net.gateway.ip,
             dns_server=net.gateway.ip,
-            internal=opts.internal,
+            internal=internal,
             extra={"host_interface": veth, "bridge": net.bridge},
         )
 
     def _forget(self, key: str) -> None:
         with self.store.locked() as st:
-            rec = st["attachments"].pop(key, None)
-            if rec is not None:
-                self._remove_network_if_empty(st, rec["network"])
+            st.records.pop(key, None)
 
     def _del_veth(self, name: str) -> None:
         with nl.host_rtnl() as rt:
             nl.delete_link(rt, name)
 
-    # ------------------------------------------------------------------ teardown
+    # ------------------------------------------------------------------ teardown, gc
 
-    def teardown(self, container_id: str, netns_path: str) -> None:
+    def _release(self, what: str, recs: dict[str, dict[str, Any]]) -> list[BaseException]:
+        """Firewall elements, port sockets, veths, then leases of ``recs``; the failures."""
         errors: list[BaseException] = []
-        with self.store.locked(write=False) as st:
-            recs = {
-                k: dict(a) for k, a in st["attachments"].items() if a["container"] == container_id
-            }
         # 1. firewall entries
         for rec in recs.values():
             cmds = container_batch(
                 "delete",
-                [_pel(p) for p in rec["ports"]],
-                rec["ip"] if rec["internal"] else None,
+                [_pel(p) for p in rec.get("ports", [])],
+                rec["ip"] if rec.get("internal") else None,
             )
             try:
-                self._delete_elements(cmds, f"teardown of container {container_id!r}")
+                self._delete_elements(cmds, what)
             except NyxError as exc:
                 errors.append(exc)
         with self._lock:
@@ -471,18 +553,74 @@ class NativeDriver:
                             nl.delete_link(rt, rec["veth"])
                         except NyxError as exc:
                             errors.append(exc)
-            except OSError as exc:
-                errors.append(NetlinkError(f"netlink socket: {exc}"))
-        # 3. leases (and networks left empty)
+            except NyxError as exc:
+                errors.append(exc)
+        # 3. leases (the networks stay until network_remove)
         if recs:
             with self.store.locked() as st:
                 for key in recs:
-                    st["attachments"].pop(key, None)
-                for name in {r["network"] for r in recs.values()}:
-                    try:
-                        self._remove_network_if_empty(st, name)
-                    except NyxError as exc:
-                        errors.append(exc)
+                    st.records.pop(key, None)
+        return errors
+
+    def teardown(self, container_id: str, netns_path: str) -> None:
+        with self.store.locked(write=False) as st:
+            recs = {k: dict(a) for k, a in st.records.items() if owner(a) == container_id}
+        errors = self._release(f"teardown of container {container_id!r}", recs)
         if errors:
             raise TeardownError(f"container {container_id!r}", errors)
         logger.debug("container torn down", container=container_id)
+
+    def gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
+        """Release what containers not in ``container_ids`` still hold; never touch those.
+
+        Their leases (with their veths, port elements and reserved ports), then what no
+        lease explains any more: ``nv...`` veths on the driver's bridges and map or set
+        elements pointing into its subnets.
+        """
+        keep = set(container_ids)
+        errors: list[BaseException] = []
+        with self.store.locked(write=False) as st:
+            leaked: dict[str, dict[str, dict[str, Any]]] = {}
+            for key, rec in st.records.items():
+                if owner(rec) not in keep:
+                    leaked.setdefault(owner(rec), {})[key] = dict(rec)
+        for cid, recs in sorted(leaked.items()):
+            errors += self._release(f"gc of container {cid!r}", recs)
+        with self.store.locked(write=False) as st:
+            nets = _networks(st.meta)
+            veths = {r.get("veth") for r in st.records.values()}
+            leased = {r.get("ip") for r in st.records.values()}
+        # veths left by a teardown that could not delete them
+        stray: list[str] = []
+        try:
+            ports = nl.bridge_ports({n.bridge for n in nets.values()})
+            stray = sorted(p for p in ports if _VETH_RE.match(p) and p not in veths)
+            if stray:
+                with nl.host_rtnl() as rt:
+                    for name in stray:
+                        try:
+                            nl.delete_link(rt, name)
+                        except NyxError as exc:
+                            errors.append(exc)
+        except NyxError as exc:
+            errors.append(exc)
+        # map and set elements of addresses no lease holds
+        cmds: list[dict[str, Any]] = []
+        try:
+            listed = {m: self.firewall.elements(m) for m in ("ports_any", "ports_ip", "internal")}
+            cmds = stale_elements(
+                listed, {str(ip) for ip in leased}, [n.subnet for n in nets.values()]
+            )
+            self._delete_elements(cmds, "gc of firewall elements")
+        except NyxError as exc:
+            errors.append(exc)
+        if errors:
+            raise TeardownError("native driver gc", errors)
+        report = {
+            "containers": sorted(leaked),
+            "veths": stray,
+            "elements": sum(len(c["delete"]["element"]["elem"]) for c in cmds),
+        }
+        if leaked or stray or cmds:
+            logger.info("released leftovers", **report)
+        return report

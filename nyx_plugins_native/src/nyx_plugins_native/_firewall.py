@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "ensure_batch",
     "network_elements",
     "port_elements",
+    "stale_elements",
 ]
 
 FAMILY = "ip"
@@ -275,6 +276,47 @@ def network_elements(verb: str, bridge: str, subnet: ipaddress.IPv4Network) -> l
         _elem(verb, "net_bridges", [bridge]),
         _elem(verb, "same_bridge", [{"concat": [bridge, bridge]}]),
     ]
+
+
+def _in(addr: object, subnets: Sequence[ipaddress.IPv4Network]) -> bool:
+    try:
+        ip = ipaddress.IPv4Address(str(addr))
+    except ValueError:
+        return False
+    return any(ip in net for net in subnets)
+
+
+def stale_elements(
+    elements: Mapping[str, list[Any]],
+    leased: Collection[str],
+    subnets: Sequence[ipaddress.IPv4Network],
+) -> list[Cmd]:
+    """Delete commands for the per-container elements no lease explains (garbage collection).
+
+    :param elements: the listed elements of ``ports_any``, ``ports_ip`` and ``internal``
+        (:meth:`Firewall.elements`).
+    :param leased: the addresses the driver's leases hold.
+    :param subnets: the driver's networks: an element pointing elsewhere is not nyx's to
+        judge and is left alone.
+    """
+    cmds: list[Cmd] = []
+    for name in ("ports_any", "ports_ip"):
+        keys = []
+        for elem in elements.get(name, []):
+            try:
+                key, value = elem
+                target = value["concat"][0]
+            except (TypeError, ValueError, KeyError, IndexError):
+                continue
+            if target not in leased and _in(target, subnets):
+                keys.append(key)
+        if keys:
+            cmds.append(_elem("delete", name, keys))
+    ips = [e for e in elements.get("internal", []) if isinstance(e, str) and e not in leased]
+    ips = [e for e in ips if _in(e, subnets)]
+    if ips:
+        cmds.append(_elem("delete", "internal", ips))
+    return cmds
 
 
 class Firewall:

@@ -14,7 +14,7 @@ import ctypes
 import errno
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
 __all__ = [
     "LinkExists",
     "LinkInfo",
+    "bridge_ports",
     "check_veth_support",
     "configure_container",
     "create_veth",
@@ -137,8 +138,12 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> LinkInfo:
-    """Create (or complete) the bridge ``name`` with ``gateway`` and bring it up."""
+def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int | None = None) -> LinkInfo:
+    """Create (or complete) the bridge ``name`` with ``gateway`` and bring it up.
+
+    ``mtu`` (None: the kernel's default, left as it is) is set as the user's MTU, so the
+    bridge keeps it whatever its ports are; veths made later take the bridge's MTU.
+    """
     with host_rtnl() as rt:
         link = get_link(rt, name)
     ipr: Any = IPRoute(groups=0)
@@ -163,6 +168,12 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> LinkInfo:
                 f"interface {name!r} exists but is a {link.kind or 'plain'} link, not a "
                 "bridge: pick another bridge name (NYXD_BRIDGE)"
             )
+        if mtu is not None and link.mtu != mtu:
+            try:
+                ipr.link("set", index=link.index, mtu=mtu)
+            except PyrNetlinkError as exc:
+                raise _fail(f"cannot set MTU {mtu} on bridge {name!r}", exc.code) from exc
+            link = LinkInfo(link.index, mtu, link.kind)
         have = {
             (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
             for a in ipr.addr("dump", index=link.index, family=2)
@@ -185,6 +196,25 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> LinkInfo:
         return link
     finally:
         ipr.close()
+
+
+def bridge_ports(bridges: Collection[str]) -> dict[str, str]:
+    """Links enslaved to one of ``bridges`` in this netns: ``{port name: bridge name}``."""
+    ipr: Any = IPRoute(groups=0)
+    try:
+        links = list(ipr.get_links())
+    except PyrNetlinkError as exc:
+        raise _fail("cannot list links", exc.code) from exc
+    finally:
+        ipr.close()
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+    masters = {i: n for i, n in names.items() if n in bridges}
+    out: dict[str, str] = {}
+    for link in links:
+        master = link.get_attr("IFLA_MASTER")
+        if master in masters:
+            out[names[link["index"]]] = masters[master]
+    return out
 
 
 def create_veth(

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 
 from nyx_core import (
     BackendCapabilities,
-    ConfigError,
+    NetworkInfo,
+    NetworkSpec,
     NyxSettings,
     PortMapping,
     SetupOptions,
@@ -27,7 +28,7 @@ CAPABILITIES = BackendCapabilities(
     enforces_internal=True,
     external_dns=False,
     ipv6=False,
-    network_lifecycle=False,
+    network_lifecycle=True,
 )
 
 
@@ -47,12 +48,16 @@ class NativePlugin:
     def nyx_backend_ensure_network(
         self, settings: NyxSettings, options: Mapping[str, str]
     ) -> object:
-        if options:
-            raise ConfigError(
-                f"native driver: unknown driver option(s) {', '.join(sorted(options))} "
-                "(the native driver takes none; see docs/native.md)"
-            )
-        return self.driver.ensure_network(settings)
+        return self.driver.ensure_network(settings, options)
+
+    @hookimpl
+    def nyx_backend_network_create(self, network: NetworkSpec) -> NetworkInfo:
+        return self.driver.network_create(network)
+
+    @hookimpl
+    def nyx_backend_network_remove(self, name: str) -> object:
+        self.driver.network_remove(name)
+        return True
 
     @hookimpl
     def nyx_backend_setup(
@@ -68,3 +73,7 @@ class NativePlugin:
     def nyx_backend_teardown(self, container_id: str, netns_path: str) -> object:
         self.driver.teardown(container_id, netns_path)
         return True
+
+    @hookimpl
+    def nyx_backend_gc(self, container_ids: Sequence[str]) -> object:
+        return self.driver.gc(container_ids)

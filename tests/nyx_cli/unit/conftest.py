@@ -13,6 +13,7 @@ import pytest
 from nyx_cli.daemon._api import ApiServer
 from nyx_cli.daemon._models import ContainerSpec
 from nyx_cli.errors import CommandError, ConflictError, NotFoundError, NotImplementedYet
+from nyx_core.errors import ConfigError
 
 
 class FakeSupervisor:
@@ -29,6 +30,8 @@ class FakeSupervisor:
         self.pull_available = True
         self.fail_start: Exception | None = None
         self.log = b"line one\nline two\n"
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.network_calls: list[tuple[Any, ...]] = []
 
     def info(self) -> dict[str, Any]:
         return {
@@ -150,23 +153,55 @@ class FakeSupervisor:
                 "gateway": "10.88.0.1/16",
                 "internal": False,
                 "default": True,
-            }
+                "driver": "fake",
+                "interface": "nyx0",
+                "options": {},
+                "labels": {},
+            },
+            *self.networks.values(),
         ]
 
+    def get_network(self, name: str) -> dict[str, Any]:
+        for net in self.list_networks():
+            if net["name"] == name:
+                return net
+        raise NotFoundError(f"no such network: {name}")
+
     def create_network(
-        self, name: str, internal: bool = False, subnet: str | None = None
+        self,
+        name: str,
+        internal: bool = False,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        options: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        if name == "nyx":
-            raise ConflictError("network 'nyx' already exists")
-        return {
+        self.network_calls.append(
+            ("create", name, internal, subnet, gateway, dict(options or {}), dict(labels or {}))
+        )
+        if name == "nyx" or name in self.networks:
+            raise ConflictError(f"network {name!r} already exists")
+        if "vlan" in (options or {}):
+            raise ConfigError(f"network {name!r}: unknown driver option(s) vlan")
+        self.networks[name] = {
             "name": name,
             "subnet": subnet or "10.89.0.0/24",
-            "gateway": "10.89.0.1/24",
+            "gateway": f"{gateway or '10.89.0.1'}/24",
             "internal": internal,
+            "default": False,
+            "driver": "fake",
+            "interface": f"br-{name}",
+            "options": dict(options or {}),
+            "labels": dict(labels or {}),
         }
+        return self.networks[name]
 
     def remove_network(self, name: str) -> None:
-        raise ConflictError(f"network {name!r} is in use by web")
+        self.network_calls.append(("remove", name))
+        if name == "back":
+            raise ConflictError(f"network {name!r} is in use by web")
+        if self.networks.pop(name, None) is None:
+            raise NotFoundError(f"no such network: {name}")
 
 
 @pytest.fixture

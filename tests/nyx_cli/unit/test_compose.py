@@ -214,7 +214,9 @@ services:
     depends_on: {c: {condition: service_healthy}}
   c: {image: x}
 networks:
-  n: {labels: {a: b}, ipam: {}}
+  n:
+    labels: {a: b}
+    ipam: {options: {x: y}, config: [{subnet: 10.89.50.0/24, ip_range: 10.89.50.0/25}]}
   unused: {}
 """
     )
@@ -228,10 +230,33 @@ networks:
         "services.a.ports[0].mode: not supported, ignored",
         "services.a.depends_on.c.condition: service_healthy is not supported, "
         "treated as service_started",
-        "networks.n.ipam: unsupported key, ignored",
-        "networks.n.labels: not supported, ignored",
+        "networks.n.ipam.options: not supported, ignored",
+        "networks.n.ipam.config[0].ip_range: not supported, ignored",
         "networks.unused: not used by any service, not created",
     }
+
+
+def test_network_driver_opts_labels_and_ipam() -> None:
+    project = load(
+        """
+services: {a: {image: x, networks: [n, m]}}
+networks:
+  n:
+    driver_opts: {mtu: 1400, com.docker.network.bridge.name: br-n}
+    labels: {team: web, tier: }
+    ipam: {driver: default, config: [{subnet: 10.89.40.0/24, gateway: 10.89.40.1}]}
+  m:
+    labels: [a=b, c]
+    ipam: {config: [{subnet: 10.89.41.0/24}]}
+"""
+    )
+    n, m = project.networks["n"], project.networks["m"]
+    assert n.options == {"mtu": "1400", "com.docker.network.bridge.name": "br-n"}
+    assert n.labels == {"team": "web", "tier": ""}
+    assert (n.subnet, n.gateway) == ("10.89.40.0/24", "10.89.40.1")
+    assert m.labels == {"a": "b", "c": ""}
+    assert (m.subnet, m.gateway, m.options) == ("10.89.41.0/24", None, {})
+    assert not project.warnings
 
 
 # ---------------------------------------------------------------- errors
@@ -336,6 +361,31 @@ networks:
             ["networks.n.driver: only the bridge driver", "'overlay'"],
         ),
         ("services: {a: {image: x}}\nnetworks: {n: {name: 'a b'}}", ["networks.n.name"]),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {driver_opts: [mtu=1]}}",
+            ["networks.n.driver_opts: must be a mapping"],
+        ),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {driver_opts: {mtu: [1]}}}",
+            ["networks.n.driver_opts.mtu: must be a string or number"],
+        ),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {labels: ['=x']}}",
+            ["networks.n.labels[0]: must be KEY=VALUE or KEY", "'=x'"],
+        ),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {ipam: {driver: dhcp}}}",
+            ["networks.n.ipam.driver: only the default IPAM driver", "'dhcp'"],
+        ),
+        (
+            "services: {a: {image: x}}\n"
+            "networks: {n: {ipam: {config: [{subnet: a}, {subnet: b}]}}}",
+            ["networks.n.ipam.config: one subnet per network"],
+        ),
+        (
+            "services: {a: {image: x}}\nnetworks: {n: {ipam: {config: [{gateway: 10.1.0.1}]}}}",
+            ["networks.n.ipam.config[0].gateway: needs the subnet", "'10.1.0.1'"],
+        ),
         ("services: {a: {image: x}}\nnetworks: [n]", ["networks: must be a mapping"]),
         (
             "services: {a: {image: x, networks: [m, n]}}\nnetworks: {n: {name: s}, m: {name: s}}",

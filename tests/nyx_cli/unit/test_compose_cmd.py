@@ -103,9 +103,11 @@ class FakeNyxd:
                 n = len(self.networks) + 1
                 net = {
                     "name": name,
-                    "subnet": f"10.89.{n}.0/24",
-                    "gateway": f"10.89.{n}.1",
+                    "subnet": body.get("subnet") or f"10.89.{n}.0/24",
+                    "gateway": f"{body.get('gateway') or f'10.89.{n}.1'}/24",
                     "internal": bool(body.get("internal")),
+                    "options": dict(body.get("options") or {}),
+                    "labels": dict(body.get("labels") or {}),
                 }
                 self.networks[name] = net
                 return 201, net
@@ -346,6 +348,61 @@ def test_up_existing_network_with_other_internal_flag_is_an_error(
     assert result.exit_code == 1
     assert "network mystack_back exists with internal=False" in result.output
     assert daemon.calls("POST", "/v1/containers") == []
+
+
+OPTIONED = """
+services:
+  web: {image: busybox:nyx, networks: [front]}
+networks:
+  front:
+    driver_opts: {mtu: 1400, com.docker.network.bridge.name: br-front}
+    labels: [team=web]
+    ipam:
+      config:
+        - {subnet: 10.89.40.0/24, gateway: 10.89.40.254}
+"""
+
+
+def test_up_passes_driver_opts_labels_and_ipam_to_nyxd(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    (project_dir / "compose.yaml").write_text(OPTIONED)
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 0, result.output
+    assert [r[2] for r in daemon.calls("POST", "/v1/networks")] == [
+        {
+            "name": "mystack_front",
+            "internal": False,
+            "options": {"mtu": "1400", "com.docker.network.bridge.name": "br-front"},
+            "labels": {"team": "web"},
+            "subnet": "10.89.40.0/24",
+            "gateway": "10.89.40.254",
+        }
+    ]
+    again = run(sock, "up", "-d")
+    assert again.exit_code == 0 and "Network mystack_front  Exists" in again.output
+    # the file changed, the network did not: an error before any container changes
+    (project_dir / "compose.yaml").write_text(OPTIONED.replace("mtu: 1400", "mtu: 9000"))
+    changed = run(sock, "up", "-d")
+    assert changed.exit_code == 1
+    assert "network mystack_front exists with options=" in changed.output
+    assert "'mtu': '9000'" in changed.output and "compose down" in changed.output
+
+
+def test_up_driver_refusal_is_one_line_and_creates_nothing(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    daemon.fail[("POST", "/v1/networks")] = (
+        400,
+        "network 'mystack_front': unknown driver option(s) vlan",
+    )
+    (project_dir / "compose.yaml").write_text(OPTIONED.replace("mtu: 1400", "vlan: 7"))
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 1
+    assert "unknown driver option(s) vlan" in result.output
+    assert daemon.calls("POST", "/v1/containers") == [] and daemon.networks == {}
 
 
 def test_up_daemon_error_is_one_line_and_undone(

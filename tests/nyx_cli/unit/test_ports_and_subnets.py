@@ -23,10 +23,12 @@ from nyx_cli.errors import ConflictError
 from nyx_core import (
     ConfigError,
     HostView,
+    NetworkBackend,
     NyxSettings,
     PortMapping,
     PortRange,
     find_port_clash,
+    make_plugin_manager,
     port_ranges,
     runs_of_ports,
     subnet_host_conflict,
@@ -335,7 +337,11 @@ def _registry(tmp_path: Path, view: HostView) -> tuple[NetworkRegistry, StateSto
         gateway_ip="10.231.0.1",
     )
     store = StateStore(settings.state_dir)
-    return NetworkRegistry(settings, store, host_view=lambda: view), store
+    pm = make_plugin_manager()
+    pm.register(ts.FakeBackend(Calls()))
+    pm.register(ts.FakeCapabilities("fake"))
+    backend = NetworkBackend(pm, "fake")
+    return NetworkRegistry(settings, store, backend, host_view=lambda: view), store
 
 
 def test_registry_refuses_a_subnet_of_the_host_and_records_nothing(tmp_path: Path) -> None:

@@ -24,10 +24,13 @@ from nyx_core import (
     DnsFacade,
     InterfaceResult,
     NetworkBackend,
+    NetworkInfo,
+    NetworkSpec,
     NyxSettings,
     PortMapping,
     SetupOptions,
     SetupResult,
+    TeardownError,
     hookimpl,
     make_plugin_manager,
 )
@@ -43,6 +46,34 @@ class FakeBackend:
         self.calls = calls
         self.n = 1
         self.fail_setup = False
+        self.refuse: dict[str, str] = {}  # network name -> the driver's error
+        self.fail_remove = False
+        self.made: dict[str, NetworkSpec] = {}
+
+    @hookimpl
+    def nyx_backend_network_create(self, network: NetworkSpec) -> NetworkInfo:
+        self.calls.append(("net_create", network))
+        if network.name in self.refuse:
+            raise ConfigError(self.refuse[network.name])
+        self.made[network.name] = network
+        return NetworkInfo(
+            name=network.name,
+            subnet=network.subnet,
+            gateway=network.gateway,
+            internal=network.internal,
+            interface=f"br-{network.name}",
+            options=dict(network.options),
+            labels=dict(network.labels),
+            extra={"mtu": network.options.get("mtu")},
+        )
+
+    @hookimpl
+    def nyx_backend_network_remove(self, name: str) -> Any:
+        self.calls.append(("net_remove", name))
+        if self.fail_remove:
+            raise TeardownError(f"network {name!r}", [OSError("bridge busy")])
+        self.made.pop(name, None)
+        return True
 
     @hookimpl
     def nyx_backend_ensure_network(self, settings: NyxSettings, options: Any) -> Any:
@@ -252,9 +283,12 @@ def make_host(parts: dict[str, Any], calls: Calls) -> Host:
 class FakeCapabilities:
     """What the fake driver declares: like cni (its own DNS) when named so."""
 
-    def __init__(self, driver: str) -> None:
+    def __init__(self, driver: str, lifecycle: bool = True) -> None:
         self.caps = BackendCapabilities(
-            publishes_ports=True, multiple_networks=True, external_dns=driver == "cni"
+            publishes_ports=True,
+            multiple_networks=True,
+            external_dns=driver == "cni",
+            network_lifecycle=lifecycle,
         )
 
     @hookimpl
@@ -269,6 +303,7 @@ def make_sup(
     driver: str = "fake",
     dns_mode: str = "auto",
     with_dns: bool = True,
+    lifecycle: bool = True,
 ) -> Supervisor:
     settings = DaemonSettings(
         state_dir=tmp_path / "state",
@@ -280,7 +315,7 @@ def make_sup(
     )
     pm = make_plugin_manager()
     pm.register(parts["backend"])
-    pm.register(FakeCapabilities(driver))
+    pm.register(FakeCapabilities(driver, lifecycle))
     backend = NetworkBackend(pm, driver)
     dns = None
     if with_dns:
@@ -761,6 +796,6 @@ def test_daemon_serves_then_stops_everything(
     assert not t.is_alive()
     assert got == [b"READY=1\nSTATUS=serving"]
     names = calls.names()
-    assert names[:2] == ["ensure", "dns_start"]
+    assert names[:3] == ["ensure", "net_create", "dns_start"]  # the default network first
     assert names.index("start") < names.index("teardown") < names.index("dns_stop")
     assert not s.settings.socket.exists()

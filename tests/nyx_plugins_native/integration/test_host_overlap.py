@@ -15,6 +15,7 @@ from nyx_cli.daemon._state import StateStore as CoreStore
 from nyx_core import (
     ConfigError,
     NetworkBackend,
+    NetworkSpec,
     NyxSettings,
     PortConflictError,
     PortMapping,
@@ -22,7 +23,7 @@ from nyx_core import (
     read_host_view,
 )
 from nyx_core.testing import Netns, entered, snapshot
-from nyx_plugins_native import StateStore
+from nyx_plugins_native import lease_store
 
 pytestmark = pytest.mark.kernel
 
@@ -35,7 +36,7 @@ def uplink(nyx_internet_ns: Netns) -> Netns:
 
 
 def _leases(settings: NyxSettings) -> dict[str, Any]:
-    return dict(StateStore(settings.state_dir).snapshot()["attachments"])
+    return lease_store(settings.state_dir).leases()
 
 
 @pytest.mark.parametrize(
@@ -58,10 +59,14 @@ def test_a_network_on_the_uplinks_subnet_is_refused_and_changes_nothing(
     ctr = nyx_container_ns()
     before = (snapshot(nyx_in_host), snapshot(ctr), _leases(nyx_settings))
     gw = ipaddress.ip_interface(gateway)
-    opts = SetupOptions(network="evil", subnet=gw)
     with pytest.raises(ConfigError) as exc:
-        native.setup("evil-1", ctr.path, [PortMapping.parse("18080:80")], opts)
+        native.network_create(NetworkSpec(name="evil", subnet=gw.network, gateway=gw.ip))
     assert str(exc.value) == f"network 'evil': subnet {gw.network} {reason}"
+    # a container cannot join it either (it does not exist)
+    with pytest.raises(ConfigError, match="network 'evil' does not exist"):
+        native.setup(
+            "evil-1", ctr.path, [PortMapping.parse("18080:80")], SetupOptions(network="evil")
+        )
     assert (snapshot(nyx_in_host), snapshot(ctr), _leases(nyx_settings)) == before
 
 
@@ -75,12 +80,14 @@ def test_networks_clear_of_the_uplink_still_work(
     a, b = nyx_container_ns(), nyx_container_ns()
     native.setup("ok-1", a.path, [], SetupOptions())
     # a second container on a new network: nyx's own bridges are no host routes
+    native.network_create(NetworkSpec(name="fine", subnet=ipaddress.ip_network("10.89.3.0/24")))
     opts = SetupOptions(network="fine", subnet=ipaddress.ip_interface("10.89.3.1/24"))
     native.setup("ok-2", b.path, [], opts)
     native.setup("ok-3", a.path, [], opts.model_copy(update={"interface": "eth1"}))
     native.teardown("ok-3", a.path)
     native.teardown("ok-2", b.path)
     native.teardown("ok-1", a.path)
+    native.network_remove("fine")
     assert snapshot(nyx_in_host) == before
 
 
@@ -114,12 +121,15 @@ def test_network_create_reads_the_calling_threads_namespace(
     def api_thread() -> None:
         with entered(nyx_host_ns):
             out["devs"] = {r.dev for r in read_host_view().routes}
-            reg = NetworkRegistry(nyx_settings, CoreStore(nyx_settings.state_dir))
+            backend = NetworkBackend.load("native")
+            backend.ensure_network(nyx_settings)
+            reg = NetworkRegistry(nyx_settings, CoreStore(nyx_settings.state_dir), backend)
             try:
                 reg.create("evil", subnet="203.0.113.128/25")
             except ConfigError as exc:
                 out["error"] = str(exc)
-            out["made"] = reg.create("fine")["subnet"]
+            made = reg.create("fine")
+            out["made"] = (made["subnet"], made["interface"])
 
     t = threading.Thread(target=api_thread)
     t.start()
@@ -128,7 +138,7 @@ def test_network_create_reads_the_calling_threads_namespace(
     assert out["error"] == (
         "network 'evil': subnet 203.0.113.128/25 overlaps the host route 203.0.113.0/24 dev uplink0"
     )
-    assert out["made"] == "10.89.0.0/24"
+    assert out["made"] == ("10.89.0.0/24", "nyx-fine")
     assert list(CoreStore(nyx_settings.state_dir).load_networks()) == ["fine"]
 
 

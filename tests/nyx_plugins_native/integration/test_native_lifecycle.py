@@ -13,6 +13,7 @@ from native_helpers import Servers, ask
 from nyx_core import (
     IpamError,
     NetworkBackend,
+    NetworkSpec,
     NyxError,
     NyxSettings,
     PortMapping,
@@ -20,13 +21,13 @@ from nyx_core import (
     SetupResult,
 )
 from nyx_core.testing import Netns, snapshot
-from nyx_plugins_native import Firewall, StateStore, _driver, _netlink, bridge_name
+from nyx_plugins_native import Firewall, _driver, _netlink, bridge_name, lease_store
 
 pytestmark = pytest.mark.kernel
 
 
 def _state(settings: NyxSettings) -> dict[str, Any]:
-    return StateStore(settings.state_dir).snapshot()["attachments"]
+    return lease_store(settings.state_dir).leases()
 
 
 def _elements() -> dict[str, list[Any]]:
@@ -202,22 +203,21 @@ def test_exhausted_pool_is_a_clear_error(
         backend.teardown("ex-a", a.path)
 
 
-def test_extra_networks_are_isolated_and_removed_with_their_last_container(
+def test_extra_networks_are_isolated_and_outlive_their_containers(
     native: NetworkBackend,
     nyx_in_host: Netns,
     nyx_container_ns: Callable[[], Netns],
     servers: Servers,
 ) -> None:
     before = snapshot(nyx_in_host)
+    native.network_create(NetworkSpec(name="blue", subnet="10.232.1.0/24"))  # type: ignore[arg-type]
     blue = SetupOptions(network="blue", subnet="10.232.1.1/24")
     a, b, c = nyx_container_ns(), nyx_container_ns(), nyx_container_ns()
     ra = native.setup("xn-a", a.path, [PortMapping.parse("18600:9300")], SetupOptions())
     rb = native.setup("xn-b", b.path, [], blue)
     # c is on both networks: eth0 on the default one, eth1 on blue
     rc0 = native.setup("xn-c", c.path, [], SetupOptions())
-    rc1 = native.setup(
-        "xn-c", c.path, [], SetupOptions(network="blue", subnet="10.232.1.1/24", interface="eth1")
-    )
+    rc1 = native.setup("xn-c", c.path, [], SetupOptions(network="blue", interface="eth1"))
     try:
         br = bridge_name("blue")
         assert nyx_in_host.ipj("link", "show", br)
@@ -235,12 +235,13 @@ def test_extra_networks_are_isolated_and_removed_with_their_last_container(
         assert ask(b, str(ra.ips[0]), 9300, timeout=0.5) == ""
         # ... but a published port is reachable from everywhere
         assert ask(b, "10.232.1.1", 18600).startswith("a ")
-        native.teardown("xn-b", b.path)
-        assert nyx_in_host.ipj("link", "show", br)  # c is still on blue
     finally:
         native.teardown("xn-a", a.path)
         native.teardown("xn-b", b.path)
         native.teardown("xn-c", c.path)
+    # the network lives on without containers, until it is removed
+    assert nyx_in_host.ipj("link", "show", br)
+    native.network_remove("blue")
     assert snapshot(nyx_in_host) == before
 
 
@@ -252,7 +253,7 @@ def test_bad_requests_are_refused_before_any_change(
     bad = [
         ("bad id!", [], SetupOptions(), "container_id"),
         ("ok", [PortMapping.parse("[::1]:8080:80")], SetupOptions(), "IPv6"),
-        ("ok", [], SetupOptions(network="red"), "subnet"),
+        ("ok", [], SetupOptions(network="red"), "network 'red' does not exist"),
         ("ok", [], SetupOptions(interface="a-very-long-interface-name"), "interface"),
         ("ok", [], SetupOptions(mac="zz"), "mac"),
         (
@@ -291,8 +292,11 @@ def test_never_execs_or_forks(
     backend.ensure_network(nyx_settings)
     backend.setup("nx-a", ctr.path, [PortMapping.parse("18500:80")], SetupOptions(internal=True))
     backend.teardown("nx-a", ctr.path)
-    backend.setup("nx-b", ctr.path, [], SetupOptions(network="green", subnet="10.232.2.1/24"))
+    backend.network_create(NetworkSpec(name="green", subnet="10.232.2.0/24"))  # type: ignore[arg-type]
+    backend.setup("nx-b", ctr.path, [], SetupOptions(network="green"))
     backend.teardown("nx-b", ctr.path)
+    backend.gc([])
+    backend.network_remove("green")
 
 
 def test_a_restarted_driver_reserves_published_ports_again(
@@ -319,24 +323,21 @@ def test_a_restarted_driver_reserves_published_ports_again(
     servers(None, "0.0.0.0", 18700, "free-again")
 
 
-def test_failed_first_setup_on_a_new_network_removes_the_network(
+def test_failed_setup_on_a_network_leaves_the_network_as_it_was(
     native: NetworkBackend,
     nyx_in_host: Netns,
+    nyx_settings: NyxSettings,
     nyx_container_ns: Callable[[], Netns],
     servers: Servers,
 ) -> None:
     ctr = nyx_container_ns()
-    before = snapshot(nyx_in_host)
+    native.network_create(NetworkSpec(name="violet", subnet="10.232.3.0/24"))  # type: ignore[arg-type]
+    before = (snapshot(nyx_in_host), _state(nyx_settings))
     servers(None, "0.0.0.0", 18800, "host-process")
-    blue = SetupOptions(network="violet", subnet="10.232.3.1/24")
+    violet = SetupOptions(network="violet")
     with pytest.raises(NyxError, match="18800"):
-        native.setup("fn-a", ctr.path, [PortMapping.parse("18800:80")], blue)
-    assert snapshot(nyx_in_host) == before
+        native.setup("fn-a", ctr.path, [PortMapping.parse("18800:80")], violet)
+    assert (snapshot(nyx_in_host), _state(nyx_settings)) == before
     with pytest.raises(IpamError, match="outside"):
-        native.setup(
-            "fn-a",
-            ctr.path,
-            [],
-            SetupOptions(network="violet", subnet="10.232.3.1/24", static_ip="10.9.9.9"),
-        )
-    assert snapshot(nyx_in_host) == before
+        native.setup("fn-a", ctr.path, [], SetupOptions(network="violet", static_ip="10.9.9.9"))
+    assert (snapshot(nyx_in_host), _state(nyx_settings)) == before

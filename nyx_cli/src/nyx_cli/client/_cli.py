@@ -586,22 +586,81 @@ def network() -> None:
 @network.command("ls")
 @click.pass_context
 def network_ls(ctx: click.Context) -> None:
-    """List networks."""
+    """List networks (with the device the net driver made for each)."""
     rows = _call(_client(ctx).request, "GET", "/v1/networks")
     _table(
-        [(n["name"], n["subnet"], n["gateway"], "yes" if n.get("internal") else "") for n in rows],
-        ("NAME", "SUBNET", "GATEWAY", "INTERNAL"),
+        [
+            (
+                n["name"],
+                n["subnet"],
+                n["gateway"],
+                "yes" if n.get("internal") else "",
+                n.get("interface") or "",
+                ",".join(f"{k}={v}" for k, v in sorted((n.get("options") or {}).items())),
+            )
+            for n in rows
+        ],
+        ("NAME", "SUBNET", "GATEWAY", "INTERNAL", "INTERFACE", "OPTIONS"),
     )
+    for n in rows:
+        if n.get("error"):
+            click.echo(
+                f"warning: network {n['name']}: refused by the net driver: {n['error']}", err=True
+            )
+
+
+@network.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def network_inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Show networks as JSON: what the net driver made of them (device, options, labels)."""
+    out = [_call(_client(ctx).request, "GET", f"/v1/networks/{q(n)}") for n in names]
+    click.echo(json.dumps(out, indent=2))
+
+
+def _options(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="-o/--opt")
+        out[k] = v
+    return out
 
 
 @network.command("create")
 @click.option("--internal", is_flag=True, help="no traffic leaves the network's subnet")
 @click.option("--subnet", default=None, help="IPv4 subnet (default: a free /24 of 10.89/16)")
+@click.option("--gateway", default=None, help="gateway address (default: the subnet's first)")
+@click.option(
+    "-o",
+    "--opt",
+    "opts",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="driver option (repeatable), e.g. -o mtu=1400; the driver refuses what it cannot do",
+)
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="label (repeatable)")
 @click.argument("name")
 @click.pass_context
-def network_create(ctx: click.Context, internal: bool, subnet: str | None, name: str) -> None:
-    """Create a network."""
-    body = {"name": name, "internal": internal, "subnet": subnet}
+def network_create(
+    ctx: click.Context,
+    internal: bool,
+    subnet: str | None,
+    gateway: str | None,
+    opts: tuple[str, ...],
+    labels: tuple[str, ...],
+    name: str,
+) -> None:
+    """Create a network (the net driver makes it, or refuses saying why)."""
+    body = {
+        "name": name,
+        "internal": internal,
+        "subnet": subnet,
+        "gateway": gateway,
+        "options": _options(opts),
+        "labels": _labels(labels),
+    }
     net = _call(_client(ctx).request, "POST", "/v1/networks", body=body)
     click.echo(net["name"])
 

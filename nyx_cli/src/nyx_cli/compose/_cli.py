@@ -36,6 +36,7 @@ from ._project import (
     CONFIG_HASH_LABEL,
     PROJECT_LABEL,
     SERVICE_LABEL,
+    ComposeNetwork,
     ComposePlan,
     check_project_name,
     load_compose,
@@ -290,28 +291,39 @@ def _status(kind: str, name: str, what: str) -> None:
     click.echo(f" {kind} {name}  {what}")
 
 
-def _ensure_network(client: DaemonClient, name: str, internal: bool) -> bool:
-    """Create the network, or reuse it when it exists with the same flag: ``True`` if created."""
+def _ensure_network(client: DaemonClient, net: ComposeNetwork) -> bool:
+    """Create the network, or reuse it when it exists as the file says: ``True`` if created."""
     try:
-        client.request("POST", "/v1/networks", {"name": name, "internal": internal})
-        _status("Network", name, "Created")
+        client.request("POST", "/v1/networks", net.request())
+        _status("Network", net.name, "Created")
         return True
     except ApiError as exc:
         if exc.status != 409:
-            raise ApiError(exc.status, f"network {name}: {exc.message}") from exc
+            raise ApiError(exc.status, f"network {net.name}: {exc.message}") from exc
     existing = client.request("GET", "/v1/networks")
     if isinstance(existing, dict):
         existing = existing.get("networks", [])
-    for net in existing or []:
-        if isinstance(net, dict) and net.get("name") == name:
-            if bool(net.get("internal", False)) != internal:
+    for have in existing or []:
+        if isinstance(have, dict) and have.get("name") == net.name:
+            wanted: dict[str, Any] = {
+                "internal": net.internal,
+                "options": dict(net.options),
+                "labels": dict(net.labels),
+            }
+            if net.subnet is not None:
+                wanted["subnet"] = net.subnet
+            got = {k: have.get(k, {} if k in ("options", "labels") else None) for k in wanted}
+            got["internal"] = bool(got["internal"])
+            diff = [f"{k}={got[k]}" for k in wanted if got[k] != wanted[k]]
+            if diff:
+                said = ", ".join(f"{k}={wanted[k]}" for k in wanted if got[k] != wanted[k])
                 raise click.ClickException(
-                    f"network {name} exists with internal={bool(net.get('internal'))}, the file "
-                    f"says internal={internal}; run `nyx compose down` first"
+                    f"network {net.name} exists with {', '.join(diff)}, the file says {said}; "
+                    "run `nyx compose down` first"
                 )
-            _status("Network", name, "Exists")
+            _status("Network", net.name, "Exists")
             return False
-    raise click.ClickException(f"network {name}: nyxd says it exists but does not list it")
+    raise click.ClickException(f"network {net.name}: nyxd says it exists but does not list it")
 
 
 def _undo_up(
@@ -559,7 +571,7 @@ def up(ctx: click.Context, detach: bool) -> None:
                         err=True,
                     )
         for net in plan.networks():
-            if _ensure_network(client, net.name, net.internal):
+            if _ensure_network(client, net):
                 new_networks.append(net.name)
         for service in plan.order:
             body = plan.create_request(service)
@@ -778,8 +790,20 @@ def _normalized(plan: ComposePlan) -> dict[str, Any]:
         )
         entry["x-nyx-container-name"] = plan.container_name(name)
         services[name] = entry
-    networks = {n.key: {"name": n.name, "internal": n.internal} for n in plan.networks()}
+    networks = {n.key: _network_entry(n) for n in plan.networks()}
     return {"name": plan.name, "services": services, "networks": networks}
+
+
+def _network_entry(net: ComposeNetwork) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": net.name, "internal": net.internal}
+    if net.options:
+        entry["driver_opts"] = dict(net.options)
+    if net.labels:
+        entry["labels"] = dict(net.labels)
+    if net.subnet is not None:
+        conf = {"subnet": net.subnet, **({"gateway": net.gateway} if net.gateway else {})}
+        entry["ipam"] = {"config": [conf]}
+    return entry
 
 
 @compose.command("config")

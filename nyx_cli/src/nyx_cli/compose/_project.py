@@ -70,7 +70,9 @@ _SERVICE_KEYS = {
     "depends_on",
     "restart",
 }
-_NETWORK_KEYS = {"internal", "name", "driver", "labels"}
+_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
+_IPAM_KEYS = {"driver", "config", "options"}
+_IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
 _PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
 
@@ -85,6 +87,23 @@ class ComposeNetwork:
     key: str
     name: str
     internal: bool = False
+    options: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    subnet: str | None = None
+    gateway: str | None = None
+
+    def request(self) -> dict[str, Any]:
+        """The body of ``POST /v1/networks`` that creates it."""
+        body: dict[str, Any] = {"name": self.name, "internal": self.internal}
+        if self.options:
+            body["options"] = dict(self.options)
+        if self.labels:
+            body["labels"] = dict(self.labels)
+        if self.subnet is not None:
+            body["subnet"] = self.subnet
+        if self.gateway is not None:
+            body["gateway"] = self.gateway
+        return body
 
 
 @dataclass(frozen=True)
@@ -445,6 +464,9 @@ def _network_decl(
         raise _bad(path, key, "network key must be letters, digits, '_', '.', '-'")
     internal = False
     name = f"{project}_{key}"
+    options: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    subnet = gateway = None
     if value is not None:
         node = _mapping(value, path)
         _check_keys(node, _NETWORK_KEYS, path, warnings)
@@ -461,9 +483,73 @@ def _network_decl(
         driver = node.get("driver", "bridge")
         if driver != "bridge":
             raise _bad(_join(path, "driver"), driver, "only the bridge driver is supported")
-        if "labels" in node:
-            warnings.append(f"{_join(path, 'labels')}: not supported, ignored")
-    return ComposeNetwork(key=key, name=name, internal=internal)
+        if node.get("driver_opts") is not None:
+            opath = _join(path, "driver_opts")
+            options = {
+                k: _scalar_text(v, _join(opath, k))
+                for k, v in _mapping(node["driver_opts"], opath).items()
+            }
+        if node.get("labels") is not None:
+            labels = _labels(node["labels"], _join(path, "labels"))
+        if node.get("ipam") is not None:
+            subnet, gateway = _ipam(node["ipam"], _join(path, "ipam"), warnings)
+    return ComposeNetwork(
+        key=key,
+        name=name,
+        internal=internal,
+        options=options,
+        labels=labels,
+        subnet=subnet,
+        gateway=gateway,
+    )
+
+
+def _labels(value: object, path: str) -> dict[str, str]:
+    """Compose labels: a list of ``KEY=VALUE`` (or ``KEY``) or a mapping."""
+    if isinstance(value, list):
+        out: dict[str, str] = {}
+        for i, item in enumerate(value):
+            key, _, val = _str(item, f"{path}[{i}]").partition("=")
+            if not key:
+                raise _bad(f"{path}[{i}]", item, "must be KEY=VALUE or KEY")
+            out[key] = val
+        return out
+    return {
+        k: "" if v is None else _scalar_text(v, _join(path, k))
+        for k, v in _mapping(value, path).items()
+    }
+
+
+def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, str | None]:
+    """``ipam.config[0]``'s subnet and gateway (one IPv4 config; the default IPAM driver)."""
+    node = _mapping(value, path)
+    _check_keys(node, _IPAM_KEYS, path, warnings)
+    driver = node.get("driver", "default")
+    if driver != "default":
+        raise _bad(_join(path, "driver"), driver, "only the default IPAM driver is supported")
+    if node.get("options"):
+        warnings.append(f"{_join(path, 'options')}: not supported, ignored")
+    configs = node.get("config") or []
+    cpath = _join(path, "config")
+    if not isinstance(configs, list):
+        raise _bad(cpath, configs, "must be a list")
+    if len(configs) > 1:
+        raise _bad(cpath, configs, "one subnet per network (IPv4) is supported")
+    if not configs:
+        return None, None
+    entry = _mapping(configs[0], f"{cpath}[0]")
+    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings)
+    for ignored in ("ip_range", "aux_addresses"):
+        if ignored in entry:
+            warnings.append(f"{cpath}[0].{ignored}: not supported, ignored")
+    subnet = gateway = None
+    if entry.get("subnet") is not None:
+        subnet = _str(entry["subnet"], f"{cpath}[0].subnet")
+    if entry.get("gateway") is not None:
+        gateway = _str(entry["gateway"], f"{cpath}[0].gateway")
+        if subnet is None:
+            raise _bad(f"{cpath}[0].gateway", gateway, "needs the subnet")
+    return subnet, gateway
 
 
 def _service(

@@ -66,8 +66,15 @@ class SupervisorApi(Protocol):
     ) -> dict[str, Any]: ...
     def remove_image(self, ref: str) -> None: ...
     def list_networks(self) -> list[dict[str, Any]]: ...
+    def get_network(self, name: str) -> dict[str, Any]: ...
     def create_network(
-        self, name: str, internal: bool = False, subnet: str | None = None
+        self,
+        name: str,
+        internal: bool = False,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        options: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]: ...
     def remove_network(self, name: str) -> None: ...
 
@@ -144,6 +151,7 @@ _ROUTES: list[Route] = [
         ("DELETE", r"/v1/images/(?P<ref>.+)", "images_remove"),
         ("GET", r"/v1/networks", "networks_list"),
         ("POST", r"/v1/networks", "networks_create"),
+        ("GET", r"/v1/networks/(?P<name>[^/]+)", "networks_get"),
         ("DELETE", r"/v1/networks/(?P<name>[^/]+)", "networks_remove"),
     ]
 ]
@@ -309,7 +317,20 @@ class _Routes:
 
     def h_networks_create(self, ex: Exchange, q: dict[str, list[str]]) -> None:
         body = NetworkCreate.model_validate(_object(ex.json(), '{"name": ...}'))
-        ex.send_json(201, self.sup.create_network(body.name, body.internal, body.subnet))
+        ex.send_json(
+            201,
+            self.sup.create_network(
+                body.name,
+                internal=body.internal,
+                subnet=body.subnet,
+                gateway=body.gateway,
+                options=dict(body.options),
+                labels=dict(body.labels),
+            ),
+        )
+
+    def h_networks_get(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
+        ex.send_json(200, self.sup.get_network(name))
 
     def h_networks_remove(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
         self.sup.remove_network(name)

@@ -25,6 +25,18 @@ class NetworkCreate(_Body):
         description="default: a free /24 of 10.89.0.0/16",
         examples=["10.89.7.0/24"],
     )
+    gateway: str | None = Field(
+        default=None,
+        description="the gateway address (needs subnet); default: the subnet's first address",
+        examples=["10.89.7.1"],
+    )
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        description="driver options (nyx network create -o key=value, compose driver_opts); "
+        "the driver refuses those it cannot honour",
+        examples=[{"mtu": "1400"}],
+    )
+    labels: dict[str, str] = Field(default_factory=dict, examples=[{"team": "web"}])
 
 
 class ImagePull(_Body):

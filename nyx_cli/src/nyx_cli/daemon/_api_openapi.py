@@ -103,12 +103,26 @@ class Image(BaseModel):
 
 
 class Network(BaseModel):
+    """A network as the API shows it: what the net driver made of it."""
+
     name: str
     subnet: str
     gateway: str = Field(description="gateway/prefix")
     internal: bool
     default: bool
+    driver: str = Field(description="the net driver that made it")
+    interface: str | None = Field(
+        default=None, description="the driver's host-side device (the bridge)"
+    )
+    options: dict[str, str] = Field(default_factory=dict, description="driver options")
+    labels: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict, description="driver-specific facts")
     created: str | None = None
+    error: str | None = Field(
+        default=None,
+        description="set when the driver refused the recorded network at nyxd's start: "
+        "no container can join it until it is removed and created again",
+    )
 
 
 _MODELS: list[type[BaseModel]] = [
@@ -258,12 +272,17 @@ _OPS: dict[str, _Op] = {
         ("200", "networks", _json({"type": "array", "items": _ref(Network)})),
     ),
     "networks_create": _Op(
-        "Create a network",
+        "Create a network through the net driver (recorded only when the driver accepts it)",
         ("201", "created", _json(_ref(Network))),
-        (400, 409, 413),
+        (400, 409, 413, 500),
         body=_json(_ref(NetworkCreate)),
     ),
-    "networks_remove": _Op("Remove a network", ("204", "removed", None), (404, 409)),
+    "networks_get": _Op("Inspect a network", ("200", "the network", _json(_ref(Network))), (404,)),
+    "networks_remove": _Op(
+        "Remove a network no container uses (from the net driver first)",
+        ("204", "removed", None),
+        (404, 409, 500),
+    ),
 }
 
 _PARAMS = {

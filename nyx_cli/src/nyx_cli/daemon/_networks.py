@@ -1,23 +1,40 @@
-"""User networks (``nyx network create``, compose networks): names, subnets, ``internal``.
+"""Networks (``nyx network create``, compose networks): names, subnets, the driver's word.
 
 The default network is the one of the settings (``container_subnet``, ``gateway_ip``),
-also reachable as ``nyx``; every other network gets a /24 of :data:`USER_NETWORK_POOL`
-that overlaps nothing else, persisted in the state dir. A subnet that overlaps another
-nyx network, a host route or a host address (:func:`nyx_core.check_subnet_on_host`) is refused.
+also reachable as ``nyx``; every other network gets the user's subnet or a /24 of
+:data:`USER_NETWORK_POOL` that overlaps nothing else. A subnet that overlaps another nyx
+network, a host route or a host address (:func:`nyx_core.check_subnet_on_host`) is refused.
+
+Networks have a lifecycle in the driver (``network_lifecycle``): a network is recorded
+only once the driver created it (``nyx_backend_network_create``), and removed from the
+driver before it is forgotten. At start, :meth:`NetworkRegistry.bring_up` creates the
+default network and every recorded one again (bridges do not survive a reboot); one the
+driver now refuses stays recorded, marked with the driver's error, and no container can
+join it until it is removed and created again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
-from nyx_core import HostView, NyxSettings, read_host_view, subnet_host_conflict
-from nyx_core.errors import ConfigError
+from nyx_core import (
+    HostView,
+    NetworkBackend,
+    NetworkInfo,
+    NetworkSpec,
+    NyxSettings,
+    read_host_view,
+    subnet_host_conflict,
+)
+from nyx_core.errors import ConfigError, NyxError
 
 from ..errors import ConflictError, NotFoundError
 from ._state import NetworkRecord, StateStore
@@ -28,20 +45,35 @@ _NET_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 USER_NETWORK_POOL = ipaddress.IPv4Network("10.89.0.0/16")
 
 
+def _validation(name: str, exc: ValidationError) -> ConfigError:
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
+    ]
+    return ConfigError(f"network {name!r}: " + "; ".join(parts))
+
+
 class NetworkRegistry:
-    """The networks nyxd knows, persisted through ``store``; thread-safe."""
+    """The networks nyxd knows, persisted through ``store``; thread-safe.
+
+    :param backend: the driver's facade; networks are created and removed through it.
+    """
 
     def __init__(
         self,
         settings: NyxSettings,
         store: StateStore,
+        backend: NetworkBackend,
         host_view: Callable[[], HostView] = read_host_view,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.backend = backend
         self.host_view = host_view
         self._lock = threading.RLock()
         self._records: dict[str, NetworkRecord] = store.load_networks()
+        self._default: NetworkInfo | None = None
+        self._refused: dict[str, str] = {}
 
     def default_names(self) -> set[str]:
         return {"nyx", self.settings.network}
@@ -50,13 +82,93 @@ class NetworkRegistry:
         """The name the driver and DNS see (the default network under its settings name)."""
         return self.settings.network if name in self.default_names() else name
 
+    def default_spec(self) -> NetworkSpec:
+        """The default network as the driver is asked for it at start."""
+        s = self.settings
+        return NetworkSpec(
+            name=s.network, subnet=s.container_subnet, gateway=s.gateway_ip, default=True
+        )
+
+    @staticmethod
+    def _spec_of(rec: NetworkRecord) -> NetworkSpec:
+        return NetworkSpec(
+            name=rec.name,
+            subnet=ipaddress.IPv4Network(rec.subnet),
+            gateway=ipaddress.IPv4Interface(rec.gateway).ip,
+            internal=rec.internal,
+            options=dict(rec.options),
+            labels=dict(rec.labels),
+        )
+
+    @staticmethod
+    def _record_of(info: NetworkInfo, spec: NetworkSpec, created: str | None) -> NetworkRecord:
+        """What nyxd records: the driver's answer (it may report the subnet it really uses)."""
+        subnet = info.subnet or spec.subnet
+        gw = info.gateway or (spec.gateway_interface.ip if spec.gateway_interface else None)
+        if subnet is None or gw is None:
+            raise ConfigError(f"network {spec.name!r}: the driver reported no IPv4 subnet")
+        extra: dict[str, Any] = {} if created is None else {"created": created}
+        return NetworkRecord(
+            name=spec.name,
+            subnet=str(subnet),
+            gateway=f"{gw}/{subnet.prefixlen}",
+            internal=info.internal,
+            options=dict(info.options),
+            labels=dict(info.labels),
+            interface=info.interface,
+            extra=dict(info.extra),
+            **extra,
+        )
+
+    def bring_up(self) -> dict[str, str]:
+        """At nyxd start, after ``ensure_network``: the default network and every recorded one
+        through the driver (drivers with ``network_lifecycle``; idempotent there).
+
+        The default network's failure stops nyxd (it cannot serve without it). A recorded
+        network the driver refuses now (a host route appeared on its subnet...) is logged
+        and marked: ``nyx network ls|inspect`` show the error, containers cannot join it.
+
+        :returns: the refused networks, name -> the driver's error.
+        """
+        if not self.backend.capabilities().network_lifecycle:
+            return {}
+        self._default = self.backend.network_create(self.default_spec())
+        with self._lock:
+            for name, rec in sorted(self._records.items()):
+                try:
+                    if name in self.default_names():
+                        raise ConflictError(f"network {name!r} is the default network's name")
+                    spec = self._spec_of(rec)
+                    self._records[name] = self._record_of(
+                        self.backend.network_create(spec), spec, rec.created
+                    )
+                    self._refused.pop(name, None)
+                except (NyxError, ValidationError, ValueError) as exc:
+                    self._refused[name] = str(exc)
+                    logger.bind(network=name, error=str(exc)).warning(
+                        "recorded network refused by the net driver; remove it or fix the host"
+                    )
+            self.store.save_networks(self._records)
+            return dict(self._refused)
+
     def gateway(self, name: str) -> ipaddress.IPv4Interface | None:
-        """Gateway/prefix of ``name`` for ``SetupOptions.subnet``; None for the default."""
+        """Gateway/prefix of ``name`` for ``SetupOptions.subnet``; None for the default.
+
+        :raises NotFoundError: no such network.
+        :raises ConflictError: the driver refused it at start.
+        """
         if name in self.default_names():
             return None
-        rec = self._records.get(name)
+        with self._lock:
+            rec = self._records.get(name)
+            refused = self._refused.get(name)
         if rec is None:
             raise NotFoundError(f"no such network: {name}")
+        if refused is not None:
+            raise ConflictError(
+                f"network {name!r} is not available: the net driver refused it at start "
+                f"({refused}); remove it (nyx network rm) and create it again"
+            )
         return ipaddress.IPv4Interface(rec.gateway)
 
     def is_internal(self, name: str) -> bool:
@@ -68,28 +180,60 @@ class NetworkRegistry:
         rec = self._records.get(name)
         return bool(rec and rec.internal)
 
-    def list(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [
-            {
-                "name": self.settings.network,
-                "subnet": str(self.settings.container_subnet),
-                "gateway": str(self.settings.gateway_interface),
-                "internal": False,
-                "default": True,
-            }
-        ]
-        with self._lock:
-            out.extend({**rec.model_dump(), "default": False} for rec in self._records.values())
+    def _default_public(self) -> dict[str, Any]:
+        info = self._default
+        return {
+            "name": self.settings.network,
+            "subnet": str(self.settings.container_subnet),
+            "gateway": str(self.settings.gateway_interface),
+            "internal": False,
+            "default": True,
+            "driver": self.backend.name,
+            "interface": info.interface if info else None,
+            "options": dict(info.options) if info else {},
+            "labels": dict(info.labels) if info else {},
+            "extra": dict(info.extra) if info else {},
+        }
+
+    def _public(self, rec: NetworkRecord) -> dict[str, Any]:
+        out = {**rec.model_dump(), "default": False, "driver": self.backend.name}
+        if rec.name in self._refused:
+            out["error"] = self._refused[rec.name]
         return out
 
-    def create(
-        self, name: str, internal: bool = False, subnet: str | None = None
-    ) -> dict[str, Any]:
-        """Record a new network; ``subnet`` None takes the first free /24 of the pool.
+    def list(self) -> list[dict[str, Any]]:
+        out = [self._default_public()]
+        with self._lock:
+            out.extend(self._public(rec) for rec in self._records.values())
+        return out
 
-        Refused (before anything is recorded) when the subnet overlaps another nyx network
-        (:class:`ConflictError`), a host route, a host address or a reserved range such as
-        127.0.0.0/8 (:class:`ConfigError`); the pool skips what the host uses.
+    def get(self, name: str) -> dict[str, Any]:
+        """One network as ``nyx network inspect`` shows it."""
+        if name in self.default_names():
+            return self._default_public()
+        with self._lock:
+            rec = self._records.get(name)
+            if rec is None:
+                raise NotFoundError(f"no such network: {name}")
+            return self._public(rec)
+
+    def create(
+        self,
+        name: str,
+        internal: bool = False,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        options: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a network through the driver and record what it answers.
+
+        ``subnet`` None takes the first free /24 of the pool; ``gateway`` None the subnet's
+        first address. Refused (before the driver is asked, and nothing is recorded) when
+        the subnet overlaps another nyx network (:class:`ConflictError`), a host route, a
+        host address or a reserved range such as 127.0.0.0/8 (:class:`ConfigError`); the
+        pool skips what the host uses. A driver without ``network_lifecycle``, or one that
+        refuses the spec, records nothing either.
         """
         if not isinstance(name, str) or not _NET_NAME_RE.match(name):
             raise ConfigError(f"network name {name!r} is not valid ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
@@ -101,18 +245,58 @@ class NetworkRegistry:
             ]
             view = self.host_view()
             if subnet is None:
+                if gateway is not None:
+                    raise ConfigError(
+                        f"network {name!r}: gateway {gateway!r} needs its subnet (--subnet)"
+                    )
                 net = self._free_subnet(used, view)
             else:
                 net = self._given_subnet(subnet, used)
                 reason = subnet_host_conflict(net, view)
                 if reason is not None:
                     raise ConfigError(f"network {name!r}: subnet {net} {reason}")
-            gateway = ipaddress.IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
-            rec = NetworkRecord(name=name, subnet=str(net), gateway=str(gateway), internal=internal)
-            self._records[name] = rec
-            self.store.save_networks(self._records)
-        logger.bind(network=name, subnet=str(net), internal=internal).info("network created")
-        return {**rec.model_dump(), "default": False}
+            gw = self._given_gateway(name, net, gateway)
+            try:
+                spec = NetworkSpec(
+                    name=name,
+                    subnet=net,
+                    gateway=gw,
+                    internal=internal,
+                    options=dict(options or {}),
+                    labels=dict(labels or {}),
+                )
+            except ValidationError as exc:
+                raise _validation(name, exc) from exc
+            info = self.backend.network_create(spec)
+            try:
+                rec = self._record_of(info, spec, None)
+                self._records[name] = rec
+                self.store.save_networks(self._records)
+            except BaseException:
+                self._records.pop(name, None)
+                with contextlib.suppress(Exception):
+                    self.backend.network_remove(name)
+                raise
+        logger.bind(network=name, subnet=rec.subnet, internal=rec.internal).info("network created")
+        return self._public(rec)
+
+    @staticmethod
+    def _given_gateway(
+        name: str, net: ipaddress.IPv4Network, gateway: str | None
+    ) -> ipaddress.IPv4Address:
+        if gateway is None:
+            return net.network_address + 1
+        try:
+            gw = ipaddress.IPv4Address(gateway)
+        except ValueError as exc:
+            raise ConfigError(
+                f"network {name!r}: gateway {gateway!r} is not an IPv4 address"
+            ) from exc
+        if gw not in net or gw in (net.network_address, net.broadcast_address):
+            raise ConfigError(
+                f"network {name!r}: gateway {gw} is not a host address of subnet {net}"
+            )
+        return gw
 
     @staticmethod
     def _given_subnet(
@@ -143,7 +327,12 @@ class NetworkRegistry:
         )
 
     def remove(self, name: str, users: Sequence[str] = ()) -> None:
-        """Forget ``name``; refused for the default network and while ``users`` use it."""
+        """Remove ``name`` from the driver, then forget it.
+
+        Refused for the default network and while ``users`` use it; a driver failure
+        keeps the record (``nyx network rm`` again retries: the driver's remove is
+        idempotent).
+        """
         with self._lock:
             if name in self.default_names():
                 raise ConflictError(f"network {name!r} is the default network")
@@ -151,6 +340,8 @@ class NetworkRegistry:
                 raise NotFoundError(f"no such network: {name}")
             if users:
                 raise ConflictError(f"network {name!r} is in use by {', '.join(sorted(users))}")
+            self.backend.network_remove(name)
             del self._records[name]
+            self._refused.pop(name, None)
             self.store.save_networks(self._records)
         logger.bind(network=name).info("network removed")

@@ -22,7 +22,9 @@ from loguru import logger
 from nyx_core import DnsFacade, NetworkBackend
 
 from ._api import ApiServer
+from ._networks import NetworkRegistry
 from ._settings import DaemonSettings
+from ._state import StateStore
 from ._supervisor import Host, Supervisor
 
 __all__ = ["sd_notify", "serve", "should_start_dns"]
@@ -100,14 +102,18 @@ def serve(
     if callable(reaper):
         reaper()
     backend.ensure_network(settings)
-    logger.bind(driver=backend.name).info("network ready")
+    # the default network and every recorded one, through the driver (bridges do not
+    # survive a reboot); a recorded one the driver refuses now is marked, nyxd still starts
+    networks = NetworkRegistry(settings, StateStore(settings.state_dir), backend)
+    refused = networks.bring_up()
+    logger.bind(driver=backend.name, refused=sorted(refused)).info("network ready")
     dns_started = False
     if should_start_dns(settings, dns):
         assert dns is not None
         dns.start(settings)
         dns_started = True
         logger.bind(provider=dns.name, port=settings.dns_port).info("dns started")
-    sup = Supervisor(settings, backend, dns if dns_started else None, host)
+    sup = Supervisor(settings, backend, dns if dns_started else None, host, networks=networks)
     stop = stop_event or threading.Event()
     api: ApiServer | None = None
     previous: dict[int, Any] = {}

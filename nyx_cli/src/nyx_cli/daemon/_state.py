@@ -13,7 +13,7 @@ import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -90,12 +90,16 @@ class ContainerRecord(BaseModel):
 
 
 class NetworkRecord(BaseModel):
-    """A user-defined network: a /24 with its gateway."""
+    """A user-defined network as the driver created it (``NetworkInfo``)."""
 
     name: str
     subnet: str
-    gateway: str
+    gateway: str = Field(description="gateway/prefix, e.g. 10.89.0.1/24")
     internal: bool = False
+    options: dict[str, str] = Field(default_factory=dict, description="driver options")
+    labels: dict[str, str] = Field(default_factory=dict)
+    interface: str | None = Field(default=None, description="the driver's host-side device")
+    extra: dict[str, Any] = Field(default_factory=dict, description="driver-specific facts")
     created: str = Field(default_factory=now)
 
 

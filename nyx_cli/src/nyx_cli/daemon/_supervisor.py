@@ -111,6 +111,7 @@ class Supervisor:
         *,
         stop_grace: float = 10.0,
         readopt: bool = True,
+        networks: NetworkRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -129,7 +130,7 @@ class Supervisor:
         self._net_lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.networks = NetworkRegistry(settings, self.store)
+        self.networks = networks or NetworkRegistry(settings, self.store, backend)
         self._closing = False
 
     # ------------------------------------------------------------------ lookups
@@ -735,13 +736,31 @@ class Supervisor:
     def list_networks(self) -> list[dict[str, Any]]:
         return self.networks.list()
 
+    def get_network(self, name: str) -> dict[str, Any]:
+        return self.networks.get(name)
+
     def create_network(
-        self, name: str, internal: bool = False, subnet: str | None = None
+        self,
+        name: str,
+        internal: bool = False,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        options: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        """Create a network through the driver (refused without ``network_lifecycle``)."""
         with self._lock:
-            return self.networks.create(name, internal=internal, subnet=subnet)
+            return self.networks.create(
+                name,
+                internal=internal,
+                subnet=subnet,
+                gateway=gateway,
+                options=options,
+                labels=labels,
+            )
 
     def remove_network(self, name: str) -> None:
+        """Remove a network no container uses, from the driver first."""
         with self._lock:
             users = [
                 v.rec.name
