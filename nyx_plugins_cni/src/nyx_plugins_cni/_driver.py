@@ -134,6 +134,16 @@ def _pair_order(pair: tuple[str, str]) -> tuple[bool, int, str]:
     return network != LOOPBACK_NETWORK, len(ifname), ifname
 
 
+def is_netns(path: str) -> bool:
+    """True when ``path`` is a network namespace (an nsfs inode, like ``/proc/self/ns/net``);
+    False for a missing path and for the plain file a crash leaves where a netns bind mount
+    was."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
 def _same_file(fd1: int, fd2: int) -> bool:
     a, b = os.fstat(fd1), os.fstat(fd2)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
@@ -391,6 +401,11 @@ class CniDriver(NetworkLifecycle):
             )
         if not isinstance(netns_path, str) or not os.path.exists(netns_path):
             raise ConfigError(f"netns_path {netns_path!r}: no such network namespace")
+        if not is_netns(netns_path):
+            raise ConfigError(
+                f"netns_path {netns_path!r}: not a network namespace (a stale file left "
+                "where one was mounted?)"
+            )
         if not re.match(r"^[^/\s:]{1,15}$", ifname) or ifname in (".", "..", "lo"):
             raise ConfigError(f"ifname {ifname!r}: not a valid interface name")
         cn = self.network_for(network or self.settings.network)
@@ -591,11 +606,12 @@ class CniDriver(NetworkLifecycle):
 
     @staticmethod
     def _netns_for(path: str, att: _Attachment | None) -> str:
-        if path and os.path.exists(path):
+        if path and is_netns(path):
             return path
         if att is not None and att.fd is not None:
-            # the bind mount is gone but nyx still holds the namespace open: DEL there, so
-            # plugins remove the interface and what they keyed to its addresses
+            # the bind mount is gone (or a stale file is left) but nyx still holds the
+            # namespace open: DEL there, so plugins remove the interface and what they keyed
+            # to its addresses
             return f"/proc/{os.getpid()}/fd/{att.fd}"
         return ""
 

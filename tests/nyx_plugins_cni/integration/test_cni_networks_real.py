@@ -11,13 +11,22 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from nyx_core import NetworkBackend, NetworkSpec, NyxSettings, SetupOptions, SetupResult
+from nyx_core import (
+    ConfigError,
+    NetworkBackend,
+    NetworkSpec,
+    NyxSettings,
+    PortMapping,
+    SetupOptions,
+    SetupResult,
+)
 from nyx_core.testing import INTERNET_SERVER_IP, Netns, entered, snapshot
 from nyx_plugins_cni import CniSettings
 
@@ -263,4 +272,23 @@ def test_an_internal_attachment_on_the_default_network(
             peer.close()
         backend.teardown("att-in", inside.path)
         backend.teardown("att-free", free.path)
+    assert snapshot(nyx_in_host) == before
+
+
+def _make_stale(ns: Netns) -> None:
+    """What a crash leaves: the netns path as a plain file, no longer a namespace."""
+    subprocess.run(["umount", "--lazy", ns.path], check=True)
+
+
+def test_teardown_when_the_netns_path_is_a_stale_file(
+    backend: NetworkBackend, nyx_in_host: Netns, nyx_container_ns: NsFactory
+) -> None:
+    ctr = nyx_container_ns()
+    before = snapshot(nyx_in_host)
+    backend.setup("stale-t", ctr.path, [PortMapping.parse("18090:80")], SetupOptions())
+    _make_stale(ctr)
+    backend.teardown("stale-t", ctr.path)  # DEL in the namespace nyx still holds open
+    assert snapshot(nyx_in_host) == before
+    with pytest.raises(ConfigError, match="not a network namespace"):
+        backend.setup("stale-s", ctr.path, [], SetupOptions())
     assert snapshot(nyx_in_host) == before

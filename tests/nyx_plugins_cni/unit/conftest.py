@@ -1,6 +1,7 @@
 """Unit-test fakes at nyx's boundary: the ``nft`` and ``ip`` binaries the CNI driver runs.
 
-Autouse, so no unit test ever runs the real ``nft`` or ``ip`` on the host: the driver's
+Autouse, so no unit test ever runs the real ``nft`` or ``ip`` on the host (and a plain
+file stands for a network namespace): the driver's
 :class:`~nyx_plugins_cni._firewall.InternalFirewall` gets :class:`FakeNft` (which keeps a
 table in memory and understands exactly the batches the driver writes) and
 :class:`~nyx_plugins_cni._networks.HostLinks` gets :class:`FakeLinks`.
@@ -9,13 +10,14 @@ table in memory and understands exactly the batches the driver writes) and
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Sequence
 
 import pytest
 
-from nyx_plugins_cni import _firewall, _networks
+from nyx_plugins_cni import _driver, _firewall, _networks
 
 _ADD = re.compile(r'^add rule inet nyx-cni forward (?P<rule>.*) comment (?P<comment>".*")$')
 _DEL = re.compile(r"^delete rule inet nyx-cni forward handle (?P<handle>\d+)$")
@@ -110,3 +112,9 @@ def fake_links(monkeypatch: pytest.MonkeyPatch) -> FakeLinks:
     links = FakeLinks()
     monkeypatch.setattr(_networks.HostLinks, "_ip", links)
     return links
+
+
+@pytest.fixture(autouse=True)
+def any_file_is_a_netns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake plugins never enter the namespace: a plain file stands for one."""
+    monkeypatch.setattr(_driver, "is_netns", os.path.exists)

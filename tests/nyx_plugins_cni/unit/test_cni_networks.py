@@ -593,3 +593,15 @@ def test_the_hooks_through_the_facade(
     backend.teardown("c1", netns)
     backend.network_remove("back")
     assert not (tmp_path / "net.d" / "back.conflist").exists() and not fake_nft.table
+
+
+def test_is_netns_tells_a_namespace_from_a_stale_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.undo()  # the real is_netns, not the unit tests' stand-in
+    from nyx_plugins_cni._driver import is_netns
+
+    stale = tmp_path / "stale"
+    stale.touch()
+    assert is_netns("/proc/self/ns/net")
+    assert not is_netns(str(stale)) and not is_netns(str(tmp_path / "missing"))
