@@ -8,6 +8,7 @@ does). Every error names the file and the field.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import json
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "network_conflist",
     "parse_network",
     "parse_version",
+    "without_default_routes",
 ]
 
 NYX_SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -261,15 +263,16 @@ def network_conflist(
     data_dir: Path,
     *,
     internal: bool = False,
+    host_dns: ipaddress.IPv4Address | None = None,
     mtu: int | None = None,
 ) -> dict[str, Any]:
     """The conflist template nyx generates for a network: bridge (gateway on ``bridge``,
     masquerade unless ``internal``) with host-local IPAM (leases under ``data_dir``), then
     portmap for published ports.
 
-    An internal network keeps its default route through the gateway (the host's addresses,
-    where embedded DNS listens, stay reachable); nyx's ``inet nyx-cni`` table drops what
-    would leave the subnet.
+    An internal network gives its containers no default route, only one to ``host_dns``
+    (nyxd's address, where embedded DNS listens) through its gateway; nyx's
+    ``inet nyx-cni`` table drops whatever would still leave the subnet.
     """
     bridge_conf: dict[str, Any] = {
         "type": "bridge",
@@ -280,10 +283,13 @@ def network_conflist(
     }
     if mtu is not None:
         bridge_conf["mtu"] = mtu
+    routes: list[dict[str, str]] = [{"dst": "0.0.0.0/0"}]
+    if internal:
+        routes = [] if host_dns is None or host_dns in subnet else [{"dst": f"{host_dns}/32"}]
     bridge_conf["ipam"] = {
         "type": "host-local",
         "ranges": [[{"subnet": str(subnet), "gateway": str(gateway)}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
+        "routes": routes,
         "dataDir": str(data_dir),
     }
     return {
@@ -291,6 +297,25 @@ def network_conflist(
         "name": name,
         "plugins": [bridge_conf, {"type": "portmap", "capabilities": {"portMappings": True}}],
     }
+
+
+DEFAULT_ROUTES = ("0.0.0.0/0", "::/0")
+
+
+def without_default_routes(net: NetworkConfig) -> NetworkConfig:
+    """``net`` with the default routes taken out of every plugin's IPAM ``routes``: what a
+    container's second (third...) generated network gets, so its default route stays the
+    first network's (as with the native driver and Docker)."""
+    plugins = copy.deepcopy(net.plugins)
+    for plugin in plugins:
+        ipam = plugin.get("ipam")
+        if isinstance(ipam, dict) and isinstance(ipam.get("routes"), list):
+            ipam["routes"] = [
+                r
+                for r in ipam["routes"]
+                if not (isinstance(r, dict) and r.get("dst") in DEFAULT_ROUTES)
+            ]
+    return dataclasses.replace(net, plugins=plugins)
 
 
 def default_conflist(settings: NyxSettings, bridge: str = "nyx0") -> dict[str, Any]:
@@ -364,9 +389,7 @@ def addressing(net: NetworkConfig) -> Addressing:
                                 rng.get("gateway"),
                             )
             elif ipam.get("subnet"):
-                _add_subnet(
-                    out, net.source, f"{where}.subnet", ipam["subnet"], ipam.get("gateway")
-                )
+                _add_subnet(out, net.source, f"{where}.subnet", ipam["subnet"], ipam.get("gateway"))
         elif kind == "static":
             for j, addr in enumerate(ipam.get("addresses") or []):
                 if isinstance(addr, dict) and addr.get("address"):

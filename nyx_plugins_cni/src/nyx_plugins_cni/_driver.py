@@ -41,6 +41,7 @@ from ._conf import (
     loopback_network,
     parse_network,
     parse_version,
+    without_default_routes,
 )
 from ._exec import DEFAULT_TIMEOUT, PluginExec, PluginRequest
 from ._firewall import InternalFirewall, att_tag, att_tag_prefix, drop_rules
@@ -112,6 +113,8 @@ class _Attachment:
     pairs: list[tuple[str, str]]
     fd: int | None = None
     fw: bool = False
+    configs: dict[str, NetworkConfig] = field(default_factory=dict)
+    """Per network, the configuration to ADD with when it is not the network's own."""
 
 
 @dataclass
@@ -266,9 +269,10 @@ class CniDriver(NetworkLifecycle):
         net = self.load_network()
         self.plugin_versions.clear()  # binaries may have been upgraded since the last call
         version = self.negotiate(net)
+        template = parse_network(default_conflist(self.settings, self.options.bridge), net.source)
         with self._lock:
             old = self.networks.get(net.name)
-            cn = CniNetwork(net, version)
+            cn = CniNetwork(net, version, template=net.to_json() == template.to_json())
             if old is not None and old.config.to_json() == net.to_json():
                 cn.info, cn.spec, cn.internal_subnets = old.info, old.spec, old.internal_subnets
             self.networks[net.name] = cn
@@ -433,6 +437,8 @@ class CniDriver(NetworkLifecycle):
                 if loopback and self.loopback is not None and prev is None:
                     pairs.insert(0, (LOOPBACK_NETWORK, "lo"))
                 att = _Attachment(keys, pairs, fd)
+                if prev is not None and cn.template:  # the first network's default route stays
+                    att.configs[net.name] = without_default_routes(net)
                 self._check_ports(container_id, keys)
                 self._inflight[container_id] = att
         except BaseException:
@@ -539,6 +545,7 @@ class CniDriver(NetworkLifecycle):
             result: dict[str, Any] | None = None
             for name, ifname in att.pairs:
                 cfg, ver = self._config_of(name)
+                cfg = att.configs.get(name, cfg)
                 args = {} if name == LOOPBACK_NETWORK else caps
                 entry = CacheEntry(
                     network=cfg.name,

@@ -242,10 +242,11 @@ class NetworkLifecycle:
             bridge,
             self.settings.state_dir / "cni" / "networks",
             internal=spec.internal,
+            host_dns=self.settings.gateway_ip,
             mtu=opts.mtu,
         )
         cfg = parse_network(obj, str(path), self.options.bin_dir)
-        cn = CniNetwork(cfg, self.negotiate(cfg), spec=spec, generated=True)
+        cn = CniNetwork(cfg, self.negotiate(cfg), spec=spec, generated=True, template=True)
         if spec.internal:
             self.firewall.binary()
         # ---- validated; from here on every change is undone on failure
@@ -271,13 +272,19 @@ class NetworkLifecycle:
             )
             with self._lock:
                 self.networks[name] = cn
-            if self.options.prime:
+            # the bridge (and what the plugins share) exists before the first container;
+            # after a restart it usually does already
+            if self.options.prime and (record is None or self.links.kind(bridge) is None):
                 self._prime(name)
         except BaseException as exc:
-            try:
-                self._drop(name, keep_record=record is not None)
-            except NyxError as undo:
-                exc.add_note(f"rollback: {undo}")
+            if record is None:  # undo what this call made
+                try:
+                    self._drop(name)
+                except NyxError as undo:
+                    exc.add_note(f"rollback: {undo}")
+            else:  # a network of an earlier nyxd: keep it, for a retry or a remove
+                with self._lock:
+                    self.networks.pop(name, None)
             raise
         logger.info("network {}: wrote CNI conflist {} (bridge {})", name, path, bridge)
         return cn.info
@@ -325,9 +332,9 @@ class NetworkLifecycle:
                 raise ConfigError(
                     f"network {name!r}: containers {', '.join(users)} are still attached"
                 )
-            self._drop(name, keep_record=False)
+            self._drop(name)
 
-    def _drop(self, name: str, *, keep_record: bool) -> None:
+    def _drop(self, name: str) -> None:
         errors: list[NyxError] = []
         with self._lock:
             self.networks.pop(name, None)
@@ -359,7 +366,7 @@ class NetworkLifecycle:
                     path,
                     record.bridge,
                 )
-            if not errors and not keep_record:
+            if not errors:
                 self.records.delete(name)
         if errors:
             raise TeardownError(f"network {name!r} on the cni driver", list[BaseException](errors))

@@ -109,6 +109,10 @@ class CniNetwork:
     info: NetworkInfo | None = None
     spec: NetworkSpec | None = None
     generated: bool = False
+    """nyx wrote the conflist and removes it with the network."""
+    template: bool = False
+    """The conflist is nyx's template (generated, or the default one nyx wrote): a
+    container's later networks of this kind get no default route."""
     internal_subnets: list[Subnet] = field(default_factory=list)
 
     @property

@@ -27,7 +27,13 @@ from nyx_core import (
     SetupOptions,
     SetupResult,
 )
-from nyx_core.testing import INTERNET_SERVER_IP, Netns, entered, snapshot
+from nyx_core.testing import (
+    INTERNET_SERVER_IP,
+    UPLINK_HOST_IP,
+    Netns,
+    entered,
+    snapshot,
+)
 from nyx_plugins_cni import CniSettings
 
 pytestmark = [
@@ -187,8 +193,15 @@ def test_an_internal_network_keeps_its_traffic_inside(
             assert Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text() == "1\n"
         assert fetch(x, _addr(ry, "eth0").ip) == b"inner peer"  # same bridge: not dropped
         assert fetch(x, nyx_settings.gateway_ip) == b"host gateway"  # the host itself
-        assert fetch(x, INTERNET_SERVER_IP, timeout=2) is None  # never out
-        assert fetch(x, "203.0.113.1", timeout=2) is None  # nor to the uplink's far end
+        # no default route: nothing is routed out ...
+        routes = {(r["dst"], r.get("gateway")) for r in x.ipj("route", "show")}
+        assert routes == {("10.233.0.0/24", None), (f"{nyx_settings.gateway_ip}", "10.233.0.1")}
+        assert fetch(x, INTERNET_SERVER_IP, timeout=2) is None
+        # ... and when a container routes out itself (NET_ADMIN) and the far end routes the
+        # subnet back (a router that knows it), only the drop of inet nyx-cni keeps it in
+        x.ip("route", "add", "default", "via", "10.233.0.1")
+        nyx_internet_ns.ip("route", "add", "10.233.0.0/24", "via", UPLINK_HOST_IP)
+        assert fetch(x, INTERNET_SERVER_IP, timeout=2) is None
     finally:
         for s in (internet, host, peer):
             if s is not None:

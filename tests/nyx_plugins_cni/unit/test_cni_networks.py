@@ -207,6 +207,30 @@ def test_create_primes_the_new_network(make_driver: Make, fake_bin: Any) -> None
     assert ResultCache(d.settings.state_dir).entries() == []
 
 
+def test_after_a_restart_a_network_is_adopted_not_rebuilt(
+    make_driver: Make, fake_bin: Any, fake_links: Any
+) -> None:
+    make_driver().network_create(_spec())
+    path = make_driver().options.conf_dir / "back.conflist"
+    text = path.read_text()
+    fake_links.links["cni-back"] = "bridge"  # the bridge survived the restart
+    fake_bin.clear()
+    again = make_driver(prime=True)
+    fake_bin.clear()
+    again.network_create(_spec())
+    assert fake_bin.sequence("ADD") == [] and path.read_text() == text  # nothing to prime
+    # a re-create that fails (the chain broke meanwhile) keeps the network of the earlier nyxd
+    fake_links.links.clear()
+    third = make_driver()
+    third.options = third.options.model_copy(update={"prime": True})
+    fake_bin.make("bridge", mode="error", fail_on=["ADD"])
+    with pytest.raises(Exception, match="Invalid Configuration"):
+        third.network_create(_spec())
+    assert "back" not in third.networks
+    assert path.read_text() == text
+    assert (again.settings.state_dir / "cni" / "conflists" / "back.json").exists()
+
+
 # ------------------------------------------------------------------ the admin's conflists
 
 
@@ -331,6 +355,37 @@ def test_two_networks_per_container(make_driver: Make, fake_bin: Any, netns: str
     assert fake_bin.sequence() == [] and len(cache.entries()) == 3
 
 
+def test_the_default_route_is_the_first_networks(
+    make_driver: Make, fake_bin: Any, netns: str
+) -> None:
+    d = make_driver()
+    d.network_create(_spec())
+    _user_conflist(d.options.conf_dir, "lab", {**HOST_LOCAL, "routes": [{"dst": "0.0.0.0/0"}]})
+    d.network_create(_spec("lab"))
+    fake_bin.clear()
+    d.setup("c1", netns, network="back", ifname="eth0")
+    d.setup("c1", netns, network="nyx", ifname="eth1")
+    d.setup("c1", netns, network="lab", ifname="eth2")
+
+    def routes(c: dict[str, Any]) -> Any:
+        return c["conf"]["ipam"].get("routes")
+
+    adds = [c for c in fake_bin.calls("ADD") if c["plugin"] == "bridge"]
+    # nyx's template networks after the first: no default route; the admin's as written
+    assert [(c["conf"]["name"], routes(c)) for c in adds] == [
+        ("back", [{"dst": "0.0.0.0/0"}]),
+        ("nyx", []),
+        ("lab", [{"dst": "0.0.0.0/0"}]),
+    ]
+    cache = ResultCache(d.settings.state_dir)
+    entry = cache.get("nyx", "c1", "eth1")
+    assert entry is not None and entry.config["plugins"][0]["ipam"]["routes"] == []
+    fake_bin.clear()
+    d.teardown("c1", netns)  # DEL with what ADD used
+    dels = {c["conf"]["name"]: routes(c) for c in fake_bin.calls("DEL") if c["plugin"] == "bridge"}
+    assert dels == {"back": [{"dst": "0.0.0.0/0"}], "nyx": [], "lab": [{"dst": "0.0.0.0/0"}]}
+
+
 def test_teardown_deletes_every_network_in_reverse(
     make_driver: Make, fake_bin: Any, netns: str
 ) -> None:
@@ -431,7 +486,8 @@ def test_an_internal_network_gets_one_rule_for_its_subnet(
     assert info.internal
     conf = json.loads((d.options.conf_dir / "back.conflist").read_text())
     assert conf["plugins"][0]["ipMasq"] is False
-    assert conf["plugins"][0]["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}]  # DNS on the host
+    # no default route; one to nyxd's address (gateway_ip, where embedded DNS listens)
+    assert conf["plugins"][0]["ipam"]["routes"] == [{"dst": "10.231.0.1/32"}]
     (rule,) = fake_nft.ruleset()
     assert rule.startswith(
         "ip saddr 10.232.0.0/24 ip daddr != 10.232.0.0/24 drop # nyx-cni net:back "
