@@ -145,6 +145,8 @@ def test_a_container_on_two_networks(
         assert eth1.ip in ipaddress.IPv4Network("10.232.0.0/24")
         links = _links(a)
         assert links["eth0"] == [str(eth0)] and links["eth1"] == [str(eth1)]
+        defaults = [(r.get("gateway"), r["dev"]) for r in a.ipj("route", "show", "default")]
+        assert defaults == [(str(nyx_settings.gateway_ip), "eth0")]  # the first network's
         servers = [
             Server(b, str(_addr(rb, "eth0").ip), b"peer on nyx"),
             Server(c, str(_addr(rc, "eth0").ip), b"peer on back"),
