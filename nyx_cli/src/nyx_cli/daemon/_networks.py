@@ -3,7 +3,7 @@
 The default network is the one of the settings (``container_subnet``, ``gateway_ip``),
 also reachable as ``nyx``; every other network gets a /24 of :data:`USER_NETWORK_POOL`
 that overlaps nothing else, persisted in the state dir. A subnet that overlaps another
-nyx network, a host route or a host address (:mod:`nyx_core._hostnet`) is refused.
+nyx network, a host route or a host address (:func:`nyx_core.check_subnet_on_host`) is refused.
 """
 
 from __future__ import annotations

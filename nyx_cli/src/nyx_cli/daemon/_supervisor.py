@@ -252,7 +252,7 @@ class Supervisor:
     ) -> None:
         """Refuse too many ports, a port listed twice, or one a running container publishes.
 
-        Intervals, not ports (:mod:`nyx_core._portset`): O(m log m) for m mappings, and only
+        Intervals, not ports (:func:`nyx_core.find_port_clash`): O(m log m) for m mappings, and only
         the gathering of the running containers' mappings holds the supervisor's lock.
         """
         count = published_count(ports)
@@ -692,7 +692,7 @@ class Supervisor:
             registry: Any = importlib.import_module("nyx_cli.registry._pull")
         except ImportError as exc:
             raise NotImplementedYet(
-                "image pull is not available: nyx_core._registry is not installed"
+                "image pull is not available: nyx_cli.registry is not installed"
             ) from exc
         ref = registry.normalize_reference(reference)
         configured = tuple(self.settings.insecure_registries)

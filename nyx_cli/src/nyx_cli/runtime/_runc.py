@@ -6,7 +6,7 @@
   (docker's rules for Entrypoint/Cmd, Env, WorkingDir, User).
 - :class:`RuncRuntime` writes ``config.json`` (namespaces pid/ipc/uts/mount plus the prepared
   network namespace, docker's default capabilities and the seccomp profile that goes with
-  them (:mod:`nyx_core._seccomp`), a pids limit, masked paths) and drives ``runc``.
+  them (:mod:`nyx_cli.runtime._seccomp`), a pids limit, masked paths) and drives ``runc``.
 
 Exit codes: nyxd makes itself a child subreaper (:func:`become_subreaper`) so a detached
 container's init is re-parented to it and :meth:`RuncRuntime.wait` can read the exit status.
