@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
 
 from nyx_core import (
     BackendError,
@@ -22,12 +20,10 @@ from nyx_core import (
     ConfigError,
     NyxError,
     NyxSettings,
-    PluginSettings,
     PortConflictError,
     PortMapping,
     SetupResult,
     TeardownError,
-    plugin_settings_config,
 )
 
 from ._cache import CacheEntry, ResultCache
@@ -43,52 +39,18 @@ from ._conf import (
     parse_version,
     without_default_routes,
 )
-from ._exec import DEFAULT_TIMEOUT, PluginExec, PluginRequest
+from ._exec import PluginExec, PluginRequest
 from ._firewall import InternalFirewall, att_tag, att_tag_prefix, drop_rules
 from ._lifecycle import NetworkLifecycle
 from ._netns import scratch_netns
 from ._networks import CniNetwork, ConflistRecords, HostLinks, write_conflist
 from ._result import port_mappings, request_config, to_setup_result
+from ._settings import CniSettings
 
-__all__ = ["CniDriver", "CniSettings", "GcReport"]
+__all__ = ["CniDriver", "GcReport"]
 
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _PRIME_PORT = 65535
-
-
-class CniSettings(PluginSettings):
-    """The CNI driver's own settings (env ``NYXD_CNI_*``; nyxd adds their flags).
-
-    ``--cni-bin-dir``, ``--cni-conf-dir`` and ``--bridge`` are the spec's flags.
-    """
-
-    model_config = SettingsConfigDict(**plugin_settings_config("cni"), populate_by_name=True)
-
-    bin_dir: Path = Field(
-        default=Path("/opt/cni/bin"), description="directory with the CNI plugin executables"
-    )
-    conf_dir: Path = Field(
-        default=Path("/etc/cni/net.d"), description="directory with CNI network configurations"
-    )
-    bridge: str = Field(
-        default="nyx0",
-        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$",
-        description="bridge of the default conflist nyx writes when none exists",
-        validation_alias=AliasChoices("NYXD_CNI_BRIDGE", "NYXD_BRIDGE"),
-        json_schema_extra={"flags": ["--bridge", "--cni-bridge"]},
-    )
-
-    timeout: float = Field(
-        default=DEFAULT_TIMEOUT, gt=0, description="seconds one plugin execution may take"
-    )
-    loopback: bool = Field(
-        default=True, description="bring up the container's lo with the loopback plugin"
-    )
-    prime: bool = Field(
-        default=True,
-        description="at ensure_network, add and delete one scratch attachment so the bridge "
-        "and the plugins' shared firewall chains exist before the first container",
-    )
 
 
 @dataclass

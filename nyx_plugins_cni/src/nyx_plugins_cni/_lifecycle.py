@@ -48,7 +48,7 @@ from ._networks import (
 )
 
 if TYPE_CHECKING:
-    from ._driver import CniSettings
+    from ._settings import CniSettings
 
 __all__ = ["NetworkLifecycle"]
 

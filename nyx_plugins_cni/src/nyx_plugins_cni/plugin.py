@@ -22,7 +22,8 @@ from nyx_core import (
     hookimpl,
 )
 
-from ._driver import CniDriver, CniSettings, GcReport
+from ._driver import CniDriver, GcReport
+from ._settings import CniSettings
 
 CAPABILITIES = BackendCapabilities(
     publishes_ports=True,  # through the portmap plugin's portMappings capability
