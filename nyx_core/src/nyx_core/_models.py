@@ -144,7 +144,7 @@ class SetupOptions(BaseModel):
     """Per-container network options handed to ``nyx_backend_setup``.
 
     Drivers ignore what they cannot honour and document it (the CNI driver ignores
-    ``internal``, as the spec says).
+    ``static_ip`` and ``mac``: a conflist's plugins decide those).
     """
 
     model_config = ConfigDict(extra="forbid")

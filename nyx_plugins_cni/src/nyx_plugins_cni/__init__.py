@@ -10,8 +10,9 @@ from loguru import logger
 
 from ._cache import CacheEntry, ResultCache
 from ._conf import NetworkConfig, default_conflist, find_network, parse_network
-from ._driver import CniDriver, CniSettings, GcReport
+from ._driver import CniDriver, GcReport
 from ._exec import PluginExec, PluginRequest
+from ._settings import CniSettings
 
 logger.disable(__name__)
 

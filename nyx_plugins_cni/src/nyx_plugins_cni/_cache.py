@@ -122,8 +122,10 @@ class ResultCache:
         except FileNotFoundError:
             pass
 
-    def entries(self, network: str | None = None) -> list[CacheEntry]:
-        """Every readable entry (of ``network`` if given)."""
+    def entries(
+        self, network: str | None = None, container_id: str | None = None
+    ) -> list[CacheEntry]:
+        """Every readable entry (of ``network`` and of ``container_id`` if given)."""
         found = []
         try:
             names = sorted(os.listdir(self.dir))
@@ -132,11 +134,15 @@ class ResultCache:
         for name in names:
             if name.startswith("."):
                 continue
+            if container_id is not None and f"-{container_id}-" not in name:
+                continue  # <network>-<container id>-<ifname>: skip without reading
             try:
                 entry = CacheEntry.from_json(json.loads((self.dir / name).read_bytes()))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("ignoring unreadable CNI cache entry {}: {}", name, exc)
                 continue
-            if network is None or entry.network == network:
+            if (network is None or entry.network == network) and (
+                container_id is None or entry.container_id == container_id
+            ):
                 found.append(entry)
         return found

@@ -8,6 +8,8 @@ does). Every error names the file and the field.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -21,12 +23,18 @@ from nyx_core import ConfigError, NyxSettings
 __all__ = [
     "LOOPBACK_NETWORK",
     "NYX_SUPPORTED_VERSIONS",
+    "Addressing",
     "NetworkConfig",
+    "addressing",
+    "bridge_of",
+    "conflists",
     "default_conflist",
     "find_network",
     "loopback_network",
+    "network_conflist",
     "parse_network",
     "parse_version",
+    "without_default_routes",
 ]
 
 NYX_SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -247,40 +255,182 @@ def find_network(conf_dir: Path, name: str, bin_dir: Path | None = None) -> Netw
     return None
 
 
+def network_conflist(
+    name: str,
+    subnet: ipaddress.IPv4Network,
+    gateway: ipaddress.IPv4Address,
+    bridge: str,
+    data_dir: Path,
+    *,
+    internal: bool = False,
+    host_dns: ipaddress.IPv4Address | None = None,
+    mtu: int | None = None,
+) -> dict[str, Any]:
+    """The conflist template nyx generates for a network: bridge (gateway on ``bridge``,
+    masquerade unless ``internal``) with host-local IPAM (leases under ``data_dir``), then
+    portmap for published ports.
+
+    An internal network gives its containers no default route, only one to ``host_dns``
+    (nyxd's address, where embedded DNS listens) through its gateway; nyx's
+    ``inet nyx-cni`` table drops whatever would still leave the subnet.
+    """
+    bridge_conf: dict[str, Any] = {
+        "type": "bridge",
+        "bridge": bridge,
+        "isGateway": True,
+        "ipMasq": not internal,
+        "hairpinMode": True,
+    }
+    if mtu is not None:
+        bridge_conf["mtu"] = mtu
+    routes: list[dict[str, str]] = [{"dst": "0.0.0.0/0"}]
+    if internal:
+        routes = [] if host_dns is None or host_dns in subnet else [{"dst": f"{host_dns}/32"}]
+    bridge_conf["ipam"] = {
+        "type": "host-local",
+        "ranges": [[{"subnet": str(subnet), "gateway": str(gateway)}]],
+        "routes": routes,
+        "dataDir": str(data_dir),
+    }
+    return {
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [bridge_conf, {"type": "portmap", "capabilities": {"portMappings": True}}],
+    }
+
+
+DEFAULT_ROUTES = ("0.0.0.0/0", "::/0")
+
+
+def without_default_routes(net: NetworkConfig) -> NetworkConfig:
+    """``net`` with the default routes taken out of every plugin's IPAM ``routes``: what a
+    container's second (third...) generated network gets, so its default route stays the
+    first network's (as with the native driver and Docker)."""
+    plugins = copy.deepcopy(net.plugins)
+    for plugin in plugins:
+        ipam = plugin.get("ipam")
+        if isinstance(ipam, dict) and isinstance(ipam.get("routes"), list):
+            ipam["routes"] = [
+                r
+                for r in ipam["routes"]
+                if not (isinstance(r, dict) and r.get("dst") in DEFAULT_ROUTES)
+            ]
+    return dataclasses.replace(net, plugins=plugins)
+
+
 def default_conflist(settings: NyxSettings, bridge: str = "nyx0") -> dict[str, Any]:
     """The conflist nyx writes when ``-network`` names no existing configuration.
 
-    bridge (gateway on ``bridge``, masquerade) with host-local IPAM for
-    ``NYXD_CONTAINER_SUBNET`` / ``NYXD_GATEWAY_IP`` (leases under the state dir), then
-    portmap for published ports.
+    :func:`network_conflist` for ``NYXD_CONTAINER_SUBNET`` / ``NYXD_GATEWAY_IP`` on
+    ``bridge``, leases under ``<state dir>/cni/networks``.
     """
-    return {
-        "cniVersion": "1.0.0",
-        "name": settings.network,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [
-                        [
-                            {
-                                "subnet": str(settings.container_subnet),
-                                "gateway": str(settings.gateway_ip),
-                            }
-                        ]
-                    ],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(settings.state_dir / "cni" / "networks"),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
+    return network_conflist(
+        settings.network,
+        settings.container_subnet,
+        settings.gateway_ip,
+        bridge,
+        settings.state_dir / "cni" / "networks",
+    )
+
+
+Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
+Gateway = ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+
+@dataclass
+class Addressing:
+    """What a conflist's IPAM says about its addresses (:func:`addressing`)."""
+
+    subnets: list[Subnet] = field(default_factory=list)
+    gateways: list[Gateway] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    """IPAM types whose addresses nyx cannot read from the configuration (dhcp...)."""
+
+    def one(self, version: int) -> tuple[Subnet, Gateway] | None:
+        """The one subnet of IP ``version`` and its gateway, when there is exactly one."""
+        found = [
+            (s, g) for s, g in zip(self.subnets, self.gateways, strict=True) if s.version == version
+        ]
+        return found[0] if len(found) == 1 else None
+
+
+def _add_subnet(out: Addressing, source: str, where: str, subnet: Any, gateway: Any) -> None:
+    try:
+        net = ipaddress.ip_network(str(subnet), strict=False)
+        gw = ipaddress.ip_address(str(gateway)) if gateway else None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from exc
+    if net not in out.subnets:
+        out.subnets.append(net)
+        out.gateways.append(gw)
+
+
+def addressing(net: NetworkConfig) -> Addressing:
+    """The subnets a network's IPAM hands out: host-local ``ranges`` (or its older
+    ``subnet``), static ``addresses``; any other IPAM type is listed in ``unknown``."""
+    out = Addressing()
+    for i, plugin in enumerate(net.plugins):
+        ipam = plugin.get("ipam")
+        if not isinstance(ipam, dict) or not ipam:
+            continue
+        kind = str(ipam.get("type"))
+        where = f"plugins[{i}].ipam"
+        if kind == "host-local":
+            ranges = ipam.get("ranges")
+            if isinstance(ranges, list):
+                for j, rset in enumerate(ranges):
+                    for k, rng in enumerate(rset if isinstance(rset, list) else []):
+                        if isinstance(rng, dict) and rng.get("subnet"):
+                            _add_subnet(
+                                out,
+                                net.source,
+                                f"{where}.ranges[{j}][{k}].subnet",
+                                rng["subnet"],
+                                rng.get("gateway"),
+                            )
+            elif ipam.get("subnet"):
+                _add_subnet(out, net.source, f"{where}.subnet", ipam["subnet"], ipam.get("gateway"))
+        elif kind == "static":
+            for j, addr in enumerate(ipam.get("addresses") or []):
+                if isinstance(addr, dict) and addr.get("address"):
+                    try:
+                        itf = ipaddress.ip_interface(str(addr["address"]))
+                    except ValueError as exc:
+                        raise ConfigError(
+                            f"{net.source}: {where}.addresses[{j}].address: {exc}"
+                        ) from exc
+                    _add_subnet(
+                        out, net.source, f"{where}.addresses[{j}]", itf.network, addr.get("gateway")
+                    )
+        else:
+            out.unknown.append(kind)
+    return out
+
+
+def conflists(conf_dir: Path) -> list[NetworkConfig]:
+    """Every network configuration of ``conf_dir`` that parses (others are skipped), for
+    questions about the whole directory (which bridges are taken)."""
+    out = []
+    try:
+        entries = sorted(p for p in conf_dir.iterdir() if p.is_file())
+    except OSError:
+        return []
+    for path in entries:
+        if path.suffix not in (".conflist", ".conf", ".json"):
+            continue
+        try:
+            out.append(parse_network(_load_json(path), str(path)))
+        except ConfigError:
+            continue
+    return out
+
+
+def bridge_of(net: NetworkConfig) -> str | None:
+    """The bridge a conflist's ``bridge`` plugin uses (the plugin's default ``cni0``)."""
+    for plugin in net.plugins:
+        if plugin.get("type") == "bridge":
+            return str(plugin.get("bridge") or "cni0")
+    return None
 
 
 def loopback_network() -> NetworkConfig:

@@ -1,9 +1,9 @@
-"""The CNI driver: ADD/DEL/CHECK/GC/STATUS over a network configuration, per the CNI spec."""
+"""The CNI driver: nyx networks as conflists; ADD/DEL/CHECK/GC/STATUS per attachment, per the
+CNI spec."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import threading
@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
 
 from nyx_core import (
     BackendError,
@@ -22,12 +20,10 @@ from nyx_core import (
     ConfigError,
     NyxError,
     NyxSettings,
-    PluginSettings,
     PortConflictError,
     PortMapping,
     SetupResult,
     TeardownError,
-    plugin_settings_config,
 )
 
 from ._cache import CacheEntry, ResultCache
@@ -35,55 +31,26 @@ from ._conf import (
     LOOPBACK_NETWORK,
     NYX_SUPPORTED_VERSIONS,
     NetworkConfig,
+    bridge_of,
     default_conflist,
     find_network,
     loopback_network,
     parse_network,
     parse_version,
+    without_default_routes,
 )
-from ._exec import DEFAULT_TIMEOUT, PluginExec, PluginRequest
+from ._exec import PluginExec, PluginRequest
+from ._firewall import InternalFirewall, att_tag, att_tag_prefix, drop_rules
+from ._lifecycle import NetworkLifecycle
 from ._netns import scratch_netns
+from ._networks import CniNetwork, ConflistRecords, HostLinks, write_conflist
 from ._result import port_mappings, request_config, to_setup_result
+from ._settings import CniSettings
 
-__all__ = ["CniDriver", "CniSettings", "GcReport"]
+__all__ = ["CniDriver", "GcReport"]
 
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _PRIME_PORT = 65535
-
-
-class CniSettings(PluginSettings):
-    """The CNI driver's own settings (env ``NYXD_CNI_*``; nyxd adds their flags).
-
-    ``--cni-bin-dir``, ``--cni-conf-dir`` and ``--bridge`` are the spec's flags.
-    """
-
-    model_config = SettingsConfigDict(**plugin_settings_config("cni"), populate_by_name=True)
-
-    bin_dir: Path = Field(
-        default=Path("/opt/cni/bin"), description="directory with the CNI plugin executables"
-    )
-    conf_dir: Path = Field(
-        default=Path("/etc/cni/net.d"), description="directory with CNI network configurations"
-    )
-    bridge: str = Field(
-        default="nyx0",
-        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$",
-        description="bridge of the default conflist nyx writes when none exists",
-        validation_alias=AliasChoices("NYXD_CNI_BRIDGE", "NYXD_BRIDGE"),
-        json_schema_extra={"flags": ["--bridge", "--cni-bridge"]},
-    )
-
-    timeout: float = Field(
-        default=DEFAULT_TIMEOUT, gt=0, description="seconds one plugin execution may take"
-    )
-    loopback: bool = Field(
-        default=True, description="bring up the container's lo with the loopback plugin"
-    )
-    prime: bool = Field(
-        default=True,
-        description="at ensure_network, add and delete one scratch attachment so the bridge "
-        "and the plugins' shared firewall chains exist before the first container",
-    )
 
 
 @dataclass
@@ -94,14 +61,22 @@ class GcReport:
     """Container ids whose stale attachments were deleted (DEL with the cached result)."""
     gc_plugins: list[str] = field(default_factory=list)
     """Plugins that got a spec 1.1 ``GC`` command."""
+    rules: list[str] = field(default_factory=list)
+    """Tags of ``inet nyx-cni`` rules deleted (``internal`` attachments of gone containers)."""
     errors: list[NyxError] = field(default_factory=list)
 
 
 @dataclass
 class _Attachment:
+    """A container's attachments: its published ports, (network, ifname) pairs in the order
+    they were added, its netns held open, whether it has ``internal`` rules of its own."""
+
     keys: list[tuple[str, str | None, int]]
-    pairs: list[tuple[str, str]]  # (network, ifname)
+    pairs: list[tuple[str, str]]
     fd: int | None = None
+    fw: bool = False
+    configs: dict[str, NetworkConfig] = field(default_factory=dict)
+    """Per network, the configuration to ADD with when it is not the network's own."""
 
 
 @dataclass
@@ -116,6 +91,27 @@ class _Progress:
 
 def _ver(v: str) -> tuple[int, int, int]:
     return parse_version(v)
+
+
+def _pair_order(pair: tuple[str, str]) -> tuple[bool, int, str]:
+    """Order of attachments rebuilt from the cache: ``lo`` first, then eth0, eth1, ..."""
+    network, ifname = pair
+    return network != LOOPBACK_NETWORK, len(ifname), ifname
+
+
+def is_netns(path: str) -> bool:
+    """True when ``path`` is a network namespace (an nsfs inode, like ``/proc/self/ns/net``);
+    False for a missing path and for the plain file a crash leaves where a netns bind mount
+    was."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def _same_file(fd1: int, fd2: int) -> bool:
+    a, b = os.fstat(fd1), os.fstat(fd2)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def cni_args(container_id: str) -> list[list[str]]:
@@ -134,27 +130,50 @@ def _port_keys(mappings: Iterable[Mapping[str, Any]]) -> list[tuple[str, str | N
     return keys
 
 
-class CniDriver:
-    """Runs one CNI network (``settings.network``) for containers, like libcni.
+class CniDriver(NetworkLifecycle):
+    """Runs CNI networks for containers, like libcni.
 
-    Build it, call :meth:`ensure_network` once, then :meth:`setup` / :meth:`teardown` per
-    container; :meth:`gc` at start with the ids of the containers that still exist.
+    Build it and call :meth:`ensure_network` once (it loads the default network,
+    ``settings.network``); :meth:`network_create` / :meth:`network_remove` per network;
+    :meth:`setup` once per (container, network), :meth:`teardown` per container (every
+    network); :meth:`gc` at start with the ids of the containers that still exist.
     """
 
-    def __init__(self, settings: NyxSettings, options: CniSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: NyxSettings,
+        options: CniSettings | None = None,
+        firewall: InternalFirewall | None = None,
+        links: HostLinks | None = None,
+    ) -> None:
         self.settings = settings
         self.options = options or settings.plugin(CniSettings)
         self.exec = PluginExec(self.options.bin_dir, self.options.timeout)
         self.cache = ResultCache(settings.state_dir)
-        self.network: NetworkConfig | None = None
-        self.version = ""
+        self.records = ConflistRecords(settings.state_dir)
+        self.firewall = firewall or InternalFirewall()
+        self.links = links or HostLinks()
+        self.networks: dict[str, CniNetwork] = {}
         self.loopback: NetworkConfig | None = None
         self.loopback_version = ""
         self.plugin_versions: dict[str, list[str]] = {}
         self.written: Path | None = None
         self._lock = threading.Lock()
+        self._netlock = threading.RLock()  # network create/remove, one at a time
         self._attached: dict[str, _Attachment] = {}
         self._inflight: dict[str, _Attachment] = {}
+
+    @property
+    def network(self) -> NetworkConfig | None:
+        """The default network's configuration (None before :meth:`ensure_network`)."""
+        cn = self.networks.get(self.settings.network)
+        return cn.config if cn else None
+
+    @property
+    def version(self) -> str:
+        """The spec version the default network runs at."""
+        cn = self.networks.get(self.settings.network)
+        return cn.version if cn else ""
 
     # ------------------------------------------------------------------ network
 
@@ -167,10 +186,7 @@ class CniDriver:
             path = o.conf_dir / f"{s.network}.conflist"
             net = parse_network(default_conflist(s, o.bridge), str(path), o.bin_dir)  # first
             try:
-                o.conf_dir.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(default_conflist(s, o.bridge), indent=2) + "\n")
-                os.replace(tmp, path)
+                write_conflist(path, default_conflist(s, o.bridge))
             except OSError as exc:
                 raise ConfigError(
                     f"cni conf_dir {str(o.conf_dir)!r}: cannot write the default conflist "
@@ -208,14 +224,20 @@ class CniDriver:
         )
 
     def ensure_network(self) -> dict[str, Any]:
-        """Load, validate and negotiate the network; prime it; load the result cache.
+        """Load, validate and negotiate the default network; prime it; load the result cache.
 
         Idempotent: a second call re-validates and changes nothing on the host.
         """
         net = self.load_network()
         self.plugin_versions.clear()  # binaries may have been upgraded since the last call
         version = self.negotiate(net)
-        self.network, self.version = net, version
+        template = parse_network(default_conflist(self.settings, self.options.bridge), net.source)
+        with self._lock:
+            old = self.networks.get(net.name)
+            cn = CniNetwork(net, version, template=net.to_json() == template.to_json())
+            if old is not None and old.config.to_json() == net.to_json():
+                cn.info, cn.spec, cn.internal_subnets = old.info, old.spec, old.internal_subnets
+            self.networks[net.name] = cn
         lo_exe = self.options.bin_dir / "loopback"
         if self.options.loopback and os.access(lo_exe, os.X_OK):
             lo = loopback_network()
@@ -224,13 +246,14 @@ class CniDriver:
             self.loopback = None
         with self._lock:
             self._load_index()
+        self._load_firewall_marks()
         try:
             status = self.status()
         except CniPluginError as exc:  # informational (spec): ADD may still work
             logger.warning("CNI STATUS of network {}: {}", net.name, exc)
             status = {exc.plugin: f"error: {exc}"}
         if self.options.prime:
-            self._prime()
+            self._prime(net.name)
         return {
             "driver": "cni",
             "network": net.name,
@@ -242,22 +265,59 @@ class CniDriver:
             "status": status,
         }
 
-    def _require(self) -> NetworkConfig:
-        if self.network is None:
+    def _require(self) -> CniNetwork:
+        cn = self.networks.get(self.settings.network)
+        if cn is None:
             raise BackendError("CNI driver: ensure_network was not called")
-        return self.network
+        return cn
+
+    def network_for(self, name: str) -> CniNetwork:
+        """The network ``name``: created before, or a conflist of that name in the conf dir
+        (used as is, the way nyx used its one ``-network`` before networks had a lifecycle).
+        """
+        self._require()
+        with self._lock:
+            cn = self.networks.get(name)
+        if cn is not None:
+            return cn
+        net = find_network(self.options.conf_dir, name, self.options.bin_dir)
+        if net is None:
+            raise ConfigError(
+                f"network {name!r}: not created on the cni driver (nyx_backend_network_create) "
+                f"and {self.options.conf_dir} has no conflist named {name!r}"
+            )
+        cn = CniNetwork(net, self.negotiate(net))
+        with self._lock:
+            return self.networks.setdefault(name, cn)
 
     def _load_index(self) -> None:
         for entry in self.cache.entries():
-            if entry.network not in (self.settings.network, LOOPBACK_NETWORK):
-                continue
             att = self._attached.setdefault(entry.container_id, _Attachment([], []))
             pair = (entry.network, entry.ifname)
             if pair not in att.pairs:
                 att.pairs.append(pair)
+                att.pairs.sort(key=_pair_order)
                 att.keys.extend(_port_keys(entry.capability_args.get("portMappings") or []))
 
-    def _prime(self) -> None:
+    def _load_firewall_marks(self) -> None:
+        """Which attached containers have rules of their own in ``inet nyx-cni`` (teardown
+        then deletes them). Asks nft only when something is attached."""
+        with self._lock:
+            if not self._attached:
+                return
+        if not self.firewall.available():
+            return
+        try:
+            tags = self.firewall.tags()
+        except NyxError as exc:
+            logger.warning("cannot list nft table inet nyx-cni: {}", exc)
+            return
+        with self._lock:
+            for cid, att in self._attached.items():
+                prefix = att_tag_prefix(cid)
+                att.fw = att.fw or any(t.startswith(prefix) for t in tags)
+
+    def _prime(self, network: str) -> None:
         """One scratch ADD+DEL: creates what plugins share (bridge, top-level chains)."""
         cid = f"nyx-prime-{os.getpid()}"
         ports = [
@@ -271,9 +331,9 @@ class CniDriver:
             self.teardown(cid, "")
         with scratch_netns() as path:
             try:
-                self.setup(cid, path, ports, loopback=False)
+                self.setup(cid, path, ports, network=network, loopback=False)
             except PortConflictError:
-                self.setup(cid, path, [], loopback=False)
+                self.setup(cid, path, [], network=network, loopback=False)
             self.teardown(cid, path)
 
     # -------------------------------------------------------------------- setup
@@ -284,25 +344,41 @@ class CniDriver:
         netns_path: str,
         ports: Sequence[PortMapping] = (),
         *,
+        network: str | None = None,
         ifname: str = "eth0",
+        internal: bool = False,
         capability_args: Mapping[str, Any] | None = None,
         loopback: bool = True,
     ) -> SetupResult:
-        """ADD ``lo`` (loopback network) and ``ifname`` (the network) for a container.
+        """ADD the container to ``network`` (default: the default network) as ``ifname``;
+        its first attachment also ADDs ``lo`` (the loopback network) before.
 
+        ``internal``: the attachment's traffic must not leave its subnet (a rule in
+        ``inet nyx-cni``; a network created internal has one for all its containers).
         ``capability_args`` adds runtime config (``ipRanges``, ``dns``, ``ips``, ``mac``,
         ``bandwidth``...) for plugins declaring that capability; ``ports`` become
-        ``portMappings``. On failure every plugin already run gets a DEL, in reverse order.
+        ``portMappings``. On failure every plugin this call ran gets a DEL, in reverse
+        order; the container's other networks are untouched.
         """
-        net = self._require()
+        self._require()
         if not isinstance(container_id, str) or not _ID_RE.match(container_id):
             raise ConfigError(
                 f"container_id {container_id!r}: must be letters, digits, '_', '.', '-'"
             )
         if not isinstance(netns_path, str) or not os.path.exists(netns_path):
             raise ConfigError(f"netns_path {netns_path!r}: no such network namespace")
-        if not re.match(r"^[^/\s:]{1,15}$", ifname) or ifname in (".", ".."):
+        if not is_netns(netns_path):
+            raise ConfigError(
+                f"netns_path {netns_path!r}: not a network namespace (a stale file left "
+                "where one was mounted?)"
+            )
+        if not re.match(r"^[^/\s:]{1,15}$", ifname) or ifname in (".", "..", "lo"):
             raise ConfigError(f"ifname {ifname!r}: not a valid interface name")
+        cn = self.network_for(network or self.settings.network)
+        net = cn.config
+        confine = internal and not cn.internal_subnets  # the network's own rule covers it
+        if confine:
+            self.firewall.binary()  # missing nft: refused before anything changes
         caps = dict(capability_args or {})
         if ports:
             if not any((p.get("capabilities") or {}).get("portMappings") for p in net.plugins):
@@ -312,29 +388,48 @@ class CniDriver:
                 )
             caps["portMappings"] = port_mappings(ports)
         keys = _port_keys(caps.get("portMappings") or [])
-        pairs = [(net.name, ifname)]
-        if loopback and self.loopback is not None:
-            pairs.insert(0, (LOOPBACK_NETWORK, "lo"))
         try:
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise ConfigError(f"netns_path {netns_path!r}: cannot open: {exc.strerror}") from exc
-        att = _Attachment(keys, pairs, fd)
         try:
             with self._lock:
-                if container_id in self._attached or container_id in self._inflight:
-                    raise BackendError(
-                        f"container {container_id!r} is already set up on CNI network "
-                        f"{net.name!r} (the CNI driver attaches each container to that one "
-                        "network; extra networks need the native driver)"
-                    )
+                prev = self._claim(container_id, net.name, ifname, fd)
+                pairs = [(net.name, ifname)]
+                if loopback and self.loopback is not None and prev is None:
+                    pairs.insert(0, (LOOPBACK_NETWORK, "lo"))
+                att = _Attachment(keys, pairs, fd)
+                if prev is not None and cn.template:  # the first network's default route stays
+                    att.configs[net.name] = without_default_routes(net)
                 self._check_ports(container_id, keys)
                 self._inflight[container_id] = att
         except BaseException:
             os.close(fd)
             raise
         try:
-            result = self._add(container_id, netns_path, att, caps)
+            raw, steps = self._add(container_id, netns_path, att, caps)
+            try:
+                result = to_setup_result(
+                    raw,
+                    container_id=container_id,
+                    network=net.name,
+                    netns=netns_path,
+                    ifname=ifname,
+                )
+                if confine:
+                    addrs = [a for i in result.interfaces for a in i.addresses]
+                    if not addrs:
+                        raise BackendError(
+                            f"container {container_id!r} on CNI network {net.name!r}: "
+                            "internal, but the CNI result has no address to confine"
+                        )
+                    self.firewall.set(att_tag(container_id, ifname), drop_rules(addrs))
+                    att.fw = True
+            except BaseException as exc:
+                # a result nyx cannot use, or no rule: undo this attachment like any failure
+                for f in self._rollback(steps, att):
+                    exc.add_note(f"rollback: {f}")
+                raise
         except BaseException:
             with self._lock:
                 self._inflight.pop(container_id, None)
@@ -342,21 +437,45 @@ class CniDriver:
             raise
         with self._lock:
             self._inflight.pop(container_id, None)
-            self._attached[container_id] = att
-        try:
-            return to_setup_result(
-                result,
-                container_id=container_id,
-                network=net.name,
-                netns=netns_path,
-                ifname=ifname,
+            prev = self._attached.get(container_id)
+            if prev is None:
+                self._attached[container_id] = att
+            else:
+                prev.pairs.extend(att.pairs)
+                prev.keys.extend(att.keys)
+                prev.fw = prev.fw or att.fw
+                if prev.fd is None:
+                    prev.fd = fd
+                else:
+                    os.close(fd)
+        result.internal = internal or bool(cn.internal_subnets)
+        result.extra["bridge"] = bridge_of(net)
+        return result
+
+    def _claim(self, cid: str, network: str, ifname: str, fd: int) -> _Attachment | None:
+        """Refuse a second attachment of ``cid`` to ``network`` or as ``ifname`` (caller
+        holds the lock); returns the container's attachments so far."""
+        if cid in self._inflight:
+            raise BackendError(f"container {cid!r}: another CNI setup of it is in progress")
+        prev = self._attached.get(cid)
+        if prev is None:
+            return None
+        for name, itf in prev.pairs:
+            if name == network:
+                raise BackendError(
+                    f"container {cid!r} is already set up on CNI network {network!r} "
+                    f"(as {itf})"
+                )
+            if itf == ifname:
+                raise BackendError(
+                    f"container {cid!r} already has interface {ifname!r} (on CNI network "
+                    f"{name!r})"
+                )
+        if prev.fd is not None and not _same_file(prev.fd, fd):
+            raise BackendError(
+                f"container {cid!r} is attached in another network namespace than this one"
             )
-        except NyxError as exc:
-            try:  # a result nyx cannot use: undo the attachment like any failed setup
-                self.teardown(container_id, netns_path)
-            except NyxError as undo:
-                exc.add_note(f"rollback: {undo}")
-            raise
+        return prev
 
     def _check_ports(self, cid: str, keys: list[tuple[str, str | None, int]]) -> None:
         taken: dict[tuple[str, int], list[tuple[str | None, str]]] = {}
@@ -373,17 +492,23 @@ class CniDriver:
                     )
             taken.setdefault((proto, port), []).append((ip, cid))
 
-    def _add(self, cid: str, netns: str, att: _Attachment, caps: dict[str, Any]) -> dict[str, Any]:
-        net = self._require()
+    def _config_of(self, name: str) -> tuple[NetworkConfig, str]:
+        if name == LOOPBACK_NETWORK:
+            assert self.loopback is not None
+            return self.loopback, self.loopback_version
+        cn = self.networks[name]
+        return cn.config, cn.version
+
+    def _add(
+        self, cid: str, netns: str, att: _Attachment, caps: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[_Progress]]:
         steps: list[_Progress] = []
         try:
             result: dict[str, Any] | None = None
             for name, ifname in att.pairs:
-                if name == LOOPBACK_NETWORK:
-                    assert self.loopback is not None
-                    cfg, ver, args = self.loopback, self.loopback_version, {}
-                else:
-                    cfg, ver, args = net, self.version, caps
+                cfg, ver = self._config_of(name)
+                cfg = att.configs.get(name, cfg)
+                args = {} if name == LOOPBACK_NETWORK else caps
                 entry = CacheEntry(
                     network=cfg.name,
                     container_id=cid,
@@ -414,13 +539,11 @@ class CniDriver:
                 self.cache.put(entry)
                 result = step.prev
             assert result is not None
-            return result
+            return result, steps
         except BaseException as exc:
             failures = self._rollback(steps, att)
             for f in failures:
                 exc.add_note(f"rollback: {f}")
-            if failures:
-                logger.error("CNI rollback of {} left errors: {}", cid, failures)
             raise
 
     def _rollback(self, steps: list[_Progress], att: _Attachment) -> list[NyxError]:
@@ -443,17 +566,21 @@ class CniDriver:
                 self.cache.put(step.entry)
             else:
                 self.cache.delete(step.net.name, step.entry.container_id, step.ifname)
+        if failures:
+            cid = steps[0].entry.container_id
+            logger.error("CNI rollback of {} left errors: {}", cid, failures)
         return failures
 
     # ----------------------------------------------------------------- teardown
 
     @staticmethod
     def _netns_for(path: str, att: _Attachment | None) -> str:
-        if path and os.path.exists(path):
+        if path and is_netns(path):
             return path
         if att is not None and att.fd is not None:
-            # the bind mount is gone but nyx still holds the namespace open: DEL there, so
-            # plugins remove the interface and what they keyed to its addresses
+            # the bind mount is gone (or a stale file is left) but nyx still holds the
+            # namespace open: DEL there, so plugins remove the interface and what they keyed
+            # to its addresses
             return f"/proc/{os.getpid()}/fd/{att.fd}"
         return ""
 
@@ -480,15 +607,20 @@ class CniDriver:
         return errors
 
     def teardown(self, container_id: str, netns_path: str) -> None:
-        """DEL every attachment of the container (reverse order, cached result). Idempotent.
+        """DEL every attachment of the container, the reverse of the order they were added
+        (cached config and result), then its own ``internal`` rules. Idempotent.
 
         Goes on after a failing plugin and raises one :class:`~nyx_core.TeardownError` at the
         end; a failed attachment keeps its cache entry so a later teardown or GC retries.
         """
-        net = self._require()
+        self._require()
         with self._lock:
             att = self._attached.pop(container_id, None)
-        pairs = att.pairs if att else [(LOOPBACK_NETWORK, "lo"), (net.name, "eth0")]
+        if att is not None:
+            pairs = att.pairs
+        else:  # e.g. entries another process wrote: a cheap scan of the cache
+            found = self.cache.entries(container_id=container_id)
+            pairs = sorted({(e.network, e.ifname) for e in found}, key=_pair_order)
         errors: list[NyxError] = []
         try:
             for name, ifname in reversed(pairs):
@@ -496,13 +628,20 @@ class CniDriver:
                 if entry is None:
                     continue
                 errors.extend(self._del_entry(entry, netns_path, att))
+            if att is not None and att.fw:
+                prefix = att_tag_prefix(container_id)
+                try:
+                    self.firewall.delete(lambda t: t.startswith(prefix))
+                except NyxError as exc:
+                    errors.append(exc)
         finally:
             if att is not None and att.fd is not None:
                 os.close(att.fd)
                 att.fd = None
         if errors:
+            names = ", ".join(repr(n) for n, _ in pairs if n != LOOPBACK_NETWORK)
             raise TeardownError(
-                f"container {container_id!r} on CNI network {net.name!r}",
+                f"container {container_id!r} on CNI network(s) {names}",
                 list[BaseException](errors),
             )
 
@@ -531,19 +670,24 @@ class CniDriver:
         Skipped for networks with ``disableCheck`` or a version below 0.4.0. Raises
         :class:`~nyx_core.CniPluginError` for the first plugin that reports a problem.
         """
-        net = self._require()
-        found = False
-        for name, ifname in ((LOOPBACK_NETWORK, "lo"), (net.name, "eth0")):
-            entry = self.cache.get(name, container_id, ifname)
-            if entry is None:
-                continue
-            found = True
+        self._require()
+        entries = sorted(
+            self.cache.entries(container_id=container_id),
+            key=lambda e: _pair_order((e.network, e.ifname)),
+        )
+        if not entries:
+            raise BackendError(f"container {container_id!r} is not set up on a CNI network")
+        for entry in entries:
             cfg = parse_network(entry.config, f"cache entry of {container_id}")
             if cfg.disable_check or _ver(cfg.cni_version) < (0, 4, 0):
                 continue
             if entry.result is None:
-                raise BackendError(f"container {container_id!r}: ADD on {name!r} did not finish")
-            req = PluginRequest("CHECK", container_id, entry.netns, ifname, entry.cni_args_text)
+                raise BackendError(
+                    f"container {container_id!r}: ADD on {entry.network!r} did not finish"
+                )
+            req = PluginRequest(
+                "CHECK", container_id, entry.netns, entry.ifname, entry.cni_args_text
+            )
             for plugin in cfg.plugins:
                 conf = request_config(
                     plugin,
@@ -553,53 +697,52 @@ class CniDriver:
                     capability_args=entry.capability_args,
                 )
                 self.exec.run(str(plugin["type"]), req, conf)
-        if not found:
-            raise BackendError(f"container {container_id!r} is not set up on CNI network")
 
     def _supports_11(self, plugin: Mapping[str, Any]) -> bool:
         return "1.1.0" in self.plugin_versions.get(str(plugin["type"]), [])
 
     def gc(self, valid_container_ids: Iterable[str]) -> GcReport:
-        """Garbage-collect the network: nyxd calls it at start, before any setup.
+        """Garbage-collect every network: nyxd calls it at start, before any setup.
 
-        1. DEL (with the cached config and result) every cached attachment whose container
-           id is not in ``valid_container_ids`` (also attachments a crash left half-added);
-        2. send spec 1.1 ``GC`` with ``cni.dev/valid-attachments`` to every plugin that
-           supports 1.1.0 (older plugins only get step 1).
+        1. DEL (with the cached config and result) every cached attachment, of any network,
+           whose container id is not in ``valid_container_ids`` (also attachments a crash
+           left half-added), except on networks with ``disableGC``;
+        2. delete the ``internal`` rules of those containers from ``inet nyx-cni``;
+        3. send spec 1.1 ``GC`` with ``cni.dev/valid-attachments`` to every plugin, of every
+           network the driver knows, that supports 1.1.0 (older plugins only get step 1).
 
-        Nothing happens for a network with ``disableGC``. Goes on after errors and raises
-        one :class:`~nyx_core.TeardownError` at the end.
+        Goes on after errors and raises one :class:`~nyx_core.TeardownError` at the end.
         """
-        net = self._require()
+        self._require()
         report = GcReport()
-        if net.disable_gc:
-            return report
         valid = set(valid_container_ids)
         with self._lock:
             busy = set(self._inflight)
         stale: dict[str, list[CacheEntry]] = {}
         for e in self.cache.entries():
-            if (
-                e.network in (net.name, LOOPBACK_NETWORK)
-                and e.container_id not in valid
-                and e.container_id not in busy
-            ):
-                stale.setdefault(e.container_id, []).append(e)
+            if e.container_id in valid or e.container_id in busy:
+                continue
+            if e.config.get("disableGC") is True:
+                continue
+            stale.setdefault(e.container_id, []).append(e)
         for cid in sorted(stale):
             with self._lock:
                 att = self._attached.pop(cid, None)
             errs: list[NyxError] = []
-            # the reverse of setup: the network first, the loopback attachment last
-            for e in sorted(stale[cid], key=lambda e: e.network == LOOPBACK_NETWORK):
+            # the reverse of setup: the last network first, the loopback attachment last
+            for e in sorted(stale[cid], key=lambda e: _pair_order((e.network, e.ifname)))[::-1]:
                 errs.extend(self._del_entry(e, "", att))
             if att is not None and att.fd is not None:
                 os.close(att.fd)
             report.errors.extend(errs)
             if not errs:
                 report.removed.append(cid)
+        self._gc_rules(valid | busy, report)
         remaining = self.cache.entries()
-        for cfg in (net, self.loopback):
-            if cfg is None:
+        with self._lock:
+            configs = [cn.config for cn in self.networks.values()]
+        for cfg in [*configs, self.loopback]:
+            if cfg is None or cfg.disable_gc:
                 continue
             attachments = [
                 {"containerID": e.container_id, "ifname": e.ifname}
@@ -621,16 +764,31 @@ class CniDriver:
                 except NyxError as exc:
                     report.errors.append(exc)
         if report.errors:
-            raise TeardownError(f"GC of CNI network {net.name!r}", list(report.errors))
+            raise TeardownError("GC of the CNI networks", list(report.errors))
         return report
 
+    def _gc_rules(self, keep: set[str], report: GcReport) -> None:
+        """Delete ``att:`` rules of containers not in ``keep`` (a crash between ADD and
+        teardown leaves them)."""
+        if not self.firewall.available():
+            return
+        kept = {att_tag_prefix(c) for c in keep}
+
+        def stale(tag: str) -> bool:
+            return tag.startswith("att:") and not any(tag.startswith(k) for k in kept)
+
+        try:
+            report.rules.extend(self.firewall.delete(stale))
+        except NyxError as exc:
+            report.errors.append(exc)
+
     def status(self) -> dict[str, str]:
-        """STATUS of every plugin that supports spec 1.1.0.
+        """STATUS of every plugin of the default network that supports spec 1.1.0.
 
         Returns ``{plugin: "ok" | "no STATUS (spec < 1.1.0)"}``; raises
         :class:`~nyx_core.CniPluginError` (code 50/51) for a plugin that cannot serve ADD.
         """
-        net = self._require()
+        net = self._require().config
         report: dict[str, str] = {}
         for plugin in net.plugins:
             kind = str(plugin["type"])
@@ -654,4 +812,3 @@ class CniDriver:
                 if att.fd is not None:
                     os.close(att.fd)
                     att.fd = None
-

@@ -13,6 +13,8 @@ from nyx_core import (
     BackendCapabilities,
     BackendError,
     ConfigError,
+    NetworkInfo,
+    NetworkSpec,
     NyxSettings,
     PortMapping,
     SetupOptions,
@@ -20,15 +22,16 @@ from nyx_core import (
     hookimpl,
 )
 
-from ._driver import CniDriver, CniSettings, GcReport
+from ._driver import CniDriver, GcReport
+from ._settings import CniSettings
 
 CAPABILITIES = BackendCapabilities(
     publishes_ports=True,  # through the portmap plugin's portMappings capability
-    multiple_networks=False,
-    enforces_internal=False,
+    multiple_networks=True,  # one CNI attachment per (container, network), eth0, eth1...
+    enforces_internal=True,  # nyx's own table inet nyx-cni (docs/cni.md)
     external_dns=True,  # the conflist may serve DNS itself (dnsname)
     ipv6=False,
-    network_lifecycle=False,
+    network_lifecycle=True,  # a conflist per network: generated, or the admin's by name
 )
 
 
@@ -71,6 +74,15 @@ class CniPlugin:
         return self._driver.ensure_network()
 
     @hookimpl
+    def nyx_backend_network_create(self, network: NetworkSpec) -> NetworkInfo:
+        return self.driver.network_create(network)
+
+    @hookimpl
+    def nyx_backend_network_remove(self, name: str) -> bool:
+        self.driver.network_remove(name)
+        return True
+
+    @hookimpl
     def nyx_backend_setup(
         self,
         container_id: str,
@@ -78,7 +90,14 @@ class CniPlugin:
         ports: Sequence[PortMapping],
         opts: SetupOptions,
     ) -> SetupResult:
-        return self.driver.setup(container_id, netns_path, ports)
+        return self.driver.setup(
+            container_id,
+            netns_path,
+            ports,
+            network=opts.network,
+            ifname=opts.interface,
+            internal=opts.internal,
+        )
 
     @hookimpl
     def nyx_backend_teardown(self, container_id: str, netns_path: str) -> bool:

@@ -437,7 +437,7 @@ def test_status_only_for_1_1_plugins(make_driver: Make, fake_bin: Any) -> None:
 
 
 def test_hooks_through_the_facade(
-    fake_bin: Any, tmp_path: Path, netns: str, monkeypatch: pytest.MonkeyPatch
+    fake_bin: Any, tmp_path: Path, netns: str, fake_nft: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NYXD_CNI_PRIME", "false")
     monkeypatch.setenv("NYXD_CNI_LOOPBACK", "false")
@@ -454,14 +454,16 @@ def test_hooks_through_the_facade(
     assert isinstance(info, dict) and info["written"] == str(tmp_path / "net.d" / "nyx.conflist")
     r = backend.setup("c1", netns, [PortMapping.parse("8080:80")], opts=_opts())
     assert [str(ip) for ip in r.ips] == ["10.231.0.5"]
+    assert r.internal and len(fake_nft.rules) == 1  # internal: a rule of its own
     backend.teardown("c1", netns)
     assert ResultCache(s.state_dir).entries() == []
+    assert not fake_nft.table
 
 
 def _opts() -> Any:
     from nyx_core import SetupOptions
 
-    return SetupOptions(internal=True, static_ip="10.231.0.99", hostname="x")  # ignored
+    return SetupOptions(internal=True, static_ip="10.231.0.99", hostname="x")  # ip: ignored
 
 
 def test_cni_driver_never_imports_pyroute2() -> None:
