@@ -444,3 +444,34 @@ def test_quoting_is_urllib_s() -> None:
         assert q(ref) == urllib.parse.quote(ref, safe="")
     params = {"all": 1, "label": ["k=v", "a b", "x+y/é"], "timeout": 1.5, "q": "a b"}
     assert _query(params) == urllib.parse.urlencode(params, doseq=True)
+
+
+@pytest.mark.parametrize("spelling", ["-socket", "-socket="])
+def test_the_spec_s_single_dash_socket_flag(
+    api: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    args = [spelling, str(api)] if spelling == "-socket" else [spelling + str(api)]
+    _main.main([*args, "info"])  # the hand path
+    assert "driver: fake" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        _main.main([*args, "info", "--help"])  # click's path
+    assert exc.value.code == 0 and "Show nyxd's version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["--help"], ["--version"], *([c, "-h"] for c in sorted(cli.commands))]
+)
+def test_help_and_version_are_click_s(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _main.main(args)
+    out = capsys.readouterr()
+    with pytest.raises(SystemExit) as slow_exc:
+        cli.main(args=args, prog_name="nyx")
+    slow = capsys.readouterr()
+    assert (exc.value.code, out.out, out.err) == (slow_exc.value.code, slow.out, slow.err)
+    if args:
+        assert exc.value.code == 0 and out.out.startswith(
+            "nyx" if "--version" in args else "Usage: nyx"
+        )
+    else:  # no command: the group's help as a usage error
+        assert exc.value.code == 125 and "Usage: nyx" in out.err
