@@ -288,6 +288,10 @@ class Podman(Engine):
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def _sums(e: Engine) -> list[float]:
+    return [u + d for u, d in zip(e.ups, e.downs, strict=True)]
+
+
 def med(xs: Sequence[float]) -> float:
     return statistics.median(xs) * 1000
 
@@ -430,6 +434,7 @@ def report(
         ("run -d -p until it answers", nyx.ups, pod.ups if pod else None),
         ("  the run -d command alone", nyx.cmds, pod.cmds if pod else None),
         ("stop + rm", nyx.downs, pod.downs if pod else None),
+        ("whole cycle", _sums(nyx), _sums(pod) if pod else None),
         (f"ps ({args.ps_containers} containers)", nyx.ps, pod.ps if pod else None),
     ]
     for label, ours, theirs in rows:
@@ -448,7 +453,7 @@ def report(
     nyxd_steps = sum(step_ms.values())
     request = cmd - client
     print(f"\nwhere a nyx run -d -p goes (medians, ms; {len(steps)} starts logged by nyxd)")
-    print(f"  {'interpreter start (python -c pass)':<52} {interp:>7.1f}")
+    print(f"  {'interpreter start (python -c pass, via nsenter)':<52} {interp:>7.1f}")
     print(f"  {'nyx: imports, parsing (against no daemon)':<52} {client - interp:>7.1f}")
     print(f"  {'request to nyxd and back':<52} {request:>7.1f}")
     for k in STEPS:
