@@ -9,6 +9,7 @@ understand (``--help``, a usage error, a rare command), comes here. Exit codes: 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -104,6 +105,20 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 # ---------------------------------------------------------------------------- run
 
 
+def _env_pairs(values: Sequence[str]) -> dict[str, str]:
+    try:
+        return _commands.env_pairs(values)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
+
+
+def _labels(values: Sequence[str]) -> dict[str, str]:
+    try:
+        return _commands.label_pairs(values)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="exit after start, print the id")
 @click.option("--rm", is_flag=True, help="remove the container when it exits")
@@ -140,27 +155,24 @@ def run(
     command: tuple[str, ...],
 ) -> int:
     """Run a container: print its JSON, stream its output, exit with its exit code."""
-    try:
-        return _commands.run(
-            _socket(ctx),
-            detach=detach,
-            rm=rm,
-            name=name,
-            hostname=hostname,
-            publish=publish,
-            env=env,
-            networks=networks,
-            aliases=aliases,
-            dns_off=dns_off,
-            labels=labels,
-            entrypoint=entrypoint,
-            workdir=workdir,
-            user=user,
-            image=image,
-            command=command,
-        )
-    except BadValue as exc:
-        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
+    return _commands.run(
+        _socket(ctx),
+        detach=detach,
+        rm=rm,
+        name=name,
+        hostname=hostname,
+        publish=publish,
+        env=_env_pairs(env),
+        networks=networks,
+        aliases=aliases,
+        dns_off=dns_off,
+        labels=_labels(labels),
+        entrypoint=entrypoint,
+        workdir=workdir,
+        user=user,
+        image=image,
+        command=command,
+    )
 
 
 # ----------------------------------------------------------------------- containers

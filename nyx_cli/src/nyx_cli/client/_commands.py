@@ -28,9 +28,11 @@ __all__ = [
     "call",
     "die",
     "echo",
+    "env_pairs",
     "images",
     "info",
     "inspect",
+    "label_pairs",
     "logs",
     "ps",
     "rm",
@@ -49,7 +51,7 @@ _ANSI = r"\033\[[0-?]*[ -/]*[@-~]"  # click's strip_ansi pattern
 
 
 class BadValue(Exception):
-    """An option value that cannot be used; raised before anything is sent to nyxd.
+    """An option value that cannot be converted (``env_pairs``, ``label_pairs``).
 
     The click commands turn it into ``click.BadParameter`` (a usage error, exit 125); the
     hand parser hands the whole command line to click, which reports it the same way.
@@ -158,6 +160,7 @@ def _pretty(obj: Any) -> str:
 
 
 def env_pairs(values: Sequence[str]) -> dict[str, str]:
+    """``-e NAME=VALUE`` (or ``-e NAME``: its value here, if it has one) as a dict."""
     env: dict[str, str] = {}
     for item in values:
         k, sep, v = item.partition("=")
@@ -172,6 +175,7 @@ def env_pairs(values: Sequence[str]) -> dict[str, str]:
 
 
 def label_pairs(values: Sequence[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` as a dict."""
     out = {}
     for item in values:
         k, _, v = item.partition("=")
@@ -189,21 +193,18 @@ def run(
     name: str | None,
     hostname: str | None,
     publish: Sequence[str],
-    env: Sequence[str],
+    env: dict[str, str],
     networks: Sequence[str],
     aliases: Sequence[str],
     dns_off: bool,
-    labels: Sequence[str],
+    labels: dict[str, str],
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
     image: str,
     command: Sequence[str],
 ) -> int:
-    """Run a container: print its JSON, stream its output, exit with its exit code.
-
-    Raises :class:`BadValue` (before sending anything) for a bad ``-e`` or ``--label``.
-    """
+    """Run a container: print its JSON, stream its output, exit with its exit code."""
     ports = list(publish)  # nyxd parses "[IP:]HOST:CTR[/PROTO]" and names a bad value
     spec: dict[str, Any] = {
         "image": image,
@@ -211,12 +212,12 @@ def run(
         "hostname": hostname,
         "command": list(command) or None,
         "entrypoint": [entrypoint] if entrypoint is not None else None,
-        "env": env_pairs(env),
+        "env": env,
         "workdir": workdir,
         "user": user,
         "ports": ports,
         "aliases": list(aliases),
-        "labels": label_pairs(labels),
+        "labels": labels,
         "rm": rm,
     }
     if len(networks) == 1:

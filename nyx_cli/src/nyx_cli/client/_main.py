@@ -38,7 +38,9 @@ class Command:
 
     ``options`` maps every spelling (``-p``, ``--publish``) to ``(parameter, kind)``;
     ``arguments`` are ``(parameter, nargs, required)`` in click's order (nargs 1, or -1 for
-    "the rest", last); ``interspersed`` is click's ``allow_interspersed_args``.
+    "the rest", last); ``interspersed`` is click's ``allow_interspersed_args``;
+    ``convert`` turns a parameter's strings into the value the command takes, as the click
+    command does (a :class:`_commands.BadValue` leaves the line to click).
     """
 
     def __init__(
@@ -47,8 +49,10 @@ class Command:
         options: tuple[tuple[str, str, tuple[str, ...]], ...] = (),
         arguments: tuple[tuple[str, int, bool], ...] = (),
         interspersed: bool = True,
+        convert: dict[str, Callable[[Any], Any]] | None = None,
     ) -> None:
         self.run = run
+        self.convert = convert or {}
         self.options = {
             spelling: (dest, kind) for kind, dest, names in options for spelling in names
         }
@@ -80,6 +84,7 @@ COMMANDS: dict[str, Command] = {
         ),
         (("image", 1, True), ("command", -1, False)),
         interspersed=False,
+        convert={"env": _commands.env_pairs, "labels": _commands.label_pairs},
     ),
     "ps": Command(
         _commands.ps,
@@ -203,6 +208,11 @@ def parse(args: list[str]) -> tuple[Command, str | None, dict[str, Any]] | None:
     values, words = parsed
     if not _arguments(cmd, words, values):
         return None
+    try:
+        for name, convert in cmd.convert.items():
+            values[name] = convert(values[name])
+    except _commands.BadValue:
+        return None
     return cmd, socket, values
 
 
@@ -242,9 +252,6 @@ def main(argv: list[str] | None = None) -> None:
     cmd, socket, values = parsed
     try:
         rv = cmd.run(socket or default_socket(), **values)
-    except _commands.BadValue:
-        _click(args)  # nothing was sent yet: click reports the value as a usage error
-        return
     except (EOFError, KeyboardInterrupt):
         _commands.echo(err=True)  # what click does, then the group's "aborted"
         _commands.die("aborted", 130)
