@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # nothing imported at run time: ``nyx`` uses this on every call
+    from collections.abc import Iterable, Sequence
 
 __all__ = ["normalize_argv"]
 

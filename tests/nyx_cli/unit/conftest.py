@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,6 +239,17 @@ def make_api(tmp_path: Path, fake_sup: FakeSupervisor) -> Iterator[Callable[...,
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def open_socket_dir() -> Iterator[Path]:
+    """A directory every user may reach (tmp_path is root's alone)."""
+    d = Path(tempfile.mkdtemp(prefix="nyx-api-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 __all__ = ["CommandError", "FakeSupervisor"]

@@ -11,14 +11,12 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,17 +303,6 @@ while chunk := s.recv(65536):
     data += chunk
 sys.stdout.buffer.write(data)
 """
-
-
-@pytest.fixture
-def open_socket_dir() -> Iterator[Path]:
-    """A directory every user may reach (tmp_path is root's alone)."""
-    d = Path(tempfile.mkdtemp(prefix="nyx-api-"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs a client as uid 65534")

@@ -11,7 +11,6 @@ import pytest
 from click.testing import CliRunner
 
 from nyx_cli.client import cli
-from nyx_cli.client._http import Client, DaemonUnavailable
 
 
 def nyx(sock: Path | str, *args: str, input: bytes | None = None) -> Any:
@@ -31,15 +30,6 @@ def test_refused_is_one_line(tmp_path: Path) -> None:
     s.close()  # a socket file nobody listens on
     r = nyx(path, "info")
     assert r.exit_code == 125 and "connection refused" in r.output
-
-
-def test_permission_problem_is_one_line(monkeypatch: pytest.MonkeyPatch, api: Path) -> None:
-    def deny(self: Any, addr: Any) -> None:
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(socket.socket, "connect", deny)
-    with pytest.raises(DaemonUnavailable, match="permission denied.*group nyx"):
-        Client(api).info()
 
 
 def test_socket_from_env(monkeypatch: pytest.MonkeyPatch, api: Path) -> None:

@@ -1,59 +1,37 @@
-"""``nyx``: the client. It talks only to nyxd's control socket (``--socket``/``NYXD_SOCKET``).
+"""``nyx``'s click commands: the public CLI (parsing, help, usage errors).
 
-Exit codes follow docker's: 125 when nyxd or the request fails (or bad usage), 126 when the
-container's command cannot be executed, 127 when it is not found, otherwise the
-container's own exit code (``nyx run`` without ``-d``).
+The hot commands' work lives in ``_commands`` (no click), which ``_main``'s hand parser calls
+directly for the common command lines; everything else, and every line it does not fully
+understand (``--help``, a usage error, a rare command), comes here. Exit codes: see
+``_commands``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
 import click
 
-from .._argv import normalize_argv
+from . import _commands
+from ._commands import EXIT_DAEMON, BadValue
+from ._commands import call as _call
+from ._commands import die as _die
+from ._commands import size as _size
+from ._commands import table as _table
 from ._http import ApiError, Client, DaemonUnavailable, InputError, default_socket, q
 
-__all__ = ["cli", "main"]
-
-EXIT_DAEMON = 125
-
-
-def _die(message: str, code: int = EXIT_DAEMON) -> NoReturn:
-    click.echo(f"nyx: {message}", err=True)
-    raise SystemExit(code)
+__all__ = ["cli"]
 
 
 def _client(ctx: click.Context) -> Client:
     return Client(ctx.obj["socket"])
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one client call; a daemon or API error becomes one line and exit 125."""
-    try:
-        return fn(*args, **kwargs)
-    except DaemonUnavailable as exc:
-        _die(str(exc))
-    except ApiError as exc:
-        code = exc.body.get("exit_code")
-        _die(str(exc), code if isinstance(code, int) else EXIT_DAEMON)
-
-
-def _short(cid: str | None) -> str:
-    return (cid or "")[:12]
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+def _socket(ctx: click.Context) -> str:
+    return str(ctx.obj["socket"])
 
 
 class _Group(click.Group):
@@ -128,29 +106,17 @@ def cli(ctx: click.Context, socket_path: str | None) -> None:
 
 
 def _env_pairs(values: Sequence[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in values:
-        k, sep, v = item.partition("=")
-        if not k:
-            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="-e")
-        if not sep:
-            import os
-
-            if k not in os.environ:
-                continue
-            v = os.environ[k]
-        env[k] = v
-    return env
+    try:
+        return _commands.env_pairs(values)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
 
 def _labels(values: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in values:
-        k, _, v = item.partition("=")
-        if not k:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--label")
-        out[k] = v
-    return out
+    try:
+        return _commands.label_pairs(values)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
 
 @cli.command(context_settings={"allow_interspersed_args": False})
@@ -189,90 +155,24 @@ def run(
     command: tuple[str, ...],
 ) -> int:
     """Run a container: print its JSON, stream its output, exit with its exit code."""
-    ports = list(publish)  # nyxd parses "[IP:]HOST:CTR[/PROTO]" and names a bad value
-    spec: dict[str, Any] = {
-        "image": image,
-        "name": name,
-        "hostname": hostname,
-        "command": list(command) or None,
-        "entrypoint": [entrypoint] if entrypoint is not None else None,
-        "env": _env_pairs(env),
-        "workdir": workdir,
-        "user": user,
-        "ports": ports,
-        "aliases": list(aliases),
-        "labels": _labels(labels),
-        "rm": rm,
-    }
-    if len(networks) == 1:
-        spec["network"] = networks[0]
-    elif networks:
-        spec["networks"] = [{"name": n} for n in networks]
-    if dns_off:
-        spec["dns"] = False
-    spec = {k: v for k, v in spec.items() if v is not None}
-    client = _client(ctx)
-    if detach:
-        created = _call(client.create, spec, True)
-        click.echo(created["id"])
-        return 0
-    return _run_foreground(client, spec, rm)
-
-
-def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
-    created = _call(client.create, spec, False)
-    cid = created["id"]
-    printed = threading.Event()
-    out = sys.stdout.buffer
-
-    def pump() -> None:
-        printed.wait()
-        try:
-            for chunk in client.stream(
-                "GET", f"/v1/containers/{q(cid)}/logs", params={"follow": 1}
-            ):
-                out.write(chunk)
-                out.flush()
-        except Exception:
-            return
-
-    logs = threading.Thread(target=pump, daemon=True)
-    logs.start()
-    try:
-        started = client.start(cid)
-    except (ApiError, DaemonUnavailable) as exc:
-        if rm:
-            with contextlib.suppress(Exception):
-                client.request("DELETE", f"/v1/containers/{q(cid)}", params={"force": 1})
-        code = exc.body.get("exit_code") if isinstance(exc, ApiError) else None
-        _die(str(exc), code if isinstance(code, int) else EXIT_DAEMON)
-    click.echo(json.dumps(started, indent=2))
-    sys.stdout.flush()
-    printed.set()
-
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if stopping.is_set():
-            return
-        stopping.set()
-        click.echo(f"nyx: stopping {_short(cid)}", err=True)
-        threading.Thread(target=_quiet_stop, args=(client, cid), daemon=True).start()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = _call(client.wait, cid)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    logs.join(5)
-    code = result.get("exit_code")
-    return code if isinstance(code, int) else (137 if stopping.is_set() else 1)
-
-
-def _quiet_stop(client: Client, cid: str) -> None:
-    with contextlib.suppress(Exception):
-        client.stop(cid)
+    return _commands.run(
+        _socket(ctx),
+        detach=detach,
+        rm=rm,
+        name=name,
+        hostname=hostname,
+        publish=publish,
+        env=_env_pairs(env),
+        networks=networks,
+        aliases=aliases,
+        dns_off=dns_off,
+        labels=_labels(labels),
+        entrypoint=entrypoint,
+        workdir=workdir,
+        user=user,
+        image=image,
+        command=command,
+    )
 
 
 # ----------------------------------------------------------------------- containers
@@ -288,34 +188,7 @@ def ps(
     ctx: click.Context, all_: bool, quiet: bool, as_json: bool, filters: tuple[str, ...]
 ) -> None:
     """List containers."""
-    labels = [f.removeprefix("label=") for f in filters]
-    rows = _call(
-        _client(ctx).request,
-        "GET",
-        "/v1/containers",
-        params={"all": 1 if all_ else None, "label": labels or None},
-    )
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if quiet:
-        for r in rows:
-            click.echo(_short(r["id"]))
-        return
-    _table(
-        [
-            (
-                _short(r["id"]),
-                r["name"],
-                r["image"],
-                r["state"] + (f" ({r['exit_code']})" if r.get("exit_code") is not None else ""),
-                ",".join(r.get("ips") or []),
-                ",".join(r.get("ports") or []),
-            )
-            for r in rows
-        ],
-        ("CONTAINER ID", "NAME", "IMAGE", "STATE", "IPS", "PORTS"),
-    )
+    _commands.ps(_socket(ctx), all_=all_, quiet=quiet, as_json=as_json, filters=filters)
 
 
 @cli.command()
@@ -324,10 +197,7 @@ def ps(
 @click.pass_context
 def stop(ctx: click.Context, timeout: float | None, containers: tuple[str, ...]) -> None:
     """Stop containers: SIGTERM, grace period, SIGKILL."""
-    client = _client(ctx)
-    for ref in containers:
-        _call(client.stop, ref, timeout)
-        click.echo(ref)
+    _commands.stop(_socket(ctx), timeout=timeout, containers=containers)
 
 
 @cli.command()
@@ -336,15 +206,7 @@ def stop(ctx: click.Context, timeout: float | None, containers: tuple[str, ...])
 @click.pass_context
 def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
     """Remove containers."""
-    client = _client(ctx)
-    for ref in containers:
-        _call(
-            client.request,
-            "DELETE",
-            f"/v1/containers/{q(ref)}",
-            params={"force": 1 if force else None},
-        )
-        click.echo(ref)
+    _commands.rm(_socket(ctx), force=force, containers=containers)
 
 
 @cli.command()
@@ -353,22 +215,7 @@ def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
 @click.pass_context
 def logs(ctx: click.Context, follow: bool, container: str) -> None:
     """Print a container's output."""
-    client = _client(ctx)
-    out = sys.stdout.buffer
-    stream = _call(
-        client.stream,
-        "GET",
-        f"/v1/containers/{q(container)}/logs",
-        params={"follow": 1 if follow else None},
-    )
-    try:
-        for chunk in stream:
-            out.write(chunk)
-            out.flush()
-    except KeyboardInterrupt:
-        return
-    except (DaemonUnavailable, ApiError) as exc:
-        _die(str(exc))
+    _commands.logs(_socket(ctx), follow=follow, container=container)
 
 
 @cli.command()
@@ -376,27 +223,7 @@ def logs(ctx: click.Context, follow: bool, container: str) -> None:
 @click.pass_context
 def inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Show containers (or images) as JSON."""
-    client = _client(ctx)
-    found = []
-    for ref in refs:
-        try:
-            found.append(client.request("GET", f"/v1/containers/{q(ref)}"))
-            continue
-        except ApiError as exc:
-            if exc.status != 404:
-                _die(str(exc))
-        except DaemonUnavailable as exc:
-            _die(str(exc))
-        images = _call(client.request, "GET", "/v1/images")
-        match = [
-            i
-            for i in images
-            if ref in (i.get("repo_tags") or []) or str(i.get("id", "")).startswith(ref)
-        ]
-        if not match:
-            _die(f"no such container or image: {ref}", 1)
-        found.append(match[0])
-    click.echo(json.dumps(found, indent=2))
+    _commands.inspect(_socket(ctx), refs=refs)
 
 
 @cli.command()
@@ -404,23 +231,10 @@ def inspect(ctx: click.Context, refs: tuple[str, ...]) -> None:
 @click.pass_context
 def wait(ctx: click.Context, container: str) -> int:
     """Wait for a container to exit; print its exit code."""
-    result = _call(_client(ctx).wait, container)
-    click.echo(result.get("exit_code"))
-    return 0
+    return _commands.wait(_socket(ctx), container=container)
 
 
 # ---------------------------------------------------------------------------- images
-
-
-def _size(n: Any) -> str:
-    if not isinstance(n, int):
-        return "?"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1000
-    return f"{n}B"
 
 
 @cli.command()
@@ -429,21 +243,7 @@ def _size(n: Any) -> str:
 @click.pass_context
 def images(ctx: click.Context, quiet: bool, as_json: bool) -> None:
     """List images."""
-    rows = _call(_client(ctx).request, "GET", "/v1/images")
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    table = []
-    for img in rows:
-        ident = str(img.get("id") or "").removeprefix("sha256:")[:12]
-        if quiet:
-            click.echo(ident)
-            continue
-        for tag in img.get("repo_tags") or ["<none>:<none>"]:
-            repo, _, t = tag.rpartition(":")
-            table.append((repo or tag, t, ident, _size(img.get("size"))))
-    if not quiet:
-        _table(table, ("REPOSITORY", "TAG", "IMAGE ID", "SIZE"))
+    _commands.images(_socket(ctx), quiet=quiet, as_json=as_json)
 
 
 @cli.command()
@@ -561,18 +361,7 @@ def login(
 @click.pass_context
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show nyxd's version, driver, DNS mode and plugins."""
-    data = _call(_client(ctx).info)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for key in ("version", "driver", "dns", "dns_provider", "subnet", "gateway"):
-        if key in data:
-            click.echo(f"{key}: {data[key]}")
-    click.echo(f"containers: {data.get('containers')} (running {data.get('running', '?')})")
-    click.echo(f"images: {data.get('images')}")
-    click.echo("plugins:")
-    for p in data.get("plugins", []):
-        click.echo(f"  {p['group']:<18} {p['name']:<10} {p['distribution']} {p['version']}")
+    _commands.info(_socket(ctx), as_json=as_json)
 
 
 # ---------------------------------------------------------------------------- networks
@@ -680,14 +469,4 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.pass_context
 def rmi(ctx: click.Context, refs: tuple[str, ...]) -> None:
     """Remove images."""
-    for ref in refs:
-        _call(_client(ctx).request, "DELETE", f"/v1/images/{q(ref)}")
-        click.echo(f"Untagged: {ref}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
-    # the spec's single-dash spelling for the one global long option, before the command
-    if args and (args[0] == "-socket" or args[0].startswith("-socket=")):
-        args = normalize_argv(args[:1], ["socket"]) + args[1:]
-    cli.main(args=args, prog_name="nyx")
+    _commands.rmi(_socket(ctx), refs=refs)

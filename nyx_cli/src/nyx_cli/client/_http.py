@@ -1,18 +1,34 @@
-"""A tiny HTTP/1.1 client for nyxd's control socket (AF_UNIX, one request per connection)."""
+"""A tiny HTTP/1.1 client for nyxd's control socket (AF_UNIX, one request per connection).
+
+It is the ``nyx`` client's whole transport, so it imports only C modules at import time
+(``_socket``, ``_json``): ``socket``, ``json``, ``urllib.parse``, ``typing`` and
+``http.client`` cost 5-20 ms of import each on a busy machine, more than the request itself.
+The few pieces of them used here are written out (the percent-encoding of ``urllib.parse``)
+or called at the C level the standard modules use themselves (``json``'s encoder and
+scanner with ``json.dumps``/``json.loads`` defaults).
+"""
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
-import tarfile
-import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
-from urllib.parse import quote, urlencode
 
-__all__ = ["ApiError", "Client", "DaemonUnavailable", "InputError", "default_socket"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import IO, Any
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "DaemonUnavailable",
+    "InputError",
+    "default_socket",
+    "dumps",
+    "loads",
+    "q",
+]
 
 
 def default_socket() -> str:
@@ -37,16 +53,100 @@ class ApiError(Exception):
         self.body = body or {}
 
 
+# ------------------------------------------------------------------------------ JSON
+
+_WS = " \t\n\r"
+
+
+def _not_serializable(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+class _Decoding:
+    """The settings ``_json.make_scanner`` reads: those of ``json.loads`` with no arguments."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {
+        "-Infinity": float("-inf"),
+        "Infinity": float("inf"),
+        "NaN": float("nan"),
+    }.__getitem__
+
+
+try:  # the C halves of json.dumps and json.loads (CPython builds them in)
+    from _json import encode_basestring_ascii as _c_string
+    from _json import make_encoder as _c_encoder
+    from _json import make_scanner as _c_scanner
+
+    _decoding: Any = _Decoding()
+    _scan: Any = _c_scanner(_decoding)
+except ImportError:  # pragma: no cover - an interpreter without json's accelerator
+    _scan = None
+
+
+def dumps(obj: Any) -> str:
+    """``json.dumps(obj)``: the same text, without importing ``json``."""
+    if _scan is None:  # pragma: no cover
+        import json
+
+        return json.dumps(obj)
+    encode = _c_encoder({}, _not_serializable, _c_string, None, ": ", ", ", False, False, True)
+    return "".join(encode(obj, 0))
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads(data)`` for UTF-8 input; a ``ValueError`` for anything else."""
+    text = data.decode("utf-8", "surrogatepass") if isinstance(data, bytes) else data
+    if _scan is None:  # pragma: no cover
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(_WS))
+    try:
+        obj, end = _scan(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"Expecting value: char {exc.value}") from None
+    if text[end:].strip(_WS):
+        raise ValueError(f"Extra data: char {end}")
+    return obj
+
+
+# ------------------------------------------------------------------------------ URLs
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def q(ref: str, *, plus: bool = False) -> str:
+    """``urllib.parse.quote(ref, safe="")`` (``quote_plus`` with ``plus``): one path segment."""
+    return "".join(
+        chr(b) if b in _UNRESERVED else "+" if plus and b == 32 else f"%{b:02X}"
+        for b in ref.encode("utf-8")
+    )
+
+
+def _query(params: dict[str, Any]) -> str:
+    """``urllib.parse.urlencode(params, doseq=True)`` for scalars and lists of scalars."""
+    pairs = []
+    for key, value in params.items():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            pairs.append(f"{q(str(key), plus=True)}={q(str(item), plus=True)}")
+    return "&".join(pairs)
+
+
+# ------------------------------------------------------------------------------ HTTP
+
+
 class _Response:
-    """A minimal HTTP/1.1 response reader (Content-Length, chunked, or until close).
+    """A minimal HTTP/1.1 response reader (Content-Length, chunked, or until close)."""
 
-    ``http.client`` costs ~20 ms of import (email parsing); the client must start fast.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
-        self.f = sock.makefile("rb")
-        line = self.f.readline(65537)
+        self.buf = b""
+        line = self._line()
         parts = line.decode("latin-1").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/"):
             raise OSError(f"bad HTTP status line {line[:60]!r}")
@@ -54,7 +154,7 @@ class _Response:
         self.reason = parts[2].strip() if len(parts) > 2 else ""
         self.headers: dict[str, str] = {}
         while True:
-            h = self.f.readline(65537)
+            h = self._line()
             if h in (b"\r\n", b"\n", b""):
                 break
             k, _, v = h.decode("latin-1").partition(":")
@@ -64,28 +164,54 @@ class _Response:
         self.left: int | None = int(length) if length is not None and not self.chunked else None
         self.done = False
 
+    def _recv(self, n: int) -> bytes:
+        """Buffered bytes first, else what one ``recv`` brings (``b""`` at the end)."""
+        if self.buf:
+            data, self.buf = self.buf[:n], self.buf[n:]
+            return data
+        return self.sock.recv(min(n, 1 << 18))
+
+    def _line(self, limit: int = 65537) -> bytes:
+        while True:
+            i = self.buf.find(b"\n", 0, limit)
+            if i >= 0:
+                line, self.buf = self.buf[: i + 1], self.buf[i + 1 :]
+                return line
+            more = b"" if len(self.buf) >= limit else self.sock.recv(1 << 16)
+            if not more:
+                line, self.buf = self.buf[:limit], self.buf[limit:]
+                return line
+            self.buf += more
+
+    def _exact(self, n: int) -> bytes:
+        parts = []
+        while n > 0 and (data := self._recv(n)):
+            parts.append(data)
+            n -= len(data)
+        return b"".join(parts)
+
     def read1(self, n: int = 65536) -> bytes:
         if self.done:
             return b""
         if self.chunked:
-            size_line = self.f.readline(1024)
+            size_line = self._line(1024)
             size = int(size_line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
                 self.done = True
                 return b""
-            data = self.f.read(size)
-            self.f.readline(8)
+            data = self._exact(size)
+            self._line(8)
             return data
         if self.left is not None:
             if self.left <= 0:
                 self.done = True
                 return b""
-            data = self.f.read1(min(n, self.left))
+            data = self._recv(min(n, self.left))
             if not data:
                 self.done = True
             self.left -= len(data)
             return data
-        data = self.f.read1(n)
+        data = self._recv(n)
         if not data:
             self.done = True
         return data
@@ -97,11 +223,10 @@ class _Response:
         return b"".join(out)
 
     def close(self) -> None:
-        self.f.close()
         self.sock.close()
 
 
-def _send(sock: socket.socket, method: str, path: str, hdrs: dict[str, str], payload: Any) -> None:
+def _send(sock: _socket.socket, method: str, path: str, hdrs: dict[str, str], payload: Any) -> None:
     if isinstance(payload, bytes):
         hdrs.setdefault("Content-Length", str(len(payload)))
     elif payload is None and method in ("POST", "PUT"):
@@ -125,6 +250,9 @@ def _send(sock: socket.socket, method: str, path: str, hdrs: dict[str, str], pay
 
 def tar_stream(root: Path) -> Iterator[bytes]:
     """A tar of the directory ``root`` (its entries at the top), read as the caller can."""
+    import tarfile
+    import threading
+
     r, w = os.pipe()
     failed: list[BaseException] = []
 
@@ -144,10 +272,6 @@ def tar_stream(root: Path) -> Iterator[bytes]:
     writer.join()
     if failed:
         raise InputError(f"cannot read {str(root)!r}: {failed[0]}") from failed[0]
-
-
-def q(ref: str) -> str:
-    return quote(ref, safe="")
 
 
 class Client:
@@ -170,13 +294,13 @@ class Client:
         if params:
             clean = {k: v for k, v in params.items() if v is not None}
             if clean:
-                path += "?" + urlencode(clean, doseq=True)
+                path += "?" + _query(clean)
         hdrs = dict(headers or {})
         payload: bytes | IO[bytes] | Iterator[bytes] | None = data
         if body is not None:
-            payload = json.dumps(body).encode()
+            payload = dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         conn.settimeout(timeout)
         try:
             conn.connect(self.socket_path)
@@ -209,7 +333,7 @@ class Client:
             raw = resp.read()
             resp.close()
             try:
-                obj = json.loads(raw)
+                obj = loads(raw)
                 msg = obj.get("error") if isinstance(obj, dict) else None
             except ValueError:
                 obj, msg = None, None
@@ -229,7 +353,7 @@ class Client:
         if not raw:
             return None
         try:
-            return json.loads(raw)
+            return loads(raw)
         except ValueError as exc:
             raise ApiError(resp.status, f"nyxd sent a non-JSON answer: {raw[:80]!r}") from exc
 
@@ -251,9 +375,9 @@ class Client:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 if line.strip():
-                    yield json.loads(line)
+                    yield loads(line)
         if buf.strip():
-            yield json.loads(buf)
+            yield loads(buf)
 
     # ------------------------------------------------------------ typed helpers
 
@@ -276,6 +400,8 @@ class Client:
 
     def load(self, path: Path | IO[bytes]) -> list[dict[str, Any]]:
         """Send an image tar, an OCI layout directory (as a tar) or a stream of tar bytes."""
+        from pathlib import Path
+
         headers = {"Content-Type": "application/x-tar"}
         if not isinstance(path, Path):
             return list(self.request("POST", "/v1/images/load", data=path, headers=headers))
