@@ -8,6 +8,7 @@ understand (``--help``, a usage error, a rare command), comes here. Exit codes: 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
