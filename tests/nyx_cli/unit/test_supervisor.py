@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from nyx_cli.daemon._faults import Faults
 from nyx_cli.daemon._models import ContainerSpec, NetworkAttachment
 from nyx_cli.daemon._settings import DaemonSettings
 from nyx_cli.daemon._state import ContainerRecord, StateStore
@@ -361,7 +362,8 @@ def test_exit_by_itself_tears_down_in_reverse(
     calls.clear()
     parts["runtime"].exit(c["id"], 3)
     assert sup.wait(c["id"], timeout=5) == {"exit_code": 3, "state": "exited"}
-    assert calls.names() == ["runc_delete", "deregister", "teardown", "netns_delete", "unmount"]
+    # the exact reverse of the start: start, mount(+bundle), register, setup, netns_create
+    assert calls.names() == ["runc_delete", "unmount", "deregister", "teardown", "netns_delete"]
     got = sup.get(c["id"])
     assert got["state"] == "exited" and got["exit_code"] == 3 and got["finished"]
 
@@ -688,7 +690,7 @@ def test_reconcile_stops_leftovers(tmp_path: Path, parts: dict[str, Any], calls:
     got = s.get("left")
     assert got["state"] == "exited" and "restart" in got["error"]
     names = calls.names()
-    assert names[:6] == ["kill", "runc_delete", "deregister", "teardown", "netns_delete", "unmount"]
+    assert names[:6] == ["kill", "runc_delete", "unmount", "deregister", "teardown", "netns_delete"]
     assert ("teardown", "d" * 64, str(tmp_path / "run" / "netns" / ("d" * 64))) in calls
     again = StateStore(tmp_path / "state").load_all()[0][0]
     assert not (again.network_setup or again.runc_created or again.rootfs_mounted)
@@ -721,7 +723,7 @@ def test_restart_stops_a_container_whose_netns_mount_is_gone(
     second = make_sup(tmp_path, parts, calls)
     second.host.netns_alive = lambda path: False
     assert second.reconcile() == {"stopped": 1, "cleaned": 1, "adopted": 0}
-    assert calls.names()[:3] == ["kill", "runc_delete", "deregister"]
+    assert calls.names()[:4] == ["kill", "runc_delete", "unmount", "deregister"]
     assert second.get(c["id"])["state"] == "exited"
 
 
@@ -799,3 +801,66 @@ def test_daemon_serves_then_stops_everything(
     assert names[:3] == ["ensure", "net_create", "dns_start"]  # the default network first
     assert names.index("start") < names.index("teardown") < names.index("dns_stop")
     assert not s.settings.socket.exists()
+
+
+# ------------------------------------------------------------------ the steps
+
+
+class RecordingFaults(Faults):
+    """Records every checkpoint instead of killing nyxd; raises at ``fail_at``."""
+
+    def __init__(self, fail_at: str | None = None) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.fail_at = fail_at
+
+    def hit(self, point: str) -> None:
+        self.seen.append(point)
+        if point == self.fail_at:
+            raise RuntimeErrorNyx(f"injected at {point}")
+
+
+UNDO = {  # what undoing each step does on the fakes
+    "netns": "netns_delete",
+    "network": "teardown",
+    "dns": "deregister",
+    "rootfs": "unmount",
+    "runtime": "runc_delete",
+}
+
+
+@pytest.mark.parametrize("failing", ["network", "dns", "etc", "rootfs", "runtime"])
+def test_a_failure_at_each_step_undoes_exactly_what_began(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls, failing: str
+) -> None:
+    """The steps run in order with a checkpoint before each; a failure at one undoes the
+    steps already begun, in reverse, and leaves nothing recorded as begun."""
+    s = make_sup(tmp_path, parts, calls)
+    s.faults = RecordingFaults(fail_at=f"start:{failing}")
+    order = ["netns", "network", "dns", "etc", "rootfs", "runtime"]
+    with pytest.raises(RuntimeErrorNyx, match=f"injected at start:{failing}"):
+        s.create(spec())
+    began = order[: order.index(failing)]
+    assert s.faults.seen == [f"start:{n}" for n in [*began, failing]]
+    undone = [n for n in calls.names() if n in UNDO.values()]
+    assert undone == [UNDO[n] for n in reversed(began) if n in UNDO]
+    rec = s.store.load_all()[0]
+    assert rec == [] or not (
+        rec[0].netns_path or rec[0].network_setup or rec[0].dns_registered or rec[0].runc_created
+    )
+
+
+def test_teardown_hits_an_undo_checkpoint_per_begun_step(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    s = make_sup(tmp_path, parts, calls)
+    c = s.create(spec())
+    s.faults = RecordingFaults()
+    s.stop(c["id"], timeout=0)
+    assert s.faults.seen == [
+        "undo:runtime",
+        "undo:rootfs",
+        "undo:dns",
+        "undo:network",
+        "undo:netns",
+    ]

@@ -1,19 +1,18 @@
 """The supervisor: runs containers with the network backend, DNS provider and runc.
 
 It holds the :class:`~nyx_core.NetworkBackend` facade, the :class:`~nyx_core.DnsFacade`
-(or ``None``) and the DNS policy; never a concrete driver. Run: validate → netns →
-``backend.setup`` per attachment → DNS register (per :func:`~nyx_core.dns_policy`) →
-resolv.conf/hosts/hostname → rootfs + bundle → runc start → a watcher thread waits for the
-exit. Stop: SIGTERM, grace period, SIGKILL, then the same teardown in reverse order.
-Everything done is recorded in the container's state file first, so a restarted nyxd
-(:meth:`Supervisor.reconcile`) knows what to undo.
+(or ``None``) and the DNS policy; never a concrete driver. A start validates, then runs the
+ordered steps of :mod:`nyx_cli.daemon._steps` (netns → network → DNS → /etc files →
+rootfs + bundle → runc), each recorded in the container's state file before it acts; a
+watcher thread waits for the exit. Stop: SIGTERM, grace period, SIGKILL, then every begun
+step undone in reverse order. Reconciliation after a restart (:mod:`._reconcile`), user
+networks (:mod:`._networks`) and the image store are services it calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import ipaddress
 import os
 import re
 import secrets
@@ -23,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,6 @@ from nyx_core import (
     NetworkBackend,
     PortMapping,
     PortRange,
-    SetupOptions,
-    SetupResult,
     StackNetwork,
     clash_message,
     dns_policy,
@@ -47,12 +43,16 @@ from nyx_core import (
 )
 from nyx_core.errors import ConfigError, NyxError
 
-from ..errors import CommandError, ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
+from ..errors import ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
+from ._faults import Faults
 from ._host import Host
+from ._live import Live
 from ._models import ContainerSpec
 from ._networks import NetworkRegistry
+from ._reconcile import Reconciler
 from ._settings import DaemonSettings
 from ._state import ContainerRecord, StateStore, now
+from ._steps import Run, Steps
 
 __all__ = ["Host", "Supervisor"]
 
@@ -61,19 +61,6 @@ _TOMBSTONES = 256
 
 
 # ------------------------------------------------------------------------ containers
-
-
-@dataclass
-class _Live:
-    """In-memory companion of a record: locks and events for its lifecycle."""
-
-    rec: ContainerRecord
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    exited: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    stop_requested: bool = False
-    removed: bool = False
-    adopted: bool = False  # left running by a previous nyxd: not our child, signal via runc
 
 
 def image_public(img: Any) -> dict[str, Any]:
@@ -85,18 +72,6 @@ def image_public(img: Any) -> dict[str, Any]:
         "size": getattr(img, "size", None),
         "created": getattr(img, "created", None),
     }
-
-
-def _classify_start_error(exc: BaseException) -> NyxError:
-    text = str(exc)
-    low = text.lower()
-    if "executable file not found" in low or "no such file or directory" in low:
-        return CommandError(f"container command not found: {text}", 127)
-    if "permission denied" in low:
-        return CommandError(f"container command cannot be executed: {text}", 126)
-    if isinstance(exc, NyxError):
-        return exc
-    return RuntimeErrorNyx(f"runc start failed: {text}")
 
 
 class Supervisor:
@@ -112,6 +87,7 @@ class Supervisor:
         stop_grace: float = 10.0,
         readopt: bool = True,
         networks: NetworkRegistry | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -126,38 +102,41 @@ class Supervisor:
         # config live there; only the bind-mounted hosts/hostname/resolv.conf stay 0644
         (self.run_dir / "containers").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.run_dir / "containers", 0o700)
-        self._lock = threading.RLock()
-        self._net_lock = threading.Lock()
-        self._live: dict[str, _Live] = {}
+        self.lock = threading.RLock()
+        self.net_lock = threading.Lock()
+        self.live: dict[str, Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.networks = networks or NetworkRegistry(settings, self.store, backend)
+        self.faults = faults or Faults()
+        self.steps = Steps(self)
+        self.reconciler = Reconciler(self)
         self._closing = False
 
     # ------------------------------------------------------------------ lookups
 
-    def _find(self, ref: str) -> _Live:
-        with self._lock:
-            if ref in self._live:
-                return self._live[ref]
-            for live in self._live.values():
+    def _find(self, ref: str) -> Live:
+        with self.lock:
+            if ref in self.live:
+                return self.live[ref]
+            for live in self.live.values():
                 if live.rec.name == ref:
                     return live
-            matches = [v for k, v in self._live.items() if k.startswith(ref)] if ref else []
+            matches = [v for k, v in self.live.items() if k.startswith(ref)] if ref else []
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             raise ConfigError(f"container id prefix {ref!r} is ambiguous")
         raise NotFoundError(f"no such container: {ref}")
 
-    def _persist(self, live: _Live) -> None:
+    def _persist(self, live: Live) -> None:
         if not live.removed:
             self.store.save(live.rec)
 
     def list_containers(
         self, all: bool = False, labels: dict[str, str | None] | None = None
     ) -> list[dict[str, Any]]:
-        with self._lock:
-            lives = list(self._live.values())
+        with self.lock:
+            lives = list(self.live.values())
         out = []
         for live in sorted(lives, key=lambda lv: lv.rec.created):
             rec = live.rec
@@ -174,9 +153,9 @@ class Supervisor:
     def info(self) -> dict[str, Any]:
         from .. import __version__
 
-        with self._lock:
-            running = sum(1 for v in self._live.values() if v.rec.state == "running")
-            count = len(self._live)
+        with self.lock:
+            running = sum(1 for v in self.live.values() if v.rec.state == "running")
+            count = len(self.live)
         try:
             images = len(self.host.images.list())
         except Exception:
@@ -228,11 +207,11 @@ class Supervisor:
             networks=[self.networks.canonical(a.name) for a in spec.attachments()],
             internal_networks=self._internal_networks(spec),
         )
-        live = _Live(rec)
-        with self._lock:
-            if any(v.rec.name == name for v in self._live.values()):
+        live = Live(rec)
+        with self.lock:
+            if any(v.rec.name == name for v in self.live.values()):
                 raise ConflictError(f"container name {name!r} is already in use")
-            self._live[cid] = live
+            self.live[cid] = live
             self.store.save(rec)
             self.store.log_path(cid).touch(mode=0o600)
         logger.bind(container=cid, name=name, image=spec.image).info("container created")
@@ -266,10 +245,10 @@ class Supervisor:
             )
         taken: list[PortRange] = []
         if against_running:
-            with self._lock:
+            with self.lock:
                 taken = [
                     r
-                    for v in self._live.values()
+                    for v in self.live.values()
                     if v.rec.state == "running" and v.rec.id != exclude
                     for r in port_ranges(v.rec.spec.ports, v.rec.name)
                 ]
@@ -336,106 +315,24 @@ class Supervisor:
             return DnsDecision(use_provider=False, resolv_conf="driver")
         return decision
 
-    def _start(self, live: _Live) -> None:
+    def _start(self, live: Live) -> None:
         rec = live.rec
-        spec = rec.spec
         cid = rec.id
-        undo: list[tuple[str, Callable[[], Any]]] = []
+        image = self._image(rec.spec.image)
         cdir = self.run_dir / "containers" / cid
-        marks: list[tuple[str, float]] = [("begin", time.perf_counter())]
-        try:
-            image = self._image(spec.image)
-            cdir.mkdir(parents=True, exist_ok=True)
-            netns = self.run_dir / "netns" / cid
-            rec.netns_path = str(netns)
-            self._persist(live)
-            self.host.create_netns(netns)
-            undo.append(("netns", lambda: self.host.delete_netns(netns)))
-
-            results: list[SetupResult] = []
-            internal = self._recorded_internal(rec)
-            rec.network_setup = True
-            self._persist(live)
-            undo.append(("network", lambda: self._backend_teardown(cid, str(netns))))
-            for i, att in enumerate(spec.attachments()):
-                network = self.networks.canonical(att.name)
-                opts = SetupOptions(
-                    network=network,
-                    subnet=self.networks.gateway(att.name),
-                    interface=f"eth{i}",
-                    internal=network in internal,
-                    hostname=rec.hostname,
-                    aliases=list(att.aliases),
-                    labels=dict(spec.labels),
-                )
-                ports = spec.ports if i == 0 else []
-                with self._net_lock:
-                    results.append(self.backend.setup(cid, str(netns), ports, opts))
-            rec.ips = [str(ip) for r in results for ip in r.ips]
-            marks.append(("network", time.perf_counter()))
-
-            decision = self._dns_decision(spec)
-            if decision.use_provider and self.dns is not None:
-                aliases = self._dns_aliases(rec)
-                rec.dns_registered = True
-                self._persist(live)
-                undo.append(("dns", lambda: self._dns_deregister(cid)))
-                with self._net_lock:
-                    self.dns.register(
-                        cid,
-                        rec.hostname,
-                        [ip for r in results for ip in r.ips],
-                        aliases,
-                        rec.networks,
-                        internal,
-                    )
-            mounts = self._write_etc(rec, cdir, decision, results)
-            marks.append(("dns+etc", time.perf_counter()))
-
-            rec.rootfs_mounted = True
-            self._persist(live)
-            undo.append(("rootfs", lambda: self.host.rootfs.unmount(cdir)))
-            merged = self.host.rootfs.mount(self.host.images.layer_dirs(image), cdir)
-            process = self.host.process_from_image(
-                getattr(image, "config", None) or {},
-                spec.entrypoint,
-                spec.command,
-                spec.env,
-                spec.workdir,
-                spec.user,
-            )
-            bundle = cdir / "bundle"
-            self.host.runtime.write_bundle(
-                bundle,
-                rootfs=Path(merged),
-                process=process,
-                hostname=rec.hostname,
-                netns_path=str(netns),
-                mounts=mounts,
-            )
-            marks.append(("rootfs+bundle", time.perf_counter()))
-            rec.runc_created = True
-            self._persist(live)
-            undo.append(("runc", lambda: self.host.runtime.delete(cid, True)))
-            try:
-                pid = self.host.runtime.start(cid, bundle, self.store.log_path(cid))
-            except BaseException as exc:
-                raise _classify_start_error(exc) from exc
-        except BaseException as exc:
-            errors = _undo(undo)
-            rec.netns_path = None
-            rec.network_setup = rec.dns_registered = False
-            rec.rootfs_mounted = rec.runc_created = False
-            rec.ips = []
-            shutil.rmtree(cdir, ignore_errors=True)
-            rec.error = str(exc)
-            self._persist(live)
-            logger.bind(error=str(exc), undo_errors=[str(e) for e in errors]).warning(
-                "container start failed; undone"
-            )
-            raise
+        cdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        run = Run(
+            rec=rec,
+            image=image,
+            cdir=cdir,
+            netns=self.run_dir / "netns" / cid,
+            internal=self._recorded_internal(rec),
+            decision=self._dns_decision(rec.spec),
+        )
+        self.steps.apply(run, lambda: self._persist(live))
+        assert run.pid is not None
         rec.state = "running"
-        rec.pid = pid
+        rec.pid = run.pid
         rec.started = now()
         rec.finished = None
         rec.exit_code = None
@@ -443,14 +340,12 @@ class Supervisor:
         live.exited.clear()
         live.done.clear()
         self._persist(live)
-        marks.append(("runc", time.perf_counter()))
-        steps = {n: round((t - marks[i][1]) * 1000, 1) for i, (n, t) in enumerate(marks[1:])}
-        logger.bind(pid=pid, ips=rec.ips, ms=steps).info("container started")
+        logger.bind(pid=run.pid, ips=rec.ips, ms=Steps.timings(run)).info("container started")
         threading.Thread(
-            target=self._watch, args=(live, pid), name=f"watch-{cid[:12]}", daemon=True
+            target=self._watch, args=(live, run.pid), name=f"watch-{cid[:12]}", daemon=True
         ).start()
 
-    def _dns_aliases(self, rec: ContainerRecord) -> list[str]:
+    def dns_aliases(self, rec: ContainerRecord) -> list[str]:
         names: list[str] = []
         for att in rec.spec.attachments():
             names.extend(att.aliases)
@@ -459,37 +354,9 @@ class Supervisor:
             names.append(rec.name)
         return list(dict.fromkeys(n for n in names if n != rec.hostname))
 
-    def _write_etc(
-        self,
-        rec: ContainerRecord,
-        cdir: Path,
-        decision: DnsDecision,
-        results: Sequence[SetupResult],
-    ) -> list[tuple[str, str, bool]]:
-        hostname = cdir / "hostname"
-        hostname.write_text(rec.hostname + "\n")
-        hosts = cdir / "hosts"
-        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-        names = rec.hostname if rec.name == rec.hostname else f"{rec.hostname} {rec.name}"
-        lines += [f"{ip}\t{names}" for ip in rec.ips[:1]]
-        hosts.write_text("\n".join(lines) + "\n")
-        mounts = [(str(hosts), "/etc/hosts", False), (str(hostname), "/etc/hostname", False)]
-        text: str | None = None
-        if decision.resolv_conf == "provider" and self.dns is not None:
-            text = self.dns.resolv_conf(rec.id)
-        elif decision.resolv_conf == "driver" or (
-            decision.resolv_conf == "provider" and self.dns is None
-        ):
-            text = _cni_resolv_conf(results)
-        if text is not None:
-            resolv = cdir / "resolv.conf"
-            resolv.write_text(text if text.endswith("\n") else text + "\n")
-            mounts.append((str(resolv), "/etc/resolv.conf", False))
-        return mounts
-
     # ------------------------------------------------------------------ exit / stop / rm
 
-    def _watch(self, live: _Live, pid: int) -> None:
+    def _watch(self, live: Live, pid: int) -> None:
         rec = live.rec
         code: int | None
         try:
@@ -516,48 +383,9 @@ class Supervisor:
             with contextlib.suppress(NyxError):
                 self._remove(live)
 
-    def _backend_teardown(self, cid: str, netns: str) -> None:
-        with self._net_lock:
-            self.backend.teardown(cid, netns)
-
-    def _dns_deregister(self, cid: str) -> None:
-        if self.dns is not None:
-            with self._net_lock:
-                self.dns.deregister(cid)
-
-    def _teardown(self, live: _Live) -> list[BaseException]:
-        """Undo everything recorded for the container, in reverse order; never stop early."""
-        rec = live.rec
-        cid = rec.id
-        cdir = self.run_dir / "containers" / cid
-        errors: list[BaseException] = []
-
-        def step(flag: str, fn: Callable[[], Any]) -> None:
-            try:
-                fn()
-            except Exception as exc:
-                errors.append(exc)
-                logger.bind(container=cid, step=flag, error=str(exc)).warning("teardown step")
-            if flag:
-                setattr(rec, flag, False)
-
-        if rec.runc_created:
-            step("runc_created", lambda: self.host.runtime.delete(cid, True))
-        if rec.dns_registered:
-            step("dns_registered", lambda: self._dns_deregister(cid))
-        if rec.network_setup:
-            step("network_setup", lambda: self._backend_teardown(cid, rec.netns_path or ""))
-        if rec.netns_path:
-            path = Path(rec.netns_path)
-            step("", lambda: self.host.delete_netns(path))
-            rec.netns_path = None
-        if rec.rootfs_mounted:
-            step("rootfs_mounted", lambda: self.host.rootfs.unmount(cdir))
-        if not rec.rootfs_mounted and not os.path.ismount(cdir / "rootfs"):
-            shutil.rmtree(cdir, ignore_errors=True)
-        if errors:
-            rec.error = "; ".join(str(e) for e in errors)
-        return errors
+    def _teardown(self, live: Live) -> list[BaseException]:
+        """Undo every step recorded for the container, in reverse order; never stop early."""
+        return self.steps.undo(live.rec)
 
     def stop(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
         """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown."""
@@ -578,7 +406,7 @@ class Supervisor:
         live.done.wait(60)
         return live.rec.public()
 
-    def _signal(self, live: _Live, sig: int) -> None:
+    def _signal(self, live: Live, sig: int) -> None:
         pid = live.rec.pid
         if self.host.signal_direct and pid and not live.adopted and not live.exited.is_set():
             try:
@@ -601,7 +429,7 @@ class Supervisor:
             self.stop(live.rec.id, timeout=0)
         self._remove(live)
 
-    def _remove(self, live: _Live) -> None:
+    def _remove(self, live: Live) -> None:
         with live.lock:
             if live.removed:
                 return
@@ -613,10 +441,10 @@ class Supervisor:
         self._forget(live)
         logger.bind(container=live.rec.id).info("container removed")
 
-    def _forget(self, live: _Live) -> None:
+    def _forget(self, live: Live) -> None:
         live.removed = True
-        with self._lock:
-            self._live.pop(live.rec.id, None)
+        with self.lock:
+            self.live.pop(live.rec.id, None)
             self._tombstones[live.rec.id] = live.rec.public()
             while len(self._tombstones) > _TOMBSTONES:
                 self._tombstones.popitem(last=False)
@@ -627,7 +455,7 @@ class Supervisor:
         try:
             live = self._find(ref)
         except NotFoundError:
-            with self._lock:
+            with self.lock:
                 for cid, pub in reversed(self._tombstones.items()):
                     if cid == ref or pub["name"] == ref or cid.startswith(ref):
                         return {"exit_code": pub["exit_code"], "state": pub["state"]}
@@ -722,8 +550,8 @@ class Supervisor:
         img = self._image(ref)
         ident = getattr(img, "id", None)
         tags = set(getattr(img, "repo_tags", []) or [])
-        with self._lock:
-            for live in self._live.values():
+        with self.lock:
+            for live in self.live.values():
                 used = live.rec.spec.image
                 if used in (ref, ident) or used in tags:
                     raise ConflictError(
@@ -749,7 +577,7 @@ class Supervisor:
         labels: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Create a network through the driver (refused without ``network_lifecycle``)."""
-        with self._lock:
+        with self.lock:
             return self.networks.create(
                 name,
                 internal=internal,
@@ -761,10 +589,10 @@ class Supervisor:
 
     def remove_network(self, name: str) -> None:
         """Remove a network no container uses, from the driver first."""
-        with self._lock:
+        with self.lock:
             users = [
                 v.rec.name
-                for v in self._live.values()
+                for v in self.live.values()
                 if v.rec.state in ("created", "running") and name in v.rec.networks
             ]
             self.networks.remove(name, users)
@@ -772,138 +600,15 @@ class Supervisor:
     # ------------------------------------------------------------------ daemon lifecycle
 
     def reconcile(self) -> dict[str, int]:
-        """After a (re)start: re-adopt containers still running, undo what is left of others.
-
-        A container whose runc state is still ``running`` with the recorded pid, and whose
-        netns is still mounted where nyxd put it, is adopted (its DNS records registered
-        again, a watcher started; its exit code will read 255, it is no longer nyxd's
-        child). Anything else a previous nyxd recorded is stopped and
-        torn down: netns, veths, nft elements, leases, DNS records, mounts.
-        """
-        records, broken = self.store.load_all()
-        stopped = cleaned = adopted = 0
-        known = {r.id for r in records}
-        for rec in records:
-            live = _Live(rec)
-            dirty = rec.runc_created or rec.network_setup or rec.dns_registered
-            dirty = dirty or rec.rootfs_mounted or bool(rec.netns_path)
-            with self._lock:
-                self._live[rec.id] = live
-            if rec.state == "running" and self.readopt and self._adopt(live):
-                adopted += 1
-                continue
-            if rec.state == "running" or dirty:
-                with logger.contextualize(container=rec.id):
-                    if rec.state == "running":
-                        self._kill_leftover(rec)
-                        stopped += 1
-                        rec.state = "exited"
-                        rec.finished = now()
-                        rec.pid = None
-                        rec.error = "stopped by nyxd at restart"
-                    self._teardown(live)
-                    cleaned += 1
-            live.exited.set()
-            live.done.set()
-            if rec.spec.rm and rec.state != "created":
-                self._remove(live)
-            else:
-                self._persist(live)
-        for cid in broken:
-            logger.bind(container=cid).warning("unreadable container state; cleaning up")
-            self._clean_orphan(cid)
-        for leftover in sorted((self.run_dir / "netns").glob("*")):
-            if leftover.name not in known:
-                self._clean_orphan(leftover.name)
-        with contextlib.suppress(Exception):
-            for item in self.host.runtime.list():
-                oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
-                if isinstance(oid, str) and oid not in known:
-                    self._clean_orphan(oid)
-        if stopped or cleaned or adopted:
-            logger.bind(stopped=stopped, cleaned=cleaned, adopted=adopted).info(
-                "reconciled previous state"
-            )
-        return {"stopped": stopped, "cleaned": cleaned, "adopted": adopted}
-
-    def _adopt(self, live: _Live) -> bool:
-        rec = live.rec
-        try:
-            st = self.host.runtime.state(rec.id)
-        except Exception:
-            return False
-        if not isinstance(st, dict) or st.get("status") != "running":
-            return False
-        if not rec.pid or st.get("pid") != rec.pid or not rec.network_setup:
-            return False
-        if not rec.netns_path or not self.host.netns_alive(Path(rec.netns_path)):
-            # its netns mount went with the previous nyxd's mount namespace: nyxd could no
-            # longer manage its network, so it is stopped and torn down instead
-            return False
-        live.adopted = True
-        with logger.contextualize(container=rec.id):
-            if rec.dns_registered:
-                if self.dns is None:
-                    rec.dns_registered = False
-                else:
-                    try:
-                        ips = [ipaddress.ip_address(ip) for ip in rec.ips]
-                        with self._net_lock:
-                            self.dns.register(
-                                rec.id,
-                                rec.hostname,
-                                ips,
-                                self._dns_aliases(rec),
-                                rec.networks,
-                                self._recorded_internal(rec),
-                            )
-                    except Exception as exc:
-                        logger.bind(error=str(exc)).warning("DNS re-registration failed")
-            self._persist(live)
-            logger.bind(pid=rec.pid).info("container re-adopted")
-        threading.Thread(
-            target=self._watch, args=(live, rec.pid), name=f"watch-{rec.id[:12]}", daemon=True
-        ).start()
-        return True
-
-    def _kill_leftover(self, rec: ContainerRecord) -> None:
-        with contextlib.suppress(Exception):
-            self.host.runtime.kill(rec.id, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                st = self.host.runtime.state(rec.id)
-            except Exception:
-                return
-            status = st.get("status") if isinstance(st, dict) else getattr(st, "status", st)
-            if status in (None, "stopped") or st is None:
-                return
-            time.sleep(0.05)
-
-    def _clean_orphan(self, cid: str) -> None:
-        live = _Live(
-            ContainerRecord(
-                id=cid,
-                name=cid,
-                spec=ContainerSpec(image="?"),
-                hostname="orphan",
-                netns_path=str(self.run_dir / "netns" / cid),
-                network_setup=True,
-                dns_registered=self.dns is not None,
-                rootfs_mounted=(self.run_dir / "containers" / cid).exists(),
-                runc_created=True,
-            )
-        )
-        with contextlib.suppress(Exception):
-            self.host.runtime.kill(cid, signal.SIGKILL)
-        self._teardown(live)
-        self.store.delete(cid)
+        """After a (re)start: re-adopt what still runs, undo what is left of the rest
+        (:class:`~nyx_cli.daemon._reconcile.Reconciler`)."""
+        return self.reconciler.run()
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop every running container (in parallel), leaving the host clean."""
         self._closing = True
-        with self._lock:
-            running = [v for v in self._live.values() if v.rec.state == "running"]
+        with self.lock:
+            running = [v for v in self.live.values() if v.rec.state == "running"]
         threads = [
             threading.Thread(target=self._stop_quiet, args=(v, grace), daemon=True) for v in running
         ]
@@ -911,43 +616,18 @@ class Supervisor:
             t.start()
         for t in threads:
             t.join(grace + 30)
-        with self._lock:
-            lives = list(self._live.values())
+        with self.lock:
+            lives = list(self.live.values())
         for live in lives:
             if live.rec.spec.rm and live.rec.state != "running":
                 with contextlib.suppress(Exception):
                     self._remove(live)
 
-    def _stop_quiet(self, live: _Live, grace: float) -> None:
+    def _stop_quiet(self, live: Live, grace: float) -> None:
         try:
             self.stop(live.rec.id, timeout=grace)
         except Exception as exc:
             logger.bind(container=live.rec.id, error=str(exc)).warning("stop at shutdown failed")
-
-
-def _undo(steps: list[tuple[str, Callable[[], Any]]]) -> list[BaseException]:
-    errors: list[BaseException] = []
-    for what, fn in reversed(steps):
-        try:
-            fn()
-        except Exception as exc:
-            errors.append(exc)
-            logger.bind(step=what, error=str(exc)).warning("undo step failed")
-    return errors
-
-
-def _cni_resolv_conf(results: Sequence[SetupResult]) -> str:
-    servers = [str(r.dns_server) for r in results if r.dns_server is not None]
-    search = [s for r in results for s in r.dns_search]
-    if servers:
-        lines = [f"nameserver {s}" for s in dict.fromkeys(servers)]
-        if search:
-            lines.append("search " + " ".join(dict.fromkeys(search)))
-        return "\n".join(lines) + "\n"
-    try:
-        return Path("/etc/resolv.conf").read_text()
-    except OSError:
-        return ""
 
 
 def all_labels_match(have: dict[str, str], want: dict[str, str | None]) -> bool:

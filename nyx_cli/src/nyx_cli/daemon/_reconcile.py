@@ -1,0 +1,169 @@
+"""Reconciliation: what a (re)started nyxd does with the containers a previous one recorded.
+
+A container whose runc state is still ``running`` with the recorded pid, and whose netns is
+still mounted where nyxd put it, is re-adopted (DNS records registered again, a watcher
+started). Anything else a previous nyxd recorded is stopped and every step it recorded as
+begun is undone (:class:`~nyx_cli.daemon._steps.Steps`): netns, veths, firewall elements,
+leases, DNS records, mounts. Leftovers nothing records (a netns mount or a runc container of
+an unknown id) are cleaned too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from ._live import Live
+from ._models import ContainerSpec
+from ._state import ContainerRecord, now
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["Reconciler"]
+
+
+class Reconciler:
+    """Runs once at start, before the API serves (see :meth:`run`)."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def run(self) -> dict[str, int]:
+        """After a (re)start: re-adopt containers still running, undo what is left of others.
+
+        A container whose runc state is still ``running`` with the recorded pid, and whose
+        netns is still mounted where nyxd put it, is adopted (its DNS records registered
+        again, a watcher started; its exit code will read 255, it is no longer nyxd's
+        child). Anything else a previous nyxd recorded is stopped and
+        torn down: netns, veths, nft elements, leases, DNS records, mounts.
+        """
+        sup = self.sup
+        records, broken = sup.store.load_all()
+        stopped = cleaned = adopted = 0
+        known = {r.id for r in records}
+        for rec in records:
+            live = Live(rec)
+            dirty = rec.runc_created or rec.network_setup or rec.dns_registered
+            dirty = dirty or rec.rootfs_mounted or bool(rec.netns_path)
+            with sup.lock:
+                sup.live[rec.id] = live
+            if rec.state == "running" and sup.readopt and self._adopt(live):
+                adopted += 1
+                continue
+            if rec.state == "running" or dirty:
+                with logger.contextualize(container=rec.id):
+                    if rec.state == "running":
+                        self._kill_leftover(rec)
+                        stopped += 1
+                        rec.state = "exited"
+                        rec.finished = now()
+                        rec.pid = None
+                        rec.error = "stopped by nyxd at restart"
+                    sup._teardown(live)
+                    cleaned += 1
+            live.exited.set()
+            live.done.set()
+            if rec.spec.rm and rec.state != "created":
+                sup._remove(live)
+            else:
+                sup._persist(live)
+        for cid in broken:
+            logger.bind(container=cid).warning("unreadable container state; cleaning up")
+            self._clean_orphan(cid)
+        for leftover in sorted((sup.run_dir / "netns").glob("*")):
+            if leftover.name not in known:
+                self._clean_orphan(leftover.name)
+        with contextlib.suppress(Exception):
+            for item in sup.host.runtime.list():
+                oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
+                if isinstance(oid, str) and oid not in known:
+                    self._clean_orphan(oid)
+        if stopped or cleaned or adopted:
+            logger.bind(stopped=stopped, cleaned=cleaned, adopted=adopted).info(
+                "reconciled previous state"
+            )
+        return {"stopped": stopped, "cleaned": cleaned, "adopted": adopted}
+
+    def _adopt(self, live: Live) -> bool:
+        sup = self.sup
+        rec = live.rec
+        try:
+            st = sup.host.runtime.state(rec.id)
+        except Exception:
+            return False
+        if not isinstance(st, dict) or st.get("status") != "running":
+            return False
+        if not rec.pid or st.get("pid") != rec.pid or not rec.network_setup:
+            return False
+        if not rec.netns_path or not sup.host.netns_alive(Path(rec.netns_path)):
+            # its netns mount went with the previous nyxd's mount namespace: nyxd could no
+            # longer manage its network, so it is stopped and torn down instead
+            return False
+        live.adopted = True
+        with logger.contextualize(container=rec.id):
+            if rec.dns_registered:
+                if sup.dns is None:
+                    rec.dns_registered = False
+                else:
+                    try:
+                        ips = [ipaddress.ip_address(ip) for ip in rec.ips]
+                        with sup.net_lock:
+                            sup.dns.register(
+                                rec.id,
+                                rec.hostname,
+                                ips,
+                                sup.dns_aliases(rec),
+                                rec.networks,
+                                sup._recorded_internal(rec),
+                            )
+                    except Exception as exc:
+                        logger.bind(error=str(exc)).warning("DNS re-registration failed")
+            sup._persist(live)
+            logger.bind(pid=rec.pid).info("container re-adopted")
+        threading.Thread(
+            target=sup._watch, args=(live, rec.pid), name=f"watch-{rec.id[:12]}", daemon=True
+        ).start()
+        return True
+
+    def _kill_leftover(self, rec: ContainerRecord) -> None:
+        sup = self.sup
+        with contextlib.suppress(Exception):
+            sup.host.runtime.kill(rec.id, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                st = sup.host.runtime.state(rec.id)
+            except Exception:
+                return
+            status = st.get("status") if isinstance(st, dict) else getattr(st, "status", st)
+            if status in (None, "stopped") or st is None:
+                return
+            time.sleep(0.05)
+
+    def _clean_orphan(self, cid: str) -> None:
+        sup = self.sup
+        live = Live(
+            ContainerRecord(
+                id=cid,
+                name=cid,
+                spec=ContainerSpec(image="?"),
+                hostname="orphan",
+                netns_path=str(sup.run_dir / "netns" / cid),
+                network_setup=True,
+                dns_registered=sup.dns is not None,
+                rootfs_mounted=(sup.run_dir / "containers" / cid).exists(),
+                runc_created=True,
+            )
+        )
+        with contextlib.suppress(Exception):
+            sup.host.runtime.kill(cid, signal.SIGKILL)
+        sup._teardown(live)
+        sup.store.delete(cid)

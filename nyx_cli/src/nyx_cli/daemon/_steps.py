@@ -1,0 +1,342 @@
+"""The ordered steps that run one container, each with apply, undo and a persisted flag.
+
+``netns`` → ``network`` (the driver's setup, once per network) → ``dns`` (the provider's
+registration, when the DNS policy says so) → ``etc`` (hosts, hostname, resolv.conf) →
+``rootfs`` (overlay mount and runc bundle) → ``runtime`` (``runc run -d``).
+
+A step records that it began (its flag on the :class:`ContainerRecord`, persisted) *before*
+it acts, so a nyxd killed half-way knows what to undo after a restart; every undo is
+idempotent and works from the record alone. A start that fails undoes the steps already
+begun, in reverse order, then raises. Teardown undoes every step whose flag is set, in
+reverse order, and never stops at the first failure (netavark's validate-then-apply with an
+undo list). :meth:`Steps.checkpoint` runs before each step: the place a test-only fault
+point can stop nyxd (see :mod:`nyx_cli.daemon._faults`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from loguru import logger
+
+from nyx_core import DnsDecision, NyxError, SetupOptions, SetupResult
+
+from ..errors import CommandError, RuntimeErrorNyx
+from ._state import ContainerRecord
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor
+
+__all__ = ["STEPS", "Run", "Step", "Steps", "driver_resolv_conf"]
+
+
+@dataclass
+class Run:
+    """What one start knows while its steps run."""
+
+    rec: ContainerRecord
+    image: Any
+    cdir: Path
+    netns: Path
+    internal: list[str]
+    decision: DnsDecision
+    results: list[SetupResult] = field(default_factory=list)
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)
+    bundle: Path | None = None
+    pid: int | None = None
+    marks: list[tuple[str, float]] = field(default_factory=list)
+
+
+class Step:
+    """One step: :meth:`begin` marks the record, :meth:`apply` acts, :meth:`undo` reverts."""
+
+    name: ClassVar[str]
+    flag: ClassVar[str | None] = None  # the ContainerRecord field that says "begun"
+
+    def wanted(self, sup: Supervisor, run: Run) -> bool:
+        """Whether this container needs the step at all (DNS may not)."""
+        return True
+
+    def begin(self, rec: ContainerRecord, run: Run) -> None:
+        if self.flag:
+            setattr(rec, self.flag, True)
+
+    def begun(self, rec: ContainerRecord) -> bool:
+        return bool(getattr(rec, self.flag)) if self.flag else False
+
+    def clear(self, rec: ContainerRecord) -> None:
+        if self.flag:
+            setattr(rec, self.flag, False)
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        raise NotImplementedError
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        raise NotImplementedError
+
+
+class NetnsStep(Step):
+    name = "netns"
+
+    def begin(self, rec: ContainerRecord, run: Run) -> None:
+        rec.netns_path = str(run.netns)
+
+    def begun(self, rec: ContainerRecord) -> bool:
+        return bool(rec.netns_path)
+
+    def clear(self, rec: ContainerRecord) -> None:
+        rec.netns_path = None
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        sup.host.create_netns(run.netns)
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        if rec.netns_path:
+            sup.host.delete_netns(Path(rec.netns_path))
+
+
+class NetworkStep(Step):
+    name = "network"
+    flag = "network_setup"
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        rec, spec = run.rec, run.rec.spec
+        for i, att in enumerate(spec.attachments()):
+            network = sup.networks.canonical(att.name)
+            opts = SetupOptions(
+                network=network,
+                subnet=sup.networks.gateway(att.name),
+                interface=f"eth{i}",
+                internal=network in run.internal,
+                hostname=rec.hostname,
+                aliases=list(att.aliases),
+                labels=dict(spec.labels),
+            )
+            ports = spec.ports if i == 0 else []
+            with sup.net_lock:
+                run.results.append(sup.backend.setup(rec.id, str(run.netns), ports, opts))
+        rec.ips = [str(ip) for r in run.results for ip in r.ips]
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        with sup.net_lock:
+            sup.backend.teardown(rec.id, rec.netns_path or "")
+
+
+class DnsStep(Step):
+    name = "dns"
+    flag = "dns_registered"
+
+    def wanted(self, sup: Supervisor, run: Run) -> bool:
+        return run.decision.use_provider and sup.dns is not None
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        assert sup.dns is not None
+        rec = run.rec
+        with sup.net_lock:
+            sup.dns.register(
+                rec.id,
+                rec.hostname,
+                [ip for r in run.results for ip in r.ips],
+                sup.dns_aliases(rec),
+                rec.networks,
+                run.internal,
+            )
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        if sup.dns is not None:
+            with sup.net_lock:
+                sup.dns.deregister(rec.id)
+
+
+class EtcStep(Step):
+    """hosts, hostname and resolv.conf under the container's run dir (removed with it)."""
+
+    name = "etc"
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        rec, cdir = run.rec, run.cdir
+        hostname = cdir / "hostname"
+        hostname.write_text(rec.hostname + "\n")
+        hosts = cdir / "hosts"
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        names = rec.hostname if rec.name == rec.hostname else f"{rec.hostname} {rec.name}"
+        lines += [f"{ip}\t{names}" for ip in rec.ips[:1]]
+        hosts.write_text("\n".join(lines) + "\n")
+        run.mounts = [
+            (str(hosts), "/etc/hosts", False),
+            (str(hostname), "/etc/hostname", False),
+        ]
+        text: str | None = None
+        source = run.decision.resolv_conf
+        if source == "provider" and sup.dns is not None:
+            text = sup.dns.resolv_conf(rec.id)
+        elif source == "driver" or (source == "provider" and sup.dns is None):
+            text = driver_resolv_conf(run.results)
+        if text is not None:
+            resolv = cdir / "resolv.conf"
+            resolv.write_text(text if text.endswith("\n") else text + "\n")
+            run.mounts.append((str(resolv), "/etc/resolv.conf", False))
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        pass  # the files go with the container's run dir at the end of the teardown
+
+
+class RootfsStep(Step):
+    name = "rootfs"
+    flag = "rootfs_mounted"
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        spec, host = run.rec.spec, sup.host
+        merged = host.rootfs.mount(host.images.layer_dirs(run.image), run.cdir)
+        process = host.process_from_image(
+            getattr(run.image, "config", None) or {},
+            spec.entrypoint,
+            spec.command,
+            spec.env,
+            spec.workdir,
+            spec.user,
+        )
+        run.bundle = run.cdir / "bundle"
+        host.runtime.write_bundle(
+            run.bundle,
+            rootfs=Path(merged),
+            process=process,
+            hostname=run.rec.hostname,
+            netns_path=str(run.netns),
+            mounts=run.mounts,
+        )
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        sup.host.rootfs.unmount(sup.run_dir / "containers" / rec.id)
+
+
+class RuntimeStep(Step):
+    name = "runtime"
+    flag = "runc_created"
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        assert run.bundle is not None
+        try:
+            run.pid = sup.host.runtime.start(run.rec.id, run.bundle, sup.store.log_path(run.rec.id))
+        except BaseException as exc:
+            raise classify_start_error(exc) from exc
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        sup.host.runtime.delete(rec.id, True)
+
+
+STEPS: tuple[Step, ...] = (
+    NetnsStep(),
+    NetworkStep(),
+    DnsStep(),
+    EtcStep(),
+    RootfsStep(),
+    RuntimeStep(),
+)
+
+
+class Steps:
+    """Runs :data:`STEPS` for one container and undoes them."""
+
+    def __init__(self, sup: Supervisor, steps: Sequence[Step] = STEPS) -> None:
+        self.sup = sup
+        self.steps = tuple(steps)
+
+    def checkpoint(self, point: str) -> None:
+        """Called before each step (``start:<step>``) and undo (``undo:<step>``)."""
+        self.sup.faults.hit(point)
+
+    def apply(self, run: Run, persist: Callable[[], None]) -> None:
+        """Every step in order; on failure undo what began (in reverse) and re-raise."""
+        begun: list[Step] = []
+        run.marks.append(("begin", time.perf_counter()))
+        try:
+            for step in self.steps:
+                if not step.wanted(self.sup, run):
+                    continue
+                self.checkpoint(f"start:{step.name}")
+                step.begin(run.rec, run)
+                if step.flag or step.name == "netns":
+                    persist()
+                begun.append(step)
+                step.apply(self.sup, run)
+                run.marks.append((step.name, time.perf_counter()))
+        except BaseException as exc:
+            errors = []
+            for step in reversed(begun):
+                try:
+                    step.undo(self.sup, run.rec)
+                except Exception as uexc:
+                    errors.append(uexc)
+                    logger.bind(step=step.name, error=str(uexc)).warning("undo step failed")
+                step.clear(run.rec)
+            run.rec.ips = []
+            shutil.rmtree(run.cdir, ignore_errors=True)
+            run.rec.error = str(exc)
+            persist()
+            logger.bind(error=str(exc), undo_errors=[str(e) for e in errors]).warning(
+                "container start failed; undone"
+            )
+            raise
+
+    def undo(self, rec: ContainerRecord) -> list[BaseException]:
+        """Undo every step the record says began, in reverse; never stop early."""
+        errors: list[BaseException] = []
+        for step in reversed(self.steps):
+            if not step.begun(rec):
+                continue
+            self.checkpoint(f"undo:{step.name}")
+            try:
+                step.undo(self.sup, rec)
+            except Exception as exc:
+                errors.append(exc)
+                logger.bind(container=rec.id, step=step.name, error=str(exc)).warning(
+                    "teardown step"
+                )
+            step.clear(rec)
+        cdir = self.sup.run_dir / "containers" / rec.id
+        if not rec.rootfs_mounted and not os.path.ismount(cdir / "rootfs"):
+            shutil.rmtree(cdir, ignore_errors=True)
+        if errors:
+            rec.error = "; ".join(str(e) for e in errors)
+        return errors
+
+    @staticmethod
+    def timings(run: Run) -> dict[str, float]:
+        """Milliseconds each step took (for the "container started" log line)."""
+        marks = run.marks
+        return {n: round((t - marks[i][1]) * 1000, 1) for i, (n, t) in enumerate(marks[1:])}
+
+
+def classify_start_error(exc: BaseException) -> Exception:
+    """runc's failure as what the user did wrong: 127 not found, 126 not executable."""
+    text = str(exc)
+    low = text.lower()
+    if "executable file not found" in low or "no such file or directory" in low:
+        return CommandError(f"container command not found: {text}", 127)
+    if "permission denied" in low:
+        return CommandError(f"container command cannot be executed: {text}", 126)
+    if isinstance(exc, NyxError):
+        return exc
+    return RuntimeErrorNyx(f"runc start failed: {text}")
+
+
+def driver_resolv_conf(results: Sequence[SetupResult]) -> str:
+    """resolv.conf from what the driver returned (a CNI result's ``dns``), else the host's."""
+    servers = [str(r.dns_server) for r in results if r.dns_server is not None]
+    search = [s for r in results for s in r.dns_search]
+    if servers:
+        lines = [f"nameserver {s}" for s in dict.fromkeys(servers)]
+        if search:
+            lines.append("search " + " ".join(dict.fromkeys(search)))
+        return "\n".join(lines) + "\n"
+    try:
+        return Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
