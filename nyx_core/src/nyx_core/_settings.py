@@ -115,6 +115,15 @@ class NyxSettings(BaseSettings):
         default=ipaddress.IPv4Network("10.88.0.0/16"),
         description="subnet containers get addresses from; must contain the gateway",
     )
+    container_subnet6: ipaddress.IPv6Network | None = Field(
+        default=None,
+        description="IPv6 subnet of the default network (dual stack; /64 or larger); "
+        "unset: IPv4 only",
+    )
+    gateway_ip6: ipaddress.IPv6Address | None = Field(
+        default=None,
+        description="IPv6 gateway of the default network (default: the subnet's first address)",
+    )
     network: str = Field(
         default="nyx",
         pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
@@ -169,12 +178,38 @@ class NyxSettings(BaseSettings):
             raise ValueError(f"gateway_ip {gw} is not inside container_subnet {net}")
         if gw in (net.network_address, net.broadcast_address):
             raise ValueError(f"gateway_ip {gw} is the network or broadcast address of {net}")
+        net6, gw6 = self.container_subnet6, self.gateway_ip6
+        if net6 is None:
+            if gw6 is not None:
+                raise ValueError(f"gateway_ip6 {gw6} is set but container_subnet6 is not")
+            return self
+        if net6.prefixlen > 64:
+            raise ValueError(f"container_subnet6 {net6} is too small (need /64 or larger)")
+        if gw6 is not None and gw6 not in net6:
+            raise ValueError(f"gateway_ip6 {gw6} is not inside container_subnet6 {net6}")
+        if gw6 is not None and gw6 == net6.network_address:
+            raise ValueError(f"gateway_ip6 {gw6} is the subnet-router anycast address of {net6}")
         return self
 
     @property
     def gateway_interface(self) -> ipaddress.IPv4Interface:
         """The gateway with the subnet's prefix, e.g. ``10.88.0.1/16``."""
         return ipaddress.IPv4Interface(f"{self.gateway_ip}/{self.container_subnet.prefixlen}")
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address | None:
+        """The IPv6 gateway: ``gateway_ip6``, else the subnet's first address; None: IPv4 only."""
+        if self.container_subnet6 is None:
+            return None
+        return self.gateway_ip6 or self.container_subnet6.network_address + 1
+
+    @property
+    def gateway_interface6(self) -> ipaddress.IPv6Interface | None:
+        """The IPv6 gateway with its prefix, e.g. ``fd00:88::1/64``; None: IPv4 only."""
+        gw, net = self.gateway6, self.container_subnet6
+        return (
+            None if gw is None or net is None else ipaddress.IPv6Interface(f"{gw}/{net.prefixlen}")
+        )
 
 
 S = TypeVar("S", bound=BaseSettings)
