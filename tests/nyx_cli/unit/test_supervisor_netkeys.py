@@ -107,9 +107,7 @@ def test_extra_hosts_and_domainname_land_in_hosts(sup: Supervisor) -> None:
 
 def test_host_gateway_is_the_first_networks_gateway(sup: Supervisor) -> None:
     sup.create_network("back", subnet="10.89.7.0/24", gateway="10.89.7.254")
-    c = sup.create(
-        spec(networks=[NetworkAttachment(name="back")], extra_hosts=["gw:host-gateway"])
-    )
+    c = sup.create(spec(networks=[NetworkAttachment(name="back")], extra_hosts=["gw:host-gateway"]))
     assert "10.89.7.254\tgw" in (_cdir(sup, c["id"]) / "hosts").read_text()
 
 
@@ -143,8 +141,7 @@ def test_dns_off_with_servers_writes_only_them(sup: Supervisor) -> None:
 def test_resolv_conf_with_merges_and_replaces() -> None:
     base = "# generated\nnameserver 10.0.0.1\nsearch a.test\noptions ndots:1 edns0\n"
     assert resolv_conf_with(base, ["10.0.0.2"], [], ["ndots:3"], True) == (
-        "nameserver 10.0.0.1\nnameserver 10.0.0.2\nsearch a.test\n"
-        "options ndots:1 edns0 ndots:3\n"
+        "nameserver 10.0.0.1\nnameserver 10.0.0.2\nsearch a.test\noptions ndots:1 edns0 ndots:3\n"
     )
     assert resolv_conf_with(base, ["10.0.0.2"], ["b.test"], [], False) == (
         "nameserver 10.0.0.2\nsearch b.test\noptions ndots:1 edns0\n"
@@ -295,9 +292,7 @@ def test_container_mode_needs_the_other_running(sup: Supervisor) -> None:
         sup.create(spec(name="app2", network_mode=f"container:{host['name']}"))
 
 
-def test_the_network_owner_cannot_be_removed_while_joined(
-    sup: Supervisor, calls: Calls
-) -> None:
+def test_the_network_owner_cannot_be_removed_while_joined(sup: Supervisor, calls: Calls) -> None:
     sup.create(spec(name="db"))
     sup.create(spec(name="app", network_mode="container:db"))
     calls.clear()
