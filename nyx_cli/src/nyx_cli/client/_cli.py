@@ -120,6 +120,13 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
         raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
 
+def _sysctls(values: Sequence[str]) -> dict[str, str]:
+    try:
+        return _commands.sysctl_pairs(values)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="exit after start, print the id")
 @click.option("--rm", is_flag=True, help="remove the container when it exits")
@@ -127,13 +134,39 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
 @click.option("--hostname", default=None, help="hostname (and DNS name <hostname>.nyxd.local)")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/PROTO]", help="publish")
 @click.option("-e", "--env", multiple=True, metavar="NAME=VALUE", help="environment variable")
-@click.option("--network", "networks", multiple=True, help="network to join (repeatable)")
+@click.option(
+    "--network",
+    "networks",
+    multiple=True,
+    help="network to join (repeatable), or alone: host, none, bridge or container:NAME",
+)
 @click.option("--network-alias", "aliases", multiple=True, help="extra DNS name")
 @click.option("--dns-off", is_flag=True, help="no embedded DNS, no resolv.conf override")
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="label")
 @click.option("--entrypoint", default=None, help="override the image's entrypoint")
 @click.option("-w", "--workdir", default=None, help="working directory inside the container")
 @click.option("-u", "--user", default=None, help="user[:group] inside the container")
+@click.option("--ip", default=None, help="IPv4 address on the (one) network")
+@click.option("--mac-address", default=None, help="MAC address on the (one) network")
+@click.option(
+    "--add-host",
+    "add_hosts",
+    multiple=True,
+    metavar="NAME:IP",
+    help="add a line to /etc/hosts (IP host-gateway: the network's gateway)",
+)
+@click.option("--dns", multiple=True, metavar="IP", help="nameserver for resolv.conf")
+@click.option("--dns-search", multiple=True, metavar="DOMAIN", help="resolv.conf search domain")
+@click.option("--dns-option", "dns_options", multiple=True, help="resolv.conf option (ndots:2)")
+@click.option("--domainname", default=None, help="the container's NIS domain name")
+@click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="port it listens on")
+@click.option(
+    "--sysctl",
+    "sysctls",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="net.* sysctl in the container's network namespace",
+)
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -152,6 +185,15 @@ def run(
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
+    ip: str | None,
+    mac_address: str | None,
+    add_hosts: tuple[str, ...],
+    dns: tuple[str, ...],
+    dns_search: tuple[str, ...],
+    dns_options: tuple[str, ...],
+    domainname: str | None,
+    expose: tuple[str, ...],
+    sysctls: tuple[str, ...],
     image: str,
     command: tuple[str, ...],
 ) -> int:
@@ -171,6 +213,15 @@ def run(
         entrypoint=entrypoint,
         workdir=workdir,
         user=user,
+        ip=ip,
+        mac_address=mac_address,
+        add_hosts=add_hosts,
+        dns=dns,
+        dns_search=dns_search,
+        dns_options=dns_options,
+        domainname=domainname,
+        expose=expose,
+        sysctls=_sysctls(sysctls),
         image=image,
         command=command,
     )
