@@ -10,22 +10,27 @@ a cycle is an error) and builds the requests nyxd receives.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from nyx_core import PortMapping, StackNetwork
 from nyx_core.errors import ConfigError
 
 from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
+from ._keys import INFORMATIONAL, REFUSED, SPEC_KEYS
 
 __all__ = [
     "COMPOSE_FILENAMES",
     "CONFIG_HASH_LABEL",
     "DEFAULT_NETWORK",
+    "KNOWN_KEYS",
     "PROJECT_LABEL",
     "RESTART_LABEL",
     "SERVICE_LABEL",
@@ -33,6 +38,7 @@ __all__ = [
     "ComposePlan",
     "ComposeProject",
     "ComposeService",
+    "ServiceNet",
     "ServiceNetwork",
     "check_project_name",
     "interpolate",
@@ -57,8 +63,8 @@ _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
 
-_TOP_KEYS = {"version", "name", "services", "networks"}
-_TOP_IGNORED = {"volumes", "configs", "secrets", "include"}
+# the keys nyx implements, per place (every other one: see ._keys and _check_keys)
+_TOP_KEYS = {"name", "services", "networks"}
 _SERVICE_KEYS = {
     "image",
     "command",
@@ -70,9 +76,33 @@ _SERVICE_KEYS = {
     "depends_on",
     "restart",
 }
-_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
-_IPAM_KEYS = {"driver", "config", "options"}
-_IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
+_SERVICE_NET_KEYS = {  # networking keys of a service (issue 14)
+    "container_name",
+    "domainname",
+    "dns",
+    "dns_search",
+    "dns_opt",
+    "extra_hosts",
+    "expose",
+    "mac_address",
+    "network_mode",
+    "links",
+    "sysctls",
+}
+_SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address", "mac_address"}
+_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam", "external"}
+_IPAM_KEYS = {"driver", "config"}
+_IPAM_CONFIG_KEYS = {"subnet", "gateway"}
+KNOWN_KEYS: dict[str, set[str]] = {
+    "top": _TOP_KEYS,
+    "service": _SERVICE_KEYS | _SERVICE_NET_KEYS,
+    "service_network": _SERVICE_NETWORK_KEYS,
+    "network": _NETWORK_KEYS,
+    "ipam": _IPAM_KEYS,
+    "ipam_config": _IPAM_CONFIG_KEYS,
+}
+"""What :func:`load_compose` reads, per scope of :data:`._keys.SCOPES` (docs/compose.md's
+"done" rows)."""
 _PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
 
@@ -91,6 +121,8 @@ class ComposeNetwork:
     labels: Mapping[str, str] = field(default_factory=dict)
     subnet: str | None = None
     gateway: str | None = None
+    external: bool = False
+    driver: str | None = None
 
     def request(self) -> dict[str, Any]:
         """The body of ``POST /v1/networks`` that creates it."""
@@ -108,10 +140,12 @@ class ComposeNetwork:
 
 @dataclass(frozen=True)
 class ServiceNetwork:
-    """One network a service joins, with its extra DNS aliases."""
+    """One network a service joins, with its extra DNS aliases (and address, MAC)."""
 
     key: str
     aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+    mac_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +163,49 @@ class ComposeService:
     depends_on: tuple[str, ...] = ()
     restart: RestartPolicy = "no"
     restart_max_retries: int | None = None
+    net: ServiceNet = field(default_factory=lambda: ServiceNet())
+
+
+@dataclass(frozen=True)
+class ServiceNet:
+    """A service's networking keys besides ``networks``/``ports``/``hostname``."""
+
+    container_name: str | None = None
+    domainname: str | None = None
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_opt: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
+    expose: tuple[str, ...] = ()
+    mac_address: str | None = None
+    network_mode: str | None = None
+    links: tuple[tuple[str, str], ...] = ()
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    hostname_given: bool = False
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The ContainerSpec fields these become (network_mode still compose's)."""
+        return {
+            "domainname": self.domainname,
+            "dns_servers": list(self.dns),
+            "dns_search": list(self.dns_search),
+            "dns_options": list(self.dns_opt),
+            "extra_hosts": list(self.extra_hosts),
+            "expose": list(self.expose),
+            "sysctls": dict(self.sysctls),
+        }
+
+    @property
+    def shares_names(self) -> bool:
+        """In another container's netns (``service:``/``container:``): its names too."""
+        return bool(self.network_mode) and ":" in (self.network_mode or "")
+
+    @property
+    def service_of(self) -> str | None:
+        """``network_mode: service:NAME``'s NAME."""
+        if self.network_mode and self.network_mode.startswith("service:"):
+            return self.network_mode.partition(":")[2]
+        return None
 
 
 @dataclass(frozen=True)
@@ -262,12 +339,36 @@ def _scalar_text(value: object, path: str) -> str:
     raise _bad(path, value, "must be a string or number")
 
 
-def _check_keys(node: Mapping[str, Any], known: set[str], path: str, warnings: list[str]) -> None:
+def _check_keys(
+    node: Mapping[str, Any],
+    known: set[str],
+    path: str,
+    warnings: list[str],
+    scope: str | None = None,
+) -> None:
+    """Nothing silently ignored: a key of ``node`` that is not ``known`` (nor ``x-*``) is a
+    warning when it is purely informational (:data:`._keys.INFORMATIONAL` of ``scope``),
+    else an error naming every such key's path (it would change what runs)."""
+    refused: list[str] = []
     for key in node:
-        if key.startswith("x-"):
+        if key.startswith("x-") or key in known:
             continue
-        if key not in known:
-            warnings.append(f"{_join(path, key)}: unsupported key, ignored")
+        kpath = _join(path, key)
+        info = INFORMATIONAL.get(scope or "", {}).get(key)
+        if info is not None:
+            warnings.append(f"{kpath}: {info}, ignored")
+            continue
+        why = REFUSED.get(scope or "", {}).get(key)
+        if why is None:
+            spec = SPEC_KEYS.get(scope or "")
+            why = (
+                "not supported by nyx (it would change what runs)"
+                if spec is not None and key in spec
+                else "unknown key"
+            )
+        refused.append(f"{kpath}: {why}")
+    if refused:
+        raise ConfigError("; ".join(refused))
 
 
 def _argv(value: object, path: str) -> tuple[str, ...] | None:
@@ -384,15 +485,27 @@ def _service_networks(
             kpath = _join(path, key)
             _declared(key, kpath, declared)
             aliases: tuple[str, ...] = ()
+            ipv4 = mac = None
             if conf is not None:
                 node = _mapping(conf, kpath)
-                _check_keys(node, {"aliases"}, kpath, warnings)
+                _check_keys(node, _SERVICE_NETWORK_KEYS, kpath, warnings, "service_network")
                 raw = node.get("aliases", [])
                 apath = _join(kpath, "aliases")
+                if raw is None:
+                    raw = []
                 if not isinstance(raw, list):
                     raise _bad(apath, raw, "must be a list of names")
                 aliases = tuple(_alias(a, f"{apath}[{i}]") for i, a in enumerate(raw))
-            out.append(ServiceNetwork(key, aliases))
+                if node.get("ipv4_address") is not None:
+                    ipath = _join(kpath, "ipv4_address")
+                    text = _str(node["ipv4_address"], ipath)
+                    ipv4 = _checked("ipv4_address", text, ipath, attachment=True)
+                    _inside(ipv4, declared.get(key), ipath)
+                if node.get("mac_address") is not None:
+                    mpath = _join(kpath, "mac_address")
+                    text = _str(node["mac_address"], mpath)
+                    mac = _checked("mac_address", text, mpath, attachment=True)
+            out.append(ServiceNetwork(key, aliases, ipv4, mac))
     else:
         raise _bad(path, value, "must be a list of network names or a mapping")
     seen: set[str] = set()
@@ -403,6 +516,32 @@ def _service_networks(
     if not out:
         raise _bad(path, value, "must name at least one network")
     return tuple(out)
+
+
+def _checked(field_name: str, value: Any, path: str, *, attachment: bool = False) -> Any:
+    """``value`` as nyxd's request model (:class:`ContainerSpec` or, with ``attachment``,
+    :class:`NetworkAttachment`) validates and normalises its ``field_name``; its error
+    named by the compose key ``path``. One validation, the daemon's."""
+    try:
+        if attachment:
+            return getattr(NetworkAttachment.model_validate({field_name: value}), field_name)
+        spec = ContainerSpec.model_validate({"image": "x", field_name: value})
+        return getattr(spec, field_name)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {msg}") from exc
+
+
+def _inside(address: str, net: ComposeNetwork | None, path: str) -> None:
+    """A static address must be in the network's subnet when the file gives one."""
+    if net is None or net.subnet is None:
+        return
+    try:
+        inside = ipaddress.ip_address(address) in ipaddress.ip_network(net.subnet, strict=False)
+    except ValueError:
+        return  # the subnet itself is checked by nyxd
+    if not inside:
+        raise _bad(path, address, f"is outside network {net.key}'s subnet {net.subnet}")
 
 
 def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> None:
@@ -467,22 +606,36 @@ def _network_decl(
     options: dict[str, str] = {}
     labels: dict[str, str] = {}
     subnet = gateway = None
+    external = False
+    driver: str | None = None
     if value is not None:
-        node = _mapping(value, path)
-        _check_keys(node, _NETWORK_KEYS, path, warnings)
+        node = dict(_mapping(value, path))
+        # the defaults, said out loud, are accepted (the other values are refused)
+        for flag, default in (("enable_ipv6", False), ("enable_ipv4", True)):
+            if node.get(flag) is default:
+                del node[flag]
+        _check_keys(node, _NETWORK_KEYS, path, warnings, "network")
         if "external" in node:
-            raise _bad(
-                _join(path, "external"), node["external"], "external networks are unsupported"
-            )
+            external, ext_name = _external(node["external"], _join(path, "external"))
+            if external:
+                name = ext_name or key
+                others = sorted(k for k in node if k not in ("external", "name") and k[:2] != "x-")
+                if others:
+                    raise _bad(
+                        _join(path, others[0]),
+                        node[others[0]],
+                        "an external network is used as it is: only 'name' goes with "
+                        "'external: true'",
+                    )
         if "internal" in node:
             internal = _bool(node["internal"], _join(path, "internal"))
         if "name" in node:
             name = _str(node["name"], _join(path, "name"))
             if not _NETNAME_RE.match(name):
                 raise _bad(_join(path, "name"), name, "must be letters, digits, '_', '.', '-'")
-        driver = node.get("driver", "bridge")
-        if driver != "bridge":
-            raise _bad(_join(path, "driver"), driver, "only the bridge driver is supported")
+        if node.get("driver") is not None:
+            # checked against nyxd's driver by `up` (it must be "bridge" or its name)
+            driver = _str(node["driver"], _join(path, "driver"))
         if node.get("driver_opts") is not None:
             opath = _join(path, "driver_opts")
             options = {
@@ -501,7 +654,18 @@ def _network_decl(
         labels=labels,
         subnet=subnet,
         gateway=gateway,
+        external=external,
+        driver=driver,
     )
+
+
+def _external(value: object, path: str) -> tuple[bool, str | None]:
+    """``external: true|false``, or the legacy ``external: {name: NAME}``."""
+    if isinstance(value, bool):
+        return value, None
+    node = _mapping(value, path)
+    _check_keys(node, {"name"}, path, [])
+    return True, _str(node["name"], _join(path, "name")) if "name" in node else None
 
 
 def _labels(value: object, path: str) -> dict[str, str]:
@@ -523,12 +687,10 @@ def _labels(value: object, path: str) -> dict[str, str]:
 def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, str | None]:
     """``ipam.config[0]``'s subnet and gateway (one IPv4 config; the default IPAM driver)."""
     node = _mapping(value, path)
-    _check_keys(node, _IPAM_KEYS, path, warnings)
+    _check_keys(node, _IPAM_KEYS, path, warnings, "ipam")
     driver = node.get("driver", "default")
     if driver != "default":
         raise _bad(_join(path, "driver"), driver, "only the default IPAM driver is supported")
-    if node.get("options"):
-        warnings.append(f"{_join(path, 'options')}: not supported, ignored")
     configs = node.get("config") or []
     cpath = _join(path, "config")
     if not isinstance(configs, list):
@@ -538,10 +700,7 @@ def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, st
     if not configs:
         return None, None
     entry = _mapping(configs[0], f"{cpath}[0]")
-    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings)
-    for ignored in ("ip_range", "aux_addresses"):
-        if ignored in entry:
-            warnings.append(f"{cpath}[0].{ignored}: not supported, ignored")
+    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings, "ipam_config")
     subnet = gateway = None
     if entry.get("subnet") is not None:
         subnet = _str(entry["subnet"], f"{cpath}[0].subnet")
@@ -564,24 +723,22 @@ def _service(
     if not _SERVICE_RE.match(name):
         raise _bad(path, name, "service name must be letters, digits, '_', '.', '-'")
     node = _mapping(value, path)
-    _check_keys(node, _SERVICE_KEYS, path, warnings)
+    _check_keys(node, _SERVICE_KEYS | _SERVICE_NET_KEYS, path, warnings, "service")
     if "image" not in node:
-        why = (
-            "'build' is not supported, 'image' is required" if "build" in node else "needs 'image'"
-        )
-        raise _bad(path, name, why)
+        raise _bad(path, name, "needs 'image'")
     image = _str(node["image"], _join(path, "image"))
     if not image.strip():
         raise _bad(_join(path, "image"), image, "must not be empty")
+    net = _service_net(node, path)
     if "hostname" in node:
         hostname = _str(node["hostname"], _join(path, "hostname"))
         if not _HOSTNAME_RE.match(hostname):
             raise _bad(_join(path, "hostname"), hostname, "is not a valid hostname")
-    elif _HOSTNAME_RE.match(name):
-        hostname = name
+    elif _HOSTNAME_RE.match(name) or net.shares_names:
+        hostname = name  # unused by a service in another's netns: it has that one's names
     else:
         raise _bad(path, name, "service name is not a valid hostname; set 'hostname'")
-    container = f"{project}-{name}-1"
+    container = net.container_name or f"{project}-{name}-1"
     if len(container) > _CONTAINER_NAME_MAX:
         raise _bad(path, container, f"container name is longer than {_CONTAINER_NAME_MAX}")
     ports_raw = node.get("ports", [])
@@ -593,6 +750,15 @@ def _service(
         _port(p, f"{_join(path, 'ports')}[{i}]", warnings) for i, p in enumerate(ports_raw)
     )
     restart, retries = _restart(node.get("restart"), _join(path, "restart"))
+    if net.network_mode is not None:
+        for key in ("networks", "ports"):
+            if node.get(key):
+                raise _bad(
+                    _join(path, key),
+                    node[key],
+                    f"not with network_mode {net.network_mode!r} (the service has no network "
+                    "of its own)",
+                )
     return ComposeService(
         name=name,
         image=image,
@@ -601,13 +767,191 @@ def _service(
         entrypoint=_argv(node.get("entrypoint"), _join(path, "entrypoint")),
         environment=_environment(node.get("environment"), _join(path, "environment"), environ),
         ports=ports,
-        networks=_service_networks(
-            node.get("networks"), _join(path, "networks"), networks, warnings
-        ),
+        networks=()
+        if net.network_mode is not None
+        else _service_networks(node.get("networks"), _join(path, "networks"), networks, warnings),
         depends_on=_depends_on(node.get("depends_on"), _join(path, "depends_on"), warnings),
         restart=restart,
         restart_max_retries=retries,
+        net=net,
     )
+
+
+_CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_MODE_RE = re.compile(r"^(host|none|bridge|(service|container):[a-zA-Z0-9][a-zA-Z0-9_.-]*)$")
+
+
+def _strings(value: object, path: str) -> tuple[str, ...]:
+    """A string or a list of strings (compose's ``string_or_list``)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(_scalar_text(v, f"{path}[{i}]") for i, v in enumerate(value))
+    raise _bad(path, value, "must be a string or a list of strings")
+
+
+def _service_net(node: Mapping[str, Any], path: str) -> ServiceNet:
+    """The networking keys of a service, each checked as nyxd will check it."""
+
+    def checked(key: str, field_name: str, value: Any) -> Any:
+        return _checked(field_name, value, _join(path, key))
+
+    kw: dict[str, Any] = {"hostname_given": "hostname" in node}
+    if node.get("container_name") is not None:
+        cname = _str(node["container_name"], _join(path, "container_name"))
+        if not _CONTAINER_NAME_RE.match(cname):
+            raise _bad(
+                _join(path, "container_name"), cname, "must be letters, digits, '_', '.', '-'"
+            )
+        kw["container_name"] = cname
+    if node.get("domainname") is not None:
+        kw["domainname"] = checked(
+            "domainname", "domainname", _str(node["domainname"], _join(path, "domainname"))
+        )
+    for key, field_name in (
+        ("dns", "dns_servers"),
+        ("dns_search", "dns_search"),
+        ("dns_opt", "dns_options"),
+        ("expose", "expose"),
+    ):
+        values = _strings(node.get(key), _join(path, key))
+        kw[key] = tuple(checked(key, field_name, list(values)))
+    kw["extra_hosts"] = tuple(checked("extra_hosts", "extra_hosts", _extra_hosts(node, path)))
+    if node.get("mac_address") is not None:
+        mpath = _join(path, "mac_address")
+        kw["mac_address"] = _checked(
+            "mac_address", _str(node["mac_address"], mpath), mpath, attachment=True
+        )
+    if node.get("sysctls") is not None:
+        spath = _join(path, "sysctls")
+        raw = node["sysctls"]
+        if isinstance(raw, list):
+            pairs = {}
+            for i, item in enumerate(raw):
+                k, sep, v = _str(item, f"{spath}[{i}]").partition("=")
+                if not k or not sep:
+                    raise _bad(f"{spath}[{i}]", item, "must be KEY=VALUE")
+                pairs[k] = v
+        else:
+            pairs = {k: _scalar_text(v, _join(spath, k)) for k, v in _mapping(raw, spath).items()}
+        kw["sysctls"] = checked("sysctls", "sysctls", pairs)
+    mode = node.get("network_mode")
+    if mode is not None:
+        mpath = _join(path, "network_mode")
+        if not isinstance(mode, str) or not _MODE_RE.match(mode):
+            raise _bad(mpath, mode, "must be host, none, bridge, service:NAME or container:NAME")
+        kw["network_mode"] = mode
+        if mode == "host" and kw.get("sysctls"):
+            raise _bad(_join(path, "sysctls"), kw["sysctls"], "not with network_mode host")
+        if mode.startswith(("service:", "container:")):
+            for key in ("hostname", "domainname", "dns", "dns_search", "dns_opt"):
+                if node.get(key):
+                    raise _bad(
+                        _join(path, key),
+                        node[key],
+                        f"not with network_mode {mode!r}: the service shares that "
+                        "container's names and files",
+                    )
+            for key in ("extra_hosts", "expose", "sysctls", "mac_address"):
+                if node.get(key):
+                    raise _bad(_join(path, key), node[key], f"not with network_mode {mode!r}")
+        elif mode in ("host", "none") and node.get("mac_address"):
+            why = f"not with network_mode {mode}"
+            raise _bad(_join(path, "mac_address"), node["mac_address"], why)
+    kw["links"] = _links(node.get("links"), _join(path, "links"))
+    if kw["links"] and mode not in (None, "bridge"):
+        raise _bad(_join(path, "links"), node["links"], f"not with network_mode {mode!r}")
+    return ServiceNet(**kw)
+
+
+def _extra_hosts(node: Mapping[str, Any], path: str) -> list[str]:
+    """``extra_hosts`` as ``NAME:ADDRESS`` lines: a list (``NAME:ADDR`` or ``NAME=ADDR``) or
+    a mapping of a name to an address or a list of addresses."""
+    raw = node.get("extra_hosts")
+    hpath = _join(path, "extra_hosts")
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        return [_str(item, f"{hpath}[{i}]") for i, item in enumerate(raw)]
+    out = []
+    for name, addrs in _mapping(raw, hpath).items():
+        for addr in _strings(addrs, _join(hpath, name)):
+            out.append(f"{name}={addr}")
+    return out
+
+
+def _links(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    """``links: [SERVICE, SERVICE:ALIAS]`` as (service, alias) pairs."""
+    out = []
+    for i, item in enumerate(_strings(value, path)):
+        service, _, alias = item.partition(":")
+        if not service:
+            raise _bad(f"{path}[{i}]", item, "must be SERVICE or SERVICE:ALIAS")
+        out.append((service, _alias(alias or service, f"{path}[{i}]")))
+    return tuple(out)
+
+
+def _cross_checked(services: dict[str, ComposeService], project: str) -> dict[str, ComposeService]:
+    """What the services' networking keys say about each other: ``network_mode:
+    service:NAME`` and ``links`` name services of the file (and start after them),
+    container names and static addresses are unique."""
+    out = dict(services)
+    names: dict[str, str] = {}
+    for svc in services.values():
+        cname = svc.net.container_name or f"{project}-{svc.name}-1"
+        if cname in names:
+            why = f"also the container of {names[cname]}"
+            raise _bad(f"services.{svc.name}.container_name", cname, why)
+        names[cname] = svc.name
+    addresses: dict[tuple[str, str], str] = {}
+    for svc in services.values():
+        path = f"services.{svc.name}"
+        extra: list[str] = []
+        owner = svc.net.service_of
+        if owner is not None:
+            mpath = f"{path}.network_mode"
+            if owner not in services or owner == svc.name:
+                raise _bad(mpath, svc.net.network_mode, "no such (other) service")
+            if services[owner].net.network_mode == "host":
+                raise _bad(mpath, svc.net.network_mode, f"{owner} uses network_mode host")
+            extra.append(owner)
+        for i, (target, _alias_name) in enumerate(svc.net.links):
+            lpath = f"{path}.links[{i}]"
+            other = services.get(target)
+            if other is None or target == svc.name:
+                raise _bad(lpath, target, "no such (other) service")
+            if not set(_net_keys(svc)) & set(_net_keys(other)):
+                raise _bad(lpath, target, f"{target} shares no network with {svc.name}")
+            extra.append(target)
+        for sn in svc.networks:
+            if sn.ipv4_address is None:
+                continue
+            taken = addresses.setdefault((sn.key, sn.ipv4_address), svc.name)
+            if taken != svc.name:
+                raise _bad(
+                    f"{path}.networks.{sn.key}.ipv4_address",
+                    sn.ipv4_address,
+                    f"is also the address of {taken}",
+                )
+        if svc.net.mac_address is not None and svc.networks and svc.networks[0].mac_address:
+            raise _bad(
+                f"{path}.mac_address",
+                svc.net.mac_address,
+                f"networks.{svc.networks[0].key}.mac_address says another one",
+            )
+        deps = tuple(dict.fromkeys([*svc.depends_on, *extra]))
+        if deps != svc.depends_on:
+            out[svc.name] = replace(svc, depends_on=deps)
+    return out
+
+
+def _net_keys(svc: ComposeService) -> tuple[str, ...]:
+    """The networks a service is on (``bridge`` mode: nyxd's default network)."""
+    if svc.net.network_mode == "bridge":
+        return ("(bridge)",)
+    return tuple(sn.key for sn in svc.networks)
 
 
 # ------------------------------------------------------------------ loading
@@ -637,15 +981,7 @@ def load_compose(
         data = _interpolate_tree(data, environ, "", warnings)
     env: Mapping[str, str] = environ if environ is not None else {}
     top = _mapping(data, "(top level)")
-    for key in top:
-        if key.startswith("x-") or key in _TOP_KEYS:
-            continue
-        if key in _TOP_IGNORED:
-            warnings.append(f"{key}: not supported, ignored")
-        else:
-            warnings.append(f"{key}: unknown key, ignored")
-    if "version" in top:
-        warnings.append("version: obsolete, ignored")
+    _check_keys(top, _TOP_KEYS, "", warnings, "top")
     if project_name is not None:
         name = check_project_name(project_name)
     elif "name" in top:
@@ -674,10 +1010,11 @@ def load_compose(
         for i, dep in enumerate(svc.depends_on):
             if dep not in services:
                 raise _bad(f"services.{svc.name}.depends_on[{i}]", dep, "no such service")
+    services = _cross_checked(services, name)
     if any(sn.key == DEFAULT_NETWORK for s in services.values() for sn in s.networks):
         networks.setdefault(DEFAULT_NETWORK, ComposeNetwork(DEFAULT_NETWORK, f"{name}_default"))
     for svc in services.values():
-        if svc.ports and all(networks[sn.key].internal for sn in svc.networks):
+        if svc.ports and svc.networks and all(networks[sn.key].internal for sn in svc.networks):
             warnings.append(
                 f"services.{svc.name}.ports: the service is only on internal networks, "
                 "its published ports cannot be reached from outside"
@@ -735,7 +1072,40 @@ class ComposePlan:
         return [n for k, n in self.project.networks.items() if k in used]
 
     def container_name(self, service: str) -> str:
+        svc = self.project.services.get(service)
+        if svc is not None and svc.net.container_name:
+            return svc.net.container_name
         return f"{self.project.name}-{service}-1"
+
+    def network_mode(self, service: str) -> str | None:
+        """nyxd's ``network_mode`` for the service (``service:NAME`` → that container)."""
+        mode = self.project.services[service].net.network_mode
+        owner = self.project.services[service].net.service_of
+        if owner is not None:
+            return f"container:{self.container_name(owner)}"
+        return None if mode == "bridge" else mode
+
+    def joiners(self, service: str) -> list[str]:
+        """Services in ``service``'s network namespace (``network_mode: service:``),
+        directly or through another, in stop order."""
+        out: list[str] = []
+        for name in self.stop_order():
+            owner = self.project.services[name].net.service_of
+            while owner is not None and owner != service:
+                owner = self.project.services[owner].net.service_of
+            if owner == service:
+                out.append(name)
+        return out
+
+    def link_aliases(self, service: str, network: str) -> list[str]:
+        """``links: [SERVICE:ALIAS]`` of the services sharing ``network`` with ``service``:
+        extra names of ``service`` there (links are aliases)."""
+        out = []
+        for other in self.project.services.values():
+            if network not in _net_keys(other):
+                continue
+            out += [alias for target, alias in other.net.links if target == service]
+        return out
 
     def attachments(self, service: str) -> list[NetworkAttachment]:
         """The service's networks as nyxd sees them; aliases start with the service name.
@@ -749,15 +1119,32 @@ class ComposePlan:
             # nyxd publishes ports on the first network: make it one that is not internal
             nets.sort(key=lambda sn: self.project.networks[sn.key].internal)
         out: list[NetworkAttachment] = []
-        for sn in nets:
+        for i, sn in enumerate(nets):
             net = self.project.networks[sn.key]
-            aliases = [service, *(a for a in sn.aliases if a != service)]
-            out.append(NetworkAttachment(name=net.name, aliases=aliases, internal=net.internal))
+            names = [*sn.aliases, *self.link_aliases(service, sn.key)]
+            aliases = [service, *dict.fromkeys(a for a in names if a != service)]
+            mac = sn.mac_address or (svc.net.mac_address if i == 0 else None)
+            out.append(
+                NetworkAttachment(
+                    name=net.name,
+                    aliases=aliases,
+                    internal=net.internal,
+                    ipv4_address=sn.ipv4_address,
+                    mac_address=mac,
+                )
+            )
         return out
 
     def stack_services(self) -> dict[str, StackService]:
-        """Every service with its networks: nyxd computes the DNS policy from this."""
-        return {s: StackService(networks=self.attachments(s)) for s in self.project.services}
+        """Every service on a network of its own, with its networks: nyxd computes the DNS
+        policy from this (``network_mode: bridge`` is nyxd's default network)."""
+        out = {}
+        for s, svc in self.project.services.items():
+            if svc.net.network_mode == "bridge":
+                out[s] = StackService(networks=[NetworkAttachment()])
+            elif svc.net.network_mode is None:
+                out[s] = StackService(networks=self.attachments(s))
+        return out
 
     def dns_stack(self) -> dict[str, list[StackNetwork]]:
         """The same, in the shape :func:`nyx_core.dns_policy` takes."""
@@ -774,10 +1161,12 @@ class ComposePlan:
             labels[RESTART_LABEL] = svc.restart + (
                 f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
             )
+        mode = self.network_mode(service)
+        bridge = svc.net.network_mode == "bridge"
         spec = ContainerSpec(
             image=svc.image,
             name=self.container_name(service),
-            hostname=svc.hostname,
+            hostname=None if svc.net.shares_names else svc.hostname,
             command=list(svc.command) if svc.command is not None else None,
             entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
             env=dict(svc.environment),
@@ -786,6 +1175,10 @@ class ComposePlan:
             stack=self.project.name,
             stack_services=self.stack_services(),
             labels=labels,
+            network_mode=mode,
+            mac_address=svc.net.mac_address if bridge else None,
+            aliases=[service] if bridge else [],
+            **svc.net.spec_fields(),
         )
         digest = hashlib.sha256(
             json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
