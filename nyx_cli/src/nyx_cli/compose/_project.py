@@ -10,21 +10,30 @@ a cycle is an error) and builds the requests nyxd receives.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from pydantic import ValidationError
 
 from nyx_core import PortMapping, StackNetwork
 from nyx_core.errors import ConfigError
 
 from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
-from ._keys import INFORMATIONAL, REFUSED, SPEC_KEYS
+from ._checks import HOSTNAME_RE as _HOSTNAME_RE
+from ._checks import alias as _alias
+from ._checks import bad as _bad
+from ._checks import boolean as _bool
+from ._checks import check_keys as _check_keys
+from ._checks import join as _join
+from ._checks import mapping as _mapping
+from ._checks import scalar_text as _scalar_text
+from ._checks import string as _str
+from ._netkeys import SERVICE_NET_KEYS as _SERVICE_NET_KEYS
+from ._netkeys import SERVICE_NETWORK_KEYS as _SERVICE_NETWORK_KEYS
+from ._netkeys import ServiceNet, checked, cross_checked, inside, net_keys, service_net
+from ._netkeys import external as _external
 
 __all__ = [
     "COMPOSE_FILENAMES",
@@ -58,7 +67,6 @@ RestartPolicy = Literal["no", "on-failure"]
 
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
@@ -76,20 +84,7 @@ _SERVICE_KEYS = {
     "depends_on",
     "restart",
 }
-_SERVICE_NET_KEYS = {  # networking keys of a service (issue 14)
-    "container_name",
-    "domainname",
-    "dns",
-    "dns_search",
-    "dns_opt",
-    "extra_hosts",
-    "expose",
-    "mac_address",
-    "network_mode",
-    "links",
-    "sysctls",
-}
-_SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address", "mac_address"}
+_NETWORK_KEYS = {"aliases", "ipv4_address", "mac_address"}
 _NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam", "external"}
 _IPAM_KEYS = {"driver", "config"}
 _IPAM_CONFIG_KEYS = {"subnet", "gateway"}
@@ -164,48 +159,6 @@ class ComposeService:
     restart: RestartPolicy = "no"
     restart_max_retries: int | None = None
     net: ServiceNet = field(default_factory=lambda: ServiceNet())
-
-
-@dataclass(frozen=True)
-class ServiceNet:
-    """A service's networking keys besides ``networks``/``ports``/``hostname``."""
-
-    container_name: str | None = None
-    domainname: str | None = None
-    dns: tuple[str, ...] = ()
-    dns_search: tuple[str, ...] = ()
-    dns_opt: tuple[str, ...] = ()
-    extra_hosts: tuple[str, ...] = ()
-    expose: tuple[str, ...] = ()
-    mac_address: str | None = None
-    network_mode: str | None = None
-    links: tuple[tuple[str, str], ...] = ()
-    sysctls: Mapping[str, str] = field(default_factory=dict)
-    hostname_given: bool = False
-
-    def spec_fields(self) -> dict[str, Any]:
-        """The ContainerSpec fields these become (network_mode still compose's)."""
-        return {
-            "domainname": self.domainname,
-            "dns_servers": list(self.dns),
-            "dns_search": list(self.dns_search),
-            "dns_options": list(self.dns_opt),
-            "extra_hosts": list(self.extra_hosts),
-            "expose": list(self.expose),
-            "sysctls": dict(self.sysctls),
-        }
-
-    @property
-    def shares_names(self) -> bool:
-        """In another container's netns (``service:``/``container:``): its names too."""
-        return bool(self.network_mode) and ":" in (self.network_mode or "")
-
-    @property
-    def service_of(self) -> str | None:
-        """``network_mode: service:NAME``'s NAME."""
-        if self.network_mode and self.network_mode.startswith("service:"):
-            return self.network_mode.partition(":")[2]
-        return None
 
 
 @dataclass(frozen=True)
@@ -302,75 +255,6 @@ def _interpolate_tree(node: object, environ: Mapping[str, str], path: str, w: li
 # ------------------------------------------------------------------ helpers
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _bad(path: str, value: object, why: str) -> ConfigError:
-    return ConfigError(f"{path}: {why} (got {value!r})")
-
-
-def _mapping(value: object, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _bad(path, value, "must be a mapping")
-    for k in value:
-        if not isinstance(k, str):
-            raise _bad(_join(path, str(k)), k, "keys must be strings")
-    return value
-
-
-def _str(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(path, value, "must be a string")
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(path, value, "must be true or false")
-    return value
-
-
-def _scalar_text(value: object, path: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise _bad(path, value, "must be a string or number")
-
-
-def _check_keys(
-    node: Mapping[str, Any],
-    known: set[str],
-    path: str,
-    warnings: list[str],
-    scope: str | None = None,
-) -> None:
-    """Nothing silently ignored: a key of ``node`` that is not ``known`` (nor ``x-*``) is a
-    warning when it is purely informational (:data:`._keys.INFORMATIONAL` of ``scope``),
-    else an error naming every such key's path (it would change what runs)."""
-    refused: list[str] = []
-    for key in node:
-        if key.startswith("x-") or key in known:
-            continue
-        kpath = _join(path, key)
-        info = INFORMATIONAL.get(scope or "", {}).get(key)
-        if info is not None:
-            warnings.append(f"{kpath}: {info}, ignored")
-            continue
-        why = REFUSED.get(scope or "", {}).get(key)
-        if why is None:
-            spec = SPEC_KEYS.get(scope or "")
-            why = (
-                "not supported by nyx (it would change what runs)"
-                if spec is not None and key in spec
-                else "unknown key"
-            )
-        refused.append(f"{kpath}: {why}")
-    if refused:
-        raise ConfigError("; ".join(refused))
-
-
 def _argv(value: object, path: str) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -462,13 +346,6 @@ def _port(value: object, path: str, warnings: list[str]) -> PortMapping:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def _alias(value: object, path: str) -> str:
-    text = _str(value, path)
-    if not _HOSTNAME_RE.match(text):
-        raise _bad(path, value, "is not a valid DNS name (letters, digits, '-')")
-    return text
-
-
 def _service_networks(
     value: object, path: str, declared: Mapping[str, ComposeNetwork], warnings: list[str]
 ) -> tuple[ServiceNetwork, ...]:
@@ -499,12 +376,12 @@ def _service_networks(
                 if node.get("ipv4_address") is not None:
                     ipath = _join(kpath, "ipv4_address")
                     text = _str(node["ipv4_address"], ipath)
-                    ipv4 = _checked("ipv4_address", text, ipath, attachment=True)
-                    _inside(ipv4, declared.get(key), ipath)
+                    ipv4 = checked("ipv4_address", text, ipath, attachment=True)
+                    inside(ipv4, key, getattr(declared.get(key), "subnet", None), ipath)
                 if node.get("mac_address") is not None:
                     mpath = _join(kpath, "mac_address")
                     text = _str(node["mac_address"], mpath)
-                    mac = _checked("mac_address", text, mpath, attachment=True)
+                    mac = checked("mac_address", text, mpath, attachment=True)
             out.append(ServiceNetwork(key, aliases, ipv4, mac))
     else:
         raise _bad(path, value, "must be a list of network names or a mapping")
@@ -516,32 +393,6 @@ def _service_networks(
     if not out:
         raise _bad(path, value, "must name at least one network")
     return tuple(out)
-
-
-def _checked(field_name: str, value: Any, path: str, *, attachment: bool = False) -> Any:
-    """``value`` as nyxd's request model (:class:`ContainerSpec` or, with ``attachment``,
-    :class:`NetworkAttachment`) validates and normalises its ``field_name``; its error
-    named by the compose key ``path``. One validation, the daemon's."""
-    try:
-        if attachment:
-            return getattr(NetworkAttachment.model_validate({field_name: value}), field_name)
-        spec = ContainerSpec.model_validate({"image": "x", field_name: value})
-        return getattr(spec, field_name)
-    except ValidationError as exc:
-        msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {msg}") from exc
-
-
-def _inside(address: str, net: ComposeNetwork | None, path: str) -> None:
-    """A static address must be in the network's subnet when the file gives one."""
-    if net is None or net.subnet is None:
-        return
-    try:
-        inside = ipaddress.ip_address(address) in ipaddress.ip_network(net.subnet, strict=False)
-    except ValueError:
-        return  # the subnet itself is checked by nyxd
-    if not inside:
-        raise _bad(path, address, f"is outside network {net.key}'s subnet {net.subnet}")
 
 
 def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> None:
@@ -659,15 +510,6 @@ def _network_decl(
     )
 
 
-def _external(value: object, path: str) -> tuple[bool, str | None]:
-    """``external: true|false``, or the legacy ``external: {name: NAME}``."""
-    if isinstance(value, bool):
-        return value, None
-    node = _mapping(value, path)
-    _check_keys(node, {"name"}, path, [])
-    return True, _str(node["name"], _join(path, "name")) if "name" in node else None
-
-
 def _labels(value: object, path: str) -> dict[str, str]:
     """Compose labels: a list of ``KEY=VALUE`` (or ``KEY``) or a mapping."""
     if isinstance(value, list):
@@ -729,7 +571,7 @@ def _service(
     image = _str(node["image"], _join(path, "image"))
     if not image.strip():
         raise _bad(_join(path, "image"), image, "must not be empty")
-    net = _service_net(node, path)
+    net = service_net(node, path)
     if "hostname" in node:
         hostname = _str(node["hostname"], _join(path, "hostname"))
         if not _HOSTNAME_RE.match(hostname):
@@ -775,183 +617,6 @@ def _service(
         restart_max_retries=retries,
         net=net,
     )
-
-
-_CONTAINER_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_MODE_RE = re.compile(r"^(host|none|bridge|(service|container):[a-zA-Z0-9][a-zA-Z0-9_.-]*)$")
-
-
-def _strings(value: object, path: str) -> tuple[str, ...]:
-    """A string or a list of strings (compose's ``string_or_list``)."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list):
-        return tuple(_scalar_text(v, f"{path}[{i}]") for i, v in enumerate(value))
-    raise _bad(path, value, "must be a string or a list of strings")
-
-
-def _service_net(node: Mapping[str, Any], path: str) -> ServiceNet:
-    """The networking keys of a service, each checked as nyxd will check it."""
-
-    def checked(key: str, field_name: str, value: Any) -> Any:
-        return _checked(field_name, value, _join(path, key))
-
-    kw: dict[str, Any] = {"hostname_given": "hostname" in node}
-    if node.get("container_name") is not None:
-        cname = _str(node["container_name"], _join(path, "container_name"))
-        if not _CONTAINER_NAME_RE.match(cname):
-            raise _bad(
-                _join(path, "container_name"), cname, "must be letters, digits, '_', '.', '-'"
-            )
-        kw["container_name"] = cname
-    if node.get("domainname") is not None:
-        kw["domainname"] = checked(
-            "domainname", "domainname", _str(node["domainname"], _join(path, "domainname"))
-        )
-    for key, field_name in (
-        ("dns", "dns_servers"),
-        ("dns_search", "dns_search"),
-        ("dns_opt", "dns_options"),
-        ("expose", "expose"),
-    ):
-        values = _strings(node.get(key), _join(path, key))
-        kw[key] = tuple(checked(key, field_name, list(values)))
-    kw["extra_hosts"] = tuple(checked("extra_hosts", "extra_hosts", _extra_hosts(node, path)))
-    if node.get("mac_address") is not None:
-        mpath = _join(path, "mac_address")
-        kw["mac_address"] = _checked(
-            "mac_address", _str(node["mac_address"], mpath), mpath, attachment=True
-        )
-    if node.get("sysctls") is not None:
-        spath = _join(path, "sysctls")
-        raw = node["sysctls"]
-        if isinstance(raw, list):
-            pairs = {}
-            for i, item in enumerate(raw):
-                k, sep, v = _str(item, f"{spath}[{i}]").partition("=")
-                if not k or not sep:
-                    raise _bad(f"{spath}[{i}]", item, "must be KEY=VALUE")
-                pairs[k] = v
-        else:
-            pairs = {k: _scalar_text(v, _join(spath, k)) for k, v in _mapping(raw, spath).items()}
-        kw["sysctls"] = checked("sysctls", "sysctls", pairs)
-    mode = node.get("network_mode")
-    if mode is not None:
-        mpath = _join(path, "network_mode")
-        if not isinstance(mode, str) or not _MODE_RE.match(mode):
-            raise _bad(mpath, mode, "must be host, none, bridge, service:NAME or container:NAME")
-        kw["network_mode"] = mode
-        if mode == "host" and kw.get("sysctls"):
-            raise _bad(_join(path, "sysctls"), kw["sysctls"], "not with network_mode host")
-        if mode.startswith(("service:", "container:")):
-            for key in ("hostname", "domainname", "dns", "dns_search", "dns_opt"):
-                if node.get(key):
-                    raise _bad(
-                        _join(path, key),
-                        node[key],
-                        f"not with network_mode {mode!r}: the service shares that "
-                        "container's names and files",
-                    )
-            for key in ("extra_hosts", "expose", "sysctls", "mac_address"):
-                if node.get(key):
-                    raise _bad(_join(path, key), node[key], f"not with network_mode {mode!r}")
-        elif mode in ("host", "none") and node.get("mac_address"):
-            why = f"not with network_mode {mode}"
-            raise _bad(_join(path, "mac_address"), node["mac_address"], why)
-    kw["links"] = _links(node.get("links"), _join(path, "links"))
-    if kw["links"] and mode not in (None, "bridge"):
-        raise _bad(_join(path, "links"), node["links"], f"not with network_mode {mode!r}")
-    return ServiceNet(**kw)
-
-
-def _extra_hosts(node: Mapping[str, Any], path: str) -> list[str]:
-    """``extra_hosts`` as ``NAME:ADDRESS`` lines: a list (``NAME:ADDR`` or ``NAME=ADDR``) or
-    a mapping of a name to an address or a list of addresses."""
-    raw = node.get("extra_hosts")
-    hpath = _join(path, "extra_hosts")
-    if raw is None:
-        return []
-    if isinstance(raw, list):
-        return [_str(item, f"{hpath}[{i}]") for i, item in enumerate(raw)]
-    out = []
-    for name, addrs in _mapping(raw, hpath).items():
-        for addr in _strings(addrs, _join(hpath, name)):
-            out.append(f"{name}={addr}")
-    return out
-
-
-def _links(value: object, path: str) -> tuple[tuple[str, str], ...]:
-    """``links: [SERVICE, SERVICE:ALIAS]`` as (service, alias) pairs."""
-    out = []
-    for i, item in enumerate(_strings(value, path)):
-        service, _, alias = item.partition(":")
-        if not service:
-            raise _bad(f"{path}[{i}]", item, "must be SERVICE or SERVICE:ALIAS")
-        out.append((service, _alias(alias or service, f"{path}[{i}]")))
-    return tuple(out)
-
-
-def _cross_checked(services: dict[str, ComposeService], project: str) -> dict[str, ComposeService]:
-    """What the services' networking keys say about each other: ``network_mode:
-    service:NAME`` and ``links`` name services of the file (and start after them),
-    container names and static addresses are unique."""
-    out = dict(services)
-    names: dict[str, str] = {}
-    for svc in services.values():
-        cname = svc.net.container_name or f"{project}-{svc.name}-1"
-        if cname in names:
-            why = f"also the container of {names[cname]}"
-            raise _bad(f"services.{svc.name}.container_name", cname, why)
-        names[cname] = svc.name
-    addresses: dict[tuple[str, str], str] = {}
-    for svc in services.values():
-        path = f"services.{svc.name}"
-        extra: list[str] = []
-        owner = svc.net.service_of
-        if owner is not None:
-            mpath = f"{path}.network_mode"
-            if owner not in services or owner == svc.name:
-                raise _bad(mpath, svc.net.network_mode, "no such (other) service")
-            if services[owner].net.network_mode == "host":
-                raise _bad(mpath, svc.net.network_mode, f"{owner} uses network_mode host")
-            extra.append(owner)
-        for i, (target, _alias_name) in enumerate(svc.net.links):
-            lpath = f"{path}.links[{i}]"
-            other = services.get(target)
-            if other is None or target == svc.name:
-                raise _bad(lpath, target, "no such (other) service")
-            if not set(_net_keys(svc)) & set(_net_keys(other)):
-                raise _bad(lpath, target, f"{target} shares no network with {svc.name}")
-            extra.append(target)
-        for sn in svc.networks:
-            if sn.ipv4_address is None:
-                continue
-            taken = addresses.setdefault((sn.key, sn.ipv4_address), svc.name)
-            if taken != svc.name:
-                raise _bad(
-                    f"{path}.networks.{sn.key}.ipv4_address",
-                    sn.ipv4_address,
-                    f"is also the address of {taken}",
-                )
-        if svc.net.mac_address is not None and svc.networks and svc.networks[0].mac_address:
-            raise _bad(
-                f"{path}.mac_address",
-                svc.net.mac_address,
-                f"networks.{svc.networks[0].key}.mac_address says another one",
-            )
-        deps = tuple(dict.fromkeys([*svc.depends_on, *extra]))
-        if deps != svc.depends_on:
-            out[svc.name] = replace(svc, depends_on=deps)
-    return out
-
-
-def _net_keys(svc: ComposeService) -> tuple[str, ...]:
-    """The networks a service is on (``bridge`` mode: nyxd's default network)."""
-    if svc.net.network_mode == "bridge":
-        return ("(bridge)",)
-    return tuple(sn.key for sn in svc.networks)
 
 
 # ------------------------------------------------------------------ loading
@@ -1010,7 +675,7 @@ def load_compose(
         for i, dep in enumerate(svc.depends_on):
             if dep not in services:
                 raise _bad(f"services.{svc.name}.depends_on[{i}]", dep, "no such service")
-    services = _cross_checked(services, name)
+    services = cross_checked(services, name)
     if any(sn.key == DEFAULT_NETWORK for s in services.values() for sn in s.networks):
         networks.setdefault(DEFAULT_NETWORK, ComposeNetwork(DEFAULT_NETWORK, f"{name}_default"))
     for svc in services.values():
@@ -1102,7 +767,7 @@ class ComposePlan:
         extra names of ``service`` there (links are aliases)."""
         out = []
         for other in self.project.services.values():
-            if network not in _net_keys(other):
+            if network not in net_keys(other):
                 continue
             out += [alias for target, alias in other.net.links if target == service]
         return out
