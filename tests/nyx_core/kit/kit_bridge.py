@@ -549,7 +549,9 @@ class RacyLeases(KitBridgePlugin):
     def setup_lock(self) -> AbstractContextManager[object]:
         return nullcontext()
 
-    def lease(self, net: Net, cid: str) -> ipaddress.IPv4Address:
+    def lease(
+        self, net: Net, cid: str, static: ipaddress.IPv4Address | None = None
+    ) -> ipaddress.IPv4Address:
         used = set(self.leases.setdefault(net.name, set()))
         ip = allocate(net.gateway.network, net.gateway.ip, used)
         assert isinstance(ip, ipaddress.IPv4Address)
