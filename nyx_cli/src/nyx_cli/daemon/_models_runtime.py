@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import signal
-from pathlib import PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -45,7 +44,7 @@ def check_target(target: object, field: str) -> str:
         raise ValueError(f"{field} {target!r}: must be an absolute path in the container")
     if ".." in target.split("/"):
         raise ValueError(f"{field} {target!r}: '..' is not allowed in a mount path")
-    path = str(PurePosixPath(target))
+    path = "/" + "/".join(p for p in target.split("/") if p not in ("", "."))
     if path == "/":
         raise ValueError(f"{field} {target!r}: cannot mount over the container's root")
     if path == "/proc" or path.startswith("/proc/"):
@@ -63,7 +62,7 @@ def _host_path(source: object, field: str) -> str:
         raise ValueError(f"{field} {source!r}: a bind source must be an absolute host path")
     if ".." in source.split("/"):
         raise ValueError(f"{field} {source!r}: '..' is not allowed in a bind source")
-    return str(PurePosixPath(source))
+    return "/" + "/".join(p for p in source.split("/") if p not in ("", "."))
 
 
 class Mount(BaseModel):
