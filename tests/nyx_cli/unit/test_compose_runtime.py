@@ -253,3 +253,17 @@ def test_nothing_is_read_until_a_spec_is_built() -> None:
     project = load_compose(yaml.safe_load(text), default_project="p", project_dir="/proj")
     p = plan_stack(project, read_file=reader)
     assert reads == [] and p.order == ("a",)  # `down` and `config` need no file
+
+
+def test_config_output_reads_back_as_the_same_file(tmp_path: Any) -> None:
+    from nyx_cli.compose._cli import _Dumper, _normalized
+
+    first = plan(STACK, {"API_KEY": "k"})
+    text = yaml.dump(_normalized(first), Dumper=_Dumper, sort_keys=False)
+    assert "k-123" not in text and "hunter2" not in text  # secrets are named, never shown
+    project = load_compose(
+        yaml.safe_load(text), environ={"API_KEY": "k", "HOME": "/root"}, project_dir="/proj"
+    )
+    again = plan_stack(project, read_file=read)
+    assert again.container_spec("db") == first.container_spec("db")
+    assert yaml.dump(_normalized(again), Dumper=_Dumper, sort_keys=False) == text

@@ -513,3 +513,34 @@ def test_bad_mount_in_a_container_request_is_400_naming_it(vapi: Client) -> None
         )
     assert info.value.status == 400 and "mounts.0" in str(info.value) and "'rel'" in str(info.value)
     assert vapi.request("GET", "/v1/containers", params={"all": 1}) == []
+
+
+def test_nyx_volume_commands(vapi: Client, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nyx_cli.client._cli import cli
+
+    sock = str(tmp_path / "api.sock")
+
+    def nyx(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--socket", sock, *args])
+
+    made = nyx("volume", "create", "--label", "team=db", "data")
+    assert made.exit_code == 0 and made.output == "data\n"
+    assert nyx("volume", "create", "data").exit_code == 125
+    refused = nyx("volume", "create", "-o", "type=nfs", "x")
+    assert refused.exit_code == 125 and "takes no options" in refused.output
+    vapi.request("POST", "/v1/containers", body={
+        "image": "busybox:nyx", "name": "user",
+        "mounts": [{"type": "volume", "source": "data", "target": "/d"}]})  # fmt: skip
+    listed = nyx("volume", "ls")
+    assert listed.output.splitlines()[1].split() == ["local", "data", "user"]
+    assert nyx("volume", "ls", "-q", "--filter", "label=team=db").output == "data\n"
+    assert nyx("volume", "ls", "-q", "--filter", "label=team=web").output == ""
+    (shown,) = json.loads(nyx("volume", "inspect", "data").output)
+    assert shown["labels"] == {"team": "db"} and shown["containers"] == ["user"]
+    busy = nyx("volume", "rm", "data")
+    assert busy.exit_code == 125 and "in use by container(s) user" in busy.output
+    vapi.request("DELETE", "/v1/containers/user", params={"force": 1})
+    assert nyx("volume", "rm", "data").output == "data\n"
+    assert nyx("volume", "inspect", "data").exit_code == 125
