@@ -205,7 +205,6 @@ bogus: 1
 services:
   a:
     image: x
-    build: .
     x-note: fine
     volumes: [data:/data]
     networks:
@@ -222,10 +221,7 @@ networks:
     )
     assert set(project.warnings) == {
         "version: obsolete, ignored",
-        "volumes: not supported, ignored",
         "bogus: unknown key, ignored",
-        "services.a.build: unsupported key, ignored",
-        "services.a.volumes: unsupported key, ignored",
         "services.a.networks.n.ipv4_address: unsupported key, ignored",
         "services.a.ports[0].mode: not supported, ignored",
         "services.a.depends_on.c.condition: service_healthy is not supported, "
@@ -271,7 +267,7 @@ networks:
         ("services: {}", ["services: must define at least one service"]),
         ("services: {a: [x]}", ["services.a: must be a mapping", "['x']"]),
         ("services: {a: {command: x}}", ["services.a: needs 'image'"]),
-        ("services: {a: {build: .}}", ["services.a: 'build' is not supported"]),
+        ("services: {a: {build: .}}", ["services.a.build: nyx does not build images", "nyx load"]),
         ("services: {a: {image: 3}}", ["services.a.image: must be a string", "3"]),
         ("services: {a: {image: ''}}", ["services.a.image: must not be empty"]),
         ("services: {'a b': {image: x}}", ["services.a b: service name", "'a b'"]),

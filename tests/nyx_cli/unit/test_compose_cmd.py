@@ -726,11 +726,13 @@ def test_cycle_is_an_error(fake: tuple[FakeNyxd, str], project_dir: Path) -> Non
 def test_warnings_go_to_stderr(fake: tuple[FakeNyxd, str], project_dir: Path) -> None:
     _, sock = fake
     (project_dir / "compose.yaml").write_text(
-        TWO_TIER.replace("image: busybox\n    command", "image: busybox\n    build: .\n    command")
+        TWO_TIER.replace(
+            "image: busybox\n    command", "image: busybox\n    stdin_open: true\n    command"
+        )
     )
     result = run(sock, "up", "-d")
     assert result.exit_code == 0
-    assert "compose.yaml: services.web.build: unsupported key, ignored" in result.stderr
+    assert "compose.yaml: services.web.stdin_open: unsupported key, ignored" in result.stderr
     assert result.stderr.startswith("warning: ")
     assert "warning" not in result.stdout
 

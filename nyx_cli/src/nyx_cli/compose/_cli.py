@@ -38,11 +38,13 @@ from ._project import (
     SERVICE_LABEL,
     ComposeNetwork,
     ComposePlan,
+    ComposeVolume,
     check_project_name,
     load_compose,
     normalize_project_name,
     plan_stack,
 )
+from ._service_runtime import ServiceRuntime
 
 __all__ = ["ApiError", "DaemonClient", "compose", "load_yaml"]
 
@@ -141,19 +143,15 @@ def load_yaml(text: str, source: str) -> Any:
 
 
 def _dotenv(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
+    """The project's ``.env`` (dotenv format, :mod:`nyx_cli._envfile`)."""
+    from .._envfile import parse_env_file
+
     if not path.is_file():
-        return env
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
+        return {}
+    try:
+        return parse_env_file(path.read_text(), str(path))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def find_compose_file(cwd: Path) -> Path:
@@ -203,6 +201,7 @@ class _Options:
                 explicit,
                 default_project=normalize_project_name(directory.name),
                 environ=environ,
+                project_dir=directory,
             )
             plan = plan_stack(project)
         except NyxError as exc:
@@ -324,6 +323,53 @@ def _ensure_network(client: DaemonClient, net: ComposeNetwork) -> bool:
             _status("Network", net.name, "Exists")
             return False
     raise click.ClickException(f"network {net.name}: nyxd says it exists but does not list it")
+
+
+def _ensure_volume(client: DaemonClient, vol: ComposeVolume, project: str) -> None:
+    """Create the stack's volume, or use the one that exists (an external one must)."""
+    path = f"/v1/volumes/{quote(vol.name, safe='')}"
+    if vol.external:
+        try:
+            client.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise click.ClickException(
+                    f"external volume {vol.name} not found; create it first "
+                    f"(nyx volume create {vol.name})"
+                ) from exc
+            raise
+        _status("Volume", vol.name, "External")
+        return
+    try:
+        client.request("POST", "/v1/volumes", vol.request(project))
+        _status("Volume", vol.name, "Created")
+        return
+    except ApiError as exc:
+        if exc.status != 409:
+            raise ApiError(exc.status, f"volume {vol.name}: {exc.message}") from exc
+    have = client.request("GET", path)
+    labels = have.get("labels") if isinstance(have, dict) else None
+    if not isinstance(labels, dict) or labels.get(PROJECT_LABEL) != project:
+        click.echo(
+            f"warning: volume {vol.name} exists but was not created by stack {project}; "
+            "it is used as it is (say `external: true` to mean that)",
+            err=True,
+        )
+    _status("Volume", vol.name, "Exists")
+
+
+def _make_bind_sources(plan: ComposePlan) -> None:
+    """Short-syntax bind sources (and ``create_host_path``) that are missing are made by
+    the user running compose, as directories (Compose does the same through the engine)."""
+    for svc in plan.project.services.values():
+        for path in svc.runtime.create_paths:
+            if not os.path.lexists(path):
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"services.{svc.name}.volumes: cannot create {path}: {exc}"
+                    ) from exc
 
 
 def _undo_up(
@@ -573,6 +619,9 @@ def up(ctx: click.Context, detach: bool) -> None:
         for net in plan.networks():
             if _ensure_network(client, net):
                 new_networks.append(net.name)
+        for vol in plan.volumes():
+            _ensure_volume(client, vol, plan.name)
+        _make_bind_sources(plan)
         for service in plan.order:
             body = plan.create_request(service)
             name = plan.container_name(service)
@@ -682,9 +731,17 @@ def up(ctx: click.Context, detach: bool) -> None:
     default=None,
     help="seconds to wait for a container to stop before killing it [default: nyxd's]",
 )
+@click.option(
+    "-v",
+    "--volumes",
+    "remove_volumes",
+    is_flag=True,
+    help="also remove the stack's named volumes (not external ones) and their data",
+)
 @click.pass_context
-def down(ctx: click.Context, timeout: float | None) -> None:
-    """Stop and remove the stack's containers (reverse order), then its networks."""
+def down(ctx: click.Context, timeout: float | None, remove_volumes: bool) -> None:
+    """Stop and remove the stack's containers (reverse order), then its networks; with -v
+    its named volumes too."""
     opts = _options(ctx)
     plan = opts.plan(required=opts.project_name is None)
     project = opts.project(plan)
@@ -724,10 +781,34 @@ def down(ctx: click.Context, timeout: float | None) -> None:
                 errors.append(f"network {net_name}: {exc.message}")
         except click.ClickException as exc:
             errors.append(f"network {net_name}: {exc.message}")
+    if remove_volumes:
+        errors += _remove_volumes(client, plan, project)
     if errors:
         raise click.ClickException(
             f"down finished with {len(errors)} error(s): " + "; ".join(errors)
         )
+
+
+def _remove_volumes(client: DaemonClient, plan: ComposePlan | None, project: str) -> list[str]:
+    """``down -v``: the file's volumes that are not external, or (without the file) those
+    nyxd has labelled with the project."""
+    if plan is not None:
+        names = [v.name for v in plan.project.volumes.values() if not v.external]
+    else:
+        query = urlencode({"label": f"{PROJECT_LABEL}={project}"})
+        listed = client.request("GET", f"/v1/volumes?{query}")
+        names = [str(v["name"]) for v in listed or [] if isinstance(v, dict)]
+    errors = []
+    for name in names:
+        try:
+            client.request("DELETE", f"/v1/volumes/{quote(name, safe='')}")
+            _status("Volume", name, "Removed")
+        except ApiError as exc:
+            if exc.status != 404:
+                errors.append(f"volume {name}: {exc.message}")
+        except click.ClickException as exc:
+            errors.append(f"volume {name}: {exc.message}")
+    return errors
 
 
 def _ips(container: Mapping[str, Any]) -> str:
@@ -789,9 +870,95 @@ def _normalized(plan: ComposePlan) -> dict[str, Any]:
             f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
         )
         entry["x-nyx-container-name"] = plan.container_name(name)
+        entry.update(_runtime_entry(plan, svc.runtime))
         services[name] = entry
     networks = {n.key: _network_entry(n) for n in plan.networks()}
-    return {"name": plan.name, "services": services, "networks": networks}
+    out: dict[str, Any] = {"name": plan.name, "services": services, "networks": networks}
+    out.update(_runtime_top(plan))
+    return out
+
+
+def _runtime_entry(plan: ComposePlan, rt: ServiceRuntime) -> dict[str, Any]:
+    """A service's mounts and process keys as ``config`` prints them (long syntax)."""
+    key_of = {v.name: v.key for v in plan.project.volumes.values()}
+    entry: dict[str, Any] = {}
+    volumes: list[dict[str, Any]] = []
+    tmpfs: list[str] = []
+    for m in rt.mounts:
+        if m.type == "tmpfs":
+            opts = [f"size={m.tmpfs_size}"] if m.tmpfs_size else []
+            opts += [f"mode={m.tmpfs_mode:o}"] if m.tmpfs_mode is not None else []
+            opts += ["exec"] if m.tmpfs_exec else []
+            opts += ["ro"] if m.readonly else []
+            tmpfs.append(m.target + (":" + ",".join(opts) if opts else ""))
+            continue
+        v: dict[str, Any] = {"type": m.type, "target": m.target}
+        if m.source is not None:
+            v["source"] = key_of.get(m.source, m.source) if m.type == "volume" else m.source
+        if m.readonly:
+            v["read_only"] = True
+        if m.nocopy:
+            v["volume"] = {"nocopy": True}
+        if m.type == "bind" and m.source in rt.create_paths:
+            v["bind"] = {"create_host_path": True}
+        volumes.append(v)
+    if volumes:
+        entry["volumes"] = volumes
+    if tmpfs:
+        entry["tmpfs"] = tmpfs
+    for key, refs in (("secrets", rt.secrets), ("configs", rt.configs)):
+        if refs:
+            entry[key] = [
+                {
+                    "source": r.source,
+                    "target": r.target,
+                    "uid": str(r.uid),
+                    "gid": str(r.gid),
+                    "mode": f"0{r.mode:o}",
+                }
+                for r in refs
+            ]
+    if rt.env_files:
+        entry["env_file"] = [{"path": e.path, "required": e.required} for e in rt.env_files]
+    plain: dict[str, Any] = {
+        "working_dir": rt.workdir,
+        "user": rt.user,
+        "stop_signal": rt.stop_signal,
+        "stop_grace_period": f"{rt.stop_timeout:g}s" if rt.stop_timeout is not None else None,
+        "cap_add": [c.removeprefix("CAP_") for c in rt.cap_add] or None,
+        "cap_drop": [c.removeprefix("CAP_") for c in rt.cap_drop] or None,
+        "labels": dict(rt.labels) or None,
+        "init": rt.init or None,
+    }
+    entry.update({k: v for k, v in plain.items() if v is not None})
+    return entry
+
+
+def _runtime_top(plan: ComposePlan) -> dict[str, Any]:
+    """The top-level volumes, secrets and configs as ``config`` prints them."""
+    out: dict[str, Any] = {}
+    volumes = {}
+    for vol in plan.volumes():
+        v: dict[str, Any] = {"name": vol.name}
+        if vol.external:
+            v["external"] = True
+        if vol.labels:
+            v["labels"] = dict(vol.labels)
+        volumes[vol.key] = v
+    if volumes:
+        out["volumes"] = volumes
+    for kind, sources in (("secrets", plan.project.secrets), ("configs", plan.project.configs)):
+        entries = {}
+        for key, src in sources.items():
+            if src.file is not None:
+                entries[key] = {"file": src.file}
+            elif src.environment is not None:
+                entries[key] = {"environment": src.environment}
+            else:
+                entries[key] = {"content": src.content or ""}
+        if entries:
+            out[kind] = entries
+    return out
 
 
 def _network_entry(net: ComposeNetwork) -> dict[str, Any]:

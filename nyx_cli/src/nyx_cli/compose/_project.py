@@ -13,14 +13,25 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from nyx_core import PortMapping, StackNetwork
 from nyx_core.errors import ConfigError
 
 from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
+from ._service_runtime import (
+    SERVICE_KEYS,
+    ComposeFileSource,
+    ComposeVolume,
+    ServiceRuntime,
+    check_build,
+    file_sources,
+    service_runtime,
+    volume_decl,
+)
 
 __all__ = [
     "COMPOSE_FILENAMES",
@@ -33,6 +44,7 @@ __all__ = [
     "ComposePlan",
     "ComposeProject",
     "ComposeService",
+    "ComposeVolume",
     "ServiceNetwork",
     "check_project_name",
     "interpolate",
@@ -57,8 +69,8 @@ _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
 
-_TOP_KEYS = {"version", "name", "services", "networks"}
-_TOP_IGNORED = {"volumes", "configs", "secrets", "include"}
+_TOP_KEYS = {"version", "name", "services", "networks", "volumes", "secrets", "configs"}
+_TOP_IGNORED = {"include"}
 _SERVICE_KEYS = {
     "image",
     "command",
@@ -70,6 +82,7 @@ _SERVICE_KEYS = {
     "depends_on",
     "restart",
 }
+_SERVICE_KEYS |= SERVICE_KEYS  # mounts and process settings: ._service_runtime
 _NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
 _IPAM_KEYS = {"driver", "config", "options"}
 _IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
@@ -129,6 +142,7 @@ class ComposeService:
     depends_on: tuple[str, ...] = ()
     restart: RestartPolicy = "no"
     restart_max_retries: int | None = None
+    runtime: ServiceRuntime = field(default_factory=ServiceRuntime)
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,10 @@ class ComposeProject:
     services: Mapping[str, ComposeService]
     networks: Mapping[str, ComposeNetwork]
     warnings: tuple[str, ...] = ()
+    volumes: Mapping[str, ComposeVolume] = field(default_factory=dict)
+    secrets: Mapping[str, ComposeFileSource] = field(default_factory=dict)
+    configs: Mapping[str, ComposeFileSource] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ project name
@@ -560,10 +578,13 @@ def _service(
     networks: Mapping[str, ComposeNetwork],
     environ: Mapping[str, str],
     warnings: list[str],
+    top: Mapping[str, Mapping[str, Any]] | None = None,
+    project_dir: str | None = None,
 ) -> ComposeService:
     if not _SERVICE_RE.match(name):
         raise _bad(path, name, "service name must be letters, digits, '_', '.', '-'")
     node = _mapping(value, path)
+    check_build(node, path)
     _check_keys(node, _SERVICE_KEYS, path, warnings)
     if "image" not in node:
         why = (
@@ -607,6 +628,14 @@ def _service(
         depends_on=_depends_on(node.get("depends_on"), _join(path, "depends_on"), warnings),
         restart=restart,
         restart_max_retries=retries,
+        runtime=service_runtime(
+            node,
+            path,
+            volumes=(top or {}).get("volumes", {}),
+            secrets=(top or {}).get("secrets", {}),
+            configs=(top or {}).get("configs", {}),
+            project_dir=project_dir,
+        ),
     )
 
 
@@ -619,6 +648,7 @@ def load_compose(
     *,
     default_project: str | None = None,
     environ: Mapping[str, str] | None = None,
+    project_dir: str | Path | None = None,
 ) -> ComposeProject:
     """Validate a parsed compose file.
 
@@ -627,6 +657,8 @@ def load_compose(
         ``default_project`` (normally the directory name, already normalised).
     :param environ: variables for ``${VAR}`` interpolation and bare ``environment`` keys;
         ``None`` disables interpolation.
+    :param project_dir: what relative host paths (binds, ``env_file``, secret and config
+        files) are relative to; nothing is read here.
     :returns: the project; its ``warnings`` list unsupported keys by path.
     :raises ConfigError: naming the key path and the value of the first invalid entry.
     """
@@ -665,11 +697,27 @@ def load_compose(
     services_node = _mapping(services_raw, "services")
     if not services_node:
         raise _bad("services", dict(services_node), "must define at least one service")
+    pdir = str(project_dir) if project_dir is not None else None
+    volumes = {
+        key: volume_decl(key, value, _join("volumes", key), name)
+        for key, value in _mapping(top.get("volumes") or {}, "volumes").items()
+    }
+    top_decls: dict[str, Mapping[str, Any]] = {
+        "volumes": volumes,
+        "secrets": file_sources(top.get("secrets"), "secrets", pdir),
+        "configs": file_sources(top.get("configs"), "configs", pdir),
+    }
     services: dict[str, ComposeService] = {}
     for sname, value in services_node.items():
         services[sname] = _service(
-            sname, value, _join("services", sname), name, networks, env, warnings
+            sname, value, _join("services", sname), name, networks, env, warnings, top_decls, pdir
         )
+    used_volumes = {
+        m.source for s in services.values() for m in s.runtime.mounts if m.type == "volume"
+    }
+    for key, vol in volumes.items():
+        if vol.name not in used_volumes:
+            warnings.append(f"volumes.{key}: not used by any service, not created")
     for svc in services.values():
         for i, dep in enumerate(svc.depends_on):
             if dep not in services:
@@ -691,7 +739,16 @@ def load_compose(
         if net.name in by_name:
             raise _bad(f"networks.{key}.name", net.name, f"also the name of {by_name[net.name]}")
         by_name[net.name] = key
-    return ComposeProject(name=name, services=services, networks=networks, warnings=tuple(warnings))
+    return ComposeProject(
+        name=name,
+        services=services,
+        networks=networks,
+        warnings=tuple(warnings),
+        volumes=volumes,
+        secrets=top_decls["secrets"],
+        configs=top_decls["configs"],
+        environ=dict(env),
+    )
 
 
 # ------------------------------------------------------------------ planning
@@ -718,12 +775,22 @@ def _topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
     return tuple(order)
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @dataclass(frozen=True)
 class ComposePlan:
-    """What ``nyx compose up`` asks nyxd for, in order."""
+    """What ``nyx compose up`` asks nyxd for, in order.
+
+    ``read_file`` reads what ``env_file``, secrets and configs name, when a container's
+    request is built (the only I/O of the plan).
+    """
 
     project: ComposeProject
     order: tuple[str, ...]
+    read_file: Callable[[str], bytes] = _read_file
 
     @property
     def name(self) -> str:
@@ -736,6 +803,16 @@ class ComposePlan:
 
     def container_name(self, service: str) -> str:
         return f"{self.project.name}-{service}-1"
+
+    def volumes(self) -> list[ComposeVolume]:
+        """Volumes at least one service mounts, in file order (external ones included)."""
+        used = {
+            m.source
+            for s in self.project.services.values()
+            for m in s.runtime.mounts
+            if m.type == "volume"
+        }
+        return [v for v in self.project.volumes.values() if v.name in used]
 
     def attachments(self, service: str) -> list[NetworkAttachment]:
         """The service's networks as nyxd sees them; aliases start with the service name.
@@ -769,7 +846,11 @@ class ComposePlan:
     def container_spec(self, service: str) -> ContainerSpec:
         """The request for one service, labelled with project, service and config hash."""
         svc = self.project.services[service]
-        labels = {PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
+        labels = {**svc.runtime.labels, PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
+        environ = self.project.environ
+        extra = svc.runtime.spec_fields(
+            self.read_file, environ, self.project.secrets, self.project.configs
+        )
         if svc.restart != "no":
             labels[RESTART_LABEL] = svc.restart + (
                 f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
@@ -780,12 +861,13 @@ class ComposePlan:
             hostname=svc.hostname,
             command=list(svc.command) if svc.command is not None else None,
             entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
-            env=dict(svc.environment),
+            env={**svc.runtime.environment(self.read_file, environ), **svc.environment},
             ports=list(svc.ports),
             networks=self.attachments(service),
             stack=self.project.name,
             stack_services=self.stack_services(),
             labels=labels,
+            **extra,
         )
         digest = hashlib.sha256(
             json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
@@ -809,6 +891,8 @@ class ComposePlan:
         return tuple(reversed(self.order))
 
 
-def plan_stack(project: ComposeProject) -> ComposePlan:
+def plan_stack(
+    project: ComposeProject, read_file: Callable[[str], bytes] = _read_file
+) -> ComposePlan:
     """Order the services so each starts after what it ``depends_on``; a cycle is an error."""
-    return ComposePlan(project=project, order=_topological(project.services))
+    return ComposePlan(project=project, order=_topological(project.services), read_file=read_file)

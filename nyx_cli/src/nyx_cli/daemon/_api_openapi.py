@@ -22,7 +22,7 @@ from nyx_core import DnsMode
 from .. import __version__
 from ._api import _ROUTES
 from ._api_http import MAX_JSON_DEPTH
-from ._api_models import ImagePull, NetworkCreate
+from ._api_models import ImagePull, NetworkCreate, VolumeCreate
 from ._models import ContainerSpec
 
 __all__ = ["main", "openapi"]
@@ -125,6 +125,19 @@ class Network(BaseModel):
     )
 
 
+class Volume(BaseModel):
+    """A named volume: a directory nyxd keeps under its state dir."""
+
+    name: str
+    driver: Literal["local"]
+    mountpoint: str = Field(description="the data directory on nyxd's host")
+    labels: dict[str, str]
+    options: dict[str, str]
+    scope: Literal["local"]
+    created: str = Field(description="ISO 8601 time")
+    containers: list[str] = Field(description="names of the containers that mount it")
+
+
 _MODELS: list[type[BaseModel]] = [
     Error,
     Info,
@@ -135,6 +148,8 @@ _MODELS: list[type[BaseModel]] = [
     Network,
     NetworkCreate,
     ImagePull,
+    Volume,
+    VolumeCreate,
 ]
 
 
@@ -283,11 +298,38 @@ _OPS: dict[str, _Op] = {
         ("204", "removed", None),
         (404, 409, 500),
     ),
+    "volumes_list": _Op(
+        "List volumes",
+        ("200", "volumes", _json({"type": "array", "items": _ref(Volume)})),
+        (400,),
+        [
+            {
+                "name": "label",
+                "in": "query",
+                "description": "k=v or k; repeatable; all must match",
+                "schema": {"type": "array", "items": {"type": "string"}},
+                "style": "form",
+                "explode": True,
+            },
+        ],
+    ),
+    "volumes_create": _Op(
+        "Create a named volume (containers also create the ones they name on first use)",
+        ("201", "created", _json(_ref(Volume))),
+        (400, 409, 413),
+        body=_json(_ref(VolumeCreate)),
+    ),
+    "volumes_get": _Op("Inspect a volume", ("200", "the volume", _json(_ref(Volume))), (404,)),
+    "volumes_remove": _Op(
+        "Remove a volume and its data; refused while any container (even stopped) mounts it",
+        ("204", "removed", None),
+        (404, 409),
+    ),
 }
 
 _PARAMS = {
     "ref": "id, unique id prefix or name (containers); tag or id (images)",
-    "name": "the network's name",
+    "name": "the network's or the volume's name",
 }
 
 

@@ -41,7 +41,9 @@ class RuntimeLike(Protocol):
         process: Any,
         hostname: str,
         netns_path: str | None,
-        mounts: Sequence[tuple[str, str, bool]],
+        mounts: Sequence[Any],
+        capabilities: Sequence[str] | None = None,
+        init: Path | None = None,
     ) -> Any: ...
     def start(self, container_id: str, bundle: Path, log_path: Path) -> int: ...
     def wait(self, container_id: str, pid: int, timeout: float | None) -> int | None: ...

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nyx_core import PortMapping
 
-__all__ = ["ContainerSpec", "NetworkAttachment", "StackService"]
+from ._models_runtime import FileMount, Mount, normalize_capabilities, parse_signal
+
+__all__ = ["ContainerSpec", "FileMount", "Mount", "NetworkAttachment", "StackService"]
 
 
 class NetworkAttachment(BaseModel):
@@ -79,6 +88,48 @@ class ContainerSpec(BaseModel):
     dns: bool | None = Field(default=None, description="None: follow the daemon's DNS policy")
     rm: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    # -- mounts, capabilities, init, stop (see _models_runtime)
+    mounts: list[Mount] = Field(
+        default_factory=list, description="bind mounts, named or anonymous volumes, tmpfs"
+    )
+    files: list[FileMount] = Field(
+        default_factory=list,
+        description="files written by nyxd and mounted read-only (compose secrets, configs)",
+    )
+    cap_add: list[str] = Field(
+        default_factory=list, description="capabilities added to docker's 14 (or ALL)"
+    )
+    cap_drop: list[str] = Field(default_factory=list, description="capabilities dropped (or ALL)")
+    init: bool = Field(default=False, description="run a tiny init (tini) as PID 1")
+    stop_signal: str | None = Field(
+        default=None, description="signal that stops it (default: the image's, else SIGTERM)"
+    )
+    stop_timeout: float | None = Field(
+        default=None, ge=0, le=86400, description="grace seconds before SIGKILL (default 10)"
+    )
+
+    @field_validator("cap_add", "cap_drop")
+    @classmethod
+    def _caps(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return normalize_capabilities(value, info.field_name or "capabilities")
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_signal(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_mount_per_target(self) -> ContainerSpec:
+        seen: dict[str, str] = {}
+        for i, target in [(f"mounts[{i}]", m.target) for i, m in enumerate(self.mounts)] + [
+            (f"files[{i}]", f.target) for i, f in enumerate(self.files)
+        ]:
+            if target in seen:
+                raise ValueError(f"{i}: target {target!r} is also the target of {seen[target]}")
+            seen[target] = i
+        return self
 
     def attachments(self) -> list[NetworkAttachment]:
         """The networks to join, the default network when none is listed."""

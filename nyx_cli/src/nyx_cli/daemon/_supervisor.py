@@ -48,11 +48,13 @@ from ._faults import Faults
 from ._host import Host
 from ._live import Live
 from ._models import ContainerSpec
+from ._models_runtime import parse_signal
 from ._networks import NetworkRegistry
 from ._reconcile import Reconciler
 from ._settings import DaemonSettings
 from ._state import ContainerRecord, StateStore, now
 from ._steps import Run, Steps
+from ._volumes import ANONYMOUS_LABEL, VolumeStore
 
 __all__ = ["Host", "Supervisor"]
 
@@ -110,6 +112,7 @@ class Supervisor:
         self.faults = faults or Faults()
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
+        self.volumes = VolumeStore(Path(settings.state_dir) / "volumes")
         self._closing = False
 
     # ------------------------------------------------------------------ lookups
@@ -194,6 +197,7 @@ class Supervisor:
             self.networks.gateway(att.name)
         # conflicts with running containers are checked once, when it starts
         self._check_ports(spec.ports, against_running=not start)
+        spec, anonymous = self._check_mounts(spec)
         cid = secrets.token_hex(32)
         name = spec.name or f"nyx-{cid[:8]}"
         hostname = spec.hostname or (
@@ -211,6 +215,7 @@ class Supervisor:
         with self.lock:
             if any(v.rec.name == name for v in self.live.values()):
                 raise ConflictError(f"container name {name!r} is already in use")
+            self._claim_volumes(spec, cid, anonymous)
             self.live[cid] = live
             self.store.save(rec)
             self.store.log_path(cid).touch(mode=0o600)
@@ -390,6 +395,8 @@ class Supervisor:
     def stop(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
         """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown."""
         live = self._find(ref)
+        if timeout is None:
+            timeout = live.rec.spec.stop_timeout
         grace = self.stop_grace if timeout is None else max(0.0, timeout)
         with live.lock:
             state = live.rec.state
@@ -398,7 +405,7 @@ class Supervisor:
             live.stop_requested = True
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
         if grace > 0:
-            self._signal(live, signal.SIGTERM)
+            self._signal(live, self._stop_signal(live.rec.spec))
         if not live.exited.wait(grace):
             self._signal(live, signal.SIGKILL)
             if not live.exited.wait(15):
@@ -448,6 +455,7 @@ class Supervisor:
             self._tombstones[live.rec.id] = live.rec.public()
             while len(self._tombstones) > _TOMBSTONES:
                 self._tombstones.popitem(last=False)
+            self._release_volumes(live.rec.spec)
         self.store.delete(live.rec.id)
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
@@ -596,6 +604,128 @@ class Supervisor:
                 if v.rec.state in ("created", "running") and name in v.rec.networks
             ]
             self.networks.remove(name, users)
+
+    # ------------------------------------------------------------------ mounts and volumes
+
+    def _check_mounts(self, spec: ContainerSpec) -> tuple[ContainerSpec, set[str]]:
+        """Host-side checks of binds and ``init``; anonymous volumes get their names
+        (returned too)."""
+        from ._mounts import check_binds
+
+        check_binds(spec, self.settings)
+        if spec.init:
+            self.init_binary()
+        anonymous: set[str] = set()
+        if not any(m.type == "volume" and m.source is None for m in spec.mounts):
+            return spec, anonymous
+        spec = spec.model_copy(deep=True)
+        for m in spec.mounts:
+            if m.type == "volume" and m.source is None:
+                m.source = secrets.token_hex(32)
+                anonymous.add(m.source)
+        return spec, anonymous
+
+    def _claim_volumes(self, spec: ContainerSpec, cid: str, anonymous: set[str]) -> None:
+        """Create the volumes ``spec`` names that do not exist yet (under ``self.lock``, so a
+        volume cannot be removed between its check and the container's record)."""
+        made: list[str] = []
+        try:
+            for m in spec.mounts:
+                if m.type != "volume" or m.source is None or self.volumes.exists(m.source):
+                    continue
+                labels = {ANONYMOUS_LABEL: cid} if m.source in anonymous else None
+                if self.volumes.ensure(m.source, labels):
+                    made.append(m.source)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(NyxError):
+                    self.volumes.remove(name)
+            raise
+
+    def _release_volumes(self, spec: ContainerSpec) -> None:
+        """Remove the anonymous volumes of a removed container (under ``self.lock``)."""
+        for m in spec.mounts:
+            if m.type != "volume" or m.source is None or self._volume_users(m.source):
+                continue
+            try:
+                if ANONYMOUS_LABEL in self.volumes.get(m.source).labels:
+                    self.volumes.remove(m.source)
+            except NyxError as exc:
+                logger.bind(volume=m.source, error=str(exc)).warning("anonymous volume kept")
+
+    def _volume_users(self, name: str) -> list[str]:
+        return [
+            v.rec.name
+            for v in self.live.values()
+            if any(m.type == "volume" and m.source == name for m in v.rec.spec.mounts)
+        ]
+
+    def _stop_signal(self, spec: ContainerSpec) -> int:
+        """The spec's stop signal, else the image's ``StopSignal``, else SIGTERM."""
+        chosen: str | None = spec.stop_signal
+        if chosen is None:
+            with contextlib.suppress(Exception):
+                config = getattr(self._image(spec.image), "config", None) or {}
+                chosen = config.get("StopSignal") or None
+        if chosen is None:
+            return int(signal.SIGTERM)
+        try:
+            return parse_signal(chosen)
+        except ValueError as exc:
+            logger.bind(error=str(exc)).warning("stop signal unusable; SIGTERM instead")
+            return int(signal.SIGTERM)
+
+    def init_binary(self) -> Path:
+        """The init binary ``init: true`` runs as PID 1.
+
+        :raises ConfigError: none on nyxd's host.
+        """
+        from ..runtime._runc import find_init
+
+        found = find_init(self.settings.init_path)
+        if found is None:
+            raise ConfigError(
+                "init: no init binary on nyxd's host; install tini (apt-get install tini) "
+                "or point NYXD_INIT_PATH (--init-path) at a static init"
+            )
+        return found
+
+    def _volume_public(self, rec: Any) -> dict[str, Any]:
+        return {**self.volumes.public(rec), "containers": self._volume_users(rec.name)}
+
+    def list_volumes(self, labels: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                self._volume_public(r)
+                for r in self.volumes.list()
+                if not labels or all_labels_match(r.labels, labels)
+            ]
+
+    def get_volume(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            return self._volume_public(self.volumes.get(name))
+
+    def create_volume(
+        self,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        driver: str = "local",
+        options: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        with self.lock:
+            return self._volume_public(self.volumes.create(name, labels, driver, options))
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume no container (of any state) uses."""
+        with self.lock:
+            self.volumes.get(name)
+            users = self._volume_users(name)
+            if users:
+                raise ConflictError(
+                    f"volume {name!r} is in use by container(s) {', '.join(sorted(users))}; "
+                    "remove them first"
+                )
+            self.volumes.remove(name)
 
     # ------------------------------------------------------------------ daemon lifecycle
 
