@@ -120,6 +120,13 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
         raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
 
+def _converted(convert: Any, value: str | None, option: str) -> Any:
+    try:
+        return convert(value, option)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="exit after start, print the id")
 @click.option("--rm", is_flag=True, help="remove the container when it exits")
@@ -134,6 +141,18 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
 @click.option("--entrypoint", default=None, help="override the image's entrypoint")
 @click.option("-w", "--workdir", default=None, help="working directory inside the container")
 @click.option("-u", "--user", default=None, help="user[:group] inside the container")
+@click.option(
+    "--restart",
+    default=None,
+    metavar="POLICY",
+    help="no, on-failure[:N], always or unless-stopped (nyxd restarts it) [default: no]",
+)
+@click.option("--health-cmd", default=None, help="command that checks its health (sh -c)")
+@click.option("--health-interval", default=None, metavar="DURATION", help="e.g. 30s (30s)")
+@click.option("--health-timeout", default=None, metavar="DURATION", help="probe timeout (30s)")
+@click.option("--health-retries", default=None, metavar="N", help="failures to unhealthy (3)")
+@click.option("--health-start-period", default=None, metavar="DURATION", help="grace (0s)")
+@click.option("--no-healthcheck", is_flag=True, help="turn off the image's HEALTHCHECK")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -152,6 +171,13 @@ def run(
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
+    restart: str | None,
+    health_cmd: str | None,
+    health_interval: str | None,
+    health_timeout: str | None,
+    health_retries: str | None,
+    health_start_period: str | None,
+    no_healthcheck: bool,
     image: str,
     command: tuple[str, ...],
 ) -> int:
@@ -171,6 +197,15 @@ def run(
         entrypoint=entrypoint,
         workdir=workdir,
         user=user,
+        restart=restart,
+        health_cmd=health_cmd,
+        health_interval=_converted(_commands.duration, health_interval, "--health-interval"),
+        health_timeout=_converted(_commands.duration, health_timeout, "--health-timeout"),
+        health_retries=_converted(_commands.count, health_retries, "--health-retries"),
+        health_start_period=_converted(
+            _commands.duration, health_start_period, "--health-start-period"
+        ),
+        no_healthcheck=no_healthcheck,
         image=image,
         command=command,
     )
