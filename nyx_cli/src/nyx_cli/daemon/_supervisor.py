@@ -393,38 +393,41 @@ class Supervisor:
                 rec.finished = now()
                 rec.pid = None
                 self._teardown(live)
-                rec.state = "stopped" if live.stop_requested else "exited"
-                self._persist(live)
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
             finally:
-                rec.state = "stopped" if live.stop_requested else "exited"
-                # "restarting" is set before done: a log follower sees one or the other
-                self._plan_restart(live, code)
+                # straight from running to restarting (never "exited" in between, which a
+                # compose up waiting for a dependency would take for its end), before done
+                if not self._plan_restart(live, code):
+                    rec.state = "stopped" if live.stop_requested else "exited"
+                try:
+                    self._persist(live)
+                except Exception as exc:
+                    logger.bind(error=repr(exc)).error("container state not saved")
                 live.done.set()
             logger.bind(exit_code=code, state=rec.state).info("container finished")
         if rec.spec.rm and not self._closing:
             with contextlib.suppress(NyxError):
                 self._remove(live)
 
-    def _plan_restart(self, live: Live, code: int | None) -> None:
-        """After an exit (under ``live.lock``): schedule the restart its policy asks for,
-        after docker's backoff. Never after a stop, at nyxd's shutdown or once removed."""
+    def _plan_restart(self, live: Live, code: int | None) -> bool:
+        """After an exit (under ``live.lock``): when its policy asks for a restart, mark it
+        ``restarting`` and schedule the start after docker's backoff. Never after a stop,
+        at nyxd's shutdown or once removed."""
         rec = live.rec
         if live.stop_requested or self._closing or live.removed:
-            return
+            return False
         policy = rec.spec.restart_policy()
         if not policy.after_exit(code, rec.restart_count):
-            return
+            return False
         delay = live.backoff.next(self.clock() - live.started_at)
         rec.state = "restarting"
         rec.restart_count += 1
-        with contextlib.suppress(Exception):
-            self._persist(live)
         logger.bind(policy=str(policy), delay=delay, count=rec.restart_count).info(
             "container restarting"
         )
         live.restart_timer = self.later(delay, lambda: self._restart_due(live))
+        return True
 
     def _restart_due(self, live: Live) -> None:
         """The backoff is over: start it again, unless stopped, removed or nyxd is closing."""
