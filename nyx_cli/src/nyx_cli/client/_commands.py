@@ -217,7 +217,7 @@ def _healthcheck(
     off: bool,
 ) -> dict[str, Any] | None:
     """The spec's ``healthcheck`` from docker's ``--health-*`` flags (``None``: the image's)."""
-    given = {
+    given: dict[str, Any] = {
         "interval": interval,
         "timeout": timeout,
         "retries": retries,
