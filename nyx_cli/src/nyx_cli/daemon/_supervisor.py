@@ -472,14 +472,15 @@ class Supervisor:
                 self._cancel_restart(live)
                 live.stop_requested = True
                 live.rec.state = "stopped"
-                live.rec.stopped_by_hand = by_hand
+                live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
                 self._persist(live)
                 live.done.set()
                 return live.rec.public()
             if state != "running":
                 return live.rec.public()
             live.stop_requested = True
-            live.rec.stopped_by_hand = by_hand
+            # nyxd's shutdown stopping it too does not undo a stop by hand
+            live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
         if grace > 0:
             self._signal(live, signal.SIGTERM)
