@@ -215,7 +215,7 @@ def test_two_tier_stack(stack: Stack) -> None:
         ps = stack.nyx("compose", "ps").stdout
         rows = {line.split()[0]: line for line in ps.splitlines()[1:]}
         assert set(rows) == {"twotier-backend-1", "twotier-web-1"}
-        assert "running" in rows["twotier-web-1"] and "8080:80/tcp" in rows["twotier-web-1"]
+        assert " Up " in rows["twotier-web-1"] and "8080:80/tcp" in rows["twotier-web-1"]
 
         web = "http://127.0.0.1:8080"
         # the published port answers, from the host and from an external client
