@@ -120,9 +120,9 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
         raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
 
-def _converted(convert: Any, values: Sequence[str]) -> Any:
+def _converted(convert: Any, *args: Any) -> Any:
     try:
-        return convert(values)
+        return convert(*args)
     except BadValue as exc:
         raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
@@ -163,6 +163,18 @@ def _converted(convert: Any, values: Sequence[str]) -> Any:
 @click.option("--init", is_flag=True, help="run tini as PID 1 (reaps zombies, forwards signals)")
 @click.option("--stop-signal", default=None, help="signal that stops it (default SIGTERM)")
 @click.option("--stop-timeout", type=float, default=None, help="grace seconds before SIGKILL")
+@click.option(
+    "--restart",
+    default=None,
+    metavar="POLICY",
+    help="no, on-failure[:N], always or unless-stopped (nyxd restarts it) [default: no]",
+)
+@click.option("--health-cmd", default=None, help="command that checks its health (sh -c)")
+@click.option("--health-interval", default=None, metavar="DURATION", help="e.g. 30s (30s)")
+@click.option("--health-timeout", default=None, metavar="DURATION", help="probe timeout (30s)")
+@click.option("--health-retries", default=None, metavar="N", help="failures to unhealthy (3)")
+@click.option("--health-start-period", default=None, metavar="DURATION", help="grace (0s)")
+@click.option("--no-healthcheck", is_flag=True, help="turn off the image's HEALTHCHECK")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -190,6 +202,13 @@ def run(
     init: bool,
     stop_signal: str | None,
     stop_timeout: float | None,
+    restart: str | None,
+    health_cmd: str | None,
+    health_interval: str | None,
+    health_timeout: str | None,
+    health_retries: str | None,
+    health_start_period: str | None,
+    no_healthcheck: bool,
     image: str,
     command: tuple[str, ...],
 ) -> int:
@@ -218,6 +237,15 @@ def run(
         init=init,
         stop_signal=stop_signal,
         stop_timeout=stop_timeout,
+        restart=restart,
+        health_cmd=health_cmd,
+        health_interval=_converted(_commands.duration, health_interval, "--health-interval"),
+        health_timeout=_converted(_commands.duration, health_timeout, "--health-timeout"),
+        health_retries=_converted(_commands.count, health_retries, "--health-retries"),
+        health_start_period=_converted(
+            _commands.duration, health_start_period, "--health-start-period"
+        ),
+        no_healthcheck=no_healthcheck,
         image=image,
         command=command,
     )

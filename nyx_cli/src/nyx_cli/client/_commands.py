@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .._duration import parse_duration
 from ._http import ApiError, Client, DaemonUnavailable, q
 
 TYPE_CHECKING = False
@@ -26,7 +27,9 @@ __all__ = [
     "EXIT_DAEMON",
     "BadValue",
     "call",
+    "count",
     "die",
+    "duration",
     "echo",
     "env_file_pairs",
     "env_pairs",
@@ -42,6 +45,7 @@ __all__ = [
     "run",
     "short",
     "size",
+    "status",
     "stop",
     "table",
     "tmpfs_specs",
@@ -353,6 +357,50 @@ def _make_bind_sources(mounts: list[dict[str, Any]]) -> None:
                 die(f"-v {m['source']}: cannot create the host directory: {exc}")
 
 
+def duration(value: str | None, option: str) -> float | None:
+    """``--health-interval 30s`` and the like, in seconds."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadValue(str(exc), option) from None
+
+
+def count(value: str | None, option: str) -> int | None:
+    """``--health-retries 3``: a whole number of at least 1."""
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise BadValue(f"{value!r} is not a whole number >= 1", option)
+    return int(value)
+
+
+def _healthcheck(
+    cmd: str | None,
+    interval: float | None,
+    timeout: float | None,
+    retries: int | None,
+    start_period: float | None,
+    off: bool,
+) -> dict[str, Any] | None:
+    """The spec's ``healthcheck`` from docker's ``--health-*`` flags (``None``: the image's)."""
+    given: dict[str, Any] = {
+        "interval": interval,
+        "timeout": timeout,
+        "retries": retries,
+        "start_period": start_period,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if off:
+        if cmd is not None or given:
+            die("--no-healthcheck conflicts with the --health-* options")
+        return {"test": ["NONE"]}
+    if cmd is not None:
+        given["test"] = ["CMD-SHELL", cmd]
+    return given or None
+
+
 def run(
     socket: str,
     *,
@@ -369,6 +417,13 @@ def run(
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
+    restart: str | None = None,
+    health_cmd: str | None = None,
+    health_interval: float | None = None,
+    health_timeout: float | None = None,
+    health_retries: int | None = None,
+    health_start_period: float | None = None,
+    no_healthcheck: bool = False,
     image: str,
     command: Sequence[str],
     volumes: Sequence[dict[str, Any]] = (),
@@ -404,6 +459,15 @@ def run(
         "init": init or None,
         "stop_signal": stop_signal,
         "stop_timeout": stop_timeout,
+        "restart": restart,
+        "healthcheck": _healthcheck(
+            health_cmd,
+            health_interval,
+            health_timeout,
+            health_retries,
+            health_start_period,
+            no_healthcheck,
+        ),
     }
     if len(networks) == 1:
         spec["network"] = networks[0]
@@ -474,7 +538,8 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    logs.join(5)
+    if result.get("state") != "restarting":  # otherwise its output goes on: stop here
+        logs.join(5)
     code = result.get("exit_code")
     return code if isinstance(code, int) else (137 if stopping.is_set() else 1)
 
@@ -504,14 +569,78 @@ def ps(socket: str, *, all_: bool, quiet: bool, as_json: bool, filters: Sequence
                 short(r["id"]),
                 r["name"],
                 r["image"],
-                r["state"] + (f" ({r['exit_code']})" if r.get("exit_code") is not None else ""),
+                status(r),
+                str(r.get("restart_count") or 0),
                 ",".join(r.get("ips") or []),
                 ",".join(r.get("ports") or []),
             )
             for r in rows
         ],
-        ("CONTAINER ID", "NAME", "IMAGE", "STATE", "IPS", "PORTS"),
+        ("CONTAINER ID", "NAME", "IMAGE", "STATUS", "RESTARTS", "IPS", "PORTS"),
     )
+
+
+def _ago(when: Any) -> float | None:
+    """Seconds since the API time ``when`` (ISO 8601), ``None`` when it is not one."""
+    from datetime import UTC, datetime  # only for the commands that show times
+
+    if not isinstance(when, str):
+        return None
+    try:
+        then = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
+
+
+def human_duration(seconds: float) -> str:
+    """docker's ``units.HumanDuration``: "Less than a second", "3 seconds", "About an hour"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def status(c: dict[str, Any]) -> str:
+    """docker's STATUS: ``Up 3 seconds (healthy)``, ``Exited (1) 5 seconds ago``,
+    ``Restarting (1) Less than a second ago``, ``Created``."""
+    state = str(c.get("state", ""))
+    if state == "running":
+        up = _ago(c.get("started"))
+        text = "Up" + (f" {human_duration(up)}" if up is not None else "")
+        health = c.get("health")
+        if isinstance(health, dict) and health.get("status"):
+            word = health["status"]
+            text += f" (health: {word})" if word == "starting" else f" ({word})"
+        return text
+    if state in ("exited", "stopped", "restarting"):
+        code = c.get("exit_code")
+        text = state.capitalize() + (f" ({code})" if code is not None else "")
+        ago = _ago(c.get("finished"))
+        return text + (f" {human_duration(ago)} ago" if ago is not None else "")
+    return state.capitalize()
 
 
 def stop(socket: str, *, timeout: float | None, containers: Sequence[str]) -> None:

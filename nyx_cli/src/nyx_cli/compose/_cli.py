@@ -3,7 +3,9 @@
 The file is read and validated here (``nyx_cli.compose._project`` does the pure work), then the
 stack's networks and containers are created with plain HTTP requests to nyxd:
 ``POST /v1/networks``, ``POST /v1/containers`` (a ``ContainerSpec`` plus ``"start": true``),
-and removed again by ``down``. Errors are one clear line, never a traceback.
+and removed again by ``down``. Before a service starts, ``up`` waits for what its
+``depends_on`` conditions ask (a dependency healthy, or exited 0). Restart policies and
+healthchecks are nyxd's: they go in the spec. Errors are one clear line, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +32,7 @@ import yaml
 
 from nyx_core import NyxError, PortMapping
 
+from ..client._commands import status as _status_text
 from ..client._http import ApiError as HttpApiError
 from ..client._http import Client, DaemonUnavailable, default_socket
 from ._project import (
@@ -283,7 +287,8 @@ def _cid(container: Mapping[str, Any]) -> str:
 
 
 def _running(container: Mapping[str, Any]) -> bool:
-    return str(container.get("state", "")).lower() in ("running", "starting", "created")
+    state = str(container.get("state", "")).lower()
+    return state in ("running", "starting", "created", "restarting")
 
 
 def _status(kind: str, name: str, what: str) -> None:
@@ -435,13 +440,9 @@ def _follow(
     project: str,
     follow: bool,
     on_interrupt: Callable[[], None] | None = None,
-    on_end: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None,
 ) -> None:
-    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end.
-
-    ``on_end(container)`` runs (in this thread) when a followed container's output ends; a
-    container it returns (a restarted one) is followed in its place.
-    """
+    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end
+    (nyxd's follow goes on while a container restarts by its policy)."""
     width = max((len(_prefix(c, project)) for c in containers), default=0)
     events: queue.Queue[tuple[str, str] | Mapping[str, Any]] = queue.Queue()
     suffix = "?follow=1" if follow else ""
@@ -489,10 +490,6 @@ def _follow(
                 click.echo(f"{item[0]}  | {item[1]}")
                 continue
             pending -= 1
-            replacement = on_end(item) if on_end is not None else None
-            if replacement is not None:
-                pending += 1
-                start(replacement)
     except KeyboardInterrupt:
         if on_interrupt is None:
             raise SystemExit(130) from None
@@ -520,6 +517,78 @@ def _interruptible(call: Callable[[], object]) -> bool:
     while not done.wait(0.2):
         pass
     return not failed
+
+
+_CONDITION_WORDS = {
+    "service_healthy": "healthy",
+    "service_completed_successfully": "completed successfully",
+}
+
+
+def _await_condition(
+    client: DaemonClient,
+    container: Mapping[str, Any],
+    service: str,
+    dependency: str,
+    condition: str,
+    timeout: float,
+    poll: float = 0.2,
+) -> None:
+    """Wait until ``dependency``'s container meets ``condition`` (``service_healthy``: its
+    health is ``healthy``; ``service_completed_successfully``: it exited 0).
+
+    :raises click.ClickException: it cannot (unhealthy, exited, no healthcheck, a non-zero
+        exit) or did not within ``timeout`` seconds, naming both services and why.
+    """
+    name = str(container.get("name") or _cid(container))
+    what = _CONDITION_WORDS[condition]
+    need = f"service {service} needs {dependency} {what}"
+    _status("Container", name, "Waiting")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = client.request("GET", f"/v1/containers/{quote(_cid(container), safe='')}")
+        except ApiError as exc:
+            raise click.ClickException(f"{need}: {exc.message}") from exc
+        info = info if isinstance(info, dict) else {}
+        state, code = info.get("state"), info.get("exit_code")
+        health = info.get("health")
+        said = ""
+        if condition == "service_healthy":
+            if not isinstance(health, dict):
+                raise click.ClickException(
+                    f"{need}, but {name} has no healthcheck (neither the file's healthcheck: "
+                    "nor the image's HEALTHCHECK)"
+                )
+            status = health.get("status")
+            log = health.get("log") or [{}]
+            lines = str(log[-1].get("output", "")).strip().splitlines()
+            said = lines[-1] if lines else ""
+            if status == "healthy":
+                _status("Container", name, "Healthy")
+                return
+            if status == "unhealthy":
+                raise click.ClickException(
+                    f"{need}: {name} is unhealthy" + (f" (last probe: {said!r})" if said else "")
+                )
+            if state in ("exited", "stopped"):
+                raise click.ClickException(
+                    f"{need}: {name} {state} with exit code {code} before it was healthy"
+                )
+        elif state in ("exited", "stopped"):
+            if code == 0:
+                _status("Container", name, "Exited")
+                return
+            raise click.ClickException(f"{need}: {name} {state} with exit code {code}")
+        if time.monotonic() >= deadline:
+            now = f"it is {state}" + (
+                f", health {health.get('status')}" if isinstance(health, dict) else ""
+            )
+            raise click.ClickException(
+                f"{need}: gave up after {timeout:g}s ({now}); see `nyx compose logs "
+                f"{dependency}`, or raise --wait-timeout"
+            )
+        time.sleep(poll)
 
 
 def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
@@ -591,9 +660,18 @@ def _options(ctx: click.Context) -> _Options:
 
 @compose.command("up")
 @click.option("-d", "--detach", is_flag=True, help="start the stack and return")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="seconds to wait for a depends_on condition (service_healthy, "
+    "service_completed_successfully) before giving up",
+)
 @click.pass_context
-def up(ctx: click.Context, detach: bool) -> None:
-    """Create networks and start services in depends_on order (then follow their logs)."""
+def up(ctx: click.Context, detach: bool, wait_timeout: float) -> None:
+    """Create networks and start services in depends_on order, each once its dependencies
+    meet their conditions (then follow their logs)."""
     opts = _options(ctx)
     plan = opts.plan()
     assert plan is not None
@@ -622,7 +700,13 @@ def up(ctx: click.Context, detach: bool) -> None:
         for vol in plan.volumes():
             _ensure_volume(client, vol, plan.name)
         _make_bind_sources(plan)
+        by_started: dict[str, dict[str, Any]] = {}
         for service in plan.order:
+            svc = plan.project.services[service]
+            for dep in svc.depends_on:
+                condition = svc.condition(dep)
+                if condition != "service_started" and dep in by_started:
+                    _await_condition(client, by_started[dep], service, dep, condition, wait_timeout)
             body = plan.create_request(service)
             name = plan.container_name(service)
             current = by_service.get(service, [])
@@ -636,6 +720,7 @@ def up(ctx: click.Context, detach: bool) -> None:
             if same and len(current) == 1:
                 _status("Container", name, "Running")
                 started.append(same[0])
+                by_started[service] = same[0]
                 continue
             for c in current:
                 _remove_container(client, c)
@@ -652,6 +737,7 @@ def up(ctx: click.Context, detach: bool) -> None:
             new_containers.append(created)
             _status("Container", name, "Started")
             started.append(created)
+            by_started[service] = created
     except (ApiError, click.ClickException) as exc:
         message = exc.message
         if new_containers or new_networks:
@@ -679,48 +765,7 @@ def up(ctx: click.Context, detach: bool) -> None:
                 click.echo("Killing...", err=True)
                 timeout = 0
 
-    restarts: dict[str, int] = {}
-
-    def restart_on_failure(ended: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """``restart: on-failure[:N]``, enforced by this foreground ``up`` (nyxd has no
-        restart policy): a service that exited non-zero is recreated."""
-        service = _service_of(ended, plan.name)
-        svc = plan.project.services.get(service)
-        if svc is None or svc.restart != "on-failure":
-            return None
-        name = plan.container_name(service)
-        try:
-            info = client.request("GET", f"/v1/containers/{quote(_cid(ended), safe='')}")
-            code = info.get("exit_code") if isinstance(info, dict) else None
-            if not isinstance(info, dict) or info.get("state") != "exited" or code in (0, None):
-                return None
-            done = restarts.get(service, 0)
-            if svc.restart_max_retries is not None and done >= svc.restart_max_retries:
-                click.echo(f"{name} exited with {code}; gave up after {done} restart(s)", err=True)
-                return None
-            restarts[service] = done + 1
-            _status("Container", name, f"Restarting (exit {code})")
-            _remove_container(client, info)
-            created = client.request("POST", "/v1/containers", plan.create_request(service))
-        except (ApiError, click.ClickException) as exc:
-            click.echo(f"{name}: restart failed: {exc}", err=True)
-            return None
-        if not isinstance(created, dict):
-            return None
-        created.setdefault("name", name)
-        created.setdefault("labels", {SERVICE_LABEL: service})
-        created.setdefault("state", "running")
-        started[:] = [created if _cid(c) == _cid(ended) else c for c in started]
-        return created
-
-    _follow(
-        client,
-        started,
-        plan.name,
-        follow=True,
-        on_interrupt=stop_all,
-        on_end=restart_on_failure,
-    )
+    _follow(client, started, plan.name, follow=True, on_interrupt=stop_all)
 
 
 @compose.command("down")
@@ -865,10 +910,10 @@ def _normalized(plan: ComposePlan) -> dict[str, Any]:
             for a in plan.attachments(name)
         }
         if svc.depends_on:
-            entry["depends_on"] = list(svc.depends_on)
-        entry["restart"] = svc.restart + (
-            f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
-        )
+            entry["depends_on"] = {dep: {"condition": svc.condition(dep)} for dep in svc.depends_on}
+        entry["restart"] = svc.restart_policy
+        if svc.healthcheck is not None:
+            entry["healthcheck"] = _healthcheck_entry(svc.healthcheck.model_dump())
         entry["x-nyx-container-name"] = plan.container_name(name)
         entry.update(_runtime_entry(plan, svc.runtime))
         services[name] = entry
@@ -961,6 +1006,18 @@ def _runtime_top(plan: ComposePlan) -> dict[str, Any]:
     return out
 
 
+def _healthcheck_entry(hc: Mapping[str, Any]) -> dict[str, Any]:
+    """A healthcheck as the file would say it (durations as seconds with a unit)."""
+    if hc.get("test") == ["NONE"]:
+        return {"disable": True}
+    out: dict[str, Any] = {}
+    for key, value in hc.items():
+        if value is None:
+            continue
+        out[key] = f"{value:g}s" if isinstance(value, float) else value
+    return out
+
+
 def _network_entry(net: ComposeNetwork) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": net.name, "internal": net.internal}
     if net.options:
@@ -999,13 +1056,14 @@ def ps(ctx: click.Context) -> None:
         containers = _stack_containers(opts.client(), project)
     except ApiError as exc:
         raise click.ClickException(exc.message) from exc
-    rows = [("NAME", "SERVICE", "STATE", "IPS", "PORTS")]
+    rows = [("NAME", "SERVICE", "STATUS", "RESTARTS", "IPS", "PORTS")]
     for c in containers:
         rows.append(
             (
                 str(c.get("name", "")),
                 _service_of(c, project),
-                str(c.get("state", "")),
+                _status_text(c),
+                str(c.get("restart_count") or 0),
                 _ips(c),
                 _ports(c),
             )

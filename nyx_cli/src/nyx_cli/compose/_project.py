@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from nyx_core import PortMapping, StackNetwork
 from nyx_core.errors import ConfigError
 
-from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
+from .._duration import parse_duration
+from ..daemon._models import ContainerSpec, Healthcheck, NetworkAttachment, StackService
+from ..daemon._restart import RestartPolicy
 from ._service_runtime import (
     SERVICE_KEYS,
     ComposeFileSource,
@@ -35,10 +39,10 @@ from ._service_runtime import (
 
 __all__ = [
     "COMPOSE_FILENAMES",
+    "CONDITIONS",
     "CONFIG_HASH_LABEL",
     "DEFAULT_NETWORK",
     "PROJECT_LABEL",
-    "RESTART_LABEL",
     "SERVICE_LABEL",
     "ComposeNetwork",
     "ComposePlan",
@@ -56,11 +60,16 @@ __all__ = [
 COMPOSE_FILENAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 PROJECT_LABEL = "com.nyx.compose.project"
 SERVICE_LABEL = "com.nyx.compose.service"
-RESTART_LABEL = "com.nyx.compose.restart"
 CONFIG_HASH_LABEL = "com.nyx.compose.config-hash"
 DEFAULT_NETWORK = "default"
 
-RestartPolicy = Literal["no", "on-failure"]
+RestartName = Literal["no", "on-failure", "always", "unless-stopped"]
+Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+CONDITIONS: tuple[Condition, ...] = (
+    "service_started",
+    "service_healthy",
+    "service_completed_successfully",
+)
 
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -81,6 +90,7 @@ _SERVICE_KEYS = {
     "hostname",
     "depends_on",
     "restart",
+    "healthcheck",
 }
 _SERVICE_KEYS |= SERVICE_KEYS  # mounts and process settings: ._service_runtime
 _NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
@@ -88,6 +98,15 @@ _IPAM_KEYS = {"driver", "config", "options"}
 _IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
 _PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
+_HEALTHCHECK_KEYS = {
+    "test",
+    "interval",
+    "timeout",
+    "retries",
+    "start_period",
+    "start_interval",
+    "disable",
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -140,9 +159,21 @@ class ComposeService:
     ports: tuple[PortMapping, ...] = ()
     networks: tuple[ServiceNetwork, ...] = ()
     depends_on: tuple[str, ...] = ()
-    restart: RestartPolicy = "no"
+    restart: RestartName = "no"
     restart_max_retries: int | None = None
     runtime: ServiceRuntime = field(default_factory=ServiceRuntime)
+    conditions: Mapping[str, Condition] = field(default_factory=dict)
+    healthcheck: Healthcheck | None = None
+
+    @property
+    def restart_policy(self) -> str:
+        """``restart`` as nyxd takes it: ``no``, ``always``, ``on-failure:3``..."""
+        return str(RestartPolicy(self.restart, self.restart_max_retries))
+
+    def condition(self, dependency: str) -> Condition:
+        """What ``up`` waits for before starting this service: ``depends_on`` long form's
+        ``condition`` (``service_started`` for the short form)."""
+        return self.conditions.get(dependency, "service_started")
 
 
 @dataclass(frozen=True)
@@ -429,13 +460,17 @@ def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> No
         raise _bad(path, key, f"network is not declared in the top-level networks ({names})")
 
 
-def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...]:
+def _depends_on(
+    value: object, path: str, warnings: list[str]
+) -> tuple[tuple[str, ...], dict[str, Condition]]:
+    """The services depended on, in file order, and the long form's conditions."""
     if value is None:
-        return ()
+        return (), {}
     if isinstance(value, list):
-        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value)), {}
     if isinstance(value, Mapping):
         names: list[str] = []
+        conditions: dict[str, Condition] = {}
         for dep, conf in _mapping(value, path).items():
             dpath = _join(path, dep)
             names.append(dep)
@@ -444,35 +479,74 @@ def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...
             node = _mapping(conf, dpath)
             _check_keys(node, _DEPENDS_KEYS, dpath, warnings)
             cond = node.get("condition", "service_started")
-            if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
+            if cond not in CONDITIONS:
                 raise _bad(_join(dpath, "condition"), cond, "is not a Compose condition")
-            if cond != "service_started":
-                warnings.append(
-                    f"{_join(dpath, 'condition')}: {cond} is not supported, "
-                    "treated as service_started"
-                )
+            conditions[dep] = cond
             for flag in ("required", "restart"):
                 if flag in node:
                     _bool(node[flag], _join(dpath, flag))
             if node.get("restart") is True:
                 warnings.append(f"{_join(dpath, 'restart')}: not supported, ignored")
-        return tuple(names)
+        return tuple(names), conditions
     raise _bad(path, value, "must be a list of service names or a mapping")
 
 
-def _restart(value: object, path: str) -> tuple[RestartPolicy, int | None]:
+def _restart(value: object, path: str) -> tuple[RestartName, int | None]:
     # YAML 1.1 reads a bare `no` as false.
-    if value is None or value is False or value == "no":
+    if value is None or value is False:
         return "no", None
-    if isinstance(value, str):
-        if value == "on-failure":
-            return "on-failure", None
-        if value.startswith("on-failure:"):
-            n = value.partition(":")[2]
-            if n.isdigit() and int(n) > 0:
-                return "on-failure", int(n)
-            raise _bad(path, value, "on-failure:N needs a positive retry count")
-    raise _bad(path, value, "must be 'no' or 'on-failure[:N]' (always/unless-stopped unsupported)")
+    try:
+        policy = RestartPolicy.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return policy.name, policy.max_retries
+
+
+def _duration(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise _bad(path, value, "must be a duration like 30s, 1m30s or 500ms")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _healthcheck(value: object, path: str, warnings: list[str]) -> Healthcheck | None:
+    """Compose's ``healthcheck``: ``test`` (a string runs with the shell, a list starts
+    with CMD, CMD-SHELL or NONE), durations as strings, ``retries``, ``disable``."""
+    if value is None:
+        return None
+    node = _mapping(value, path)
+    _check_keys(node, _HEALTHCHECK_KEYS, path, warnings)
+    fields: dict[str, Any] = {}
+    if node.get("disable") is not None and _bool(node["disable"], _join(path, "disable")):
+        if node.get("test") is not None:
+            raise _bad(_join(path, "disable"), True, "and test cannot both be set")
+        return Healthcheck(test=["NONE"])
+    tpath = _join(path, "test")
+    test = node.get("test")
+    if isinstance(test, str):
+        if not test.strip():
+            raise _bad(tpath, test, "must not be empty")
+        fields["test"] = ["CMD-SHELL", test]
+    elif isinstance(test, list):
+        fields["test"] = [_str(t, f"{tpath}[{i}]") for i, t in enumerate(test)]
+    elif test is not None:
+        raise _bad(tpath, test, "must be a command line or a list starting with CMD")
+    for key in ("interval", "timeout", "start_period", "start_interval"):
+        if node.get(key) is not None:
+            fields[key] = _duration(node[key], _join(path, key))
+    if node.get("retries") is not None:
+        retries = node["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise _bad(_join(path, "retries"), retries, "must be a whole number")
+        fields["retries"] = retries
+    try:
+        return Healthcheck(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = _join(path, ".".join(str(p) for p in err["loc"]))
+        raise _bad(where, err.get("input"), err["msg"].removeprefix("Value error, ")) from None
 
 
 def _network_decl(
@@ -614,6 +688,9 @@ def _service(
         _port(p, f"{_join(path, 'ports')}[{i}]", warnings) for i, p in enumerate(ports_raw)
     )
     restart, retries = _restart(node.get("restart"), _join(path, "restart"))
+    depends_on, conditions = _depends_on(
+        node.get("depends_on"), _join(path, "depends_on"), warnings
+    )
     return ComposeService(
         name=name,
         image=image,
@@ -625,7 +702,7 @@ def _service(
         networks=_service_networks(
             node.get("networks"), _join(path, "networks"), networks, warnings
         ),
-        depends_on=_depends_on(node.get("depends_on"), _join(path, "depends_on"), warnings),
+        depends_on=depends_on,
         restart=restart,
         restart_max_retries=retries,
         runtime=service_runtime(
@@ -636,6 +713,8 @@ def _service(
             configs=(top or {}).get("configs", {}),
             project_dir=project_dir,
         ),
+        conditions=conditions,
+        healthcheck=_healthcheck(node.get("healthcheck"), _join(path, "healthcheck"), warnings),
     )
 
 
@@ -851,10 +930,6 @@ class ComposePlan:
         extra = svc.runtime.spec_fields(
             self.read_file, environ, self.project.secrets, self.project.configs
         )
-        if svc.restart != "no":
-            labels[RESTART_LABEL] = svc.restart + (
-                f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
-            )
         spec = ContainerSpec(
             image=svc.image,
             name=self.container_name(service),
@@ -868,6 +943,8 @@ class ComposePlan:
             stack_services=self.stack_services(),
             labels=labels,
             **extra,
+            restart=svc.restart_policy,
+            healthcheck=svc.healthcheck,
         )
         digest = hashlib.sha256(
             json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()

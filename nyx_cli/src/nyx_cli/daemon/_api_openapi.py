@@ -23,7 +23,9 @@ from .. import __version__
 from ._api import _ROUTES
 from ._api_http import MAX_JSON_DEPTH
 from ._api_models import ImagePull, NetworkCreate, VolumeCreate
+from ._health import HealthState
 from ._models import ContainerSpec
+from ._state import ContainerState
 
 __all__ = ["main", "openapi"]
 
@@ -68,7 +70,9 @@ class Container(BaseModel):
     id: str
     name: str
     image: str
-    state: Literal["created", "running", "exited", "stopped"]
+    state: ContainerState = Field(
+        description="restarting: ended, and its restart policy starts it again after the backoff"
+    )
     pid: int | None
     exit_code: int | None
     hostname: str
@@ -81,6 +85,9 @@ class Container(BaseModel):
     started: str | None
     finished: str | None
     error: str | None
+    restart: str = Field(description="its restart policy", examples=["unless-stopped"])
+    restart_count: int = Field(description="restarts its policy made")
+    health: HealthState | None = Field(description="null: no healthcheck")
 
 
 class ContainerCreate(ContainerSpec):

@@ -5,8 +5,11 @@ It holds the :class:`~nyx_core.NetworkBackend` facade, the :class:`~nyx_core.Dns
 ordered steps of :mod:`nyx_cli.daemon._steps` (netns → network → DNS → /etc files →
 rootfs + bundle → runc), each recorded in the container's state file before it acts; a
 watcher thread waits for the exit. Stop: SIGTERM, grace period, SIGKILL, then every begun
-step undone in reverse order. Reconciliation after a restart (:mod:`._reconcile`), user
-networks (:mod:`._networks`) and the image store are services it calls.
+step undone in reverse order. A container that ends by itself is started again when its
+restart policy says so (:mod:`._restart`: docker's backoff, every step undone and applied
+again); a stop by hand never is. Reconciliation after a restart (:mod:`._reconcile`), user
+networks (:mod:`._networks`), healthchecks (:mod:`._health`) and the image store are
+services it calls.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from nyx_core.errors import ConfigError, NyxError
 
 from ..errors import ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
 from ._faults import Faults
+from ._health import HealthService
 from ._host import Host
 from ._live import Live
 from ._models import ContainerSpec
@@ -60,6 +64,15 @@ __all__ = ["Host", "Supervisor"]
 
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _TOMBSTONES = 256
+_HOLDS_PORTS = ("running", "restarting")  # a restarting container gets its ports back
+
+
+def _later(delay: float, fn: Callable[[], None]) -> threading.Timer:
+    """Run ``fn`` in a thread after ``delay`` seconds; the timer's ``cancel()`` stops it."""
+    timer = threading.Timer(delay, fn)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 # ------------------------------------------------------------------------ containers
@@ -113,6 +126,11 @@ class Supervisor:
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         self.volumes = VolumeStore(Path(settings.state_dir) / "volumes")
+        self.health = HealthService(self)
+        #: seconds for uptimes and health start periods; tests inject a fake clock
+        self.clock: Callable[[], float] = time.monotonic
+        #: schedules a restart: ``later(delay, fn)`` returns something with ``cancel()``
+        self.later: Callable[[float, Callable[[], None]], Any] = _later
         self._closing = False
 
     # ------------------------------------------------------------------ lookups
@@ -143,7 +161,7 @@ class Supervisor:
         out = []
         for live in sorted(lives, key=lambda lv: lv.rec.created):
             rec = live.rec
-            if not all and rec.state != "running":
+            if not all and rec.state not in _HOLDS_PORTS:
                 continue
             if labels and not all_labels_match(rec.spec.labels, labels):
                 continue
@@ -254,7 +272,7 @@ class Supervisor:
                 taken = [
                     r
                     for v in self.live.values()
-                    if v.rec.state == "running" and v.rec.id != exclude
+                    if v.rec.state in _HOLDS_PORTS and v.rec.id != exclude
                     for r in port_ranges(v.rec.spec.ports, v.rec.name)
                 ]
         clash = find_port_clash(port_ranges(ports), taken)
@@ -342,8 +360,11 @@ class Supervisor:
         rec.finished = None
         rec.exit_code = None
         rec.error = None
+        rec.stopped_by_hand = False
+        live.started_at = self.clock()
         live.exited.clear()
         live.done.clear()
+        self.health.start(live, image)
         self._persist(live)
         logger.bind(pid=run.pid, ips=rec.ips, ms=Steps.timings(run)).info("container started")
         threading.Thread(
@@ -370,39 +391,103 @@ class Supervisor:
             logger.bind(container=rec.id, error=str(exc)).warning("wait failed")
             code = None
         live.exited.set()
+        self.health.stop(live)
         with live.lock, logger.contextualize(container=rec.id):
             try:
                 rec.exit_code = code
                 rec.finished = now()
                 rec.pid = None
                 self._teardown(live)
-                rec.state = "stopped" if live.stop_requested else "exited"
-                self._persist(live)
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
             finally:
-                rec.state = "stopped" if live.stop_requested else "exited"
+                # straight from running to restarting (never "exited" in between, which a
+                # compose up waiting for a dependency would take for its end), before done
+                if not self._plan_restart(live, code):
+                    rec.state = "stopped" if live.stop_requested else "exited"
+                try:
+                    self._persist(live)
+                except Exception as exc:
+                    logger.bind(error=repr(exc)).error("container state not saved")
                 live.done.set()
             logger.bind(exit_code=code, state=rec.state).info("container finished")
         if rec.spec.rm and not self._closing:
             with contextlib.suppress(NyxError):
                 self._remove(live)
 
+    def _plan_restart(self, live: Live, code: int | None) -> bool:
+        """After an exit (under ``live.lock``): when its policy asks for a restart, mark it
+        ``restarting`` and schedule the start after docker's backoff. Never after a stop,
+        at nyxd's shutdown or once removed."""
+        rec = live.rec
+        if live.stop_requested or self._closing or live.removed:
+            return False
+        policy = rec.spec.restart_policy()
+        if not policy.after_exit(code, rec.restart_count):
+            return False
+        delay = live.backoff.next(self.clock() - live.started_at)
+        rec.state = "restarting"
+        rec.restart_count += 1
+        logger.bind(policy=str(policy), delay=delay, count=rec.restart_count).info(
+            "container restarting"
+        )
+        live.restart_timer = self.later(delay, lambda: self._restart_due(live))
+        return True
+
+    def _restart_due(self, live: Live) -> None:
+        """The backoff is over: start it again, unless stopped, removed or nyxd is closing."""
+        with live.lock, logger.contextualize(container=live.rec.id):
+            rec = live.rec
+            if live.removed or self._closing or rec.state != "restarting":
+                return
+            live.restart_timer = None
+            try:
+                self._check_ports(rec.spec.ports, exclude=rec.id)
+                self._start(live)
+            except Exception as exc:
+                rec.state = "exited"
+                rec.error = f"restart failed: {exc}"
+                with contextlib.suppress(Exception):
+                    self._persist(live)
+                live.done.set()
+                logger.bind(error=str(exc)).warning("container restart failed; giving up")
+
+    def _cancel_restart(self, live: Live) -> None:
+        timer, live.restart_timer = live.restart_timer, None
+        if timer is not None:
+            with contextlib.suppress(Exception):
+                timer.cancel()
+
     def _teardown(self, live: Live) -> list[BaseException]:
         """Undo every step recorded for the container, in reverse order; never stop early."""
         return self.steps.undo(live.rec)
 
-    def stop(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
-        """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown."""
+    def stop(self, ref: str, timeout: float | None = None, by_hand: bool = True) -> dict[str, Any]:
+        """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown.
+
+        No restart policy starts it again; ``by_hand`` (not nyxd's shutdown) also keeps an
+        ``unless-stopped`` container stopped when nyxd starts again. A container waiting to
+        restart just stays stopped.
+        """
         live = self._find(ref)
         if timeout is None:
             timeout = live.rec.spec.stop_timeout
         grace = self.stop_grace if timeout is None else max(0.0, timeout)
         with live.lock:
             state = live.rec.state
+            if state == "restarting":
+                self._cancel_restart(live)
+                live.stop_requested = True
+                live.rec.state = "stopped"
+                live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
+                self._persist(live)
+                live.done.set()
+                return live.rec.public()
             if state != "running":
                 return live.rec.public()
             live.stop_requested = True
+            # nyxd's shutdown stopping it too does not undo a stop by hand
+            live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
         if grace > 0:
             self._signal(live, self._stop_signal(live.rec.spec))
@@ -428,10 +513,11 @@ class Supervisor:
 
     def remove(self, ref: str, force: bool = False) -> None:
         live = self._find(ref)
-        if live.rec.state == "running":
+        if live.rec.state in _HOLDS_PORTS:
             if not force:
                 raise ConflictError(
-                    f"container {live.rec.name!r} is running; stop it first or force removal"
+                    f"container {live.rec.name!r} is {live.rec.state}; stop it first or force "
+                    "removal"
                 )
             self.stop(live.rec.id, timeout=0)
         self._remove(live)
@@ -440,8 +526,9 @@ class Supervisor:
         with live.lock:
             if live.removed:
                 return
-            if live.rec.state == "running":
-                raise ConflictError(f"container {live.rec.name!r} is running")
+            if live.rec.state in _HOLDS_PORTS:
+                raise ConflictError(f"container {live.rec.name!r} is {live.rec.state}")
+            self._cancel_restart(live)
             self._teardown(live)
             live.removed = True
             live.done.set()
@@ -487,7 +574,8 @@ class Supervisor:
                     yield chunk
                     continue
                 failed = live.rec.state == "created" and live.rec.error is not None
-                if not follow or live.done.is_set() or live.removed or failed:
+                ended = live.done.is_set() and live.rec.state != "restarting"
+                if not follow or ended or live.removed or failed:
                     rest = f.read()
                     if rest:
                         yield rest
@@ -601,7 +689,7 @@ class Supervisor:
             users = [
                 v.rec.name
                 for v in self.live.values()
-                if v.rec.state in ("created", "running") and name in v.rec.networks
+                if v.rec.state in ("created", *_HOLDS_PORTS) and name in v.rec.networks
             ]
             self.networks.remove(name, users)
 
@@ -735,8 +823,22 @@ class Supervisor:
         return self.reconciler.run()
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop every running container (in parallel), leaving the host clean."""
+        """Stop every running container (in parallel), leaving the host clean.
+
+        Not a stop by hand: ``always`` and ``unless-stopped`` containers start again with
+        nyxd; a container waiting to restart is left stopped, and nothing restarts.
+        """
         self._closing = True
+        with self.lock:
+            lives = list(self.live.values())
+        for live in lives:
+            with live.lock:
+                if live.rec.state == "restarting":
+                    self._cancel_restart(live)
+                    live.rec.state = "stopped"
+                    with contextlib.suppress(Exception):
+                        self._persist(live)
+                    live.done.set()
         with self.lock:
             running = [v for v in self.live.values() if v.rec.state == "running"]
         threads = [
@@ -755,7 +857,7 @@ class Supervisor:
 
     def _stop_quiet(self, live: Live, grace: float) -> None:
         try:
-            self.stop(live.rec.id, timeout=grace)
+            self.stop(live.rec.id, timeout=grace, by_hand=False)
         except Exception as exc:
             logger.bind(container=live.rec.id, error=str(exc)).warning("stop at shutdown failed")
 

@@ -22,8 +22,11 @@ import errno
 import json
 import os
 import select
+import shutil
+import signal
 import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -727,6 +730,45 @@ class RuncRuntime:
             self._exit_codes[key] = code
             return code
 
+    def exec(
+        self, container_id: str, args: Sequence[str], timeout: float, limit: int = 4096
+    ) -> tuple[int | None, str]:
+        """Run ``args`` in the running container (``runc exec``: its namespaces, cgroup,
+        environment, user, working directory, capabilities and seccomp filter); returns the
+        exit code (128+N for signal N) and the first ``limit`` bytes of stdout+stderr.
+
+        After ``timeout`` seconds the process is killed (SIGKILL, through a pidfd taken while
+        runc still waits for it, so never another process) and the code is ``None``.
+
+        :raises RuntimeErrorNyx: runc could not be run.
+        """
+        scratch = Path(tempfile.mkdtemp(prefix="nyx-exec-"))
+        pid_file = scratch / "pid"
+        argv = [self.runc, "--root", str(self.root), "exec", "--pid-file", str(pid_file)]
+        try:
+            with tempfile.TemporaryFile() as out:
+                try:
+                    proc = subprocess.Popen(
+                        [*argv, container_id, *args],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=out,
+                    )
+                except OSError as exc:
+                    raise RuntimeErrorNyx(f"runc exec {container_id}: {exc}") from exc
+                try:
+                    code: int | None = proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    code = None
+                    _kill_exec(proc, pid_file)
+                out.seek(0)
+                text = out.read(limit).decode(errors="replace")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if code is not None and code < 0:
+            code = 128 - code
+        return code, text
+
     def kill(self, container_id: str, sig: int = 15) -> None:
         """Send ``sig`` to the container's init; a stopped or unknown container is no error."""
         proc = self._run("kill", container_id, str(int(sig)))
@@ -815,6 +857,30 @@ def _run_exact(
         if pidfd is not None:
             os.close(pidfd)
     return subprocess.CompletedProcess(argv, proc.returncode)
+
+
+def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
+    """Kill a timed-out ``runc exec``: the process in the container first (its pid from
+    runc's pid file, opened as a pidfd while runc, its parent, has not reaped it), then
+    runc itself if it does not end."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        pidfd = os.pidfd_open(pid)
+    except (OSError, ValueError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            if proc.poll() is None:  # runc still waits for it: the pid is still that process
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _gone(stderr: str) -> bool:
