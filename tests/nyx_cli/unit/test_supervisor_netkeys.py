@@ -322,3 +322,58 @@ def test_host_and_container_modes_are_readopted_after_a_restart(
     second = make_sup(tmp_path, parts, calls)
     assert second.reconcile() == {"stopped": 0, "cleaned": 0, "adopted": 3}
     assert {c["name"] for c in second.list_containers()} == {"db", "app", "h"}
+
+
+# ------------------------------------------------------------------ with restart policies
+
+
+def test_joiners_stop_when_their_owner_restarts_by_its_policy(
+    sup: Supervisor, parts: dict[str, Any]
+) -> None:
+    """The owner's restart undoes its netns: the joiner loses its network and is stopped
+    (not by hand, and not restarted by its own policy into a namespace that is gone)."""
+    from test_restart_policy import controlled
+
+    _, later = controlled(sup)
+    db = sup.create(spec(name="db", restart="always"))
+    sup.create(spec(name="app", network_mode="container:db", restart="always"))
+    parts["runtime"].exit(db["id"], 1)
+    assert sup.wait("app", timeout=5)["state"] == "stopped"
+    assert sup.get("db")["state"] == "restarting" and len(later) == 1  # only db's restart
+    later[-1].fire()
+    assert sup.get("db")["state"] == "running" and sup.get("app")["state"] == "stopped"
+    assert not next(r for r in sup.store.load_all()[0] if r.name == "app").stopped_by_hand
+
+
+def test_a_joiner_restarts_into_its_owners_netns_and_holds_it_meanwhile(
+    sup: Supervisor, parts: dict[str, Any]
+) -> None:
+    from test_restart_policy import controlled
+
+    _, later = controlled(sup)
+    db = sup.create(spec(name="db"))
+    app = sup.create(spec(name="app", network_mode="container:db", restart="on-failure"))
+    parts["runtime"].exit(app["id"], 1)
+    sup.wait("app", timeout=5)
+    assert sup.get("app")["state"] == "restarting"
+    with pytest.raises(ConflictError, match=r"'db' is the network of 'app'"):
+        sup.remove("db", force=True)
+    assert sup.get("db")["state"] == "running"
+    later[-1].fire()
+    assert sup.get("app")["state"] == "running"
+    assert sup.host.runtime.last["netns_path"] == str(sup.run_dir / "netns" / db["id"])  # type: ignore[attr-defined]
+
+
+def test_a_joiner_waiting_to_restart_stays_stopped_when_its_owner_stops(
+    sup: Supervisor, parts: dict[str, Any]
+) -> None:
+    from test_restart_policy import controlled
+
+    _, later = controlled(sup)
+    sup.create(spec(name="db"))
+    app = sup.create(spec(name="app", network_mode="container:db", restart="always"))
+    parts["runtime"].exit(app["id"], 1)
+    sup.wait("app", timeout=5)
+    sup.stop("db", timeout=1)
+    assert sup.wait("app", timeout=5)["state"] == "stopped"
+    assert later[-1].cancelled

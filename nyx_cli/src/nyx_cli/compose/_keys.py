@@ -59,23 +59,22 @@ INFORMATIONAL: dict[str, dict[str, str]] = {
         "annotations": "OCI annotations are metadata nyx does not record",
         "attach": "which logs `up` follows: nyx follows every service's",
         "develop": "development-time settings (compose watch)",
-        "labels": "container labels are not recorded yet (they change nothing that runs)",
         "logging": "nyxd keeps every container's output itself",
     },
     "network": {"attachable": "swarm only: any container may join a nyx network"},
 }
 """Keys nyx does not implement that change nothing that runs: warnings naming the path."""
 
-_BUILD = "nyx does not build images: build it elsewhere and `nyx load` it (or push and `nyx pull`)"
+_BUILD = (
+    "nyx does not build images: build it elsewhere (docker build -t NAME DIR, buildah), "
+    "`nyx load` it (docker save NAME | nyx load) and name it in `image:` instead of `build:`"
+)
 _IPV6 = "IPv6 addresses and networks are not supported yet"
 _ONE_HOST = "nyx runs one container per service on one host"
 
 REFUSED: dict[str, dict[str, str]] = {
     "top": {
         "include": "only one compose file is read",
-        "volumes": "volumes are not supported yet",
-        "secrets": "secrets are not supported yet",
-        "configs": "configs are not supported yet",
         "models": "AI models are not supported",
     },
     "service": {
@@ -85,11 +84,7 @@ REFUSED: dict[str, dict[str, str]] = {
         "profiles": "profiles are not supported: every service of the file runs",
         "extends": "extends is not supported: write the service in full",
         "external_links": "external_links are not supported: use a shared network",
-        "volumes": "volumes are not supported yet",
-        "volumes_from": "volumes are not supported yet",
-        "secrets": "secrets are not supported yet",
-        "configs": "configs are not supported yet",
-        "healthcheck": "healthchecks are not supported yet",
+        "volumes_from": "volumes_from is not supported: mount the same named volumes",
         "platform": "nyx runs the image it has; pull the platform you need",
         "pull_policy": "compose up never pulls: images must be present (nyx load, nyx pull)",
         "privileged": "privileged containers are not supported",
