@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+import sys
 import threading
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
@@ -139,7 +140,8 @@ class Scope:
 
     ``known`` is False for clients that are neither registered nor local: they are refused.
     ``cache0``/``cache1`` are the server's response templates for queries without/with an
-    OPT record (filled lazily, dropped with the snapshot).
+    OPT record; ``exact`` maps a whole query but its ID to the response but its ID, for
+    queries answered from a template before (all filled lazily, dropped with the snapshot).
     """
 
     names: dict[bytes, NameRecord]
@@ -148,6 +150,7 @@ class Scope:
     known: bool = True
     cache0: dict[bytes, Template] = field(default_factory=dict)
     cache1: dict[bytes, Template] = field(default_factory=dict)
+    exact: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class Snapshot:
     unknown: Scope
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     all_ips: frozenset[IPAddress]
+    clients4: dict[int, Scope] = field(default_factory=dict)
+    """The IPv4 entries of ``clients`` keyed by the address's 4 bytes read as one native
+    unsigned int: what the UDP batch finds in a received ``sockaddr_in``, no formatting."""
 
     def scope_for(self, client_ip: str) -> Scope:
         return self.clients.get(client_ip, self.unknown)
@@ -317,6 +323,14 @@ class Registry:
         for client in local_clients:
             clients.setdefault(client, local)
         unknown = Scope(names={}, ptrs={}, forward=False, known=False)
+        clients4: dict[int, Scope] = {}
+        for text, scope in clients.items():
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if ip.version == 4:
+                clients4[int.from_bytes(ip.packed, sys.byteorder)] = scope
         return Snapshot(
             generation=gen,
             clients=clients,
@@ -324,6 +338,7 @@ class Registry:
             unknown=unknown,
             subnets=subnets,
             all_ips=frozenset(ip for c in ctrs for ip in c.ips),
+            clients4=clients4,
         )
 
 

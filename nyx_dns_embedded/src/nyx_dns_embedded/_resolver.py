@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
 from ._local import LocalSources
 from ._records import DOMAIN, DOMAIN_WIRE, NameRecord, Registry, Scope, Snapshot, Template
 
-__all__ = ["FORWARD", "Resolver", "question_shape"]
+if TYPE_CHECKING:
+    from ._cache import ForwardCache
+
+__all__ = ["FLAG_KEYS", "FORWARD", "Resolver", "forward_key", "question_shape"]
 
 FORWARD: Template = (b"", b"", b"")
 """Cache marker (compared by identity): names of this scope that go upstream."""
@@ -43,6 +47,9 @@ _EDNS_SIZE = 1232
 _NEG_TTL = 5
 _CACHE_MAX = 2048
 _T_A, _T_AAAA, _T_PTR, _T_SOA, _T_ANY, _T_OPT = 1, 28, 12, 6, 255, 41
+FLAG_KEYS = tuple(bytes((i,)) for i in range(64))
+"""Suffixes of forward-cache keys: bit 1 the query has an OPT record, 2 its DO bit, 0x10
+the CD and 0x20 the AD header bits (each can change what an upstream answers)."""
 
 
 def question_end(data: bytes, n: int) -> int:
@@ -87,6 +94,14 @@ def question_shape(data: bytes) -> tuple[int, bytes, int] | None:
     return None
 
 
+def forward_key(data: bytes, has_opt: int, key: bytes, qend: int) -> bytes:
+    """The forward-cache key of a hot-path shaped query (``question_shape``'s parts)."""
+    bits = data[3] & 0x30
+    if has_opt:
+        bits |= 3 if data[qend + 7] & 0x80 else 1
+    return key + FLAG_KEYS[bits]
+
+
 def _formerr(data: bytes) -> bytes | None:
     if len(data) < 12 or data[2] & 0x80:
         return None
@@ -122,9 +137,12 @@ class Resolver:
         *,
         ttl: int = 60,
         is_local: Callable[[str], bool] | None = None,
+        cache: ForwardCache | None = None,
     ) -> None:
         self.registry = registry
         self.ttl = ttl
+        self.cache = cache
+        """Answers of upstreams, asked only for queries this resolver would forward."""
         self.snap: Snapshot = registry.snapshot()
         self.is_local: Callable[[str], bool] = is_local or LocalSources()
         """Asked only about sources that are neither registered nor fixed host clients:
@@ -154,23 +172,43 @@ class Resolver:
         scope = snap.clients.get(client_ip)
         if scope is None:  # neither registered nor a fixed host client: off the hot path
             scope = snap.local if self.is_local(client_ip) else snap.unknown
+        return self.answer(data, scope, udp)
+
+    def answer(self, data: bytes, scope: Scope, udp: bool = True) -> bytes | int | None:
+        """Answer one query from a client whose scope is ``scope``."""
+        hit = scope.exact.get(data[2:])
+        if hit is not None:
+            return data[:2] + hit
         n = len(data)
         if n > 16 and not data[2] & 0xF8:
             hdr = data[4:12]
             t: Template | None = None
             if hdr == _Q0:
-                t = scope.cache0.get(data[12 : n - 4].lower() + data[n - 4 :])
+                key = data[12 : n - 4].lower() + data[n - 4 :]
+                t = scope.cache0.get(key)
                 qend = n
+                bits = data[3] & 0x30
             elif hdr == _Q1:
                 shape = question_shape(data)
                 if shape is not None:
-                    qend = shape[2]
-                    t = scope.cache1.get(shape[1])
+                    key, qend = shape[1], shape[2]
+                    t = scope.cache1.get(key)
+                    bits = (data[3] & 0x30) | (3 if data[qend + 7] & 0x80 else 1)
             if t is not None:
                 if t is FORWARD:
+                    cache = self.cache
+                    if cache is not None:
+                        out = cache.answer(key + FLAG_KEYS[bits], data, qend, udp)
+                        if out is not None:
+                            return out
                     return qend
                 h0, h1, tail = t
-                return data[:2] + (h1 if data[2] & 1 else h0) + data[12:qend] + tail
+                out = data[:2] + (h1 if data[2] & 1 else h0) + data[12:qend] + tail
+                exact = scope.exact
+                if len(exact) >= _CACHE_MAX:
+                    exact.clear()
+                exact[data[2:]] = out[2:]
+                return out
         return self.slow(data, scope, udp)
 
     # ------------------------------------------------------------------ slow path
@@ -186,11 +224,24 @@ class Resolver:
             return _formerr(data)
         if isinstance(out, int):
             self._remember(data, scope, FORWARD, None)
+            if self.cache is not None:
+                return self.cached(data, udp) or out
             return out
         packed, cacheable = out
         if cacheable:
             self._remember(data, scope, None, packed)
         return packed
+
+    def cached(self, data: bytes, udp: bool = True) -> bytes | None:
+        """The forward cache's answer to ``data``, if it has one."""
+        cache = self.cache
+        if cache is None:
+            return None
+        shape = question_shape(data)
+        if shape is None:
+            return None
+        has_opt, key, qend = shape
+        return cache.answer(forward_key(data, has_opt, key, qend), data, qend, udp)
 
     def _remember(
         self, data: bytes, scope: Scope, marker: Template | None, resp: bytes | None
