@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 from ._resolver import forward_key, question_shape
 
-__all__ = ["CacheEntry", "ForwardCache", "cache_key", "parse_answer"]
+__all__ = ["CacheEntry", "ForwardCache", "Replay", "cache_key", "parse_answer"]
 
 _OPT_HEAD = b"\x00\x00\x29\x04\xd0\x00\x00"  # root, OPT, 1232, ext-rcode 0, version 0
 _T_SOA, _T_SIG, _T_OPT, _T_TSIG = 6, 24, 41, 250
@@ -203,11 +203,34 @@ class CacheEntry:
         return view
 
 
+class Replay:
+    """A cached answer as served to one exact query (all but its ID): what a client scope
+    keeps to answer the same bytes again without a lookup. Valid while its entry is in
+    the cache (an evicted, replaced or flushed entry gets ``expires = -1``) and the age
+    in whole seconds is still ``age``."""
+
+    __slots__ = ("age", "entry", "tail")
+
+    def __init__(self, entry: CacheEntry, age: int, tail: bytes) -> None:
+        self.entry = entry
+        self.age = age
+        self.tail = tail
+
+    def get(self, now: float) -> bytes | None:
+        """The answer but its ID, or None when this replay is stale."""
+        entry = self.entry
+        if now < entry.expires and int(now - entry.born) == self.age:
+            entry.ref = True
+            return self.tail
+        return None
+
+
 class ForwardCache:
     """Upstream answers by question, bounded, with TTLs (see the module docstring).
 
     ``servers``: the current upstreams (``Upstreams.servers``); looked at every
-    ``check_interval`` seconds, and the cache is emptied when they changed.
+    ``check_interval`` seconds, and the cache is emptied when they changed. ``clock`` is
+    injectable for tests; a running server reads replays with ``time.monotonic``.
     """
 
     def __init__(
@@ -244,6 +267,13 @@ class ForwardCache:
         """The cached answer to ``query`` (cache key ``key``, question ending at ``qend``)
         with its ID, RD bit and question, or None (not cached, expired, too big for the
         client's UDP buffer)."""
+        got = self.lookup(key, query, qend, udp)
+        return None if got is None else got[0]
+
+    def lookup(
+        self, key: bytes, query: bytes, qend: int, udp: bool = True
+    ) -> tuple[bytes, Replay] | None:
+        """:meth:`answer`, and a :class:`Replay` of it for this exact query."""
         entry = self.entries.get(key)
         if entry is None:
             return None
@@ -261,7 +291,8 @@ class ForwardCache:
         if view[0] != age:
             view = entry.render(age)
         entry.ref = True
-        return query[:2] + (view[2] if query[2] & 1 else view[1]) + query[12:qend] + view[3]
+        out = query[:2] + (view[2] if query[2] & 1 else view[1]) + query[12:qend] + view[3]
+        return out, Replay(entry, age, out[2:])
 
     # ------------------------------------------------------------------ changes
 
@@ -308,6 +339,7 @@ class ForwardCache:
         with self._lock:
             old = self.entries.pop(key, None)
             if old is not None:
+                old.expires = -1.0
                 self.bytes -= old.cost
             self.entries[key] = entry
             self.bytes += entry.cost
@@ -321,6 +353,8 @@ class ForwardCache:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
+        for entry in self.entries.values():
+            entry.expires = -1.0  # and every Replay of it
         self.entries.clear()
         self.bytes = 0
         self.stats["flushes"] += 1
@@ -335,6 +369,7 @@ class ForwardCache:
                 entries[key] = entry
                 chances -= 1
                 continue
+            entry.expires = -1.0
             self.bytes -= entry.cost
             self.stats["evicted"] += 1
 

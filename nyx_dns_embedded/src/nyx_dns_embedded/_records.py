@@ -18,8 +18,12 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nyx_core import DnsError
+
+if TYPE_CHECKING:
+    from ._cache import Replay
 
 __all__ = [
     "DOMAIN",
@@ -141,7 +145,8 @@ class Scope:
     ``known`` is False for clients that are neither registered nor local: they are refused.
     ``cache0``/``cache1`` are the server's response templates for queries without/with an
     OPT record; ``exact`` maps a whole query but its ID to the response but its ID, for
-    queries answered from a template before (all filled lazily, dropped with the snapshot).
+    queries answered from a template before, or to a :class:`~._cache.Replay` for those
+    answered from the forward cache (all filled lazily, dropped with the snapshot).
     """
 
     names: dict[bytes, NameRecord]
@@ -150,7 +155,7 @@ class Scope:
     known: bool = True
     cache0: dict[bytes, Template] = field(default_factory=dict)
     cache1: dict[bytes, Template] = field(default_factory=dict)
-    exact: dict[bytes, bytes] = field(default_factory=dict)
+    exact: dict[bytes, bytes | Replay] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

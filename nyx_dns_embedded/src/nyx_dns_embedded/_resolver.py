@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING
 
 from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
@@ -31,7 +32,7 @@ from ._local import LocalSources
 from ._records import DOMAIN, DOMAIN_WIRE, NameRecord, Registry, Scope, Snapshot, Template
 
 if TYPE_CHECKING:
-    from ._cache import ForwardCache
+    from ._cache import ForwardCache, Replay
 
 __all__ = ["FLAG_KEYS", "FORWARD", "Resolver", "forward_key", "question_shape"]
 
@@ -102,6 +103,12 @@ def forward_key(data: bytes, has_opt: int, key: bytes, qend: int) -> bytes:
     return key + FLAG_KEYS[bits]
 
 
+def _keep(exact: dict[bytes, bytes | Replay], key: bytes, value: bytes | Replay) -> None:
+    if len(exact) >= _CACHE_MAX:
+        exact.clear()
+    exact[key] = value
+
+
 def _formerr(data: bytes) -> bytes | None:
     if len(data) < 12 or data[2] & 0x80:
         return None
@@ -143,6 +150,7 @@ class Resolver:
         self.ttl = ttl
         self.cache = cache
         """Answers of upstreams, asked only for queries this resolver would forward."""
+        self.clock: Callable[[], float] = cache.clock if cache is not None else _monotonic
         self.snap: Snapshot = registry.snapshot()
         self.is_local: Callable[[str], bool] = is_local or LocalSources()
         """Asked only about sources that are neither registered nor fixed host clients:
@@ -178,7 +186,11 @@ class Resolver:
         """Answer one query from a client whose scope is ``scope``."""
         hit = scope.exact.get(data[2:])
         if hit is not None:
-            return data[:2] + hit
+            if type(hit) is bytes:
+                return data[:2] + hit
+            tail = hit.get(self.clock())  # type: ignore[union-attr]
+            if tail is not None:
+                return data[:2] + tail
         n = len(data)
         if n > 16 and not data[2] & 0xF8:
             hdr = data[4:12]
@@ -198,16 +210,15 @@ class Resolver:
                 if t is FORWARD:
                     cache = self.cache
                     if cache is not None:
-                        out = cache.answer(key + FLAG_KEYS[bits], data, qend, udp)
-                        if out is not None:
-                            return out
+                        got = cache.lookup(key + FLAG_KEYS[bits], data, qend, udp)
+                        if got is not None:
+                            if udp:  # (a replay must fit any UDP client that sends these bytes)
+                                _keep(scope.exact, data[2:], got[1])
+                            return got[0]
                     return qend
                 h0, h1, tail = t
                 out = data[:2] + (h1 if data[2] & 1 else h0) + data[12:qend] + tail
-                exact = scope.exact
-                if len(exact) >= _CACHE_MAX:
-                    exact.clear()
-                exact[data[2:]] = out[2:]
+                _keep(scope.exact, data[2:], out[2:])
                 return out
         return self.slow(data, scope, udp)
 

@@ -286,6 +286,7 @@ class DnsServer:
         recvfrom, sendto = udp.recvfrom, udp.sendto
         resolver = self.resolver
         registry = resolver.registry
+        cache = self.cache
         stats = self.stats
         slots = batch.slots
         burst = False
@@ -317,6 +318,8 @@ class DnsServer:
                 last = now
                 calm = 0
                 stats["udp"] += 1
+                if cache is not None and now >= cache.next_check:
+                    cache.check_upstreams(now)  # (replays below do not look)
                 if addr is None:
                     continue  # shut down (stop)
                 snap = resolver.snap
@@ -326,8 +329,11 @@ class DnsServer:
                 if scope is not None:  # a registered client: its previous answers first
                     hit = scope.exact.get(data[2:])
                     if hit is not None:
-                        sendto(data[:2] + hit, _DONTWAIT, addr)
-                        continue
+                        if type(hit) is not bytes:  # a Replay of the forward cache
+                            hit = hit.get(now)  # type: ignore[union-attr]
+                        if hit is not None:
+                            sendto(data[:2] + hit, _DONTWAIT, addr)
+                            continue
                 else:
                     scope = resolver.scope(addr[0])
                 out = resolver.answer(data, scope)
@@ -355,6 +361,9 @@ class DnsServer:
         k = batch.recv(flags)
         if not k:
             return 0
+        cache = self.cache
+        if cache is not None and _monotonic() >= cache.next_check:
+            cache.check_upstreams()
         resolver = self.resolver
         snap = resolver.snap
         if snap.generation != resolver.registry.generation:

@@ -356,6 +356,46 @@ def test_resolver_serves_repeated_external_names_from_the_cache(
     assert isinstance(resolve(res, query("other.example.com")), int)  # not cached: forward
 
 
+def test_replayed_answers_still_count_down_expire_and_go_with_a_flush(
+    res: Resolver, cache: ForwardCache, clock: Clock, servers: Servers
+) -> None:
+    """The resolver keeps what the cache served for the exact query bytes (a replay):
+    the same bytes again are answered from it, but never with a stale TTL, past the
+    entry's life, or after the entry left the cache."""
+    q = query("ext.example.com")
+    wire = q.to_wire()
+    assert isinstance(res.resolve(wire, A_IP), int)
+    cache.store(wire, answer_to(q, "192.0.2.7", ttl=100))
+
+    def ttl_now() -> int | None:
+        out = res.resolve(wire, A_IP)
+        if not isinstance(out, bytes):
+            return None
+        r = dns.message.from_wire(out)
+        assert r.id == q.id
+        return r.answer[0].ttl
+
+    assert [ttl_now() for _ in range(3)] == [100, 100, 100]  # the last two: replays
+    clock.now += 1.0
+    assert ttl_now() == 99
+    clock.now += 98.5
+    assert ttl_now() == 1
+    clock.now += 0.5
+    assert ttl_now() is None  # expired: forwarded again
+    cache.store(wire, answer_to(q, "192.0.2.8", ttl=100))
+    assert ttl_now() == 100 and ttl_now() == 100
+    cache.flush()
+    assert ttl_now() is None
+    cache.store(wire, answer_to(q, "192.0.2.9", ttl=100))
+    assert ttl_now() == 100 and ttl_now() == 100
+    cache.store(wire, answer_to(q, "192.0.2.10", ttl=50))  # replaced: the new one only
+    r = dns.message.from_wire(res.resolve(wire, A_IP))  # type: ignore[arg-type]
+    assert [rd.to_text() for rd in r.answer[0]] == ["192.0.2.10"]
+    servers.current = ("127.0.0.9",)
+    clock.now += 1.0
+    assert ttl_now() is None  # the upstreams changed: gone
+
+
 def test_container_names_win_over_cached_upstream_answers(
     res: Resolver, reg: Registry, cache: ForwardCache
 ) -> None:
