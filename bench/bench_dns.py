@@ -11,8 +11,12 @@ Scenarios:
 * ``names``: A queries for 200 container names (``web0`` .. ``web199``) the servers
   answer themselves.
 * ``forward``: A queries for 200 names none of them knows, forwarded to a fake upstream:
-  a dnsmasq on 127.0.0.1:53 in the namespace answering every name with 203.0.113.7. The
-  dnsmasq peer runs with ``--cache-size=0`` so it forwards every query too.
+  a dnsmasq on 127.0.0.1:53 in the namespace answering every name with 203.0.113.7 (TTL
+  300 s). Caches off: nyx with ``cache_size=0``, the dnsmasq peer with
+  ``--cache-size=0``, so every query goes upstream (aardvark-dns has no cache).
+* ``repeat``: A queries for 20 external names asked over and over, from the same fake
+  upstream (TTL 300 s), with the caches on as everyone runs them: nyx's forward cache and
+  dnsmasq's default cache answer them without asking upstream.
 
 Per scenario all three servers run at once. Throughput: ``--rounds`` dnsperf runs per
 server (``--duration`` s, 100 outstanding; median reported). Latency: ``--latency-slices``
@@ -41,6 +45,7 @@ SUBNET = "10.231.0.0/16"
 UPSTREAM_ANSWER = "203.0.113.7"
 AARDVARK = shutil.which("aardvark-dns") or "/usr/lib/podman/aardvark-dns"
 PORTS = {"nyx": 5301, "aardvark": 5302, "dnsmasq": 5303}
+REPEAT_NAMES = 20
 
 
 def rotate(items: list[str], n: int) -> list[str]:
@@ -55,7 +60,7 @@ def container_ip(i: int) -> str:
 # --------------------------------------------------------------------------- nyx server
 
 
-def serve_nyx(port: int, resolv: str, names: int) -> None:
+def serve_nyx(port: int, resolv: str, names: int, cache_size: int) -> None:
     """Child mode (already inside the namespace): run the provider until stdin closes."""
     import ipaddress
 
@@ -70,7 +75,9 @@ def serve_nyx(port: int, resolv: str, names: int) -> None:
         gateway_ip=GATEWAY,
         dns_port=port,
     )
-    provider = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=Path(resolv)))
+    provider = EmbeddedDns(
+        EmbeddedDnsSettings(upstream_resolv_conf=Path(resolv), cache_size=cache_size)
+    )
     provider.start(settings)
     provider.register("client", "client", [ipaddress.ip_address(CLIENT)], [], ["bench"])
     for i in range(names):
@@ -112,6 +119,9 @@ class Bench:
         # query files
         (self.tmp / "names.txt").write_text("".join(f"web{i} A\n" for i in range(n)))
         (self.tmp / "forward.txt").write_text("".join(f"ext{i}.example.test A\n" for i in range(n)))
+        (self.tmp / "repeat.txt").write_text(
+            "".join(f"rep{i}.example.test A\n" for i in range(REPEAT_NAMES))
+        )
         # resolv.conf pointing at the fake upstream (aardvark reads /etc/resolv.conf, which
         # `ip netns exec` bind-mounts from /etc/netns/<ns>/resolv.conf)
         resolv = "nameserver 127.0.0.1\n"
@@ -138,6 +148,7 @@ class Bench:
             "-p",
             "53",
             f"--address=/#/{UPSTREAM_ANSWER}",
+            "--local-ttl=300",
             "--pid-file=",
             "--user=root",
         )
@@ -204,6 +215,8 @@ class Bench:
                 str(self.tmp / "resolv.conf"),
                 "--names",
                 str(self.args.names),
+                "--nyx-cache-size",
+                "0" if scenario == "forward" else "4096",
                 stdin=subprocess.PIPE,
             )
             assert proc.stdout is not None
@@ -229,10 +242,11 @@ class Bench:
                 "--pid-file=",
                 "--user=root",
             ]
+            argv += ["--no-resolv"]
             if scenario == "forward":
-                argv += ["--no-resolv", "--server=127.0.0.1", "--cache-size=0"]
-            else:
-                argv += ["--no-resolv"]
+                argv += ["--server=127.0.0.1", "--cache-size=0"]
+            elif scenario == "repeat":
+                argv += ["--server=127.0.0.1"]  # default cache (150 names)
             handle = self.spawn(*argv)
         self.wait_port(GATEWAY, port, probe)
         return handle
@@ -313,11 +327,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="repeat and report medians")
     ap.add_argument("--names", type=int, default=200, help="container names")
     ap.add_argument("--servers", default="nyx,aardvark,dnsmasq")
-    ap.add_argument("--scenarios", default="names,forward")
+    ap.add_argument("--scenarios", default="names,forward,repeat")
     ap.add_argument("--serve-nyx", nargs=2, metavar=("PORT", "RESOLV_CONF"), help=argparse.SUPPRESS)
+    ap.add_argument("--nyx-cache-size", type=int, default=4096, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_nyx:
-        serve_nyx(int(args.serve_nyx[0]), args.serve_nyx[1], args.names)
+        serve_nyx(int(args.serve_nyx[0]), args.serve_nyx[1], args.names, args.nyx_cache_size)
         return 0
     if os.geteuid() != 0:
         print("bench_dns: needs root (network namespaces)", file=sys.stderr)
