@@ -31,9 +31,10 @@ from loguru import logger
 
 from nyx_core import DnsError
 
-from ._cache import ForwardCache
+from ._cache import ForwardCache, Replay
 from ._forwarder import Forwarder
 from ._mmsg import MSG_WAITFORONE, UdpBatch
+from ._records import Scope
 from ._resolver import Resolver
 from ._upstream import Upstreams
 
@@ -44,7 +45,8 @@ _RCVBUF = 4 << 20
 _SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 _WAKE = struct.pack("ll", 1, 0)  # the UDP thread looks at its stop flag at least every 1 s
 _DONTWAIT = socket.MSG_DONTWAIT
-_BURST_GAP = 100e-6  # datagrams closer than this: switch to batches
+_BURST_GAP = 100e-6  # this many datagrams in a row closer than this: switch to batches
+_BURST_STREAK = 8
 _CALM_BATCHES = 16  # batches of one in a row: back to one datagram at a time
 
 
@@ -123,8 +125,8 @@ class DnsServer:
             "errors": 0,
         }
         self.burst_gap = _BURST_GAP
-        """Datagrams closer than this many seconds switch the UDP thread to batches (0:
-        never; ``inf``: always after the first)."""
+        """Datagrams closer than this many seconds, several in a row, switch the UDP
+        thread to batches (0: never; ``inf``: after the first few)."""
 
     @property
     def running(self) -> bool:
@@ -286,11 +288,11 @@ class DnsServer:
         recvfrom, sendto = udp.recvfrom, udp.sendto
         resolver = self.resolver
         registry = resolver.registry
-        cache = self.cache
+        answer_one = self._answer_one
         stats = self.stats
         slots = batch.slots
         burst = False
-        calm = 0
+        calm = streak = 0
         last = 0.0
         while not self._stopping:
             try:
@@ -311,38 +313,28 @@ class DnsServer:
                     else:
                         calm += 1
                         burst = calm < _CALM_BATCHES
+                        streak = 0
                     continue
                 data, addr = recvfrom(_UDP_RECV)
-                now = _monotonic()
-                burst = now - last < self.burst_gap
-                last = now
-                calm = 0
-                stats["udp"] += 1
-                if cache is not None and now >= cache.next_check:
-                    cache.check_upstreams(now)  # (replays below do not look)
                 if addr is None:
                     continue  # shut down (stop)
+                # the shortest way first: a registered client asking what it asked before
                 snap = resolver.snap
                 if snap.generation != registry.generation:
                     snap = resolver.refresh()
                 scope = snap.clients.get(addr[0])
-                if scope is not None:  # a registered client: its previous answers first
-                    hit = scope.exact.get(data[2:])
-                    if hit is not None:
-                        if type(hit) is not bytes:  # a Replay of the forward cache
-                            hit = hit.get(now)  # type: ignore[union-attr]
-                        if hit is not None:
-                            sendto(data[:2] + hit, _DONTWAIT, addr)
-                            continue
+                hit = None if scope is None else scope.exact.get(data[2:])
+                if type(hit) is bytes:
+                    sendto(data[:2] + hit, _DONTWAIT, addr)
                 else:
-                    scope = resolver.scope(addr[0])
-                out = resolver.answer(data, scope)
-                if out is None:
-                    continue
-                if out.__class__ is int:
-                    fwd.forward_udp(data, addr, out)
-                else:
-                    sendto(out, _DONTWAIT, addr)  # type: ignore[arg-type]
+                    answer_one(data, addr, scope, hit)  # type: ignore[arg-type]
+                # bookkeeping once the answer is out
+                now = _monotonic()
+                streak = streak + 1 if now - last < self.burst_gap else 0
+                burst = streak >= _BURST_STREAK
+                last = now
+                calm = 0
+                stats["udp"] += 1
             except (InterruptedError, BlockingIOError):
                 continue  # the receive timeout: look at the stop flag
             except OSError:
@@ -352,6 +344,37 @@ class DnsServer:
                     break
                 stats["errors"] += 1
                 logger.debug("embedded DNS: UDP error: {!r}", exc)
+
+    def _answer_one(
+        self,
+        data: bytes,
+        addr: tuple[str, int],
+        scope: Scope | None,
+        hit: Replay | None,
+    ) -> None:
+        """One datagram that is not a repeat of a template answer: a replay of the forward
+        cache, or the resolver (and maybe the forwarder)."""
+        udp = self._udp
+        cache = self.cache
+        if cache is not None:
+            now = _monotonic()
+            if now >= cache.next_check:
+                cache.check_upstreams(now)
+            if hit is not None:
+                tail = hit.get(now)
+                if tail is not None:
+                    udp.sendto(data[:2] + tail, _DONTWAIT, addr)  # type: ignore[union-attr]
+                    return
+        resolver = self.resolver
+        if scope is None:
+            scope = resolver.scope(addr[0])
+        out = resolver.answer(data, scope)
+        if out is None:
+            return
+        if out.__class__ is int:
+            self.forwarder.forward_udp(data, addr, out)  # type: ignore[union-attr]
+        else:
+            udp.sendto(out, _DONTWAIT, addr)  # type: ignore[union-attr,arg-type]
 
     def _serve_batch(self, flags: int) -> int:
         """Receive one batch, answer what can be answered here, forward the rest."""
