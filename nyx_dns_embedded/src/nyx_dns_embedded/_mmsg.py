@@ -108,7 +108,6 @@ class UdpBatch:
             sh.namelen = self.namelen
             sh.iov = ctypes.addressof(self._siov[i])
             sh.iovlen = 1
-        self.send_base = sbase
         #: received bytes, slot ``i`` at ``i * size``
         self.data = memoryview(self._rbuf).cast("B")
         #: source addresses, slot ``i`` at ``i * 28``
@@ -117,8 +116,12 @@ class UdpBatch:
         self.names32 = self.names.cast("I")
         #: ``struct mmsghdr`` as uint32: ``msg_len`` of message ``i`` at ``i * 16 + 14``
         self.lengths = memoryview(self._rmsg).cast("B").cast("I")
-        self._sptr = memoryview(self._smsg).cast("B").cast("Q")  # msg_name of j at j * 8
-        self._slen = memoryview(self._siov).cast("B").cast("Q")  # iov_len of j at j * 2 + 1
+        #: replies queued so far: reply ``j`` goes in ``send_data[j * size:]``, its length
+        #: in ``send_lengths[j * 2 + 1]`` (``iov_len``), the address of its ``sockaddr``
+        #: in ``send_names[j * 8]`` (``msg_name``: ``name_base + i * 28`` for message i)
+        self.send_data = memoryview(self._sbuf).cast("B")
+        self.send_lengths = memoryview(self._siov).cast("B").cast("Q")
+        self.send_names = memoryview(self._smsg).cast("B").cast("Q")
         self._rmsg_p = ctypes.addressof(self._rmsg)
         self._smsg_p = ctypes.addressof(self._smsg)
         self.queued = 0
@@ -143,9 +146,10 @@ class UdpBatch:
         j = self.queued
         if n > self.size or j >= self.slots:
             return False
-        ctypes.memmove(self.send_base + j * self.size, out, n)
-        self._slen[j * 2 + 1] = n
-        self._sptr[j * 8] = self.name_base + i * NAME_SLOT
+        o = j * self.size
+        self.send_data[o : o + n] = out
+        self.send_lengths[j * 2 + 1] = n
+        self.send_names[j * 8] = self.name_base + i * NAME_SLOT
         self.queued = j + 1
         return True
 

@@ -33,7 +33,7 @@ from nyx_core import DnsError
 
 from ._cache import ForwardCache, Replay
 from ._forwarder import Forwarder
-from ._mmsg import MSG_WAITFORONE, UdpBatch
+from ._mmsg import MSG_WAITFORONE, NAME_SLOT, UdpBatch
 from ._records import Scope
 from ._resolver import Resolver
 from ._upstream import Upstreams
@@ -384,9 +384,10 @@ class DnsServer:
         k = batch.recv(flags)
         if not k:
             return 0
+        now = _monotonic()
         cache = self.cache
-        if cache is not None and _monotonic() >= cache.next_check:
-            cache.check_upstreams()
+        if cache is not None and now >= cache.next_check:
+            cache.check_upstreams(now)
         resolver = self.resolver
         snap = resolver.snap
         if snap.generation != resolver.registry.generation:
@@ -394,28 +395,47 @@ class DnsServer:
         scopes = snap.clients4 if batch.namelen == 16 else {}
         answer = resolver.answer
         data, lengths, names32 = batch.data, batch.lengths, batch.names32
+        send_data, send_lengths, send_names = batch.send_data, batch.send_lengths, batch.send_names
+        name_base = batch.name_base
         size = batch.size
-        reply = batch.reply
+        j = 0
         for i in range(k):
             o = i * size
-            query = bytes(data[o : o + lengths[i * 16 + 14]])
+            query = data[o : o + lengths[i * 16 + 14]].tobytes()
             scope = scopes.get(names32[i * 7 + 1])
             try:
+                out: bytes | int | None
                 if scope is None:  # not a registered IPv4 client: the slow way
-                    scope = resolver.scope(batch.source(i)[0])
-                out = answer(query, scope)
+                    out = answer(query, resolver.scope(batch.source(i)[0]))
+                else:  # what it asked before (the same bytes), else the resolver
+                    hit = scope.exact.get(query[2:])
+                    if type(hit) is bytes:
+                        out = query[:2] + hit
+                    elif hit is not None and (tail := hit.get(now)) is not None:  # type: ignore[union-attr]
+                        out = query[:2] + tail
+                    else:
+                        out = answer(query, scope)
                 if out is None:
                     continue
-                if out.__class__ is int:
+                if isinstance(out, int):
                     fwd.forward_udp(query, batch.source(i), out)
-                elif not reply(i, out):  # type: ignore[arg-type]
-                    self._udp.sendto(out, _DONTWAIT, batch.source(i))  # type: ignore[union-attr,arg-type]
+                    continue
+                n = len(out)
+                if n <= size:  # queued in slot j, to the sockaddr message i came from
+                    so = j * size
+                    send_data[so : so + n] = out
+                    send_lengths[j * 2 + 1] = n
+                    send_names[j * 8] = name_base + i * NAME_SLOT
+                    j += 1
+                else:
+                    self._udp.sendto(out, _DONTWAIT, batch.source(i))  # type: ignore[union-attr]
             except OSError:
                 pass  # the reply could not be sent (buffer full, unreachable): dropped
             except Exception as exc:  # never let one packet stop the batch
                 self.stats["errors"] += 1
                 logger.debug("embedded DNS: query from {} failed: {!r}", batch.source(i), exc)
-        if batch.queued:
+        if j:
+            batch.queued = j
             batch.flush()
         self.stats["udp"] += k
         self.stats["udp_batches"] += 1
