@@ -18,12 +18,17 @@ Scenarios:
   upstream (TTL 300 s), with the caches on as everyone runs them: nyx's forward cache and
   dnsmasq's default cache answer them without asking upstream.
 
-Per scenario all three servers run at once. Throughput: ``--rounds`` dnsperf runs per
-server (``--duration`` s, 100 outstanding; median reported). Latency: ``--latency-slices``
-slices of ``--slice-seconds`` at ``--rate`` qps offered per server, interleaved with the
-other servers' slices so background load hits all of them alike; p50/p99 of the pooled
-per-query latencies (dnsperf ``-v``). The ratios printed at the end are nyx over each peer
-(qps: higher is better; p99: lower is better).
+Per scenario all three servers run at once. Throughput: ``--rounds`` rounds, in each
+every server gets one dnsperf run (``--duration`` s, 100 outstanding) back to back, the
+order rotated from round to round; the median qps per server is printed with its range,
+and the qps ratio nyx/peer is the median of the per-round ratios (the two runs of a
+pair are seconds apart, so they share the machine's background load; medians of each
+server alone mix quiet and busy minutes). Latency: ``--latency-slices`` slices of
+``--slice-seconds`` at ``--rate`` qps offered per server, interleaved with the other
+servers' slices so background load hits all of them alike; p50/p99 of the pooled
+per-query latencies (dnsperf ``-v``), and the range of the p99 ratio over blocks of 5
+slices. The ratios printed at the end are nyx over each peer (qps: higher is better;
+p99: lower is better).
 """
 
 from __future__ import annotations
@@ -324,7 +329,7 @@ def main() -> int:
     ap.add_argument("--latency-slices", type=int, default=20, help="latency slices per server")
     ap.add_argument("--slice-seconds", type=int, default=1, help="seconds per latency slice")
     ap.add_argument("--rate", type=int, default=1000, help="qps offered in the latency run")
-    ap.add_argument("--rounds", type=int, default=3, help="repeat and report medians")
+    ap.add_argument("--rounds", type=int, default=5, help="repeat and report medians")
     ap.add_argument("--names", type=int, default=200, help="container names")
     ap.add_argument("--servers", default="nyx,aardvark,dnsmasq")
     ap.add_argument("--scenarios", default="names,forward,repeat")
@@ -344,6 +349,7 @@ def main() -> int:
     qpss: dict[tuple[str, str], list[float]] = {}
     losts: dict[tuple[str, str], list[float]] = {}
     lats: dict[tuple[str, str], list[float]] = {}
+    slices: dict[tuple[str, str], list[list[float]]] = {}
     bads: dict[tuple[str, str], int] = {}
     try:
         bench.setup()
@@ -362,6 +368,7 @@ def main() -> int:
                     for which in rotate(servers, sl):
                         lat, bad = bench.latencies(which, scenario)
                         lats.setdefault((scenario, which), []).extend(lat)
+                        slices.setdefault((scenario, which), []).append(lat)
                         bads[(scenario, which)] = bads.get((scenario, which), 0) + bad
             finally:
                 for handle in handles:
@@ -369,38 +376,62 @@ def main() -> int:
     finally:
         bench.cleanup()
 
+    def quantile(values: list[float], q: float) -> float:
+        data = sorted(values)
+        return data[min(len(data) - 1, int(len(data) * q))] if data else float("nan")
+
     def pct(key: tuple[str, str], q: float) -> float:
-        lat = sorted(lats.get(key, []))
-        return lat[min(len(lat) - 1, int(len(lat) * q))] if lat else float("nan")
+        return quantile(lats.get(key, []), q)
 
     def qps_of(key: tuple[str, str]) -> float:
         return statistics.median(qpss[key])
 
+    end_load = os.getloadavg()
     print(
-        f"\nDNS, {args.names} names. qps: dnsperf {args.duration} s, 100 outstanding, median of "
-        f"{args.rounds}; latency: {args.latency_slices} interleaved {args.slice_seconds} s slices "
-        f"at {args.rate} qps, pooled. Load average at start {load[0]:.2f}"
+        f"\nDNS, {args.names} names. qps: dnsperf {args.duration} s, 100 outstanding, "
+        f"{args.rounds} rounds (each server once per round, order rotated); latency: "
+        f"{args.latency_slices} interleaved {args.slice_seconds} s slices at {args.rate} qps, "
+        f"pooled. Load average {load[0]:.2f} at the start, {end_load[0]:.2f} at the end."
     )
-    head = ("scenario", "server", "qps", "p50 ms", "p99 ms", "samples", "lost", "!NOERROR")
-    print("{:9} {:9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>8}".format(*head))
+    head = ("scenario", "server", "qps", "min-max", "p50 ms", "p99 ms", "samples", "lost", "!NOERR")
+    print("{:9} {:9} {:>8} {:>15} {:>7} {:>7} {:>7} {:>5} {:>6}".format(*head))
     for scenario in scenarios:
         for which in servers:
             key = (scenario, which)
+            spread = f"{min(qpss[key]) / 1000:.0f}k-{max(qpss[key]) / 1000:.0f}k"
             print(
-                f"{scenario:9} {which:9} {qps_of(key):9.0f} {pct(key, 0.5):8.3f} "
-                f"{pct(key, 0.99):8.3f} {len(lats.get(key, [])):8d} "
-                f"{statistics.median(losts[key]):6.0f} {bads.get(key, 0):8d}"
+                f"{scenario:9} {which:9} {qps_of(key):8.0f} {spread:>15} {pct(key, 0.5):7.3f} "
+                f"{pct(key, 0.99):7.3f} {len(lats.get(key, [])):7d} "
+                f"{statistics.median(losts[key]):5.0f} {bads.get(key, 0):6d}"
             )
     if "nyx" in servers:
-        print("\nratios (nyx / peer): qps higher is better, p99 lower is better")
+        print(
+            "\nratios nyx / peer (qps: higher is better, the median of the per-round ratios, "
+            "each of a pair measured back to back, and their range; p99: lower is better, "
+            "pooled, and its range over blocks of 5 slices)"
+        )
         for scenario in scenarios:
             for peer in servers:
                 if peer == "nyx":
                     continue
                 mine, theirs = (scenario, "nyx"), (scenario, peer)
-                q = qps_of(mine) / max(qps_of(theirs), 1e-9)
+                per_round = [
+                    a / max(b, 1e-9) for a, b in zip(qpss[mine], qpss[theirs], strict=True)
+                ]
+                q = statistics.median(per_round)
                 p = pct(mine, 0.99) / max(pct(theirs, 0.99), 1e-9)
-                print(f"{scenario:9} nyx/{peer:9} qps {q:5.2f}x   p99 {p:5.2f}x")
+                blocks = []
+                a_sl, b_sl = slices.get(mine, []), slices.get(theirs, [])
+                for i in range(0, len(a_sl), 5):
+                    a = quantile([x for sl in a_sl[i : i + 5] for x in sl], 0.99)
+                    b = quantile([x for sl in b_sl[i : i + 5] for x in sl], 0.99)
+                    blocks.append(a / max(b, 1e-9))
+                p_range = f"{min(blocks):.2f}-{max(blocks):.2f}" if blocks else "-"
+                print(
+                    f"{scenario:9} nyx/{peer:9} qps {q:5.2f}x "
+                    f"({min(per_round):.2f}-{max(per_round):.2f})   "
+                    f"p99 {p:5.2f}x ({p_range})"
+                )
     return 0
 
 
