@@ -85,8 +85,8 @@ class EmbeddedDnsSettings(PluginSettings):
 class EmbeddedDns:
     """The embedded DNS provider (satisfies :class:`nyx_core.DnsProvider`).
 
-    Thread-safe: every method may be called from any nyxd thread. The server runs on a
-    thread of its own between :meth:`start` and :meth:`stop`.
+    Thread-safe: every method may be called from any nyxd thread. The server runs on two
+    threads of its own (UDP; TCP) between :meth:`start` and :meth:`stop`.
     """
 
     def __init__(self, config: EmbeddedDnsSettings | None = None) -> None:

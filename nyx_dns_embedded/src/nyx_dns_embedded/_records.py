@@ -1,9 +1,9 @@
 """The record store: containers, their names and networks, and per-client views.
 
-nyxd threads mutate a :class:`Registry` under its lock; the server's loop thread reads
+nyxd threads mutate a :class:`Registry` under its lock; the server's threads read
 immutable :class:`Snapshot` objects built from it. Every change bumps
-``Registry.generation``; the loop thread compares it per query and rebuilds its snapshot
-when it moved, so a change is visible to the very next query.
+``Registry.generation``; the server compares it per query (per batch) and rebuilds its
+snapshot when it moved, so a change is visible to the very next query.
 
 Names are kept in DNS wire format, lower-cased (``b"\\x03web\\x04nyxd\\x05local\\x00"``),
 so the server can look a query's name up without decoding it.
@@ -160,7 +160,7 @@ class Scope:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An immutable picture of the registry for the server's loop thread."""
+    """An immutable picture of the registry for the server's threads."""
 
     generation: int
     clients: dict[str, Scope]

@@ -6,13 +6,18 @@
 * an ``int``: "forward this query upstream" (the value is where the question ends),
 * ``None``: drop it (not a query at all, e.g. a response or a runt).
 
-Hot path: a query that is exactly a 12-byte header, one question and optionally one
-plain OPT record is looked up by its lower-cased question bytes in the client's scope
-cache. A hit is a response template computed earlier by the slow path; only the ID, the
-RD bit and the question (to echo its case) are patched in. Everything else, and every
-first query for a name, goes through dnslib; the slow path fills the cache with what it
-answered when the answer is local, complete and fits 512 bytes. The cache lives in the
-registry snapshot, so any register/deregister drops it.
+Hot path, in the client's scope: first the whole query but its ID (``Scope.exact``): a
+query asked before gets the answer it got, ID patched in (for an answer of the forward
+cache, a :class:`~._cache.Replay` that is used only while that answer is unchanged).
+Then a query that is exactly a 12-byte header, one question and optionally one plain OPT
+record is looked up by its lower-cased question bytes. A hit is a response template
+computed earlier by the slow path; only the ID, the RD bit and the question (to echo its
+case) are patched in; or the FORWARD mark, and then the forward cache (:mod:`._cache`)
+is asked before the query goes upstream. Everything else, and every first query for a
+name, goes through dnslib; the slow path fills the templates with what it answered when
+the answer is local, complete and fits 512 bytes. These caches live in the registry
+snapshot, so any register/deregister drops them; the forward cache does not (it only
+holds upstream answers and is only asked where the query would be forwarded).
 
 The client's scope is one dict lookup by source address (registered containers and the
 fixed host addresses). Only a source missing there is checked against the host's own
@@ -136,7 +141,9 @@ def _reverse_ip(labels: tuple[bytes, ...]) -> ipaddress.IPv4Address | ipaddress.
 
 
 class Resolver:
-    """Resolves queries against the registry; used only by the server's loop thread."""
+    """Resolves queries against the registry; used by the server's UDP and TCP threads
+    (the views are replaced whole and the per-scope caches are plain dicts, so a race
+    costs at most a recomputed answer, under the GIL)."""
 
     def __init__(
         self,
