@@ -206,20 +206,26 @@ class CacheEntry:
 class Replay:
     """A cached answer as served to one exact query (all but its ID): what a client scope
     keeps to answer the same bytes again without a lookup. Valid while its entry is in
-    the cache (an evicted, replaced or flushed entry gets ``expires = -1``) and the age
-    in whole seconds is still ``age``."""
+    the cache (an evicted, replaced or flushed entry gets ``expires = -1``), the age in
+    whole seconds is still ``age``, and no look at the upstreams is due."""
 
-    __slots__ = ("age", "entry", "tail")
+    __slots__ = ("age", "cache", "entry", "tail")
 
-    def __init__(self, entry: CacheEntry, age: int, tail: bytes) -> None:
+    def __init__(self, cache: ForwardCache, entry: CacheEntry, age: int, tail: bytes) -> None:
+        self.cache = cache
         self.entry = entry
         self.age = age
         self.tail = tail
 
     def get(self, now: float) -> bytes | None:
-        """The answer but its ID, or None when this replay is stale."""
+        """The answer but its ID, or None when this replay is stale (the caller then asks
+        the cache, which looks at the upstreams first when that is due)."""
         entry = self.entry
-        if now < entry.expires and int(now - entry.born) == self.age:
+        if (
+            now < entry.expires
+            and now < self.cache.next_check
+            and int(now - entry.born) == self.age
+        ):
             entry.ref = True
             return self.tail
         return None
@@ -292,7 +298,7 @@ class ForwardCache:
             view = entry.render(age)
         entry.ref = True
         out = query[:2] + (view[2] if query[2] & 1 else view[1]) + query[12:qend] + view[3]
-        return out, Replay(entry, age, out[2:])
+        return out, Replay(self, entry, age, out[2:])
 
     # ------------------------------------------------------------------ changes
 
@@ -329,9 +335,9 @@ class ForwardCache:
             return False
         wire, offsets, ttls, lifetime = parsed
         now = self.clock()
-        if servers is not None and self._servers_of is not None:
-            self.check_upstreams(now)
-            if servers != self._servers:
+        if servers is not None and servers != self._servers and self._servers_of is not None:
+            self.check_upstreams(now)  # the upstreams changed since the last look, or
+            if servers != self._servers:  # the answer is from the old ones
                 return False
         entry = CacheEntry(wire, qend, offsets, ttls, now, lifetime)
         if entry.cost > self.max_bytes:

@@ -31,7 +31,7 @@ from loguru import logger
 
 from nyx_core import DnsError
 
-from ._cache import ForwardCache, Replay
+from ._cache import ForwardCache
 from ._forwarder import Forwarder
 from ._mmsg import MSG_WAITFORONE, NAME_SLOT, UdpBatch
 from ._records import Scope
@@ -326,8 +326,10 @@ class DnsServer:
                 hit = None if scope is None else scope.exact.get(data[2:])
                 if type(hit) is bytes:
                     sendto(data[:2] + hit, _DONTWAIT, addr)
+                elif hit is not None and (tail := hit.get(_monotonic())) is not None:  # type: ignore[union-attr]
+                    sendto(data[:2] + tail, _DONTWAIT, addr)  # a replay of the forward cache
                 else:
-                    answer_one(data, addr, scope, hit)  # type: ignore[arg-type]
+                    answer_one(data, addr, scope)
                 # bookkeeping once the answer is out
                 now = _monotonic()
                 streak = streak + 1 if now - last < self.burst_gap else 0
@@ -345,36 +347,19 @@ class DnsServer:
                 stats["errors"] += 1
                 logger.debug("embedded DNS: UDP error: {!r}", exc)
 
-    def _answer_one(
-        self,
-        data: bytes,
-        addr: tuple[str, int],
-        scope: Scope | None,
-        hit: Replay | None,
-    ) -> None:
-        """One datagram that is not a repeat of a template answer: a replay of the forward
-        cache, or the resolver (and maybe the forwarder)."""
-        udp = self._udp
-        cache = self.cache
-        if cache is not None:
-            now = _monotonic()
-            if now >= cache.next_check:
-                cache.check_upstreams(now)
-            if hit is not None:
-                tail = hit.get(now)
-                if tail is not None:
-                    udp.sendto(data[:2] + tail, _DONTWAIT, addr)  # type: ignore[union-attr]
-                    return
+    def _answer_one(self, data: bytes, addr: tuple[str, int], scope: Scope | None) -> None:
+        """One datagram that is not a repeat answered from its scope: the resolver (and
+        the forward cache, and maybe the forwarder)."""
         resolver = self.resolver
         if scope is None:
             scope = resolver.scope(addr[0])
         out = resolver.answer(data, scope)
         if out is None:
             return
-        if out.__class__ is int:
+        if isinstance(out, int):
             self.forwarder.forward_udp(data, addr, out)  # type: ignore[union-attr]
         else:
-            udp.sendto(out, _DONTWAIT, addr)  # type: ignore[union-attr,arg-type]
+            self._udp.sendto(out, _DONTWAIT, addr)  # type: ignore[union-attr]
 
     def _serve_batch(self, flags: int) -> int:
         """Receive one batch, answer what can be answered here, forward the rest."""
@@ -385,9 +370,6 @@ class DnsServer:
         if not k:
             return 0
         now = _monotonic()
-        cache = self.cache
-        if cache is not None and now >= cache.next_check:
-            cache.check_upstreams(now)
         resolver = self.resolver
         snap = resolver.snap
         if snap.generation != resolver.registry.generation:

@@ -396,6 +396,21 @@ def test_replayed_answers_still_count_down_expire_and_go_with_a_flush(
     assert ttl_now() is None  # the upstreams changed: gone
 
 
+def test_a_replay_is_not_used_once_a_look_at_the_upstreams_is_due(
+    res: Resolver, cache: ForwardCache, clock: Clock, servers: Servers
+) -> None:
+    q = query("ext.example.com")
+    wire = q.to_wire()
+    assert isinstance(res.resolve(wire, A_IP), int)
+    clock.now += 0.5  # the answer's age turns at .5, the look at the upstreams is due at .0
+    cache.store(wire, answer_to(q, "192.0.2.7"), servers.current)
+    assert isinstance(res.resolve(wire, A_IP), bytes)
+    assert isinstance(res.resolve(wire, A_IP), bytes)  # a replay now
+    servers.current = ("127.0.0.9",)
+    clock.now += 0.7  # same age (0), but the upstreams are looked at: changed, so gone
+    assert isinstance(res.resolve(wire, A_IP), int)
+
+
 def test_container_names_win_over_cached_upstream_answers(
     res: Resolver, reg: Registry, cache: ForwardCache
 ) -> None:
