@@ -298,20 +298,24 @@ class Bench:
                 lost = float(line.split(":")[1].split()[0])
         return qps, lost
 
-    def latencies(self, which: str, scenario: str) -> tuple[list[float], int]:
-        """Per-query latencies (ms) of one slice at ``--rate`` qps, and non-NOERROR count."""
+    def latencies(self, which: str, scenario: str) -> tuple[list[float], int, int]:
+        """Per-query latencies (ms) of one slice at ``--rate`` qps, the count of answers
+        that are not NOERROR, and of queries never answered (dnsperf's ``> T`` lines)."""
         qfile = self.tmp / f"{scenario}.txt"
         out = self.dnsperf(
             PORTS[which], qfile, "-l", str(self.args.slice_seconds), "-Q", str(self.args.rate), "-v"
         )
-        lat, bad = [], 0
+        lat, bad, timeouts = [], 0, 0
         for line in out.splitlines():
             if line.startswith("> "):
                 parts = line.split()
+                if parts[1] == "T":
+                    timeouts += 1
+                    continue
                 lat.append(float(parts[-1]) * 1000)
                 if parts[1] != "NOERROR":
                     bad += 1
-        return lat, bad
+        return lat, bad, timeouts
 
     def cleanup(self) -> None:
         for proc in list(self.procs):
@@ -351,6 +355,7 @@ def main() -> int:
     lats: dict[tuple[str, str], list[float]] = {}
     slices: dict[tuple[str, str], list[list[float]]] = {}
     bads: dict[tuple[str, str], int] = {}
+    timeouts: dict[tuple[str, str], int] = {}
     try:
         bench.setup()
         for scenario in scenarios:
@@ -366,10 +371,13 @@ def main() -> int:
                         print(f"  {scenario:8} {which:9} qps {qps:9.0f}", file=sys.stderr)
                 for sl in range(args.latency_slices):
                     for which in rotate(servers, sl):
-                        lat, bad = bench.latencies(which, scenario)
+                        lat, bad, unanswered = bench.latencies(which, scenario)
                         lats.setdefault((scenario, which), []).extend(lat)
                         slices.setdefault((scenario, which), []).append(lat)
                         bads[(scenario, which)] = bads.get((scenario, which), 0) + bad
+                        timeouts[(scenario, which)] = (
+                            timeouts.get((scenario, which), 0) + unanswered
+                        )
             finally:
                 for handle in handles:
                     bench.stop_server(handle)
@@ -395,6 +403,7 @@ def main() -> int:
     )
     head = ("scenario", "server", "qps", "min-max", "p50 ms", "p99 ms", "samples", "lost", "!NOERR")
     print("{:9} {:9} {:>8} {:>15} {:>7} {:>7} {:>7} {:>5} {:>6}".format(*head))
+    # lost: median over the qps runs + every query of the latency slices never answered
     for scenario in scenarios:
         for which in servers:
             key = (scenario, which)
@@ -402,7 +411,8 @@ def main() -> int:
             print(
                 f"{scenario:9} {which:9} {qps_of(key):8.0f} {spread:>15} {pct(key, 0.5):7.3f} "
                 f"{pct(key, 0.99):7.3f} {len(lats.get(key, [])):7d} "
-                f"{statistics.median(losts[key]):5.0f} {bads.get(key, 0):6d}"
+                f"{statistics.median(losts[key]) + timeouts.get(key, 0):5.0f} "
+                f"{bads.get(key, 0):6d}"
             )
     if "nyx" in servers:
         print(
