@@ -246,9 +246,17 @@ class EmbeddedDns:
         )
 
     def _write_resolv_conf(self, container_id: str, text: str | None = None) -> Path:
-        """Write in place (an existing bind mount keeps seeing the same inode)."""
+        """Write in place (an existing bind mount keeps seeing the same inode); a file that
+        already says ``text`` is left alone (nyxd re-registering every container it
+        re-adopts after a restart, a start registering then asking for the text)."""
         path = self.resolv_conf_path(container_id)
         text = text if text is not None else self._resolv_text(container_id)
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read(len(text) + 1) == text:
+                    return path
+        except (OSError, ValueError):
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "w") as f:
