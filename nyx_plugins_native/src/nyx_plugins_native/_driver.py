@@ -55,7 +55,7 @@ from ._firewall import (
 )
 from ._kernel import check_kernel, set_sysctl
 from ._network import IFNAME_RE, Network, bridge_name, lease_store, owner, parse_options
-from ._ports import check_conflicts, reserve
+from ._ports import check_conflicts, overlapping, reserve
 from ._settings import NativeSettings
 
 __all__ = ["NativeDriver", "bridge_name", "veth_name"]
@@ -439,12 +439,14 @@ class NativeDriver:
                 assert isinstance(ip, ipaddress.IPv4Address)
                 pels = port_elements(ports, str(ip))
                 if ranges:
+                    near = overlapping(ranges)
                     check_conflicts(
                         ranges,
                         (
                             (owner(a), _pel(p))
                             for a in st.records.values()
                             for p in a.get("ports", [])
+                            if near(p[1], p[2])
                         ),
                     )
                 socks = reserve(pels)

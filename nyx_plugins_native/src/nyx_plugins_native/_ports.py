@@ -17,14 +17,21 @@ import errno
 import os
 import resource
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from nyx_core import PortRange, check_port_clash, runs_of_ports
 from nyx_core.errors import PortConflictError
 
 from ._firewall import PortElement
 
-__all__ = ["FD_HEADROOM", "check_conflicts", "check_fd_budget", "describe", "reserve"]
+__all__ = [
+    "FD_HEADROOM",
+    "check_conflicts",
+    "check_fd_budget",
+    "describe",
+    "overlapping",
+    "reserve",
+]
 
 # descriptors left free for everything else nyxd does (API connections, netlink, files)
 FD_HEADROOM = 256
@@ -33,6 +40,18 @@ FD_HEADROOM = 256
 def describe(p: PortElement) -> str:
     where = f"{p.host_ip}:" if p.host_ip else ""
     return f"host port {where}{p.host_port}/{p.protocol}"
+
+
+def overlapping(new: Sequence[PortRange]) -> Callable[[str, int], bool]:
+    """A quick test of one published port ``(protocol, port)``: inside one of ``new``'s
+    intervals? Only those need to reach :func:`check_conflicts` (a setup must not pay an
+    interval for each port every other container publishes)."""
+    spans = [(r.protocol, r.first, r.last) for r in new]
+
+    def hit(protocol: str, port: int) -> bool:
+        return any(p == protocol and first <= port <= last for p, first, last in spans)
+
+    return hit
 
 
 def check_conflicts(new: Sequence[PortRange], published: Iterable[tuple[str, PortElement]]) -> None:

@@ -37,6 +37,30 @@ def test_published_ports_are_merged_into_intervals(monkeypatch: pytest.MonkeyPat
         _ports.check_conflicts(ranges_of([PortMapping.parse("5432:1")]), published)
 
 
+def test_only_published_ports_inside_a_new_interval_are_looked_at() -> None:
+    """What the driver hands :func:`check_conflicts` (``overlapping``): the ports of other
+    containers inside one of the new intervals, same protocol; the verdict and the message
+    are those of the whole list."""
+    web = port_elements([PortMapping.parse("10000-19999:10000-19999")], "10.0.0.2")
+    db = port_elements([PortMapping.parse("127.0.0.1:5432:5432")], "10.0.0.3")
+    dns = port_elements([PortMapping.parse("5353:53/udp")], "10.0.0.4")
+    published = [("web", p) for p in web] + [("db", p) for p in db] + [("dns", p) for p in dns]
+    for spec in ("6000-15000:6000-15000", "5432:1", "5353:1", "5353:1/udp", "19999-20001:1-3"):
+        new = ranges_of([PortMapping.parse(spec)])
+        near = _ports.overlapping(new)
+        few = [(o, p) for o, p in published if near(p.protocol, p.host_port)]
+        errors = []
+        for ports in (published, few):
+            try:
+                _ports.check_conflicts(new, ports)
+                errors.append(None)
+            except PortConflictError as exc:
+                errors.append(str(exc))
+        assert errors[0] == errors[1], spec
+    near = _ports.overlapping(ranges_of([PortMapping.parse("19999-20001:1-3")]))
+    assert [p.host_port for _o, p in published if near(p.protocol, p.host_port)] == [19999]
+
+
 def test_setup_refuses_more_ports_than_the_setting_first(tmp_path: Path) -> None:
     driver = NativeDriver()
     driver._settings = NyxSettings(state_dir=tmp_path / "state", max_published_ports=100)
