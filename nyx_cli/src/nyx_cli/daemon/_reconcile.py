@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,9 +203,7 @@ class Reconciler:
             if rec.model_dump_json() != recorded:  # unchanged: its record is on disk already
                 sup._persist(live)
             logger.bind(pid=rec.pid).info("container re-adopted")
-        threading.Thread(
-            target=sup._watch, args=(live, rec.pid), name=f"watch-{rec.id[:12]}", daemon=True
-        ).start()
+        sup._watch_exit(live, rec.pid)
         return True
 
     def _kill_leftover(self, rec: ContainerRecord) -> None:

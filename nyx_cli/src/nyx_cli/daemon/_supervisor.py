@@ -453,8 +453,17 @@ class Supervisor:
         self.health.start(live, image)
         self._persist(live)
         logger.bind(pid=run.pid, ips=rec.ips, ms=Steps.timings(run)).info("container started")
+        self._watch_exit(live, run.pid)
+
+    def _watch_exit(self, live: Live, pid: int) -> None:
+        """:meth:`_watch` once ``pid`` has ended: from the host's one watcher of every
+        container (``Host.watch_exit``), else a thread of its own waits for it."""
+        cid = live.rec.id
+        if self.host.watch_exit is not None:
+            self.host.watch_exit(pid, f"exit-{cid[:12]}", lambda: self._watch(live, pid))
+            return
         threading.Thread(
-            target=self._watch, args=(live, run.pid), name=f"watch-{cid[:12]}", daemon=True
+            target=self._watch, args=(live, pid), name=f"watch-{cid[:12]}", daemon=True
         ).start()
 
     def _joined_netns(self, rec: ContainerRecord) -> Path:
