@@ -74,6 +74,19 @@ def _open_fds() -> int:
         return 0
 
 
+def _fd_table_size() -> int | None:
+    """The size of this process's descriptor table (``FDSize``): no descriptor is open at or
+    above it, so it bounds how many are open. O(1), where counting them is O(open)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"FDSize:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def check_fd_budget(count: int) -> None:
     """Refuse to reserve ``count`` more ports when nyxd would run short of descriptors."""
     if count == 0:
@@ -81,6 +94,9 @@ def check_fd_budget(count: int) -> None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return
+    bound = _fd_table_size()
+    if bound is not None and bound + count + FD_HEADROOM <= soft:
+        return  # far from the limit: no need to count (a restart re-reserves every port)
     used = _open_fds()
     if used + count + FD_HEADROOM > soft:
         raise PortConflictError(

@@ -82,3 +82,26 @@ def test_reservations_keep_file_descriptors_free(monkeypatch: pytest.MonkeyPatch
         _ports.reserve(port_elements([PortMapping.parse("127.0.0.1:40000-40099:1-100")], "x"))
     assert "publishing 100 host ports needs 100 file descriptors" in str(exc.value)
     assert f"of its limit {soft} (RLIMIT_NOFILE)" in str(exc.value)
+
+
+def test_the_budget_counts_descriptors_only_near_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting open descriptors lists /proc/self/fd (O(open)): with a thousand published
+    ports, a restart re-reserving each container's would pay it a thousand times. Far from
+    the limit the descriptor table's size (FDSize) answers instead."""
+    counted: list[int] = []
+    real = _ports._open_fds
+
+    def counting() -> int:
+        counted.append(1)
+        return real()
+
+    monkeypatch.setattr(_ports, "_open_fds", counting)
+    table = _ports._fd_table_size()
+    assert table is not None and table >= len(list(Path("/proc/self/fd").iterdir()))
+    monkeypatch.setattr(resource, "getrlimit", lambda _what: (table * 8 + 10_000, table * 8))
+    _ports.check_fd_budget(100)
+    assert counted == []
+    near = table + _ports.FD_HEADROOM + 99  # the bound says maybe: count them
+    monkeypatch.setattr(resource, "getrlimit", lambda _what: (near, table * 8))
+    _ports.check_fd_budget(100)  # counted, and enough: fewer are open than the table holds
+    assert counted == [1]

@@ -162,14 +162,14 @@ class StateStore:
         """Every readable record, and the ids of unreadable ones (kept out of the way)."""
         records: list[ContainerRecord] = []
         broken: list[str] = []
-        for d in sorted(self.containers_dir.iterdir()):
-            f = d / "container.json"
-            if not d.is_dir():
-                continue
+        with os.scandir(self.containers_dir) as it:
+            dirs = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        for name in dirs:
             try:
-                records.append(ContainerRecord.model_validate_json(f.read_text()))
+                with open(os.path.join(self.containers_dir, name, "container.json"), "rb") as f:
+                    records.append(ContainerRecord.model_validate_json(f.read()))
             except (OSError, ValidationError, ValueError):
-                broken.append(d.name)
+                broken.append(name)
         return records, broken
 
     def load_networks(self) -> dict[str, NetworkRecord]:

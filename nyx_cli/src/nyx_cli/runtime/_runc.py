@@ -836,12 +836,16 @@ class RuncRuntime:
         out: builtins.list[dict[str, Any]] = []
         for name in names:
             try:
-                raw = (self.root / name / "state.json").read_bytes()
+                with open(self.root / name / "state.json", "rb") as f:
+                    raw = f.read(4096)  # the two fields come first; the config follows
+                    pid_m, start_m = _STATE_PID.search(raw), _STATE_START.search(raw)
+                    if pid_m is None or start_m is None:
+                        raw += f.read()
+                        pid_m, start_m = _STATE_PID.search(raw), _STATE_START.search(raw)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # not a container, or one runc is still creating (runc skips it)
             except OSError:
                 return self._runc_list()
-            pid_m, start_m = _STATE_PID.search(raw), _STATE_START.search(raw)
             if pid_m is None or start_m is None:
                 return self._runc_list()
             pid, start = int(pid_m.group(1)), int(start_m.group(1))
