@@ -27,7 +27,7 @@ CAPABILITIES = BackendCapabilities(
     multiple_networks=True,
     enforces_internal=True,
     external_dns=False,
-    ipv6=False,
+    ipv6=True,
     network_lifecycle=True,
 )
 
