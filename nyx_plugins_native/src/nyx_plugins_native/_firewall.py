@@ -190,7 +190,14 @@ CHAINS6: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "forward": (
         CHAINS["forward"][0],
         [
-            (name, rule.replace("ip saddr", "ip6 saddr").replace("ip daddr", "ip6 daddr"))
+            (
+                name,
+                # neighbour discovery between the containers of an internal network goes to
+                # multicast addresses (bridged, never routed): spared
+                "ip6 saddr @internal ip6 daddr != @net_subnets ip6 daddr != ff00::/8 drop"
+                if name == "nyx:internal"
+                else rule,
+            )
             for name, rule in CHAINS["forward"][1]
         ],
     ),

@@ -282,8 +282,11 @@ def create_veth(
 
 
 def _ipv6_on(ifname: str) -> None:
-    """IPv6 on for ``ifname`` (a dual-stack bridge), router advertisements ignored."""
-    for key, value in (("disable_ipv6", "0"), ("accept_ra", "0")):
+    """IPv6 on for ``ifname`` (a dual-stack bridge), router advertisements ignored, no
+    duplicate address detection: its link-local address is usable at once (the kernel
+    sends the neighbour solicitations of *forwarded* packets from it: while it is
+    tentative, the first connection from outside to a published port stalls ~2 s)."""
+    for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
         path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
         try:
             with open(path, "r+") as f:
