@@ -380,7 +380,7 @@ networks:
         (
             "services: {a: {image: x}}\n"
             "networks: {n: {ipam: {config: [{subnet: a}, {subnet: b}]}}}",
-            ["networks.n.ipam.config: one subnet per network"],
+            ["networks.n.ipam.config: one IPv4 subnet per network"],
         ),
         (
             "services: {a: {image: x}}\nnetworks: {n: {ipam: {config: [{gateway: 10.1.0.1}]}}}",

@@ -166,7 +166,10 @@ class EtcStep(Step):
         hosts = cdir / "hosts"
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         names = rec.hostname if rec.name == rec.hostname else f"{rec.hostname} {rec.name}"
-        lines += [f"{ip}\t{names}" for ip in rec.ips[:1]]
+        first: dict[bool, str] = {}  # the first address of each family (IPv6: has a ':')
+        for ip in rec.ips:
+            first.setdefault(":" in ip, ip)
+        lines += [f"{ip}\t{names}" for ip in first.values()]
         hosts.write_text("\n".join(lines) + "\n")
         run.mounts = [
             (str(hosts), "/etc/hosts", False),
