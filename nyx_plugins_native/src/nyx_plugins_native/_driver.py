@@ -77,7 +77,7 @@ _VETH_RE = re.compile(r"^nv[0-9a-f]{12}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NFT_HINT = (
     " (the kernel needs nf_tables with nat, masquerade, fib and conntrack: "
-    "`modprobe nf_tables nft_chain_nat nft_masq nft_fib_ipv4 nft_ct`; "
+    "`modprobe nf_tables nft_chain_nat nft_masq nft_fib_ipv4 nft_fib_ipv6 nft_ct`; "
     "see docs/kernel-requirements.md)"
 )
 
