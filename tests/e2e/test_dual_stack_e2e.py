@@ -115,3 +115,53 @@ def test_a_dual_stack_container_end_to_end(nyxd6: Nyxd, peer6: str) -> None:
     assert_clean(nyxd6)
     for name in ("ports_any", "ports_ip", "internal"):
         assert nyxd6.nyx_elements("ip6").get(name, []) == [], name
+
+
+COMPOSE6 = """
+name: dual
+services:
+  web:
+    image: busybox:nyx
+    networks: [front]
+    ports: ["8084:80"]
+    command: [sh, -c, "mkdir -p /w && echo web-ok > /w/index.html && exec httpd -f -p 80 -h /w"]
+networks:
+  front:
+    enable_ipv6: true
+    ipam:
+      config:
+        - subnet: 10.89.60.0/24
+        - subnet: fd00:c0::/64
+"""
+
+
+def test_a_dual_stack_compose_stack(nyxd6: Nyxd, tmp_path: Any) -> None:
+    """``enable_ipv6`` with an IPv6 ``ipam.config`` entry: the stack's network is dual stack,
+    its service answers the LAN over IPv6 and another container of the network over IPv6."""
+    assert nyxd6.topology is not None
+    lan = nyxd6.topology.lan
+    work = tmp_path / "dual"
+    work.mkdir()
+    (work / "compose.yaml").write_text(COMPOSE6)
+    up = nyxd6.nyx("compose", "up", "-d", cwd=work, timeout=180)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        net = nyxd6.client.request("GET", "/v1/networks/dual_front")
+        assert (net["subnet"], net["subnet6"]) == ("10.89.60.0/24", "fd00:c0::/64"), net
+        web = nyxd6.client.request("GET", "/v1/containers/dual-web-1")
+        (v6,) = [ip for ip in web["ips"] if ":" in ip]
+        assert ipaddress.ip_address(v6) in ipaddress.ip_network("fd00:c0::/64")
+        curl = ["curl", "-s", "-m", "3", "-g", f"http://[{LAN_HOST_IP6}]:8084/"]
+        assert wait_for(
+            lambda: "web-ok" in lan.run(curl, check=False).stdout, what="the stack over IPv6"
+        )
+        r = nyxd6.nyx(
+            "run", "--rm", "--network", "dual_front", "busybox:nyx",
+            "wget", "-qO-", f"http://[{v6}]/",
+        )  # fmt: skip
+        assert r.returncode == 0 and "web-ok" in r.stdout, r.stdout + r.stderr
+    finally:
+        down = nyxd6.nyx("compose", "down", "-t", "1", cwd=work, timeout=180)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert [n["name"] for n in nyxd6.client.request("GET", "/v1/networks")] == ["nyx"]
+    assert_clean(nyxd6)
