@@ -336,7 +336,8 @@ class _Loop:
                 self.sel.register(sock, selectors.EVENT_READ, (lst, "listen"))
                 self.listeners.setdefault(key, []).append(lst)
 
-        self.call(command, wait=True)
+        # no need to wait: the kernel queues connections on the listening socket meanwhile
+        self.call(command, wait=False)
 
     def remove(self, key: str) -> None:
         def command() -> None:
