@@ -9,6 +9,8 @@ Peers, all measured in one run on the same kernel, each in a fresh "host" namesp
                and route too, the port published on both families;
 * ``floor``    the bare minimum in-process: pyroute2 veth (peer created in the container
                netns) + address/route inside + one libnftables map element, nothing else;
+* ``floor6``   the same with an IPv6 address and route too, on a bridge with an IPv6
+               gateway (the kernel's own share of dual stack);
 * ``netavark`` Debian's netavark 1.4 (``netavark setup|teardown``, JSON on stdin, iptables);
 * ``netavark6`` the same on a dual-stack network (``ipv6_enabled``, a second subnet);
 * ``cni``      the CNI reference plugins exec'd directly: bridge (+ host-local) + portmap.
@@ -101,6 +103,7 @@ class Floor(Peer):
     """The least an in-process driver must do; no IPAM, checks, state or reservations."""
 
     name = "floor"
+    ipv6 = False
 
     def prepare(self, tmp: Path) -> None:
         from pyroute2 import IPRoute
@@ -112,6 +115,10 @@ class Floor(Peer):
         self.ipr.link("add", ifname="flb0", kind="bridge")
         self.br = self.ipr.link_lookup(ifname="flb0")[0]
         self.ipr.addr("add", index=self.br, address=str(GATEWAY), prefixlen=SUBNET.prefixlen)
+        if self.ipv6:
+            self.ipr.addr(
+                "add", index=self.br, address=str(GATEWAY6), prefixlen=64, flags=0x02
+            )  # nodad
         self.ipr.link("set", index=self.br, state="up")
         self.nft = load_nftables().Nftables()
         self.nft.set_json_output(True)
@@ -159,8 +166,12 @@ class Floor(Peer):
         try:
             idx = c.link("get", ifname="eth0")[0]["index"]
             c.addr("add", index=idx, address=ip_for(i), prefixlen=SUBNET.prefixlen)
+            if self.ipv6:
+                c.addr("add", index=idx, address=ip6_for(i), prefixlen=64, flags=0x02)
             c.link("set", index=idx, state="up")
             c.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY))
+            if self.ipv6:
+                c.route("add", dst="::/0", gateway=str(GATEWAY6))
         finally:
             c.close()
         self._elem("add", i)
@@ -173,6 +184,11 @@ class Floor(Peer):
         self.ipr.link("del", index=self.br)
         self.ipr.close()
         del self.nft
+
+
+class Floor6(Floor):
+    name = "floor6"
+    ipv6 = True
 
 
 class Netavark(Peer):
@@ -372,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", default="1,50,200")
     ap.add_argument("--iterations", type=int, default=15)
-    ap.add_argument("--peers", default="nyx,nyx6,floor,netavark,netavark6,cni")
+    ap.add_argument("--peers", default="nyx,nyx6,floor,floor6,netavark,netavark6,cni")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_native: needs root (network namespaces)", file=sys.stderr)
@@ -382,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "nyx": Nyx,
         "nyx6": Nyx6,
         "floor": Floor,
+        "floor6": Floor6,
         "netavark": Netavark,
         "netavark6": Netavark6,
         "cni": Cni,
@@ -429,7 +446,7 @@ def print_table(
     results: dict[str, dict[tuple[str, int], list[float]]], levels: list[int], iters: int
 ) -> None:
     peers = list(results)
-    others = [p for p in peers if p not in ("nyx", "nyx6")]
+    others = [p for p in peers if p not in ("nyx", "nyx6", "floor6")]
     print(f"\nnative driver, one port map, {iters} iterations; times in ms (median / p90)")
     head = f"{'op':9s} {'attached':>8s} " + " ".join(f"{p:>17s}" for p in peers)
     if "nyx" in results:
@@ -457,10 +474,15 @@ def print_table(
         for level in levels:
             six = statistics.median(results["nyx6"][("setup", level)])
             text = f"  {level:4d} attached: nyx6 {six:7.2f} ms"
-            for peer in ("nyx", "netavark6"):
+            for peer in ("nyx", "floor6", "netavark6"):
                 if peer in results:
                     other = statistics.median(results[peer][("setup", level)])
                     text += f"  nyx6/{peer} {six / other:.2f}"
+            if "floor" in results and "floor6" in results:
+                f4, f6 = (
+                    statistics.median(results[f][("setup", level)]) for f in ("floor", "floor6")
+                )
+                text += f"  (floor6/floor {f6 / f4:.2f})"
             print(text)
 
 
