@@ -112,6 +112,11 @@ CASES = [
         "a container of internal network kit-int reached 198.18.0.10",
     ),
     (
+        "kit-ignores-static-addresses",
+        "test_static_address_and_mac_are_honoured",
+        "asked for 10.231.0.253, the result reports",
+    ),
+    (
         "kit-ipv6-after-dad",
         "test_ipv6_addresses_of_both_families_and_a_default_route",
         "is tentative right after setup: duplicate address detection",
