@@ -46,6 +46,7 @@ from nyx_core.testing import (
 )
 from nyx_core.testing._conformance import dual_stack
 from nyx_plugins_native import Firewall, NativeDriver, NativeSettings, lease_store
+from nyx_plugins_native.plugin import NativePlugin
 
 pytestmark = pytest.mark.kernel
 
@@ -589,6 +590,11 @@ def test_gc_releases_stale_ipv6_elements(
     store = lease_store(settings6.state_dir)
     with store.locked() as st:  # the crash: the lease is gone, the elements stay
         st.records.pop("v6-gc/nyx")
+    # ...and the process that held the reserved ports with it
+    (plugin,) = [p for p in native6.pm.get_plugins() if isinstance(p, NativePlugin)]
+    plugin.driver._proxies.remove("v6-gc/nyx")
+    for sock in plugin.driver._reserved.pop("v6-gc/nyx"):
+        sock.close()
     report = native6.gc([])
     assert report and report["elements"] >= 2  # type: ignore[index]
     assert fw.elements("ports_any", "ip6") == [] and fw.elements("ports_any") == []

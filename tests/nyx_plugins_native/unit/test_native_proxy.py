@@ -175,11 +175,13 @@ def test_the_thread_ends_with_the_last_port(echo: Echo) -> None:
     proxies = _proxy.Proxies()
     tcp = _listener(socket.SOCK_STREAM)
     port = tcp.getsockname()[1]
+    before = set(threading.enumerate())
     proxies.add("t/nyx", [(tcp, PortElement("::1", "tcp", port, "127.0.0.1", echo.port))])
-    assert any(t.name == "nyx-loopback-proxy" for t in threading.enumerate())
+    (loop,) = proxies._loops.values()
+    assert loop.running
+    mine = [t for t in threading.enumerate() if t not in before and t.name == "nyx-loopback-proxy"]
+    assert len(mine) == 1
     proxies.remove("t/nyx")
     tcp.close()
-    for t in threading.enumerate():
-        if t.name == "nyx-loopback-proxy":
-            t.join(5)
-    assert not any(t.name == "nyx-loopback-proxy" for t in threading.enumerate())
+    mine[0].join(5)
+    assert not mine[0].is_alive() and not loop.running
