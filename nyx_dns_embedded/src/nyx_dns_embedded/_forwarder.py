@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from ._upstream import Upstreams
+from ._upstream import Upstreams, sockaddr
 
 __all__ = ["Forwarder", "error_response"]
 
@@ -147,12 +147,12 @@ class Forwarder:
                 qid = self._new_id()
                 sock = socks[qid % len(socks)]
                 try:
-                    sock.sendto(qid.to_bytes(2, "big") + p.query[2:], (server, self.port))
+                    sock.sendto(qid.to_bytes(2, "big") + p.query[2:], sockaddr(server, self.port))
                 except OSError:
                     p.attempt += 1
                     continue
                 p.sock = sock
-                p.server = server
+                p.server = server.partition("%")[0]  # as recvfrom shows it (no zone)
                 p.deadline = time.monotonic() + self.timeout
                 self.pending[qid] = p
                 if self._timer is None:

@@ -138,14 +138,17 @@ class Scope:
     """What one client sees: names, reverse names, whether it may be forwarded.
 
     ``known`` is False for clients that are neither registered nor local: they are refused.
-    ``cache0``/``cache1`` are the server's response templates for queries without/with an
-    OPT record (filled lazily, dropped with the snapshot).
+    ``tcp_only``: every UDP query gets an empty truncated answer (TC), so the client asks
+    again over TCP (see :attr:`Snapshot.host6_udp`). ``cache0``/``cache1`` are the server's
+    response templates for queries without/with an OPT record (filled lazily, dropped with
+    the snapshot).
     """
 
     names: dict[bytes, NameRecord]
     ptrs: dict[bytes, str]
     forward: bool
     known: bool = True
+    tcp_only: bool = False
     cache0: dict[bytes, Template] = field(default_factory=dict)
     cache1: dict[bytes, Template] = field(default_factory=dict)
 
@@ -160,6 +163,13 @@ class Snapshot:
     unknown: Scope
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     all_ips: frozenset[IPAddress]
+    host6_udp: Scope = field(
+        default_factory=lambda: Scope(names={}, ptrs={}, forward=False, tcp_only=True)
+    )
+    """What an IPv6 address of the host gets over UDP: TC, "ask again over TCP". IPv6 has
+    no martian-source check, so a container or a LAN neighbour can send UDP from the
+    host's own IPv6 addresses (never from ``::1``); over TCP the handshake proves the
+    source, and the host then gets :attr:`local`."""
 
     def scope_for(self, client_ip: str) -> Scope:
         return self.clients.get(client_ip, self.unknown)

@@ -1,5 +1,10 @@
 """The DNS server: one asyncio loop on one dedicated thread, UDP and TCP on one address.
 
+The address is IPv4 or IPv6 (the provider runs one server per gateway: ``gateway_ip``,
+and ``gateway_ip6`` on a dual-stack host). An IPv6 listener is IPv6-only and binds with
+``IPV6_FREEBIND``: the gateway may still be tentative (DAD) or not be on its bridge yet
+(a CNI bridge gets it at the first container) when the server starts.
+
 Sockets are created by :meth:`DnsServer.start` in the *calling* thread, so they live in
 the caller's network namespace (the thread started there inherits it too). UDP is a raw
 non-blocking socket watched with ``loop.add_reader``: each wakeup drains up to
@@ -29,6 +34,7 @@ __all__ = ["DnsServer", "ServerOptions"]
 _UDP_RECV = 4096
 _RCVBUF = 4 << 20
 _SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+_IPV6_FREEBIND = 78  # Linux >= 4.15; not exported by the socket module
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,33 @@ class ServerOptions:
     upstream_sockets: int = 4
 
 
-def _udp_socket(family: int, addr: tuple[str, int]) -> socket.socket:
+def host_port(host: str, port: int) -> str:
+    """``10.88.0.1:53``, ``[fd00::1]:53``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_family(host: str) -> int:
+    """``AF_INET6`` for an IPv6 literal, else ``AF_INET``."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _listen_options(sock: socket.socket) -> None:
+    """IPv6 listeners: IPv6 only (no v4-mapped clients), and bindable before the gateway
+    address is usable (DAD) or present (see the module doc)."""
+    if sock.family != socket.AF_INET6:
+        return
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
+    except OSError:  # kernels before 4.15: IP_FREEBIND covers IPv6 sockets there
+        sock.setsockopt(socket.SOL_IP, socket.IP_FREEBIND, 1)
+
+
+def _udp_socket(family: int, addr: tuple[str, int], *, listen: bool = False) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if listen:
+            _listen_options(sock)
         sock.setblocking(False)
         try:  # root may go past net.core.rmem_max for this one socket
             sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
@@ -111,10 +141,12 @@ class DnsServer:
         opts = self.options
         socks: list[socket.socket] = []
         try:
-            udp = _udp_socket(socket.AF_INET, (self.host, self.port))
+            family = listen_family(self.host)
+            udp = _udp_socket(family, (self.host, self.port), listen=True)
             socks.append(udp)
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
             socks.append(tcp)
+            _listen_options(tcp)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((self.host, udp.getsockname()[1]))
             tcp.listen(128)
@@ -131,8 +163,10 @@ class DnsServer:
         except OSError as exc:
             for s in socks:
                 s.close()
+            what = "gateway_ip6" if ":" in self.host else "gateway_ip"
             raise DnsError(
-                f"embedded DNS cannot listen on {self.host}:{self.port} (gateway_ip, dns_port): "
+                f"embedded DNS cannot listen on {host_port(self.host, self.port)} ({what}, "
+                "dns_port): "
                 f"{exc.strerror or exc}"
             ) from exc
         self._udp, self._tcp, self._socks = udp, tcp, socks
@@ -157,7 +191,7 @@ class DnsServer:
             err = self._error
             self.stop()
             raise DnsError(f"embedded DNS server failed to start: {err!r}") from err
-        logger.info("embedded DNS listening on {}:{} (udp, tcp)", *self.address)
+        logger.info("embedded DNS listening on {} (udp, tcp)", host_port(*self.address))
 
     def _run(self) -> None:
         loop = self.loop
