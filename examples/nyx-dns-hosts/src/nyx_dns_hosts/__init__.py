@@ -127,10 +127,8 @@ class HostsDnsPlugin:
                 except OSError as exc:
                     self.server.close()
                     self.server = None
-                    raise DnsError(
-                        f"hosts DNS: cannot listen on [{self.gateway6}]:{settings.dns_port}: "
-                        f"{exc}"
-                    ) from exc
+                    where = f"[{self.gateway6}]:{settings.dns_port}"
+                    raise DnsError(f"hosts DNS: cannot listen on {where}: {exc}") from exc
             logger.info("hosts DNS serving on {}:{}", self.gateway, settings.dns_port)
             return True
 
