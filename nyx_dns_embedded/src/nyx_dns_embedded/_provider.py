@@ -14,6 +14,7 @@ from pydantic import Field
 
 from nyx_core import DnsError, NyxSettings, PluginSettings, plugin_settings_config
 
+from ._cache import ForwardCache
 from ._records import DOMAIN, Container, Registry
 from ._resolver import Resolver
 from ._server import DnsServer, ServerOptions
@@ -81,13 +82,39 @@ class EmbeddedDnsSettings(PluginSettings):
         default=5.0, gt=0, le=300, description="seconds a TCP client may stay silent"
     )
     ttl: int = Field(default=60, ge=0, le=86400, description="TTL of container records")
+    cache_size: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="forwarded answers kept in the cache, at most (0: no cache)",
+    )
+    cache_max_bytes: int = Field(
+        default=4 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="memory for cached answers, at most (each costs twice its size + 256 bytes)",
+    )
+    cache_max_ttl: int = Field(
+        default=86400,
+        ge=1,
+        le=604800,
+        description="seconds a cached answer is kept at most, whatever its TTL",
+    )
+    cache_max_negative_ttl: int = Field(
+        default=3600,
+        ge=0,
+        le=86400,
+        description="seconds a cached NXDOMAIN/NODATA is kept at most (0: never cached)",
+    )
 
 
 class EmbeddedDns:
     """The embedded DNS provider (satisfies :class:`nyx_core.DnsProvider`).
 
-    Thread-safe: every method may be called from any nyxd thread. The server runs on a
-    thread of its own between :meth:`start` and :meth:`stop`.
+    Thread-safe: every method may be called from any nyxd thread. Each server (one per
+    gateway) runs on two threads of its own (UDP; TCP) between :meth:`start` and
+    :meth:`stop`; on a dual-stack host both servers share the records, the upstreams and
+    the forward cache.
     """
 
     def __init__(self, config: EmbeddedDnsSettings | None = None) -> None:
@@ -118,6 +145,15 @@ class EmbeddedDns:
             )
             exclude = frozenset(gateways) if settings.dns_port == cfg.upstream_port else frozenset()
             upstreams = Upstreams(cfg.upstream_resolv_conf, exclude=exclude)
+            cache = None
+            if cfg.cache_size > 0:  # one for both servers: the same upstreams' answers
+                cache = ForwardCache(
+                    max_entries=cfg.cache_size,
+                    max_bytes=cfg.cache_max_bytes,
+                    max_ttl=cfg.cache_max_ttl,
+                    max_negative_ttl=cfg.cache_max_negative_ttl,
+                    servers=upstreams.servers,
+                )
             options = ServerOptions(
                 forward_timeout=cfg.forward_timeout,
                 max_inflight=cfg.max_inflight,
@@ -130,11 +166,12 @@ class EmbeddedDns:
             try:
                 for host in gateways:
                     server = DnsServer(
-                        Resolver(self.registry, ttl=cfg.ttl),
+                        Resolver(self.registry, ttl=cfg.ttl, cache=cache),
                         upstreams,
                         host,
                         settings.dns_port,
                         options,
+                        cache=cache,
                     )
                     server.start()
                     servers.append(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,27 @@ def test_run_foreground_prints_json_output_and_exit_code(api: Path, fake_sup: An
     assert spec.rm is True and spec.dns is False
 
 
+def test_run_interrupted_while_starting_stops_the_container(
+    api: Path, fake_sup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """^C that comes before the start's answer stops the container, never aborts the client."""
+    import os
+    import signal
+
+    real_start = fake_sup.start
+
+    def start(ref: str) -> dict[str, Any]:
+        c = real_start(ref)
+        os.kill(os.getpid(), signal.SIGINT)  # the user's ^C, while the answer is on its way
+        return c
+
+    monkeypatch.setattr(fake_sup, "start", start)
+    r = nyx(api, "run", "--rm", "busybox:nyx", "sleep", "60")
+    assert r.exit_code == 137, r.output
+    assert "nyx: stopping" in r.output
+    assert [cid for cid, _ in fake_sup.stopped] == list(fake_sup.specs)
+
+
 def test_run_command_not_found_is_127(api: Path, fake_sup: Any) -> None:
     from nyx_cli.errors import CommandError
 
@@ -119,7 +141,7 @@ def test_ps_stop_rm(api: Path, fake_sup: Any) -> None:
     assert nyx(api, "stop", "-t", "1", "web").exit_code == 0
     assert fake_sup.stopped == [(cid, 1.0)]
     assert nyx(api, "ps").output.count("\n") == 1  # header only
-    assert "stopped (137)" in nyx(api, "ps", "-a").output
+    assert "Stopped (137)" in nyx(api, "ps", "-a").output
     assert nyx(api, "rm", "web").exit_code == 0
     assert nyx(api, "inspect", "web").exit_code == 1
 
@@ -156,3 +178,122 @@ def test_networks(api: Path) -> None:
     assert nyx(api, "network", "create", "--internal", "back").output == "back\n"
     r = nyx(api, "network", "rm", "back")
     assert r.exit_code == 125 and "in use" in r.output
+
+
+def test_run_networking_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
+    args = ["--ip", "10.88.0.9", "--mac-address", "02:42:0A:58:00:09", "--domainname", "ex.test"]
+    args += ["--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "--expose", "80"]
+    args += ["--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2"]
+    args += ["--sysctl", "net.ipv4.ip_unprivileged_port_start=80", "--network", "back"]
+    r = nyx(api, "run", "-d", *args, "busybox:nyx")
+    assert r.exit_code == 0, r.output
+    spec = fake_sup.specs[r.output.strip()]
+    assert (spec.network, spec.ipv4_address, spec.mac_address) == (
+        "back",
+        "10.88.0.9",
+        "02:42:0a:58:00:09",
+    )
+    assert spec.extra_hosts == ["db:10.1.2.3", "gw:host-gateway"]
+    assert (spec.dns_servers, spec.dns_search, spec.dns_options) == (
+        ["192.0.2.53"],
+        ["corp.test"],
+        ["ndots:2"],
+    )
+    assert spec.domainname == "ex.test" and spec.expose == ["80/tcp"]
+    assert spec.sysctls == {"net.ipv4.ip_unprivileged_port_start": "80"}
+
+
+@pytest.mark.parametrize("mode", ["host", "none", "container:db"])
+def test_run_network_mode(api: Path, fake_sup: Any, mode: str) -> None:
+    r = nyx(api, "run", "-d", "--network", mode, "busybox:nyx")
+    assert r.exit_code == 0, r.output
+    assert fake_sup.specs[r.output.strip()].network_mode == mode
+
+
+def test_run_network_flags_are_checked(api: Path) -> None:
+    r = nyx(api, "run", "-d", "--network", "host", "--network", "back", "busybox:nyx")
+    assert r.exit_code == 125 and "--network host: a network mode cannot be combined" in r.output
+    r = nyx(api, "run", "-d", "--network", "host", "-p", "80:80", "busybox:nyx")
+    assert r.exit_code == 125 and "not with network_mode 'host'" in r.output
+    r = nyx(api, "run", "-d", "--sysctl", "kernel.shmmax=1", "busybox:nyx")
+    assert r.exit_code == 125 and "sysctls 'kernel.shmmax': only net.*" in r.output
+    r = nyx(api, "run", "-d", "--ip", "10.0.0.1", "--network", "a", "--network", "b", "img")
+    assert r.exit_code == 125 and "--ip/--mac-address: give one --network" in r.output
+    r = nyx(api, "run", "-d", "--add-host", "nocolon", "busybox:nyx")
+    assert r.exit_code == 125 and "extra_hosts 'nocolon': must be NAME:ADDRESS" in r.output
+
+
+def test_ps_and_inspect_show_exposed_ports(api: Path) -> None:
+    nyx(api, "run", "-d", "--name", "web", "-p", "8080:80", "--expose", "9000", "busybox:nyx")
+    row = nyx(api, "ps").output.splitlines()[1]
+    assert row.endswith("8080:80/tcp,9000/tcp")
+    assert json.loads(nyx(api, "inspect", "web").output)[0]["expose"] == ["9000/tcp"]
+
+
+def test_run_restart_policy_and_health_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
+    r = nyx(
+        api, "run", "-d", "--name", "db", "--restart", "unless-stopped",
+        "--health-cmd", "pg_isready -U app", "--health-interval", "1m30s",
+        "--health-timeout", "500ms", "--health-retries", "2", "--health-start-period", "10s",
+        "busybox:nyx",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    spec = next(iter(fake_sup.specs.values()))
+    assert spec.restart == "unless-stopped"
+    assert spec.healthcheck.model_dump(exclude_none=True) == {
+        "test": ["CMD-SHELL", "pg_isready -U app"],
+        "interval": 90.0,
+        "timeout": 0.5,
+        "retries": 2,
+        "start_period": 10.0,
+    }
+    assert nyx(api, "run", "-d", "--no-healthcheck", "busybox:nyx").exit_code == 0
+    assert list(fake_sup.specs.values())[-1].healthcheck.test == ["NONE"]
+    assert list(fake_sup.specs.values())[-1].restart == "no"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--restart", "sometimes"], "restart policy 'sometimes' is not one of no, on-failure"),
+        (["--restart", "on-failure:0"], "on-failure:N needs a retry count N >= 1"),
+        (["--rm", "--restart", "always"], "restart 'always' and rm"),
+        (["--health-interval", "30"], "duration '30': 30 needs a unit (e.g. 30s)"),
+        (["--health-timeout", "2d"], "duration '2d': unknown unit 'd'"),
+        (["--health-retries", "0"], "'0' is not a whole number >= 1"),
+        (["--no-healthcheck", "--health-cmd", "x"], "--no-healthcheck conflicts with"),
+    ],
+)
+def test_bad_restart_and_health_flags_are_one_clear_line(
+    api: Path, fake_sup: Any, args: list[str], message: str
+) -> None:
+    r = nyx(api, "run", "-d", *args, "busybox:nyx")
+    assert r.exit_code == 125 and message in r.output, r.output
+    assert fake_sup.containers == {}
+
+
+def test_ps_shows_docker_s_status_with_health_and_the_restart_count(
+    api: Path, fake_sup: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    def ago(seconds: float) -> str:
+        return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+    for name in ("up", "sick", "again", "done", "new"):
+        nyx(api, "run", "-d", "--name", name, "busybox:nyx")
+    c = {v["name"]: v for v in fake_sup.containers.values()}
+    c["up"].update(started=ago(3.5), health={"status": "healthy"}, restart_count=2)
+    c["sick"].update(started=ago(7200), health={"status": "starting"})
+    c["again"].update(state="restarting", exit_code=1, finished=ago(0.2), restart_count=5)
+    c["done"].update(state="exited", exit_code=0, finished=ago(65))
+    c["new"].update(state="created")
+    out = nyx(api, "ps", "-a").output
+    rows = {line.split()[1]: line for line in out.splitlines()[1:]}
+    header = out.splitlines()[0]
+    assert header.split()[4:] == ["STATUS", "RESTARTS", "IPS", "PORTS"]
+    assert re.search(r" Up 3 seconds \(healthy\) +2 ", rows["up"])
+    assert re.search(r" Up 2 hours \(health: starting\) +0 ", rows["sick"])
+    assert re.search(r" Restarting \(1\) Less than a second ago +5 ", rows["again"])
+    assert re.search(r" Exited \(0\) About a minute ago +0 ", rows["done"])
+    assert re.search(r" Created +0 ", rows["new"])

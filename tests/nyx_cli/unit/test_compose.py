@@ -10,7 +10,6 @@ import yaml
 from nyx_cli.compose._project import (
     CONFIG_HASH_LABEL,
     PROJECT_LABEL,
-    RESTART_LABEL,
     SERVICE_LABEL,
     ComposeProject,
     check_project_name,
@@ -19,7 +18,7 @@ from nyx_cli.compose._project import (
     normalize_project_name,
     plan_stack,
 )
-from nyx_cli.daemon._models import ContainerSpec
+from nyx_cli.daemon._models import ContainerSpec, Healthcheck
 from nyx_core import ConfigError, DnsMode, NetworkBackend, PortMapping, dns_policy
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "compose" / "compose.yaml"
@@ -195,45 +194,92 @@ def test_hostname_defaults_to_service_name() -> None:
 # ---------------------------------------------------------------- warnings
 
 
-def test_unknown_keys_are_warnings_with_their_path() -> None:
+def test_only_informational_keys_are_warnings_with_their_path() -> None:
     project = load(
         """
 version: "3.8"
 x-common: &c {image: x}
-volumes: {data: {}}
-bogus: 1
 services:
   a:
     image: x
-    build: .
     x-note: fine
-    volumes: [data:/data]
-    networks:
-      n: {aliases: [b], ipv4_address: 10.1.1.1}
+    labels: {team: web}
+    logging: {driver: json-file}
     ports: [{target: 80, published: 8080, mode: host}]
     depends_on: {c: {condition: service_healthy}}
   c: {image: x}
 networks:
   n:
-    labels: {a: b}
-    ipam: {options: {x: y}, config: [{subnet: 10.89.50.0/24, ip_range: 10.89.50.0/25}]}
+    attachable: true
   unused: {}
 """
     )
     assert set(project.warnings) == {
         "version: obsolete, ignored",
-        "volumes: not supported, ignored",
-        "bogus: unknown key, ignored",
-        "services.a.build: unsupported key, ignored",
-        "services.a.volumes: unsupported key, ignored",
-        "services.a.networks.n.ipv4_address: unsupported key, ignored",
+        "services.a.logging: nyxd keeps every container's output itself, ignored",
         "services.a.ports[0].mode: not supported, ignored",
-        "services.a.depends_on.c.condition: service_healthy is not supported, "
-        "treated as service_started",
-        "networks.n.ipam.options: not supported, ignored",
-        "networks.n.ipam.config[0].ip_range: not supported, ignored",
+        "networks.n.attachable: swarm only: any container may join a nyx network, ignored",
+        "networks.n: not used by any service, not created",
         "networks.unused: not used by any service, not created",
     }
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ("include: [b.yaml]\nservices: {a: {image: x}}", "include: only one compose file is read"),
+        ("bogus: 1\nservices: {a: {image: x}}", "bogus: unknown key"),
+        (
+            "services: {a: {image: x, build: .}}",
+            "services.a.build: nyx does not build images: build it elsewhere (docker build",
+        ),
+        (
+            "services: {a: {image: x, volumes_from: [b]}}",
+            "services.a.volumes_from: volumes_from is not supported: mount the same named volumes",
+        ),
+        (
+            "services: {a: {image: x, cpus: 2}}",
+            "services.a.cpus: not supported by nyx (it would change what runs)",
+        ),
+        ("services: {a: {image: x, imagee: y}}", "services.a.imagee: unknown key"),
+        (
+            "services: {a: {image: x, networks: {n: {ipv6_address: 'fd00::5'}}}}\n"
+            "networks: {n: {}}",
+            "services.a.networks.n.ipv6_address: IPv6 addresses and networks are not supported",
+        ),
+        (
+            "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {enable_ipv6: true}}",
+            "networks.n.enable_ipv6: IPv6 addresses and networks are not supported yet",
+        ),
+        (
+            "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {ipam: {options: {x: y}}}}",
+            "networks.n.ipam.options: IPAM driver options are not supported",
+        ),
+        (
+            "services: {a: {image: x, networks: [n]}}\n"
+            "networks: {n: {ipam: {config: [{subnet: 10.89.50.0/24, ip_range: 10.89.50.0/25}]}}}",
+            "networks.n.ipam.config[0].ip_range: nyx hands out the whole subnet",
+        ),
+    ],
+)
+def test_keys_that_change_what_runs_are_errors_naming_the_path(doc: str, message: str) -> None:
+    assert message in err(doc)
+
+
+def test_every_refused_key_of_a_mapping_is_named_at_once() -> None:
+    message = err("services: {a: {image: x, build: ., volumes_from: [b], privileged: true}}")
+    assert message.count("services.a.") == 3, message
+
+
+def test_the_defaults_of_refused_keys_are_accepted() -> None:
+    project = load(
+        "services: {a: {image: x, networks: [n]}}\n"
+        "networks: {n: {enable_ipv6: false, enable_ipv4: true}}"
+    )
+    assert project.warnings == ()
+    assert "enable_ipv4" in err(
+        "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {enable_ipv4: false}}"
+    )
 
 
 def test_network_driver_opts_labels_and_ipam() -> None:
@@ -271,7 +317,7 @@ networks:
         ("services: {}", ["services: must define at least one service"]),
         ("services: {a: [x]}", ["services.a: must be a mapping", "['x']"]),
         ("services: {a: {command: x}}", ["services.a: needs 'image'"]),
-        ("services: {a: {build: .}}", ["services.a: 'build' is not supported"]),
+        ("services: {a: {build: .}}", ["services.a.build: nyx does not build images", "nyx load"]),
         ("services: {a: {image: 3}}", ["services.a.image: must be a string", "3"]),
         ("services: {a: {image: ''}}", ["services.a.image: must not be empty"]),
         ("services: {'a b': {image: x}}", ["services.a b: service name", "'a b'"]),
@@ -344,21 +390,68 @@ networks:
             ["services.a.depends_on.b.condition: is not a Compose condition", "'later'"],
         ),
         (
-            "services: {a: {image: x, restart: always}}",
-            ["services.a.restart: must be 'no' or 'on-failure", "'always'"],
+            "services: {a: {image: x, restart: sometimes}}",
+            ["services.a.restart: restart policy 'sometimes' is not one of no, on-failure[:N]"],
         ),
-        ("services: {a: {image: x, restart: 'on-failure:0'}}", ["services.a.restart"]),
+        (
+            "services: {a: {image: x, restart: 'on-failure:0'}}",
+            ["services.a.restart: restart policy 'on-failure:0': on-failure:N needs"],
+        ),
+        (
+            "services: {a: {image: x, restart: 'always:2'}}",
+            ["services.a.restart: restart policy 'always:2': a retry count goes only with"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: [curl, x]}}}",
+            ["services.a.healthcheck.test: healthcheck test ['curl', 'x'] must start with CMD"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: ''}}}",
+            ["services.a.healthcheck.test: must not be empty"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: [CMD-SHELL, a, b]}}}",
+            ["services.a.healthcheck.test: healthcheck test", "CMD-SHELL takes one command"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {interval: 30}}}",
+            ["services.a.healthcheck.interval: must be a duration like 30s", "(got 30)"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {timeout: 3x}}}",
+            ["services.a.healthcheck.timeout: duration '3x': unknown unit 'x'"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {interval: 0s}}}",
+            ["services.a.healthcheck.interval: Input should be greater than or equal to 0.001"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {retries: 0}}}",
+            ["services.a.healthcheck.retries: Input should be greater than or equal to 1"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {retries: '3'}}}",
+            ["services.a.healthcheck.retries: must be a whole number", "'3'"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {disable: true, test: 'true'}}}",
+            ["services.a.healthcheck.disable: and test cannot both be set"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {disable: 'yes'}}}",
+            ["services.a.healthcheck.disable: must be true or false", "'yes'"],
+        ),
         (
             "services: {a: {image: x}}\nnetworks: {n: {internal: maybe}}",
             ["networks.n.internal: must be true or false", "'maybe'"],
         ),
         (
-            "services: {a: {image: x}}\nnetworks: {n: {external: true}}",
-            ["networks.n.external: external networks are unsupported"],
+            "services: {a: {image: x}}\nnetworks: {n: {external: true, internal: true}}",
+            ["networks.n.internal: an external network is used as it is"],
         ),
         (
-            "services: {a: {image: x}}\nnetworks: {n: {driver: overlay}}",
-            ["networks.n.driver: only the bridge driver", "'overlay'"],
+            "services: {a: {image: x}}\nnetworks: {n: {driver: [overlay]}}",
+            ["networks.n.driver: must be a string", "['overlay']"],
         ),
         ("services: {a: {image: x}}\nnetworks: {n: {name: 'a b'}}", ["networks.n.name"]),
         (
@@ -511,7 +604,7 @@ def test_container_specs_for_the_daemon() -> None:
     assert web.stack_services == backend.stack_services
     assert web.labels[PROJECT_LABEL] == "proj"
     assert web.labels[SERVICE_LABEL] == "web"
-    assert RESTART_LABEL not in web.labels
+    assert web.restart == "no" and web.healthcheck is None
     assert web.command == ["httpd", "-f", "-p", "80"]
     body = plan.create_request("web")
     assert body["start"] is True
@@ -526,10 +619,87 @@ def test_config_hash_changes_with_config_only() -> None:
     assert c.labels[CONFIG_HASH_LABEL] != a
 
 
-def test_restart_label() -> None:
-    plan = plan_stack(load("services: {a: {image: x, restart: 'on-failure:2'}, b: {image: x}}"))
-    assert plan.container_spec("a").labels[RESTART_LABEL] == "on-failure:2"
-    assert RESTART_LABEL not in plan.container_spec("b").labels
+def test_restart_policies_go_to_nyxd_in_the_spec() -> None:
+    plan = plan_stack(
+        load(
+            """
+services:
+  a: {image: x, restart: 'on-failure:2'}
+  b: {image: x}
+  c: {image: x, restart: always}
+  d: {image: x, restart: unless-stopped}
+  e: {image: x, restart: "no"}
+  f: {image: x, restart: false}
+"""
+        )
+    )
+    got = {s: plan.container_spec(s).restart for s in "abcdef"}
+    assert got == {
+        "a": "on-failure:2",
+        "b": "no",
+        "c": "always",
+        "d": "unless-stopped",
+        "e": "no",
+        "f": "no",
+    }
+    assert not any(k.endswith(".restart") for k in plan.container_spec("a").labels)
+
+
+def test_healthcheck_and_depends_on_conditions() -> None:
+    project = load(
+        """
+services:
+  db:
+    image: x
+    healthcheck:
+      test: pg_isready -U app
+      interval: 1m30s
+      timeout: 500ms
+      retries: 5
+      start_period: 10s
+      start_interval: 1s
+  listed: {image: x, healthcheck: {test: [CMD, /bin/check, --deep]}}
+  quiet: {image: x, healthcheck: {disable: true}}
+  tuned: {image: x, healthcheck: {interval: 5s}}
+  migrate: {image: x, depends_on: {db: {condition: service_healthy}}}
+  web:
+    image: x
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+      listed: {condition: service_started}
+      quiet:
+"""
+    )
+    assert project.warnings == ()
+    s = project.services
+    assert s["db"].healthcheck == Healthcheck(
+        test=["CMD-SHELL", "pg_isready -U app"],
+        interval=90,
+        timeout=0.5,
+        retries=5,
+        start_period=10,
+        start_interval=1,
+    )
+    assert s["listed"].healthcheck == Healthcheck(test=["CMD", "/bin/check", "--deep"])
+    assert s["quiet"].healthcheck == Healthcheck(test=["NONE"])
+    assert s["tuned"].healthcheck == Healthcheck(interval=5)  # the image's test
+    assert s["web"].healthcheck is None
+    web = s["web"]
+    assert web.depends_on == ("db", "migrate", "listed", "quiet")
+    assert [web.condition(d) for d in web.depends_on] == [
+        "service_healthy",
+        "service_completed_successfully",
+        "service_started",
+        "service_started",
+    ]
+    plan = plan_stack(project)
+    assert plan.order.index("migrate") < plan.order.index("web")
+    spec = plan.container_spec("db")
+    assert spec.healthcheck == s["db"].healthcheck
+    body = plan.create_request("db")
+    assert body["healthcheck"]["test"] == ["CMD-SHELL", "pg_isready -U app"]
+    ContainerSpec.model_validate({k: v for k, v in body.items() if k != "start"}, strict=True)
 
 
 def test_example_file_is_valid() -> None:

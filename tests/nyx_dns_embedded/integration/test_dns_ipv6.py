@@ -275,12 +275,14 @@ def test_ipv6_upstreams_are_used(
     with entered(router):
         link_local = FakeUpstream("fe80::53%eth0", answer=UPSTREAM_ANSWER)
     try:
-        for server, upstream in (("::1", up("::1")), ("fe80::53%nyxt6ll", link_local)):
+        for i, (server, upstream) in enumerate(
+            (("::1", up("::1")), ("fe80::53%nyxt6ll", link_local))
+        ):
             resolv.write_text(f"nameserver {server}\n")
             provider6.servers[0].upstreams.reload()  # one Upstreams for both servers
             for v6 in (False, True):
-                for tcp in (False, True):
-                    name = f"{'v6' if v6 else 'v4'}-{'tcp' if tcp else 'udp'}.example"
+                for tcp in (False, True):  # new names each round: none is in the cache
+                    name = f"{'v6' if v6 else 'v4'}-{'tcp' if tcp else 'udp'}-{i}.example"
                     r = c.query(name, v6=v6, tcp=tcp)
                     assert addrs(r) == [UPSTREAM_ANSWER], f"{name} via {server}: {r}"
             assert len(upstream.names()) == 4, upstream.names()

@@ -13,26 +13,56 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from nyx_core import PortMapping, StackNetwork
 from nyx_core.errors import ConfigError
 
-from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
+from .._duration import parse_duration
+from ..daemon._models import ContainerSpec, Healthcheck, NetworkAttachment, StackService
+from ..daemon._restart import RestartPolicy
+from ._checks import HOSTNAME_RE as _HOSTNAME_RE
+from ._checks import alias as _alias
+from ._checks import bad as _bad
+from ._checks import boolean as _bool
+from ._checks import check_keys as _check_keys
+from ._checks import join as _join
+from ._checks import mapping as _mapping
+from ._checks import scalar_text as _scalar_text
+from ._checks import string as _str
+from ._netkeys import SERVICE_NET_KEYS as _SERVICE_NET_KEYS
+from ._netkeys import SERVICE_NETWORK_KEYS as _SERVICE_NETWORK_KEYS
+from ._netkeys import ServiceNet, checked, cross_checked, inside, net_keys, service_net
+from ._netkeys import external as _external
+from ._service_runtime import (
+    SERVICE_KEYS,
+    ComposeFileSource,
+    ComposeVolume,
+    ServiceRuntime,
+    file_sources,
+    service_runtime,
+    volume_decl,
+)
 
 __all__ = [
     "COMPOSE_FILENAMES",
+    "CONDITIONS",
     "CONFIG_HASH_LABEL",
     "DEFAULT_NETWORK",
+    "KNOWN_KEYS",
     "PROJECT_LABEL",
-    "RESTART_LABEL",
     "SERVICE_LABEL",
     "ComposeNetwork",
     "ComposePlan",
     "ComposeProject",
     "ComposeService",
+    "ComposeVolume",
+    "ServiceNet",
     "ServiceNetwork",
     "check_project_name",
     "interpolate",
@@ -44,21 +74,25 @@ __all__ = [
 COMPOSE_FILENAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 PROJECT_LABEL = "com.nyx.compose.project"
 SERVICE_LABEL = "com.nyx.compose.service"
-RESTART_LABEL = "com.nyx.compose.restart"
 CONFIG_HASH_LABEL = "com.nyx.compose.config-hash"
 DEFAULT_NETWORK = "default"
 
-RestartPolicy = Literal["no", "on-failure"]
+RestartName = Literal["no", "on-failure", "always", "unless-stopped"]
+Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+CONDITIONS: tuple[Condition, ...] = (
+    "service_started",
+    "service_healthy",
+    "service_completed_successfully",
+)
 
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
 
-_TOP_KEYS = {"version", "name", "services", "networks"}
-_TOP_IGNORED = {"volumes", "configs", "secrets", "include"}
+# the keys nyx implements, per place (every other one: see ._keys and _check_keys)
+_TOP_KEYS = {"name", "services", "networks", "volumes", "secrets", "configs"}
 _SERVICE_KEYS = {
     "image",
     "command",
@@ -69,12 +103,33 @@ _SERVICE_KEYS = {
     "hostname",
     "depends_on",
     "restart",
+    "healthcheck",
 }
-_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
-_IPAM_KEYS = {"driver", "config", "options"}
-_IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
+_SERVICE_KEYS |= SERVICE_KEYS  # mounts and process settings: ._service_runtime
+_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam", "external"}
+_IPAM_KEYS = {"driver", "config"}
+_IPAM_CONFIG_KEYS = {"subnet", "gateway"}
+KNOWN_KEYS: dict[str, set[str]] = {
+    "top": _TOP_KEYS,
+    "service": _SERVICE_KEYS | _SERVICE_NET_KEYS,
+    "service_network": _SERVICE_NETWORK_KEYS,
+    "network": _NETWORK_KEYS,
+    "ipam": _IPAM_KEYS,
+    "ipam_config": _IPAM_CONFIG_KEYS,
+}
+"""What :func:`load_compose` reads, per scope of :data:`._keys.SCOPES` (docs/compose.md's
+"done" rows)."""
 _PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
+_HEALTHCHECK_KEYS = {
+    "test",
+    "interval",
+    "timeout",
+    "retries",
+    "start_period",
+    "start_interval",
+    "disable",
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -91,6 +146,8 @@ class ComposeNetwork:
     labels: Mapping[str, str] = field(default_factory=dict)
     subnet: str | None = None
     gateway: str | None = None
+    external: bool = False
+    driver: str | None = None
 
     def request(self) -> dict[str, Any]:
         """The body of ``POST /v1/networks`` that creates it."""
@@ -108,10 +165,12 @@ class ComposeNetwork:
 
 @dataclass(frozen=True)
 class ServiceNetwork:
-    """One network a service joins, with its extra DNS aliases."""
+    """One network a service joins, with its extra DNS aliases (and address, MAC)."""
 
     key: str
     aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+    mac_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,8 +186,22 @@ class ComposeService:
     ports: tuple[PortMapping, ...] = ()
     networks: tuple[ServiceNetwork, ...] = ()
     depends_on: tuple[str, ...] = ()
-    restart: RestartPolicy = "no"
+    restart: RestartName = "no"
     restart_max_retries: int | None = None
+    net: ServiceNet = field(default_factory=lambda: ServiceNet())
+    runtime: ServiceRuntime = field(default_factory=ServiceRuntime)
+    conditions: Mapping[str, Condition] = field(default_factory=dict)
+    healthcheck: Healthcheck | None = None
+
+    @property
+    def restart_policy(self) -> str:
+        """``restart`` as nyxd takes it: ``no``, ``always``, ``on-failure:3``..."""
+        return str(RestartPolicy(self.restart, self.restart_max_retries))
+
+    def condition(self, dependency: str) -> Condition:
+        """What ``up`` waits for before starting this service: ``depends_on`` long form's
+        ``condition`` (``service_started`` for the short form)."""
+        return self.conditions.get(dependency, "service_started")
 
 
 @dataclass(frozen=True)
@@ -139,6 +212,10 @@ class ComposeProject:
     services: Mapping[str, ComposeService]
     networks: Mapping[str, ComposeNetwork]
     warnings: tuple[str, ...] = ()
+    volumes: Mapping[str, ComposeVolume] = field(default_factory=dict)
+    secrets: Mapping[str, ComposeFileSource] = field(default_factory=dict)
+    configs: Mapping[str, ComposeFileSource] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ project name
@@ -223,51 +300,6 @@ def _interpolate_tree(node: object, environ: Mapping[str, str], path: str, w: li
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _bad(path: str, value: object, why: str) -> ConfigError:
-    return ConfigError(f"{path}: {why} (got {value!r})")
-
-
-def _mapping(value: object, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _bad(path, value, "must be a mapping")
-    for k in value:
-        if not isinstance(k, str):
-            raise _bad(_join(path, str(k)), k, "keys must be strings")
-    return value
-
-
-def _str(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(path, value, "must be a string")
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(path, value, "must be true or false")
-    return value
-
-
-def _scalar_text(value: object, path: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise _bad(path, value, "must be a string or number")
-
-
-def _check_keys(node: Mapping[str, Any], known: set[str], path: str, warnings: list[str]) -> None:
-    for key in node:
-        if key.startswith("x-"):
-            continue
-        if key not in known:
-            warnings.append(f"{_join(path, key)}: unsupported key, ignored")
 
 
 def _argv(value: object, path: str) -> tuple[str, ...] | None:
@@ -361,13 +393,6 @@ def _port(value: object, path: str, warnings: list[str]) -> PortMapping:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def _alias(value: object, path: str) -> str:
-    text = _str(value, path)
-    if not _HOSTNAME_RE.match(text):
-        raise _bad(path, value, "is not a valid DNS name (letters, digits, '-')")
-    return text
-
-
 def _service_networks(
     value: object, path: str, declared: Mapping[str, ComposeNetwork], warnings: list[str]
 ) -> tuple[ServiceNetwork, ...]:
@@ -384,15 +409,27 @@ def _service_networks(
             kpath = _join(path, key)
             _declared(key, kpath, declared)
             aliases: tuple[str, ...] = ()
+            ipv4 = mac = None
             if conf is not None:
                 node = _mapping(conf, kpath)
-                _check_keys(node, {"aliases"}, kpath, warnings)
+                _check_keys(node, _SERVICE_NETWORK_KEYS, kpath, warnings, "service_network")
                 raw = node.get("aliases", [])
                 apath = _join(kpath, "aliases")
+                if raw is None:
+                    raw = []
                 if not isinstance(raw, list):
                     raise _bad(apath, raw, "must be a list of names")
                 aliases = tuple(_alias(a, f"{apath}[{i}]") for i, a in enumerate(raw))
-            out.append(ServiceNetwork(key, aliases))
+                if node.get("ipv4_address") is not None:
+                    ipath = _join(kpath, "ipv4_address")
+                    text = _str(node["ipv4_address"], ipath)
+                    ipv4 = checked("ipv4_address", text, ipath, attachment=True)
+                    inside(ipv4, key, getattr(declared.get(key), "subnet", None), ipath)
+                if node.get("mac_address") is not None:
+                    mpath = _join(kpath, "mac_address")
+                    text = _str(node["mac_address"], mpath)
+                    mac = checked("mac_address", text, mpath, attachment=True)
+            out.append(ServiceNetwork(key, aliases, ipv4, mac))
     else:
         raise _bad(path, value, "must be a list of network names or a mapping")
     seen: set[str] = set()
@@ -411,13 +448,17 @@ def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> No
         raise _bad(path, key, f"network is not declared in the top-level networks ({names})")
 
 
-def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...]:
+def _depends_on(
+    value: object, path: str, warnings: list[str]
+) -> tuple[tuple[str, ...], dict[str, Condition]]:
+    """The services depended on, in file order, and the long form's conditions."""
     if value is None:
-        return ()
+        return (), {}
     if isinstance(value, list):
-        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value)), {}
     if isinstance(value, Mapping):
         names: list[str] = []
+        conditions: dict[str, Condition] = {}
         for dep, conf in _mapping(value, path).items():
             dpath = _join(path, dep)
             names.append(dep)
@@ -426,35 +467,74 @@ def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...
             node = _mapping(conf, dpath)
             _check_keys(node, _DEPENDS_KEYS, dpath, warnings)
             cond = node.get("condition", "service_started")
-            if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
+            if cond not in CONDITIONS:
                 raise _bad(_join(dpath, "condition"), cond, "is not a Compose condition")
-            if cond != "service_started":
-                warnings.append(
-                    f"{_join(dpath, 'condition')}: {cond} is not supported, "
-                    "treated as service_started"
-                )
+            conditions[dep] = cond
             for flag in ("required", "restart"):
                 if flag in node:
                     _bool(node[flag], _join(dpath, flag))
             if node.get("restart") is True:
                 warnings.append(f"{_join(dpath, 'restart')}: not supported, ignored")
-        return tuple(names)
+        return tuple(names), conditions
     raise _bad(path, value, "must be a list of service names or a mapping")
 
 
-def _restart(value: object, path: str) -> tuple[RestartPolicy, int | None]:
+def _restart(value: object, path: str) -> tuple[RestartName, int | None]:
     # YAML 1.1 reads a bare `no` as false.
-    if value is None or value is False or value == "no":
+    if value is None or value is False:
         return "no", None
-    if isinstance(value, str):
-        if value == "on-failure":
-            return "on-failure", None
-        if value.startswith("on-failure:"):
-            n = value.partition(":")[2]
-            if n.isdigit() and int(n) > 0:
-                return "on-failure", int(n)
-            raise _bad(path, value, "on-failure:N needs a positive retry count")
-    raise _bad(path, value, "must be 'no' or 'on-failure[:N]' (always/unless-stopped unsupported)")
+    try:
+        policy = RestartPolicy.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return policy.name, policy.max_retries
+
+
+def _duration(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise _bad(path, value, "must be a duration like 30s, 1m30s or 500ms")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _healthcheck(value: object, path: str, warnings: list[str]) -> Healthcheck | None:
+    """Compose's ``healthcheck``: ``test`` (a string runs with the shell, a list starts
+    with CMD, CMD-SHELL or NONE), durations as strings, ``retries``, ``disable``."""
+    if value is None:
+        return None
+    node = _mapping(value, path)
+    _check_keys(node, _HEALTHCHECK_KEYS, path, warnings)
+    fields: dict[str, Any] = {}
+    if node.get("disable") is not None and _bool(node["disable"], _join(path, "disable")):
+        if node.get("test") is not None:
+            raise _bad(_join(path, "disable"), True, "and test cannot both be set")
+        return Healthcheck(test=["NONE"])
+    tpath = _join(path, "test")
+    test = node.get("test")
+    if isinstance(test, str):
+        if not test.strip():
+            raise _bad(tpath, test, "must not be empty")
+        fields["test"] = ["CMD-SHELL", test]
+    elif isinstance(test, list):
+        fields["test"] = [_str(t, f"{tpath}[{i}]") for i, t in enumerate(test)]
+    elif test is not None:
+        raise _bad(tpath, test, "must be a command line or a list starting with CMD")
+    for key in ("interval", "timeout", "start_period", "start_interval"):
+        if node.get(key) is not None:
+            fields[key] = _duration(node[key], _join(path, key))
+    if node.get("retries") is not None:
+        retries = node["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise _bad(_join(path, "retries"), retries, "must be a whole number")
+        fields["retries"] = retries
+    try:
+        return Healthcheck(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = _join(path, ".".join(str(p) for p in err["loc"]))
+        raise _bad(where, err.get("input"), err["msg"].removeprefix("Value error, ")) from None
 
 
 def _network_decl(
@@ -467,22 +547,36 @@ def _network_decl(
     options: dict[str, str] = {}
     labels: dict[str, str] = {}
     subnet = gateway = None
+    external = False
+    driver: str | None = None
     if value is not None:
-        node = _mapping(value, path)
-        _check_keys(node, _NETWORK_KEYS, path, warnings)
+        node = dict(_mapping(value, path))
+        # the defaults, said out loud, are accepted (the other values are refused)
+        for flag, default in (("enable_ipv6", False), ("enable_ipv4", True)):
+            if node.get(flag) is default:
+                del node[flag]
+        _check_keys(node, _NETWORK_KEYS, path, warnings, "network")
         if "external" in node:
-            raise _bad(
-                _join(path, "external"), node["external"], "external networks are unsupported"
-            )
+            external, ext_name = _external(node["external"], _join(path, "external"))
+            if external:
+                name = ext_name or key
+                others = sorted(k for k in node if k not in ("external", "name") and k[:2] != "x-")
+                if others:
+                    raise _bad(
+                        _join(path, others[0]),
+                        node[others[0]],
+                        "an external network is used as it is: only 'name' goes with "
+                        "'external: true'",
+                    )
         if "internal" in node:
             internal = _bool(node["internal"], _join(path, "internal"))
         if "name" in node:
             name = _str(node["name"], _join(path, "name"))
             if not _NETNAME_RE.match(name):
                 raise _bad(_join(path, "name"), name, "must be letters, digits, '_', '.', '-'")
-        driver = node.get("driver", "bridge")
-        if driver != "bridge":
-            raise _bad(_join(path, "driver"), driver, "only the bridge driver is supported")
+        if node.get("driver") is not None:
+            # checked against nyxd's driver by `up` (it must be "bridge" or its name)
+            driver = _str(node["driver"], _join(path, "driver"))
         if node.get("driver_opts") is not None:
             opath = _join(path, "driver_opts")
             options = {
@@ -501,6 +595,8 @@ def _network_decl(
         labels=labels,
         subnet=subnet,
         gateway=gateway,
+        external=external,
+        driver=driver,
     )
 
 
@@ -523,12 +619,10 @@ def _labels(value: object, path: str) -> dict[str, str]:
 def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, str | None]:
     """``ipam.config[0]``'s subnet and gateway (one IPv4 config; the default IPAM driver)."""
     node = _mapping(value, path)
-    _check_keys(node, _IPAM_KEYS, path, warnings)
+    _check_keys(node, _IPAM_KEYS, path, warnings, "ipam")
     driver = node.get("driver", "default")
     if driver != "default":
         raise _bad(_join(path, "driver"), driver, "only the default IPAM driver is supported")
-    if node.get("options"):
-        warnings.append(f"{_join(path, 'options')}: not supported, ignored")
     configs = node.get("config") or []
     cpath = _join(path, "config")
     if not isinstance(configs, list):
@@ -538,10 +632,7 @@ def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, st
     if not configs:
         return None, None
     entry = _mapping(configs[0], f"{cpath}[0]")
-    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings)
-    for ignored in ("ip_range", "aux_addresses"):
-        if ignored in entry:
-            warnings.append(f"{cpath}[0].{ignored}: not supported, ignored")
+    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings, "ipam_config")
     subnet = gateway = None
     if entry.get("subnet") is not None:
         subnet = _str(entry["subnet"], f"{cpath}[0].subnet")
@@ -560,28 +651,28 @@ def _service(
     networks: Mapping[str, ComposeNetwork],
     environ: Mapping[str, str],
     warnings: list[str],
+    top: Mapping[str, Mapping[str, Any]] | None = None,
+    project_dir: str | None = None,
 ) -> ComposeService:
     if not _SERVICE_RE.match(name):
         raise _bad(path, name, "service name must be letters, digits, '_', '.', '-'")
     node = _mapping(value, path)
-    _check_keys(node, _SERVICE_KEYS, path, warnings)
+    _check_keys(node, _SERVICE_KEYS | _SERVICE_NET_KEYS, path, warnings, "service")
     if "image" not in node:
-        why = (
-            "'build' is not supported, 'image' is required" if "build" in node else "needs 'image'"
-        )
-        raise _bad(path, name, why)
+        raise _bad(path, name, "needs 'image'")
     image = _str(node["image"], _join(path, "image"))
     if not image.strip():
         raise _bad(_join(path, "image"), image, "must not be empty")
+    net = service_net(node, path)
     if "hostname" in node:
         hostname = _str(node["hostname"], _join(path, "hostname"))
         if not _HOSTNAME_RE.match(hostname):
             raise _bad(_join(path, "hostname"), hostname, "is not a valid hostname")
-    elif _HOSTNAME_RE.match(name):
-        hostname = name
+    elif _HOSTNAME_RE.match(name) or net.shares_names:
+        hostname = name  # unused by a service in another's netns: it has that one's names
     else:
         raise _bad(path, name, "service name is not a valid hostname; set 'hostname'")
-    container = f"{project}-{name}-1"
+    container = net.container_name or f"{project}-{name}-1"
     if len(container) > _CONTAINER_NAME_MAX:
         raise _bad(path, container, f"container name is longer than {_CONTAINER_NAME_MAX}")
     ports_raw = node.get("ports", [])
@@ -593,6 +684,18 @@ def _service(
         _port(p, f"{_join(path, 'ports')}[{i}]", warnings) for i, p in enumerate(ports_raw)
     )
     restart, retries = _restart(node.get("restart"), _join(path, "restart"))
+    if net.network_mode is not None:
+        for key in ("networks", "ports"):
+            if node.get(key):
+                raise _bad(
+                    _join(path, key),
+                    node[key],
+                    f"not with network_mode {net.network_mode!r} (the service has no network "
+                    "of its own)",
+                )
+    depends_on, conditions = _depends_on(
+        node.get("depends_on"), _join(path, "depends_on"), warnings
+    )
     return ComposeService(
         name=name,
         image=image,
@@ -601,12 +704,23 @@ def _service(
         entrypoint=_argv(node.get("entrypoint"), _join(path, "entrypoint")),
         environment=_environment(node.get("environment"), _join(path, "environment"), environ),
         ports=ports,
-        networks=_service_networks(
-            node.get("networks"), _join(path, "networks"), networks, warnings
-        ),
-        depends_on=_depends_on(node.get("depends_on"), _join(path, "depends_on"), warnings),
+        networks=()
+        if net.network_mode is not None
+        else _service_networks(node.get("networks"), _join(path, "networks"), networks, warnings),
+        depends_on=depends_on,
         restart=restart,
         restart_max_retries=retries,
+        net=net,
+        runtime=service_runtime(
+            node,
+            path,
+            volumes=(top or {}).get("volumes", {}),
+            secrets=(top or {}).get("secrets", {}),
+            configs=(top or {}).get("configs", {}),
+            project_dir=project_dir,
+        ),
+        conditions=conditions,
+        healthcheck=_healthcheck(node.get("healthcheck"), _join(path, "healthcheck"), warnings),
     )
 
 
@@ -619,6 +733,7 @@ def load_compose(
     *,
     default_project: str | None = None,
     environ: Mapping[str, str] | None = None,
+    project_dir: str | Path | None = None,
 ) -> ComposeProject:
     """Validate a parsed compose file.
 
@@ -627,6 +742,8 @@ def load_compose(
         ``default_project`` (normally the directory name, already normalised).
     :param environ: variables for ``${VAR}`` interpolation and bare ``environment`` keys;
         ``None`` disables interpolation.
+    :param project_dir: what relative host paths (binds, ``env_file``, secret and config
+        files) are relative to; nothing is read here.
     :returns: the project; its ``warnings`` list unsupported keys by path.
     :raises ConfigError: naming the key path and the value of the first invalid entry.
     """
@@ -637,15 +754,7 @@ def load_compose(
         data = _interpolate_tree(data, environ, "", warnings)
     env: Mapping[str, str] = environ if environ is not None else {}
     top = _mapping(data, "(top level)")
-    for key in top:
-        if key.startswith("x-") or key in _TOP_KEYS:
-            continue
-        if key in _TOP_IGNORED:
-            warnings.append(f"{key}: not supported, ignored")
-        else:
-            warnings.append(f"{key}: unknown key, ignored")
-    if "version" in top:
-        warnings.append("version: obsolete, ignored")
+    _check_keys(top, _TOP_KEYS, "", warnings, "top")
     if project_name is not None:
         name = check_project_name(project_name)
     elif "name" in top:
@@ -665,19 +774,36 @@ def load_compose(
     services_node = _mapping(services_raw, "services")
     if not services_node:
         raise _bad("services", dict(services_node), "must define at least one service")
+    pdir = str(project_dir) if project_dir is not None else None
+    volumes = {
+        key: volume_decl(key, value, _join("volumes", key), name)
+        for key, value in _mapping(top.get("volumes") or {}, "volumes").items()
+    }
+    top_decls: dict[str, Mapping[str, Any]] = {
+        "volumes": volumes,
+        "secrets": file_sources(top.get("secrets"), "secrets", pdir),
+        "configs": file_sources(top.get("configs"), "configs", pdir),
+    }
     services: dict[str, ComposeService] = {}
     for sname, value in services_node.items():
         services[sname] = _service(
-            sname, value, _join("services", sname), name, networks, env, warnings
+            sname, value, _join("services", sname), name, networks, env, warnings, top_decls, pdir
         )
+    used_volumes = {
+        m.source for s in services.values() for m in s.runtime.mounts if m.type == "volume"
+    }
+    for key, vol in volumes.items():
+        if vol.name not in used_volumes:
+            warnings.append(f"volumes.{key}: not used by any service, not created")
     for svc in services.values():
         for i, dep in enumerate(svc.depends_on):
             if dep not in services:
                 raise _bad(f"services.{svc.name}.depends_on[{i}]", dep, "no such service")
+    services = cross_checked(services, name)
     if any(sn.key == DEFAULT_NETWORK for s in services.values() for sn in s.networks):
         networks.setdefault(DEFAULT_NETWORK, ComposeNetwork(DEFAULT_NETWORK, f"{name}_default"))
     for svc in services.values():
-        if svc.ports and all(networks[sn.key].internal for sn in svc.networks):
+        if svc.ports and svc.networks and all(networks[sn.key].internal for sn in svc.networks):
             warnings.append(
                 f"services.{svc.name}.ports: the service is only on internal networks, "
                 "its published ports cannot be reached from outside"
@@ -691,7 +817,16 @@ def load_compose(
         if net.name in by_name:
             raise _bad(f"networks.{key}.name", net.name, f"also the name of {by_name[net.name]}")
         by_name[net.name] = key
-    return ComposeProject(name=name, services=services, networks=networks, warnings=tuple(warnings))
+    return ComposeProject(
+        name=name,
+        services=services,
+        networks=networks,
+        warnings=tuple(warnings),
+        volumes=volumes,
+        secrets=top_decls["secrets"],
+        configs=top_decls["configs"],
+        environ=dict(env),
+    )
 
 
 # ------------------------------------------------------------------ planning
@@ -718,12 +853,22 @@ def _topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
     return tuple(order)
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @dataclass(frozen=True)
 class ComposePlan:
-    """What ``nyx compose up`` asks nyxd for, in order."""
+    """What ``nyx compose up`` asks nyxd for, in order.
+
+    ``read_file`` reads what ``env_file``, secrets and configs name, when a container's
+    request is built (the only I/O of the plan).
+    """
 
     project: ComposeProject
     order: tuple[str, ...]
+    read_file: Callable[[str], bytes] = _read_file
 
     @property
     def name(self) -> str:
@@ -735,7 +880,50 @@ class ComposePlan:
         return [n for k, n in self.project.networks.items() if k in used]
 
     def container_name(self, service: str) -> str:
+        svc = self.project.services.get(service)
+        if svc is not None and svc.net.container_name:
+            return svc.net.container_name
         return f"{self.project.name}-{service}-1"
+
+    def network_mode(self, service: str) -> str | None:
+        """nyxd's ``network_mode`` for the service (``service:NAME`` → that container)."""
+        mode = self.project.services[service].net.network_mode
+        owner = self.project.services[service].net.service_of
+        if owner is not None:
+            return f"container:{self.container_name(owner)}"
+        return None if mode == "bridge" else mode
+
+    def joiners(self, service: str) -> list[str]:
+        """Services in ``service``'s network namespace (``network_mode: service:``),
+        directly or through another, in stop order."""
+        out: list[str] = []
+        for name in self.stop_order():
+            owner = self.project.services[name].net.service_of
+            while owner is not None and owner != service:
+                owner = self.project.services[owner].net.service_of
+            if owner == service:
+                out.append(name)
+        return out
+
+    def link_aliases(self, service: str, network: str) -> list[str]:
+        """``links: [SERVICE:ALIAS]`` of the services sharing ``network`` with ``service``:
+        extra names of ``service`` there (links are aliases)."""
+        out = []
+        for other in self.project.services.values():
+            if network not in net_keys(other):
+                continue
+            out += [alias for target, alias in other.net.links if target == service]
+        return out
+
+    def volumes(self) -> list[ComposeVolume]:
+        """Volumes at least one service mounts, in file order (external ones included)."""
+        used = {
+            m.source
+            for s in self.project.services.values()
+            for m in s.runtime.mounts
+            if m.type == "volume"
+        }
+        return [v for v in self.project.volumes.values() if v.name in used]
 
     def attachments(self, service: str) -> list[NetworkAttachment]:
         """The service's networks as nyxd sees them; aliases start with the service name.
@@ -749,15 +937,32 @@ class ComposePlan:
             # nyxd publishes ports on the first network: make it one that is not internal
             nets.sort(key=lambda sn: self.project.networks[sn.key].internal)
         out: list[NetworkAttachment] = []
-        for sn in nets:
+        for i, sn in enumerate(nets):
             net = self.project.networks[sn.key]
-            aliases = [service, *(a for a in sn.aliases if a != service)]
-            out.append(NetworkAttachment(name=net.name, aliases=aliases, internal=net.internal))
+            names = [*sn.aliases, *self.link_aliases(service, sn.key)]
+            aliases = [service, *dict.fromkeys(a for a in names if a != service)]
+            mac = sn.mac_address or (svc.net.mac_address if i == 0 else None)
+            out.append(
+                NetworkAttachment(
+                    name=net.name,
+                    aliases=aliases,
+                    internal=net.internal,
+                    ipv4_address=sn.ipv4_address,
+                    mac_address=mac,
+                )
+            )
         return out
 
     def stack_services(self) -> dict[str, StackService]:
-        """Every service with its networks: nyxd computes the DNS policy from this."""
-        return {s: StackService(networks=self.attachments(s)) for s in self.project.services}
+        """Every service on a network of its own, with its networks: nyxd computes the DNS
+        policy from this (``network_mode: bridge`` is nyxd's default network)."""
+        out = {}
+        for s, svc in self.project.services.items():
+            if svc.net.network_mode == "bridge":
+                out[s] = StackService(networks=[NetworkAttachment()])
+            elif svc.net.network_mode is None:
+                out[s] = StackService(networks=self.attachments(s))
+        return out
 
     def dns_stack(self) -> dict[str, list[StackNetwork]]:
         """The same, in the shape :func:`nyx_core.dns_policy` takes."""
@@ -769,23 +974,32 @@ class ComposePlan:
     def container_spec(self, service: str) -> ContainerSpec:
         """The request for one service, labelled with project, service and config hash."""
         svc = self.project.services[service]
-        labels = {PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
-        if svc.restart != "no":
-            labels[RESTART_LABEL] = svc.restart + (
-                f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
-            )
+        labels = {**svc.runtime.labels, PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
+        environ = self.project.environ
+        extra = svc.runtime.spec_fields(
+            self.read_file, environ, self.project.secrets, self.project.configs
+        )
+        mode = self.network_mode(service)
+        bridge = svc.net.network_mode == "bridge"
         spec = ContainerSpec(
             image=svc.image,
             name=self.container_name(service),
-            hostname=svc.hostname,
+            hostname=None if svc.net.shares_names else svc.hostname,
             command=list(svc.command) if svc.command is not None else None,
             entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
-            env=dict(svc.environment),
+            env={**svc.runtime.environment(self.read_file, environ), **svc.environment},
             ports=list(svc.ports),
             networks=self.attachments(service),
             stack=self.project.name,
             stack_services=self.stack_services(),
             labels=labels,
+            network_mode=mode,
+            mac_address=svc.net.mac_address if bridge else None,
+            aliases=[service] if bridge else [],
+            **svc.net.spec_fields(),
+            **extra,
+            restart=svc.restart_policy,
+            healthcheck=svc.healthcheck,
         )
         digest = hashlib.sha256(
             json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
@@ -809,6 +1023,8 @@ class ComposePlan:
         return tuple(reversed(self.order))
 
 
-def plan_stack(project: ComposeProject) -> ComposePlan:
+def plan_stack(
+    project: ComposeProject, read_file: Callable[[str], bytes] = _read_file
+) -> ComposePlan:
     """Order the services so each starts after what it ``depends_on``; a cycle is an error."""
-    return ComposePlan(project=project, order=_topological(project.services))
+    return ComposePlan(project=project, order=_topological(project.services), read_file=read_file)

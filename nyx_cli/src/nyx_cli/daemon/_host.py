@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,11 +41,18 @@ class RuntimeLike(Protocol):
         process: Any,
         hostname: str,
         netns_path: str | None,
-        mounts: Sequence[tuple[str, str, bool]],
+        mounts: Sequence[Any],
+        host_network: bool = ...,
+        sysctl: Mapping[str, str] | None = ...,
+        capabilities: Sequence[str] | None = ...,
+        init: Path | None = ...,
     ) -> Any: ...
     def start(self, container_id: str, bundle: Path, log_path: Path) -> int: ...
     def wait(self, container_id: str, pid: int, timeout: float | None) -> int | None: ...
     def kill(self, container_id: str, sig: int) -> Any: ...
+    def exec(
+        self, container_id: str, args: Sequence[str], timeout: float
+    ) -> tuple[int | None, str]: ...
     def state(self, container_id: str) -> Any: ...
     def delete(self, container_id: str, force: bool) -> Any: ...
     def list(self) -> Sequence[Any]: ...
@@ -70,6 +77,10 @@ class Host:
     signal_direct: bool = False
     #: is the netns still bind-mounted at this path (in nyxd's mount namespace)?
     netns_alive: Callable[[Path], bool] = lambda path: True
+    #: bring ``lo`` up in a netns (``network_mode: none``: no driver does it)
+    loopback_up: Callable[[Path], Any] = lambda path: None
+    #: write ``net.*`` sysctls inside a container's netns
+    set_sysctls: Callable[[Path, Mapping[str, str]], Any] = lambda path, values: None
 
     @classmethod
     def default(cls, settings: DaemonSettings) -> Host:
@@ -95,4 +106,6 @@ class Host:
             extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
             signal_direct=True,
             netns_alive=netns_mod.is_mountpoint,
+            loopback_up=netns_mod.loopback_up,
+            set_sysctls=netns_mod.set_sysctls,
         )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from nyx_core.errors import NyxError
 
+from ._health import HealthState
 from ._models import ContainerSpec
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
     "now",
 ]
 
-ContainerState = Literal["created", "running", "exited", "stopped"]
+ContainerState = Literal["created", "running", "restarting", "exited", "stopped"]
 
 
 def now() -> str:
@@ -56,6 +57,11 @@ class ContainerRecord(BaseModel):
         "the DNS provider (internal_networks) both read this. None: a record of an older "
         "nyxd, decided from the spec at its next start or re-adoption",
     )
+    network_of: str | None = Field(
+        default=None,
+        description="network_mode container:<ref>: the id of the container whose network "
+        "namespace this one joins (resolved at create)",
+    )
     created: str = Field(default_factory=now)
     started: str | None = None
     finished: str | None = None
@@ -66,6 +72,13 @@ class ContainerRecord(BaseModel):
     dns_registered: bool = False
     rootfs_mounted: bool = False
     runc_created: bool = False
+    # restart policy and health (see _restart.py, _health.py)
+    restart_count: int = Field(default=0, description="restarts done by its restart policy")
+    stopped_by_hand: bool = Field(
+        default=False,
+        description="its last stop was asked for (not nyxd's shutdown); cleared when it starts",
+    )
+    health: HealthState | None = Field(default=None, description="None: no healthcheck")
 
     def public(self) -> dict[str, object]:
         """The container object of the API."""
@@ -80,12 +93,17 @@ class ContainerRecord(BaseModel):
             "ips": list(self.ips),
             "ports": [str(p) for p in self.spec.ports],
             "networks": list(self.networks),
+            "network_mode": self.spec.network_mode or "bridge",
+            "expose": list(self.spec.expose),
             "labels": dict(self.spec.labels),
             "command": self.spec.command,
             "created": self.created,
             "started": self.started,
             "finished": self.finished,
             "error": self.error,
+            "restart": self.spec.restart,
+            "restart_count": self.restart_count,
+            "health": self.health.model_dump() if self.health is not None else None,
         }
 
 
