@@ -111,14 +111,15 @@ class Upstreams:
         stamp = self._stat()
         if stamp == self._stamp and stamp is not None:
             return self._conf
-        self._stamp = stamp
         try:
             text = self.path.read_text(errors="replace")
         except OSError:
             text = ""
-        self._conf = parse_resolv_conf(text)
-        self._servers = tuple(s for s in self._conf.nameservers if s not in self.exclude)
-        return self._conf
+        conf = parse_resolv_conf(text)
+        self._servers = tuple(s for s in conf.nameservers if s not in self.exclude)
+        self._conf = conf
+        self._stamp = stamp  # last: another thread reading meanwhile reads the file too
+        return conf
 
     def conf(self) -> HostResolvConf:
         """The parsed file, re-read first when it may have changed."""
