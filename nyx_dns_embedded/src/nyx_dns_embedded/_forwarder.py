@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from ._mmsg import Address
 from ._upstream import Upstreams, sockaddr
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def _truncated(resp: bytes, qend: int) -> bytes:
 
 @dataclass(slots=True)
 class _Pending:
-    client: tuple[str, int]
+    client: Address
     client_id: bytes
     query: bytes
     qend: int
@@ -105,7 +106,7 @@ class Forwarder:
 
     # ------------------------------------------------------------------ UDP
 
-    def forward_udp(self, query: bytes, client: tuple[str, int], qend: int) -> None:
+    def forward_udp(self, query: bytes, client: Address, qend: int) -> None:
         """Send ``query`` upstream; the reply goes to ``client`` through the reply socket."""
         if len(self.pending) + self.tcp_inflight >= self.max_inflight:
             self.stats["overload"] += 1
@@ -187,7 +188,7 @@ class Forwarder:
                 except Exception as exc:  # never let one answer stop the others
                     logger.debug("DNS cache: answer from {} not kept: {!r}", p.server, exc)
 
-    def _reply(self, resp: bytes, client: tuple[str, int]) -> None:
+    def _reply(self, resp: bytes, client: Address) -> None:
         with contextlib.suppress(OSError):
             self.reply_sock.sendto(resp, _DONTWAIT, client)
 

@@ -44,7 +44,7 @@ from nyx_core import DnsError
 
 from ._cache import ForwardCache
 from ._forwarder import Forwarder
-from ._mmsg import MSG_WAITFORONE, NAME_SLOT, UdpBatch
+from ._mmsg import MSG_WAITFORONE, NAME_SLOT, Address, UdpBatch
 from ._records import Scope
 from ._resolver import Resolver
 from ._upstream import Upstreams
@@ -387,7 +387,7 @@ class DnsServer:
                 stats["errors"] += 1
                 logger.debug("embedded DNS: UDP error: {!r}", exc)
 
-    def _answer_one(self, data: bytes, addr: tuple[str, int], scope: Scope | None) -> None:
+    def _answer_one(self, data: bytes, addr: Address, scope: Scope | None) -> None:
         """One datagram that is not a repeat answered from its scope: the resolver (and
         the forward cache, and maybe the forwarder). ``scope`` None: the source is not
         in the snapshot's clients, and the resolver decides (over UDP: an IPv6 address of
