@@ -109,8 +109,8 @@ def up(nyx_in_host: Netns) -> Iterator[Callable[..., FakeUpstream]]:
     """Factory of fake upstreams in the host namespace."""
     made: list[FakeUpstream] = []
 
-    def make(host: str = "127.0.0.1") -> FakeUpstream:
-        made.append(FakeUpstream(host, answer=UPSTREAM_ANSWER))
+    def make(host: str = "127.0.0.1", answer: str = UPSTREAM_ANSWER) -> FakeUpstream:
+        made.append(FakeUpstream(host, answer=answer))
         return made[-1]
 
     try:
@@ -250,6 +250,133 @@ def test_a_container_cannot_pass_for_the_host_over_ipv6(
     q = dns.message.make_query("host-control.example", "A")
     assert addrs(dns.query.tcp(q, GW6, port=PORT, timeout=5)) == [UPSTREAM_ANSWER]
     assert upstream.names() == ["host-control.example."]
+
+
+UDP_MODES = pytest.mark.parametrize("burst_gap", [0.0, float("inf")], ids=["one-by-one", "batches"])
+
+
+def _burst(
+    ns: Netns, source: str, server: str, names: list[str], rdtype: str = "A"
+) -> list[dns.message.Message]:
+    """From ``source`` in ``ns``: every query sent back to back, then every answer read;
+    the answers in the order of the queries (matched by ID)."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    with entered(ns):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+    with s:
+        s.bind((source, 0))
+        s.settimeout(5)
+        sent = [dns.message.make_query(name, rdtype) for name in names]
+        for i, q in enumerate(sent):
+            q.id = i + 1
+            s.sendto(q.to_wire(), (server, PORT))
+        got: dict[int, dns.message.Message] = {}
+        for _ in sent:
+            r = dns.message.from_wire(s.recv(4096))
+            assert r.id not in got, r
+            got[r.id] = r
+    return [got[q.id] for q in sent]
+
+
+@UDP_MODES
+def test_the_host_over_udp_on_gateway6_gets_tc_even_for_cached_names(
+    dual: DualStack, provider6: EmbeddedDns, up: Callable[..., FakeUpstream], burst_gap: float
+) -> None:
+    """The forward cache and the UDP thread's inline repeats must not go around the rule
+    that an IPv6 address of the host is the host over TCP only: with the name cached (by
+    the host over TCP, by a container over UDP on both gateways), the host's UDP queries
+    from the IPv6 gateway, one by one or in batches, still get TC and no answer, and an
+    unregistered IPv6 source still gets REFUSED."""
+    upstream = up()
+    c, stranger = dual.container(), dual.container()
+    register(provider6, "c", c)
+    s6 = provider6.servers[1]
+    s6.burst_gap = burst_gap
+    q = dns.message.make_query("cached.example", "A")
+    assert addrs(dns.query.tcp(q, GW6, port=PORT, source=GW6, timeout=5)) == [UPSTREAM_ANSWER]
+    for v6 in (False, True, True, False):  # the container's scopes get replays
+        assert addrs(c.query("cached.example", v6=v6)) == [UPSTREAM_ANSWER]
+    assert upstream.names() == ["cached.example."]
+    batches = s6.stats["udp_batches"]
+    for _ in range(20):  # one by one: single datagrams, then (batches mode) batches of one
+        r = dns.query.udp(q, GW6, port=PORT, source=GW6, timeout=5)
+        assert r.flags & dns.flags.TC and r.rcode() == dns.rcode.NOERROR and r.answer == [], r
+    for r in _burst(dual.host, GW6, GW6, ["cached.example"] * 30 + ["c", "new.example"]):
+        assert r.flags & dns.flags.TC and r.answer == [], r
+    for r in _burst(stranger.ns, stranger.ip6, GW6, ["cached.example"] * 30):
+        assert r.rcode() == dns.rcode.REFUSED and r.answer == [], r
+    for r in _burst(c.ns, c.ip6, GW6, ["cached.example"] * 30):  # control: the container
+        assert addrs(r) == [UPSTREAM_ANSWER] and not r.flags & dns.flags.TC, r
+    assert upstream.names() == ["cached.example."]
+    if burst_gap:
+        assert s6.stats["udp_batches"] > batches
+    else:
+        assert s6.stats["udp_batches"] == batches == 0
+    assert s6.stats["errors"] == 0
+
+
+@UDP_MODES
+def test_both_gateways_answer_bursts_in_both_udp_modes(
+    dual: DualStack, provider6: EmbeddedDns, up: Callable[..., FakeUpstream], burst_gap: float
+) -> None:
+    """recvmmsg/sendmmsg with sockaddr_in and sockaddr_in6: container names, a cached
+    external name and new names that are forwarded, sent back to back to each gateway,
+    each answered to its sender with its ID."""
+    upstream = up()
+    a, b = dual.container(), dual.container()
+    register(provider6, "a", a)
+    register(provider6, "b", b)
+    for server in provider6.servers:
+        server.burst_gap = burst_gap
+    assert addrs(a.query("warm.example", v6=False)) == [UPSTREAM_ANSWER]
+    assert a.query("warm.example", "AAAA").answer  # the fake answers A records to all types
+    for v6, (source, gw) in ((False, (b.ip, GW)), (True, (b.ip6, GW6))):
+        fam = "v6" if v6 else "v4"
+        names = ["a", "warm.example", f"new-{fam}-0.example"] * 10
+        names += [f"new-{fam}-{i}.example" for i in range(1, 11)]
+        got = _burst(b.ns, source, gw, names, "AAAA" if v6 else "A")
+        for name, r in zip(names, got, strict=True):
+            if name == "a":
+                assert addrs(r) == [a.ip6 if v6 else a.ip], r
+            elif not v6:
+                assert addrs(r) == [UPSTREAM_ANSWER], (name, r)
+            else:  # the fake upstream answers A records whatever the type
+                assert r.rcode() == dns.rcode.NOERROR and r.answer, (name, r)
+    for server in provider6.servers:
+        assert server.stats["errors"] == 0
+        assert server.stats["udp_batches"] > 0  # while forwarded queries are pending, too
+    assert upstream.names().count("warm.example.") == 2  # A and AAAA once: then the cache
+
+
+def test_one_cache_for_both_gateways_emptied_for_both_on_an_upstream_change(
+    dual: DualStack, provider6: EmbeddedDns, up: Callable[..., FakeUpstream], resolv: Path
+) -> None:
+    """The IPv4 and IPv6 servers share one forward cache: a name forwarded through one
+    gateway is answered from the cache on the other; when the host's resolvers change,
+    the flush (by whichever thread sees it) empties it for both, replays included."""
+    old, new = up("127.0.0.1", answer="203.0.113.7"), up("127.0.0.2", answer="203.0.113.8")
+    c = dual.container()
+    register(provider6, "c", c)
+    s4, s6 = provider6.servers
+    assert s4.cache is not None and s4.cache is s6.cache
+    assert s4.resolver.cache is s6.resolver.cache is s4.cache
+    for v6 in (False, True, True, False, True):  # the IPv6 server never forwards it
+        assert addrs(c.query("moved.example", v6=v6)) == ["203.0.113.7"]
+    assert addrs(c.query("moved.example", v6=True, tcp=True)) == ["203.0.113.7"]
+    assert old.names() == ["moved.example."]
+    flushes = s4.cache.stats["flushes"]
+    resolv.write_text("nameserver 127.0.0.2\n")
+    got: list[str] = []
+    for _ in range(50):  # the file is looked at about once a second (TTL is 30 s)
+        got = addrs(c.query("moved.example", v6=False))
+        if got == ["203.0.113.8"]:
+            break
+        time.sleep(0.1)
+    assert got == ["203.0.113.8"]
+    for v6 in (True, True, False):  # and the IPv6 server: the new answer, from the cache
+        assert addrs(c.query("moved.example", v6=v6)) == ["203.0.113.8"]
+    assert new.names() == ["moved.example."]
+    assert s4.cache.stats["flushes"] > flushes
 
 
 def test_ipv6_upstreams_are_used(
