@@ -46,6 +46,8 @@ from nyx_core.errors import (
 
 from . import _netlink as nl
 from ._firewall import (
+    FAMILIES,
+    FAMILY6,
     Firewall,
     PortElement,
     container_batch,
@@ -53,9 +55,18 @@ from ._firewall import (
     port_elements,
     stale_elements,
 )
-from ._kernel import check_kernel, set_sysctl
-from ._network import IFNAME_RE, Network, bridge_name, lease_store, owner, parse_options
+from ._kernel import check_kernel, enable_ipv6_forwarding, ipv6_available, set_sysctl
+from ._network import (
+    IFNAME_RE,
+    MTU_MIN6,
+    Network,
+    bridge_name,
+    lease_store,
+    owner,
+    parse_options,
+)
 from ._ports import check_conflicts, reserve
+from ._proxy import Proxies
 from ._settings import NativeSettings
 
 __all__ = ["NativeDriver", "bridge_name", "veth_name"]
@@ -66,7 +77,7 @@ _VETH_RE = re.compile(r"^nv[0-9a-f]{12}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NFT_HINT = (
     " (the kernel needs nf_tables with nat, masquerade, fib and conntrack: "
-    "`modprobe nf_tables nft_chain_nat nft_masq nft_fib_ipv4 nft_ct`; "
+    "`modprobe nf_tables nft_chain_nat nft_masq nft_fib_ipv4 nft_fib_ipv6 nft_ct`; "
     "see docs/kernel-requirements.md)"
 )
 
@@ -80,15 +91,16 @@ def veth_name(container_id: str, network: str) -> str:
     return "nv" + _h(f"{container_id}/{network}", 12)
 
 
-def _bridge_sysctls(bridge: str) -> None:
+def _bridge_sysctls(bridge: str, ipv6: bool) -> None:
     # 127.0.0.1:PORT publishing needs local-net addresses routed out of the bridge. Its
     # price (a container sending to the host's 127.0.0.1, CVE-2020-8558) is paid by the
     # table's guard chain, which drops 127.0.0.0/8 arriving on any link but lo: ensure the
     # table before calling this.
-    set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
+    set_sysctl("net.ipv4.conf.{}.route_localnet", "1", bridge)
     # IPv4 only: no link-local address or fe80::/64 route appearing with the first port
-    if os.path.exists(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"):
-        set_sysctl(f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
+    # (a dual-stack bridge has IPv6 on, set by ensure_bridge)
+    if not ipv6 and os.path.exists(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"):
+        set_sysctl("net.ipv6.conf.{}.disable_ipv6", "1", bridge)
 
 
 def _pel(p: list[Any]) -> PortElement:
@@ -97,6 +109,15 @@ def _pel(p: list[Any]) -> PortElement:
 
 def _pel_list(p: PortElement) -> list[Any]:
     return [p.host_ip, p.protocol, p.host_port, p.container_ip, p.container_port]
+
+
+def _overlap6(a: Network, b: Network) -> bool:
+    return a.subnet6 is not None and b.subnet6 is not None and a.subnet6.overlaps(b.subnet6)
+
+
+def _cursor6(network: str) -> str:
+    """The IPv6 round-robin cursor's key (network names hold no ``/``)."""
+    return f"{network}/6"
 
 
 def _networks(meta: Mapping[str, Any]) -> dict[str, Network]:
@@ -112,6 +133,7 @@ class NativeDriver:
         self._store: LeaseStore | None = None
         # attachment key -> sockets holding its published host ports
         self._reserved: dict[str, list[socket.socket]] = {}
+        self._proxies = Proxies()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
@@ -129,13 +151,22 @@ class NativeDriver:
         return self._settings
 
     def _bring_up(self, net: Network) -> None:
-        """Bridge (gateway, MTU, up), its sysctls and firewall elements; idempotent."""
+        """Bridge (gateways, MTU, up), its sysctls and firewall elements (and IPv6
+        forwarding for a dual-stack network); idempotent."""
         try:
-            nl.ensure_bridge(net.bridge, net.gateway, net.mtu)
-            _bridge_sysctls(net.bridge)
+            nl.ensure_bridge(net.bridge, net.gateway, net.mtu, net.gateway6)
+            _bridge_sysctls(net.bridge, net.gateway6 is not None)
             self.firewall.run(
-                network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
+                network_elements("add", net.bridge, net.subnet, net.subnet6),
+                f"network {net.name!r}",
             )
+            if net.gateway6 is not None:
+                raised = enable_ipv6_forwarding()
+                if raised:
+                    logger.info(
+                        "IPv6 forwarding on; router advertisements still accepted",
+                        accept_ra_2=raised,
+                    )
         except FirewallError as exc:
             msg = str(exc)
             if "not supported" in msg or "No such file" in msg:
@@ -147,7 +178,8 @@ class NativeDriver:
         errors: list[BaseException] = []
         try:
             self._delete_elements(
-                network_elements("delete", net.bridge, net.subnet), f"network {net.name!r}"
+                network_elements("delete", net.bridge, net.subnet, net.subnet6),
+                f"network {net.name!r}",
             )
         except NyxError as exc:
             errors.append(exc)
@@ -168,8 +200,25 @@ class NativeDriver:
         _none, mtu = parse_options("nyxd --driver-opt", options, bridge=False)
         bridge = settings.plugin(NativeSettings).bridge
         net = Network(
-            settings.network, bridge, settings.gateway_interface, True, mtu=mtu, options=options
+            settings.network,
+            bridge,
+            settings.gateway_interface,
+            True,
+            mtu=mtu,
+            options=options,
+            gateway6=settings.gateway_interface6,
         )
+        v6 = ipv6_available()
+        if net.gateway6 is not None and not v6:
+            raise ConfigError(
+                f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6): subnet6 "
+                f"{net.subnet6}: this kernel has no IPv6 (see docs/kernel-requirements.md)"
+            )
+        if net.gateway6 is not None and mtu is not None and mtu < MTU_MIN6:
+            raise ConfigError(
+                f"nyxd --driver-opt: mtu {mtu} is below IPv6's minimum {MTU_MIN6} "
+                "(NYXD_CONTAINER_SUBNET6 is set)"
+            )
         store = lease_store(settings.state_dir)
         # before anything changes: the default subnet must not take the host's traffic,
         # nor another nyx network's
@@ -181,18 +230,29 @@ class NativeDriver:
                     f"default network {net.name!r} (NYXD_CONTAINER_SUBNET): subnet "
                     f"{net.subnet} overlaps network {name!r} ({other.subnet})"
                 )
+            if name != net.name and _overlap6(net, other):
+                raise ConfigError(
+                    f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6): subnet6 "
+                    f"{net.subnet6} overlaps network {name!r} ({other.subnet6})"
+                )
         own = {net.bridge} | {o.bridge for o in others.values()}
         check_subnet_on_host(
             net.subnet,
             f"default network {net.name!r} (NYXD_CONTAINER_SUBNET)",
             ignore_devs=own,
         )
+        if net.subnet6 is not None:
+            check_subnet_on_host(
+                net.subnet6,
+                f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6)",
+                ignore_devs=own,
+            )
         nl.check_veth_support()
         try:
             # the table first: its guard must drop 127.0.0.0/8 from outside before any
             # bridge gets route_localnet, and nothing is forwarded before the masquerade
             # and isolation rules exist
-            self.firewall.ensure()
+            self.firewall.ensure(ipv6=v6)
             set_sysctl("net.ipv4.ip_forward", "1")
         except FirewallError as exc:
             msg = str(exc)
@@ -207,8 +267,13 @@ class NativeDriver:
             self._settings = settings
             self._store = store
         self._reserve_again(store)
-        logger.debug("network ready", bridge=net.bridge, subnet=str(net.subnet))
-        return {"driver": "native", "bridge": net.bridge, "subnet": str(net.subnet)}
+        logger.debug(
+            "network ready", bridge=net.bridge, subnet=str(net.subnet), subnet6=str(net.subnet6)
+        )
+        out = {"driver": "native", "bridge": net.bridge, "subnet": str(net.subnet)}
+        if net.subnet6 is not None:
+            out["subnet6"] = str(net.subnet6)
+        return out
 
     def _reserve_again(self, store: LeaseStore) -> None:
         """After a restart: hold the published ports of containers still attached again."""
@@ -218,11 +283,13 @@ class NativeDriver:
             with self._lock:
                 if key in self._reserved:
                     continue
+            pels = [_pel(p) for p in ports]
             try:
-                socks = reserve([_pel(p) for p in ports])
+                socks = reserve(pels)
             except NyxError as exc:
                 logger.warning("published port not reserved again", attachment=key, error=str(exc))
                 continue
+            self._proxies.add(key, list(zip(socks, pels, strict=True)))
             with self._lock:
                 self._reserved.setdefault(key, []).extend(socks)
 
@@ -238,6 +305,12 @@ class NativeDriver:
             raise ConfigError(
                 f"{what}: subnet {spec.subnet} gateway {gw.ip} differ from the settings' "
                 f"{s.gateway_interface} (NYXD_CONTAINER_SUBNET, NYXD_GATEWAY_IP)"
+            )
+        gw6 = spec.gateway_interface6
+        if gw6 is not None and gw6 != s.gateway_interface6:
+            raise ConfigError(
+                f"{what}: subnet6 {spec.subnet6} gateway6 {gw6.ip} differ from the settings' "
+                f"{s.gateway_interface6} (NYXD_CONTAINER_SUBNET6, NYXD_GATEWAY_IP6)"
             )
         if spec.internal:
             raise ConfigError(f"{what}: the default network cannot be internal")
@@ -257,11 +330,6 @@ class NativeDriver:
         what = f"network {spec.name!r}"
         if spec.name in (self.settings.network, "nyx"):
             raise ConfigError(f"{what}: that is the default network's name")
-        if spec.subnet6 is not None or spec.gateway6 is not None:
-            raise ConfigError(
-                f"{what}: subnet6 {spec.subnet6} / gateway6 {spec.gateway6}: the native driver "
-                "is IPv4-only (it does not declare the ipv6 capability)"
-            )
         if spec.subnet is None:
             raise ConfigError(f"{what}: subnet is required (nyxd picks one from its pool)")
         if spec.subnet.prefixlen > 30:
@@ -273,6 +341,24 @@ class NativeDriver:
                 f"{what}: gateway {gw.ip} is the network or broadcast address of {spec.subnet}"
             )
         bridge, mtu = parse_options(what, spec.options)
+        gw6 = spec.gateway_interface6
+        if gw6 is not None:
+            if not ipv6_available():
+                raise ConfigError(f"{what}: subnet6 {spec.subnet6}: this kernel has no IPv6")
+            if gw6.network.prefixlen > 64:
+                raise ConfigError(
+                    f"{what}: subnet6 {gw6.network} is too small (need /64 or larger)"
+                )
+            if gw6.ip == gw6.network.network_address:
+                raise ConfigError(
+                    f"{what}: gateway6 {gw6.ip} is the subnet-router anycast address of "
+                    f"{gw6.network}"
+                )
+            if mtu is not None and mtu < MTU_MIN6:
+                raise ConfigError(
+                    f"{what}: mtu {mtu} is below IPv6's minimum {MTU_MIN6} (the network has "
+                    f"subnet6 {gw6.network})"
+                )
         return Network(
             spec.name,
             bridge or bridge_name(spec.name),
@@ -282,6 +368,7 @@ class NativeDriver:
             mtu,
             dict(spec.options),
             dict(spec.labels),
+            gw6,
         )
 
     def network_create(self, spec: NetworkSpec) -> NetworkInfo:
@@ -310,11 +397,17 @@ class NativeDriver:
                     raise ConfigError(
                         f"{what}: subnet {net.subnet} overlaps network {name!r} ({other.subnet})"
                     )
+                if _overlap6(net, other):
+                    raise ConfigError(
+                        f"{what}: subnet6 {net.subnet6} overlaps network {name!r} ({other.subnet6})"
+                    )
                 if other.bridge == net.bridge:
                     raise ConfigError(f"{what}: bridge name {net.bridge!r} is taken by {name!r}")
             # nor any route or address of the host (nyx's own bridges are no host's)
             own = {o.bridge for o in networks.values()} | ({old.bridge} if old else set())
             check_subnet_on_host(net.subnet, what, ignore_devs=own)
+            if net.subnet6 is not None:
+                check_subnet_on_host(net.subnet6, what, ignore_devs=own)
             if old is None:
                 with nl.host_rtnl() as rt:
                     taken = nl.get_link(rt, net.bridge)
@@ -356,6 +449,7 @@ class NativeDriver:
                 raise TeardownError(f"network {name!r}", errors)
             del st.meta[name]
             st.cursor.pop(name, None)
+            st.cursor.pop(_cursor6(name), None)
         logger.debug("network removed", network=name, bridge=net.bridge)
 
     def _delete_elements(self, cmds: list[dict[str, Any]], what: str) -> None:
@@ -392,14 +486,6 @@ class NativeDriver:
             raise ConfigError(f"interface {opts.interface!r} is not a valid interface name")
         if opts.mac is not None and not _MAC_RE.match(opts.mac):
             raise ConfigError(f"mac {opts.mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
-        for pm in ports:
-            if pm.host_ip is not None and pm.host_ip.version == 6:
-                raise ConfigError(
-                    f"port mapping {pm}: host_ip {pm.host_ip} is IPv6; the native driver "
-                    "publishes IPv4 only"
-                )
-        if opts.static_ip is not None and opts.static_ip.version != 4:
-            raise ConfigError(f"static_ip {opts.static_ip} is not IPv4")
         count = published_count(ports)
         if count > self.settings.max_published_ports:
             raise ConfigError(
@@ -412,7 +498,11 @@ class NativeDriver:
         key = LeaseStore.key(container_id, opts.network)
         veth = veth_name(container_id, opts.network)
         mac = (opts.mac or nl.random_mac()).lower()
-        static = ipaddress.IPv4Address(str(opts.static_ip)) if opts.static_ip else None
+        static = static6 = None
+        if isinstance(opts.static_ip, ipaddress.IPv4Address):
+            static = opts.static_ip
+        elif isinstance(opts.static_ip, ipaddress.IPv6Address):
+            static6 = opts.static_ip
         undo: list[tuple[str, Callable[[], None]]] = []
         socks: list[socket.socket] = []
         try:
@@ -433,11 +523,26 @@ class NativeDriver:
                         f"container {container_id!r} is already set up on network {net.name!r}"
                     )
                 internal = opts.internal or net.internal
-                ip = allocate(
-                    net.subnet, net.gateway.ip, st.used(net.name), static, st.cursor.get(net.name)
-                )
+                used = st.used(net.name)
+                ip = allocate(net.subnet, net.gateway.ip, used, static, st.cursor.get(net.name))
                 assert isinstance(ip, ipaddress.IPv4Address)
-                pels = port_elements(ports, str(ip))
+                ip6: ipaddress.IPv6Address | None = None
+                if net.gateway6 is not None:
+                    got = allocate(
+                        net.gateway6.network,
+                        net.gateway6.ip,
+                        used,
+                        static6,
+                        st.cursor.get(_cursor6(net.name)),
+                    )
+                    assert isinstance(got, ipaddress.IPv6Address)
+                    ip6 = got
+                elif static6 is not None:
+                    raise ConfigError(
+                        f"static_ip {static6} is IPv6 but network {net.name!r} has no IPv6 "
+                        "subnet (create it with --ipv6 / --subnet6)"
+                    )
+                pels = port_elements(ports, str(ip), None if ip6 is None else str(ip6))
                 if ranges:
                     check_conflicts(
                         ranges,
@@ -448,7 +553,7 @@ class NativeDriver:
                         ),
                     )
                 socks = reserve(pels)
-                st.records[key] = {
+                rec: dict[str, Any] = {
                     "owner": container_id,
                     "network": net.name,
                     "ip": str(ip),
@@ -459,6 +564,11 @@ class NativeDriver:
                     "ports": [_pel_list(p) for p in pels],
                     "netns": netns_path,
                 }
+                if ip6 is not None:
+                    rec["ip6"] = str(ip6)
+                    if static6 is None:
+                        st.cursor[_cursor6(net.name)] = str(ip6)
+                st.records[key] = rec
                 if static is None:
                     st.cursor[net.name] = str(ip)
             undo.append(("lease", lambda: self._forget(key)))
@@ -482,20 +592,37 @@ class NativeDriver:
                     os.close(fd)
             undo.append(("veth", lambda: self._del_veth(veth)))
             iface = ipaddress.IPv4Interface(f"{ip}/{net.subnet.prefixlen}")
-            nl.configure_container(netns_path, opts.interface, iface, net.gateway.ip)
+            iface6 = None
+            if ip6 is not None and net.gateway6 is not None:
+                iface6 = ipaddress.IPv6Interface(f"{ip6}/{net.gateway6.network.prefixlen}")
+            nl.configure_container(
+                netns_path,
+                opts.interface,
+                iface,
+                net.gateway.ip,
+                iface6,
+                None if net.gateway6 is None else net.gateway6.ip,
+            )
             self.firewall.run(
-                container_batch("add", pels, str(ip) if internal else None),
+                container_batch(
+                    "add",
+                    pels,
+                    str(ip) if internal else None,
+                    str(ip6) if internal and ip6 is not None else None,
+                ),
                 f"setup of container {container_id!r}",
             )
+            undo.append(("proxy", lambda: self._proxies.remove(key)))
+            self._proxies.add(key, list(zip(socks, pels, strict=True)))
         except BaseException as exc:
-            for s in socks:
-                s.close()
             failures = []
             for what, fn in reversed(undo):
                 try:
                     fn()
                 except Exception as uexc:  # reported with the original error
                     failures.append(f"{what}: {uexc}")
+            for s in socks:
+                s.close()
             if failures:
                 logger.warning("setup rollback incomplete", errors=failures)
             if isinstance(exc, NyxError) or not isinstance(exc, Exception):
@@ -505,15 +632,22 @@ class NativeDriver:
             ) from exc
         with self._lock:
             self._reserved.setdefault(key, []).extend(socks)
-        logger.debug("container set up", container=container_id, ip=str(ip), veth=veth)
+        logger.debug(
+            "container set up", container=container_id, ip=str(ip), ip6=str(ip6), veth=veth
+        )
+        addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [iface]
+        extra: dict[str, Any] = {"host_interface": veth, "bridge": net.bridge}
+        if iface6 is not None and net.gateway6 is not None:
+            addresses.append(iface6)
+            extra["gateway6"] = str(net.gateway6.ip)
         return SetupResult(
             container_id=container_id,
             network=net.name,
-            interfaces=[InterfaceResult(name=opts.interface, mac=mac, addresses=[iface])],
+            interfaces=[InterfaceResult(name=opts.interface, mac=mac, addresses=addresses)],
             gateway=net.gateway.ip,
             dns_server=net.gateway.ip,
             internal=internal,
-            extra={"host_interface": veth, "bridge": net.bridge},
+            extra=extra,
         )
 
     def _forget(self, key: str) -> None:
@@ -535,11 +669,17 @@ class NativeDriver:
                 "delete",
                 [_pel(p) for p in rec.get("ports", [])],
                 rec["ip"] if rec.get("internal") else None,
+                rec.get("ip6") if rec.get("internal") else None,
             )
             try:
                 self._delete_elements(cmds, what)
             except NyxError as exc:
                 errors.append(exc)
+        for key in recs:
+            try:
+                self._proxies.remove(key)
+            except Exception as exc:  # never stops a teardown
+                errors.append(BackendError(f"{what}: loopback proxy: {exc!r}"))
         with self._lock:
             socks = [s for key in recs for s in self._reserved.pop(key, [])]
         for s in socks:
@@ -589,7 +729,7 @@ class NativeDriver:
         with self.store.locked(write=False) as st:
             nets = _networks(st.meta)
             veths = {r.get("veth") for r in st.records.values()}
-            leased = {r.get("ip") for r in st.records.values()}
+            leased = {r.get(f) for r in st.records.values() for f in ("ip", "ip6")} - {None}
         # veths left by a teardown that could not delete them
         stray: list[str] = []
         try:
@@ -607,10 +747,16 @@ class NativeDriver:
         # map and set elements of addresses no lease holds
         cmds: list[dict[str, Any]] = []
         try:
-            listed = {m: self.firewall.elements(m) for m in ("ports_any", "ports_ip", "internal")}
-            cmds = stale_elements(
-                listed, {str(ip) for ip in leased}, [n.subnet for n in nets.values()]
-            )
+            subnets = {
+                FAMILIES[0]: [n.subnet for n in nets.values()],
+                FAMILY6: [n.subnet6 for n in nets.values() if n.subnet6 is not None],
+            }
+            for family in FAMILIES if ipv6_available() else FAMILIES[:1]:
+                listed = {
+                    m: self.firewall.elements(m, family)
+                    for m in ("ports_any", "ports_ip", "internal")
+                }
+                cmds += stale_elements(listed, {str(ip) for ip in leased}, subnets[family], family)
             self._delete_elements(cmds, "gc of firewall elements")
         except NyxError as exc:
             errors.append(exc)

@@ -138,11 +138,19 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int | None = None) -> LinkInfo:
+def ensure_bridge(
+    name: str,
+    gateway: ipaddress.IPv4Interface,
+    mtu: int | None = None,
+    gateway6: ipaddress.IPv6Interface | None = None,
+) -> LinkInfo:
     """Create (or complete) the bridge ``name`` with ``gateway`` and bring it up.
 
     ``mtu`` (None: the kernel's default, left as it is) is set as the user's MTU, so the
     bridge keeps it whatever its ports are; veths made later take the bridge's MTU.
+    ``gateway6`` (a dual-stack network) is added ``nodad`` (usable at once: the DNS
+    provider binds it at start), with IPv6 on and router advertisements ignored on the
+    bridge (``accept_ra=0``: a container's advertisement never configures the host).
     """
     with host_rtnl() as rt:
         link = get_link(rt, name)
@@ -174,6 +182,18 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int | None =
             except PyrNetlinkError as exc:
                 raise _fail(f"cannot set MTU {mtu} on bridge {name!r}", exc.code) from exc
             link = LinkInfo(link.index, mtu, link.kind)
+        if gateway6 is not None:
+            _ipv6_on(name)
+            have6 = {
+                (ipaddress.ip_address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
+                for a in ipr.addr("dump", index=link.index, family=10)
+            }
+            if (gateway6.ip, gateway6.network.prefixlen) not in have6:
+                msg = Rtnl.addr_msg(link.index, str(gateway6.ip), gateway6.network.prefixlen, None)
+                with host_rtnl() as rt:
+                    (err,) = rt.batch([(msg, NEWADDR, CREATE_EXCL)])
+                if err and err != errno.EEXIST:
+                    raise _fail(f"cannot add {gateway6} to bridge {name!r}", err)
         have = {
             (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
             for a in ipr.addr("dump", index=link.index, family=2)
@@ -261,6 +281,27 @@ def create_veth(
         raise _fail(f"cannot bring veth {host_name!r} up", err)
 
 
+def _ipv6_on(ifname: str) -> None:
+    """IPv6 on for ``ifname`` (a dual-stack bridge), router advertisements ignored, no
+    duplicate address detection: its link-local address is usable at once (the kernel
+    sends the neighbour solicitations of *forwarded* packets from it: while it is
+    tentative, the first connection from outside to a published port stalls ~2 s)."""
+    for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
+        path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
+        try:
+            with open(path, "r+") as f:
+                if f.read().strip() != value:
+                    f.seek(0)
+                    f.write(value)
+        except FileNotFoundError as exc:
+            raise NetlinkError(
+                f"{ifname}: IPv6 is not available (no {path}); a dual-stack network needs a "
+                "kernel with IPv6 (see docs/kernel-requirements.md)"
+            ) from exc
+        except OSError as exc:
+            raise NetlinkError(f"cannot set {key}={value} on {ifname!r}: {exc.strerror}") from exc
+
+
 def _disable_ipv6(ifname: str) -> None:
     try:
         with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
@@ -276,10 +317,24 @@ def configure_container(
     ifname: str,
     address: ipaddress.IPv4Interface,
     gateway: ipaddress.IPv4Address | None,
+    address6: ipaddress.IPv6Interface | None = None,
+    gateway6: ipaddress.IPv6Address | None = None,
 ) -> None:
-    """Inside the container netns: ``lo`` up, address on ``ifname``, up, default route."""
+    """Inside the container netns: ``lo`` up, address(es) on ``ifname``, up, default
+    route(s). The IPv6 address is ``nodad`` and ``ifname`` ignores router advertisements
+    (another container could send them)."""
     with in_netns(netns_path):
         rt = Rtnl()
+        if address6 is not None:
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "w") as f:
+                    f.write("0")
+            except OSError as exc:
+                rt.close()
+                raise NetlinkError(
+                    f"container netns {netns_path!r}: cannot set accept_ra=0 on {ifname}: "
+                    f"{exc.strerror} (is IPv6 disabled in the container namespace?)"
+                ) from exc
     try:
         link = get_link(rt, ifname)
         if link is None:
@@ -297,17 +352,27 @@ def configure_container(
                 NEWADDR,
                 CREATE_EXCL,
             ),
-            (f"{ifname} up", Rtnl.up_msg(link.index), NEWLINK, 0),
         ]
-        if gateway is not None:
+        if address6 is not None:
             steps.append(
                 (
-                    f"default route via {gateway}",
-                    Rtnl.default_route_msg(str(gateway), link.index),
-                    NEWROUTE,
+                    f"address {address6} on {ifname}",
+                    Rtnl.addr_msg(link.index, str(address6.ip), address6.network.prefixlen, None),
+                    NEWADDR,
                     CREATE_EXCL,
                 )
             )
+        steps.append((f"{ifname} up", Rtnl.up_msg(link.index), NEWLINK, 0))
+        for gw in (gateway, gateway6 if address6 is not None else None):
+            if gw is not None:
+                steps.append(
+                    (
+                        f"default route via {gw}",
+                        Rtnl.default_route_msg(str(gw), link.index),
+                        NEWROUTE,
+                        CREATE_EXCL,
+                    )
+                )
         errs = rt.batch([(m, t, f) for _s, m, t, f in steps])
         for (step, *_rest), err in zip(steps, errs, strict=True):
             if not err:

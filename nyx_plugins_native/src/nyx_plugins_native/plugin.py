@@ -27,7 +27,7 @@ CAPABILITIES = BackendCapabilities(
     multiple_networks=True,
     enforces_internal=True,
     external_dns=False,
-    ipv6=False,
+    ipv6=True,
     network_lifecycle=True,
     static_addresses=True,  # IPAM honours or refuses static_ip; the veth takes the mac
 )

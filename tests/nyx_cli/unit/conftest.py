@@ -178,10 +178,15 @@ class FakeSupervisor:
         gateway: str | None = None,
         options: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> dict[str, Any]:
         self.network_calls.append(
             ("create", name, internal, subnet, gateway, dict(options or {}), dict(labels or {}))
         )
+        if ipv6 or subnet6 or gateway6:
+            self.network_calls.append(("create6", name, ipv6, subnet6, gateway6))
         if name == "nyx" or name in self.networks:
             raise ConflictError(f"network {name!r} already exists")
         if "vlan" in (options or {}):

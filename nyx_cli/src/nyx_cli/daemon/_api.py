@@ -75,6 +75,9 @@ class SupervisorApi(Protocol):
         gateway: str | None = None,
         options: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> dict[str, Any]: ...
     def remove_network(self, name: str) -> None: ...
     def list_volumes(self, labels: dict[str, str | None] | None = None) -> list[dict[str, Any]]: ...
@@ -352,6 +355,9 @@ class _Routes:
                 gateway=body.gateway,
                 options=dict(body.options),
                 labels=dict(body.labels),
+                ipv6=body.ipv6,
+                subnet6=body.subnet6,
+                gateway6=body.gateway6,
             ),
         )
 
