@@ -560,13 +560,34 @@ class Bench:
             self.measure(level)
             self.probes(level)
         self.fill_ms = self.nyx.fill_network_ms()
-        self.restarts()
         self.stop_all()
+        self.restarts()
+
+    def stop_all(self) -> None:
+        """``stop -t 0`` of everything (nyx: every id on one command line, podman: -a), then
+        ``rm`` of everything."""
+        for e in self.engines():
+            if isinstance(e, Nyx):
+                argv = [*e.cli(), "stop", "-t", "0", *e.ids]
+            else:
+                argv = [*e.cli(), "stop", "-a", "-t", "0"]
+            print(f"  {e.name}: stopping {e.count} containers", file=sys.stderr)
+            e.times["stop all"] = long_run(e.holder, argv)
+        for e in self.engines():
+            argv = [*e.cli(), "rm", *(e.ids if isinstance(e, Nyx) else ["-a"])]
+            e.times["rm all"] = long_run(e.holder, argv)
 
     def restarts(self) -> None:
+        """nyxd restarted with every container recorded: killed with all of them running (it
+        re-adopts them), then stopped cleanly (its shutdown stops them) and started with
+        all of them stopped."""
         nyx = self.nyx
         assert nyx is not None
-        n = nyx.count
+        n, nyx.count, nyx.ids = nyx.count, 0, []
+        print(f"  nyx: starting {n} containers again", file=sys.stderr)
+        t0 = time.perf_counter()
+        nyx.fill(n, 0)
+        nyx.times["started again"] = time.perf_counter() - t0
         print(f"  nyxd: SIGKILL with {n} running, start again", file=sys.stderr)
         nyx.kill9()
         self.restart["after SIGKILL, all running"] = nyx.start_daemon()
@@ -575,23 +596,10 @@ class Bench:
         if self.adopted != n:
             print(f"  nyxd re-adopted {self.adopted} of {n} containers", file=sys.stderr)
         nyx.mem["restarted"] = status_of(nyx.pid)
-
-    def stop_all(self) -> None:
-        nyx = self.nyx
-        assert nyx is not None
-        for e in self.engines():
-            if isinstance(e, Nyx):
-                argv = [*e.cli(), "stop", "-t", "0", *e.ids]
-            else:
-                argv = [*e.cli(), "stop", "-a", "-t", "0"]
-            print(f"  {e.name}: stopping {e.count} containers", file=sys.stderr)
-            e.times["stop all"] = long_run(e.holder, argv)
-        print("  nyxd: stop, start again with every container stopped", file=sys.stderr)
-        nyx.stop_daemon()
+        print("  nyxd: SIGTERM (it stops them all), start again", file=sys.stderr)
+        self.restart["shutdown, all running (re-adopted)"] = nyx.stop_daemon()
         self.restart["after a clean stop, all stopped"] = nyx.start_daemon()
-        for e in self.engines():
-            argv = [*e.cli(), "rm", *(e.ids if isinstance(e, Nyx) else ["-a"])]
-            e.times["rm all"] = long_run(e.holder, argv)
+        long_run(nyx.holder, [*nyx.cli(), "rm", *nyx.ids])
         self.restart["shutdown, empty"] = nyx.stop_daemon()
 
 
@@ -680,6 +688,8 @@ def report(b: Bench) -> None:
             pod.times.get(key) if pod else None,
             "{:12.2f}",
         )
+    again = nyx.times.get("started again", float("nan"))
+    print(f"{'nyx: ' + str(n) + ' started again (after rm all), s':<44} {again:12.2f}")
 
     print("\nnyxd memory (VmRSS; RssAnon: not the mapped files), threads, descriptors")
     idle = nyx.mem[0]["rss"]

@@ -294,11 +294,12 @@ class EmbeddedDns:
         re-adopts after a restart, a start registering then asking for the text)."""
         path = self.resolv_conf_path(container_id)
         text = text if text is not None else self._resolv_text(container_id)
+        data = text.encode()
         try:
-            with open(path, encoding="utf-8") as f:
-                if f.read(len(text) + 1) == text:
+            with open(path, "rb") as f:
+                if f.read(len(data) + 1) == data:
                     return path
-        except (OSError, ValueError):
+        except OSError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -202,7 +202,9 @@ class Reconciler:
                 logger.bind(error=str(exc)).warning("healthcheck not resumed")
             if rec.model_dump_json() != recorded:  # unchanged: its record is on disk already
                 sup._persist(live)
-            logger.bind(pid=rec.pid).info("container re-adopted")
+            # debug: a thousand of them would be a thousand lines (and ~0.1 ms each); the
+            # summary line counts them
+            logger.bind(pid=rec.pid).debug("container re-adopted")
         sup._watch_exit(live, rec.pid)
         return True
 
