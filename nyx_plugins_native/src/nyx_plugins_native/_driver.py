@@ -756,13 +756,14 @@ class NativeDriver:
                 pels = port_elements(ports, str(ip), None if ip6 is None else str(ip6))
                 if ranges:
                     near = overlapping(ranges)
+                    lo, hi = near.lo, near.hi
                     check_conflicts(
                         ranges,
                         (
                             (owner(a), _pel(p))
                             for a in st.records.values()
-                            for p in a.get("ports", [])
-                            if near(p[1], p[2])
+                            for p in a.get("ports", ())
+                            if lo <= p[2] <= hi and near(p[1], p[2])
                         ),
                     )
                 socks = reserve(pels)

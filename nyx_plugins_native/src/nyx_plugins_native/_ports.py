@@ -20,7 +20,7 @@ import errno
 import os
 import resource
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from nyx_core import PortRange, check_port_clash, runs_of_ports
 from nyx_core.errors import PortConflictError
@@ -29,6 +29,7 @@ from ._firewall import PortElement
 
 __all__ = [
     "FD_HEADROOM",
+    "Overlap",
     "check_conflicts",
     "check_fd_budget",
     "describe",
@@ -47,16 +48,24 @@ def describe(p: PortElement) -> str:
     return f"host port {where}{p.host_port}/{p.protocol}"
 
 
-def overlapping(new: Sequence[PortRange]) -> Callable[[str, int], bool]:
+class Overlap:
     """A quick test of one published port ``(protocol, port)``: inside one of ``new``'s
     intervals? Only those need to reach :func:`check_conflicts` (a setup must not pay an
-    interval for each port every other container publishes)."""
-    spans = [(r.protocol, r.first, r.last) for r in new]
+    interval for each port every other container publishes). ``lo``/``hi`` bound every
+    interval: a caller scanning many ports compares against them inline first."""
 
-    def hit(protocol: str, port: int) -> bool:
-        return any(p == protocol and first <= port <= last for p, first, last in spans)
+    def __init__(self, new: Sequence[PortRange]) -> None:
+        self.spans = [(r.protocol, r.first, r.last) for r in new]
+        self.lo = min((r.first for r in new), default=1)
+        self.hi = max((r.last for r in new), default=0)
 
-    return hit
+    def __call__(self, protocol: str, port: int) -> bool:
+        return any(p == protocol and first <= port <= last for p, first, last in self.spans)
+
+
+def overlapping(new: Sequence[PortRange]) -> Overlap:
+    """:class:`Overlap` of ``new``."""
+    return Overlap(new)
 
 
 def check_conflicts(new: Sequence[PortRange], published: Iterable[tuple[str, PortElement]]) -> None:

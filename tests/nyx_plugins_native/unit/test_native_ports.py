@@ -59,6 +59,9 @@ def test_only_published_ports_inside_a_new_interval_are_looked_at() -> None:
         assert errors[0] == errors[1], spec
     near = _ports.overlapping(ranges_of([PortMapping.parse("19999-20001:1-3")]))
     assert [p.host_port for _o, p in published if near(p.protocol, p.host_port)] == [19999]
+    two = _ports.overlapping(ranges_of([PortMapping.parse(s) for s in ("80:1", "9000-9001:1-2")]))
+    assert (two.lo, two.hi) == (80, 9001)  # what a scan compares inline first
+    assert two("tcp", 9001) and not two("tcp", 8080) and not two("udp", 80)
 
 
 def test_setup_refuses_more_ports_than_the_setting_first(tmp_path: Path) -> None:
