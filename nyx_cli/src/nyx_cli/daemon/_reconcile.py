@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
+import shutil
 import signal
 import threading
 import time
@@ -81,6 +83,17 @@ class Reconciler:
         for leftover in sorted((sup.run_dir / "netns").glob("*")):
             if leftover.name not in known:
                 self._clean_orphan(leftover.name)
+        for cdir in sorted((sup.run_dir / "containers").glob("*")):
+            # a run dir no running container uses: a start killed before its first step
+            # (the dir is made first), or a container nothing records any more
+            if cdir.name not in known:
+                self._clean_orphan(cdir.name)
+                continue
+            used = sup.live.get(cdir.name)
+            if used is not None and (used.adopted or used.rec.rootfs_mounted):
+                continue
+            if not os.path.ismount(cdir / "rootfs"):
+                shutil.rmtree(cdir, ignore_errors=True)
         with contextlib.suppress(Exception):
             for item in sup.host.runtime.list():
                 oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)

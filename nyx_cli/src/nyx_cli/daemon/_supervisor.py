@@ -44,7 +44,7 @@ from nyx_core import (
 from nyx_core.errors import ConfigError, NyxError
 
 from ..errors import ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
-from ._faults import Faults
+from ._faults import FAULTS, Faults
 from ._host import Host
 from ._live import Live
 from ._models import ContainerSpec
@@ -107,7 +107,7 @@ class Supervisor:
         self.live: dict[str, Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.networks = networks or NetworkRegistry(settings, self.store, backend)
-        self.faults = faults or Faults()
+        self.faults = faults or FAULTS
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         self._closing = False
@@ -214,6 +214,7 @@ class Supervisor:
             self.live[cid] = live
             self.store.save(rec)
             self.store.log_path(cid).touch(mode=0o600)
+        self.faults.hit("create:recorded")
         logger.bind(container=cid, name=name, image=spec.image).info("container created")
         if not start:
             return rec.public()
@@ -370,8 +371,10 @@ class Supervisor:
                 rec.exit_code = code
                 rec.finished = now()
                 rec.pid = None
+                self.faults.hit("exit:teardown")
                 self._teardown(live)
                 rec.state = "stopped" if live.stop_requested else "exited"
+                self.faults.hit("exit:recorded")
                 self._persist(live)
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
@@ -397,6 +400,7 @@ class Supervisor:
                 return live.rec.public()
             live.stop_requested = True
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
+        self.faults.hit("stop:signal")
         if grace > 0:
             self._signal(live, signal.SIGTERM)
         if not live.exited.wait(grace):
@@ -435,9 +439,11 @@ class Supervisor:
                 return
             if live.rec.state == "running":
                 raise ConflictError(f"container {live.rec.name!r} is running")
+            self.faults.hit("rm:teardown")
             self._teardown(live)
             live.removed = True
             live.done.set()
+        self.faults.hit("rm:forget")
         self._forget(live)
         logger.bind(container=live.rec.id).info("container removed")
 
@@ -540,6 +546,7 @@ class Supervisor:
             pulled = registry.pull_to_oci_layout(
                 reference, dest, insecure_registries=configured, progress=progress
             )
+            self.faults.hit("pull:fetched")
             img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
