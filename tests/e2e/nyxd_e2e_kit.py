@@ -381,13 +381,16 @@ def accounting(d: Nyxd, names: Iterable[str] = ()) -> list[str]:
     need and is missing: links, addresses, routes, nft elements, leases, mounts, cgroups,
     runc states, DNS records, files, staging directories. ``[]`` when it is exact.
 
-    ``names``: container names the test used; each must resolve through the embedded DNS
-    to its container's addresses while it runs, and not at all otherwise.
+    ``names``: container names the test used; each (like every container's name and
+    hostname) must resolve through the embedded DNS to its container's addresses while it
+    runs, and not at all otherwise.
     """
     problems: list[str] = []
 
     def differ(what: str, have: Any, want: Any) -> None:
         if have != want:
+            if isinstance(have, dict) and isinstance(want, dict):
+                have, want = set(have.items()), set(want.items())
             extra = sorted(map(str, set(have) - set(want)))
             missing = sorted(map(str, set(want) - set(have)))
             problems.append(f"{what}: unaccounted {extra}, missing {missing}")
@@ -531,7 +534,7 @@ def accounting(d: Nyxd, names: Iterable[str] = ()) -> list[str]:
     differ("image layers", {p.name for p in (images / "layers").glob("*")}, layers)
 
     # DNS records: every name the test used answers with its running container's addresses
-    names = sorted(set(names) | {c["name"] for c in rows})
+    names = sorted(set(names) | {c["name"] for c in rows} | {c["hostname"] for c in rows})
     if names:
         r = subprocess.run(
             [
@@ -552,7 +555,7 @@ def accounting(d: Nyxd, names: Iterable[str] = ()) -> list[str]:
             problems.append(f"DNS probe failed: {r.stderr.strip()}")
         else:
             got = json.loads(r.stdout)
-            by_name = {c["name"]: sorted(c["ips"]) for c in alive}
+            by_name = {n: sorted(c["ips"]) for c in alive for n in (c["name"], c["hostname"])}
             differ(
                 "DNS records",
                 {n: tuple(v) if isinstance(v, list) else v for n, v in got.items()},

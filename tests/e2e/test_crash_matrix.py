@@ -16,10 +16,13 @@ before each of their requests in turn (a proxy on the control socket counts them
 from __future__ import annotations
 
 import contextlib
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,3 +281,139 @@ def test_sigkill_at_each_step_then_restart(
     assert keeper["state"] == "running"  # re-adopted, every time
     redo(d)
     assert_accounted(d, NAMES)
+
+
+# ------------------------------------------------------------------ compose up / down
+
+STACK = """
+name: crashstack
+services:
+  crashdb:
+    image: busybox:nyx
+    command: [sleep, "1000"]
+    networks: [back]
+  crashweb:
+    image: busybox:nyx
+    depends_on: [crashdb]
+    command: [sleep, "1000"]
+    ports: ["8095:80"]
+    networks: [front, back]
+networks:
+  front: {}
+  back:
+    internal: true
+"""
+
+
+class KillingProxy:
+    """A control socket in front of nyxd's that counts connections (the client opens one per
+    request) and SIGKILLs nyxd when connection ``kill_at`` arrives, before forwarding it."""
+
+    def __init__(self, d: Nyxd, path: Path, kill_at: int | None) -> None:
+        self.d, self.path, self.kill_at = d, path, kill_at
+        self.count = 0
+        path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            if self.count == self.kill_at and self.d.proc is not None:
+                self.d.proc.send_signal(signal.SIGKILL)
+                self.d.proc.wait(10)
+            threading.Thread(target=self._pump, args=(conn,), daemon=True).start()
+
+    def _pump(self, conn: socket.socket) -> None:
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            up.connect(str(self.d.socket))
+        except OSError:
+            up.close()
+            conn.close()
+            return
+        with conn, up:
+            pair = {conn: up, up: conn}
+            while pair:
+                ready, _, _ = select.select(list(pair), [], [], 60)
+                if not ready:
+                    return
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    pair[s].sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _compose(
+    d: Nyxd, workdir: Path, socket_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "nyx"), "--socket", str(socket_path), "compose", *args],
+        capture_output=True, text=True, timeout=180, cwd=workdir,
+    )  # fmt: skip
+
+
+def _through_proxy(
+    d: Nyxd, workdir: Path, kill_at: int | None, *args: str
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    proxy = KillingProxy(d, workdir / "proxy.sock", kill_at)
+    try:
+        done = _compose(d, workdir, proxy.path, *args)
+    finally:
+        proxy.close()
+    return proxy.count, done
+
+
+@pytest.mark.parametrize("command", ["up", "down"])
+def test_sigkill_between_the_requests_of_compose(crash: Nyxd, tmp_path: Path, command: str) -> None:
+    """``nyx compose up -d`` / ``down``: nyxd killed before each of the client's requests
+    in turn; after a restart the host is exactly what was made so far, and the same
+    command run again finishes the job."""
+    d = crash
+    _leftovers(d)
+    (tmp_path / "compose.yaml").write_text(STACK)
+
+    def up() -> None:
+        r = _compose(d, tmp_path, d.socket, "up", "-d")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def down() -> None:
+        r = _compose(d, tmp_path, d.socket, "down", "-t", "1")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    args = ("up", "-d") if command == "up" else ("down", "-t", "1")
+    if command == "down":
+        up()
+    total, done = _through_proxy(d, tmp_path, None, *args)  # how many requests it makes
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert total >= 4
+    if command == "up":
+        down()
+    for k in range(1, total + 1):
+        if command == "down":
+            up()
+        _, done = _through_proxy(d, tmp_path, k, *args)
+        assert done.returncode != 0, f"request {k}: the command did not notice nyxd's death"
+        assert d.died() == -signal.SIGKILL
+        d.start()
+        assert_accounted(d, NAMES)
+        (up if command == "up" else down)()  # the same command finishes the job
+        assert_accounted(d, NAMES)
+        if command == "up":
+            down()
+    assert_accounted(d, NAMES)
+    assert {c["name"] for c in d.client.request("GET", "/v1/containers", params={"all": 1})} == {
+        "keeper"
+    }
