@@ -7,7 +7,7 @@ DISTS := nyx_core nyx_plugins_native nyx_plugins_cni nyx_dns_embedded nyx_cli
 EXAMPLES := examples/nyx-driver-loopback examples/nyx-dns-hosts
 APT_PACKAGES := iproute2 nftables python3-nftables iptables containernetworking-plugins runc \
 	busybox-static docker-registry skopeo bind9-dnsutils iputils-ping procps util-linux curl \
-	openssl python3-venv
+	openssl python3-venv tini
 BENCH_PACKAGES := netavark aardvark-dns dnsmasq-base dnsperf podman
 
 .PHONY: help deps venv test check lint type unit demo bench install-cni wheels clean

@@ -131,7 +131,6 @@ def test_sigkill_at_random_moments_of_a_parallel_workload(rnd: Nyxd) -> None:
             for c in d.client.request("GET", "/v1/containers", params={"all": 1})
         )
         problems = accounting(d, names)
-        print(i, len(names), survivors, len(d.client.request("GET", "/v1/containers", params={"all": 1})))
         assert not problems, f"kill {i + 1} (seed {seed}, {survivors} survivors):\n" + "\n".join(
             problems
         )

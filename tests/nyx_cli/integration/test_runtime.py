@@ -517,3 +517,24 @@ def test_workdir_is_created_inside_the_rootfs_only(runtime: RuncRuntime, tmp_pat
         assert (rootfs / made.lstrip("/")).is_dir()
     assert list(host.iterdir()) == []
     assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o700
+
+
+def test_exec_runs_in_the_container_as_its_process_and_a_timeout_kills_it(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    """The healthcheck probe: ``runc exec`` in the container with its env, cwd and user;
+    output cut at the limit; after the timeout the probe is killed, not left running."""
+    ctr = run_container(["sleep", "300"], user="www-data", env={"PROBE": "yes"}, workdir="/srv")
+    code, out = runtime.exec(ctr.id, ["sh", "-c", "echo $PROBE $(pwd) $(id -u) $(hostname)"], 30)
+    assert (code, out.split()) == (0, ["yes", "/srv", "33", f"host{ctr.id.rsplit('-', 1)[1]}"])
+    code, out = runtime.exec(ctr.id, ["sh", "-c", "echo nope >&2; exit 3"], 30)
+    assert (code, out) == (3, "nope\n")
+    code, out = runtime.exec(ctr.id, ["sh", "-c", "yes | head -c 100000"], 30, limit=10)
+    assert (code, out) == (0, "y\ny\ny\ny\ny\n")
+    code, out = runtime.exec(ctr.id, ["nosuchprogram"], 30)
+    assert code not in (0, None)
+    code, out = runtime.exec(ctr.id, ["sh", "-c", "echo started; exec sleep 1000"], 0.5)
+    assert code is None and out == "started\n"
+    ps = runtime.exec(ctr.id, ["ps", "-o", "args"], 30)[1]
+    assert "sleep 1000" not in ps and "sleep 300" in ps  # the probe was killed, init was not
+    assert runtime.state(ctr.id)["status"] == "running"  # type: ignore[index]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def test_ps_stop_rm(api: Path, fake_sup: Any) -> None:
     assert nyx(api, "stop", "-t", "1", "web").exit_code == 0
     assert fake_sup.stopped == [(cid, 1.0)]
     assert nyx(api, "ps").output.count("\n") == 1  # header only
-    assert "stopped (137)" in nyx(api, "ps", "-a").output
+    assert "Stopped (137)" in nyx(api, "ps", "-a").output
     assert nyx(api, "rm", "web").exit_code == 0
     assert nyx(api, "inspect", "web").exit_code == 1
 
@@ -156,3 +157,72 @@ def test_networks(api: Path) -> None:
     assert nyx(api, "network", "create", "--internal", "back").output == "back\n"
     r = nyx(api, "network", "rm", "back")
     assert r.exit_code == 125 and "in use" in r.output
+
+
+def test_run_restart_policy_and_health_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
+    r = nyx(
+        api, "run", "-d", "--name", "db", "--restart", "unless-stopped",
+        "--health-cmd", "pg_isready -U app", "--health-interval", "1m30s",
+        "--health-timeout", "500ms", "--health-retries", "2", "--health-start-period", "10s",
+        "busybox:nyx",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    spec = next(iter(fake_sup.specs.values()))
+    assert spec.restart == "unless-stopped"
+    assert spec.healthcheck.model_dump(exclude_none=True) == {
+        "test": ["CMD-SHELL", "pg_isready -U app"],
+        "interval": 90.0,
+        "timeout": 0.5,
+        "retries": 2,
+        "start_period": 10.0,
+    }
+    assert nyx(api, "run", "-d", "--no-healthcheck", "busybox:nyx").exit_code == 0
+    assert list(fake_sup.specs.values())[-1].healthcheck.test == ["NONE"]
+    assert list(fake_sup.specs.values())[-1].restart == "no"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--restart", "sometimes"], "restart policy 'sometimes' is not one of no, on-failure"),
+        (["--restart", "on-failure:0"], "on-failure:N needs a retry count N >= 1"),
+        (["--rm", "--restart", "always"], "restart 'always' and rm"),
+        (["--health-interval", "30"], "duration '30': 30 needs a unit (e.g. 30s)"),
+        (["--health-timeout", "2d"], "duration '2d': unknown unit 'd'"),
+        (["--health-retries", "0"], "'0' is not a whole number >= 1"),
+        (["--no-healthcheck", "--health-cmd", "x"], "--no-healthcheck conflicts with"),
+    ],
+)
+def test_bad_restart_and_health_flags_are_one_clear_line(
+    api: Path, fake_sup: Any, args: list[str], message: str
+) -> None:
+    r = nyx(api, "run", "-d", *args, "busybox:nyx")
+    assert r.exit_code == 125 and message in r.output, r.output
+    assert fake_sup.containers == {}
+
+
+def test_ps_shows_docker_s_status_with_health_and_the_restart_count(
+    api: Path, fake_sup: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    def ago(seconds: float) -> str:
+        return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+    for name in ("up", "sick", "again", "done", "new"):
+        nyx(api, "run", "-d", "--name", name, "busybox:nyx")
+    c = {v["name"]: v for v in fake_sup.containers.values()}
+    c["up"].update(started=ago(3.5), health={"status": "healthy"}, restart_count=2)
+    c["sick"].update(started=ago(7200), health={"status": "starting"})
+    c["again"].update(state="restarting", exit_code=1, finished=ago(0.2), restart_count=5)
+    c["done"].update(state="exited", exit_code=0, finished=ago(65))
+    c["new"].update(state="created")
+    out = nyx(api, "ps", "-a").output
+    rows = {line.split()[1]: line for line in out.splitlines()[1:]}
+    header = out.splitlines()[0]
+    assert header.split()[4:] == ["STATUS", "RESTARTS", "IPS", "PORTS"]
+    assert re.search(r" Up 3 seconds \(healthy\) +2 ", rows["up"])
+    assert re.search(r" Up 2 hours \(health: starting\) +0 ", rows["sick"])
+    assert re.search(r" Restarting \(1\) Less than a second ago +5 ", rows["again"])
+    assert re.search(r" Exited \(0\) About a minute ago +0 ", rows["done"])
+    assert re.search(r" Created +0 ", rows["new"])

@@ -10,7 +10,6 @@ import yaml
 from nyx_cli.compose._project import (
     CONFIG_HASH_LABEL,
     PROJECT_LABEL,
-    RESTART_LABEL,
     SERVICE_LABEL,
     ComposeProject,
     check_project_name,
@@ -19,7 +18,7 @@ from nyx_cli.compose._project import (
     normalize_project_name,
     plan_stack,
 )
-from nyx_cli.daemon._models import ContainerSpec
+from nyx_cli.daemon._models import ContainerSpec, Healthcheck
 from nyx_core import ConfigError, DnsMode, NetworkBackend, PortMapping, dns_policy
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "compose" / "compose.yaml"
@@ -205,7 +204,6 @@ bogus: 1
 services:
   a:
     image: x
-    build: .
     x-note: fine
     volumes: [data:/data]
     networks:
@@ -222,14 +220,9 @@ networks:
     )
     assert set(project.warnings) == {
         "version: obsolete, ignored",
-        "volumes: not supported, ignored",
         "bogus: unknown key, ignored",
-        "services.a.build: unsupported key, ignored",
-        "services.a.volumes: unsupported key, ignored",
         "services.a.networks.n.ipv4_address: unsupported key, ignored",
         "services.a.ports[0].mode: not supported, ignored",
-        "services.a.depends_on.c.condition: service_healthy is not supported, "
-        "treated as service_started",
         "networks.n.ipam.options: not supported, ignored",
         "networks.n.ipam.config[0].ip_range: not supported, ignored",
         "networks.unused: not used by any service, not created",
@@ -271,7 +264,7 @@ networks:
         ("services: {}", ["services: must define at least one service"]),
         ("services: {a: [x]}", ["services.a: must be a mapping", "['x']"]),
         ("services: {a: {command: x}}", ["services.a: needs 'image'"]),
-        ("services: {a: {build: .}}", ["services.a: 'build' is not supported"]),
+        ("services: {a: {build: .}}", ["services.a.build: nyx does not build images", "nyx load"]),
         ("services: {a: {image: 3}}", ["services.a.image: must be a string", "3"]),
         ("services: {a: {image: ''}}", ["services.a.image: must not be empty"]),
         ("services: {'a b': {image: x}}", ["services.a b: service name", "'a b'"]),
@@ -344,10 +337,57 @@ networks:
             ["services.a.depends_on.b.condition: is not a Compose condition", "'later'"],
         ),
         (
-            "services: {a: {image: x, restart: always}}",
-            ["services.a.restart: must be 'no' or 'on-failure", "'always'"],
+            "services: {a: {image: x, restart: sometimes}}",
+            ["services.a.restart: restart policy 'sometimes' is not one of no, on-failure[:N]"],
         ),
-        ("services: {a: {image: x, restart: 'on-failure:0'}}", ["services.a.restart"]),
+        (
+            "services: {a: {image: x, restart: 'on-failure:0'}}",
+            ["services.a.restart: restart policy 'on-failure:0': on-failure:N needs"],
+        ),
+        (
+            "services: {a: {image: x, restart: 'always:2'}}",
+            ["services.a.restart: restart policy 'always:2': a retry count goes only with"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: [curl, x]}}}",
+            ["services.a.healthcheck.test: healthcheck test ['curl', 'x'] must start with CMD"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: ''}}}",
+            ["services.a.healthcheck.test: must not be empty"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {test: [CMD-SHELL, a, b]}}}",
+            ["services.a.healthcheck.test: healthcheck test", "CMD-SHELL takes one command"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {interval: 30}}}",
+            ["services.a.healthcheck.interval: must be a duration like 30s", "(got 30)"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {timeout: 3x}}}",
+            ["services.a.healthcheck.timeout: duration '3x': unknown unit 'x'"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {interval: 0s}}}",
+            ["services.a.healthcheck.interval: Input should be greater than or equal to 0.001"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {retries: 0}}}",
+            ["services.a.healthcheck.retries: Input should be greater than or equal to 1"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {retries: '3'}}}",
+            ["services.a.healthcheck.retries: must be a whole number", "'3'"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {disable: true, test: 'true'}}}",
+            ["services.a.healthcheck.disable: and test cannot both be set"],
+        ),
+        (
+            "services: {a: {image: x, healthcheck: {disable: 'yes'}}}",
+            ["services.a.healthcheck.disable: must be true or false", "'yes'"],
+        ),
         (
             "services: {a: {image: x}}\nnetworks: {n: {internal: maybe}}",
             ["networks.n.internal: must be true or false", "'maybe'"],
@@ -511,7 +551,7 @@ def test_container_specs_for_the_daemon() -> None:
     assert web.stack_services == backend.stack_services
     assert web.labels[PROJECT_LABEL] == "proj"
     assert web.labels[SERVICE_LABEL] == "web"
-    assert RESTART_LABEL not in web.labels
+    assert web.restart == "no" and web.healthcheck is None
     assert web.command == ["httpd", "-f", "-p", "80"]
     body = plan.create_request("web")
     assert body["start"] is True
@@ -526,10 +566,87 @@ def test_config_hash_changes_with_config_only() -> None:
     assert c.labels[CONFIG_HASH_LABEL] != a
 
 
-def test_restart_label() -> None:
-    plan = plan_stack(load("services: {a: {image: x, restart: 'on-failure:2'}, b: {image: x}}"))
-    assert plan.container_spec("a").labels[RESTART_LABEL] == "on-failure:2"
-    assert RESTART_LABEL not in plan.container_spec("b").labels
+def test_restart_policies_go_to_nyxd_in_the_spec() -> None:
+    plan = plan_stack(
+        load(
+            """
+services:
+  a: {image: x, restart: 'on-failure:2'}
+  b: {image: x}
+  c: {image: x, restart: always}
+  d: {image: x, restart: unless-stopped}
+  e: {image: x, restart: "no"}
+  f: {image: x, restart: false}
+"""
+        )
+    )
+    got = {s: plan.container_spec(s).restart for s in "abcdef"}
+    assert got == {
+        "a": "on-failure:2",
+        "b": "no",
+        "c": "always",
+        "d": "unless-stopped",
+        "e": "no",
+        "f": "no",
+    }
+    assert not any(k.endswith(".restart") for k in plan.container_spec("a").labels)
+
+
+def test_healthcheck_and_depends_on_conditions() -> None:
+    project = load(
+        """
+services:
+  db:
+    image: x
+    healthcheck:
+      test: pg_isready -U app
+      interval: 1m30s
+      timeout: 500ms
+      retries: 5
+      start_period: 10s
+      start_interval: 1s
+  listed: {image: x, healthcheck: {test: [CMD, /bin/check, --deep]}}
+  quiet: {image: x, healthcheck: {disable: true}}
+  tuned: {image: x, healthcheck: {interval: 5s}}
+  migrate: {image: x, depends_on: {db: {condition: service_healthy}}}
+  web:
+    image: x
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+      listed: {condition: service_started}
+      quiet:
+"""
+    )
+    assert project.warnings == ()
+    s = project.services
+    assert s["db"].healthcheck == Healthcheck(
+        test=["CMD-SHELL", "pg_isready -U app"],
+        interval=90,
+        timeout=0.5,
+        retries=5,
+        start_period=10,
+        start_interval=1,
+    )
+    assert s["listed"].healthcheck == Healthcheck(test=["CMD", "/bin/check", "--deep"])
+    assert s["quiet"].healthcheck == Healthcheck(test=["NONE"])
+    assert s["tuned"].healthcheck == Healthcheck(interval=5)  # the image's test
+    assert s["web"].healthcheck is None
+    web = s["web"]
+    assert web.depends_on == ("db", "migrate", "listed", "quiet")
+    assert [web.condition(d) for d in web.depends_on] == [
+        "service_healthy",
+        "service_completed_successfully",
+        "service_started",
+        "service_started",
+    ]
+    plan = plan_stack(project)
+    assert plan.order.index("migrate") < plan.order.index("web")
+    spec = plan.container_spec("db")
+    assert spec.healthcheck == s["db"].healthcheck
+    body = plan.create_request("db")
+    assert body["healthcheck"]["test"] == ["CMD-SHELL", "pg_isready -U app"]
+    ContainerSpec.model_validate({k: v for k, v in body.items() if k != "start"}, strict=True)
 
 
 def test_example_file_is_valid() -> None:

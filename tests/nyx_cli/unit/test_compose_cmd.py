@@ -53,6 +53,7 @@ class FakeNyxd:
         self.fail_create: dict[str, tuple[int, str]] = {}
         self.logs: dict[str, list[str]] = {}
         self.exits: dict[str, list[int]] = {}
+        self.progress: dict[str, list[dict[str, Any]]] = {}  # name -> updates, one per GET
         self.driver = "native"
         self.hold_follow = threading.Event()
         self.hold_follow.set()
@@ -143,6 +144,13 @@ class FakeNyxd:
                     "ips": [f"10.89.1.{self._next + 1}"],
                     "ports": [p.model_dump(mode="json") for p in spec.ports],
                     "spec": spec.model_dump(mode="json"),
+                    "restart": spec.restart,
+                    "restart_count": 0,
+                    "health": (
+                        {"status": "starting", "failing_streak": 0, "log": []}
+                        if spec.healthcheck is not None and spec.healthcheck.test != ["NONE"]
+                        else None
+                    ),
                 }
                 self.containers.append(c)
                 return 201, c
@@ -161,6 +169,9 @@ class FakeNyxd:
                 return 404, {"error": f"no such container {parts[2]}"}
             c = matches[0]
             if method == "GET" and len(parts) == 3:
+                updates = self.progress.get(c["name"])
+                if updates:
+                    c.update(updates.pop(0))
                 return 200, {k: v for k, v in c.items() if k != "spec"}
             if method == "POST" and parts[3:] == ["stop"]:
                 gate = self.stop_gate
@@ -520,33 +531,148 @@ def test_up_foreground_second_signal_kills(fake: tuple[FakeNyxd, str], project_d
     ]
 
 
-def test_up_foreground_restarts_on_failure_services(
+def test_restart_policies_are_nyxd_s_and_up_recreates_nothing(
     fake: tuple[FakeNyxd, str], project_dir: Path
 ) -> None:
+    """``restart:`` goes to nyxd in the spec; a foreground ``up`` only follows the logs."""
     daemon, sock = fake
     (project_dir / "compose.yaml").write_text(
         TWO_TIER.replace(
             "    image: busybox\n    networks:",
-            "    image: busybox\n    restart: on-failure:2\n    networks:",
+            "    image: busybox\n    restart: always\n    networks:",
+        ).replace(
+            "    depends_on: [backend]", "    depends_on: [backend]\n    restart: on-failure:2"
         )
     )
-    daemon.exits = {"mystack-backend-1": [1, 3, 4], "mystack-web-1": [1]}
+    daemon.exits = {"mystack-backend-1": [1], "mystack-web-1": [1]}
     daemon.logs = {"mystack-backend-1": ["try"]}
     result = run(sock, "up")
     assert result.exit_code == 0, result.output
-    created = [r[2]["name"] for r in daemon.calls("POST", "/v1/containers") if r[2]]
-    assert created == [
-        "mystack-backend-1",
-        "mystack-web-1",
-        "mystack-backend-1",
-        "mystack-backend-1",
+    created = [r[2] for r in daemon.calls("POST", "/v1/containers") if r[2]]
+    assert [(b["name"], b["restart"]) for b in created] == [
+        ("mystack-backend-1", "always"),
+        ("mystack-web-1", "on-failure:2"),
     ]
-    assert "Container mystack-backend-1  Restarting (exit 1)" in result.stdout
-    assert "Container mystack-backend-1  Restarting (exit 3)" in result.stdout
-    assert "mystack-backend-1 exited with 4; gave up after 2 restart(s)" in result.stderr
-    assert result.stdout.count("backend-1  | try") == 3
-    assert "web-1  Restarting" not in result.stdout  # restart: no
-    assert len(daemon.containers) == 2
+    assert "Restarting" not in result.stdout
+    assert len(daemon.containers) == 2 and daemon.calls("DELETE") == []
+
+
+HEALTHY_STACK = """services:
+  db:
+    image: busybox
+    healthcheck: {test: "pg_isready", interval: 1s, retries: 2}
+  migrate:
+    image: busybox
+    depends_on: {db: {condition: service_healthy}}
+  web:
+    image: busybox
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+"""
+
+
+def _unhealthy(output: str) -> dict[str, Any]:
+    log = [{"start": "t", "end": "t", "exit_code": 1, "output": output}]
+    return {"health": {"status": "unhealthy", "failing_streak": 2, "log": log}}
+
+
+def test_up_waits_for_healthy_and_completed_dependencies(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    (project_dir / "compose.yaml").write_text(HEALTHY_STACK)
+    starting = {"health": {"status": "starting", "failing_streak": 0, "log": []}}
+    healthy = {"health": {"status": "healthy", "failing_streak": 0, "log": []}}
+    daemon.progress = {
+        "mystack-db-1": [starting, starting, healthy],
+        "mystack-migrate-1": [{}, {"state": "exited", "exit_code": 0}],
+    }
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 0, result.output
+    events = [r for r in daemon.requests if r[0] == "POST" and r[1] == "/v1/containers"]
+    gets = [r[1] for r in daemon.requests if r[0] == "GET" and r[1].count("/") == 3]
+    # db was asked three times before migrate was created, migrate twice before web
+    order = [
+        r[2]["name"] if r[0] == "POST" else r[1]
+        for r in daemon.requests
+        if (r[0] == "POST" and r[1] == "/v1/containers") or r in [("GET", g, None) for g in gets]
+    ]
+    db, migrate = (c["id"] for c in daemon.containers[:2])
+    assert order == [
+        "mystack-db-1",
+        f"/v1/containers/{db}",
+        f"/v1/containers/{db}",
+        f"/v1/containers/{db}",
+        "mystack-migrate-1",
+        f"/v1/containers/{db}",
+        f"/v1/containers/{migrate}",
+        f"/v1/containers/{migrate}",
+        "mystack-web-1",
+    ]
+    assert len(events) == 3
+    assert "Container mystack-db-1  Waiting" in result.stdout
+    assert "Container mystack-db-1  Healthy" in result.stdout
+    assert "Container mystack-migrate-1  Exited" in result.stdout
+    assert events[0][2]["healthcheck"] == {
+        "test": ["CMD-SHELL", "pg_isready"],
+        "interval": 1.0,
+        "retries": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("progress", "message"),
+    [
+        (
+            {"mystack-db-1": [_unhealthy("no response\n")]},
+            "service migrate needs db healthy: mystack-db-1 is unhealthy "
+            "(last probe: 'no response')",
+        ),
+        (
+            {"mystack-db-1": [{"state": "exited", "exit_code": 3}]},
+            "service migrate needs db healthy: mystack-db-1 exited with exit code 3 before it "
+            "was healthy",
+        ),
+        (
+            {
+                "mystack-db-1": [{"health": {"status": "healthy"}}] * 9,
+                "mystack-migrate-1": [{"state": "exited", "exit_code": 2}],
+            },
+            "service web needs migrate completed successfully: mystack-migrate-1 exited with "
+            "exit code 2",
+        ),
+        (
+            {"mystack-db-1": [{"health": None}]},
+            "service migrate needs db healthy, but mystack-db-1 has no healthcheck",
+        ),
+    ],
+    ids=["unhealthy", "db-exited", "migrate-failed", "no-healthcheck"],
+)
+def test_a_dependency_that_fails_its_condition_fails_up_and_undoes_it(
+    fake: tuple[FakeNyxd, str], project_dir: Path, progress: Any, message: str
+) -> None:
+    daemon, sock = fake
+    (project_dir / "compose.yaml").write_text(HEALTHY_STACK)
+    daemon.progress = progress
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 1
+    assert message in result.stderr, result.stderr
+    assert daemon.containers == [] and daemon.networks == {}  # undone
+
+
+def test_up_gives_up_waiting_after_the_wait_timeout(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    (project_dir / "compose.yaml").write_text(HEALTHY_STACK)
+    result = run(sock, "up", "-d", "--wait-timeout", "0")
+    assert result.exit_code == 1
+    assert (
+        "service migrate needs db healthy: gave up after 0s (it is running, health starting); "
+        "see `nyx compose logs db`, or raise --wait-timeout"
+    ) in result.stderr
+    assert daemon.containers == []
 
 
 def test_up_with_a_single_network_driver_refuses_two_networks_per_service(
@@ -661,10 +787,10 @@ def test_ps_lists_the_stack_only(fake: tuple[FakeNyxd, str], project_dir: Path) 
     result = run(sock, "ps")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["NAME", "SERVICE", "STATE", "IPS", "PORTS"]
+    assert lines[0].split() == ["NAME", "SERVICE", "STATUS", "RESTARTS", "IPS", "PORTS"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"mystack-backend-1", "mystack-web-1"}
-    assert rows["mystack-web-1"][1:3] == ["web", "running"]
+    assert rows["mystack-web-1"][1:4] == ["web", "Up", "0"]
     assert rows["mystack-web-1"][-1] == "8080:80/tcp"
 
 
@@ -726,11 +852,13 @@ def test_cycle_is_an_error(fake: tuple[FakeNyxd, str], project_dir: Path) -> Non
 def test_warnings_go_to_stderr(fake: tuple[FakeNyxd, str], project_dir: Path) -> None:
     _, sock = fake
     (project_dir / "compose.yaml").write_text(
-        TWO_TIER.replace("image: busybox\n    command", "image: busybox\n    build: .\n    command")
+        TWO_TIER.replace(
+            "image: busybox\n    command", "image: busybox\n    stdin_open: true\n    command"
+        )
     )
     result = run(sock, "up", "-d")
     assert result.exit_code == 0
-    assert "compose.yaml: services.web.build: unsupported key, ignored" in result.stderr
+    assert "compose.yaml: services.web.stdin_open: unsupported key, ignored" in result.stderr
     assert result.stderr.startswith("warning: ")
     assert "warning" not in result.stdout
 
@@ -833,10 +961,37 @@ def test_config_prints_the_normalized_file_without_a_daemon(
     assert data["networks"]["back"] == {"name": "mystack_back", "internal": True}
     quiet = run(str(tmp_path / "no-daemon.sock"), "config", "-q")
     assert quiet.exit_code == 0 and quiet.output == ""
-    (project_dir / "compose.yaml").write_text("services: {a: {image: x, restart: always}}")
+    (project_dir / "compose.yaml").write_text("services: {a: {image: x, restart: sometimes}}")
     bad = run(str(tmp_path / "no-daemon.sock"), "config", "-q")
     assert bad.exit_code == 1
-    assert "services.a.restart: must be 'no' or 'on-failure[:N]'" in bad.output
+    assert "services.a.restart: restart policy 'sometimes' is not one of" in bad.output
+
+
+def test_config_shows_restart_healthcheck_and_conditions_and_reads_back(
+    project_dir: Path, tmp_path: Path
+) -> None:
+    (project_dir / "compose.yaml").write_text(
+        HEALTHY_STACK.replace("    image: busybox\n    depends_on: {db", "    image: busybox\n"
+        "    restart: unless-stopped\n    healthcheck: {disable: true}\n    depends_on: {db")
+    )  # fmt: skip
+    first = run(str(tmp_path / "no-daemon.sock"), "config")
+    assert first.exit_code == 0, first.output
+    data = load_yaml(first.stdout, "config")
+    db, migrate, web = (data["services"][s] for s in ("db", "migrate", "web"))
+    assert db["healthcheck"] == {
+        "test": ["CMD-SHELL", "pg_isready"],
+        "interval": "1s",
+        "retries": 2,
+    }
+    assert db["restart"] == "no"
+    assert migrate["restart"] == "unless-stopped" and migrate["healthcheck"] == {"disable": True}
+    assert web["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
+    (project_dir / "compose.yaml").write_text(first.stdout)
+    second = run(str(tmp_path / "no-daemon.sock"), "config")
+    assert second.stdout == first.stdout and second.stderr == ""
 
 
 def test_config_output_reads_back_as_the_same_file(tmp_path: Path) -> None:

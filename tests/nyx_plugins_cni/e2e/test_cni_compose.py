@@ -28,8 +28,7 @@ pytestmark = [
 IMAGE = "busybox:nyx"
 # busybox's nc, as in tests/e2e/test_compose_stack.py (its static wget crashes on -T)
 OUT = (
-    f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {INTERNET_SERVER_IP} 8000 "
-    "| grep -q internet-ok"
+    f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {INTERNET_SERVER_IP} 8000 | grep -q internet-ok"
 )
 
 STACK = f"""

@@ -120,6 +120,13 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
         raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
 
 
+def _converted(convert: Any, *args: Any) -> Any:
+    try:
+        return convert(*args)
+    except BadValue as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.param_hint) from None
+
+
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="exit after start, print the id")
 @click.option("--rm", is_flag=True, help="remove the container when it exits")
@@ -134,6 +141,40 @@ def _labels(values: Sequence[str]) -> dict[str, str]:
 @click.option("--entrypoint", default=None, help="override the image's entrypoint")
 @click.option("-w", "--workdir", default=None, help="working directory inside the container")
 @click.option("-u", "--user", default=None, help="user[:group] inside the container")
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    metavar="[SRC:]DST[:ro]",
+    help="bind a host path (/, ./, ~) or mount a named volume; DST alone: anonymous volume",
+)
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="type=bind|volume|tmpfs,source=..,target=..[,readonly]",
+    help="a mount, docker's long syntax",
+)
+@click.option("--tmpfs", multiple=True, metavar="DST[:size=64m,mode=1777,exec]", help="tmpfs")
+@click.option("--env-file", "env_files", multiple=True, metavar="FILE", help="NAME=VALUE lines")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="add a capability (or ALL)")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="drop a capability (or ALL)")
+@click.option("--init", is_flag=True, help="run tini as PID 1 (reaps zombies, forwards signals)")
+@click.option("--stop-signal", default=None, help="signal that stops it (default SIGTERM)")
+@click.option("--stop-timeout", type=float, default=None, help="grace seconds before SIGKILL")
+@click.option(
+    "--restart",
+    default=None,
+    metavar="POLICY",
+    help="no, on-failure[:N], always or unless-stopped (nyxd restarts it) [default: no]",
+)
+@click.option("--health-cmd", default=None, help="command that checks its health (sh -c)")
+@click.option("--health-interval", default=None, metavar="DURATION", help="e.g. 30s (30s)")
+@click.option("--health-timeout", default=None, metavar="DURATION", help="probe timeout (30s)")
+@click.option("--health-retries", default=None, metavar="N", help="failures to unhealthy (3)")
+@click.option("--health-start-period", default=None, metavar="DURATION", help="grace (0s)")
+@click.option("--no-healthcheck", is_flag=True, help="turn off the image's HEALTHCHECK")
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -152,6 +193,22 @@ def run(
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
+    volumes: tuple[str, ...],
+    mounts: tuple[str, ...],
+    tmpfs: tuple[str, ...],
+    env_files: tuple[str, ...],
+    cap_add: tuple[str, ...],
+    cap_drop: tuple[str, ...],
+    init: bool,
+    stop_signal: str | None,
+    stop_timeout: float | None,
+    restart: str | None,
+    health_cmd: str | None,
+    health_interval: str | None,
+    health_timeout: str | None,
+    health_retries: str | None,
+    health_start_period: str | None,
+    no_healthcheck: bool,
     image: str,
     command: tuple[str, ...],
 ) -> int:
@@ -171,6 +228,24 @@ def run(
         entrypoint=entrypoint,
         workdir=workdir,
         user=user,
+        volumes=_converted(_commands.volume_specs, volumes),
+        mounts=_converted(_commands.mount_specs, mounts),
+        tmpfs=_converted(_commands.tmpfs_specs, tmpfs),
+        env_files=_converted(_commands.env_file_pairs, env_files),
+        cap_add=cap_add,
+        cap_drop=cap_drop,
+        init=init,
+        stop_signal=stop_signal,
+        stop_timeout=stop_timeout,
+        restart=restart,
+        health_cmd=health_cmd,
+        health_interval=_converted(_commands.duration, health_interval, "--health-interval"),
+        health_timeout=_converted(_commands.duration, health_timeout, "--health-timeout"),
+        health_retries=_converted(_commands.count, health_retries, "--health-retries"),
+        health_start_period=_converted(
+            _commands.duration, health_start_period, "--health-start-period"
+        ),
+        no_healthcheck=no_healthcheck,
         image=image,
         command=command,
     )
@@ -462,6 +537,74 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Remove networks."""
     for n in names:
         _call(_client(ctx).request, "DELETE", f"/v1/networks/{q(n)}")
+        click.echo(n)
+
+
+# ---------------------------------------------------------------------------- volumes
+
+
+@cli.group()
+def volume() -> None:
+    """Manage named volumes (directories nyxd keeps across containers)."""
+
+
+@volume.command("create")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="label (repeatable)")
+@click.option("-d", "--driver", default="local", help="only local")
+@click.option(
+    "-o", "--opt", "opts", multiple=True, metavar="KEY=VALUE", help="driver option (none exist)"
+)
+@click.argument("name", required=False)
+@click.pass_context
+def volume_create(
+    ctx: click.Context,
+    labels: tuple[str, ...],
+    driver: str,
+    opts: tuple[str, ...],
+    name: str | None,
+) -> None:
+    """Create a volume (NAME default: a random one); prints its name."""
+    body: dict[str, Any] = {"labels": _labels(labels), "driver": driver, "options": _options(opts)}
+    if name is not None:
+        body["name"] = name
+    vol = _call(_client(ctx).request, "POST", "/v1/volumes", body=body)
+    click.echo(vol["name"])
+
+
+@volume.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="only names")
+@click.option("--filter", "filters", multiple=True, metavar="label=K[=V]", help="filter by label")
+@click.pass_context
+def volume_ls(ctx: click.Context, quiet: bool, filters: tuple[str, ...]) -> None:
+    """List volumes, with the containers that mount them."""
+    labels = [f.removeprefix("label=") for f in filters]
+    rows = _call(_client(ctx).request, "GET", "/v1/volumes", params={"label": labels or None})
+    if quiet:
+        for v in rows:
+            click.echo(v["name"])
+        return
+    _table(
+        [(v["driver"], v["name"], ",".join(v.get("containers") or [])) for v in rows],
+        ("DRIVER", "VOLUME NAME", "CONTAINERS"),
+    )
+
+
+@volume.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def volume_inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Show volumes as JSON (mountpoint, labels, containers)."""
+    out = [_call(_client(ctx).request, "GET", f"/v1/volumes/{q(n)}") for n in names]
+    click.echo(json.dumps(out, indent=2))
+
+
+@volume.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def volume_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove volumes and their data (refused while any container mounts one)."""
+    for n in names:
+        _call(_client(ctx).request, "DELETE", f"/v1/volumes/{q(n)}")
         click.echo(n)
 
 

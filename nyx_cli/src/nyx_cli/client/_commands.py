@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .._duration import parse_duration
 from ._http import ApiError, Client, DaemonUnavailable, q
 
 TYPE_CHECKING = False
@@ -26,22 +27,29 @@ __all__ = [
     "EXIT_DAEMON",
     "BadValue",
     "call",
+    "count",
     "die",
+    "duration",
     "echo",
+    "env_file_pairs",
     "env_pairs",
     "images",
     "info",
     "inspect",
     "label_pairs",
     "logs",
+    "mount_specs",
     "ps",
     "rm",
     "rmi",
     "run",
     "short",
     "size",
+    "status",
     "stop",
     "table",
+    "tmpfs_specs",
+    "volume_specs",
     "wait",
 ]
 
@@ -185,6 +193,214 @@ def label_pairs(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def env_file_pairs(paths: Sequence[str]) -> dict[str, str]:
+    """``--env-file FILE``: ``NAME=VALUE`` lines, taken literally (docker's format); a
+    ``NAME`` alone takes its value here."""
+    from .._envfile import parse_env_file
+
+    env: dict[str, str] = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            env.update(parse_env_file(text, path, quotes=False, environ=os.environ))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise BadValue(f"{path!r}: {exc}", "--env-file") from None
+    return env
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _parse_size(text: str, hint: str) -> int:
+    low = text.strip().lower()
+    unit = low[-1:] if low[-1:] in "bkmg" else ""
+    number = low[: len(low) - len(unit)]
+    if not number.isdigit() or int(number) <= 0:
+        raise BadValue(f"{text!r}: expected a size in bytes (64m, 1g, 65536)", hint)
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _mode(text: str, hint: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise BadValue(f"{text!r}: expected an octal mode (1777)", hint)
+    return mode
+
+
+def _host_source(text: str) -> str | None:
+    """A ``-v`` source that is a host path, made absolute; ``None`` for a volume name."""
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    if text.startswith("/"):
+        return text
+    if text == "." or text.startswith(("./", "../")):
+        return os.path.abspath(text)
+    return None
+
+
+def volume_specs(values: Sequence[str]) -> list[dict[str, Any]]:
+    """``-v [SOURCE:]TARGET[:OPTIONS]`` as mounts: a SOURCE that is a path (``/``, ``./``,
+    ``~``) is a bind (created when missing, as docker does), any other a named volume; no
+    SOURCE, an anonymous volume. OPTIONS: ``ro``, ``rw``, ``nocopy``, ``z``/``Z`` (no
+    SELinux here: nothing to relabel), ``rprivate``/``private``."""
+    out: list[dict[str, Any]] = []
+    for item in values:
+        parts = item.split(":")
+        if len(parts) > 3 or not all(parts):
+            raise BadValue(f"{item!r}: expected [SOURCE:]TARGET[:OPTIONS]", "-v")
+        if len(parts) == 1 or (len(parts) == 2 and not parts[1].startswith("/")):
+            parts = ["", *parts]
+        source, target = parts[0], parts[1]
+        options = parts[2].split(",") if len(parts) > 2 else []
+        mount: dict[str, Any] = {"target": target}
+        path = _host_source(source) if source else None
+        if path is not None:
+            mount.update(type="bind", source=path, _create=True)
+        else:
+            mount.update(type="volume", source=source or None)
+        for opt in options:
+            if opt in ("ro", "readonly"):
+                mount["readonly"] = True
+            elif opt in ("rw", "z", "Z", "rprivate", "private"):
+                continue
+            elif opt == "nocopy" and mount["type"] == "volume":
+                mount["nocopy"] = True
+            else:
+                raise BadValue(f"{item!r}: unsupported option {opt!r}", "-v")
+        out.append(mount)
+    return out
+
+
+_MOUNT_TYPES = ("bind", "volume", "tmpfs")
+
+
+def mount_specs(values: Sequence[str]) -> list[dict[str, Any]]:
+    """``--mount type=bind|volume|tmpfs,source=...,target=...[,readonly]...`` (docker's keys:
+    ``src``/``source``, ``dst``/``destination``/``target``, ``ro``/``readonly[=true|false]``,
+    ``volume-nocopy``, ``tmpfs-size``, ``tmpfs-mode``, ``bind-propagation=rprivate``). A
+    bind source must exist (nothing is created)."""
+    out: list[dict[str, Any]] = []
+    truth = {"": True, "1": True, "true": True, "0": False, "false": False}
+    for item in values:
+        mount: dict[str, Any] = {"type": "volume"}
+        for field in item.split(","):
+            key, sep, value = field.partition("=")
+            key = key.strip().lower()
+            if key == "type" and value in _MOUNT_TYPES:
+                mount["type"] = value
+            elif key in ("source", "src") and value:
+                mount["source"] = value
+            elif key in ("target", "destination", "dst") and value:
+                mount["target"] = value
+            elif key in ("readonly", "ro") and value.lower() in truth:
+                mount["readonly"] = truth[value.lower()]
+            elif key == "volume-nocopy" and value.lower() in truth:
+                mount["nocopy"] = truth[value.lower()]
+            elif key == "tmpfs-size" and sep:
+                mount["tmpfs_size"] = _parse_size(value, "--mount")
+            elif key == "tmpfs-mode" and sep:
+                mount["tmpfs_mode"] = _mode(value, "--mount")
+            elif key == "consistency" or (
+                key == "bind-propagation" and value in ("rprivate", "private")
+            ):
+                continue
+            else:
+                raise BadValue(f"{item!r}: unsupported or bad field {field!r}", "--mount")
+        if "target" not in mount:
+            raise BadValue(f"{item!r}: target= is required", "--mount")
+        if mount["type"] == "bind" and "source" in mount:
+            mount["source"] = _host_source(mount["source"]) or mount["source"]
+        out.append(mount)
+    return out
+
+
+def tmpfs_specs(values: Sequence[str]) -> list[dict[str, Any]]:
+    """``--tmpfs TARGET[:OPTIONS]``: OPTIONS ``size=64m``, ``mode=1777``, ``ro``/``rw``,
+    ``exec``/``noexec`` (default noexec), ``nosuid``, ``nodev`` (always)."""
+    out: list[dict[str, Any]] = []
+    for item in values:
+        target, _, opts = item.partition(":")
+        if not target:
+            raise BadValue(f"{item!r}: expected TARGET[:OPTIONS]", "--tmpfs")
+        mount: dict[str, Any] = {"type": "tmpfs", "target": target}
+        for opt in filter(None, opts.split(",")):
+            key, sep, value = opt.partition("=")
+            if key == "size" and sep:
+                mount["tmpfs_size"] = _parse_size(value, "--tmpfs")
+            elif key == "mode" and sep:
+                mount["tmpfs_mode"] = _mode(value, "--tmpfs")
+            elif opt in ("ro", "rw"):
+                mount["readonly"] = opt == "ro"
+            elif opt in ("exec", "noexec"):
+                mount["tmpfs_exec"] = opt == "exec"
+            elif opt in ("nosuid", "nodev", "suid", "dev") and not sep:
+                if opt in ("suid", "dev"):
+                    raise BadValue(f"{item!r}: a tmpfs is always nosuid,nodev", "--tmpfs")
+            else:
+                raise BadValue(f"{item!r}: unsupported option {opt!r}", "--tmpfs")
+        out.append(mount)
+    return out
+
+
+def _make_bind_sources(mounts: list[dict[str, Any]]) -> None:
+    """``-v /host/dir:...`` makes a missing host directory, as docker does; ``--mount``
+    does not (nyxd refuses a missing source)."""
+    for m in mounts:
+        if m.pop("_create", False) and not os.path.lexists(m["source"]):
+            try:
+                os.makedirs(m["source"], exist_ok=True)
+            except OSError as exc:
+                die(f"-v {m['source']}: cannot create the host directory: {exc}")
+
+
+def duration(value: str | None, option: str) -> float | None:
+    """``--health-interval 30s`` and the like, in seconds."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise BadValue(str(exc), option) from None
+
+
+def count(value: str | None, option: str) -> int | None:
+    """``--health-retries 3``: a whole number of at least 1."""
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise BadValue(f"{value!r} is not a whole number >= 1", option)
+    return int(value)
+
+
+def _healthcheck(
+    cmd: str | None,
+    interval: float | None,
+    timeout: float | None,
+    retries: int | None,
+    start_period: float | None,
+    off: bool,
+) -> dict[str, Any] | None:
+    """The spec's ``healthcheck`` from docker's ``--health-*`` flags (``None``: the image's)."""
+    given: dict[str, Any] = {
+        "interval": interval,
+        "timeout": timeout,
+        "retries": retries,
+        "start_period": start_period,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if off:
+        if cmd is not None or given:
+            die("--no-healthcheck conflicts with the --health-* options")
+        return {"test": ["NONE"]}
+    if cmd is not None:
+        given["test"] = ["CMD-SHELL", cmd]
+    return given or None
+
+
 def run(
     socket: str,
     *,
@@ -201,24 +417,57 @@ def run(
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
+    restart: str | None = None,
+    health_cmd: str | None = None,
+    health_interval: float | None = None,
+    health_timeout: float | None = None,
+    health_retries: int | None = None,
+    health_start_period: float | None = None,
+    no_healthcheck: bool = False,
     image: str,
     command: Sequence[str],
+    volumes: Sequence[dict[str, Any]] = (),
+    mounts: Sequence[dict[str, Any]] = (),
+    tmpfs: Sequence[dict[str, Any]] = (),
+    env_files: dict[str, str] | None = None,
+    cap_add: Sequence[str] = (),
+    cap_drop: Sequence[str] = (),
+    init: bool = False,
+    stop_signal: str | None = None,
+    stop_timeout: float | None = None,
 ) -> int:
     """Run a container: print its JSON, stream its output, exit with its exit code."""
     ports = list(publish)  # nyxd parses "[IP:]HOST:CTR[/PROTO]" and names a bad value
+    all_mounts = [dict(m) for m in (*volumes, *mounts, *tmpfs)]
+    _make_bind_sources(all_mounts)
     spec: dict[str, Any] = {
         "image": image,
         "name": name,
         "hostname": hostname,
         "command": list(command) or None,
         "entrypoint": [entrypoint] if entrypoint is not None else None,
-        "env": env,
+        "env": {**(env_files or {}), **env},
         "workdir": workdir,
         "user": user,
         "ports": ports,
         "aliases": list(aliases),
         "labels": labels,
         "rm": rm,
+        "mounts": all_mounts or None,
+        "cap_add": list(cap_add) or None,
+        "cap_drop": list(cap_drop) or None,
+        "init": init or None,
+        "stop_signal": stop_signal,
+        "stop_timeout": stop_timeout,
+        "restart": restart,
+        "healthcheck": _healthcheck(
+            health_cmd,
+            health_interval,
+            health_timeout,
+            health_retries,
+            health_start_period,
+            no_healthcheck,
+        ),
     }
     if len(networks) == 1:
         spec["network"] = networks[0]
@@ -289,7 +538,8 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    logs.join(5)
+    if result.get("state") != "restarting":  # otherwise its output goes on: stop here
+        logs.join(5)
     code = result.get("exit_code")
     return code if isinstance(code, int) else (137 if stopping.is_set() else 1)
 
@@ -319,14 +569,78 @@ def ps(socket: str, *, all_: bool, quiet: bool, as_json: bool, filters: Sequence
                 short(r["id"]),
                 r["name"],
                 r["image"],
-                r["state"] + (f" ({r['exit_code']})" if r.get("exit_code") is not None else ""),
+                status(r),
+                str(r.get("restart_count") or 0),
                 ",".join(r.get("ips") or []),
                 ",".join(r.get("ports") or []),
             )
             for r in rows
         ],
-        ("CONTAINER ID", "NAME", "IMAGE", "STATE", "IPS", "PORTS"),
+        ("CONTAINER ID", "NAME", "IMAGE", "STATUS", "RESTARTS", "IPS", "PORTS"),
     )
+
+
+def _ago(when: Any) -> float | None:
+    """Seconds since the API time ``when`` (ISO 8601), ``None`` when it is not one."""
+    from datetime import UTC, datetime  # only for the commands that show times
+
+    if not isinstance(when, str):
+        return None
+    try:
+        then = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
+
+
+def human_duration(seconds: float) -> str:
+    """docker's ``units.HumanDuration``: "Less than a second", "3 seconds", "About an hour"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def status(c: dict[str, Any]) -> str:
+    """docker's STATUS: ``Up 3 seconds (healthy)``, ``Exited (1) 5 seconds ago``,
+    ``Restarting (1) Less than a second ago``, ``Created``."""
+    state = str(c.get("state", ""))
+    if state == "running":
+        up = _ago(c.get("started"))
+        text = "Up" + (f" {human_duration(up)}" if up is not None else "")
+        health = c.get("health")
+        if isinstance(health, dict) and health.get("status"):
+            word = health["status"]
+            text += f" (health: {word})" if word == "starting" else f" ({word})"
+        return text
+    if state in ("exited", "stopped", "restarting"):
+        code = c.get("exit_code")
+        text = state.capitalize() + (f" ({code})" if code is not None else "")
+        ago = _ago(c.get("finished"))
+        return text + (f" {human_duration(ago)} ago" if ago is not None else "")
+    return state.capitalize()
 
 
 def stop(socket: str, *, timeout: float | None, containers: Sequence[str]) -> None:

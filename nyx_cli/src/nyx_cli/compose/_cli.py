@@ -3,7 +3,9 @@
 The file is read and validated here (``nyx_cli.compose._project`` does the pure work), then the
 stack's networks and containers are created with plain HTTP requests to nyxd:
 ``POST /v1/networks``, ``POST /v1/containers`` (a ``ContainerSpec`` plus ``"start": true``),
-and removed again by ``down``. Errors are one clear line, never a traceback.
+and removed again by ``down``. Before a service starts, ``up`` waits for what its
+``depends_on`` conditions ask (a dependency healthy, or exited 0). Restart policies and
+healthchecks are nyxd's: they go in the spec. Errors are one clear line, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +32,7 @@ import yaml
 
 from nyx_core import NyxError, PortMapping
 
+from ..client._commands import status as _status_text
 from ..client._http import ApiError as HttpApiError
 from ..client._http import Client, DaemonUnavailable, default_socket
 from ._project import (
@@ -38,11 +42,13 @@ from ._project import (
     SERVICE_LABEL,
     ComposeNetwork,
     ComposePlan,
+    ComposeVolume,
     check_project_name,
     load_compose,
     normalize_project_name,
     plan_stack,
 )
+from ._service_runtime import ServiceRuntime
 
 __all__ = ["ApiError", "DaemonClient", "compose", "load_yaml"]
 
@@ -141,19 +147,15 @@ def load_yaml(text: str, source: str) -> Any:
 
 
 def _dotenv(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
+    """The project's ``.env`` (dotenv format, :mod:`nyx_cli._envfile`)."""
+    from .._envfile import parse_env_file
+
     if not path.is_file():
-        return env
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
+        return {}
+    try:
+        return parse_env_file(path.read_text(), str(path))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def find_compose_file(cwd: Path) -> Path:
@@ -203,6 +205,7 @@ class _Options:
                 explicit,
                 default_project=normalize_project_name(directory.name),
                 environ=environ,
+                project_dir=directory,
             )
             plan = plan_stack(project)
         except NyxError as exc:
@@ -284,7 +287,8 @@ def _cid(container: Mapping[str, Any]) -> str:
 
 
 def _running(container: Mapping[str, Any]) -> bool:
-    return str(container.get("state", "")).lower() in ("running", "starting", "created")
+    state = str(container.get("state", "")).lower()
+    return state in ("running", "starting", "created", "restarting")
 
 
 def _status(kind: str, name: str, what: str) -> None:
@@ -324,6 +328,53 @@ def _ensure_network(client: DaemonClient, net: ComposeNetwork) -> bool:
             _status("Network", net.name, "Exists")
             return False
     raise click.ClickException(f"network {net.name}: nyxd says it exists but does not list it")
+
+
+def _ensure_volume(client: DaemonClient, vol: ComposeVolume, project: str) -> None:
+    """Create the stack's volume, or use the one that exists (an external one must)."""
+    path = f"/v1/volumes/{quote(vol.name, safe='')}"
+    if vol.external:
+        try:
+            client.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise click.ClickException(
+                    f"external volume {vol.name} not found; create it first "
+                    f"(nyx volume create {vol.name})"
+                ) from exc
+            raise
+        _status("Volume", vol.name, "External")
+        return
+    try:
+        client.request("POST", "/v1/volumes", vol.request(project))
+        _status("Volume", vol.name, "Created")
+        return
+    except ApiError as exc:
+        if exc.status != 409:
+            raise ApiError(exc.status, f"volume {vol.name}: {exc.message}") from exc
+    have = client.request("GET", path)
+    labels = have.get("labels") if isinstance(have, dict) else None
+    if not isinstance(labels, dict) or labels.get(PROJECT_LABEL) != project:
+        click.echo(
+            f"warning: volume {vol.name} exists but was not created by stack {project}; "
+            "it is used as it is (say `external: true` to mean that)",
+            err=True,
+        )
+    _status("Volume", vol.name, "Exists")
+
+
+def _make_bind_sources(plan: ComposePlan) -> None:
+    """Short-syntax bind sources (and ``create_host_path``) that are missing are made by
+    the user running compose, as directories (Compose does the same through the engine)."""
+    for svc in plan.project.services.values():
+        for path in svc.runtime.create_paths:
+            if not os.path.lexists(path):
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"services.{svc.name}.volumes: cannot create {path}: {exc}"
+                    ) from exc
 
 
 def _undo_up(
@@ -389,13 +440,9 @@ def _follow(
     project: str,
     follow: bool,
     on_interrupt: Callable[[], None] | None = None,
-    on_end: Callable[[Mapping[str, Any]], Mapping[str, Any] | None] | None = None,
 ) -> None:
-    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end.
-
-    ``on_end(container)`` runs (in this thread) when a followed container's output ends; a
-    container it returns (a restarted one) is followed in its place.
-    """
+    """Print the containers' logs, prefixed like Compose; with ``follow`` until they end
+    (nyxd's follow goes on while a container restarts by its policy)."""
     width = max((len(_prefix(c, project)) for c in containers), default=0)
     events: queue.Queue[tuple[str, str] | Mapping[str, Any]] = queue.Queue()
     suffix = "?follow=1" if follow else ""
@@ -443,10 +490,6 @@ def _follow(
                 click.echo(f"{item[0]}  | {item[1]}")
                 continue
             pending -= 1
-            replacement = on_end(item) if on_end is not None else None
-            if replacement is not None:
-                pending += 1
-                start(replacement)
     except KeyboardInterrupt:
         if on_interrupt is None:
             raise SystemExit(130) from None
@@ -474,6 +517,78 @@ def _interruptible(call: Callable[[], object]) -> bool:
     while not done.wait(0.2):
         pass
     return not failed
+
+
+_CONDITION_WORDS = {
+    "service_healthy": "healthy",
+    "service_completed_successfully": "completed successfully",
+}
+
+
+def _await_condition(
+    client: DaemonClient,
+    container: Mapping[str, Any],
+    service: str,
+    dependency: str,
+    condition: str,
+    timeout: float,
+    poll: float = 0.2,
+) -> None:
+    """Wait until ``dependency``'s container meets ``condition`` (``service_healthy``: its
+    health is ``healthy``; ``service_completed_successfully``: it exited 0).
+
+    :raises click.ClickException: it cannot (unhealthy, exited, no healthcheck, a non-zero
+        exit) or did not within ``timeout`` seconds, naming both services and why.
+    """
+    name = str(container.get("name") or _cid(container))
+    what = _CONDITION_WORDS[condition]
+    need = f"service {service} needs {dependency} {what}"
+    _status("Container", name, "Waiting")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = client.request("GET", f"/v1/containers/{quote(_cid(container), safe='')}")
+        except ApiError as exc:
+            raise click.ClickException(f"{need}: {exc.message}") from exc
+        info = info if isinstance(info, dict) else {}
+        state, code = info.get("state"), info.get("exit_code")
+        health = info.get("health")
+        said = ""
+        if condition == "service_healthy":
+            if not isinstance(health, dict):
+                raise click.ClickException(
+                    f"{need}, but {name} has no healthcheck (neither the file's healthcheck: "
+                    "nor the image's HEALTHCHECK)"
+                )
+            status = health.get("status")
+            log = health.get("log") or [{}]
+            lines = str(log[-1].get("output", "")).strip().splitlines()
+            said = lines[-1] if lines else ""
+            if status == "healthy":
+                _status("Container", name, "Healthy")
+                return
+            if status == "unhealthy":
+                raise click.ClickException(
+                    f"{need}: {name} is unhealthy" + (f" (last probe: {said!r})" if said else "")
+                )
+            if state in ("exited", "stopped"):
+                raise click.ClickException(
+                    f"{need}: {name} {state} with exit code {code} before it was healthy"
+                )
+        elif state in ("exited", "stopped"):
+            if code == 0:
+                _status("Container", name, "Exited")
+                return
+            raise click.ClickException(f"{need}: {name} {state} with exit code {code}")
+        if time.monotonic() >= deadline:
+            now = f"it is {state}" + (
+                f", health {health.get('status')}" if isinstance(health, dict) else ""
+            )
+            raise click.ClickException(
+                f"{need}: gave up after {timeout:g}s ({now}); see `nyx compose logs "
+                f"{dependency}`, or raise --wait-timeout"
+            )
+        time.sleep(poll)
 
 
 def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
@@ -545,9 +660,18 @@ def _options(ctx: click.Context) -> _Options:
 
 @compose.command("up")
 @click.option("-d", "--detach", is_flag=True, help="start the stack and return")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="seconds to wait for a depends_on condition (service_healthy, "
+    "service_completed_successfully) before giving up",
+)
 @click.pass_context
-def up(ctx: click.Context, detach: bool) -> None:
-    """Create networks and start services in depends_on order (then follow their logs)."""
+def up(ctx: click.Context, detach: bool, wait_timeout: float) -> None:
+    """Create networks and start services in depends_on order, each once its dependencies
+    meet their conditions (then follow their logs)."""
     opts = _options(ctx)
     plan = opts.plan()
     assert plan is not None
@@ -573,7 +697,16 @@ def up(ctx: click.Context, detach: bool) -> None:
         for net in plan.networks():
             if _ensure_network(client, net):
                 new_networks.append(net.name)
+        for vol in plan.volumes():
+            _ensure_volume(client, vol, plan.name)
+        _make_bind_sources(plan)
+        by_started: dict[str, dict[str, Any]] = {}
         for service in plan.order:
+            svc = plan.project.services[service]
+            for dep in svc.depends_on:
+                condition = svc.condition(dep)
+                if condition != "service_started" and dep in by_started:
+                    _await_condition(client, by_started[dep], service, dep, condition, wait_timeout)
             body = plan.create_request(service)
             name = plan.container_name(service)
             current = by_service.get(service, [])
@@ -587,6 +720,7 @@ def up(ctx: click.Context, detach: bool) -> None:
             if same and len(current) == 1:
                 _status("Container", name, "Running")
                 started.append(same[0])
+                by_started[service] = same[0]
                 continue
             for c in current:
                 _remove_container(client, c)
@@ -603,6 +737,7 @@ def up(ctx: click.Context, detach: bool) -> None:
             new_containers.append(created)
             _status("Container", name, "Started")
             started.append(created)
+            by_started[service] = created
     except (ApiError, click.ClickException) as exc:
         message = exc.message
         if new_containers or new_networks:
@@ -630,48 +765,7 @@ def up(ctx: click.Context, detach: bool) -> None:
                 click.echo("Killing...", err=True)
                 timeout = 0
 
-    restarts: dict[str, int] = {}
-
-    def restart_on_failure(ended: Mapping[str, Any]) -> Mapping[str, Any] | None:
-        """``restart: on-failure[:N]``, enforced by this foreground ``up`` (nyxd has no
-        restart policy): a service that exited non-zero is recreated."""
-        service = _service_of(ended, plan.name)
-        svc = plan.project.services.get(service)
-        if svc is None or svc.restart != "on-failure":
-            return None
-        name = plan.container_name(service)
-        try:
-            info = client.request("GET", f"/v1/containers/{quote(_cid(ended), safe='')}")
-            code = info.get("exit_code") if isinstance(info, dict) else None
-            if not isinstance(info, dict) or info.get("state") != "exited" or code in (0, None):
-                return None
-            done = restarts.get(service, 0)
-            if svc.restart_max_retries is not None and done >= svc.restart_max_retries:
-                click.echo(f"{name} exited with {code}; gave up after {done} restart(s)", err=True)
-                return None
-            restarts[service] = done + 1
-            _status("Container", name, f"Restarting (exit {code})")
-            _remove_container(client, info)
-            created = client.request("POST", "/v1/containers", plan.create_request(service))
-        except (ApiError, click.ClickException) as exc:
-            click.echo(f"{name}: restart failed: {exc}", err=True)
-            return None
-        if not isinstance(created, dict):
-            return None
-        created.setdefault("name", name)
-        created.setdefault("labels", {SERVICE_LABEL: service})
-        created.setdefault("state", "running")
-        started[:] = [created if _cid(c) == _cid(ended) else c for c in started]
-        return created
-
-    _follow(
-        client,
-        started,
-        plan.name,
-        follow=True,
-        on_interrupt=stop_all,
-        on_end=restart_on_failure,
-    )
+    _follow(client, started, plan.name, follow=True, on_interrupt=stop_all)
 
 
 @compose.command("down")
@@ -682,9 +776,17 @@ def up(ctx: click.Context, detach: bool) -> None:
     default=None,
     help="seconds to wait for a container to stop before killing it [default: nyxd's]",
 )
+@click.option(
+    "-v",
+    "--volumes",
+    "remove_volumes",
+    is_flag=True,
+    help="also remove the stack's named volumes (not external ones) and their data",
+)
 @click.pass_context
-def down(ctx: click.Context, timeout: float | None) -> None:
-    """Stop and remove the stack's containers (reverse order), then its networks."""
+def down(ctx: click.Context, timeout: float | None, remove_volumes: bool) -> None:
+    """Stop and remove the stack's containers (reverse order), then its networks; with -v
+    its named volumes too."""
     opts = _options(ctx)
     plan = opts.plan(required=opts.project_name is None)
     project = opts.project(plan)
@@ -724,10 +826,34 @@ def down(ctx: click.Context, timeout: float | None) -> None:
                 errors.append(f"network {net_name}: {exc.message}")
         except click.ClickException as exc:
             errors.append(f"network {net_name}: {exc.message}")
+    if remove_volumes:
+        errors += _remove_volumes(client, plan, project)
     if errors:
         raise click.ClickException(
             f"down finished with {len(errors)} error(s): " + "; ".join(errors)
         )
+
+
+def _remove_volumes(client: DaemonClient, plan: ComposePlan | None, project: str) -> list[str]:
+    """``down -v``: the file's volumes that are not external, or (without the file) those
+    nyxd has labelled with the project."""
+    if plan is not None:
+        names = [v.name for v in plan.project.volumes.values() if not v.external]
+    else:
+        query = urlencode({"label": f"{PROJECT_LABEL}={project}"})
+        listed = client.request("GET", f"/v1/volumes?{query}")
+        names = [str(v["name"]) for v in listed or [] if isinstance(v, dict)]
+    errors = []
+    for name in names:
+        try:
+            client.request("DELETE", f"/v1/volumes/{quote(name, safe='')}")
+            _status("Volume", name, "Removed")
+        except ApiError as exc:
+            if exc.status != 404:
+                errors.append(f"volume {name}: {exc.message}")
+        except click.ClickException as exc:
+            errors.append(f"volume {name}: {exc.message}")
+    return errors
 
 
 def _ips(container: Mapping[str, Any]) -> str:
@@ -784,14 +910,112 @@ def _normalized(plan: ComposePlan) -> dict[str, Any]:
             for a in plan.attachments(name)
         }
         if svc.depends_on:
-            entry["depends_on"] = list(svc.depends_on)
-        entry["restart"] = svc.restart + (
-            f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
-        )
+            entry["depends_on"] = {dep: {"condition": svc.condition(dep)} for dep in svc.depends_on}
+        entry["restart"] = svc.restart_policy
+        if svc.healthcheck is not None:
+            entry["healthcheck"] = _healthcheck_entry(svc.healthcheck.model_dump())
         entry["x-nyx-container-name"] = plan.container_name(name)
+        entry.update(_runtime_entry(plan, svc.runtime))
         services[name] = entry
     networks = {n.key: _network_entry(n) for n in plan.networks()}
-    return {"name": plan.name, "services": services, "networks": networks}
+    out: dict[str, Any] = {"name": plan.name, "services": services, "networks": networks}
+    out.update(_runtime_top(plan))
+    return out
+
+
+def _runtime_entry(plan: ComposePlan, rt: ServiceRuntime) -> dict[str, Any]:
+    """A service's mounts and process keys as ``config`` prints them (long syntax)."""
+    key_of = {v.name: v.key for v in plan.project.volumes.values()}
+    entry: dict[str, Any] = {}
+    volumes: list[dict[str, Any]] = []
+    tmpfs: list[str] = []
+    for m in rt.mounts:
+        if m.type == "tmpfs":
+            opts = [f"size={m.tmpfs_size}"] if m.tmpfs_size else []
+            opts += [f"mode={m.tmpfs_mode:o}"] if m.tmpfs_mode is not None else []
+            opts += ["exec"] if m.tmpfs_exec else []
+            opts += ["ro"] if m.readonly else []
+            tmpfs.append(m.target + (":" + ",".join(opts) if opts else ""))
+            continue
+        v: dict[str, Any] = {"type": m.type, "target": m.target}
+        if m.source is not None:
+            v["source"] = key_of.get(m.source, m.source) if m.type == "volume" else m.source
+        if m.readonly:
+            v["read_only"] = True
+        if m.nocopy:
+            v["volume"] = {"nocopy": True}
+        if m.type == "bind" and m.source in rt.create_paths:
+            v["bind"] = {"create_host_path": True}
+        volumes.append(v)
+    if volumes:
+        entry["volumes"] = volumes
+    if tmpfs:
+        entry["tmpfs"] = tmpfs
+    for key, refs in (("secrets", rt.secrets), ("configs", rt.configs)):
+        if refs:
+            entry[key] = [
+                {
+                    "source": r.source,
+                    "target": r.target,
+                    "uid": str(r.uid),
+                    "gid": str(r.gid),
+                    "mode": f"0{r.mode:o}",
+                }
+                for r in refs
+            ]
+    if rt.env_files:
+        entry["env_file"] = [{"path": e.path, "required": e.required} for e in rt.env_files]
+    plain: dict[str, Any] = {
+        "working_dir": rt.workdir,
+        "user": rt.user,
+        "stop_signal": rt.stop_signal,
+        "stop_grace_period": f"{rt.stop_timeout:g}s" if rt.stop_timeout is not None else None,
+        "cap_add": [c.removeprefix("CAP_") for c in rt.cap_add] or None,
+        "cap_drop": [c.removeprefix("CAP_") for c in rt.cap_drop] or None,
+        "labels": dict(rt.labels) or None,
+        "init": rt.init or None,
+    }
+    entry.update({k: v for k, v in plain.items() if v is not None})
+    return entry
+
+
+def _runtime_top(plan: ComposePlan) -> dict[str, Any]:
+    """The top-level volumes, secrets and configs as ``config`` prints them."""
+    out: dict[str, Any] = {}
+    volumes = {}
+    for vol in plan.volumes():
+        v: dict[str, Any] = {"name": vol.name}
+        if vol.external:
+            v["external"] = True
+        if vol.labels:
+            v["labels"] = dict(vol.labels)
+        volumes[vol.key] = v
+    if volumes:
+        out["volumes"] = volumes
+    for kind, sources in (("secrets", plan.project.secrets), ("configs", plan.project.configs)):
+        entries = {}
+        for key, src in sources.items():
+            if src.file is not None:
+                entries[key] = {"file": src.file}
+            elif src.environment is not None:
+                entries[key] = {"environment": src.environment}
+            else:
+                entries[key] = {"content": src.content or ""}
+        if entries:
+            out[kind] = entries
+    return out
+
+
+def _healthcheck_entry(hc: Mapping[str, Any]) -> dict[str, Any]:
+    """A healthcheck as the file would say it (durations as seconds with a unit)."""
+    if hc.get("test") == ["NONE"]:
+        return {"disable": True}
+    out: dict[str, Any] = {}
+    for key, value in hc.items():
+        if value is None:
+            continue
+        out[key] = f"{value:g}s" if isinstance(value, float) else value
+    return out
 
 
 def _network_entry(net: ComposeNetwork) -> dict[str, Any]:
@@ -832,13 +1056,14 @@ def ps(ctx: click.Context) -> None:
         containers = _stack_containers(opts.client(), project)
     except ApiError as exc:
         raise click.ClickException(exc.message) from exc
-    rows = [("NAME", "SERVICE", "STATE", "IPS", "PORTS")]
+    rows = [("NAME", "SERVICE", "STATUS", "RESTARTS", "IPS", "PORTS")]
     for c in containers:
         rows.append(
             (
                 str(c.get("name", "")),
                 _service_of(c, project),
-                str(c.get("state", "")),
+                _status_text(c),
+                str(c.get("restart_count") or 0),
                 _ips(c),
                 _ports(c),
             )

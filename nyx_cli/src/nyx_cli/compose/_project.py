@@ -13,26 +13,42 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from nyx_core import PortMapping, StackNetwork
 from nyx_core.errors import ConfigError
 
-from ..daemon._models import ContainerSpec, NetworkAttachment, StackService
+from .._duration import parse_duration
+from ..daemon._models import ContainerSpec, Healthcheck, NetworkAttachment, StackService
+from ..daemon._restart import RestartPolicy
+from ._service_runtime import (
+    SERVICE_KEYS,
+    ComposeFileSource,
+    ComposeVolume,
+    ServiceRuntime,
+    check_build,
+    file_sources,
+    service_runtime,
+    volume_decl,
+)
 
 __all__ = [
     "COMPOSE_FILENAMES",
+    "CONDITIONS",
     "CONFIG_HASH_LABEL",
     "DEFAULT_NETWORK",
     "PROJECT_LABEL",
-    "RESTART_LABEL",
     "SERVICE_LABEL",
     "ComposeNetwork",
     "ComposePlan",
     "ComposeProject",
     "ComposeService",
+    "ComposeVolume",
     "ServiceNetwork",
     "check_project_name",
     "interpolate",
@@ -44,11 +60,16 @@ __all__ = [
 COMPOSE_FILENAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 PROJECT_LABEL = "com.nyx.compose.project"
 SERVICE_LABEL = "com.nyx.compose.service"
-RESTART_LABEL = "com.nyx.compose.restart"
 CONFIG_HASH_LABEL = "com.nyx.compose.config-hash"
 DEFAULT_NETWORK = "default"
 
-RestartPolicy = Literal["no", "on-failure"]
+RestartName = Literal["no", "on-failure", "always", "unless-stopped"]
+Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+CONDITIONS: tuple[Condition, ...] = (
+    "service_started",
+    "service_healthy",
+    "service_completed_successfully",
+)
 
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -57,8 +78,8 @@ _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
 
-_TOP_KEYS = {"version", "name", "services", "networks"}
-_TOP_IGNORED = {"volumes", "configs", "secrets", "include"}
+_TOP_KEYS = {"version", "name", "services", "networks", "volumes", "secrets", "configs"}
+_TOP_IGNORED = {"include"}
 _SERVICE_KEYS = {
     "image",
     "command",
@@ -69,12 +90,23 @@ _SERVICE_KEYS = {
     "hostname",
     "depends_on",
     "restart",
+    "healthcheck",
 }
+_SERVICE_KEYS |= SERVICE_KEYS  # mounts and process settings: ._service_runtime
 _NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
 _IPAM_KEYS = {"driver", "config", "options"}
 _IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
 _PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
+_HEALTHCHECK_KEYS = {
+    "test",
+    "interval",
+    "timeout",
+    "retries",
+    "start_period",
+    "start_interval",
+    "disable",
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -127,8 +159,21 @@ class ComposeService:
     ports: tuple[PortMapping, ...] = ()
     networks: tuple[ServiceNetwork, ...] = ()
     depends_on: tuple[str, ...] = ()
-    restart: RestartPolicy = "no"
+    restart: RestartName = "no"
     restart_max_retries: int | None = None
+    runtime: ServiceRuntime = field(default_factory=ServiceRuntime)
+    conditions: Mapping[str, Condition] = field(default_factory=dict)
+    healthcheck: Healthcheck | None = None
+
+    @property
+    def restart_policy(self) -> str:
+        """``restart`` as nyxd takes it: ``no``, ``always``, ``on-failure:3``..."""
+        return str(RestartPolicy(self.restart, self.restart_max_retries))
+
+    def condition(self, dependency: str) -> Condition:
+        """What ``up`` waits for before starting this service: ``depends_on`` long form's
+        ``condition`` (``service_started`` for the short form)."""
+        return self.conditions.get(dependency, "service_started")
 
 
 @dataclass(frozen=True)
@@ -139,6 +184,10 @@ class ComposeProject:
     services: Mapping[str, ComposeService]
     networks: Mapping[str, ComposeNetwork]
     warnings: tuple[str, ...] = ()
+    volumes: Mapping[str, ComposeVolume] = field(default_factory=dict)
+    secrets: Mapping[str, ComposeFileSource] = field(default_factory=dict)
+    configs: Mapping[str, ComposeFileSource] = field(default_factory=dict)
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ project name
@@ -411,13 +460,17 @@ def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> No
         raise _bad(path, key, f"network is not declared in the top-level networks ({names})")
 
 
-def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...]:
+def _depends_on(
+    value: object, path: str, warnings: list[str]
+) -> tuple[tuple[str, ...], dict[str, Condition]]:
+    """The services depended on, in file order, and the long form's conditions."""
     if value is None:
-        return ()
+        return (), {}
     if isinstance(value, list):
-        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value)), {}
     if isinstance(value, Mapping):
         names: list[str] = []
+        conditions: dict[str, Condition] = {}
         for dep, conf in _mapping(value, path).items():
             dpath = _join(path, dep)
             names.append(dep)
@@ -426,35 +479,74 @@ def _depends_on(value: object, path: str, warnings: list[str]) -> tuple[str, ...
             node = _mapping(conf, dpath)
             _check_keys(node, _DEPENDS_KEYS, dpath, warnings)
             cond = node.get("condition", "service_started")
-            if cond not in ("service_started", "service_healthy", "service_completed_successfully"):
+            if cond not in CONDITIONS:
                 raise _bad(_join(dpath, "condition"), cond, "is not a Compose condition")
-            if cond != "service_started":
-                warnings.append(
-                    f"{_join(dpath, 'condition')}: {cond} is not supported, "
-                    "treated as service_started"
-                )
+            conditions[dep] = cond
             for flag in ("required", "restart"):
                 if flag in node:
                     _bool(node[flag], _join(dpath, flag))
             if node.get("restart") is True:
                 warnings.append(f"{_join(dpath, 'restart')}: not supported, ignored")
-        return tuple(names)
+        return tuple(names), conditions
     raise _bad(path, value, "must be a list of service names or a mapping")
 
 
-def _restart(value: object, path: str) -> tuple[RestartPolicy, int | None]:
+def _restart(value: object, path: str) -> tuple[RestartName, int | None]:
     # YAML 1.1 reads a bare `no` as false.
-    if value is None or value is False or value == "no":
+    if value is None or value is False:
         return "no", None
-    if isinstance(value, str):
-        if value == "on-failure":
-            return "on-failure", None
-        if value.startswith("on-failure:"):
-            n = value.partition(":")[2]
-            if n.isdigit() and int(n) > 0:
-                return "on-failure", int(n)
-            raise _bad(path, value, "on-failure:N needs a positive retry count")
-    raise _bad(path, value, "must be 'no' or 'on-failure[:N]' (always/unless-stopped unsupported)")
+    try:
+        policy = RestartPolicy.parse(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return policy.name, policy.max_retries
+
+
+def _duration(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise _bad(path, value, "must be a duration like 30s, 1m30s or 500ms")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _healthcheck(value: object, path: str, warnings: list[str]) -> Healthcheck | None:
+    """Compose's ``healthcheck``: ``test`` (a string runs with the shell, a list starts
+    with CMD, CMD-SHELL or NONE), durations as strings, ``retries``, ``disable``."""
+    if value is None:
+        return None
+    node = _mapping(value, path)
+    _check_keys(node, _HEALTHCHECK_KEYS, path, warnings)
+    fields: dict[str, Any] = {}
+    if node.get("disable") is not None and _bool(node["disable"], _join(path, "disable")):
+        if node.get("test") is not None:
+            raise _bad(_join(path, "disable"), True, "and test cannot both be set")
+        return Healthcheck(test=["NONE"])
+    tpath = _join(path, "test")
+    test = node.get("test")
+    if isinstance(test, str):
+        if not test.strip():
+            raise _bad(tpath, test, "must not be empty")
+        fields["test"] = ["CMD-SHELL", test]
+    elif isinstance(test, list):
+        fields["test"] = [_str(t, f"{tpath}[{i}]") for i, t in enumerate(test)]
+    elif test is not None:
+        raise _bad(tpath, test, "must be a command line or a list starting with CMD")
+    for key in ("interval", "timeout", "start_period", "start_interval"):
+        if node.get(key) is not None:
+            fields[key] = _duration(node[key], _join(path, key))
+    if node.get("retries") is not None:
+        retries = node["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise _bad(_join(path, "retries"), retries, "must be a whole number")
+        fields["retries"] = retries
+    try:
+        return Healthcheck(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = _join(path, ".".join(str(p) for p in err["loc"]))
+        raise _bad(where, err.get("input"), err["msg"].removeprefix("Value error, ")) from None
 
 
 def _network_decl(
@@ -560,10 +652,13 @@ def _service(
     networks: Mapping[str, ComposeNetwork],
     environ: Mapping[str, str],
     warnings: list[str],
+    top: Mapping[str, Mapping[str, Any]] | None = None,
+    project_dir: str | None = None,
 ) -> ComposeService:
     if not _SERVICE_RE.match(name):
         raise _bad(path, name, "service name must be letters, digits, '_', '.', '-'")
     node = _mapping(value, path)
+    check_build(node, path)
     _check_keys(node, _SERVICE_KEYS, path, warnings)
     if "image" not in node:
         why = (
@@ -593,6 +688,9 @@ def _service(
         _port(p, f"{_join(path, 'ports')}[{i}]", warnings) for i, p in enumerate(ports_raw)
     )
     restart, retries = _restart(node.get("restart"), _join(path, "restart"))
+    depends_on, conditions = _depends_on(
+        node.get("depends_on"), _join(path, "depends_on"), warnings
+    )
     return ComposeService(
         name=name,
         image=image,
@@ -604,9 +702,19 @@ def _service(
         networks=_service_networks(
             node.get("networks"), _join(path, "networks"), networks, warnings
         ),
-        depends_on=_depends_on(node.get("depends_on"), _join(path, "depends_on"), warnings),
+        depends_on=depends_on,
         restart=restart,
         restart_max_retries=retries,
+        runtime=service_runtime(
+            node,
+            path,
+            volumes=(top or {}).get("volumes", {}),
+            secrets=(top or {}).get("secrets", {}),
+            configs=(top or {}).get("configs", {}),
+            project_dir=project_dir,
+        ),
+        conditions=conditions,
+        healthcheck=_healthcheck(node.get("healthcheck"), _join(path, "healthcheck"), warnings),
     )
 
 
@@ -619,6 +727,7 @@ def load_compose(
     *,
     default_project: str | None = None,
     environ: Mapping[str, str] | None = None,
+    project_dir: str | Path | None = None,
 ) -> ComposeProject:
     """Validate a parsed compose file.
 
@@ -627,6 +736,8 @@ def load_compose(
         ``default_project`` (normally the directory name, already normalised).
     :param environ: variables for ``${VAR}`` interpolation and bare ``environment`` keys;
         ``None`` disables interpolation.
+    :param project_dir: what relative host paths (binds, ``env_file``, secret and config
+        files) are relative to; nothing is read here.
     :returns: the project; its ``warnings`` list unsupported keys by path.
     :raises ConfigError: naming the key path and the value of the first invalid entry.
     """
@@ -665,11 +776,27 @@ def load_compose(
     services_node = _mapping(services_raw, "services")
     if not services_node:
         raise _bad("services", dict(services_node), "must define at least one service")
+    pdir = str(project_dir) if project_dir is not None else None
+    volumes = {
+        key: volume_decl(key, value, _join("volumes", key), name)
+        for key, value in _mapping(top.get("volumes") or {}, "volumes").items()
+    }
+    top_decls: dict[str, Mapping[str, Any]] = {
+        "volumes": volumes,
+        "secrets": file_sources(top.get("secrets"), "secrets", pdir),
+        "configs": file_sources(top.get("configs"), "configs", pdir),
+    }
     services: dict[str, ComposeService] = {}
     for sname, value in services_node.items():
         services[sname] = _service(
-            sname, value, _join("services", sname), name, networks, env, warnings
+            sname, value, _join("services", sname), name, networks, env, warnings, top_decls, pdir
         )
+    used_volumes = {
+        m.source for s in services.values() for m in s.runtime.mounts if m.type == "volume"
+    }
+    for key, vol in volumes.items():
+        if vol.name not in used_volumes:
+            warnings.append(f"volumes.{key}: not used by any service, not created")
     for svc in services.values():
         for i, dep in enumerate(svc.depends_on):
             if dep not in services:
@@ -691,7 +818,16 @@ def load_compose(
         if net.name in by_name:
             raise _bad(f"networks.{key}.name", net.name, f"also the name of {by_name[net.name]}")
         by_name[net.name] = key
-    return ComposeProject(name=name, services=services, networks=networks, warnings=tuple(warnings))
+    return ComposeProject(
+        name=name,
+        services=services,
+        networks=networks,
+        warnings=tuple(warnings),
+        volumes=volumes,
+        secrets=top_decls["secrets"],
+        configs=top_decls["configs"],
+        environ=dict(env),
+    )
 
 
 # ------------------------------------------------------------------ planning
@@ -718,12 +854,22 @@ def _topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
     return tuple(order)
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @dataclass(frozen=True)
 class ComposePlan:
-    """What ``nyx compose up`` asks nyxd for, in order."""
+    """What ``nyx compose up`` asks nyxd for, in order.
+
+    ``read_file`` reads what ``env_file``, secrets and configs name, when a container's
+    request is built (the only I/O of the plan).
+    """
 
     project: ComposeProject
     order: tuple[str, ...]
+    read_file: Callable[[str], bytes] = _read_file
 
     @property
     def name(self) -> str:
@@ -736,6 +882,16 @@ class ComposePlan:
 
     def container_name(self, service: str) -> str:
         return f"{self.project.name}-{service}-1"
+
+    def volumes(self) -> list[ComposeVolume]:
+        """Volumes at least one service mounts, in file order (external ones included)."""
+        used = {
+            m.source
+            for s in self.project.services.values()
+            for m in s.runtime.mounts
+            if m.type == "volume"
+        }
+        return [v for v in self.project.volumes.values() if v.name in used]
 
     def attachments(self, service: str) -> list[NetworkAttachment]:
         """The service's networks as nyxd sees them; aliases start with the service name.
@@ -769,23 +925,26 @@ class ComposePlan:
     def container_spec(self, service: str) -> ContainerSpec:
         """The request for one service, labelled with project, service and config hash."""
         svc = self.project.services[service]
-        labels = {PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
-        if svc.restart != "no":
-            labels[RESTART_LABEL] = svc.restart + (
-                f":{svc.restart_max_retries}" if svc.restart_max_retries else ""
-            )
+        labels = {**svc.runtime.labels, PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
+        environ = self.project.environ
+        extra = svc.runtime.spec_fields(
+            self.read_file, environ, self.project.secrets, self.project.configs
+        )
         spec = ContainerSpec(
             image=svc.image,
             name=self.container_name(service),
             hostname=svc.hostname,
             command=list(svc.command) if svc.command is not None else None,
             entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
-            env=dict(svc.environment),
+            env={**svc.runtime.environment(self.read_file, environ), **svc.environment},
             ports=list(svc.ports),
             networks=self.attachments(service),
             stack=self.project.name,
             stack_services=self.stack_services(),
             labels=labels,
+            **extra,
+            restart=svc.restart_policy,
+            healthcheck=svc.healthcheck,
         )
         digest = hashlib.sha256(
             json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
@@ -809,6 +968,8 @@ class ComposePlan:
         return tuple(reversed(self.order))
 
 
-def plan_stack(project: ComposeProject) -> ComposePlan:
+def plan_stack(
+    project: ComposeProject, read_file: Callable[[str], bytes] = _read_file
+) -> ComposePlan:
     """Order the services so each starts after what it ``depends_on``; a cycle is an error."""
-    return ComposePlan(project=project, order=_topological(project.services))
+    return ComposePlan(project=project, order=_topological(project.services), read_file=read_file)

@@ -37,7 +37,7 @@ from ..errors import (
     UnsupportedCompressionError,
 )
 from ._api_http import MAX_QUERY_FIELDS, Exchange, HttpError, HttpServer, Limits
-from ._api_models import ImagePull, NetworkCreate
+from ._api_models import ImagePull, NetworkCreate, VolumeCreate
 from ._faults import checkpoint
 from ._models import ContainerSpec
 
@@ -78,6 +78,16 @@ class SupervisorApi(Protocol):
         labels: dict[str, str] | None = None,
     ) -> dict[str, Any]: ...
     def remove_network(self, name: str) -> None: ...
+    def list_volumes(self, labels: dict[str, str | None] | None = None) -> list[dict[str, Any]]: ...
+    def get_volume(self, name: str) -> dict[str, Any]: ...
+    def create_volume(
+        self,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        driver: str = "local",
+        options: dict[str, str] | None = None,
+    ) -> dict[str, Any]: ...
+    def remove_volume(self, name: str) -> None: ...
 
 
 def error_status(exc: BaseException) -> int:
@@ -154,9 +164,19 @@ _ROUTES: list[Route] = [
         ("POST", r"/v1/networks", "networks_create"),
         ("GET", r"/v1/networks/(?P<name>[^/]+)", "networks_get"),
         ("DELETE", r"/v1/networks/(?P<name>[^/]+)", "networks_remove"),
+        ("GET", r"/v1/volumes", "volumes_list"),
+        ("POST", r"/v1/volumes", "volumes_create"),
+        ("GET", r"/v1/volumes/(?P<name>[^/]+)", "volumes_get"),
+        ("DELETE", r"/v1/volumes/(?P<name>[^/]+)", "volumes_remove"),
     ]
 ]
-_TAKES_BODY = {"containers_create", "images_load", "images_pull", "networks_create"}
+_TAKES_BODY = {
+    "containers_create",
+    "images_load",
+    "images_pull",
+    "networks_create",
+    "volumes_create",
+}
 
 
 _TRUE = ("1", "true", "yes", "on")
@@ -183,6 +203,15 @@ def _float(q: dict[str, list[str]], name: str) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise HttpError(400, f"query parameter {name}={raw!r} is not a number of seconds")
     return value
+
+
+def _labels(q: dict[str, list[str]]) -> dict[str, str | None]:
+    """``?label=k=v&label=k``: every one must match (``None``: the key is present)."""
+    labels: dict[str, str | None] = {}
+    for item in q.get("label", []):
+        k, sep, v = item.partition("=")
+        labels[k] = v if sep else None
+    return labels
 
 
 def _object(body: Any, what: str) -> dict[str, Any]:
@@ -228,10 +257,7 @@ class _Routes:
         ex.send_json(200, self.sup.info())
 
     def h_containers_list(self, ex: Exchange, q: dict[str, list[str]]) -> None:
-        labels: dict[str, str | None] = {}
-        for item in q.get("label", []):
-            k, sep, v = item.partition("=")
-            labels[k] = v if sep else None
+        labels = _labels(q)
         ex.send_json(200, self.sup.list_containers(all=_flag(q, "all"), labels=labels))
 
     def h_containers_create(self, ex: Exchange, q: dict[str, list[str]]) -> None:
@@ -336,6 +362,28 @@ class _Routes:
 
     def h_networks_remove(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
         self.sup.remove_network(name)
+        ex.send_empty(204)
+
+    def h_volumes_list(self, ex: Exchange, q: dict[str, list[str]]) -> None:
+        ex.send_json(200, self.sup.list_volumes(labels=_labels(q)))
+
+    def h_volumes_create(self, ex: Exchange, q: dict[str, list[str]]) -> None:
+        body = VolumeCreate.model_validate(_object(ex.json(), '{"name": ...}'))
+        ex.send_json(
+            201,
+            self.sup.create_volume(
+                body.name,
+                labels=dict(body.labels),
+                driver=body.driver,
+                options=dict(body.options),
+            ),
+        )
+
+    def h_volumes_get(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
+        ex.send_json(200, self.sup.get_volume(name))
+
+    def h_volumes_remove(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
+        self.sup.remove_volume(name)
         ex.send_empty(204)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ImagePull", "NetworkCreate"]
+__all__ = ["ImagePull", "NetworkCreate", "VolumeCreate"]
 
 
 class _Body(BaseModel):
@@ -48,3 +48,19 @@ class ImagePull(_Body):
         description="plain HTTP / unverified TLS: only for a registry nyxd itself was told is "
         "insecure (--insecure-registry)",
     )
+
+
+class VolumeCreate(_Body):
+    """``POST /v1/volumes``."""
+
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$",
+        description="default: a random 64-hex name",
+        examples=["pgdata"],
+    )
+    driver: str = Field(default="local", description="only local is supported")
+    options: dict[str, str] = Field(
+        default_factory=dict, description="driver options: the local driver takes none"
+    )
+    labels: dict[str, str] = Field(default_factory=dict, examples=[{"team": "db"}])

@@ -22,8 +22,10 @@ from nyx_core import DnsMode
 from .. import __version__
 from ._api import _ROUTES
 from ._api_http import MAX_JSON_DEPTH
-from ._api_models import ImagePull, NetworkCreate
+from ._api_models import ImagePull, NetworkCreate, VolumeCreate
+from ._health import HealthState
 from ._models import ContainerSpec
+from ._state import ContainerState
 
 __all__ = ["main", "openapi"]
 
@@ -68,7 +70,9 @@ class Container(BaseModel):
     id: str
     name: str
     image: str
-    state: Literal["created", "running", "exited", "stopped"]
+    state: ContainerState = Field(
+        description="restarting: ended, and its restart policy starts it again after the backoff"
+    )
     pid: int | None
     exit_code: int | None
     hostname: str
@@ -81,6 +85,9 @@ class Container(BaseModel):
     started: str | None
     finished: str | None
     error: str | None
+    restart: str = Field(description="its restart policy", examples=["unless-stopped"])
+    restart_count: int = Field(description="restarts its policy made")
+    health: HealthState | None = Field(description="null: no healthcheck")
 
 
 class ContainerCreate(ContainerSpec):
@@ -125,6 +132,19 @@ class Network(BaseModel):
     )
 
 
+class Volume(BaseModel):
+    """A named volume: a directory nyxd keeps under its state dir."""
+
+    name: str
+    driver: Literal["local"]
+    mountpoint: str = Field(description="the data directory on nyxd's host")
+    labels: dict[str, str]
+    options: dict[str, str]
+    scope: Literal["local"]
+    created: str = Field(description="ISO 8601 time")
+    containers: list[str] = Field(description="names of the containers that mount it")
+
+
 _MODELS: list[type[BaseModel]] = [
     Error,
     Info,
@@ -135,6 +155,8 @@ _MODELS: list[type[BaseModel]] = [
     Network,
     NetworkCreate,
     ImagePull,
+    Volume,
+    VolumeCreate,
 ]
 
 
@@ -283,11 +305,38 @@ _OPS: dict[str, _Op] = {
         ("204", "removed", None),
         (404, 409, 500),
     ),
+    "volumes_list": _Op(
+        "List volumes",
+        ("200", "volumes", _json({"type": "array", "items": _ref(Volume)})),
+        (400,),
+        [
+            {
+                "name": "label",
+                "in": "query",
+                "description": "k=v or k; repeatable; all must match",
+                "schema": {"type": "array", "items": {"type": "string"}},
+                "style": "form",
+                "explode": True,
+            },
+        ],
+    ),
+    "volumes_create": _Op(
+        "Create a named volume (containers also create the ones they name on first use)",
+        ("201", "created", _json(_ref(Volume))),
+        (400, 409, 413),
+        body=_json(_ref(VolumeCreate)),
+    ),
+    "volumes_get": _Op("Inspect a volume", ("200", "the volume", _json(_ref(Volume))), (404,)),
+    "volumes_remove": _Op(
+        "Remove a volume and its data; refused while any container (even stopped) mounts it",
+        ("204", "removed", None),
+        (404, 409),
+    ),
 }
 
 _PARAMS = {
     "ref": "id, unique id prefix or name (containers); tag or id (images)",
-    "name": "the network's name",
+    "name": "the network's or the volume's name",
 }
 
 

@@ -5,7 +5,9 @@ still mounted where nyxd put it, is re-adopted (DNS records registered again, a 
 started). Anything else a previous nyxd recorded is stopped and every step it recorded as
 begun is undone (:class:`~nyx_cli.daemon._steps.Steps`): netns, veths, firewall elements,
 leases, DNS records, mounts. Leftovers nothing records (a netns mount or a runc container of
-an unknown id) are cleaned too.
+an unknown id) are cleaned too. Then the containers whose restart policy says so
+(``always``; ``unless-stopped`` unless stopped by hand) are started again: after a crash of
+nyxd, its shutdown or a reboot of the host.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Reconciler:
         records, broken = sup.store.load_all()
         stopped = cleaned = adopted = 0
         known = {r.id for r in records}
+        again: list[Live] = []
         for rec in records:
             live = Live(rec)
             dirty = rec.runc_created or rec.network_setup or rec.dns_registered
@@ -71,12 +74,18 @@ class Reconciler:
                         rec.error = "stopped by nyxd at restart"
                     sup._teardown(live)
                     cleaned += 1
+            if rec.state == "restarting":  # was waiting for its restart when nyxd went away
+                rec.state = "exited"
             live.exited.set()
             live.done.set()
             if rec.spec.rm and rec.state != "created":
                 sup._remove(live)
             else:
                 sup._persist(live)
+                if rec.state != "created" and rec.spec.restart_policy().at_nyxd_start(
+                    rec.stopped_by_hand
+                ):
+                    again.append(live)
         for cid in broken:
             logger.bind(container=cid).warning("unreadable container state; cleaning up")
             self._clean_orphan(cid)
@@ -99,11 +108,32 @@ class Reconciler:
                 oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
                 if isinstance(oid, str) and oid not in known:
                     self._clean_orphan(oid)
-        if stopped or cleaned or adopted:
-            logger.bind(stopped=stopped, cleaned=cleaned, adopted=adopted).info(
-                "reconciled previous state"
-            )
+        restarted = sum(self._start_again(live) for live in again)
+        if stopped or cleaned or adopted or restarted:
+            logger.bind(
+                stopped=stopped, cleaned=cleaned, adopted=adopted, restarted=restarted
+            ).info("reconciled previous state")
         return {"stopped": stopped, "cleaned": cleaned, "adopted": adopted}
+
+    def _start_again(self, live: Live) -> bool:
+        """Start a container its restart policy brings back with nyxd (its steps were all
+        undone above); a failure is recorded on it and logged, nyxd starts anyway."""
+        sup = self.sup
+        rec = live.rec
+        with live.lock, logger.contextualize(container=rec.id):
+            try:
+                sup._check_ports(rec.spec.ports, exclude=rec.id)
+                sup._start(live)
+            except Exception as exc:
+                rec.error = f"restart at nyxd start failed: {exc}"
+                with contextlib.suppress(Exception):
+                    sup._persist(live)
+                logger.bind(error=str(exc)).warning("container not started again")
+                return False
+        logger.bind(container=rec.id, policy=rec.spec.restart).info(
+            "container started again with nyxd"
+        )
+        return True
 
     def _adopt(self, live: Live) -> bool:
         sup = self.sup
@@ -121,6 +151,7 @@ class Reconciler:
             # longer manage its network, so it is stopped and torn down instead
             return False
         live.adopted = True
+        live.started_at = sup.clock()
         with logger.contextualize(container=rec.id):
             if rec.dns_registered:
                 if sup.dns is None:
@@ -139,6 +170,10 @@ class Reconciler:
                             )
                     except Exception as exc:
                         logger.bind(error=str(exc)).warning("DNS re-registration failed")
+            try:
+                sup.health.start(live, sup._image(rec.spec.image), keep=True)
+            except Exception as exc:
+                logger.bind(error=str(exc)).warning("healthcheck not resumed")
             sup._persist(live)
             logger.bind(pid=rec.pid).info("container re-adopted")
         threading.Thread(

@@ -30,6 +30,11 @@ class DaemonSettings(NyxSettings):
         ge=-1,
         description="most processes and threads in one container (0 or -1: unlimited)",
     )
+    init_path: Path | None = Field(
+        default=None,
+        description="static init binary `--init` / compose `init: true` run as PID 1 "
+        "(default: the first of /usr/bin/tini-static, docker-init, catatonit found)",
+    )
     api_max_connections: int = Field(
         default=128,
         ge=1,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from nyx_core.errors import NyxError
 
+from ._health import HealthState
 from ._models import ContainerSpec
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
     "now",
 ]
 
-ContainerState = Literal["created", "running", "exited", "stopped"]
+ContainerState = Literal["created", "running", "restarting", "exited", "stopped"]
 
 
 def now() -> str:
@@ -66,6 +67,13 @@ class ContainerRecord(BaseModel):
     dns_registered: bool = False
     rootfs_mounted: bool = False
     runc_created: bool = False
+    # restart policy and health (see _restart.py, _health.py)
+    restart_count: int = Field(default=0, description="restarts done by its restart policy")
+    stopped_by_hand: bool = Field(
+        default=False,
+        description="its last stop was asked for (not nyxd's shutdown); cleared when it starts",
+    )
+    health: HealthState | None = Field(default=None, description="None: no healthcheck")
 
     def public(self) -> dict[str, object]:
         """The container object of the API."""
@@ -86,6 +94,9 @@ class ContainerRecord(BaseModel):
             "started": self.started,
             "finished": self.finished,
             "error": self.error,
+            "restart": self.spec.restart,
+            "restart_count": self.restart_count,
+            "health": self.health.model_dump() if self.health is not None else None,
         }
 
 

@@ -31,6 +31,7 @@ from ..errors import CommandError, RuntimeErrorNyx
 from ._state import ContainerRecord
 
 if TYPE_CHECKING:
+    from ._models import ContainerSpec
     from ._supervisor import Supervisor
 
 __all__ = ["STEPS", "Run", "Step", "Steps", "driver_resolv_conf"]
@@ -209,11 +210,35 @@ class RootfsStep(Step):
             process=process,
             hostname=run.rec.hostname,
             netns_path=str(run.netns),
-            mounts=run.mounts,
+            mounts=[*run.mounts, *_container_mounts(sup, run, Path(merged))],
+            **_runtime_options(sup, spec),
         )
 
     def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
         sup.host.rootfs.unmount(sup.run_dir / "containers" / rec.id)
+
+
+def _container_mounts(sup: Supervisor, run: Run, merged: Path) -> list[Any]:
+    """The spec's binds, volumes (copied up), tmpfs and files (:mod:`._mounts`)."""
+    spec = run.rec.spec
+    if not spec.mounts and not spec.files:
+        return []
+    from ._mounts import prepare
+
+    return prepare(spec, merged, run.cdir, sup.settings, sup.volumes)
+
+
+def _runtime_options(sup: Supervisor, spec: ContainerSpec) -> dict[str, Any]:
+    """``capabilities`` (cap_add/cap_drop over the runtime's set) and ``init``, when asked."""
+    out: dict[str, Any] = {}
+    if spec.cap_add or spec.cap_drop:
+        from ..runtime._seccomp import DEFAULT_CAPABILITIES, capability_set
+
+        base = getattr(sup.host.runtime, "capabilities", DEFAULT_CAPABILITIES)
+        out["capabilities"] = capability_set(spec.cap_add, spec.cap_drop, base)
+    if spec.init:
+        out["init"] = sup.init_binary()
+    return out
 
 
 class RuntimeStep(Step):

@@ -5,8 +5,11 @@ It holds the :class:`~nyx_core.NetworkBackend` facade, the :class:`~nyx_core.Dns
 ordered steps of :mod:`nyx_cli.daemon._steps` (netns → network → DNS → /etc files →
 rootfs + bundle → runc), each recorded in the container's state file before it acts; a
 watcher thread waits for the exit. Stop: SIGTERM, grace period, SIGKILL, then every begun
-step undone in reverse order. Reconciliation after a restart (:mod:`._reconcile`), user
-networks (:mod:`._networks`) and the image store are services it calls.
+step undone in reverse order. A container that ends by itself is started again when its
+restart policy says so (:mod:`._restart`: docker's backoff, every step undone and applied
+again); a stop by hand never is. Reconciliation after a restart (:mod:`._reconcile`), user
+networks (:mod:`._networks`), healthchecks (:mod:`._health`) and the image store are
+services it calls.
 """
 
 from __future__ import annotations
@@ -45,19 +48,31 @@ from nyx_core.errors import ConfigError, NyxError
 
 from ..errors import ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
 from ._faults import FAULTS, Faults
+from ._health import HealthService
 from ._host import Host
 from ._live import Live
 from ._models import ContainerSpec
+from ._models_runtime import parse_signal
 from ._networks import NetworkRegistry
 from ._reconcile import Reconciler
 from ._settings import DaemonSettings
 from ._state import ContainerRecord, StateStore, now
 from ._steps import Run, Steps
+from ._volumes import ANONYMOUS_LABEL, VolumeStore
 
 __all__ = ["Host", "Supervisor"]
 
 _LABEL_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _TOMBSTONES = 256
+_HOLDS_PORTS = ("running", "restarting")  # a restarting container gets its ports back
+
+
+def _later(delay: float, fn: Callable[[], None]) -> threading.Timer:
+    """Run ``fn`` in a thread after ``delay`` seconds; the timer's ``cancel()`` stops it."""
+    timer = threading.Timer(delay, fn)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 # ------------------------------------------------------------------------ containers
@@ -110,6 +125,12 @@ class Supervisor:
         self.faults = faults or FAULTS
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
+        self.volumes = VolumeStore(Path(settings.state_dir) / "volumes")
+        self.health = HealthService(self)
+        #: seconds for uptimes and health start periods; tests inject a fake clock
+        self.clock: Callable[[], float] = time.monotonic
+        #: schedules a restart: ``later(delay, fn)`` returns something with ``cancel()``
+        self.later: Callable[[float, Callable[[], None]], Any] = _later
         self._closing = False
 
     # ------------------------------------------------------------------ lookups
@@ -140,7 +161,7 @@ class Supervisor:
         out = []
         for live in sorted(lives, key=lambda lv: lv.rec.created):
             rec = live.rec
-            if not all and rec.state != "running":
+            if not all and rec.state not in _HOLDS_PORTS:
                 continue
             if labels and not all_labels_match(rec.spec.labels, labels):
                 continue
@@ -194,6 +215,7 @@ class Supervisor:
             self.networks.gateway(att.name)
         # conflicts with running containers are checked once, when it starts
         self._check_ports(spec.ports, against_running=not start)
+        spec, anonymous = self._check_mounts(spec)
         cid = secrets.token_hex(32)
         name = spec.name or f"nyx-{cid[:8]}"
         hostname = spec.hostname or (
@@ -211,6 +233,7 @@ class Supervisor:
         with self.lock:
             if any(v.rec.name == name for v in self.live.values()):
                 raise ConflictError(f"container name {name!r} is already in use")
+            self._claim_volumes(spec, cid, anonymous)
             self.live[cid] = live
             self.store.save(rec)
             self.store.log_path(cid).touch(mode=0o600)
@@ -250,7 +273,7 @@ class Supervisor:
                 taken = [
                     r
                     for v in self.live.values()
-                    if v.rec.state == "running" and v.rec.id != exclude
+                    if v.rec.state in _HOLDS_PORTS and v.rec.id != exclude
                     for r in port_ranges(v.rec.spec.ports, v.rec.name)
                 ]
         clash = find_port_clash(port_ranges(ports), taken)
@@ -338,8 +361,11 @@ class Supervisor:
         rec.finished = None
         rec.exit_code = None
         rec.error = None
+        rec.stopped_by_hand = False
+        live.started_at = self.clock()
         live.exited.clear()
         live.done.clear()
+        self.health.start(live, image)
         self._persist(live)
         logger.bind(pid=run.pid, ips=rec.ips, ms=Steps.timings(run)).info("container started")
         threading.Thread(
@@ -366,6 +392,7 @@ class Supervisor:
             logger.bind(container=rec.id, error=str(exc)).warning("wait failed")
             code = None
         live.exited.set()
+        self.health.stop(live)
         with live.lock, logger.contextualize(container=rec.id):
             try:
                 rec.exit_code = code
@@ -373,36 +400,101 @@ class Supervisor:
                 rec.pid = None
                 self.faults.hit("exit:teardown")
                 self._teardown(live)
-                rec.state = "stopped" if live.stop_requested else "exited"
                 self.faults.hit("exit:recorded")
-                self._persist(live)
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
             finally:
-                rec.state = "stopped" if live.stop_requested else "exited"
+                # straight from running to restarting (never "exited" in between, which a
+                # compose up waiting for a dependency would take for its end), before done
+                if not self._plan_restart(live, code):
+                    rec.state = "stopped" if live.stop_requested else "exited"
+                try:
+                    self._persist(live)
+                except Exception as exc:
+                    logger.bind(error=repr(exc)).error("container state not saved")
                 live.done.set()
             logger.bind(exit_code=code, state=rec.state).info("container finished")
         if rec.spec.rm and not self._closing:
             with contextlib.suppress(NyxError):
                 self._remove(live)
 
+    def _plan_restart(self, live: Live, code: int | None) -> bool:
+        """After an exit (under ``live.lock``): when its policy asks for a restart, mark it
+        ``restarting`` and schedule the start after docker's backoff. Never after a stop,
+        at nyxd's shutdown or once removed."""
+        rec = live.rec
+        if live.stop_requested or self._closing or live.removed:
+            return False
+        policy = rec.spec.restart_policy()
+        if not policy.after_exit(code, rec.restart_count):
+            return False
+        delay = live.backoff.next(self.clock() - live.started_at)
+        rec.state = "restarting"
+        rec.restart_count += 1
+        logger.bind(policy=str(policy), delay=delay, count=rec.restart_count).info(
+            "container restarting"
+        )
+        live.restart_timer = self.later(delay, lambda: self._restart_due(live))
+        return True
+
+    def _restart_due(self, live: Live) -> None:
+        """The backoff is over: start it again, unless stopped, removed or nyxd is closing."""
+        with live.lock, logger.contextualize(container=live.rec.id):
+            rec = live.rec
+            if live.removed or self._closing or rec.state != "restarting":
+                return
+            live.restart_timer = None
+            try:
+                self._check_ports(rec.spec.ports, exclude=rec.id)
+                self._start(live)
+            except Exception as exc:
+                rec.state = "exited"
+                rec.error = f"restart failed: {exc}"
+                with contextlib.suppress(Exception):
+                    self._persist(live)
+                live.done.set()
+                logger.bind(error=str(exc)).warning("container restart failed; giving up")
+
+    def _cancel_restart(self, live: Live) -> None:
+        timer, live.restart_timer = live.restart_timer, None
+        if timer is not None:
+            with contextlib.suppress(Exception):
+                timer.cancel()
+
     def _teardown(self, live: Live) -> list[BaseException]:
         """Undo every step recorded for the container, in reverse order; never stop early."""
         return self.steps.undo(live.rec)
 
-    def stop(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
-        """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown."""
+    def stop(self, ref: str, timeout: float | None = None, by_hand: bool = True) -> dict[str, Any]:
+        """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown.
+
+        No restart policy starts it again; ``by_hand`` (not nyxd's shutdown) also keeps an
+        ``unless-stopped`` container stopped when nyxd starts again. A container waiting to
+        restart just stays stopped.
+        """
         live = self._find(ref)
+        if timeout is None:
+            timeout = live.rec.spec.stop_timeout
         grace = self.stop_grace if timeout is None else max(0.0, timeout)
         with live.lock:
             state = live.rec.state
+            if state == "restarting":
+                self._cancel_restart(live)
+                live.stop_requested = True
+                live.rec.state = "stopped"
+                live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
+                self._persist(live)
+                live.done.set()
+                return live.rec.public()
             if state != "running":
                 return live.rec.public()
             live.stop_requested = True
+            # nyxd's shutdown stopping it too does not undo a stop by hand
+            live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
         self.faults.hit("stop:signal")
         if grace > 0:
-            self._signal(live, signal.SIGTERM)
+            self._signal(live, self._stop_signal(live.rec.spec))
         if not live.exited.wait(grace):
             self._signal(live, signal.SIGKILL)
             if not live.exited.wait(15):
@@ -425,10 +517,11 @@ class Supervisor:
 
     def remove(self, ref: str, force: bool = False) -> None:
         live = self._find(ref)
-        if live.rec.state == "running":
+        if live.rec.state in _HOLDS_PORTS:
             if not force:
                 raise ConflictError(
-                    f"container {live.rec.name!r} is running; stop it first or force removal"
+                    f"container {live.rec.name!r} is {live.rec.state}; stop it first or force "
+                    "removal"
                 )
             self.stop(live.rec.id, timeout=0)
         self._remove(live)
@@ -437,8 +530,9 @@ class Supervisor:
         with live.lock:
             if live.removed:
                 return
-            if live.rec.state == "running":
-                raise ConflictError(f"container {live.rec.name!r} is running")
+            if live.rec.state in _HOLDS_PORTS:
+                raise ConflictError(f"container {live.rec.name!r} is {live.rec.state}")
+            self._cancel_restart(live)
             self.faults.hit("rm:teardown")
             self._teardown(live)
             live.removed = True
@@ -454,6 +548,7 @@ class Supervisor:
             self._tombstones[live.rec.id] = live.rec.public()
             while len(self._tombstones) > _TOMBSTONES:
                 self._tombstones.popitem(last=False)
+            self._release_volumes(live.rec.spec)
         self.store.delete(live.rec.id)
 
     def wait(self, ref: str, timeout: float | None = None) -> dict[str, Any]:
@@ -485,7 +580,8 @@ class Supervisor:
                     yield chunk
                     continue
                 failed = live.rec.state == "created" and live.rec.error is not None
-                if not follow or live.done.is_set() or live.removed or failed:
+                ended = live.done.is_set() and live.rec.state != "restarting"
+                if not follow or ended or live.removed or failed:
                     rest = f.read()
                     if rest:
                         yield rest
@@ -600,9 +696,131 @@ class Supervisor:
             users = [
                 v.rec.name
                 for v in self.live.values()
-                if v.rec.state in ("created", "running") and name in v.rec.networks
+                if v.rec.state in ("created", *_HOLDS_PORTS) and name in v.rec.networks
             ]
             self.networks.remove(name, users)
+
+    # ------------------------------------------------------------------ mounts and volumes
+
+    def _check_mounts(self, spec: ContainerSpec) -> tuple[ContainerSpec, set[str]]:
+        """Host-side checks of binds and ``init``; anonymous volumes get their names
+        (returned too)."""
+        from ._mounts import check_binds
+
+        check_binds(spec, self.settings)
+        if spec.init:
+            self.init_binary()
+        anonymous: set[str] = set()
+        if not any(m.type == "volume" and m.source is None for m in spec.mounts):
+            return spec, anonymous
+        spec = spec.model_copy(deep=True)
+        for m in spec.mounts:
+            if m.type == "volume" and m.source is None:
+                m.source = secrets.token_hex(32)
+                anonymous.add(m.source)
+        return spec, anonymous
+
+    def _claim_volumes(self, spec: ContainerSpec, cid: str, anonymous: set[str]) -> None:
+        """Create the volumes ``spec`` names that do not exist yet (under ``self.lock``, so a
+        volume cannot be removed between its check and the container's record)."""
+        made: list[str] = []
+        try:
+            for m in spec.mounts:
+                if m.type != "volume" or m.source is None or self.volumes.exists(m.source):
+                    continue
+                labels = {ANONYMOUS_LABEL: cid} if m.source in anonymous else None
+                if self.volumes.ensure(m.source, labels):
+                    made.append(m.source)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(NyxError):
+                    self.volumes.remove(name)
+            raise
+
+    def _release_volumes(self, spec: ContainerSpec) -> None:
+        """Remove the anonymous volumes of a removed container (under ``self.lock``)."""
+        for m in spec.mounts:
+            if m.type != "volume" or m.source is None or self._volume_users(m.source):
+                continue
+            try:
+                if ANONYMOUS_LABEL in self.volumes.get(m.source).labels:
+                    self.volumes.remove(m.source)
+            except NyxError as exc:
+                logger.bind(volume=m.source, error=str(exc)).warning("anonymous volume kept")
+
+    def _volume_users(self, name: str) -> list[str]:
+        return [
+            v.rec.name
+            for v in self.live.values()
+            if any(m.type == "volume" and m.source == name for m in v.rec.spec.mounts)
+        ]
+
+    def _stop_signal(self, spec: ContainerSpec) -> int:
+        """The spec's stop signal, else the image's ``StopSignal``, else SIGTERM."""
+        chosen: str | None = spec.stop_signal
+        if chosen is None:
+            with contextlib.suppress(Exception):
+                config = getattr(self._image(spec.image), "config", None) or {}
+                chosen = config.get("StopSignal") or None
+        if chosen is None:
+            return int(signal.SIGTERM)
+        try:
+            return parse_signal(chosen)
+        except ValueError as exc:
+            logger.bind(error=str(exc)).warning("stop signal unusable; SIGTERM instead")
+            return int(signal.SIGTERM)
+
+    def init_binary(self) -> Path:
+        """The init binary ``init: true`` runs as PID 1.
+
+        :raises ConfigError: none on nyxd's host.
+        """
+        from ..runtime._runc import find_init
+
+        found = find_init(self.settings.init_path)
+        if found is None:
+            raise ConfigError(
+                "init: no init binary on nyxd's host; install tini (apt-get install tini) "
+                "or point NYXD_INIT_PATH (--init-path) at a static init"
+            )
+        return found
+
+    def _volume_public(self, rec: Any) -> dict[str, Any]:
+        return {**self.volumes.public(rec), "containers": self._volume_users(rec.name)}
+
+    def list_volumes(self, labels: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                self._volume_public(r)
+                for r in self.volumes.list()
+                if not labels or all_labels_match(r.labels, labels)
+            ]
+
+    def get_volume(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            return self._volume_public(self.volumes.get(name))
+
+    def create_volume(
+        self,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        driver: str = "local",
+        options: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        with self.lock:
+            return self._volume_public(self.volumes.create(name, labels, driver, options))
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a volume no container (of any state) uses."""
+        with self.lock:
+            self.volumes.get(name)
+            users = self._volume_users(name)
+            if users:
+                raise ConflictError(
+                    f"volume {name!r} is in use by container(s) {', '.join(sorted(users))}; "
+                    "remove them first"
+                )
+            self.volumes.remove(name)
 
     # ------------------------------------------------------------------ daemon lifecycle
 
@@ -612,8 +830,22 @@ class Supervisor:
         return self.reconciler.run()
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop every running container (in parallel), leaving the host clean."""
+        """Stop every running container (in parallel), leaving the host clean.
+
+        Not a stop by hand: ``always`` and ``unless-stopped`` containers start again with
+        nyxd; a container waiting to restart is left stopped, and nothing restarts.
+        """
         self._closing = True
+        with self.lock:
+            lives = list(self.live.values())
+        for live in lives:
+            with live.lock:
+                if live.rec.state == "restarting":
+                    self._cancel_restart(live)
+                    live.rec.state = "stopped"
+                    with contextlib.suppress(Exception):
+                        self._persist(live)
+                    live.done.set()
         with self.lock:
             running = [v for v in self.live.values() if v.rec.state == "running"]
         threads = [
@@ -632,7 +864,7 @@ class Supervisor:
 
     def _stop_quiet(self, live: Live, grace: float) -> None:
         try:
-            self.stop(live.rec.id, timeout=grace)
+            self.stop(live.rec.id, timeout=grace, by_hand=False)
         except Exception as exc:
             logger.bind(container=live.rec.id, error=str(exc)).warning("stop at shutdown failed")
 

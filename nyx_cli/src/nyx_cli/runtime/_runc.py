@@ -22,12 +22,16 @@ import errno
 import json
 import os
 import select
+import shutil
+import signal
 import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
 from pydantic import BaseModel, Field
@@ -36,39 +40,28 @@ from nyx_core.errors import ConfigError
 
 from ..daemon._netns import mount, umount
 from ..errors import RuntimeErrorNyx
-from ._seccomp import CAPABILITIES, seccomp_profile
+from ._seccomp import CAPABILITIES, DEFAULT_CAPABILITIES, seccomp_profile
 
 __all__ = [
     "DEFAULT_CAPABILITIES",
     "DEFAULT_PATH",
     "DEFAULT_PIDS_LIMIT",
+    "INIT_DESTINATION",
+    "INIT_PATHS",
+    "BundleMount",
     "ProcessSpec",
     "Rootfs",
     "RuncRuntime",
     "become_subreaper",
+    "find_init",
     "process_from_image",
+    "resolve_in_root",
     "resolve_user",
 ]
 
 logger.disable(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_CAPABILITIES = [  # docker's default set
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-]
 MASKED_PATHS = [
     "/proc/asound",
     "/proc/acpi",
@@ -85,6 +78,18 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
 UNKNOWN_EXIT = 255
+#: where ``--init``'s binary appears in the container (a read-only bind on /dev's tmpfs:
+#: nothing is written into the image's rootfs)
+INIT_DESTINATION = "/dev/init"
+#: static init binaries looked for, in order, when nyxd is not told one (NYXD_INIT_PATH):
+#: Debian's tini (Docker's docker-init is tini too), then podman's catatonit
+INIT_PATHS = (
+    "/usr/bin/tini-static",
+    "/usr/libexec/docker/docker-init",
+    "/usr/bin/docker-init",
+    "/usr/libexec/podman/catatonit",
+    "/usr/bin/catatonit",
+)
 _PR_SET_CHILD_SUBREAPER = 36
 _OVERLAY_OPTS_MAX = 4000  # mount(2) data is one page
 
@@ -95,6 +100,72 @@ def become_subreaper(enable: bool = True) -> None:
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise RuntimeErrorNyx(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def find_init(explicit: Path | None = None) -> Path | None:
+    """The init binary for ``--init``: ``explicit`` when given, else the first of
+    :data:`INIT_PATHS` that exists; ``None`` when there is none.
+
+    :raises ConfigError: ``explicit`` is not an executable regular file.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise ConfigError(f"init_path: {str(path)!r} is not an executable file")
+        return path
+    for candidate in INIT_PATHS:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+@dataclass(frozen=True)
+class BundleMount:
+    """A mount of the bundle besides the defaults: a bind of a host path, or a tmpfs.
+
+    ``destination`` is absolute in the container (runc resolves it inside the rootfs);
+    ``options`` are extra mount options (a tmpfs' ``size=``, ``mode=``, ``exec``...).
+    """
+
+    destination: str
+    source: str = ""
+    kind: Literal["bind", "tmpfs"] = "bind"
+    readonly: bool = False
+    options: tuple[str, ...] = ()
+
+    def oci(self) -> dict[str, Any]:
+        """The OCI ``mounts`` entry."""
+        if not self.destination.startswith("/"):
+            raise ConfigError(f"mounts: destination {self.destination!r} is not absolute")
+        ro = ["ro"] if self.readonly else []
+        if self.kind == "tmpfs":
+            options = ["nosuid", "nodev", *self.options, *ro]
+            if "exec" not in options:
+                options.insert(2, "noexec")
+            return {
+                "destination": self.destination,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": options,
+            }
+        options = ["rbind", "rprivate", *ro, *self.options]
+        return {
+            "destination": self.destination,
+            "type": "bind",
+            "source": self.source,
+            "options": options,
+        }
+
+
+def _bundle_mounts(mounts: Sequence[BundleMount | tuple[str, str, bool]]) -> list[dict[str, Any]]:
+    """The extra mounts as OCI entries, parents before children (a volume on ``/etc`` is
+    mounted before nyx's ``/etc/hosts``, which then lies on top of it)."""
+    typed = [
+        m if isinstance(m, BundleMount) else BundleMount(m[1], m[0], "bind", m[2]) for m in mounts
+    ]
+    depth = [len(PurePosixPath(m.destination).parts) for m in typed]
+    order = sorted(range(len(typed)), key=lambda i: depth[i])
+    return [typed[i].oci() for i in order]
 
 
 # -- rootfs ------------------------------------------------------------------------------
@@ -245,20 +316,27 @@ _ETC_FILE_MAX = 4 << 20  # /etc/passwd or /etc/group of an image larger than thi
 _MAX_SYMLINKS = 40  # as the kernel (ELOOP)
 
 
-def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
-    """An ``O_PATH`` fd of ``path`` resolved inside ``rootfs`` as if it were ``/``.
+def _walk(
+    rootfs: Path, path: str, *, mkdir: bool = False, partial: bool = False
+) -> tuple[int, list[str], list[str]]:
+    """Resolve ``path`` inside ``rootfs`` as if it were ``/``: the one walker of nyx.
 
     Every component is opened relative to its parent's fd with ``O_NOFOLLOW``; symlinks are
     read and resolved here (absolute ones from ``rootfs``, ``..`` stops at ``rootfs``), so
     neither a symlink nor ``..`` nor a swap during the walk can reach a host file. With
-    ``mkdir``, missing directories are created (0755). The caller closes the fd.
+    ``mkdir``, missing directories are created (0755). With ``partial``, a missing component
+    ends the walk instead of failing it.
 
+    :returns: an ``O_PATH`` fd of the deepest component found (the caller closes it), the
+        canonical names that lead to it from ``/`` and the names left unresolved (only with
+        ``partial``).
     :raises OSError: a missing component (``FileNotFoundError``), a loop (``ELOOP``), a
         non-directory in the middle (``ENOTDIR``).
     """
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
     # the directories walked, root first (rootfs itself is nyx's own path: followed)
     stack = [os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    names: list[str] = []  # names[i] leads to stack[i + 1]
     parts = [p for p in path.split("/") if p not in ("", ".")]
     links = 0
     try:
@@ -267,10 +345,13 @@ def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
             if part == "..":
                 if len(stack) > 1:
                     os.close(stack.pop())
+                    names.pop()
                 continue
             try:
                 fd = os.open(part, flags, dir_fd=stack[-1])
             except FileNotFoundError:
+                if partial and ".." not in parts:
+                    return stack.pop(), names, [part, *parts]
                 if not mkdir:
                     raise
                 with contextlib.suppress(FileExistsError):
@@ -287,15 +368,39 @@ def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
                 if target.startswith("/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
+                    names.clear()
                 parts = [p for p in target.split("/") if p not in ("", ".")] + parts
                 continue
             stack.append(fd)
+            names.append(part)
             if parts and not stat.S_ISDIR(mode):
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        return stack.pop()
+        return stack.pop(), names, []
     finally:
         for fd in stack:
             os.close(fd)
+
+
+def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
+    """An ``O_PATH`` fd of ``path`` resolved inside ``rootfs`` (see :func:`_walk`); the
+    caller closes it. With ``mkdir``, missing directories are created (0755).
+
+    :raises OSError: a missing component (``FileNotFoundError``), a loop (``ELOOP``), a
+        non-directory in the middle (``ENOTDIR``).
+    """
+    return _walk(rootfs, path, mkdir=mkdir)[0]
+
+
+def resolve_in_root(rootfs: Path, path: str) -> str:
+    """``path`` as the container will see it: its symlinks resolved inside ``rootfs``
+    (:func:`_walk`), a missing tail kept as written. ``/etc/x`` with ``/etc -> /private``
+    in the image is ``/private/x``.
+
+    :raises OSError: a loop (``ELOOP``) or a non-directory in the middle (``ENOTDIR``).
+    """
+    fd, names, rest = _walk(rootfs, path, partial=True)
+    os.close(fd)
+    return "/" + "/".join([*names, *rest])
 
 
 def _file_kind(mode: int) -> str:
@@ -452,17 +557,34 @@ class RuncRuntime:
         process: ProcessSpec,
         hostname: str,
         netns_path: str | None,
-        mounts: list[tuple[str, str, bool]],
+        mounts: Sequence[BundleMount | tuple[str, str, bool]],
         container_id: str | None = None,
+        capabilities: Sequence[str] | None = None,
+        init: Path | None = None,
     ) -> None:
         """Write ``bundle/config.json`` for ``process`` in ``rootfs``.
 
         ``netns_path`` is the prepared network namespace (``None``: a new, empty one; never
-        the host's). ``mounts`` are extra bind mounts ``(source, destination, readonly)``.
-        The cgroup is ``<cgroup_parent>/<container_id>`` (set by :meth:`start` when not
-        given here). The working directory is created in the rootfs when missing.
+        the host's). ``mounts`` are extra mounts: :class:`BundleMount` or bind tuples
+        ``(source, destination, readonly)``, mounted parents first. ``capabilities``
+        replaces the runtime's set for this container (the seccomp profile follows it).
+        ``init``: a static init binary, bind-mounted read-only at :data:`INIT_DESTINATION`
+        and run as PID 1 (``init -- args``): it reaps zombies and forwards signals. The
+        cgroup is ``<cgroup_parent>/<container_id>`` (set by :meth:`start` when not given
+        here). The working directory is created in the rootfs when missing.
         """
         rootfs = Path(rootfs)
+        caps = self.capabilities
+        if capabilities is not None:
+            unknown = sorted(set(capabilities) - CAPABILITIES)
+            if unknown:
+                raise ConfigError(f"capabilities: unknown capability {', '.join(unknown)}")
+            caps = list(dict.fromkeys(capabilities))
+        args = list(process.args)
+        extra_mounts = list(mounts)
+        if init is not None:
+            args = [INIT_DESTINATION, "--", *args]
+            extra_mounts.append(BundleMount(INIT_DESTINATION, str(init), "bind", True))
         uid, gid, extra, home = resolve_user(rootfs, process.user)
         env = list(process.env)
         if not any(e.startswith("HOSTNAME=") for e in env):
@@ -483,17 +605,15 @@ class RuncRuntime:
             "process": {
                 "terminal": False,
                 "user": {"uid": uid, "gid": gid, "additionalGids": extra},
-                "args": process.args,
+                "args": args,
                 "env": env,
                 "cwd": process.cwd,
-                "capabilities": {
-                    k: list(self.capabilities) for k in ("bounding", "effective", "permitted")
-                },
+                "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
                 "noNewPrivileges": False,
             },
             "root": {"path": str(rootfs), "readonly": False},
             "hostname": hostname,
-            "mounts": _default_mounts() + [_bind(s, d, ro) for s, d, ro in mounts],
+            "mounts": _default_mounts() + _bundle_mounts(extra_mounts),
             "linux": {
                 "namespaces": [
                     {"type": "pid"},
@@ -506,7 +626,7 @@ class RuncRuntime:
                     "devices": [{"allow": False, "access": "rwm"}],
                     **({"pids": {"limit": self.pids_limit}} if self.pids_limit > 0 else {}),
                 },
-                **({"seccomp": seccomp_profile(self.capabilities)} if self.seccomp else {}),
+                **({"seccomp": seccomp_profile(caps)} if self.seccomp else {}),
                 "maskedPaths": MASKED_PATHS,
                 "readonlyPaths": READONLY_PATHS,
             },
@@ -610,6 +730,45 @@ class RuncRuntime:
             self._exit_codes[key] = code
             return code
 
+    def exec(
+        self, container_id: str, args: Sequence[str], timeout: float, limit: int = 4096
+    ) -> tuple[int | None, str]:
+        """Run ``args`` in the running container (``runc exec``: its namespaces, cgroup,
+        environment, user, working directory, capabilities and seccomp filter); returns the
+        exit code (128+N for signal N) and the first ``limit`` bytes of stdout+stderr.
+
+        After ``timeout`` seconds the process is killed (SIGKILL, through a pidfd taken while
+        runc still waits for it, so never another process) and the code is ``None``.
+
+        :raises RuntimeErrorNyx: runc could not be run.
+        """
+        scratch = Path(tempfile.mkdtemp(prefix="nyx-exec-"))
+        pid_file = scratch / "pid"
+        argv = [self.runc, "--root", str(self.root), "exec", "--pid-file", str(pid_file)]
+        try:
+            with tempfile.TemporaryFile() as out:
+                try:
+                    proc = subprocess.Popen(
+                        [*argv, container_id, *args],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=out,
+                    )
+                except OSError as exc:
+                    raise RuntimeErrorNyx(f"runc exec {container_id}: {exc}") from exc
+                try:
+                    code: int | None = proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    code = None
+                    _kill_exec(proc, pid_file)
+                out.seek(0)
+                text = out.read(limit).decode(errors="replace")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if code is not None and code < 0:
+            code = 128 - code
+        return code, text
+
     def kill(self, container_id: str, sig: int = 15) -> None:
         """Send ``sig`` to the container's init; a stopped or unknown container is no error."""
         proc = self._run("kill", container_id, str(int(sig)))
@@ -700,6 +859,30 @@ def _run_exact(
     return subprocess.CompletedProcess(argv, proc.returncode)
 
 
+def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
+    """Kill a timed-out ``runc exec``: the process in the container first (its pid from
+    runc's pid file, opened as a pidfd while runc, its parent, has not reaped it), then
+    runc itself if it does not end."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        pidfd = os.pidfd_open(pid)
+    except (OSError, ValueError):
+        pidfd = None
+    if pidfd is not None:
+        try:
+            if proc.poll() is None:  # runc still waits for it: the pid is still that process
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _gone(stderr: str) -> bool:
     text = stderr.lower()
     return any(s in text for s in ("does not exist", "not exist", "not running", "no such"))
@@ -719,13 +902,6 @@ def _runc_error(log: Path) -> str:
     except OSError:
         pass
     return message
-
-
-def _bind(source: str, destination: str, readonly: bool) -> dict[str, Any]:
-    if not destination.startswith("/"):
-        raise ConfigError(f"mounts: destination {destination!r} is not absolute")
-    options = ["rbind", "rprivate", *(["ro"] if readonly else [])]
-    return {"destination": destination, "type": "bind", "source": source, "options": options}
 
 
 def _default_mounts() -> list[dict[str, Any]]:

@@ -31,7 +31,15 @@ from typing import Any
 
 from nyx_core.errors import ConfigError
 
-__all__ = ["ARCHITECTURES", "CAPABILITIES", "NYX_REFUSED", "seccomp_profile"]
+__all__ = [
+    "ARCHITECTURES",
+    "CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
+    "NYX_REFUSED",
+    "capability_set",
+    "normalize_capability",
+    "seccomp_profile",
+]
 
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"
@@ -52,6 +60,58 @@ _CAPABILITY_NAMES = """
 """
 #: every Linux capability, to check a capability set before it reaches runc
 CAPABILITIES = frozenset("CAP_" + name for name in _CAPABILITY_NAMES.split())
+#: docker's default set, the capabilities of a container without cap_add / cap_drop
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+
+def normalize_capability(name: str, field: str = "capabilities") -> str:
+    """``net_raw``, ``NET_RAW`` or ``CAP_NET_RAW`` as ``CAP_NET_RAW``; ``all`` as ``ALL``.
+
+    :raises ConfigError: naming ``field`` and the value, for a name that is no capability.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"{field}: {name!r} is not a capability name")
+    text = name.strip().upper()
+    if text == "ALL":
+        return "ALL"
+    full = text if text.startswith("CAP_") else "CAP_" + text
+    if full not in CAPABILITIES:
+        raise ConfigError(f"{field}: unknown capability {name!r}")
+    return full
+
+
+def capability_set(
+    add: Iterable[str] = (), drop: Iterable[str] = (), base: Iterable[str] = DEFAULT_CAPABILITIES
+) -> list[str]:
+    """The capabilities of a container: docker's rules (moby ``TweakCapabilities``).
+
+    ``ALL`` in ``add``: every capability but those dropped; ``ALL`` in ``drop``: only those
+    added; otherwise ``base`` less ``drop``, plus ``add`` (an added capability wins).
+    """
+    adds = [normalize_capability(c, "cap_add") for c in add]
+    drops = {normalize_capability(c, "cap_drop") for c in drop}
+    if "ALL" in adds:
+        return [c for c in sorted(CAPABILITIES) if c not in drops]
+    if "ALL" in drops:
+        return list(dict.fromkeys(adds))
+    kept = [c for c in base if c not in drops]
+    return list(dict.fromkeys([*kept, *adds]))
+
 
 #: Syscalls Docker's default profile allows to a container with nyx's default capabilities
 #: that nyx refuses anyway, with the reason. None today: where nyx is stricter than Docker
