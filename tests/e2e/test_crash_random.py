@@ -54,10 +54,11 @@ def rnd(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 class Workload:
     """Parallel clients until the first error (nyxd's death)."""
 
-    def __init__(self, d: Nyxd, rng: random.Random, names: set[str]) -> None:
-        self.d, self.rng, self.names = d, rng, names
+    def __init__(
+        self, d: Nyxd, rng: random.Random, names: set[str], serial: Iterator[int]
+    ) -> None:
+        self.d, self.rng, self.names, self.serial = d, rng, names, serial
         self.stop = threading.Event()
-        self.serial = itertools.count()
         self.threads = [
             threading.Thread(target=self._containers, args=(i,), daemon=True)
             for i in range(WORKERS)
@@ -119,8 +120,9 @@ def test_sigkill_at_random_moments_of_a_parallel_workload(rnd: Nyxd) -> None:
     seed = int(os.environ.get("NYX_TEST_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     names: set[str] = set()
+    serial = itertools.count()
     for i in range(KILLS):
-        work = Workload(d, rng, names)
+        work = Workload(d, rng, names, serial)
         work.start()
         time.sleep(rng.uniform(0.05, 1.5))
         d.kill9()
@@ -135,3 +137,4 @@ def test_sigkill_at_random_moments_of_a_parallel_workload(rnd: Nyxd) -> None:
             problems
         )
         _reset(d)
+    assert len(names) > 2 * KILLS, f"the workload hardly ran: {len(names)} containers"
