@@ -241,6 +241,24 @@ class Nyxd:
             raise AssertionError(f"pid {pid} is not in a mount namespace of its own")
         return Path(f"/proc/{pid}/mountinfo").read_text()
 
+    def monitors(self) -> dict[int, str]:
+        """The per-container monitors of this nyxd alive now: pid -> container id."""
+        found: dict[int, str] = {}
+        status_root = str(self.run / "monitors") + "/"
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if any(a.endswith("_monitor.py") for a in args):
+                for a in args:
+                    if a.startswith(status_root):
+                        found[int(proc.name)] = a[len(status_root) :].split("/")[0]
+        return found
+
     def ruleset(self) -> dict[str, Any]:
         """The host namespace's nftables ruleset (JSON)."""
         out = self.host("nft", "-j", "list", "ruleset").stdout
@@ -496,6 +514,8 @@ def accounting(d: Nyxd, names: Iterable[str] = ()) -> list[str]:
 
     # files: per container, records, and no staging directory anywhere
     differ("netns files", {p.name for p in (d.run / "netns").glob("*")}, live)
+    differ("monitor dirs", {p.name for p in (d.run / "monitors").glob("*")}, live)
+    differ("monitor processes", set(d.monitors().values()), live)
     differ("container run dirs", {p.name for p in (d.run / "containers").glob("*")}, live)
     dns_dirs = {p.name for p in (d.run / "dns").glob("*")}
     differ("DNS provider dirs", dns_dirs - live, set())

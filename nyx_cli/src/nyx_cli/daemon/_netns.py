@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import threading
 from pathlib import Path
@@ -22,11 +23,13 @@ __all__ = [
     "create_netns",
     "delete_netns",
     "is_mountpoint",
+    "is_netns",
     "mount",
     "umount",
 ]
 
 CLONE_NEWNET = 0x40000000
+_NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 
@@ -75,6 +78,24 @@ def is_mountpoint(path: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     return False
+
+
+def is_netns(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a network namespace mounted there (nsfs, ``NS_GET_NSTYPE`` says
+    ``CLONE_NEWNET``): not a missing path, not the empty file a mount leaves behind when it
+    is gone (a crash, a reboot), not some other file or namespace bound over it."""
+    if not is_mountpoint(path):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:  # ENOTTY: not a namespace file
+        return False
+    finally:
+        os.close(fd)
 
 
 def _unescape(text: str) -> str:

@@ -504,10 +504,16 @@ class Supervisor:
 
     def _signal(self, live: Live, sig: int) -> None:
         pid = live.rec.pid
-        if self.host.signal_direct and pid and not live.adopted and not live.exited.is_set():
+        if self.host.signal_direct and pid and not live.exited.is_set():
+            # through the runtime's pidfd of the init (never a process that reused its pid),
+            # adopted containers included; else kill(2) while nyxd reaps its own children
+            send = getattr(self.host.runtime, "send_signal", None)
             try:
-                os.kill(pid, sig)
-                return
+                if send is not None and send(live.rec.id, pid, sig):
+                    return
+                if send is None and not live.adopted:
+                    os.kill(pid, sig)
+                    return
             except ProcessLookupError:
                 return
             except OSError:

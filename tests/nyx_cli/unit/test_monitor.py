@@ -1,0 +1,114 @@
+"""The per-container monitor (nyx_cli/runtime/_monitor.py) with a fake runc: a script that
+leaves a background "init" behind and exits, as ``runc run -d`` does. No root needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nyx_cli.runtime._runc import MONITOR
+
+
+def _fake_runc(tmp_path: Path, init: str, rc: int = 0) -> list[str]:
+    """A "runc" whose background child (the init, running ``init``) outlives it."""
+    pid_file = tmp_path / "init.pid"
+    script = f"({init}) & echo $! > {pid_file}; echo runc-output; exit {rc}"
+    return ["/bin/sh", "-c", script]
+
+
+def _start(tmp_path: Path, runc: list[str]) -> subprocess.Popen[bytes]:
+    status = tmp_path / "status"
+    status.mkdir(exist_ok=True)
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-S", "-I", MONITOR, str(status), str(tmp_path / "init.pid"),
+             "--", *runc],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        os.close(log)
+
+
+def _exit(tmp_path: Path, timeout: float = 20) -> dict[str, int]:
+    path = tmp_path / "status" / "exit"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the monitor recorded no exit status"
+        time.sleep(0.02)
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def _report(mon: subprocess.Popen[bytes]) -> str:
+    assert mon.stdout is not None
+    line = mon.stdout.readline().decode().strip()
+    mon.stdout.close()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("init", "code"), [("sleep 0.2; exit 7", 7), ("exec sh -c 'sleep 0.2; kill -9 $$'", 137)]
+)
+def test_records_the_exit_status_of_the_init(tmp_path: Path, init: str, code: int) -> None:
+    mon = _start(tmp_path, _fake_runc(tmp_path, init))
+    what, pid = _report(mon).split()
+    assert what == "pid" and int(pid) == int((tmp_path / "init.pid").read_text())
+    assert mon.stdin is not None
+    mon.stdin.close()  # the acknowledgement
+    assert mon.wait(20) == 0
+    assert _exit(tmp_path) == {"pid": int(pid), "exit_code": code}
+    assert "runc-output" in (tmp_path / "log").read_text()  # runc's output goes to the log
+
+
+def test_reaps_nothing_before_the_acknowledgement(tmp_path: Path) -> None:
+    """Until nyxd holds a pidfd of the init, the init stays a zombie: its pid is not free."""
+    mon = _start(tmp_path, _fake_runc(tmp_path, "exit 3"))
+    _, pid = _report(mon).split()
+    time.sleep(0.5)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().split(") ")[1][0] == "Z"  # exited, not reaped
+    assert not (tmp_path / "status" / "exit").exists()
+    assert mon.stdin is not None
+    mon.stdin.close()
+    assert _exit(tmp_path)["exit_code"] == 3
+    mon.wait(20)
+
+
+def test_a_failing_runc_is_reported_and_nothing_recorded(tmp_path: Path) -> None:
+    mon = _start(tmp_path, ["/bin/sh", "-c", "echo 'bad config' >&2; exit 4"])
+    assert _report(mon) == "runc 4"
+    assert mon.stdin is not None
+    mon.stdin.close()
+    assert mon.wait(20) == 4
+    assert not (tmp_path / "status" / "exit").exists()
+    assert "bad config" in (tmp_path / "log").read_text()
+
+
+def test_outlives_the_nyxd_that_started_it(tmp_path: Path) -> None:
+    """A "nyxd" starts the monitor and is killed with SIGKILL before the init ends: the exit
+    status is still recorded, for the next nyxd to read."""
+    nyxd = f"""
+import os, subprocess, sys, time
+sys.path[:0] = {sys.path!r}
+from test_monitor import _fake_runc, _start, _report
+from pathlib import Path
+mon = _start(Path({str(tmp_path)!r}), _fake_runc(Path({str(tmp_path)!r}), "sleep 1; exit 9"))
+print(_report(mon), flush=True)
+time.sleep(60)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    fake = subprocess.Popen([sys.executable, "-c", nyxd], stdout=subprocess.PIPE, env=env)
+    assert fake.stdout is not None
+    line = fake.stdout.readline().decode().split()
+    fake.stdout.close()
+    assert line[0] == "pid", line
+    fake.send_signal(signal.SIGKILL)
+    fake.wait(10)
+    assert _exit(tmp_path) == {"pid": int(line[1]), "exit_code": 9}
