@@ -201,6 +201,7 @@ class Supervisor:
             "images": images,
             "subnet": str(self.settings.container_subnet),
             "gateway": str(self.settings.gateway_ip),
+            "registry_auth_file": str(self.settings.registry_auth_file),
         }
 
     # ------------------------------------------------------------------ create / start
@@ -646,7 +647,11 @@ class Supervisor:
         dest.mkdir(mode=0o700)  # the layout inside is 0700 directories, 0600 files
         try:
             pulled = registry.pull_to_oci_layout(
-                reference, dest, insecure_registries=configured, progress=progress
+                reference,
+                dest,
+                insecure_registries=configured,
+                progress=progress,
+                auth_file=self.settings.registry_auth_file,
             )
             self.faults.hit("pull:fetched")
             img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
