@@ -129,6 +129,7 @@ def _victim(d: Nyxd, start: bool = True) -> dict[str, Any]:
         "command": SLEEP,
         "ports": ["8080:80", "127.0.0.1:8081:81/udp"],
         "networks": [{"name": "nyx"}, {"name": "crashnet"}],
+        "sysctls": {"net.ipv4.ip_unprivileged_port_start": "80"},  # the sysctls step runs
     }
     return d.client.create(spec, start=start)  # type: ignore[no-any-return]
 
@@ -242,7 +243,7 @@ def redo_container(d: Nyxd) -> None:
 
 CASES: list[tuple[str, Callable[[Nyxd], None], Callable[[Nyxd], None]]] = [
     *((p, op_run, redo_run) for p in ("create:recorded", "start:netns", "start:network",
-                                      "start:dns", "start:etc", "start:rootfs",
+                                      "start:sysctls", "start:dns", "start:etc", "start:rootfs",
                                       "start:runtime", "start:done")),
     *((p, op_stop, redo_container) for p in ("stop:signal", "exit:teardown", "undo:runtime",
                                              "undo:rootfs", "undo:dns", "undo:network",

@@ -25,7 +25,8 @@ POINTS = frozenset(
     {
         # a container (daemon/_supervisor.py, daemon/_steps.py)
         "create:recorded",
-        *(f"start:{s}" for s in ("netns", "network", "dns", "etc", "rootfs", "runtime")),
+        *(f"start:{s}" for s in ("netns", "network", "sysctls", "dns", "etc", "rootfs")),
+        "start:runtime",
         "start:done",
         "stop:signal",
         "exit:teardown",

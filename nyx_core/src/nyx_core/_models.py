@@ -143,8 +143,9 @@ class PortMapping(BaseModel):
 class SetupOptions(BaseModel):
     """Per-container network options handed to ``nyx_backend_setup``.
 
-    Drivers ignore what they cannot honour and document it (the CNI driver ignores
-    ``static_ip`` and ``mac``: a conflist's plugins decide those).
+    Drivers ignore what they cannot honour and document it. ``static_ip`` and ``mac`` are
+    only ever set for a driver declaring ``static_addresses`` (nyxd refuses them before
+    setup otherwise); such a driver honours them or refuses them.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -226,6 +227,13 @@ class BackendCapabilities(BaseModel):
         description=(
             "implements nyx_backend_network_create / nyx_backend_network_remove: "
             "nyx network create|rm ask the driver"
+        ),
+    )
+    static_addresses: bool = Field(
+        default=False,
+        description=(
+            "honours SetupOptions.static_ip and SetupOptions.mac (nyx run --ip/--mac-address, "
+            "compose ipv4_address/mac_address): the address is given or refused, never ignored"
         ),
     )
 

@@ -32,6 +32,7 @@ CAPABILITIES = BackendCapabilities(
     external_dns=True,  # the conflist may serve DNS itself (dnsname)
     ipv6=False,
     network_lifecycle=True,  # a conflist per network: generated, or the admin's by name
+    static_addresses=False,  # a conflist's IPAM decides addresses: nyxd refuses --ip/--mac
 )
 
 

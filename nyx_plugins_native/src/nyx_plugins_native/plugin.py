@@ -29,6 +29,7 @@ CAPABILITIES = BackendCapabilities(
     external_dns=False,
     ipv6=False,
     network_lifecycle=True,
+    static_addresses=True,  # IPAM honours or refuses static_ip; the veth takes the mac
 )
 
 

@@ -70,6 +70,7 @@ class FakeSupervisor:
             "hostname": spec.hostname,
             "ips": [],
             "ports": [str(p) for p in spec.ports],
+            "expose": list(spec.expose),
             "networks": ["nyx"],
             "labels": spec.labels,
             "created": "now",

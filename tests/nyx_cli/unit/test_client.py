@@ -159,6 +159,56 @@ def test_networks(api: Path) -> None:
     assert r.exit_code == 125 and "in use" in r.output
 
 
+def test_run_networking_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
+    args = ["--ip", "10.88.0.9", "--mac-address", "02:42:0A:58:00:09", "--domainname", "ex.test"]
+    args += ["--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "--expose", "80"]
+    args += ["--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2"]
+    args += ["--sysctl", "net.ipv4.ip_unprivileged_port_start=80", "--network", "back"]
+    r = nyx(api, "run", "-d", *args, "busybox:nyx")
+    assert r.exit_code == 0, r.output
+    spec = fake_sup.specs[r.output.strip()]
+    assert (spec.network, spec.ipv4_address, spec.mac_address) == (
+        "back",
+        "10.88.0.9",
+        "02:42:0a:58:00:09",
+    )
+    assert spec.extra_hosts == ["db:10.1.2.3", "gw:host-gateway"]
+    assert (spec.dns_servers, spec.dns_search, spec.dns_options) == (
+        ["192.0.2.53"],
+        ["corp.test"],
+        ["ndots:2"],
+    )
+    assert spec.domainname == "ex.test" and spec.expose == ["80/tcp"]
+    assert spec.sysctls == {"net.ipv4.ip_unprivileged_port_start": "80"}
+
+
+@pytest.mark.parametrize("mode", ["host", "none", "container:db"])
+def test_run_network_mode(api: Path, fake_sup: Any, mode: str) -> None:
+    r = nyx(api, "run", "-d", "--network", mode, "busybox:nyx")
+    assert r.exit_code == 0, r.output
+    assert fake_sup.specs[r.output.strip()].network_mode == mode
+
+
+def test_run_network_flags_are_checked(api: Path) -> None:
+    r = nyx(api, "run", "-d", "--network", "host", "--network", "back", "busybox:nyx")
+    assert r.exit_code == 125 and "--network host: a network mode cannot be combined" in r.output
+    r = nyx(api, "run", "-d", "--network", "host", "-p", "80:80", "busybox:nyx")
+    assert r.exit_code == 125 and "not with network_mode 'host'" in r.output
+    r = nyx(api, "run", "-d", "--sysctl", "kernel.shmmax=1", "busybox:nyx")
+    assert r.exit_code == 125 and "sysctls 'kernel.shmmax': only net.*" in r.output
+    r = nyx(api, "run", "-d", "--ip", "10.0.0.1", "--network", "a", "--network", "b", "img")
+    assert r.exit_code == 125 and "--ip/--mac-address: give one --network" in r.output
+    r = nyx(api, "run", "-d", "--add-host", "nocolon", "busybox:nyx")
+    assert r.exit_code == 125 and "extra_hosts 'nocolon': must be NAME:ADDRESS" in r.output
+
+
+def test_ps_and_inspect_show_exposed_ports(api: Path) -> None:
+    nyx(api, "run", "-d", "--name", "web", "-p", "8080:80", "--expose", "9000", "busybox:nyx")
+    row = nyx(api, "ps").output.splitlines()[1]
+    assert row.endswith("8080:80/tcp,9000/tcp")
+    assert json.loads(nyx(api, "inspect", "web").output)[0]["expose"] == ["9000/tcp"]
+
+
 def test_run_restart_policy_and_health_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
     r = nyx(
         api, "run", "-d", "--name", "db", "--restart", "unless-stopped",

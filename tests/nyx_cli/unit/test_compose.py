@@ -194,39 +194,92 @@ def test_hostname_defaults_to_service_name() -> None:
 # ---------------------------------------------------------------- warnings
 
 
-def test_unknown_keys_are_warnings_with_their_path() -> None:
+def test_only_informational_keys_are_warnings_with_their_path() -> None:
     project = load(
         """
 version: "3.8"
 x-common: &c {image: x}
-volumes: {data: {}}
-bogus: 1
 services:
   a:
     image: x
     x-note: fine
-    volumes: [data:/data]
-    networks:
-      n: {aliases: [b], ipv4_address: 10.1.1.1}
+    labels: {team: web}
+    logging: {driver: json-file}
     ports: [{target: 80, published: 8080, mode: host}]
     depends_on: {c: {condition: service_healthy}}
   c: {image: x}
 networks:
   n:
-    labels: {a: b}
-    ipam: {options: {x: y}, config: [{subnet: 10.89.50.0/24, ip_range: 10.89.50.0/25}]}
+    attachable: true
   unused: {}
 """
     )
     assert set(project.warnings) == {
         "version: obsolete, ignored",
-        "bogus: unknown key, ignored",
-        "services.a.networks.n.ipv4_address: unsupported key, ignored",
+        "services.a.logging: nyxd keeps every container's output itself, ignored",
         "services.a.ports[0].mode: not supported, ignored",
-        "networks.n.ipam.options: not supported, ignored",
-        "networks.n.ipam.config[0].ip_range: not supported, ignored",
+        "networks.n.attachable: swarm only: any container may join a nyx network, ignored",
+        "networks.n: not used by any service, not created",
         "networks.unused: not used by any service, not created",
     }
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ("include: [b.yaml]\nservices: {a: {image: x}}", "include: only one compose file is read"),
+        ("bogus: 1\nservices: {a: {image: x}}", "bogus: unknown key"),
+        (
+            "services: {a: {image: x, build: .}}",
+            "services.a.build: nyx does not build images: build it elsewhere (docker build",
+        ),
+        (
+            "services: {a: {image: x, volumes_from: [b]}}",
+            "services.a.volumes_from: volumes_from is not supported: mount the same named volumes",
+        ),
+        (
+            "services: {a: {image: x, cpus: 2}}",
+            "services.a.cpus: not supported by nyx (it would change what runs)",
+        ),
+        ("services: {a: {image: x, imagee: y}}", "services.a.imagee: unknown key"),
+        (
+            "services: {a: {image: x, networks: {n: {ipv6_address: 'fd00::5'}}}}\n"
+            "networks: {n: {}}",
+            "services.a.networks.n.ipv6_address: IPv6 addresses and networks are not supported",
+        ),
+        (
+            "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {enable_ipv6: true}}",
+            "networks.n.enable_ipv6: IPv6 addresses and networks are not supported yet",
+        ),
+        (
+            "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {ipam: {options: {x: y}}}}",
+            "networks.n.ipam.options: IPAM driver options are not supported",
+        ),
+        (
+            "services: {a: {image: x, networks: [n]}}\n"
+            "networks: {n: {ipam: {config: [{subnet: 10.89.50.0/24, ip_range: 10.89.50.0/25}]}}}",
+            "networks.n.ipam.config[0].ip_range: nyx hands out the whole subnet",
+        ),
+    ],
+)
+def test_keys_that_change_what_runs_are_errors_naming_the_path(doc: str, message: str) -> None:
+    assert message in err(doc)
+
+
+def test_every_refused_key_of_a_mapping_is_named_at_once() -> None:
+    message = err("services: {a: {image: x, build: ., volumes_from: [b], privileged: true}}")
+    assert message.count("services.a.") == 3, message
+
+
+def test_the_defaults_of_refused_keys_are_accepted() -> None:
+    project = load(
+        "services: {a: {image: x, networks: [n]}}\n"
+        "networks: {n: {enable_ipv6: false, enable_ipv4: true}}"
+    )
+    assert project.warnings == ()
+    assert "enable_ipv4" in err(
+        "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {enable_ipv4: false}}"
+    )
 
 
 def test_network_driver_opts_labels_and_ipam() -> None:
@@ -393,12 +446,12 @@ networks:
             ["networks.n.internal: must be true or false", "'maybe'"],
         ),
         (
-            "services: {a: {image: x}}\nnetworks: {n: {external: true}}",
-            ["networks.n.external: external networks are unsupported"],
+            "services: {a: {image: x}}\nnetworks: {n: {external: true, internal: true}}",
+            ["networks.n.internal: an external network is used as it is"],
         ),
         (
-            "services: {a: {image: x}}\nnetworks: {n: {driver: overlay}}",
-            ["networks.n.driver: only the bridge driver", "'overlay'"],
+            "services: {a: {image: x}}\nnetworks: {n: {driver: [overlay]}}",
+            ["networks.n.driver: must be a string", "['overlay']"],
         ),
         ("services: {a: {image: x}}\nnetworks: {n: {name: 'a b'}}", ["networks.n.name"]),
         (

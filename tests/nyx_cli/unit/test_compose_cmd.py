@@ -92,7 +92,11 @@ class FakeNyxd:
         parts = path.strip("/").split("/")
         if parts == ["v1", "info"] and method == "GET":
             caps = {
-                "native": {"multiple_networks": True, "enforces_internal": True},
+                "native": {
+                    "multiple_networks": True,
+                    "enforces_internal": True,
+                    "static_addresses": True,
+                },
                 "cni": {"multiple_networks": False, "enforces_internal": False},
             }[self.driver]
             return 200, {"driver": self.driver, "dns": "auto", "capabilities": caps}
@@ -114,6 +118,10 @@ class FakeNyxd:
                 return 201, net
             if method == "GET" and len(parts) == 2:
                 return 200, list(self.networks.values())
+            if method == "GET" and len(parts) == 3:
+                if parts[2] not in self.networks:
+                    return 404, {"error": f"no such network: {parts[2]}"}
+                return 200, self.networks[parts[2]]
             if method == "DELETE" and len(parts) == 3:
                 if parts[2] not in self.networks:
                     return 404, {"error": f"no such network {parts[2]}"}
@@ -187,6 +195,13 @@ class FakeNyxd:
             if method == "DELETE" and len(parts) == 3:
                 if c["state"] == "running" and query.get("force") != ["1"]:
                     return 409, {"error": "container is running"}
+                joined = [
+                    o["name"]
+                    for o in self.containers
+                    if o["spec"].get("network_mode") in (f"container:{c['name']}",)
+                ]
+                if joined:  # as nyxd: not while another container is in its netns
+                    return 409, {"error": f"container {c['name']} is the network of {joined}"}
                 self.containers.remove(c)
                 return 204, None
         return 404, {"error": f"no route {method} {path}"}
@@ -852,13 +867,11 @@ def test_cycle_is_an_error(fake: tuple[FakeNyxd, str], project_dir: Path) -> Non
 def test_warnings_go_to_stderr(fake: tuple[FakeNyxd, str], project_dir: Path) -> None:
     _, sock = fake
     (project_dir / "compose.yaml").write_text(
-        TWO_TIER.replace(
-            "image: busybox\n    command", "image: busybox\n    stdin_open: true\n    command"
-        )
+        TWO_TIER.replace("image: busybox\n    command", "image: x\n    logging: {}\n    command")
     )
     result = run(sock, "up", "-d")
     assert result.exit_code == 0
-    assert "compose.yaml: services.web.stdin_open: unsupported key, ignored" in result.stderr
+    assert "compose.yaml: services.web.logging: nyxd keeps every" in result.stderr
     assert result.stderr.startswith("warning: ")
     assert "warning" not in result.stdout
 

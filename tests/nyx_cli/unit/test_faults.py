@@ -35,6 +35,16 @@ def test_every_point_is_in_the_code_and_every_call_names_a_point() -> None:
     assert POINTS - named == set(), "a point no code passes through"
 
 
+def test_every_step_of_a_container_has_its_points() -> None:
+    """A start point per step; an undo point per step that records that it began."""
+    from nyx_cli.daemon._steps import STEPS, Step
+
+    for step in STEPS:
+        assert f"start:{step.name}" in POINTS, step.name
+        records = step.flag is not None or type(step).begun is not Step.begun  # netns: a path
+        assert (f"undo:{step.name}" in POINTS) == records, step.name
+
+
 def test_nothing_armed_without_the_variable() -> None:
     assert from_environ({}) == frozenset()
     assert from_environ({"NYXD_TEST_MODE": "1"}) == frozenset()

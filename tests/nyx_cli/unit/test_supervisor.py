@@ -94,7 +94,7 @@ class FakeBackend:
             container_id=container_id,
             network=opts.network,
             interfaces=[InterfaceResult(name=opts.interface, addresses=[addr])],
-            gateway=ipaddress.ip_address("10.231.0.1"),
+            gateway=opts.subnet.ip if opts.subnet else ipaddress.ip_address("10.231.0.1"),
         )
 
     @hookimpl

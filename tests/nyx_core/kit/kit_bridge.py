@@ -70,6 +70,8 @@ def run(argv: Sequence[str], stdin: str | None = None) -> str:
 def make_veth(att: Att) -> None:
     """The veth pair, its peer created directly in the container's netns as ``att.interface``."""
     peer = ["peer", "name", att.interface, "netns", att.netns]
+    if att.mac is not None:
+        peer[3:3] = ["address", att.mac]
     run(["ip", "link", "add", att.veth, "type", "veth", *peer])
 
 
@@ -104,6 +106,7 @@ class Att:
     interface: str
     netns: str
     ports: list[PortMapping] = field(default_factory=list)
+    mac: str | None = None
 
 
 class KitBridgePlugin:
@@ -114,6 +117,7 @@ class KitBridgePlugin:
         multiple_networks=True,
         enforces_internal=True,
         network_lifecycle=True,
+        static_addresses=True,
     )
 
     def __init__(self) -> None:
@@ -128,12 +132,15 @@ class KitBridgePlugin:
     def setup_lock(self) -> AbstractContextManager[object]:
         return self.lock
 
-    def lease(self, net: Net, cid: str) -> ipaddress.IPv4Address:
+    def lease(
+        self, net: Net, cid: str, static: ipaddress.IPv4Address | None = None
+    ) -> ipaddress.IPv4Address:
         used = self.leases.setdefault(net.name, set())
-        ip = allocate(net.gateway.network, net.gateway.ip, used, None, self.cursor.get(net.name))
+        ip = allocate(net.gateway.network, net.gateway.ip, used, static, self.cursor.get(net.name))
         assert isinstance(ip, ipaddress.IPv4Address)
         used.add(str(ip))
-        self.cursor[net.name] = str(ip)
+        if static is None:
+            self.cursor[net.name] = str(ip)
         return ip
 
     def release(self, att: Att) -> None:
@@ -350,11 +357,12 @@ class KitBridgePlugin:
             att = Att(
                 container_id,
                 net.name,
-                self.lease(net, container_id),
+                self.lease(net, container_id, self.static_ip(opts)),
                 "kv" + _h(f"{container_id}/{net.name}", 10),
                 opts.interface,
                 netns_path,
                 list(ports),
+                self.mac(opts),
             )
             self.atts[key] = att
             undo: list[Callable[[], None]] = [lambda: self.forget(key)]
@@ -371,6 +379,16 @@ class KitBridgePlugin:
                     raise
                 raise BackendError(f"kit-bridge: setup of {container_id!r}: {exc!r}") from exc
             return self.result(att, net)
+
+    def static_ip(self, opts: SetupOptions) -> ipaddress.IPv4Address | None:
+        if opts.static_ip is None:
+            return None
+        if opts.static_ip.version != 4:
+            raise ConfigError(f"kit-bridge: static_ip {opts.static_ip} is not IPv4")
+        return ipaddress.IPv4Address(str(opts.static_ip))
+
+    def mac(self, opts: SetupOptions) -> str | None:
+        return opts.mac
 
     def validate_netns(self, netns_path: str) -> None:
         if not os.path.exists(netns_path):
@@ -531,7 +549,9 @@ class RacyLeases(KitBridgePlugin):
     def setup_lock(self) -> AbstractContextManager[object]:
         return nullcontext()
 
-    def lease(self, net: Net, cid: str) -> ipaddress.IPv4Address:
+    def lease(
+        self, net: Net, cid: str, static: ipaddress.IPv4Address | None = None
+    ) -> ipaddress.IPv4Address:
         used = set(self.leases.setdefault(net.name, set()))
         ip = allocate(net.gateway.network, net.gateway.ip, used)
         assert isinstance(ip, ipaddress.IPv4Address)
@@ -688,6 +708,17 @@ class IgnoresInternal(KitBridgePlugin):
         return rules
 
 
+class IgnoresStaticAddresses(KitBridgePlugin):
+    """Breaks test_static_address_and_mac_are_honoured: declares static_addresses, then
+    hands out the next free address and a random MAC (as the CNI driver would)."""
+
+    def static_ip(self, opts: SetupOptions) -> ipaddress.IPv4Address | None:
+        return None
+
+    def mac(self, opts: SetupOptions) -> str | None:
+        return None
+
+
 class MissingTeardown:
     """Breaks test_loads_and_implements_every_backend_hook: no nyx_backend_teardown."""
 
@@ -736,6 +767,7 @@ VARIANTS: dict[str, type[object]] = {
     "kit-internal-without-enforcing": InternalWithoutEnforcing,
     "kit-teardown-only-first-network": TeardownOnlyFirstNetwork,
     "kit-ignores-internal": IgnoresInternal,
+    "kit-ignores-static-addresses": IgnoresStaticAddresses,
     "kit-missing-teardown": MissingTeardown,
 }
 """Entry point name -> class; ``conftest.py`` installs them all."""

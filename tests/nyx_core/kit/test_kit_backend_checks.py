@@ -111,6 +111,11 @@ CASES = [
         "test_internal_network_reaches_a_peer_but_not_the_internet",
         "a container of internal network kit-int reached 198.18.0.10",
     ),
+    (
+        "kit-ignores-static-addresses",
+        "test_static_address_and_mac_are_honoured",
+        "asked for 10.231.0.253, the result reports",
+    ),
 ]
 
 INNER = """

@@ -134,13 +134,39 @@ def _converted(convert: Any, *args: Any) -> Any:
 @click.option("--hostname", default=None, help="hostname (and DNS name <hostname>.nyxd.local)")
 @click.option("-p", "--publish", multiple=True, metavar="[IP:]HOST:CTR[/PROTO]", help="publish")
 @click.option("-e", "--env", multiple=True, metavar="NAME=VALUE", help="environment variable")
-@click.option("--network", "networks", multiple=True, help="network to join (repeatable)")
+@click.option(
+    "--network",
+    "networks",
+    multiple=True,
+    help="network to join (repeatable), or alone: host, none, bridge or container:NAME",
+)
 @click.option("--network-alias", "aliases", multiple=True, help="extra DNS name")
 @click.option("--dns-off", is_flag=True, help="no embedded DNS, no resolv.conf override")
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="label")
 @click.option("--entrypoint", default=None, help="override the image's entrypoint")
 @click.option("-w", "--workdir", default=None, help="working directory inside the container")
 @click.option("-u", "--user", default=None, help="user[:group] inside the container")
+@click.option("--ip", default=None, help="IPv4 address on the (one) network")
+@click.option("--mac-address", default=None, help="MAC address on the (one) network")
+@click.option(
+    "--add-host",
+    "add_hosts",
+    multiple=True,
+    metavar="NAME:IP",
+    help="add a line to /etc/hosts (IP host-gateway: the network's gateway)",
+)
+@click.option("--dns", multiple=True, metavar="IP", help="nameserver for resolv.conf")
+@click.option("--dns-search", multiple=True, metavar="DOMAIN", help="resolv.conf search domain")
+@click.option("--dns-option", "dns_options", multiple=True, help="resolv.conf option (ndots:2)")
+@click.option("--domainname", default=None, help="the container's NIS domain name")
+@click.option("--expose", multiple=True, metavar="PORT[/PROTO]", help="port it listens on")
+@click.option(
+    "--sysctl",
+    "sysctls",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="net.* sysctl in the container's network namespace",
+)
 @click.option(
     "-v",
     "--volume",
@@ -193,6 +219,15 @@ def run(
     entrypoint: str | None,
     workdir: str | None,
     user: str | None,
+    ip: str | None,
+    mac_address: str | None,
+    add_hosts: tuple[str, ...],
+    dns: tuple[str, ...],
+    dns_search: tuple[str, ...],
+    dns_options: tuple[str, ...],
+    domainname: str | None,
+    expose: tuple[str, ...],
+    sysctls: tuple[str, ...],
     volumes: tuple[str, ...],
     mounts: tuple[str, ...],
     tmpfs: tuple[str, ...],
@@ -228,6 +263,15 @@ def run(
         entrypoint=entrypoint,
         workdir=workdir,
         user=user,
+        ip=ip,
+        mac_address=mac_address,
+        add_hosts=add_hosts,
+        dns=dns,
+        dns_search=dns_search,
+        dns_options=dns_options,
+        domainname=domainname,
+        expose=expose,
+        sysctls=_converted(_commands.sysctl_pairs, sysctls),
         volumes=_converted(_commands.volume_specs, volumes),
         mounts=_converted(_commands.mount_specs, mounts),
         tmpfs=_converted(_commands.tmpfs_specs, tmpfs),

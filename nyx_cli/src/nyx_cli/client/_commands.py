@@ -47,6 +47,7 @@ __all__ = [
     "size",
     "status",
     "stop",
+    "sysctl_pairs",
     "table",
     "tmpfs_specs",
     "volume_specs",
@@ -191,6 +192,21 @@ def label_pairs(values: Sequence[str]) -> dict[str, str]:
             raise BadValue(f"{item!r}: expected KEY=VALUE", "--label")
         out[k] = v
     return out
+
+
+def sysctl_pairs(values: Sequence[str]) -> dict[str, str]:
+    """``--sysctl KEY=VALUE`` as a dict (nyxd checks the names: ``net.*`` only)."""
+    out = {}
+    for item in values:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            raise BadValue(f"{item!r}: expected KEY=VALUE", "--sysctl")
+        out[k] = v
+    return out
+
+
+NETWORK_MODES = ("host", "none", "bridge")
+"""``--network`` values that are a mode, not a network (with ``container:NAME``)."""
 
 
 def env_file_pairs(paths: Sequence[str]) -> dict[str, str]:
@@ -426,6 +442,15 @@ def run(
     no_healthcheck: bool = False,
     image: str,
     command: Sequence[str],
+    ip: str | None = None,
+    mac_address: str | None = None,
+    add_hosts: Sequence[str] = (),
+    dns: Sequence[str] = (),
+    dns_search: Sequence[str] = (),
+    dns_options: Sequence[str] = (),
+    domainname: str | None = None,
+    expose: Sequence[str] = (),
+    sysctls: dict[str, str] | None = None,
     volumes: Sequence[dict[str, Any]] = (),
     mounts: Sequence[dict[str, Any]] = (),
     tmpfs: Sequence[dict[str, Any]] = (),
@@ -469,9 +494,28 @@ def run(
             no_healthcheck,
         ),
     }
-    if len(networks) == 1:
+    given: dict[str, Any] = {  # nyxd validates these and names the field and the value
+        "ipv4_address": ip,
+        "mac_address": mac_address,
+        "extra_hosts": list(add_hosts),
+        "dns_servers": list(dns),
+        "dns_search": list(dns_search),
+        "dns_options": list(dns_options),
+        "domainname": domainname,
+        "expose": list(expose),
+        "sysctls": dict(sysctls or {}),
+    }
+    spec.update({k: v for k, v in given.items() if v})
+    modes = [n for n in networks if n in NETWORK_MODES or n.startswith("container:")]
+    if modes and len(networks) > 1:
+        die(f"--network {modes[0]}: a network mode cannot be combined with other --network")
+    if modes:
+        spec["network_mode"] = modes[0]
+    elif len(networks) == 1:
         spec["network"] = networks[0]
     elif networks:
+        if ip is not None or mac_address is not None:
+            die("--ip/--mac-address: give one --network (the one they are for), not several")
         spec["networks"] = [{"name": n} for n in networks]
     if dns_off:
         spec["dns"] = False
@@ -572,7 +616,7 @@ def ps(socket: str, *, all_: bool, quiet: bool, as_json: bool, filters: Sequence
                 status(r),
                 str(r.get("restart_count") or 0),
                 ",".join(r.get("ips") or []),
-                ",".join(r.get("ports") or []),
+                ",".join([*(r.get("ports") or []), *(r.get("expose") or [])]),
             )
             for r in rows
         ],

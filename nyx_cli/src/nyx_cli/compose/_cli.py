@@ -35,6 +35,7 @@ from nyx_core import NyxError, PortMapping
 from ..client._commands import status as _status_text
 from ..client._http import ApiError as HttpApiError
 from ..client._http import Client, DaemonUnavailable, default_socket
+from ..daemon._models import NetworkAttachment
 from ._project import (
     COMPOSE_FILENAMES,
     CONFIG_HASH_LABEL,
@@ -42,6 +43,7 @@ from ._project import (
     SERVICE_LABEL,
     ComposeNetwork,
     ComposePlan,
+    ComposeService,
     ComposeVolume,
     check_project_name,
     load_compose,
@@ -296,7 +298,22 @@ def _status(kind: str, name: str, what: str) -> None:
 
 
 def _ensure_network(client: DaemonClient, net: ComposeNetwork) -> bool:
-    """Create the network, or reuse it when it exists as the file says: ``True`` if created."""
+    """Create the network, or reuse it when it exists as the file says: ``True`` if created.
+
+    An ``external`` network is never created (nor removed by ``down``): it must exist.
+    """
+    if net.external:
+        try:
+            client.request("GET", f"/v1/networks/{quote(net.name, safe='')}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise ApiError(exc.status, f"network {net.name}: {exc.message}") from exc
+            raise click.ClickException(
+                f"networks.{net.key}: external network {net.name!r} does not exist; create it "
+                f"first (nyx network create {net.name})"
+            ) from exc
+        _status("Network", net.name, "External")
+        return False
     try:
         client.request("POST", "/v1/networks", net.request())
         _status("Network", net.name, "Created")
@@ -601,6 +618,26 @@ def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
     if not isinstance(caps, dict):
         return
     driver = info.get("driver")
+    for net in plan.networks():
+        if net.driver is not None and net.driver not in ("bridge", driver):
+            raise click.ClickException(
+                f"networks.{net.key}.driver: {net.driver!r} is not nyxd's net driver "
+                f"{driver!r}; leave it out (or say bridge or {driver})"
+            )
+    if not caps.get("static_addresses"):
+        for name, svc in plan.project.services.items():
+            for sn in svc.networks:
+                for key in ("ipv4_address", "mac_address"):
+                    if getattr(sn, key) is not None:
+                        raise click.ClickException(
+                            f"services.{name}.networks.{sn.key}.{key}: nyxd's net driver "
+                            f"{driver!r} does not honour static addresses or MACs"
+                        )
+            if svc.net.mac_address is not None:
+                raise click.ClickException(
+                    f"services.{name}.mac_address: nyxd's net driver {driver!r} does not "
+                    "honour static addresses or MACs"
+                )
     if not caps.get("multiple_networks"):
         for name, svc in plan.project.services.items():
             if len(svc.networks) > 1:
@@ -722,6 +759,10 @@ def up(ctx: click.Context, detach: bool, wait_timeout: float) -> None:
                 started.append(same[0])
                 by_started[service] = same[0]
                 continue
+            for joiner in plan.joiners(service):  # in its netns: they go first, come back
+                for c in by_service.pop(joiner, []):
+                    _remove_container(client, c)
+                    _status("Container", str(c.get("name")), "Recreate")
             for c in current:
                 _remove_container(client, c)
                 _status("Container", str(c.get("name", name)), "Recreate")
@@ -796,7 +837,10 @@ def down(ctx: click.Context, timeout: float | None, remove_volumes: bool) -> Non
         containers = _stack_containers(client, project)
     except ApiError as exc:
         raise click.ClickException(exc.message) from exc
-    networks: list[str] = [n.name for n in plan.networks()] if plan is not None else []
+    networks: list[str] = (
+        [n.name for n in plan.networks() if not n.external] if plan is not None else []
+    )
+    external = {n.name for n in plan.networks() if n.external} if plan is not None else set()
     for c in _order_for_stop(containers, plan, project):
         name = str(c.get("name") or _cid(c))
         try:
@@ -811,6 +855,7 @@ def down(ctx: click.Context, timeout: float | None, remove_volumes: bool) -> Non
                 isinstance(net_name, str)
                 and net_name.startswith(f"{project}_")
                 and net_name not in networks
+                and net_name not in external
             ):
                 networks.append(net_name)
     if plan is None:
@@ -895,7 +940,9 @@ def _normalized(plan: ComposePlan) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for name in plan.order:
         svc = plan.project.services[name]
-        entry: dict[str, Any] = {"image": svc.image, "hostname": svc.hostname}
+        entry: dict[str, Any] = {"image": svc.image}
+        if not svc.net.shares_names:
+            entry["hostname"] = svc.hostname
         if svc.entrypoint is not None:
             entry["entrypoint"] = list(svc.entrypoint)
         if svc.command is not None:
@@ -905,10 +952,12 @@ def _normalized(plan: ComposePlan) -> dict[str, Any]:
         if svc.ports:
             entry["ports"] = [str(p) for p in svc.ports]
         key_of = {n.name: n.key for n in plan.project.networks.values()}
-        entry["networks"] = {
-            key_of[a.name]: ({"aliases": a.aliases[1:]} if a.aliases[1:] else None)
-            for a in plan.attachments(name)
-        }
+        if svc.networks:
+            entry["networks"] = {
+                key_of[a.name]: _attachment_entry(a, svc, name, plan)
+                for a in plan.attachments(name)
+            }
+        entry.update(_net_entry(svc))
         if svc.depends_on:
             entry["depends_on"] = {dep: {"condition": svc.condition(dep)} for dep in svc.depends_on}
         entry["restart"] = svc.restart_policy
@@ -1018,8 +1067,44 @@ def _healthcheck_entry(hc: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _attachment_entry(
+    att: NetworkAttachment, svc: ComposeService, service: str, plan: ComposePlan
+) -> dict[str, Any] | None:
+    """A service's network as the file said it (link aliases and the service-level
+    mac_address are the file's own keys, not repeated here)."""
+    (sn,) = [n for n in svc.networks if plan.project.networks[n.key].name == att.name]
+    out: dict[str, Any] = {}
+    if sn.aliases:
+        out["aliases"] = list(sn.aliases)
+    for key in ("ipv4_address", "mac_address"):
+        if getattr(sn, key) is not None:
+            out[key] = getattr(sn, key)
+    return out or None
+
+
+def _net_entry(svc: ComposeService) -> dict[str, Any]:
+    """The networking keys of a service as nyx understood them."""
+    net = svc.net
+    entry: dict[str, Any] = {}
+    for key in ("container_name", "domainname", "mac_address", "network_mode"):
+        if getattr(net, key) is not None:
+            entry[key] = getattr(net, key)
+    for key in ("dns", "dns_search", "dns_opt", "extra_hosts", "expose"):
+        if getattr(net, key):
+            entry[key] = list(getattr(net, key))
+    if net.links:
+        entry["links"] = [t if a == t else f"{t}:{a}" for t, a in net.links]
+    if net.sysctls:
+        entry["sysctls"] = dict(net.sysctls)
+    return entry
+
+
 def _network_entry(net: ComposeNetwork) -> dict[str, Any]:
+    if net.external:
+        return {"name": net.name, "external": True}
     entry: dict[str, Any] = {"name": net.name, "internal": net.internal}
+    if net.driver is not None:
+        entry["driver"] = net.driver
     if net.options:
         entry["driver_opts"] = dict(net.options)
     if net.labels:

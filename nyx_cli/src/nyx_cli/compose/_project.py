@@ -26,12 +26,24 @@ from nyx_core.errors import ConfigError
 from .._duration import parse_duration
 from ..daemon._models import ContainerSpec, Healthcheck, NetworkAttachment, StackService
 from ..daemon._restart import RestartPolicy
+from ._checks import HOSTNAME_RE as _HOSTNAME_RE
+from ._checks import alias as _alias
+from ._checks import bad as _bad
+from ._checks import boolean as _bool
+from ._checks import check_keys as _check_keys
+from ._checks import join as _join
+from ._checks import mapping as _mapping
+from ._checks import scalar_text as _scalar_text
+from ._checks import string as _str
+from ._netkeys import SERVICE_NET_KEYS as _SERVICE_NET_KEYS
+from ._netkeys import SERVICE_NETWORK_KEYS as _SERVICE_NETWORK_KEYS
+from ._netkeys import ServiceNet, checked, cross_checked, inside, net_keys, service_net
+from ._netkeys import external as _external
 from ._service_runtime import (
     SERVICE_KEYS,
     ComposeFileSource,
     ComposeVolume,
     ServiceRuntime,
-    check_build,
     file_sources,
     service_runtime,
     volume_decl,
@@ -42,6 +54,7 @@ __all__ = [
     "CONDITIONS",
     "CONFIG_HASH_LABEL",
     "DEFAULT_NETWORK",
+    "KNOWN_KEYS",
     "PROJECT_LABEL",
     "SERVICE_LABEL",
     "ComposeNetwork",
@@ -49,6 +62,7 @@ __all__ = [
     "ComposeProject",
     "ComposeService",
     "ComposeVolume",
+    "ServiceNet",
     "ServiceNetwork",
     "check_project_name",
     "interpolate",
@@ -73,13 +87,12 @@ CONDITIONS: tuple[Condition, ...] = (
 
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
 _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
 
-_TOP_KEYS = {"version", "name", "services", "networks", "volumes", "secrets", "configs"}
-_TOP_IGNORED = {"include"}
+# the keys nyx implements, per place (every other one: see ._keys and _check_keys)
+_TOP_KEYS = {"name", "services", "networks", "volumes", "secrets", "configs"}
 _SERVICE_KEYS = {
     "image",
     "command",
@@ -93,9 +106,19 @@ _SERVICE_KEYS = {
     "healthcheck",
 }
 _SERVICE_KEYS |= SERVICE_KEYS  # mounts and process settings: ._service_runtime
-_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam"}
-_IPAM_KEYS = {"driver", "config", "options"}
-_IPAM_CONFIG_KEYS = {"subnet", "gateway", "ip_range", "aux_addresses"}
+_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam", "external"}
+_IPAM_KEYS = {"driver", "config"}
+_IPAM_CONFIG_KEYS = {"subnet", "gateway"}
+KNOWN_KEYS: dict[str, set[str]] = {
+    "top": _TOP_KEYS,
+    "service": _SERVICE_KEYS | _SERVICE_NET_KEYS,
+    "service_network": _SERVICE_NETWORK_KEYS,
+    "network": _NETWORK_KEYS,
+    "ipam": _IPAM_KEYS,
+    "ipam_config": _IPAM_CONFIG_KEYS,
+}
+"""What :func:`load_compose` reads, per scope of :data:`._keys.SCOPES` (docs/compose.md's
+"done" rows)."""
 _PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
 _HEALTHCHECK_KEYS = {
@@ -123,6 +146,8 @@ class ComposeNetwork:
     labels: Mapping[str, str] = field(default_factory=dict)
     subnet: str | None = None
     gateway: str | None = None
+    external: bool = False
+    driver: str | None = None
 
     def request(self) -> dict[str, Any]:
         """The body of ``POST /v1/networks`` that creates it."""
@@ -140,10 +165,12 @@ class ComposeNetwork:
 
 @dataclass(frozen=True)
 class ServiceNetwork:
-    """One network a service joins, with its extra DNS aliases."""
+    """One network a service joins, with its extra DNS aliases (and address, MAC)."""
 
     key: str
     aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+    mac_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +188,7 @@ class ComposeService:
     depends_on: tuple[str, ...] = ()
     restart: RestartName = "no"
     restart_max_retries: int | None = None
+    net: ServiceNet = field(default_factory=lambda: ServiceNet())
     runtime: ServiceRuntime = field(default_factory=ServiceRuntime)
     conditions: Mapping[str, Condition] = field(default_factory=dict)
     healthcheck: Healthcheck | None = None
@@ -274,51 +302,6 @@ def _interpolate_tree(node: object, environ: Mapping[str, str], path: str, w: li
 # ------------------------------------------------------------------ helpers
 
 
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _bad(path: str, value: object, why: str) -> ConfigError:
-    return ConfigError(f"{path}: {why} (got {value!r})")
-
-
-def _mapping(value: object, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _bad(path, value, "must be a mapping")
-    for k in value:
-        if not isinstance(k, str):
-            raise _bad(_join(path, str(k)), k, "keys must be strings")
-    return value
-
-
-def _str(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(path, value, "must be a string")
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(path, value, "must be true or false")
-    return value
-
-
-def _scalar_text(value: object, path: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise _bad(path, value, "must be a string or number")
-
-
-def _check_keys(node: Mapping[str, Any], known: set[str], path: str, warnings: list[str]) -> None:
-    for key in node:
-        if key.startswith("x-"):
-            continue
-        if key not in known:
-            warnings.append(f"{_join(path, key)}: unsupported key, ignored")
-
-
 def _argv(value: object, path: str) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -410,13 +393,6 @@ def _port(value: object, path: str, warnings: list[str]) -> PortMapping:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def _alias(value: object, path: str) -> str:
-    text = _str(value, path)
-    if not _HOSTNAME_RE.match(text):
-        raise _bad(path, value, "is not a valid DNS name (letters, digits, '-')")
-    return text
-
-
 def _service_networks(
     value: object, path: str, declared: Mapping[str, ComposeNetwork], warnings: list[str]
 ) -> tuple[ServiceNetwork, ...]:
@@ -433,15 +409,27 @@ def _service_networks(
             kpath = _join(path, key)
             _declared(key, kpath, declared)
             aliases: tuple[str, ...] = ()
+            ipv4 = mac = None
             if conf is not None:
                 node = _mapping(conf, kpath)
-                _check_keys(node, {"aliases"}, kpath, warnings)
+                _check_keys(node, _SERVICE_NETWORK_KEYS, kpath, warnings, "service_network")
                 raw = node.get("aliases", [])
                 apath = _join(kpath, "aliases")
+                if raw is None:
+                    raw = []
                 if not isinstance(raw, list):
                     raise _bad(apath, raw, "must be a list of names")
                 aliases = tuple(_alias(a, f"{apath}[{i}]") for i, a in enumerate(raw))
-            out.append(ServiceNetwork(key, aliases))
+                if node.get("ipv4_address") is not None:
+                    ipath = _join(kpath, "ipv4_address")
+                    text = _str(node["ipv4_address"], ipath)
+                    ipv4 = checked("ipv4_address", text, ipath, attachment=True)
+                    inside(ipv4, key, getattr(declared.get(key), "subnet", None), ipath)
+                if node.get("mac_address") is not None:
+                    mpath = _join(kpath, "mac_address")
+                    text = _str(node["mac_address"], mpath)
+                    mac = checked("mac_address", text, mpath, attachment=True)
+            out.append(ServiceNetwork(key, aliases, ipv4, mac))
     else:
         raise _bad(path, value, "must be a list of network names or a mapping")
     seen: set[str] = set()
@@ -559,22 +547,36 @@ def _network_decl(
     options: dict[str, str] = {}
     labels: dict[str, str] = {}
     subnet = gateway = None
+    external = False
+    driver: str | None = None
     if value is not None:
-        node = _mapping(value, path)
-        _check_keys(node, _NETWORK_KEYS, path, warnings)
+        node = dict(_mapping(value, path))
+        # the defaults, said out loud, are accepted (the other values are refused)
+        for flag, default in (("enable_ipv6", False), ("enable_ipv4", True)):
+            if node.get(flag) is default:
+                del node[flag]
+        _check_keys(node, _NETWORK_KEYS, path, warnings, "network")
         if "external" in node:
-            raise _bad(
-                _join(path, "external"), node["external"], "external networks are unsupported"
-            )
+            external, ext_name = _external(node["external"], _join(path, "external"))
+            if external:
+                name = ext_name or key
+                others = sorted(k for k in node if k not in ("external", "name") and k[:2] != "x-")
+                if others:
+                    raise _bad(
+                        _join(path, others[0]),
+                        node[others[0]],
+                        "an external network is used as it is: only 'name' goes with "
+                        "'external: true'",
+                    )
         if "internal" in node:
             internal = _bool(node["internal"], _join(path, "internal"))
         if "name" in node:
             name = _str(node["name"], _join(path, "name"))
             if not _NETNAME_RE.match(name):
                 raise _bad(_join(path, "name"), name, "must be letters, digits, '_', '.', '-'")
-        driver = node.get("driver", "bridge")
-        if driver != "bridge":
-            raise _bad(_join(path, "driver"), driver, "only the bridge driver is supported")
+        if node.get("driver") is not None:
+            # checked against nyxd's driver by `up` (it must be "bridge" or its name)
+            driver = _str(node["driver"], _join(path, "driver"))
         if node.get("driver_opts") is not None:
             opath = _join(path, "driver_opts")
             options = {
@@ -593,6 +595,8 @@ def _network_decl(
         labels=labels,
         subnet=subnet,
         gateway=gateway,
+        external=external,
+        driver=driver,
     )
 
 
@@ -615,12 +619,10 @@ def _labels(value: object, path: str) -> dict[str, str]:
 def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, str | None]:
     """``ipam.config[0]``'s subnet and gateway (one IPv4 config; the default IPAM driver)."""
     node = _mapping(value, path)
-    _check_keys(node, _IPAM_KEYS, path, warnings)
+    _check_keys(node, _IPAM_KEYS, path, warnings, "ipam")
     driver = node.get("driver", "default")
     if driver != "default":
         raise _bad(_join(path, "driver"), driver, "only the default IPAM driver is supported")
-    if node.get("options"):
-        warnings.append(f"{_join(path, 'options')}: not supported, ignored")
     configs = node.get("config") or []
     cpath = _join(path, "config")
     if not isinstance(configs, list):
@@ -630,10 +632,7 @@ def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, st
     if not configs:
         return None, None
     entry = _mapping(configs[0], f"{cpath}[0]")
-    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings)
-    for ignored in ("ip_range", "aux_addresses"):
-        if ignored in entry:
-            warnings.append(f"{cpath}[0].{ignored}: not supported, ignored")
+    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings, "ipam_config")
     subnet = gateway = None
     if entry.get("subnet") is not None:
         subnet = _str(entry["subnet"], f"{cpath}[0].subnet")
@@ -658,25 +657,22 @@ def _service(
     if not _SERVICE_RE.match(name):
         raise _bad(path, name, "service name must be letters, digits, '_', '.', '-'")
     node = _mapping(value, path)
-    check_build(node, path)
-    _check_keys(node, _SERVICE_KEYS, path, warnings)
+    _check_keys(node, _SERVICE_KEYS | _SERVICE_NET_KEYS, path, warnings, "service")
     if "image" not in node:
-        why = (
-            "'build' is not supported, 'image' is required" if "build" in node else "needs 'image'"
-        )
-        raise _bad(path, name, why)
+        raise _bad(path, name, "needs 'image'")
     image = _str(node["image"], _join(path, "image"))
     if not image.strip():
         raise _bad(_join(path, "image"), image, "must not be empty")
+    net = service_net(node, path)
     if "hostname" in node:
         hostname = _str(node["hostname"], _join(path, "hostname"))
         if not _HOSTNAME_RE.match(hostname):
             raise _bad(_join(path, "hostname"), hostname, "is not a valid hostname")
-    elif _HOSTNAME_RE.match(name):
-        hostname = name
+    elif _HOSTNAME_RE.match(name) or net.shares_names:
+        hostname = name  # unused by a service in another's netns: it has that one's names
     else:
         raise _bad(path, name, "service name is not a valid hostname; set 'hostname'")
-    container = f"{project}-{name}-1"
+    container = net.container_name or f"{project}-{name}-1"
     if len(container) > _CONTAINER_NAME_MAX:
         raise _bad(path, container, f"container name is longer than {_CONTAINER_NAME_MAX}")
     ports_raw = node.get("ports", [])
@@ -688,6 +684,15 @@ def _service(
         _port(p, f"{_join(path, 'ports')}[{i}]", warnings) for i, p in enumerate(ports_raw)
     )
     restart, retries = _restart(node.get("restart"), _join(path, "restart"))
+    if net.network_mode is not None:
+        for key in ("networks", "ports"):
+            if node.get(key):
+                raise _bad(
+                    _join(path, key),
+                    node[key],
+                    f"not with network_mode {net.network_mode!r} (the service has no network "
+                    "of its own)",
+                )
     depends_on, conditions = _depends_on(
         node.get("depends_on"), _join(path, "depends_on"), warnings
     )
@@ -699,12 +704,13 @@ def _service(
         entrypoint=_argv(node.get("entrypoint"), _join(path, "entrypoint")),
         environment=_environment(node.get("environment"), _join(path, "environment"), environ),
         ports=ports,
-        networks=_service_networks(
-            node.get("networks"), _join(path, "networks"), networks, warnings
-        ),
+        networks=()
+        if net.network_mode is not None
+        else _service_networks(node.get("networks"), _join(path, "networks"), networks, warnings),
         depends_on=depends_on,
         restart=restart,
         restart_max_retries=retries,
+        net=net,
         runtime=service_runtime(
             node,
             path,
@@ -748,15 +754,7 @@ def load_compose(
         data = _interpolate_tree(data, environ, "", warnings)
     env: Mapping[str, str] = environ if environ is not None else {}
     top = _mapping(data, "(top level)")
-    for key in top:
-        if key.startswith("x-") or key in _TOP_KEYS:
-            continue
-        if key in _TOP_IGNORED:
-            warnings.append(f"{key}: not supported, ignored")
-        else:
-            warnings.append(f"{key}: unknown key, ignored")
-    if "version" in top:
-        warnings.append("version: obsolete, ignored")
+    _check_keys(top, _TOP_KEYS, "", warnings, "top")
     if project_name is not None:
         name = check_project_name(project_name)
     elif "name" in top:
@@ -801,10 +799,11 @@ def load_compose(
         for i, dep in enumerate(svc.depends_on):
             if dep not in services:
                 raise _bad(f"services.{svc.name}.depends_on[{i}]", dep, "no such service")
+    services = cross_checked(services, name)
     if any(sn.key == DEFAULT_NETWORK for s in services.values() for sn in s.networks):
         networks.setdefault(DEFAULT_NETWORK, ComposeNetwork(DEFAULT_NETWORK, f"{name}_default"))
     for svc in services.values():
-        if svc.ports and all(networks[sn.key].internal for sn in svc.networks):
+        if svc.ports and svc.networks and all(networks[sn.key].internal for sn in svc.networks):
             warnings.append(
                 f"services.{svc.name}.ports: the service is only on internal networks, "
                 "its published ports cannot be reached from outside"
@@ -881,7 +880,40 @@ class ComposePlan:
         return [n for k, n in self.project.networks.items() if k in used]
 
     def container_name(self, service: str) -> str:
+        svc = self.project.services.get(service)
+        if svc is not None and svc.net.container_name:
+            return svc.net.container_name
         return f"{self.project.name}-{service}-1"
+
+    def network_mode(self, service: str) -> str | None:
+        """nyxd's ``network_mode`` for the service (``service:NAME`` → that container)."""
+        mode = self.project.services[service].net.network_mode
+        owner = self.project.services[service].net.service_of
+        if owner is not None:
+            return f"container:{self.container_name(owner)}"
+        return None if mode == "bridge" else mode
+
+    def joiners(self, service: str) -> list[str]:
+        """Services in ``service``'s network namespace (``network_mode: service:``),
+        directly or through another, in stop order."""
+        out: list[str] = []
+        for name in self.stop_order():
+            owner = self.project.services[name].net.service_of
+            while owner is not None and owner != service:
+                owner = self.project.services[owner].net.service_of
+            if owner == service:
+                out.append(name)
+        return out
+
+    def link_aliases(self, service: str, network: str) -> list[str]:
+        """``links: [SERVICE:ALIAS]`` of the services sharing ``network`` with ``service``:
+        extra names of ``service`` there (links are aliases)."""
+        out = []
+        for other in self.project.services.values():
+            if network not in net_keys(other):
+                continue
+            out += [alias for target, alias in other.net.links if target == service]
+        return out
 
     def volumes(self) -> list[ComposeVolume]:
         """Volumes at least one service mounts, in file order (external ones included)."""
@@ -905,15 +937,32 @@ class ComposePlan:
             # nyxd publishes ports on the first network: make it one that is not internal
             nets.sort(key=lambda sn: self.project.networks[sn.key].internal)
         out: list[NetworkAttachment] = []
-        for sn in nets:
+        for i, sn in enumerate(nets):
             net = self.project.networks[sn.key]
-            aliases = [service, *(a for a in sn.aliases if a != service)]
-            out.append(NetworkAttachment(name=net.name, aliases=aliases, internal=net.internal))
+            names = [*sn.aliases, *self.link_aliases(service, sn.key)]
+            aliases = [service, *dict.fromkeys(a for a in names if a != service)]
+            mac = sn.mac_address or (svc.net.mac_address if i == 0 else None)
+            out.append(
+                NetworkAttachment(
+                    name=net.name,
+                    aliases=aliases,
+                    internal=net.internal,
+                    ipv4_address=sn.ipv4_address,
+                    mac_address=mac,
+                )
+            )
         return out
 
     def stack_services(self) -> dict[str, StackService]:
-        """Every service with its networks: nyxd computes the DNS policy from this."""
-        return {s: StackService(networks=self.attachments(s)) for s in self.project.services}
+        """Every service on a network of its own, with its networks: nyxd computes the DNS
+        policy from this (``network_mode: bridge`` is nyxd's default network)."""
+        out = {}
+        for s, svc in self.project.services.items():
+            if svc.net.network_mode == "bridge":
+                out[s] = StackService(networks=[NetworkAttachment()])
+            elif svc.net.network_mode is None:
+                out[s] = StackService(networks=self.attachments(s))
+        return out
 
     def dns_stack(self) -> dict[str, list[StackNetwork]]:
         """The same, in the shape :func:`nyx_core.dns_policy` takes."""
@@ -930,10 +979,12 @@ class ComposePlan:
         extra = svc.runtime.spec_fields(
             self.read_file, environ, self.project.secrets, self.project.configs
         )
+        mode = self.network_mode(service)
+        bridge = svc.net.network_mode == "bridge"
         spec = ContainerSpec(
             image=svc.image,
             name=self.container_name(service),
-            hostname=svc.hostname,
+            hostname=None if svc.net.shares_names else svc.hostname,
             command=list(svc.command) if svc.command is not None else None,
             entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
             env={**svc.runtime.environment(self.read_file, environ), **svc.environment},
@@ -942,6 +993,10 @@ class ComposePlan:
             stack=self.project.name,
             stack_services=self.stack_services(),
             labels=labels,
+            network_mode=mode,
+            mac_address=svc.net.mac_address if bridge else None,
+            aliases=[service] if bridge else [],
+            **svc.net.spec_fields(),
             **extra,
             restart=svc.restart_policy,
             healthcheck=svc.healthcheck,

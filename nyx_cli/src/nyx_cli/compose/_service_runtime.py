@@ -45,10 +45,6 @@ _FILE_REF_KEYS = {"source", "target", "uid", "gid", "mode"}
 _VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_BUILD = (
-    "nyx does not build images: build it elsewhere (docker build -t NAME DIR, buildah), "
-    "`nyx load` it (docker save NAME | nyx load) and name it in `image:` instead of `build:`"
-)
 
 
 def _bad(path: str, value: object, why: str) -> ConfigError:
@@ -583,12 +579,6 @@ SERVICE_KEYS = frozenset(
         "init",
     }
 )
-
-
-def check_build(node: Mapping[str, Any], path: str) -> None:
-    """``build:`` is refused, saying what to do instead."""
-    if "build" in node:
-        raise ConfigError(f"{_join(path, 'build')}: {_BUILD}")
 
 
 def service_runtime(

@@ -79,6 +79,10 @@ class Container(BaseModel):
     ips: list[str]
     ports: list[str] = Field(examples=[["8080:80/tcp"]])
     networks: list[str]
+    network_mode: str = Field(
+        description="bridge (its own netns on its networks), host, none or container:<ref>"
+    )
+    expose: list[str] = Field(examples=[["80/tcp"]], description="ports it says it listens on")
     labels: dict[str, str]
     command: list[str] | None
     created: str = Field(description="ISO 8601 time")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,8 +42,10 @@ class RuntimeLike(Protocol):
         hostname: str,
         netns_path: str | None,
         mounts: Sequence[Any],
-        capabilities: Sequence[str] | None = None,
-        init: Path | None = None,
+        host_network: bool = ...,
+        sysctl: Mapping[str, str] | None = ...,
+        capabilities: Sequence[str] | None = ...,
+        init: Path | None = ...,
     ) -> Any: ...
     def start(self, container_id: str, bundle: Path, log_path: Path) -> int: ...
     def wait(self, container_id: str, pid: int, timeout: float | None) -> int | None: ...
@@ -77,6 +79,10 @@ class Host:
     #: is the netns still a namespace bind-mounted at this path (in nyxd's mount
     #: namespace)? An empty file left by a crash or a reboot is not
     netns_alive: Callable[[Path], bool] = lambda path: True
+    #: bring ``lo`` up in a netns (``network_mode: none``: no driver does it)
+    loopback_up: Callable[[Path], Any] = lambda path: None
+    #: write ``net.*`` sysctls inside a container's netns
+    set_sysctls: Callable[[Path, Mapping[str, str]], Any] = lambda path, values: None
 
     @classmethod
     def default(cls, settings: DaemonSettings) -> Host:
@@ -102,4 +108,6 @@ class Host:
             extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
             signal_direct=True,
             netns_alive=netns_mod.is_netns,
+            loopback_up=netns_mod.loopback_up,
+            set_sysctls=netns_mod.set_sysctls,
         )

@@ -6,7 +6,9 @@ The API, the supervisor, the state store and compose share them; drivers never s
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+import re
+from typing import Any, Self
 
 from pydantic import (
     BaseModel,
@@ -23,13 +25,55 @@ from ._models_runtime import FileMount, Mount, normalize_capabilities, parse_sig
 from ._restart import RestartPolicy
 
 __all__ = [
+    "HOST_GATEWAY",
     "ContainerSpec",
     "FileMount",
     "Healthcheck",
     "Mount",
     "NetworkAttachment",
     "StackService",
+    "joined_container",
 ]
+
+HOST_GATEWAY = "host-gateway"
+"""The address of an ``extra_hosts`` entry that means "the container's network gateway"."""
+
+_DNS_NAME_RE = re.compile(
+    r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    r"(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+)
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_SYSCTL_RE = re.compile(r"^net(\.[A-Za-z0-9_-]+)+$")
+_EXPOSE_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?(?:/(tcp|udp))?$")
+_DNS_OPTION_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]*(:[0-9]{1,5})?$")
+_CONTAINER_REF_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+
+
+def _ipv4(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError as exc:
+        raise ValueError(f"{field} {value!r} is not an IPv4 address") from exc
+
+
+def _mac(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    if not _MAC_RE.match(value):
+        raise ValueError(f"{field} {value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    if int(value[:2], 16) & 1:
+        raise ValueError(f"{field} {value!r} is a multicast address (first octet odd)")
+    return value.lower()
+
+
+def joined_container(network_mode: str | None) -> str | None:
+    """The container named by ``network_mode: container:<ref>``, else None."""
+    if network_mode and network_mode.startswith("container:"):
+        return network_mode.partition(":")[2]
+    return None
+
 
 _TEST_KINDS = ("CMD", "CMD-SHELL", "NONE")
 _MIN_DURATION = 0.001  # docker's minimum for every healthcheck duration (1 ms)
@@ -47,6 +91,24 @@ class NetworkAttachment(BaseModel):
     name: str = Field(default="nyx", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     aliases: list[str] = Field(default_factory=list)
     internal: bool = False
+    ipv4_address: str | None = Field(
+        default=None,
+        description="the address to give the container on this network (the driver honours "
+        "it or refuses it; needs the static_addresses capability)",
+    )
+    mac_address: str | None = Field(
+        default=None, description="the MAC address of its interface on this network"
+    )
+
+    @field_validator("ipv4_address")
+    @classmethod
+    def _ipv4_address(cls, value: str | None) -> str | None:
+        return _ipv4(value, "ipv4_address")
+
+    @field_validator("mac_address")
+    @classmethod
+    def _mac_address(cls, value: str | None) -> str | None:
+        return _mac(value, "mac_address")
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +226,177 @@ class ContainerSpec(BaseModel):
     dns: bool | None = Field(default=None, description="None: follow the daemon's DNS policy")
     rm: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    # -- networking keys (docker run's --network MODE, --ip, --add-host, --dns...)
+    network_mode: str | None = Field(
+        default=None,
+        description="None: the container's own netns on its networks; 'host': the host's "
+        "network namespace; 'none': a netns with lo only; 'container:<name or id>': join "
+        "that running container's network namespace",
+    )
+    domainname: str | None = Field(default=None, description="NIS domain name (UTS)")
+    ipv4_address: str | None = Field(
+        default=None, description="address on the default network (--ip); see networks[]"
+    )
+    mac_address: str | None = Field(
+        default=None, description="MAC address on the default network (--mac-address)"
+    )
+    extra_hosts: list[str] = Field(
+        default_factory=list,
+        description="NAME:ADDRESS lines added to /etc/hosts; ADDRESS 'host-gateway' is the "
+        "gateway of the container's first network",
+    )
+    dns_servers: list[str] = Field(
+        default_factory=list,
+        description="nameservers for resolv.conf (after embedded DNS when it serves the "
+        "container, else instead of the driver's or host's)",
+    )
+    dns_search: list[str] = Field(default_factory=list, description="resolv.conf search domains")
+    dns_options: list[str] = Field(default_factory=list, description="resolv.conf options")
+    expose: list[str] = Field(
+        default_factory=list, description="ports the container says it listens on (metadata)"
+    )
+    sysctls: dict[str, str] = Field(
+        default_factory=dict,
+        description="net.* sysctls set in the container's network namespace",
+    )
+
+    @field_validator("domainname")
+    @classmethod
+    def _domainname(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_NAME_RE.match(value):
+            raise ValueError(f"domainname {value!r} is not a valid domain name")
+        return value
+
+    @field_validator("network_mode")
+    @classmethod
+    def _network_mode(cls, value: str | None) -> str | None:
+        if value in (None, "bridge"):
+            return None
+        if value in ("host", "none"):
+            return value
+        ref = joined_container(value)
+        if ref is not None and _CONTAINER_REF_RE.match(ref):
+            return value
+        raise ValueError(
+            f"network_mode {value!r}: must be 'host', 'none', 'bridge' or 'container:<name or id>'"
+        )
+
+    @field_validator("ipv4_address")
+    @classmethod
+    def _ipv4_address(cls, value: str | None) -> str | None:
+        return _ipv4(value, "ipv4_address")
+
+    @field_validator("mac_address")
+    @classmethod
+    def _mac_address(cls, value: str | None) -> str | None:
+        return _mac(value, "mac_address")
+
+    @field_validator("extra_hosts")
+    @classmethod
+    def _extra_hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            sep = "=" if "=" in item else ":"
+            name, found, addr = item.partition(sep)
+            if not found or not _DNS_NAME_RE.match(name):
+                raise ValueError(f"extra_hosts {item!r}: must be NAME:ADDRESS (or NAME=ADDRESS)")
+            addr = addr.strip("[]") if sep == "=" else addr
+            if addr != HOST_GATEWAY:
+                try:
+                    addr = str(ipaddress.ip_address(addr))
+                except ValueError as exc:
+                    raise ValueError(
+                        f"extra_hosts {item!r}: {addr!r} is not an IP address or {HOST_GATEWAY}"
+                    ) from exc
+            out.append(f"{name}:{addr}")
+        return out
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_address(item)))
+            except ValueError as exc:
+                raise ValueError(f"dns_servers {item!r} is not an IP address") from exc
+        return out
+
+    @field_validator("dns_search")
+    @classmethod
+    def _dns_search(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "." and not _DNS_NAME_RE.match(item.rstrip(".")):
+                raise ValueError(f"dns_search {item!r} is not a domain name")
+        if len(value) > 1 and "." in value:
+            raise ValueError(f"dns_search {value!r}: '.' (no search domains) stands alone")
+        return value
+
+    @field_validator("dns_options")
+    @classmethod
+    def _dns_options(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _DNS_OPTION_RE.match(item):
+                raise ValueError(f"dns_options {item!r} is not a resolv.conf option (ndots:2)")
+        return value
+
+    @field_validator("expose")
+    @classmethod
+    def _expose(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            m = _EXPOSE_RE.match(item)
+            lo = int(m.group(1)) if m else 0
+            hi = int(m.group(2) or lo) if m else 0
+            if not m or not 1 <= lo <= hi <= 65535:
+                raise ValueError(f"expose {item!r}: must be PORT[-PORT][/tcp|udp], 1-65535")
+            proto = (m.group(3) or "tcp") if m else "tcp"
+            out.append(f"{lo}{f'-{hi}' if hi != lo else ''}/{proto}")
+        return list(dict.fromkeys(out))
+
+    @field_validator("sysctls")
+    @classmethod
+    def _sysctls(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _SYSCTL_RE.match(key):
+                why = "only net.* sysctls (the container's network namespace) can be set"
+                if key.startswith("net."):
+                    why = "components are letters, digits, '_' and '-'"
+                raise ValueError(f"sysctls {key!r}: {why}")
+            if "\n" in val or "\0" in val or len(val) > 4096:
+                raise ValueError(f"sysctls {key!r}: bad value {val!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _network_mode_conflicts(self) -> Self:
+        """What a container without a network of its own cannot have (docker's rules)."""
+        if self.networks:
+            for f in ("ipv4_address", "mac_address"):
+                if getattr(self, f) is not None:
+                    raise ValueError(
+                        f"{f} {getattr(self, f)!r}: with networks[], give it on the network "
+                        f"(networks[].{f})"
+                    )
+        mode = self.network_mode
+        if mode is None:
+            return self
+        refused = ["networks", "aliases", "internal", "ports", "ipv4_address", "mac_address"]
+        if mode == "host":
+            refused += ["sysctls"]
+        elif mode != "none":  # container:<ref> shares the other's names and files too
+            refused += ["hostname", "domainname", "extra_hosts", "dns_servers", "dns_search"]
+            refused += ["dns_options", "expose", "sysctls"]
+        for f in refused:
+            value = getattr(self, f)
+            if value:
+                raise ValueError(
+                    f"{f} {_short(value)}: not with network_mode {mode!r} (the container has "
+                    "no network of its own)"
+                )
+        if "network" in self.model_fields_set and self.network != "nyx":
+            raise ValueError(f"network {self.network!r}: not with network_mode {mode!r}")
+        return self
+
     # -- mounts, capabilities, init, stop (see _models_runtime)
     mounts: list[Mount] = Field(
         default_factory=list, description="bind mounts, named or anonymous volumes, tmpfs"
@@ -235,7 +468,23 @@ class ContainerSpec(BaseModel):
         return RestartPolicy.parse(self.restart)
 
     def attachments(self) -> list[NetworkAttachment]:
-        """The networks to join, the default network when none is listed."""
+        """The networks to join, the default network when none is listed; none for a
+        container with a ``network_mode`` (host, none, another container's)."""
+        if self.network_mode is not None:
+            return []
         if self.networks:
             return list(self.networks)
-        return [NetworkAttachment(name=self.network, aliases=self.aliases, internal=self.internal)]
+        return [
+            NetworkAttachment(
+                name=self.network,
+                aliases=self.aliases,
+                internal=self.internal,
+                ipv4_address=self.ipv4_address,
+                mac_address=self.mac_address,
+            )
+        ]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

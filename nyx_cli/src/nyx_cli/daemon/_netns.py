@@ -3,7 +3,11 @@
 :func:`create_netns` makes a fresh namespace in a short-lived helper thread
 (``unshare(CLONE_NEWNET)`` changes only that thread) and bind-mounts the thread's
 ``/proc/thread-self/ns/net`` onto ``path``, as ``ip netns add`` does. The caller's own
-namespace never changes. ``lo`` is left down: the network driver brings it up.
+namespace never changes. ``lo`` is left down: the network driver brings it up
+(:func:`loopback_up` does it for a container without a network, ``network_mode: none``).
+:func:`set_sysctls` writes ``net.*`` sysctls inside a container's namespace, from a helper
+thread that entered it with ``setns`` (``/proc/sys/net`` shows the calling thread's
+namespace).
 """
 
 from __future__ import annotations
@@ -12,19 +16,30 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
+import struct
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+from nyx_core.errors import ConfigError
 
 from ..errors import RuntimeErrorNyx
+
+T = TypeVar("T")
 
 __all__ = [
     "MNT_DETACH",
     "MS_BIND",
     "create_netns",
     "delete_netns",
+    "in_netns",
     "is_mountpoint",
     "is_netns",
+    "loopback_up",
     "mount",
+    "set_sysctls",
     "umount",
 ]
 
@@ -37,6 +52,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def _enc(value: str | os.PathLike[str] | None) -> bytes | None:
@@ -156,3 +173,91 @@ def delete_netns(path: Path) -> None:
         pass
     except OSError as exc:
         raise RuntimeErrorNyx(f"cannot remove network namespace {str(path)!r}: {exc}") from exc
+
+
+def in_netns(path: Path, fn: Callable[[], T]) -> T:
+    """``fn()`` in a short-lived helper thread that entered the network namespace at
+    ``path`` (``setns``): the caller's own namespace never changes, and a failure to enter
+    is an error, never a silent run in nyxd's own namespace.
+
+    :raises RuntimeErrorNyx: naming the path, when the namespace cannot be entered.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def helper() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise RuntimeErrorNyx(
+                        f"cannot enter network namespace {str(path)!r}: {os.strerror(err)}"
+                    )
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=helper, name="nyx-in-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        if isinstance(failure[0], OSError):
+            raise RuntimeErrorNyx(f"network namespace {str(path)!r}: {failure[0]}") from failure[0]
+        raise failure[0]
+    return result[0]
+
+
+def loopback_up(path: Path) -> None:
+    """Bring ``lo`` up in the namespace at ``path`` (``network_mode: none``: lo only)."""
+
+    def up() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            req = struct.pack("16sH14x", b"lo", 0)
+            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+    in_netns(path, up)
+
+
+def set_sysctls(path: Path, values: Mapping[str, str]) -> None:
+    """Write ``net.*`` sysctls in the namespace at ``path``.
+
+    Only sysctls the kernel shows inside that namespace exist there, and those are the
+    namespace's own (the host-wide ``net.*`` ones are visible in the initial namespace
+    only): so nothing outside the container changes.
+
+    :raises ConfigError: naming the sysctl, when it is not ``net.*``, does not exist in a
+        container's namespace, is read-only there, or the kernel refuses the value.
+    """
+    for key in values:
+        parts = key.split(".")
+        if parts[0] != "net" or len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+            raise ConfigError(f"sysctls {key!r}: only net.* sysctls can be set")
+
+    def write() -> None:
+        for key, value in values.items():
+            target = "/proc/sys/" + key.replace(".", "/")
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise ConfigError(
+                    f"sysctls {key!r}: no such sysctl in a container's network namespace "
+                    "(host-wide net.* sysctls cannot be set per container)"
+                ) from exc
+            except PermissionError as exc:
+                raise ConfigError(
+                    f"sysctls {key!r}: read-only in a container's network namespace"
+                ) from exc
+            try:
+                os.write(fd, value.encode())
+            except OSError as exc:
+                raise ConfigError(
+                    f"sysctls {key!r}: the kernel refused {value!r}: {exc.strerror}"
+                ) from exc
+            finally:
+                os.close(fd)
+
+    in_netns(path, write)

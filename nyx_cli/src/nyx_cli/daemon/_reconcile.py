@@ -54,6 +54,8 @@ class Reconciler:
         """
         sup = self.sup
         records, broken = sup.store.load_all()
+        # containers in another one's netns (network_mode container:) after their owner
+        records.sort(key=lambda r: r.network_of is not None)
         stopped = cleaned = adopted = 0
         known = {r.id for r in records}
         again: list[Live] = []
@@ -142,12 +144,22 @@ class Reconciler:
             return False
         if not isinstance(st, dict) or st.get("status") != "running":
             return False
-        if not rec.pid or st.get("pid") != rec.pid or not rec.network_setup:
+        if not rec.pid or st.get("pid") != rec.pid:
             return False
-        if not rec.netns_path or not sup.host.netns_alive(Path(rec.netns_path)):
+        mode = rec.spec.network_mode
+        if mode is None and not rec.network_setup:
+            return False
+        if mode in (None, "none") and (
+            not rec.netns_path or not sup.host.netns_alive(Path(rec.netns_path))
+        ):
             # its netns mount went with the previous nyxd's mount namespace: nyxd could no
             # longer manage its network, so it is stopped and torn down instead
             return False
+        if rec.network_of is not None:
+            with sup.lock:
+                owner = sup.live.get(rec.network_of)
+            if owner is None or owner.rec.state != "running" or not owner.adopted:
+                return False  # the netns it joined was not re-adopted
         live.adopted = True
         live.started_at = sup.clock()
         with logger.contextualize(container=rec.id):

@@ -57,6 +57,11 @@ class ContainerRecord(BaseModel):
         "the DNS provider (internal_networks) both read this. None: a record of an older "
         "nyxd, decided from the spec at its next start or re-adoption",
     )
+    network_of: str | None = Field(
+        default=None,
+        description="network_mode container:<ref>: the id of the container whose network "
+        "namespace this one joins (resolved at create)",
+    )
     created: str = Field(default_factory=now)
     started: str | None = None
     finished: str | None = None
@@ -88,6 +93,8 @@ class ContainerRecord(BaseModel):
             "ips": list(self.ips),
             "ports": [str(p) for p in self.spec.ports],
             "networks": list(self.networks),
+            "network_mode": self.spec.network_mode or "bridge",
+            "expose": list(self.spec.expose),
             "labels": dict(self.spec.labels),
             "command": self.spec.command,
             "created": self.created,

@@ -1,8 +1,13 @@
 """The ordered steps that run one container, each with apply, undo and a persisted flag.
 
-``netns`` → ``network`` (the driver's setup, once per network) → ``dns`` (the provider's
-registration, when the DNS policy says so) → ``etc`` (hosts, hostname, resolv.conf) →
-``rootfs`` (overlay mount and runc bundle) → ``runtime`` (``runc run -d``).
+``netns`` → ``network`` (the driver's setup, once per network) → ``sysctls`` (``net.*``
+in the container's netns) → ``dns`` (the provider's registration, when the DNS policy says
+so) → ``etc`` (hosts, hostname, resolv.conf) → ``rootfs`` (overlay mount and runc bundle) →
+``runtime`` (``runc run -d``).
+
+``network_mode`` changes which run: ``none`` makes a netns with ``lo`` up and no network;
+``host`` and ``container:<ref>`` make no netns and no network of their own (runc gets no
+network namespace, or the other container's path).
 
 A step records that it began (its flag on the :class:`ContainerRecord`, persisted) *before*
 it acts, so a nyxd killed half-way knows what to undo after a restart; every undo is
@@ -28,13 +33,14 @@ from loguru import logger
 from nyx_core import DnsDecision, NyxError, SetupOptions, SetupResult
 
 from ..errors import CommandError, RuntimeErrorNyx
+from ._models import HOST_GATEWAY, joined_container
 from ._state import ContainerRecord
 
 if TYPE_CHECKING:
     from ._models import ContainerSpec
     from ._supervisor import Supervisor
 
-__all__ = ["STEPS", "Run", "Step", "Steps", "driver_resolv_conf"]
+__all__ = ["STEPS", "Run", "Step", "Steps", "driver_resolv_conf", "resolv_conf_with"]
 
 
 @dataclass
@@ -82,8 +88,16 @@ class Step:
         raise NotImplementedError
 
 
+def _own_netns(rec: ContainerRecord) -> bool:
+    """A netns of its own: the default mode and ``none`` (not ``host``/``container:``)."""
+    return rec.spec.network_mode in (None, "none")
+
+
 class NetnsStep(Step):
     name = "netns"
+
+    def wanted(self, sup: Supervisor, run: Run) -> bool:
+        return _own_netns(run.rec)
 
     def begin(self, rec: ContainerRecord, run: Run) -> None:
         rec.netns_path = str(run.netns)
@@ -96,6 +110,8 @@ class NetnsStep(Step):
 
     def apply(self, sup: Supervisor, run: Run) -> None:
         sup.host.create_netns(run.netns)
+        if run.rec.spec.network_mode == "none":
+            sup.host.loopback_up(run.netns)  # lo only; no driver does it
 
     def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
         if rec.netns_path:
@@ -105,6 +121,9 @@ class NetnsStep(Step):
 class NetworkStep(Step):
     name = "network"
     flag = "network_setup"
+
+    def wanted(self, sup: Supervisor, run: Run) -> bool:
+        return run.rec.spec.network_mode is None
 
     def apply(self, sup: Supervisor, run: Run) -> None:
         rec, spec = run.rec, run.rec.spec
@@ -118,6 +137,8 @@ class NetworkStep(Step):
                 hostname=rec.hostname,
                 aliases=list(att.aliases),
                 labels=dict(spec.labels),
+                static_ip=att.ipv4_address,
+                mac=att.mac_address,
             )
             ports = spec.ports if i == 0 else []
             with sup.net_lock:
@@ -127,6 +148,21 @@ class NetworkStep(Step):
     def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
         with sup.net_lock:
             sup.backend.teardown(rec.id, rec.netns_path or "")
+
+
+class SysctlStep(Step):
+    """``net.*`` sysctls in the container's own netns (they go with it: nothing to undo)."""
+
+    name = "sysctls"
+
+    def wanted(self, sup: Supervisor, run: Run) -> bool:
+        return bool(run.rec.spec.sysctls) and _own_netns(run.rec)
+
+    def apply(self, sup: Supervisor, run: Run) -> None:
+        sup.host.set_sysctls(run.netns, dict(run.rec.spec.sysctls))
+
+    def undo(self, sup: Supervisor, rec: ContainerRecord) -> None:
+        pass
 
 
 class DnsStep(Step):
@@ -156,18 +192,41 @@ class DnsStep(Step):
 
 
 class EtcStep(Step):
-    """hosts, hostname and resolv.conf under the container's run dir (removed with it)."""
+    """hosts, hostname and resolv.conf under the container's run dir (removed with it).
+
+    ``network_mode: container:<ref>`` shares the other container's three files; ``host``
+    starts its hosts file from the host's.
+    """
 
     name = "etc"
 
     def apply(self, sup: Supervisor, run: Run) -> None:
-        rec, cdir = run.rec, run.cdir
+        rec, cdir, spec = run.rec, run.cdir, run.rec.spec
+        if joined_container(spec.network_mode) is not None:
+            other = sup.run_dir / "containers" / (rec.network_of or "?")
+            run.mounts = [
+                (str(other / "hosts"), "/etc/hosts", False),
+                (str(other / "hostname"), "/etc/hostname", False),
+            ]
+            if (other / "resolv.conf").exists():
+                run.mounts.append((str(other / "resolv.conf"), "/etc/resolv.conf", False))
+            return
         hostname = cdir / "hostname"
         hostname.write_text(rec.hostname + "\n")
         hosts = cdir / "hosts"
-        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-        names = rec.hostname if rec.name == rec.hostname else f"{rec.hostname} {rec.name}"
-        lines += [f"{ip}\t{names}" for ip in rec.ips[:1]]
+        if spec.network_mode == "host":
+            lines = _host_file("/etc/hosts").rstrip("\n").splitlines()
+        else:
+            lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        names = [rec.hostname] if rec.name == rec.hostname else [rec.hostname, rec.name]
+        if spec.domainname:
+            names.insert(0, f"{rec.hostname}.{spec.domainname}")
+        lines += [f"{ip}\t{' '.join(names)}" for ip in rec.ips[:1]]
+        for entry in spec.extra_hosts:
+            name, _, addr = entry.partition(":")
+            if addr == HOST_GATEWAY:
+                addr = sup.host_gateway(rec, run.results)
+            lines.append(f"{addr}\t{name}")
         hosts.write_text("\n".join(lines) + "\n")
         run.mounts = [
             (str(hosts), "/etc/hosts", False),
@@ -175,10 +234,16 @@ class EtcStep(Step):
         ]
         text: str | None = None
         source = run.decision.resolv_conf
-        if source == "provider" and sup.dns is not None:
+        embedded = source == "provider" and sup.dns is not None
+        if embedded:
+            assert sup.dns is not None
             text = sup.dns.resolv_conf(rec.id)
-        elif source == "driver" or (source == "provider" and sup.dns is None):
+        elif source == "driver" or source == "provider":
             text = driver_resolv_conf(run.results)
+        if spec.dns_servers or spec.dns_search or spec.dns_options:
+            text = resolv_conf_with(
+                text or "", spec.dns_servers, spec.dns_search, spec.dns_options, embedded
+            )
         if text is not None:
             resolv = cdir / "resolv.conf"
             resolv.write_text(text if text.endswith("\n") else text + "\n")
@@ -209,8 +274,10 @@ class RootfsStep(Step):
             rootfs=Path(merged),
             process=process,
             hostname=run.rec.hostname,
-            netns_path=str(run.netns),
+            netns_path=None if spec.network_mode == "host" else str(run.netns),
             mounts=[*run.mounts, *_container_mounts(sup, run, Path(merged))],
+            host_network=spec.network_mode == "host",
+            sysctl={"kernel.domainname": spec.domainname} if spec.domainname else None,
             **_runtime_options(sup, spec),
         )
 
@@ -259,6 +326,7 @@ class RuntimeStep(Step):
 STEPS: tuple[Step, ...] = (
     NetnsStep(),
     NetworkStep(),
+    SysctlStep(),
     DnsStep(),
     EtcStep(),
     RootfsStep(),
@@ -362,7 +430,55 @@ def driver_resolv_conf(results: Sequence[SetupResult]) -> str:
         if search:
             lines.append("search " + " ".join(dict.fromkeys(search)))
         return "\n".join(lines) + "\n"
+    return _host_file("/etc/resolv.conf")
+
+
+def _host_file(path: str) -> str:
     try:
-        return Path("/etc/resolv.conf").read_text()
+        return Path(path).read_text()
     except OSError:
         return ""
+
+
+def resolv_conf_with(
+    base: str,
+    servers: Sequence[str],
+    search: Sequence[str],
+    options: Sequence[str],
+    embedded_first: bool,
+) -> str:
+    """``base`` (the provider's, the driver's or the host's resolv.conf) with a container's
+    own ``dns``/``dns_search``/``dns_opt``.
+
+    With ``embedded_first`` (the DNS policy gives the container embedded DNS) the base's
+    nameservers and search domains stay first and the container's follow; otherwise the
+    container's replace the base's. Options are merged (the container's last, so they win).
+    ``search ["."]`` means no search domains.
+    """
+    have_servers: list[str] = []
+    have_search: list[str] = []
+    have_options: list[str] = []
+    for line in base.splitlines():
+        words = line.split()
+        if not words or words[0].startswith(("#", ";")):
+            continue
+        if words[0] == "nameserver" and len(words) > 1:
+            have_servers.append(words[1])
+        elif words[0] in ("search", "domain"):
+            have_search = words[1:]
+        elif words[0] == "options":
+            have_options += words[1:]
+    if embedded_first:
+        servers = [*have_servers, *servers]
+        search = [*have_search, *(s for s in search if s != ".")]
+    else:
+        servers = list(servers) or have_servers
+        search = list(search) or have_search
+    search = [s for s in search if s != "."]
+    lines = [f"nameserver {s}" for s in dict.fromkeys(servers)]
+    if search:
+        lines.append("search " + " ".join(dict.fromkeys(search)))
+    merged = list(dict.fromkeys([*have_options, *options]))
+    if merged:
+        lines.append("options " + " ".join(merged))
+    return "\n".join(lines) + "\n"

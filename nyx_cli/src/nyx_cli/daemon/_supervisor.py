@@ -36,6 +36,7 @@ from nyx_core import (
     NetworkBackend,
     PortMapping,
     PortRange,
+    SetupResult,
     StackNetwork,
     clash_message,
     dns_policy,
@@ -51,7 +52,7 @@ from ._faults import FAULTS, Faults
 from ._health import HealthService
 from ._host import Host
 from ._live import Live
-from ._models import ContainerSpec
+from ._models import ContainerSpec, joined_container
 from ._models_runtime import parse_signal
 from ._networks import NetworkRegistry
 from ._reconcile import Reconciler
@@ -214,6 +215,7 @@ class Supervisor:
         del image
         for att in spec.attachments():
             self.networks.gateway(att.name)
+        self._check_static_addresses(spec)
         # conflicts with running containers are checked once, when it starts
         self._check_ports(spec.ports, against_running=not start)
         spec, anonymous = self._check_mounts(spec)
@@ -222,6 +224,13 @@ class Supervisor:
         hostname = spec.hostname or (
             spec.name if spec.name and _LABEL_RE.match(spec.name) else cid[:12]
         )
+        network_of = None
+        ref = joined_container(spec.network_mode)
+        if ref is not None:  # its names and files are the other container's
+            other = self._network_owner(ref)
+            network_of, hostname = other.rec.id, other.rec.hostname
+        elif spec.network_mode == "host" and not spec.hostname:
+            hostname = os.uname().nodename  # docker's: the host's name in the host's network
         rec = ContainerRecord(
             id=cid,
             name=name,
@@ -229,11 +238,14 @@ class Supervisor:
             hostname=hostname,
             networks=[self.networks.canonical(a.name) for a in spec.attachments()],
             internal_networks=self._internal_networks(spec),
+            network_of=network_of,
         )
         live = Live(rec)
         with self.lock:
             if any(v.rec.name == name for v in self.live.values()):
                 raise ConflictError(f"container name {name!r} is already in use")
+            if network_of is not None and network_of not in self.live:
+                raise NotFoundError(f"network_mode {spec.network_mode!r}: no such container")
             self._claim_volumes(spec, cid, anonymous)
             self.live[cid] = live
             self.store.save(rec)
@@ -247,6 +259,68 @@ class Supervisor:
         except BaseException:
             self._forget(live)
             raise
+
+    def _check_static_addresses(self, spec: ContainerSpec) -> None:
+        """An address or MAC asked for needs a driver that honours it (``static_addresses``):
+        refused before anything is made, never silently ignored."""
+        if self.backend.capabilities().static_addresses:
+            return
+        for i, att in enumerate(spec.attachments()):
+            for f in ("ipv4_address", "mac_address"):
+                value = getattr(att, f)
+                if value is None:
+                    continue
+                where = f if not spec.networks else f"networks[{i}].{f}"
+                raise ConfigError(
+                    f"{where} {value!r}: nyxd's net driver {self.backend.name!r} does not honour "
+                    "static addresses or MACs (no static_addresses capability); configure "
+                    "them in the driver instead"
+                )
+
+    def _network_owner(self, ref: str) -> Live:
+        """The container whose network namespace ``network_mode: container:<ref>`` joins
+        (followed to the one that owns it, as docker does)."""
+        try:
+            other = self._find(ref)
+        except NotFoundError as exc:
+            raise NotFoundError(f"network_mode 'container:{ref}': no such container") from exc
+        if other.rec.network_of is not None:
+            with self.lock:
+                owner = self.live.get(other.rec.network_of)
+            if owner is None:
+                raise NotFoundError(
+                    f"network_mode 'container:{ref}': {other.rec.name!r} joined a container "
+                    "that is gone"
+                )
+            other = owner
+        if other.rec.spec.network_mode == "host":
+            raise ConfigError(
+                f"network_mode 'container:{ref}': {other.rec.name!r} uses the host's network; "
+                "use network_mode 'host'"
+            )
+        return other
+
+    def joiners(self, cid: str, states: Sequence[str] = ("created", *_HOLDS_PORTS)) -> list[Live]:
+        """Containers that joined ``cid``'s network namespace (``network_mode: container:``)."""
+        with self.lock:
+            return [
+                v
+                for v in self.live.values()
+                if v.rec.network_of == cid and v.rec.state in states and not v.removed
+            ]
+
+    def host_gateway(self, rec: ContainerRecord, results: Sequence[SetupResult] = ()) -> str:
+        """``extra_hosts``' ``host-gateway``: the gateway of the container's first network
+        (a host address the container reaches: as the driver reported it, else as nyxd
+        recorded the network), nyxd's default gateway for a container without a network."""
+        for result in results[:1]:
+            if result.gateway is not None:
+                return str(result.gateway)
+        for att in rec.spec.attachments()[:1]:
+            gateway = self.networks.gateway(att.name)
+            if gateway is not None:
+                return str(gateway.ip)
+        return str(self.settings.gateway_ip)
 
     def _check_ports(
         self,
@@ -324,6 +398,8 @@ class Supervisor:
     def _dns_decision(self, spec: ContainerSpec) -> DnsDecision:
         if spec.dns is False:
             return DnsDecision(use_provider=False, resolv_conf="none")
+        if spec.network_mode is not None:  # no network of its own: the host's resolv.conf
+            return DnsDecision(use_provider=False, resolv_conf="driver")
         if spec.dns is True:
             return DnsDecision(use_provider=self.dns is not None, resolv_conf="provider")
         stack = None
@@ -344,13 +420,16 @@ class Supervisor:
         rec = live.rec
         cid = rec.id
         image = self._image(rec.spec.image)
+        netns = self.run_dir / "netns" / cid
+        if rec.network_of is not None:
+            netns = self._joined_netns(rec)
         cdir = self.run_dir / "containers" / cid
         cdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         run = Run(
             rec=rec,
             image=image,
             cdir=cdir,
-            netns=self.run_dir / "netns" / cid,
+            netns=netns,
             internal=self._recorded_internal(rec),
             decision=self._dns_decision(rec.spec),
         )
@@ -372,6 +451,21 @@ class Supervisor:
         threading.Thread(
             target=self._watch, args=(live, run.pid), name=f"watch-{cid[:12]}", daemon=True
         ).start()
+
+    def _joined_netns(self, rec: ContainerRecord) -> Path:
+        """The running network owner's netns (``network_mode: container:``)."""
+        with self.lock:
+            owner = self.live.get(rec.network_of or "")
+        if owner is None or owner.removed:
+            raise NotFoundError(
+                f"network_mode {rec.spec.network_mode!r}: the container is gone; create a new one"
+            )
+        if owner.rec.state != "running" or not owner.rec.netns_path:
+            raise ConflictError(
+                f"network_mode {rec.spec.network_mode!r}: container {owner.rec.name!r} is "
+                f"{owner.rec.state}; start it first"
+            )
+        return Path(owner.rec.netns_path)
 
     def dns_aliases(self, rec: ContainerRecord) -> list[str]:
         names: list[str] = []
@@ -413,11 +507,33 @@ class Supervisor:
                     self._persist(live)
                 except Exception as exc:
                     logger.bind(error=repr(exc)).error("container state not saved")
+                self._stop_joiners(rec)  # before done: a wait for this exit sees them stopping
                 live.done.set()
             logger.bind(exit_code=code, state=rec.state).info("container finished")
         if rec.spec.rm and not self._closing:
             with contextlib.suppress(NyxError):
                 self._remove(live)
+
+    def _stop_joiners(self, rec: ContainerRecord) -> None:
+        """The containers in ``rec``'s network namespace lost their network with it (also
+        when ``rec`` restarts by its policy: its netns is made anew): they are stopped too,
+        not by hand, with their own grace (in the background: each stop waits for its own
+        teardown). One waiting to restart just stays stopped."""
+        if self._closing:
+            return
+        for joiner in self.joiners(rec.id, _HOLDS_PORTS):
+            logger.bind(container=joiner.rec.id, owner=rec.id).info(
+                "stopping: the container whose network it joined has stopped"
+            )
+            if joiner.rec.state == "restarting":  # nothing runs: cancel its restart, now
+                self._stop_quiet(joiner, None)
+                continue
+            threading.Thread(
+                target=self._stop_quiet,
+                args=(joiner, None),
+                name=f"stop-{joiner.rec.id[:12]}",
+                daemon=True,
+            ).start()
 
     def _plan_restart(self, live: Live, code: int | None) -> bool:
         """After an exit (under ``live.lock``): when its policy asks for a restart, mark it
@@ -524,6 +640,7 @@ class Supervisor:
 
     def remove(self, ref: str, force: bool = False) -> None:
         live = self._find(ref)
+        self._refuse_if_joined(live)  # before a forced stop: refused, nothing changes
         if live.rec.state in _HOLDS_PORTS:
             if not force:
                 raise ConflictError(
@@ -539,6 +656,7 @@ class Supervisor:
                 return
             if live.rec.state in _HOLDS_PORTS:
                 raise ConflictError(f"container {live.rec.name!r} is {live.rec.state}")
+            self._refuse_if_joined(live)
             self._cancel_restart(live)
             self.faults.hit("rm:teardown")
             self._teardown(live)
@@ -547,6 +665,15 @@ class Supervisor:
         self.faults.hit("rm:forget")
         self._forget(live)
         logger.bind(container=live.rec.id).info("container removed")
+
+    def _refuse_if_joined(self, live: Live) -> None:
+        joined = self.joiners(live.rec.id)
+        if joined:
+            names = ", ".join(repr(j.rec.name) for j in joined)
+            raise ConflictError(
+                f"container {live.rec.name!r} is the network of {names} "
+                "(network_mode container:); remove them first"
+            )
 
     def _forget(self, live: Live) -> None:
         live.removed = True
@@ -873,7 +1000,7 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     self._remove(live)
 
-    def _stop_quiet(self, live: Live, grace: float) -> None:
+    def _stop_quiet(self, live: Live, grace: float | None) -> None:
         try:
             self.stop(live.rec.id, timeout=grace, by_hand=False)
         except Exception as exc:

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -570,19 +570,26 @@ class RuncRuntime:
         netns_path: str | None,
         mounts: Sequence[BundleMount | tuple[str, str, bool]],
         container_id: str | None = None,
+        host_network: bool = False,
+        sysctl: Mapping[str, str] | None = None,
         capabilities: Sequence[str] | None = None,
         init: Path | None = None,
     ) -> None:
         """Write ``bundle/config.json`` for ``process`` in ``rootfs``.
 
-        ``netns_path`` is the prepared network namespace (``None``: a new, empty one; never
-        the host's). ``mounts`` are extra mounts: :class:`BundleMount` or bind tuples
-        ``(source, destination, readonly)``, mounted parents first. ``capabilities``
-        replaces the runtime's set for this container (the seccomp profile follows it).
-        ``init``: a static init binary, bind-mounted read-only at :data:`INIT_DESTINATION`
-        and run as PID 1 (``init -- args``): it reaps zombies and forwards signals. The
-        cgroup is ``<cgroup_parent>/<container_id>`` (set by :meth:`start` when not given
-        here). The working directory is created in the rootfs when missing.
+        ``netns_path`` is the prepared network namespace (``None``: a new, empty one);
+        ``host_network=True`` (``network_mode: host``, and only then) leaves the container
+        in the host's network namespace: no network namespace at all. ``sysctl`` goes to
+        the OCI ``linux.sysctl`` (nyxd passes only ``kernel.domainname``, namespaced by the
+        container's own UTS namespace; ``net.*`` ones nyxd writes itself, before, so an
+        unknown one is a clear error). ``mounts`` are extra mounts: :class:`BundleMount`
+        or bind tuples ``(source, destination, readonly)``, mounted parents first.
+        ``capabilities`` replaces the runtime's set for this container (the seccomp profile
+        follows it). ``init``: a static init binary, bind-mounted read-only at
+        :data:`INIT_DESTINATION` and run as PID 1 (``init -- args``): it reaps zombies and
+        forwards signals. The cgroup is ``<cgroup_parent>/<container_id>`` (set by
+        :meth:`start` when not given here). The working directory is created in the rootfs
+        when missing.
         """
         rootfs = Path(rootfs)
         caps = self.capabilities
@@ -608,9 +615,14 @@ class RuncRuntime:
             raise ConfigError(
                 f"workdir: {process.cwd!r} cannot be created in the image ({exc.strerror})"
             ) from exc
+        if host_network and netns_path is not None:
+            raise ConfigError("host_network: a netns_path was given too")
         netns: dict[str, str] = {"type": "network"}
         if netns_path is not None:
             netns["path"] = str(netns_path)
+        namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+        if not host_network:
+            namespaces.append(netns)
         config: dict[str, Any] = {
             "ociVersion": "1.0.2-dev",
             "process": {
@@ -626,13 +638,8 @@ class RuncRuntime:
             "hostname": hostname,
             "mounts": _default_mounts() + _bundle_mounts(extra_mounts),
             "linux": {
-                "namespaces": [
-                    {"type": "pid"},
-                    {"type": "ipc"},
-                    {"type": "uts"},
-                    {"type": "mount"},
-                    netns,
-                ],
+                "namespaces": namespaces,
+                **({"sysctl": dict(sysctl)} if sysctl else {}),
                 "resources": {
                     "devices": [{"allow": False, "access": "rwm"}],
                     **({"pids": {"limit": self.pids_limit}} if self.pids_limit > 0 else {}),

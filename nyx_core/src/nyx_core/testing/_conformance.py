@@ -522,6 +522,45 @@ class BackendConformance:
             nyx_backend.teardown("conf-up", ctr.path)
 
     @pytest.mark.kernel
+    def test_static_address_and_mac_are_honoured(
+        self,
+        nyx_backend: NetworkBackend,
+        nyx_settings: NyxSettings,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        """``static_addresses``: ``static_ip`` and ``mac`` are what the container gets (and
+        what the result reports); a second container asking for the same address is
+        refused with a :class:`NyxError` that changes nothing on the host."""
+        self._require(nyx_backend, "static_addresses")
+        subnet = nyx_settings.container_subnet
+        want = subnet.network_address + (subnet.num_addresses - 3)
+        mac = "02:42:0a:e7:00:fd"
+        ctr = nyx_container_ns()
+        opts = SetupOptions(static_ip=want, mac=mac)
+        result = nyx_backend.setup("conf-static", ctr.path, [], opts)
+        try:
+            assert want in result.ips, f"asked for {want}, the result reports {result.ips}"
+            links = [link for link in ctr.ipj("addr", "show") if link.get("ifname") != "lo"]
+            got = {
+                (link.get("address"), a["local"])
+                for link in links
+                for a in link.get("addr_info", [])
+                if a.get("family") == "inet"
+            }
+            assert (mac, str(want)) in got, (
+                f"asked for {want} with MAC {mac}; the container has (mac, address) {sorted(got)}"
+            )
+            other = nyx_container_ns()
+            before = snapshot(nyx_in_host)
+            with pytest.raises(NyxError):
+                nyx_backend.setup("conf-static2", other.path, [], SetupOptions(static_ip=want))
+            _same(before, snapshot(nyx_in_host), "the refused static address changed the host")
+        finally:
+            nyx_backend.teardown("conf-static", ctr.path)
+            nyx_backend.teardown("conf-static2", "")
+
+    @pytest.mark.kernel
     def test_two_containers_exchange_a_packet(
         self,
         nyx_backend: NetworkBackend,
