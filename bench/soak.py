@@ -208,15 +208,16 @@ class Soak:
         )  # fmt: skip
 
     def monitors(self) -> int:
+        """Container monitors alive (each works in its ``run/monitors/<id>``)."""
         status_root = str(self.root / "run" / "monitors")
         count = 0
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:
-                    cmd = (proc / "cmdline").read_bytes()
+                    ours = b"_monitor.py" in (proc / "cmdline").read_bytes()
+                    count += ours and os.readlink(proc / "cwd").startswith(status_root)
                 except OSError:
                     continue
-                count += b"_monitor.py" in cmd and status_root.encode() in cmd
         return count
 
     def close(self) -> None:

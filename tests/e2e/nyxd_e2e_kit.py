@@ -242,21 +242,21 @@ class Nyxd:
         return Path(f"/proc/{pid}/mountinfo").read_text()
 
     def monitors(self) -> dict[int, str]:
-        """The per-container monitors of this nyxd alive now: pid -> container id."""
+        """The per-container monitors of this nyxd alive now: pid -> container id (a monitor
+        works in its container's ``run/monitors/<id>``; a spare, in ``/``, is none)."""
         found: dict[int, str] = {}
         status_root = str(self.run / "monitors") + "/"
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
             try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"_monitor.py" not in (proc / "cmdline").read_bytes():
+                    continue
+                cwd = os.readlink(proc / "cwd")
             except OSError:
                 continue
-            args = [a.decode(errors="replace") for a in argv]
-            if any(a.endswith("_monitor.py") for a in args):
-                for a in args:
-                    if a.startswith(status_root):
-                        found[int(proc.name)] = a[len(status_root) :].split("/")[0]
+            if cwd.startswith(status_root):
+                found[int(proc.name)] = cwd[len(status_root) :].split("/")[0]
         return found
 
     def ruleset(self) -> dict[str, Any]:

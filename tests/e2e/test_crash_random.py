@@ -54,9 +54,7 @@ def rnd(busybox_tar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 class Workload:
     """Parallel clients until the first error (nyxd's death)."""
 
-    def __init__(
-        self, d: Nyxd, rng: random.Random, names: set[str], serial: Iterator[int]
-    ) -> None:
+    def __init__(self, d: Nyxd, rng: random.Random, names: set[str], serial: Iterator[int]) -> None:
         self.d, self.rng, self.names, self.serial = d, rng, names, serial
         self.stop = threading.Event()
         self.threads = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nyx_cli.runtime._runc import MONITOR
+from nyx_cli.runtime._runc import MONITOR, RuncRuntime
 
 
 def _fake_runc(tmp_path: Path, init: str, rc: int = 0) -> list[str]:
@@ -24,17 +24,24 @@ def _fake_runc(tmp_path: Path, init: str, rc: int = 0) -> list[str]:
 
 
 def _start(tmp_path: Path, runc: list[str]) -> subprocess.Popen[bytes]:
+    """A monitor started (as nyxd's warm spare is), then given its command."""
     status = tmp_path / "status"
     status.mkdir(exist_ok=True)
-    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-S", "-I", MONITOR, str(status), str(tmp_path / "init.pid"),
-             "--", *runc],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    finally:
-        os.close(log)
+    mon = subprocess.Popen(
+        [sys.executable, "-S", "-I", MONITOR],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    command = {
+        "status_dir": str(status),
+        "pid_file": str(tmp_path / "init.pid"),
+        "log": str(tmp_path / "log"),
+        "runc": runc,
+    }
+    assert mon.stdin is not None
+    mon.stdin.write(json.dumps(command).encode() + b"\n")
+    mon.stdin.flush()
+    return mon
 
 
 def _exit(tmp_path: Path, timeout: float = 20) -> dict[str, int]:
@@ -89,6 +96,60 @@ def test_a_failing_runc_is_reported_and_nothing_recorded(tmp_path: Path) -> None
     assert mon.wait(20) == 4
     assert not (tmp_path / "status" / "exit").exists()
     assert "bad config" in (tmp_path / "log").read_text()
+
+
+def test_a_spare_nobody_needed_exits_on_eof(tmp_path: Path) -> None:
+    mon = subprocess.Popen(
+        [sys.executable, "-S", "-I", MONITOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    out, _ = mon.communicate(b"", timeout=20)
+    assert mon.returncode == 0 and out == b""
+
+
+@pytest.mark.parametrize(
+    "line", [b"not json\n", b"[]\n", b'{"status_dir": "/x", "pid_file": "/y", "log": "/z"}\n']
+)
+def test_a_bad_command_is_reported_and_nothing_run(tmp_path: Path, line: bytes) -> None:
+    mon = subprocess.Popen(
+        [sys.executable, "-S", "-I", MONITOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    out, _ = mon.communicate(line, timeout=20)
+    assert mon.returncode == 2 and out.startswith(b"runc 2 ")
+
+
+def test_the_runtime_keeps_one_spare_and_lets_it_go(tmp_path: Path) -> None:
+    """nyxd's RuncRuntime hands out its warm spare and starts the next one behind it;
+    ``close`` ends the spare (a container's monitor is never a spare)."""
+    rt = RuncRuntime(tmp_path / "runc", spare_monitor=True)
+    (first,) = rt._spares
+    got = rt._monitor()
+    assert got is first and len(rt._spares) == 1 and rt._spares[0] is not first
+    (second,) = rt._spares
+    rt.close()
+    assert rt._spares == [] and second.returncode == 0
+    mon_runc = _fake_runc(tmp_path, "exit 5")
+    (tmp_path / "status").mkdir()
+    assert got.stdin is not None
+    command = {"status_dir": str(tmp_path / "status"), "pid_file": str(tmp_path / "init.pid")}
+    got.stdin.write(
+        json.dumps({**command, "log": str(tmp_path / "log"), "runc": mon_runc}).encode()
+    )
+    got.stdin.write(b"\n")
+    got.stdin.flush()
+    assert _report(got).startswith("pid ")
+    got.stdin.close()
+    assert got.wait(20) == 0 and _exit(tmp_path)["exit_code"] == 5
+    assert RuncRuntime(tmp_path / "other")._spares == []  # none unless asked
+
+
+def test_works_in_its_status_dir(tmp_path: Path) -> None:
+    """How a later nyxd tells a container's monitor from a process that got its pid."""
+    mon = _start(tmp_path, _fake_runc(tmp_path, "sleep 0.5"))
+    _report(mon)
+    assert os.readlink(f"/proc/{mon.pid}/cwd") == str(tmp_path / "status")
+    assert mon.stdin is not None
+    mon.stdin.close()
+    mon.wait(20)
 
 
 def test_outlives_the_nyxd_that_started_it(tmp_path: Path) -> None:

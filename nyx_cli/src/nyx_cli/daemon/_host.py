@@ -100,7 +100,10 @@ class Host:
             ),
             rootfs=rootfs,
             runtime=runtime_mod.RuncRuntime(
-                settings.run_dir / "runc", runc=settings.runtime, pids_limit=settings.pids_limit
+                settings.run_dir / "runc",
+                runc=settings.runtime,
+                pids_limit=settings.pids_limit,
+                spare_monitor=True,  # a container start skips the monitor's interpreter start
             ),
             process_from_image=runtime_mod.process_from_image,
             create_netns=netns_mod.create_netns,

@@ -8,17 +8,18 @@ itself the subreaper, runs runc, reports the init's pid, waits for the init and 
 exit status to a file that any nyxd reads later, the one that started the container or
 the next one. This is what podman's conmon does.
 
-Run as ``python -S -I _monitor.py STATUS_DIR PID_FILE -- RUNC_ARGV...`` with:
+Run as ``python -S -I _monitor.py`` (standard library only, no site-packages). nyxd keeps
+one started ahead (a warm spare), so a container start does not wait for an interpreter:
 
-- fd 0: nyxd's acknowledgement: the monitor reaps nothing until it reads EOF there (nyxd
-  closes it once it holds a pidfd of the init, so the pid cannot be reused before; a dead
-  nyxd closes it too);
-- fd 1: the report to nyxd, one line: ``pid <init pid>`` or ``runc <exit status>``;
-- fd 2: the container's log, runc's stdout and stderr (and so the container's).
+- fd 0, from nyxd: one JSON line, the command ``{"status_dir", "pid_file", "log", "runc":
+  [argv]}`` (EOF instead: the spare is not needed, it exits); then EOF is nyxd's
+  acknowledgement: the monitor reaps nothing until then (nyxd closes it once it holds a
+  pidfd of the init, so the pid cannot be reused before; a dead nyxd closes it too);
+- fd 1, to nyxd: one line, ``pid <init pid>`` or ``runc <exit status> [why]``.
 
-``STATUS_DIR/exit`` gets ``{"pid": P, "exit_code": N}`` (128+N for signal N), written
-atomically. Standard library only, no site-packages (``-S -I``): it starts in ~10 ms and
-keeps ~3 MiB of private memory per running container.
+runc's stdout and stderr (and so the container's) go to ``log`` (appended). The monitor's
+working directory is its ``status_dir`` (how a later nyxd knows whose monitor a pid is);
+``status_dir/exit`` gets ``{"pid": P, "exit_code": N}`` (128+N for signal N), atomically.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import signal
 import sys
 
 _PR_SET_CHILD_SUBREAPER = 36
+_FIELDS = ("status_dir", "pid_file", "log")
 
 
 def _report(line: str) -> None:
@@ -41,6 +43,26 @@ def _report(line: str) -> None:
         os.close(1)
     except OSError:
         pass
+
+
+def _command() -> tuple[str, str, str, list[str]] | None:
+    """nyxd's command line from fd 0 (read unbuffered: the EOF after it is the ack):
+    ``(status_dir, pid_file, log, runc argv)``; ``None`` on EOF before it (an unneeded
+    spare). :raises ValueError: the line is not a command."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    got = json.loads(data)
+    fields = [got.get(k) if isinstance(got, dict) else None for k in _FIELDS]
+    runc = got.get("runc") if isinstance(got, dict) else None
+    if not all(isinstance(f, str) and f for f in fields):
+        raise ValueError(f"command: {', '.join(_FIELDS)} must be paths")
+    if not isinstance(runc, list) or not runc or not all(isinstance(a, str) for a in runc):
+        raise ValueError(f"command: runc must be a non-empty argv, not {runc!r}")
+    return fields[0], fields[1], fields[2], runc
 
 
 def _write_status(status_dir: str, pid: int, code: int) -> None:
@@ -64,27 +86,37 @@ def _code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def main(argv: list[str]) -> int:
-    status_dir, pid_file, sep, *runc = argv
-    if sep != "--" or not runc:
-        print("usage: _monitor.py STATUS_DIR PID_FILE -- RUNC_ARGV...", file=sys.stderr)
-        return 2
+def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # only the container's end ends the monitor
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        _report(f"runc 126 prctl: {os.strerror(ctypes.get_errno())}")
-        return 126
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    why = "" if subreaper else os.strerror(ctypes.get_errno())
     try:
+        cmd = _command()
+    except ValueError as exc:  # JSONDecodeError is one
+        _report(f"runc 2 {exc}")
+        return 2
+    if cmd is None:
+        return 0  # a spare nyxd did not need
+    status_dir, pid_file, log_path, runc = cmd
+    if not subreaper:
+        _report(f"runc 126 prctl(PR_SET_CHILD_SUBREAPER): {why}")
+        return 126
+    try:
+        os.chdir(status_dir)
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         child = os.posix_spawn(runc[0], runc, os.environ, file_actions=[
             (os.POSIX_SPAWN_DUP2, null, 0),
-            (os.POSIX_SPAWN_DUP2, 2, 1),
+            (os.POSIX_SPAWN_DUP2, log, 1),
+            (os.POSIX_SPAWN_DUP2, log, 2),
         ])  # fmt: skip
     except OSError as exc:
         _report(f"runc 127 {exc}")
         return 127
     os.close(null)
+    os.close(log)
     early: dict[int, int] = {}  # reaped before runc's own exit was seen: the init, maybe
     while True:
         got, status = os.waitpid(-1, 0)
@@ -101,7 +133,6 @@ def main(argv: list[str]) -> int:
         _report(f"runc 125 no pid file: {exc}")
         return 125
     _report(f"pid {init}")
-    os.close(2)  # the container's log stays open in the container only
     while os.read(0, 4096):  # until nyxd holds a pidfd of the init (or is gone)
         pass
     os.close(0)
@@ -119,4 +150,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

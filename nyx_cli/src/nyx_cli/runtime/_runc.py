@@ -523,10 +523,13 @@ class RuncRuntime:
         seccomp: bool = True,
         capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
+        spare_monitor: bool = False,
     ) -> None:
         """``capabilities``: the container's bounding/effective/permitted set; the seccomp
         profile follows it (Docker's rules). ``pids_limit``: most tasks in the container's
-        cgroup; 0 or -1 is unlimited.
+        cgroup; 0 or -1 is unlimited. ``spare_monitor``: keep one monitor started ahead of
+        need (nyxd does), so a container start does not wait for its interpreter;
+        :meth:`close` lets it go.
         """
         unknown = sorted(set(capabilities) - CAPABILITIES)
         if unknown:
@@ -545,6 +548,9 @@ class RuncRuntime:
         self._monitors: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
         self._pidfds: dict[tuple[str, int], int] = {}
         self.monitors_dir = self.root.parent / "monitors"
+        #: a monitor started ahead of need (a container start then skips the interpreter's)
+        self.spare_monitor = spare_monitor
+        self._spares = [_spawn_monitor()] if spare_monitor else []
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -655,6 +661,33 @@ class RuncRuntime:
         os.chmod(bundle, 0o700)
         _write_private(Path(bundle) / "config.json", json.dumps(config, indent=1))
 
+    def _monitor(self) -> subprocess.Popen[bytes]:
+        """A started monitor waiting for its command: the warm spare when there is one
+        (its interpreter is up already), else a new one; a new spare is started behind it."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        monitor = next((m for m in spares if m.poll() is None), None)
+        for other in spares:
+            if other is not monitor:
+                _done(other)
+        if monitor is None:
+            monitor = _spawn_monitor()
+        if self.spare_monitor:
+            try:  # a fork+exec: the interpreter starts on its own
+                spare = _spawn_monitor()
+            except OSError:  # the next start spawns its own
+                return monitor
+            with self._lock:
+                self._spares.append(spare)
+        return monitor
+
+    def close(self) -> None:
+        """Let the spare monitor go (it exits on EOF); running containers keep theirs."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            _done(spare)
+
     def status_dir(self, container_id: str) -> Path:
         """Where the container's monitor writes: ``monitor`` (its pid), ``exit``."""
         return self.monitors_dir / container_id
@@ -695,22 +728,21 @@ class RuncRuntime:
             str(bundle),
             container_id,
         ]
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        command = {"status_dir": str(status), "pid_file": str(pid_file), "log": str(log_path)}
         try:
-            monitor = subprocess.Popen(
-                [sys.executable, "-S", "-I", MONITOR, str(status), str(pid_file), "--", *runc],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=fd,
-                cwd="/",
-                start_new_session=True,  # nyxd's death (or its process group's) is not its
-            )
+            monitor = self._monitor()
         except OSError as exc:
             self.delete(container_id, force=True)
             raise RuntimeErrorNyx(f"runc run {container_id}: {exc}") from exc
-        finally:
-            os.close(fd)
-        _write_private(status / "monitor", str(monitor.pid))
+        try:  # its pid first: once it has the command, runc may start the container
+            _write_private(status / "monitor", str(monitor.pid))
+            assert monitor.stdin is not None
+            monitor.stdin.write(json.dumps({**command, "runc": runc}).encode() + b"\n")
+            monitor.stdin.flush()
+        except OSError as exc:  # the monitor got no command (or died): it exits on EOF
+            _done(monitor)
+            self.delete(container_id, force=True)
+            raise RuntimeErrorNyx(f"runc run {container_id}: {exc}") from exc
         try:
             line = _read_line(monitor, timeout=120)
         except BaseException as exc:
@@ -813,8 +845,9 @@ class RuncRuntime:
             mfd = os.pidfd_open(mpid)
         except (OSError, ValueError):
             return
-        try:  # still that monitor (pids are reused): its command line names the container
-            ours = container_id.encode() in Path(f"/proc/{mpid}/cmdline").read_bytes()
+        try:  # still that monitor (pids are reused): it works in the container's status dir
+            cwd = os.readlink(f"/proc/{mpid}/cwd").removesuffix(" (deleted)")
+            ours = cwd == str(self.status_dir(container_id))
         except OSError:
             ours = False
         if not ours:
@@ -984,6 +1017,19 @@ def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _spawn_monitor() -> subprocess.Popen[bytes]:
+    """A monitor waiting for its command on stdin, in a session of its own (neither nyxd's
+    death nor a signal to nyxd's process group reaches it)."""
+    return subprocess.Popen(
+        [sys.executable, "-S", "-I", MONITOR],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        start_new_session=True,
+    )
 
 
 def _done(monitor: subprocess.Popen[bytes]) -> None:
