@@ -11,15 +11,24 @@ Scenarios:
 * ``names``: A queries for 200 container names (``web0`` .. ``web199``) the servers
   answer themselves.
 * ``forward``: A queries for 200 names none of them knows, forwarded to a fake upstream:
-  a dnsmasq on 127.0.0.1:53 in the namespace answering every name with 203.0.113.7. The
-  dnsmasq peer runs with ``--cache-size=0`` so it forwards every query too.
+  a dnsmasq on 127.0.0.1:53 in the namespace answering every name with 203.0.113.7 (TTL
+  300 s). Caches off: nyx with ``cache_size=0``, the dnsmasq peer with
+  ``--cache-size=0``, so every query goes upstream (aardvark-dns has no cache).
+* ``repeat``: A queries for 20 external names asked over and over, from the same fake
+  upstream (TTL 300 s), with the caches on as everyone runs them: nyx's forward cache and
+  dnsmasq's default cache answer them without asking upstream.
 
-Per scenario all three servers run at once. Throughput: ``--rounds`` dnsperf runs per
-server (``--duration`` s, 100 outstanding; median reported). Latency: ``--latency-slices``
-slices of ``--slice-seconds`` at ``--rate`` qps offered per server, interleaved with the
-other servers' slices so background load hits all of them alike; p50/p99 of the pooled
-per-query latencies (dnsperf ``-v``). The ratios printed at the end are nyx over each peer
-(qps: higher is better; p99: lower is better).
+Per scenario all three servers run at once. Throughput: ``--rounds`` rounds, in each
+every server gets one dnsperf run (``--duration`` s, 100 outstanding) back to back, the
+order rotated from round to round; the median qps per server is printed with its range,
+and the qps ratio nyx/peer is the median of the per-round ratios (the two runs of a
+pair are seconds apart, so they share the machine's background load; medians of each
+server alone mix quiet and busy minutes). Latency: ``--latency-slices`` slices of
+``--slice-seconds`` at ``--rate`` qps offered per server, interleaved with the other
+servers' slices so background load hits all of them alike; p50/p99 of the pooled
+per-query latencies (dnsperf ``-v``), and the range of the p99 ratio over blocks of 5
+slices. The ratios printed at the end are nyx over each peer (qps: higher is better;
+p99: lower is better).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ SUBNET = "10.231.0.0/16"
 UPSTREAM_ANSWER = "203.0.113.7"
 AARDVARK = shutil.which("aardvark-dns") or "/usr/lib/podman/aardvark-dns"
 PORTS = {"nyx": 5301, "aardvark": 5302, "dnsmasq": 5303}
+REPEAT_NAMES = 20
 
 
 def rotate(items: list[str], n: int) -> list[str]:
@@ -55,7 +65,7 @@ def container_ip(i: int) -> str:
 # --------------------------------------------------------------------------- nyx server
 
 
-def serve_nyx(port: int, resolv: str, names: int) -> None:
+def serve_nyx(port: int, resolv: str, names: int, cache_size: int) -> None:
     """Child mode (already inside the namespace): run the provider until stdin closes."""
     import ipaddress
 
@@ -70,7 +80,9 @@ def serve_nyx(port: int, resolv: str, names: int) -> None:
         gateway_ip=GATEWAY,
         dns_port=port,
     )
-    provider = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=Path(resolv)))
+    provider = EmbeddedDns(
+        EmbeddedDnsSettings(upstream_resolv_conf=Path(resolv), cache_size=cache_size)
+    )
     provider.start(settings)
     provider.register("client", "client", [ipaddress.ip_address(CLIENT)], [], ["bench"])
     for i in range(names):
@@ -112,6 +124,9 @@ class Bench:
         # query files
         (self.tmp / "names.txt").write_text("".join(f"web{i} A\n" for i in range(n)))
         (self.tmp / "forward.txt").write_text("".join(f"ext{i}.example.test A\n" for i in range(n)))
+        (self.tmp / "repeat.txt").write_text(
+            "".join(f"rep{i}.example.test A\n" for i in range(REPEAT_NAMES))
+        )
         # resolv.conf pointing at the fake upstream (aardvark reads /etc/resolv.conf, which
         # `ip netns exec` bind-mounts from /etc/netns/<ns>/resolv.conf)
         resolv = "nameserver 127.0.0.1\n"
@@ -138,6 +153,7 @@ class Bench:
             "-p",
             "53",
             f"--address=/#/{UPSTREAM_ANSWER}",
+            "--local-ttl=300",
             "--pid-file=",
             "--user=root",
         )
@@ -204,6 +220,8 @@ class Bench:
                 str(self.tmp / "resolv.conf"),
                 "--names",
                 str(self.args.names),
+                "--nyx-cache-size",
+                "0" if scenario == "forward" else "4096",
                 stdin=subprocess.PIPE,
             )
             assert proc.stdout is not None
@@ -229,10 +247,11 @@ class Bench:
                 "--pid-file=",
                 "--user=root",
             ]
+            argv += ["--no-resolv"]
             if scenario == "forward":
-                argv += ["--no-resolv", "--server=127.0.0.1", "--cache-size=0"]
-            else:
-                argv += ["--no-resolv"]
+                argv += ["--server=127.0.0.1", "--cache-size=0"]
+            elif scenario == "repeat":
+                argv += ["--server=127.0.0.1"]  # default cache (150 names)
             handle = self.spawn(*argv)
         self.wait_port(GATEWAY, port, probe)
         return handle
@@ -279,20 +298,24 @@ class Bench:
                 lost = float(line.split(":")[1].split()[0])
         return qps, lost
 
-    def latencies(self, which: str, scenario: str) -> tuple[list[float], int]:
-        """Per-query latencies (ms) of one slice at ``--rate`` qps, and non-NOERROR count."""
+    def latencies(self, which: str, scenario: str) -> tuple[list[float], int, int]:
+        """Per-query latencies (ms) of one slice at ``--rate`` qps, the count of answers
+        that are not NOERROR, and of queries never answered (dnsperf's ``> T`` lines)."""
         qfile = self.tmp / f"{scenario}.txt"
         out = self.dnsperf(
             PORTS[which], qfile, "-l", str(self.args.slice_seconds), "-Q", str(self.args.rate), "-v"
         )
-        lat, bad = [], 0
+        lat, bad, timeouts = [], 0, 0
         for line in out.splitlines():
             if line.startswith("> "):
                 parts = line.split()
+                if parts[1] == "T":
+                    timeouts += 1
+                    continue
                 lat.append(float(parts[-1]) * 1000)
                 if parts[1] != "NOERROR":
                     bad += 1
-        return lat, bad
+        return lat, bad, timeouts
 
     def cleanup(self) -> None:
         for proc in list(self.procs):
@@ -310,14 +333,15 @@ def main() -> int:
     ap.add_argument("--latency-slices", type=int, default=20, help="latency slices per server")
     ap.add_argument("--slice-seconds", type=int, default=1, help="seconds per latency slice")
     ap.add_argument("--rate", type=int, default=1000, help="qps offered in the latency run")
-    ap.add_argument("--rounds", type=int, default=3, help="repeat and report medians")
+    ap.add_argument("--rounds", type=int, default=5, help="repeat and report medians")
     ap.add_argument("--names", type=int, default=200, help="container names")
     ap.add_argument("--servers", default="nyx,aardvark,dnsmasq")
-    ap.add_argument("--scenarios", default="names,forward")
+    ap.add_argument("--scenarios", default="names,forward,repeat")
     ap.add_argument("--serve-nyx", nargs=2, metavar=("PORT", "RESOLV_CONF"), help=argparse.SUPPRESS)
+    ap.add_argument("--nyx-cache-size", type=int, default=4096, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_nyx:
-        serve_nyx(int(args.serve_nyx[0]), args.serve_nyx[1], args.names)
+        serve_nyx(int(args.serve_nyx[0]), args.serve_nyx[1], args.names, args.nyx_cache_size)
         return 0
     if os.geteuid() != 0:
         print("bench_dns: needs root (network namespaces)", file=sys.stderr)
@@ -329,7 +353,9 @@ def main() -> int:
     qpss: dict[tuple[str, str], list[float]] = {}
     losts: dict[tuple[str, str], list[float]] = {}
     lats: dict[tuple[str, str], list[float]] = {}
+    slices: dict[tuple[str, str], list[list[float]]] = {}
     bads: dict[tuple[str, str], int] = {}
+    timeouts: dict[tuple[str, str], int] = {}
     try:
         bench.setup()
         for scenario in scenarios:
@@ -345,47 +371,77 @@ def main() -> int:
                         print(f"  {scenario:8} {which:9} qps {qps:9.0f}", file=sys.stderr)
                 for sl in range(args.latency_slices):
                     for which in rotate(servers, sl):
-                        lat, bad = bench.latencies(which, scenario)
+                        lat, bad, unanswered = bench.latencies(which, scenario)
                         lats.setdefault((scenario, which), []).extend(lat)
+                        slices.setdefault((scenario, which), []).append(lat)
                         bads[(scenario, which)] = bads.get((scenario, which), 0) + bad
+                        timeouts[(scenario, which)] = (
+                            timeouts.get((scenario, which), 0) + unanswered
+                        )
             finally:
                 for handle in handles:
                     bench.stop_server(handle)
     finally:
         bench.cleanup()
 
+    def quantile(values: list[float], q: float) -> float:
+        data = sorted(values)
+        return data[min(len(data) - 1, int(len(data) * q))] if data else float("nan")
+
     def pct(key: tuple[str, str], q: float) -> float:
-        lat = sorted(lats.get(key, []))
-        return lat[min(len(lat) - 1, int(len(lat) * q))] if lat else float("nan")
+        return quantile(lats.get(key, []), q)
 
     def qps_of(key: tuple[str, str]) -> float:
         return statistics.median(qpss[key])
 
+    end_load = os.getloadavg()
     print(
-        f"\nDNS, {args.names} names. qps: dnsperf {args.duration} s, 100 outstanding, median of "
-        f"{args.rounds}; latency: {args.latency_slices} interleaved {args.slice_seconds} s slices "
-        f"at {args.rate} qps, pooled. Load average at start {load[0]:.2f}"
+        f"\nDNS, {args.names} names. qps: dnsperf {args.duration} s, 100 outstanding, "
+        f"{args.rounds} rounds (each server once per round, order rotated); latency: "
+        f"{args.latency_slices} interleaved {args.slice_seconds} s slices at {args.rate} qps, "
+        f"pooled. Load average {load[0]:.2f} at the start, {end_load[0]:.2f} at the end."
     )
-    head = ("scenario", "server", "qps", "p50 ms", "p99 ms", "samples", "lost", "!NOERROR")
-    print("{:9} {:9} {:>9} {:>8} {:>8} {:>8} {:>6} {:>8}".format(*head))
+    head = ("scenario", "server", "qps", "min-max", "p50 ms", "p99 ms", "samples", "lost", "!NOERR")
+    print("{:9} {:9} {:>8} {:>15} {:>7} {:>7} {:>7} {:>5} {:>6}".format(*head))
+    # lost: median over the qps runs + every query of the latency slices never answered
     for scenario in scenarios:
         for which in servers:
             key = (scenario, which)
+            spread = f"{min(qpss[key]) / 1000:.0f}k-{max(qpss[key]) / 1000:.0f}k"
             print(
-                f"{scenario:9} {which:9} {qps_of(key):9.0f} {pct(key, 0.5):8.3f} "
-                f"{pct(key, 0.99):8.3f} {len(lats.get(key, [])):8d} "
-                f"{statistics.median(losts[key]):6.0f} {bads.get(key, 0):8d}"
+                f"{scenario:9} {which:9} {qps_of(key):8.0f} {spread:>15} {pct(key, 0.5):7.3f} "
+                f"{pct(key, 0.99):7.3f} {len(lats.get(key, [])):7d} "
+                f"{statistics.median(losts[key]) + timeouts.get(key, 0):5.0f} "
+                f"{bads.get(key, 0):6d}"
             )
     if "nyx" in servers:
-        print("\nratios (nyx / peer): qps higher is better, p99 lower is better")
+        print(
+            "\nratios nyx / peer (qps: higher is better, the median of the per-round ratios, "
+            "each of a pair measured back to back, and their range; p99: lower is better, "
+            "pooled, and its range over blocks of 5 slices)"
+        )
         for scenario in scenarios:
             for peer in servers:
                 if peer == "nyx":
                     continue
                 mine, theirs = (scenario, "nyx"), (scenario, peer)
-                q = qps_of(mine) / max(qps_of(theirs), 1e-9)
+                per_round = [
+                    a / max(b, 1e-9) for a, b in zip(qpss[mine], qpss[theirs], strict=True)
+                ]
+                q = statistics.median(per_round)
                 p = pct(mine, 0.99) / max(pct(theirs, 0.99), 1e-9)
-                print(f"{scenario:9} nyx/{peer:9} qps {q:5.2f}x   p99 {p:5.2f}x")
+                blocks = []
+                a_sl, b_sl = slices.get(mine, []), slices.get(theirs, [])
+                for i in range(0, len(a_sl), 5):
+                    a = quantile([x for sl in a_sl[i : i + 5] for x in sl], 0.99)
+                    b = quantile([x for sl in b_sl[i : i + 5] for x in sl], 0.99)
+                    blocks.append(a / max(b, 1e-9))
+                p_range = f"{min(blocks):.2f}-{max(blocks):.2f}" if blocks else "-"
+                print(
+                    f"{scenario:9} nyx/{peer:9} qps {q:5.2f}x "
+                    f"({min(per_round):.2f}-{max(per_round):.2f})   "
+                    f"p99 {p:5.2f}x ({p_range})"
+                )
     return 0
 
 

@@ -1,12 +1,17 @@
 """Forwarding queries for non-container names to the host's upstream resolvers.
 
-Runs on the server's loop thread only. UDP queries go out, unparsed, through a small pool
-of non-blocking sockets with a fresh random query ID; a reply is accepted only from the
+UDP forwarding belongs to the server's UDP thread: it calls :meth:`Forwarder.forward_udp`,
+waits on :attr:`Forwarder.socks` while queries are pending, calls
+:meth:`Forwarder.on_reply` when one is readable and :meth:`Forwarder.sweep` at
+:meth:`Forwarder.next_timeout`. Queries go out, unparsed, through a small pool of
+non-blocking sockets with a fresh random query ID; a reply is accepted only from the
 server it was sent to, on the socket it was sent from, with the pending ID and the same
 question. Each attempt times out after ``timeout`` seconds and moves to the next
 upstream; after the last one the client gets SERVFAIL. At most ``max_inflight`` queries
-(UDP and TCP together) are pending; over that, clients get SERVFAIL at once.
-Queries that arrived over TCP are forwarded over TCP.
+(UDP and TCP together) are pending; over that, clients get SERVFAIL at once. Queries that
+arrived over TCP are forwarded over TCP (:meth:`Forwarder.forward_tcp`, on the server's
+asyncio loop). Every accepted answer is offered to the forward cache, which keeps only
+what may be kept (see :mod:`._cache`).
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ import random
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from ._upstream import Upstreams
 
+if TYPE_CHECKING:
+    from ._cache import ForwardCache
+
 __all__ = ["Forwarder", "error_response"]
 
 _OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"  # root, OPT, 1232, v0, no options
-_SWEEP = 0.1
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 def error_response(query: bytes, qend: int, rcode: int) -> bytes:
@@ -65,7 +74,6 @@ class Forwarder:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         upstreams: Upstreams,
         reply_sock: socket.socket,
         socks4: list[socket.socket],
@@ -74,34 +82,22 @@ class Forwarder:
         timeout: float,
         max_inflight: int,
         port: int = 53,
+        cache: ForwardCache | None = None,
     ) -> None:
-        self.loop = loop
         self.upstreams = upstreams
         self.reply_sock = reply_sock
         self.socks4 = socks4
         self.socks6 = socks6
+        self.socks: dict[int, socket.socket] = {s.fileno(): s for s in (*socks4, *socks6)}
+        """The upstream sockets by file descriptor, for the UDP thread to wait on."""
         self.timeout = timeout
         self.max_inflight = max_inflight
         self.port = port
+        self.cache = cache
         self.pending: dict[int, _Pending] = {}
         self.tcp_inflight = 0
         self._rand = random.SystemRandom()
-        self._timer: asyncio.TimerHandle | None = None
         self.stats = {"forwarded": 0, "timeouts": 0, "overload": 0, "servfail": 0}
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def attach(self) -> None:
-        for sock in (*self.socks4, *self.socks6):
-            self.loop.add_reader(sock.fileno(), self._on_reply, sock)
-
-    def detach(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for sock in (*self.socks4, *self.socks6):
-            self.loop.remove_reader(sock.fileno())
-        self.pending.clear()
 
     @property
     def inflight(self) -> int:
@@ -155,15 +151,15 @@ class Forwarder:
                 p.server = server
                 p.deadline = time.monotonic() + self.timeout
                 self.pending[qid] = p
-                if self._timer is None:
-                    self._timer = self.loop.call_later(_SWEEP, self._sweep)
                 return
             p.attempt += 1
         self.stats["servfail"] += 1
         self._reply(error_response(p.query, p.qend, 2), p.client)
 
-    def _on_reply(self, sock: socket.socket) -> None:
+    def on_reply(self, sock: socket.socket) -> None:
+        """Read what ``sock`` has (without blocking) and answer the clients it is for."""
         pending = self.pending
+        cache = self.cache
         for _ in range(256):
             try:
                 data, addr = sock.recvfrom(65535)
@@ -185,14 +181,25 @@ class Forwarder:
             if len(resp) > 512 and p.query[10:12] == b"\x00\x00":
                 resp = _truncated(resp, qend)
             self._reply(resp, p.client)
+            if cache is not None:
+                try:
+                    cache.store(p.query, data, p.servers)
+                except Exception as exc:  # never let one answer stop the others
+                    logger.debug("DNS cache: answer from {} not kept: {!r}", p.server, exc)
 
     def _reply(self, resp: bytes, client: tuple[str, int]) -> None:
         with contextlib.suppress(OSError):
-            self.reply_sock.sendto(resp, client)
+            self.reply_sock.sendto(resp, _DONTWAIT, client)
 
-    def _sweep(self) -> None:
-        """Fail over or SERVFAIL expired queries; runs only while queries are pending."""
-        self._timer = None
+    def next_timeout(self) -> float:
+        """Seconds until the oldest pending attempt times out (0 when it has; 1 when
+        nothing is pending)."""
+        for p in self.pending.values():  # insertion order is deadline order
+            return max(0.0, p.deadline - time.monotonic())
+        return 1.0
+
+    def sweep(self) -> None:
+        """Fail over or SERVFAIL the attempts whose time is up."""
         now = time.monotonic()
         expired = []
         for qid, p in self.pending.items():
@@ -204,8 +211,6 @@ class Forwarder:
             self.stats["timeouts"] += 1
             p.attempt += 1
             self._send(p)
-        if self.pending and self._timer is None:
-            self._timer = self.loop.call_later(_SWEEP, self._sweep)
 
     # ------------------------------------------------------------------ TCP
 
@@ -216,12 +221,20 @@ class Forwarder:
             return error_response(query, qend, 2)
         self.tcp_inflight += 1
         try:
-            for server in self.upstreams.servers():
+            servers = self.upstreams.servers()
+            for server in servers:
                 try:
-                    return await asyncio.wait_for(self._tcp_once(server, query), self.timeout)
+                    resp = await asyncio.wait_for(self._tcp_once(server, query), self.timeout)
                 except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
                     logger.debug("DNS TCP forward to {} failed: {!r}", server, exc)
                     self.stats["timeouts"] += 1
+                    continue
+                if self.cache is not None:
+                    try:
+                        self.cache.store(query, resp, servers)
+                    except Exception as exc:
+                        logger.debug("DNS cache: answer from {} not kept: {!r}", server, exc)
+                return resp
             self.stats["servfail"] += 1
             return error_response(query, qend, 2)
         finally:

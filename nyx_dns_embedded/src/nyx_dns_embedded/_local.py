@@ -27,6 +27,7 @@ import ipaddress
 import itertools
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 
@@ -90,7 +91,7 @@ def is_local_address(ip: str) -> bool:
 class LocalSources:
     """``is_local(ip)`` with a bounded, short-lived cache and a lookup rate limit.
 
-    Used by the server's loop thread only (not thread-safe). ``lookup`` is the kernel
+    Thread-safe (the server's UDP and TCP threads both ask). ``lookup`` is the kernel
     question (:func:`is_local_address`); ``clock`` is injectable for tests.
     """
 
@@ -113,8 +114,13 @@ class LocalSources:
         self._last = clock()
         self.lookups = 0
         self.skipped = 0
+        self._lock = threading.Lock()
 
     def __call__(self, ip: str) -> bool:
+        with self._lock:
+            return self._ask(ip)
+
+    def _ask(self, ip: str) -> bool:
         now = self.clock()
         hit = self._cache.get(ip)
         if hit is not None and hit[0] > now:

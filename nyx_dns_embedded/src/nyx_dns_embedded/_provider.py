@@ -14,6 +14,7 @@ from pydantic import Field
 
 from nyx_core import DnsError, NyxSettings, PluginSettings, plugin_settings_config
 
+from ._cache import ForwardCache
 from ._records import DOMAIN, Container, Registry
 from ._resolver import Resolver
 from ._server import DnsServer, ServerOptions
@@ -55,13 +56,37 @@ class EmbeddedDnsSettings(PluginSettings):
         default=5.0, gt=0, le=300, description="seconds a TCP client may stay silent"
     )
     ttl: int = Field(default=60, ge=0, le=86400, description="TTL of container records")
+    cache_size: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="forwarded answers kept in the cache, at most (0: no cache)",
+    )
+    cache_max_bytes: int = Field(
+        default=4 << 20,
+        ge=4096,
+        le=1 << 30,
+        description="memory for cached answers, at most (each costs twice its size + 256 bytes)",
+    )
+    cache_max_ttl: int = Field(
+        default=86400,
+        ge=1,
+        le=604800,
+        description="seconds a cached answer is kept at most, whatever its TTL",
+    )
+    cache_max_negative_ttl: int = Field(
+        default=3600,
+        ge=0,
+        le=86400,
+        description="seconds a cached NXDOMAIN/NODATA is kept at most (0: never cached)",
+    )
 
 
 class EmbeddedDns:
     """The embedded DNS provider (satisfies :class:`nyx_core.DnsProvider`).
 
-    Thread-safe: every method may be called from any nyxd thread. The server runs on a
-    thread of its own between :meth:`start` and :meth:`stop`.
+    Thread-safe: every method may be called from any nyxd thread. The server runs on two
+    threads of its own (UDP; TCP) between :meth:`start` and :meth:`stop`.
     """
 
     def __init__(self, config: EmbeddedDnsSettings | None = None) -> None:
@@ -91,8 +116,17 @@ class EmbeddedDns:
                 frozenset({gateway}) if settings.dns_port == cfg.upstream_port else frozenset()
             )
             upstreams = Upstreams(cfg.upstream_resolv_conf, exclude=exclude)
+            cache = None
+            if cfg.cache_size > 0:
+                cache = ForwardCache(
+                    max_entries=cfg.cache_size,
+                    max_bytes=cfg.cache_max_bytes,
+                    max_ttl=cfg.cache_max_ttl,
+                    max_negative_ttl=cfg.cache_max_negative_ttl,
+                    servers=upstreams.servers,
+                )
             server = DnsServer(
-                Resolver(self.registry, ttl=cfg.ttl),
+                Resolver(self.registry, ttl=cfg.ttl, cache=cache),
                 upstreams,
                 gateway,
                 settings.dns_port,
@@ -104,6 +138,7 @@ class EmbeddedDns:
                     tcp_idle_timeout=cfg.tcp_idle_timeout,
                     upstream_port=cfg.upstream_port,
                 ),
+                cache=cache,
             )
             server.start()
             self._server, self._settings, self._upstreams = server, settings, upstreams
@@ -219,4 +254,3 @@ class EmbeddedDns:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return path
-

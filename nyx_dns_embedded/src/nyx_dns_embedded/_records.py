@@ -1,9 +1,9 @@
 """The record store: containers, their names and networks, and per-client views.
 
-nyxd threads mutate a :class:`Registry` under its lock; the server's loop thread reads
+nyxd threads mutate a :class:`Registry` under its lock; the server's threads read
 immutable :class:`Snapshot` objects built from it. Every change bumps
-``Registry.generation``; the loop thread compares it per query and rebuilds its snapshot
-when it moved, so a change is visible to the very next query.
+``Registry.generation``; the server compares it per query (per batch) and rebuilds its
+snapshot when it moved, so a change is visible to the very next query.
 
 Names are kept in DNS wire format, lower-cased (``b"\\x03web\\x04nyxd\\x05local\\x00"``),
 so the server can look a query's name up without decoding it.
@@ -14,11 +14,16 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+import sys
 import threading
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from nyx_core import DnsError
+
+if TYPE_CHECKING:
+    from ._cache import Replay
 
 __all__ = [
     "DOMAIN",
@@ -139,7 +144,9 @@ class Scope:
 
     ``known`` is False for clients that are neither registered nor local: they are refused.
     ``cache0``/``cache1`` are the server's response templates for queries without/with an
-    OPT record (filled lazily, dropped with the snapshot).
+    OPT record; ``exact`` maps a whole query but its ID to the response but its ID, for
+    queries answered from a template before, or to a :class:`~._cache.Replay` for those
+    answered from the forward cache (all filled lazily, dropped with the snapshot).
     """
 
     names: dict[bytes, NameRecord]
@@ -148,11 +155,12 @@ class Scope:
     known: bool = True
     cache0: dict[bytes, Template] = field(default_factory=dict)
     cache1: dict[bytes, Template] = field(default_factory=dict)
+    exact: dict[bytes, bytes | Replay] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An immutable picture of the registry for the server's loop thread."""
+    """An immutable picture of the registry for the server's threads."""
 
     generation: int
     clients: dict[str, Scope]
@@ -160,6 +168,9 @@ class Snapshot:
     unknown: Scope
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     all_ips: frozenset[IPAddress]
+    clients4: dict[int, Scope] = field(default_factory=dict)
+    """The IPv4 entries of ``clients`` keyed by the address's 4 bytes read as one native
+    unsigned int: what the UDP batch finds in a received ``sockaddr_in``, no formatting."""
 
     def scope_for(self, client_ip: str) -> Scope:
         return self.clients.get(client_ip, self.unknown)
@@ -317,6 +328,14 @@ class Registry:
         for client in local_clients:
             clients.setdefault(client, local)
         unknown = Scope(names={}, ptrs={}, forward=False, known=False)
+        clients4: dict[int, Scope] = {}
+        for text, scope in clients.items():
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if ip.version == 4:
+                clients4[int.from_bytes(ip.packed, sys.byteorder)] = scope
         return Snapshot(
             generation=gen,
             clients=clients,
@@ -324,6 +343,7 @@ class Registry:
             unknown=unknown,
             subnets=subnets,
             all_ips=frozenset(ip for c in ctrs for ip in c.ips),
+            clients4=clients4,
         )
 
 

@@ -6,13 +6,18 @@
 * an ``int``: "forward this query upstream" (the value is where the question ends),
 * ``None``: drop it (not a query at all, e.g. a response or a runt).
 
-Hot path: a query that is exactly a 12-byte header, one question and optionally one
-plain OPT record is looked up by its lower-cased question bytes in the client's scope
-cache. A hit is a response template computed earlier by the slow path; only the ID, the
-RD bit and the question (to echo its case) are patched in. Everything else, and every
-first query for a name, goes through dnslib; the slow path fills the cache with what it
-answered when the answer is local, complete and fits 512 bytes. The cache lives in the
-registry snapshot, so any register/deregister drops it.
+Hot path, in the client's scope: first the whole query but its ID (``Scope.exact``): a
+query asked before gets the answer it got, ID patched in (for an answer of the forward
+cache, a :class:`~._cache.Replay` that is used only while that answer is unchanged).
+Then a query that is exactly a 12-byte header, one question and optionally one plain OPT
+record is looked up by its lower-cased question bytes. A hit is a response template
+computed earlier by the slow path; only the ID, the RD bit and the question (to echo its
+case) are patched in; or the FORWARD mark, and then the forward cache (:mod:`._cache`)
+is asked before the query goes upstream. Everything else, and every first query for a
+name, goes through dnslib; the slow path fills the templates with what it answered when
+the answer is local, complete and fits 512 bytes. These caches live in the registry
+snapshot, so any register/deregister drops them; the forward cache does not (it only
+holds upstream answers and is only asked where the query would be forwarded).
 
 The client's scope is one dict lookup by source address (registered containers and the
 fixed host addresses). Only a source missing there is checked against the host's own
@@ -23,13 +28,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from time import monotonic as _monotonic
+from typing import TYPE_CHECKING
 
 from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
 from ._local import LocalSources
 from ._records import DOMAIN, DOMAIN_WIRE, NameRecord, Registry, Scope, Snapshot, Template
 
-__all__ = ["FORWARD", "Resolver", "question_shape"]
+if TYPE_CHECKING:
+    from ._cache import ForwardCache, Replay
+
+__all__ = ["FLAG_KEYS", "FORWARD", "Resolver", "forward_key", "question_shape"]
 
 FORWARD: Template = (b"", b"", b"")
 """Cache marker (compared by identity): names of this scope that go upstream."""
@@ -43,6 +53,9 @@ _EDNS_SIZE = 1232
 _NEG_TTL = 5
 _CACHE_MAX = 2048
 _T_A, _T_AAAA, _T_PTR, _T_SOA, _T_ANY, _T_OPT = 1, 28, 12, 6, 255, 41
+FLAG_KEYS = tuple(bytes((i,)) for i in range(64))
+"""Suffixes of forward-cache keys: bit 1 the query has an OPT record, 2 its DO bit, 0x10
+the CD and 0x20 the AD header bits (each can change what an upstream answers)."""
 
 
 def question_end(data: bytes, n: int) -> int:
@@ -87,6 +100,20 @@ def question_shape(data: bytes) -> tuple[int, bytes, int] | None:
     return None
 
 
+def forward_key(data: bytes, has_opt: int, key: bytes, qend: int) -> bytes:
+    """The forward-cache key of a hot-path shaped query (``question_shape``'s parts)."""
+    bits = data[3] & 0x30
+    if has_opt:
+        bits |= 3 if data[qend + 7] & 0x80 else 1
+    return key + FLAG_KEYS[bits]
+
+
+def _keep(exact: dict[bytes, bytes | Replay], key: bytes, value: bytes | Replay) -> None:
+    if len(exact) >= _CACHE_MAX:
+        exact.clear()
+    exact[key] = value
+
+
 def _formerr(data: bytes) -> bytes | None:
     if len(data) < 12 or data[2] & 0x80:
         return None
@@ -114,7 +141,9 @@ def _reverse_ip(labels: tuple[bytes, ...]) -> ipaddress.IPv4Address | ipaddress.
 
 
 class Resolver:
-    """Resolves queries against the registry; used only by the server's loop thread."""
+    """Resolves queries against the registry; used by the server's UDP and TCP threads
+    (the views are replaced whole and the per-scope caches are plain dicts, so a race
+    costs at most a recomputed answer, under the GIL)."""
 
     def __init__(
         self,
@@ -122,9 +151,13 @@ class Resolver:
         *,
         ttl: int = 60,
         is_local: Callable[[str], bool] | None = None,
+        cache: ForwardCache | None = None,
     ) -> None:
         self.registry = registry
         self.ttl = ttl
+        self.cache = cache
+        """Answers of upstreams, asked only for queries this resolver would forward."""
+        self.clock: Callable[[], float] = cache.clock if cache is not None else _monotonic
         self.snap: Snapshot = registry.snapshot()
         self.is_local: Callable[[str], bool] = is_local or LocalSources()
         """Asked only about sources that are neither registered nor fixed host clients:
@@ -154,23 +187,46 @@ class Resolver:
         scope = snap.clients.get(client_ip)
         if scope is None:  # neither registered nor a fixed host client: off the hot path
             scope = snap.local if self.is_local(client_ip) else snap.unknown
+        return self.answer(data, scope, udp)
+
+    def answer(self, data: bytes, scope: Scope, udp: bool = True) -> bytes | int | None:
+        """Answer one query from a client whose scope is ``scope``."""
+        hit = scope.exact.get(data[2:])
+        if hit is not None:
+            if type(hit) is bytes:
+                return data[:2] + hit
+            tail = hit.get(self.clock())  # type: ignore[union-attr]
+            if tail is not None:
+                return data[:2] + tail
         n = len(data)
         if n > 16 and not data[2] & 0xF8:
             hdr = data[4:12]
             t: Template | None = None
             if hdr == _Q0:
-                t = scope.cache0.get(data[12 : n - 4].lower() + data[n - 4 :])
+                key = data[12 : n - 4].lower() + data[n - 4 :]
+                t = scope.cache0.get(key)
                 qend = n
+                bits = data[3] & 0x30
             elif hdr == _Q1:
                 shape = question_shape(data)
                 if shape is not None:
-                    qend = shape[2]
-                    t = scope.cache1.get(shape[1])
+                    key, qend = shape[1], shape[2]
+                    t = scope.cache1.get(key)
+                    bits = (data[3] & 0x30) | (3 if data[qend + 7] & 0x80 else 1)
             if t is not None:
                 if t is FORWARD:
+                    cache = self.cache
+                    if cache is not None:
+                        got = cache.lookup(key + FLAG_KEYS[bits], data, qend, udp)
+                        if got is not None:
+                            if udp:  # (a replay must fit any UDP client that sends these bytes)
+                                _keep(scope.exact, data[2:], got[1])
+                            return got[0]
                     return qend
                 h0, h1, tail = t
-                return data[:2] + (h1 if data[2] & 1 else h0) + data[12:qend] + tail
+                out = data[:2] + (h1 if data[2] & 1 else h0) + data[12:qend] + tail
+                _keep(scope.exact, data[2:], out[2:])
+                return out
         return self.slow(data, scope, udp)
 
     # ------------------------------------------------------------------ slow path
@@ -186,11 +242,24 @@ class Resolver:
             return _formerr(data)
         if isinstance(out, int):
             self._remember(data, scope, FORWARD, None)
+            if self.cache is not None:
+                return self.cached(data, udp) or out
             return out
         packed, cacheable = out
         if cacheable:
             self._remember(data, scope, None, packed)
         return packed
+
+    def cached(self, data: bytes, udp: bool = True) -> bytes | None:
+        """The forward cache's answer to ``data``, if it has one."""
+        cache = self.cache
+        if cache is None:
+            return None
+        shape = question_shape(data)
+        if shape is None:
+            return None
+        has_opt, key, qend = shape
+        return cache.answer(forward_key(data, has_opt, key, qend), data, qend, udp)
 
     def _remember(
         self, data: bytes, scope: Scope, marker: Template | None, resp: bytes | None

@@ -1,26 +1,40 @@
-"""The DNS server: one asyncio loop on one dedicated thread, UDP and TCP on one address.
+"""The DNS server: UDP on a thread of its own, TCP on an asyncio loop on another.
 
 Sockets are created by :meth:`DnsServer.start` in the *calling* thread, so they live in
-the caller's network namespace (the thread started there inherits it too). UDP is a raw
-non-blocking socket watched with ``loop.add_reader``: each wakeup drains up to
-``udp_batch`` datagrams with ``recvfrom``/``sendto``, no transport or protocol objects in
-between. TCP uses asyncio streams with a read timeout per message, a connection cap and
-a cap per client address; unknown clients are dropped as soon as they are accepted.
+the caller's network namespace (the threads started there inherit it too).
+
+UDP (``nyx-dns-udp``): the listening socket is read with ``recvmmsg`` and answered with
+``sendmmsg`` (:mod:`._mmsg`): up to ``udp_batch`` datagrams per system call, replies
+addressed with the very ``sockaddr`` they came from, the client's scope found by its
+address bytes. While no forwarded query is pending the thread simply blocks in
+``recvmmsg`` (two system calls per batch, no poll); while some are, it waits with epoll on
+the listening socket and the upstream sockets, with the forwarder's next timeout. Every
+answer the resolver, its templates or the forward cache give is computed on this thread.
+
+TCP (``nyx-dns``): asyncio streams with a read timeout per message, a connection cap and
+a cap per client address; unknown clients are dropped as soon as they are accepted. TCP
+queries that must go upstream are forwarded over TCP from this loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
+import struct
 import threading
 from dataclasses import dataclass
+from time import monotonic as _monotonic
 
 from loguru import logger
 
 from nyx_core import DnsError
 
+from ._cache import ForwardCache
 from ._forwarder import Forwarder
+from ._mmsg import MSG_WAITFORONE, NAME_SLOT, UdpBatch
+from ._records import Scope
 from ._resolver import Resolver
 from ._upstream import Upstreams
 
@@ -29,6 +43,11 @@ __all__ = ["DnsServer", "ServerOptions"]
 _UDP_RECV = 4096
 _RCVBUF = 4 << 20
 _SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+_WAKE = struct.pack("ll", 1, 0)  # the UDP thread looks at its stop flag at least every 1 s
+_DONTWAIT = socket.MSG_DONTWAIT
+_BURST_GAP = 100e-6  # this many datagrams in a row closer than this: switch to batches
+_BURST_STREAK = 8
+_CALM_BATCHES = 16  # batches of one in a row: back to one datagram at a time
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,7 @@ class ServerOptions:
     tcp_max_connections_per_client: int = 8
     tcp_idle_timeout: float = 5.0
     upstream_port: int = 53
-    udp_batch: int = 256
+    udp_batch: int = 64
     upstream_sockets: int = 4
 
 
@@ -62,7 +81,10 @@ def _udp_socket(family: int, addr: tuple[str, int]) -> socket.socket:
 
 
 class DnsServer:
-    """Serve ``resolver`` on ``host:port`` (UDP and TCP) from a thread of its own."""
+    """Serve ``resolver`` on ``host:port`` (UDP and TCP) from threads of its own.
+
+    ``cache``: the forward cache the resolver reads (the forwarder fills it).
+    """
 
     def __init__(
         self,
@@ -71,28 +93,49 @@ class DnsServer:
         host: str,
         port: int,
         options: ServerOptions | None = None,
+        cache: ForwardCache | None = None,
     ) -> None:
         self.resolver = resolver
         self.upstreams = upstreams
         self.host = host
         self.port = port
         self.options = options or ServerOptions()
+        self.cache = cache
         self.loop: asyncio.AbstractEventLoop | None = None
         self.forwarder: Forwarder | None = None
         self._thread: threading.Thread | None = None
+        self._udp_thread: threading.Thread | None = None
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
+        self._batch: UdpBatch | None = None
+        self._epoll: select.epoll | None = None
+        self._stopping = False
         self._socks: list[socket.socket] = []
         self._tcp_server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self._per_client: dict[str, int] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self.stats = {"udp": 0, "tcp": 0, "tcp_refused": 0, "tcp_unknown": 0, "errors": 0}
+        self.stats = {
+            "udp": 0,
+            "udp_batches": 0,
+            "tcp": 0,
+            "tcp_refused": 0,
+            "tcp_unknown": 0,
+            "errors": 0,
+        }
+        self.burst_gap = _BURST_GAP
+        """Datagrams closer than this many seconds, several in a row, switch the UDP
+        thread to batches (0: never; ``inf``: after the first few)."""
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self._udp_thread is not None
+            and self._udp_thread.is_alive()
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -105,7 +148,7 @@ class DnsServer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Bind the sockets here (caller's netns), then run the loop on a new thread."""
+        """Bind the sockets here (caller's netns), then serve from two new threads."""
         if self.running:
             return
         opts = self.options
@@ -113,6 +156,8 @@ class DnsServer:
         try:
             udp = _udp_socket(socket.AF_INET, (self.host, self.port))
             socks.append(udp)
+            udp.setblocking(True)  # the UDP thread blocks in recvmmsg; sends never block
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _WAKE)
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(tcp)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,6 +173,7 @@ class DnsServer:
                 for _ in range(opts.upstream_sockets):
                     up6.append(_udp_socket(socket.AF_INET6, ("::", 0)))
             socks += up6
+            batch = UdpBatch(udp, slots=opts.udp_batch, size=_UDP_RECV)
         except OSError as exc:
             for s in socks:
                 s.close()
@@ -135,11 +181,8 @@ class DnsServer:
                 f"embedded DNS cannot listen on {self.host}:{self.port} (gateway_ip, dns_port): "
                 f"{exc.strerror or exc}"
             ) from exc
-        self._udp, self._tcp, self._socks = udp, tcp, socks
-        loop = asyncio.new_event_loop()
-        self.loop = loop
-        self.forwarder = Forwarder(
-            loop,
+        self._udp, self._tcp, self._socks, self._batch = udp, tcp, socks, batch
+        forwarder = Forwarder(
             self.upstreams,
             udp,
             up4,
@@ -147,13 +190,27 @@ class DnsServer:
             timeout=opts.forward_timeout,
             max_inflight=opts.max_inflight,
             port=opts.upstream_port,
+            cache=self.cache,
         )
+        self.forwarder = forwarder
+        epoll = select.epoll()
+        epoll.register(udp.fileno(), select.EPOLLIN)
+        for fd in forwarder.socks:
+            epoll.register(fd, select.EPOLLIN)
+        self._epoll = epoll
+        self._stopping = False
+        self.loop = asyncio.new_event_loop()
         self._ready.clear()
         self._error = None
         self._thread = threading.Thread(target=self._run, name="nyx-dns", daemon=True)
         self._thread.start()
         self._ready.wait(10)
-        if self._error is not None or not self._ready.is_set():
+        if self._error is None and self._ready.is_set():
+            self._udp_thread = threading.Thread(
+                target=self._run_udp, name="nyx-dns-udp", daemon=True
+            )
+            self._udp_thread.start()
+        if self._error is not None or not self.running:
             err = self._error
             self.stop()
             raise DnsError(f"embedded DNS server failed to start: {err!r}") from err
@@ -161,11 +218,9 @@ class DnsServer:
 
     def _run(self) -> None:
         loop = self.loop
-        assert loop is not None and self.forwarder is not None and self._udp is not None
+        assert loop is not None
         asyncio.set_event_loop(loop)
         try:
-            loop.add_reader(self._udp.fileno(), self._on_udp)
-            self.forwarder.attach()
             self._tcp_server = loop.run_until_complete(
                 asyncio.start_server(self._on_tcp, sock=self._tcp)
             )
@@ -179,16 +234,8 @@ class DnsServer:
                 loop.run_until_complete(self._cleanup(loop))
             finally:
                 loop.close()
-                for s in self._socks:
-                    s.close()
-                self._socks = []
 
     async def _cleanup(self, loop: asyncio.AbstractEventLoop) -> None:
-        with contextlib.suppress(Exception):
-            if self._udp is not None:
-                loop.remove_reader(self._udp.fileno())
-        if self.forwarder is not None:
-            self.forwarder.detach()
         if self._tcp_server is not None:
             self._tcp_server.close()
         for task in list(self._conns):
@@ -201,54 +248,180 @@ class DnsServer:
         await loop.shutdown_asyncgens()
 
     def stop(self) -> None:
-        """Stop the loop, close every socket, join the thread. Idempotent."""
-        thread, loop = self._thread, self.loop
+        """Stop both threads, close every socket. Idempotent."""
+        self._stopping = True
+        udp_thread, thread, loop = self._udp_thread, self._thread, self.loop
+        if udp_thread is not None and udp_thread.is_alive():
+            if self._udp is not None:
+                with contextlib.suppress(OSError):  # wakes recvmmsg (ENOTCONN is expected)
+                    self._udp.shutdown(socket.SHUT_RD)
+            udp_thread.join(10)
         if thread is not None and loop is not None and thread.is_alive():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
         elif loop is not None and not loop.is_closed():
             loop.close()
-            for s in self._socks:
-                s.close()
-            self._socks = []
-        self._thread = None
+        if self._epoll is not None:
+            self._epoll.close()
+        for s in self._socks:
+            s.close()
+        self._socks = []
+        self._epoll = None
+        self._batch = None
+        self._thread = self._udp_thread = None
         self.loop = None
         self._udp = self._tcp = None
         self._tcp_server = None
 
     # ------------------------------------------------------------------ UDP
 
-    def _on_udp(self) -> None:
-        sock = self._udp
-        fwd = self.forwarder
-        assert sock is not None and fwd is not None
-        resolve = self.resolver.resolve
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
-        handled = 0
-        for _ in range(self.options.udp_batch):
+    def _run_udp(self) -> None:
+        """The UDP thread: one datagram at a time while queries come one by one (lowest
+        latency: ``recvfrom`` blocks, the answer goes out at once), batches while they
+        come in bursts (fewest system calls), epoll while forwarded queries are pending."""
+        fwd, epoll, batch, udp = self.forwarder, self._epoll, self._batch, self._udp
+        assert fwd is not None and epoll is not None and batch is not None and udp is not None
+        ufd = udp.fileno()
+        socks = fwd.socks
+        serve = self._serve_batch
+        recvfrom, sendto = udp.recvfrom, udp.sendto
+        resolver = self.resolver
+        registry = resolver.registry
+        answer_one = self._answer_one
+        stats = self.stats
+        slots = batch.slots
+        burst = False
+        calm = streak = 0
+        last = 0.0
+        while not self._stopping:
             try:
+                if fwd.pending:
+                    for fd, _ in epoll.poll(fwd.next_timeout()):
+                        if fd == ufd:
+                            while serve(_DONTWAIT) == slots and not self._stopping:
+                                pass
+                        else:
+                            sock = socks.get(fd)
+                            if sock is not None:
+                                fwd.on_reply(sock)
+                    fwd.sweep()
+                    continue
+                if burst:
+                    if serve(MSG_WAITFORONE) > 1:
+                        calm = 0
+                    else:
+                        calm += 1
+                        burst = calm < _CALM_BATCHES
+                        streak = 0
+                    continue
                 data, addr = recvfrom(_UDP_RECV)
-            except (BlockingIOError, InterruptedError):
-                break
+                if addr is None:
+                    continue  # shut down (stop)
+                # the shortest way first: a registered client asking what it asked before
+                snap = resolver.snap
+                if snap.generation != registry.generation:
+                    snap = resolver.refresh()
+                scope = snap.clients.get(addr[0])
+                hit = None if scope is None else scope.exact.get(data[2:])
+                if type(hit) is bytes:
+                    sendto(data[:2] + hit, _DONTWAIT, addr)
+                elif hit is not None and (tail := hit.get(_monotonic())) is not None:  # type: ignore[union-attr]
+                    sendto(data[:2] + tail, _DONTWAIT, addr)  # a replay of the forward cache
+                else:
+                    answer_one(data, addr, scope)
+                # bookkeeping once the answer is out
+                now = _monotonic()
+                streak = streak + 1 if now - last < self.burst_gap else 0
+                burst = streak >= _BURST_STREAK
+                last = now
+                calm = 0
+                stats["udp"] += 1
+            except (InterruptedError, BlockingIOError):
+                continue  # the receive timeout: look at the stop flag
             except OSError:
-                continue
-            handled += 1
+                continue  # a reply could not be sent (buffer full, unreachable): dropped
+            except Exception as exc:  # never let one bad packet or moment end the thread
+                if self._stopping:
+                    break
+                stats["errors"] += 1
+                logger.debug("embedded DNS: UDP error: {!r}", exc)
+
+    def _answer_one(self, data: bytes, addr: tuple[str, int], scope: Scope | None) -> None:
+        """One datagram that is not a repeat answered from its scope: the resolver (and
+        the forward cache, and maybe the forwarder)."""
+        resolver = self.resolver
+        if scope is None:
+            scope = resolver.scope(addr[0])
+        out = resolver.answer(data, scope)
+        if out is None:
+            return
+        if isinstance(out, int):
+            self.forwarder.forward_udp(data, addr, out)  # type: ignore[union-attr]
+        else:
+            self._udp.sendto(out, _DONTWAIT, addr)  # type: ignore[union-attr]
+
+    def _serve_batch(self, flags: int) -> int:
+        """Receive one batch, answer what can be answered here, forward the rest."""
+        batch = self._batch
+        fwd = self.forwarder
+        assert batch is not None and fwd is not None
+        k = batch.recv(flags)
+        if not k:
+            return 0
+        now = _monotonic()
+        resolver = self.resolver
+        snap = resolver.snap
+        if snap.generation != resolver.registry.generation:
+            snap = resolver.refresh()
+        scopes = snap.clients4 if batch.namelen == 16 else {}
+        answer = resolver.answer
+        data, lengths, names32 = batch.data, batch.lengths, batch.names32
+        send_data, send_lengths, send_names = batch.send_data, batch.send_lengths, batch.send_names
+        name_base = batch.name_base
+        size = batch.size
+        j = 0
+        for i in range(k):
+            o = i * size
+            query = data[o : o + lengths[i * 16 + 14]].tobytes()
+            scope = scopes.get(names32[i * 7 + 1])
             try:
-                out = resolve(data, addr[0])
+                out: bytes | int | None
+                if scope is None:  # not a registered IPv4 client: the slow way
+                    out = answer(query, resolver.scope(batch.source(i)[0]))
+                else:  # what it asked before (the same bytes), else the resolver
+                    hit = scope.exact.get(query[2:])
+                    if type(hit) is bytes:
+                        out = query[:2] + hit
+                    elif hit is not None and (tail := hit.get(now)) is not None:  # type: ignore[union-attr]
+                        out = query[:2] + tail
+                    else:
+                        out = answer(query, scope)
                 if out is None:
                     continue
-                if out.__class__ is int:
-                    fwd.forward_udp(data, addr, out)
+                if isinstance(out, int):
+                    fwd.forward_udp(query, batch.source(i), out)
+                    continue
+                n = len(out)
+                if n <= size:  # queued in slot j, to the sockaddr message i came from
+                    so = j * size
+                    send_data[so : so + n] = out
+                    send_lengths[j * 2 + 1] = n
+                    send_names[j * 8] = name_base + i * NAME_SLOT
+                    j += 1
                 else:
-                    sendto(out, addr)  # type: ignore[arg-type]
+                    self._udp.sendto(out, _DONTWAIT, batch.source(i))  # type: ignore[union-attr]
             except OSError:
                 pass  # the reply could not be sent (buffer full, unreachable): dropped
-            except Exception as exc:  # never let one packet kill the reader
+            except Exception as exc:  # never let one packet stop the batch
                 self.stats["errors"] += 1
-                logger.debug("embedded DNS: query from {} failed: {!r}", addr, exc)
-        self.stats["udp"] += handled
+                logger.debug("embedded DNS: query from {} failed: {!r}", batch.source(i), exc)
+        if j:
+            batch.queued = j
+            batch.flush()
+        self.stats["udp"] += k
+        self.stats["udp_batches"] += 1
+        return k
 
     # ------------------------------------------------------------------ TCP
 

@@ -94,6 +94,27 @@ def test_run_foreground_prints_json_output_and_exit_code(api: Path, fake_sup: An
     assert spec.rm is True and spec.dns is False
 
 
+def test_run_interrupted_while_starting_stops_the_container(
+    api: Path, fake_sup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """^C that comes before the start's answer stops the container, never aborts the client."""
+    import os
+    import signal
+
+    real_start = fake_sup.start
+
+    def start(ref: str) -> dict[str, Any]:
+        c = real_start(ref)
+        os.kill(os.getpid(), signal.SIGINT)  # the user's ^C, while the answer is on its way
+        return c
+
+    monkeypatch.setattr(fake_sup, "start", start)
+    r = nyx(api, "run", "--rm", "busybox:nyx", "sleep", "60")
+    assert r.exit_code == 137, r.output
+    assert "nyx: stopping" in r.output
+    assert [cid for cid, _ in fake_sup.stopped] == list(fake_sup.specs)
+
+
 def test_run_command_not_found_is_127(api: Path, fake_sup: Any) -> None:
     from nyx_cli.errors import CommandError
 

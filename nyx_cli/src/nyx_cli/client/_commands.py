@@ -551,6 +551,52 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
 
     logs = threading.Thread(target=pump, daemon=True)
     logs.start()
+
+    # ^C or SIGTERM from here on stops the container (what docker's sig-proxy does):
+    # the handler is in place before the start, since the process may print and the
+    # user may interrupt before the start's answer comes back. Handlers run in the
+    # main thread, between its bytecodes, so plain flags are enough.
+    stopping = threading.Event()
+    sent = {"started": False, "stop": False}
+
+    def quiet_stop() -> None:
+        with contextlib.suppress(Exception):
+            client.stop(cid)
+
+    def send_stop() -> None:
+        if not sent["stop"]:
+            sent["stop"] = True
+            threading.Thread(target=quiet_stop, daemon=True).start()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        echo(f"nyx: stopping {short(cid)}", err=True)
+        if sent["started"]:
+            send_stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _attach(client, cid, rm, printed, logs, stopping, sent, send_stop)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _attach(
+    client: Client,
+    cid: str,
+    rm: bool,
+    printed: Any,
+    logs: Any,
+    stopping: Any,
+    sent: dict[str, bool],
+    send_stop: Any,
+) -> int:
+    """Start the created container ``cid`` and wait for it, its output streaming."""
+    import contextlib
+
     try:
         started = client.start(cid)
     except (ApiError, DaemonUnavailable) as exc:
@@ -559,29 +605,13 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
                 client.request("DELETE", f"/v1/containers/{q(cid)}", params={"force": 1})
         code = exc.body.get("exit_code") if isinstance(exc, ApiError) else None
         die(str(exc), code if isinstance(code, int) else EXIT_DAEMON)
+    sent["started"] = True
+    if stopping.is_set():  # interrupted while it was starting
+        send_stop()
     echo(_pretty(started))
     sys.stdout.flush()
     printed.set()
-
-    stopping = threading.Event()
-
-    def quiet_stop() -> None:
-        with contextlib.suppress(Exception):
-            client.stop(cid)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if stopping.is_set():
-            return
-        stopping.set()
-        echo(f"nyx: stopping {short(cid)}", err=True)
-        threading.Thread(target=quiet_stop, daemon=True).start()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = call(client.wait, cid)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    result = call(client.wait, cid)
     if result.get("state") != "restarting":  # otherwise its output goes on: stop here
         logs.join(5)
     code = result.get("exit_code")
