@@ -16,11 +16,29 @@ import pytest
 from nyx_cli.runtime._runc import MONITOR, RuncRuntime
 
 
-def _fake_runc(tmp_path: Path, init: str, rc: int = 0) -> list[str]:
-    """A "runc" whose background child (the init, running ``init``) outlives it."""
+def _fake_runc(tmp_path: Path, init: str, rc: int = 0, then: float = 0) -> list[str]:
+    """A "runc" whose "init" (``sh -c init``) outlives it. As with runc, the init is no
+    child of the process the monitor started: that one forks a child which forks the init,
+    writes its pid and exits without reaping anything (so the init is re-parented to the
+    monitor at once, and no shell reaps it); the "runc" waits ``then`` seconds, exits
+    ``rc``."""
     pid_file = tmp_path / "init.pid"
-    script = f"({init}) & echo $! > {pid_file}; echo runc-output; exit {rc}"
-    return ["/bin/sh", "-c", script]
+    script = f"""
+import os, sys, time
+mid = os.fork()
+if mid == 0:
+    init = os.fork()
+    if init == 0:
+        os.execv("/bin/sh", ["/bin/sh", "-c", {init!r}])
+    with open({str(pid_file)!r}, "w") as f:
+        f.write(str(init))
+    os._exit(0)
+os.waitpid(mid, 0)
+print("runc-output", flush=True)
+time.sleep({then})
+sys.exit({rc})
+"""
+    return [sys.executable, "-S", "-I", "-c", script]
 
 
 def _start(tmp_path: Path, runc: list[str]) -> subprocess.Popen[bytes]:
@@ -86,6 +104,22 @@ def test_reaps_nothing_before_the_acknowledgement(tmp_path: Path) -> None:
     mon.stdin.close()
     assert _exit(tmp_path)["exit_code"] == 3
     mon.wait(20)
+
+
+def test_reaps_nothing_before_the_acknowledgement_when_the_init_ends_before_runc(
+    tmp_path: Path,
+) -> None:
+    """The init, re-parented to the monitor, ends while runc still runs: it stays a zombie
+    until nyxd's acknowledgement too (the monitor waits for runc alone until then)."""
+    mon = _start(tmp_path, _fake_runc(tmp_path, "sleep 0.1; exit 3", then=1))
+    _, pid = _report(mon).split()
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().split(") ")[1][0] == "Z"
+    assert not (tmp_path / "status" / "exit").exists()
+    assert mon.stdin is not None
+    mon.stdin.close()
+    assert _exit(tmp_path) == {"pid": int(pid), "exit_code": 3}
+    assert mon.wait(20) == 0
 
 
 def test_a_failing_runc_is_reported_and_nothing_recorded(tmp_path: Path) -> None:

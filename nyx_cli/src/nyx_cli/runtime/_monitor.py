@@ -56,13 +56,17 @@ def _command() -> tuple[str, str, str, list[str]] | None:
             return None
         data += chunk
     got = json.loads(data)
-    fields = [got.get(k) if isinstance(got, dict) else None for k in _FIELDS]
-    runc = got.get("runc") if isinstance(got, dict) else None
-    if not all(isinstance(f, str) and f for f in fields):
-        raise ValueError(f"command: {', '.join(_FIELDS)} must be paths")
-    if not isinstance(runc, list) or not runc or not all(isinstance(a, str) for a in runc):
+    if not isinstance(got, dict):
+        raise ValueError(f"command: not a JSON object: {got!r}")
+    fields = [got.get(k) for k in _FIELDS]
+    paths = [f for f in fields if isinstance(f, str) and f]
+    if len(paths) != len(_FIELDS):
+        raise ValueError(f"command: {', '.join(_FIELDS)} must be paths, not {fields!r}")
+    runc = got.get("runc")
+    argv = [a for a in runc if isinstance(a, str)] if isinstance(runc, list) else []
+    if not argv or argv != runc:
         raise ValueError(f"command: runc must be a non-empty argv, not {runc!r}")
-    return fields[0], fields[1], fields[2], runc
+    return paths[0], paths[1], paths[2], argv
 
 
 def _write_status(status_dir: str, pid: int, code: int) -> None:
@@ -117,12 +121,8 @@ def main() -> int:
         return 127
     os.close(null)
     os.close(log)
-    early: dict[int, int] = {}  # reaped before runc's own exit was seen: the init, maybe
-    while True:
-        got, status = os.waitpid(-1, 0)
-        if got == child:
-            break
-        early[got] = status
+    # runc alone: the init, re-parented here, stays a zombie (its pid taken) until the ack
+    _, status = os.waitpid(child, 0)
     if (rc := _code(status)) != 0:
         _report(f"runc {rc}")
         return rc
@@ -136,9 +136,6 @@ def main() -> int:
     while os.read(0, 4096):  # until nyxd holds a pidfd of the init (or is gone)
         pass
     os.close(0)
-    if init in early:
-        _write_status(status_dir, init, _code(early[init]))
-        return 0
     while True:
         try:
             got, status = os.waitpid(-1, 0)
