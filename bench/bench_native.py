@@ -5,14 +5,20 @@ Peers, all measured in one run on the same kernel, each in a fresh "host" namesp
 
 * ``nyx``      the native driver through its hooks (IPAM, validation, state file, port
                reservation included);
+* ``nyx6``     the same on a dual-stack network (``--container-subnet6``): an IPv6 address
+               and route too, the port published on both families;
 * ``floor``    the bare minimum in-process: pyroute2 veth (peer created in the container
                netns) + address/route inside + one libnftables map element, nothing else;
+* ``floor6``   the same with an IPv6 address and route too, on a bridge with an IPv6
+               gateway (the kernel's own share of dual stack);
 * ``netavark`` Debian's netavark 1.4 (``netavark setup|teardown``, JSON on stdin, iptables);
+* ``netavark6`` the same on a dual-stack network (``ipv6_enabled``, a second subnet);
 * ``cni``      the CNI reference plugins exec'd directly: bridge (+ host-local) + portmap.
 
 Every setup publishes one port. For each level N, N containers are attached first, then one
 more container is set up and torn down ``--iterations`` times, the peers taking turns so a
-noisy machine slows them alike; median and p90 are printed with nyx/peer ratios. Usage (root)::
+noisy machine slows them alike; median and p90 are printed with nyx/peer ratios, and the
+dual-stack ratios nyx6/nyx and nyx6/netavark6. Usage (root)::
 
     .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15]
 
@@ -41,12 +47,18 @@ from nyx_plugins_native import NativeSettings
 
 SUBNET = ipaddress.IPv4Network("10.232.0.0/16")
 GATEWAY = ipaddress.IPv4Address("10.232.0.1")
+SUBNET6 = ipaddress.IPv6Network("fd00:232::/64")
+GATEWAY6 = ipaddress.IPv6Address("fd00:232::1")
 NETAVARK = "/usr/lib/podman/netavark"
 CNI_PATH = "/usr/lib/cni"
 
 
 def ip_for(i: int) -> str:
     return str(SUBNET.network_address + 10 + i)
+
+
+def ip6_for(i: int) -> str:
+    return str(SUBNET6.network_address + 10 + i)
 
 
 class Peer:
@@ -61,6 +73,7 @@ class Peer:
 
 class Nyx(Peer):
     name = "nyx"
+    subnet6: ipaddress.IPv6Network | None = None
 
     def prepare(self, tmp: Path) -> None:
         self.backend = NetworkBackend.load("native")
@@ -69,6 +82,7 @@ class Nyx(Peer):
             run_dir=tmp / "run",
             container_subnet=SUBNET,
             gateway_ip=GATEWAY,
+            container_subnet6=self.subnet6,
         ).with_plugins(NativeSettings(bridge="nyxb0"))
         self.backend.ensure_network(self.settings)
 
@@ -80,10 +94,16 @@ class Nyx(Peer):
         self.backend.teardown(f"bench-{i}", ns.path)
 
 
+class Nyx6(Nyx):
+    name = "nyx6"
+    subnet6 = SUBNET6
+
+
 class Floor(Peer):
     """The least an in-process driver must do; no IPAM, checks, state or reservations."""
 
     name = "floor"
+    ipv6 = False
 
     def prepare(self, tmp: Path) -> None:
         from pyroute2 import IPRoute
@@ -95,6 +115,10 @@ class Floor(Peer):
         self.ipr.link("add", ifname="flb0", kind="bridge")
         self.br = self.ipr.link_lookup(ifname="flb0")[0]
         self.ipr.addr("add", index=self.br, address=str(GATEWAY), prefixlen=SUBNET.prefixlen)
+        if self.ipv6:
+            self.ipr.addr(
+                "add", index=self.br, address=str(GATEWAY6), prefixlen=64, flags=0x02
+            )  # nodad
         self.ipr.link("set", index=self.br, state="up")
         self.nft = load_nftables().Nftables()
         self.nft.set_json_output(True)
@@ -142,8 +166,12 @@ class Floor(Peer):
         try:
             idx = c.link("get", ifname="eth0")[0]["index"]
             c.addr("add", index=idx, address=ip_for(i), prefixlen=SUBNET.prefixlen)
+            if self.ipv6:
+                c.addr("add", index=idx, address=ip6_for(i), prefixlen=64, flags=0x02)
             c.link("set", index=idx, state="up")
             c.route("add", dst="0.0.0.0/0", gateway=str(GATEWAY))
+            if self.ipv6:
+                c.route("add", dst="::/0", gateway=str(GATEWAY6))
         finally:
             c.close()
         self._elem("add", i)
@@ -158,26 +186,36 @@ class Floor(Peer):
         del self.nft
 
 
+class Floor6(Floor):
+    name = "floor6"
+    ipv6 = True
+
+
 class Netavark(Peer):
     name = "netavark"
+    ipv6 = False
 
     def prepare(self, tmp: Path) -> None:
         self.config = tmp / "netavark"
         self.config.mkdir()
 
     def _run(self, cmd: str, i: int, ns: Netns) -> None:
+        ips, subnets = [ip_for(i)], [{"subnet": str(SUBNET), "gateway": str(GATEWAY)}]
+        if self.ipv6:
+            ips.append(ip6_for(i))
+            subnets.append({"subnet": str(SUBNET6), "gateway": str(GATEWAY6)})
         conf = {
             "container_id": f"{i:064x}",
             "container_name": f"bench-{i}",
-            "networks": {"bench": {"static_ips": [ip_for(i)], "interface_name": "eth0"}},
+            "networks": {"bench": {"static_ips": ips, "interface_name": "eth0"}},
             "network_info": {
                 "bench": {
                     "name": "bench",
                     "id": "1" * 64,
                     "driver": "bridge",
                     "network_interface": "nvb0",
-                    "subnets": [{"subnet": str(SUBNET), "gateway": str(GATEWAY)}],
-                    "ipv6_enabled": False,
+                    "subnets": subnets,
+                    "ipv6_enabled": self.ipv6,
                     "internal": False,
                     "dns_enabled": False,
                 }
@@ -205,6 +243,11 @@ class Netavark(Peer):
 
     def teardown(self, i: int, ns: Netns) -> None:
         self._run("teardown", i, ns)
+
+
+class Netavark6(Netavark):
+    name = "netavark6"
+    ipv6 = True
 
 
 class Cni(Peer):
@@ -326,7 +369,7 @@ class Runner:
     def close(self) -> None:
         try:
             with entered(self.host):
-                if isinstance(self.peer, (Nyx, Floor)):
+                if isinstance(self.peer, Nyx | Floor):
                     # in-process peers hold sockets in the host namespace: undo explicitly
                     for i in range(self.attached):
                         self.peer.teardown(i, self.pool[i])
@@ -345,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", default="1,50,200")
     ap.add_argument("--iterations", type=int, default=15)
-    ap.add_argument("--peers", default="nyx,floor,netavark,cni")
+    ap.add_argument("--peers", default="nyx,nyx6,floor,floor6,netavark,netavark6,cni")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_native: needs root (network namespaces)", file=sys.stderr)
@@ -353,16 +396,19 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     makers: dict[str, Callable[[], Peer]] = {
         "nyx": Nyx,
+        "nyx6": Nyx6,
         "floor": Floor,
+        "floor6": Floor6,
         "netavark": Netavark,
+        "netavark6": Netavark6,
         "cni": Cni,
     }
     names = [p for p in args.peers.split(",") if p]
-    if "netavark" in names and not os.path.exists(NETAVARK):
-        print(
-            f"bench_native: {NETAVARK} missing (apt-get install netavark); skipped", file=sys.stderr
-        )
-        names.remove("netavark")
+    if not os.path.exists(NETAVARK):
+        for name in ("netavark", "netavark6"):
+            if name in names:
+                print(f"bench_native: {NETAVARK} missing; {name} skipped", file=sys.stderr)
+                names.remove(name)
     if "cni" in names and not os.path.exists(f"{CNI_PATH}/bridge"):
         print(
             "bench_native: CNI plugins missing (containernetworking-plugins); skipped",
@@ -400,7 +446,7 @@ def print_table(
     results: dict[str, dict[tuple[str, int], list[float]]], levels: list[int], iters: int
 ) -> None:
     peers = list(results)
-    others = [p for p in peers if p != "nyx"]
+    others = [p for p in peers if p not in ("nyx", "nyx6", "floor6")]
     print(f"\nnative driver, one port map, {iters} iterations; times in ms (median / p90)")
     head = f"{'op':9s} {'attached':>8s} " + " ".join(f"{p:>17s}" for p in peers)
     if "nyx" in results:
@@ -423,6 +469,21 @@ def print_table(
             results["nyx"][("setup", lo)]
         )
         print(f"nyx setup at {hi} attached / at {lo} attached: {r:.2f}")
+    if "nyx6" in results:
+        print("dual stack (setup medians):")
+        for level in levels:
+            six = statistics.median(results["nyx6"][("setup", level)])
+            text = f"  {level:4d} attached: nyx6 {six:7.2f} ms"
+            for peer in ("nyx", "floor6", "netavark6"):
+                if peer in results:
+                    other = statistics.median(results[peer][("setup", level)])
+                    text += f"  nyx6/{peer} {six / other:.2f}"
+            if "floor" in results and "floor6" in results:
+                f4, f6 = (
+                    statistics.median(results[f][("setup", level)]) for f in ("floor", "floor6")
+                )
+                text += f"  (floor6/floor {f6 / f4:.2f})"
+            print(text)
 
 
 if __name__ == "__main__":

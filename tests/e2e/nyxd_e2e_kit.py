@@ -264,12 +264,13 @@ class Nyxd:
         out = self.host("nft", "-j", "list", "ruleset").stdout
         return json.loads(out) if out.strip() else {"nftables": []}
 
-    def nyx_elements(self) -> dict[str, list[Any]]:
-        """Elements of table ``ip nyx``'s per-container maps and sets ({} without the table)."""
+    def nyx_elements(self, family: str = "ip") -> dict[str, list[Any]]:
+        """Elements of table ``ip nyx``'s (or ``ip6 nyx``'s) per-container maps and sets
+        ({} without the table)."""
         out: dict[str, list[Any]] = {}
         for item in self.ruleset()["nftables"]:
             obj = item.get("map") or item.get("set")
-            if obj and obj.get("table") == "nyx" and obj.get("family") == "ip":
+            if obj and obj.get("table") == "nyx" and obj.get("family") == family:
                 out[obj["name"]] = list(obj.get("elem", []))
         return out
 

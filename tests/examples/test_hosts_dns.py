@@ -21,6 +21,10 @@ class TestHostsDnsConformance(DnsProviderConformance):
         return "hosts"
 
     @pytest.fixture
+    def nyx_dns_ipv6(self) -> bool:
+        return True
+
+    @pytest.fixture
     def nyx_dns_upstream(self) -> UpstreamConfig:
         def configure(ip: str, port: int) -> Sequence[PluginSettings]:
             return [HostsDnsSettings(upstream=[f"{ip}:{port}"], timeout=1.0)]

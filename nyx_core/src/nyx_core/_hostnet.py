@@ -1,4 +1,4 @@
-"""The host's own IPv4 routes and addresses, and whether a nyx subnet may claim a range.
+"""The host's own routes and addresses, and whether a nyx subnet may claim a range.
 
 A network whose subnet overlaps a route or an address of the host would take that traffic
 away from the host (its LAN, its uplink, a VPN): such subnets are refused before anything is
@@ -8,8 +8,11 @@ network namespace of the calling *thread*: nyxd's, or the one a test switched th
 into (``/proc/net`` would show the main thread's). No netlink and no ``ip``: nyx_core stays
 free of pyroute2, and drivers use the same check.
 
-Default routes (``0.0.0.0/0``, and the ``0.0.0.0/1`` + ``128.0.0.0/1`` pair VPNs install in
-their place) are not host routes for this check: every private subnet overlaps them.
+IPv6 comes from ``ipv6_route`` (every table's routes, local ones flagged) and ``if_inet6``
+(the addresses); both are absent on a kernel without IPv6, and the view is then IPv4 only.
+
+Default routes (``0.0.0.0/0``, ``::/0``, and the ``/1`` pairs VPNs install in their place)
+are not host routes for this check: every private subnet overlaps them.
 """
 
 from __future__ import annotations
@@ -34,23 +37,34 @@ __all__ = [
 
 _PROC = Path("/proc/thread-self/net")
 _RTF_GATEWAY = 0x2
+_RTF_REJECT = 0x200
+_RTF_CACHE = 0x01000000
+_RTF_LOCAL = 0x80000000
 # fib_trie route types that send traffic somewhere (or drop it on purpose)
 _ROUTE_TYPES = {"UNICAST", "BLACKHOLE", "UNREACHABLE", "PROHIBIT", "THROW"}
 
-RESERVED_RANGES: tuple[tuple[ipaddress.IPv4Network, str], ...] = (
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+RESERVED_RANGES: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.IPv4Network("0.0.0.0/8"), "'this network'"),
     (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
     (ipaddress.IPv4Network("169.254.0.0/16"), "link-local (cloud metadata services live here)"),
     (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved and broadcast"),
+    (ipaddress.IPv6Network("::/8"), "reserved: unspecified, loopback ::1, IPv4-mapped"),
+    (ipaddress.IPv6Network("fe80::/10"), "link-local"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast"),
 )
 
 
 @dataclass(frozen=True)
 class HostRoute:
-    """One route of the host (not a default route, not a local or broadcast entry)."""
+    """One route of the host (not a default route, not a local or broadcast entry).
 
-    network: ipaddress.IPv4Network
+    ``table`` is ``""`` for IPv6 routes (``ipv6_route`` does not say which table).
+    """
+
+    network: IPNetwork
     dev: str | None = None
     kind: str = "unicast"
     table: str = "main"
@@ -59,7 +73,7 @@ class HostRoute:
         text = str(self.network) if self.kind == "unicast" else f"{self.kind} {self.network}"
         if self.dev:
             text += f" dev {self.dev}"
-        if self.table != "main":
+        if self.table not in ("main", ""):
             text += f" table {self.table}"
         return text
 
@@ -68,11 +82,12 @@ class HostRoute:
 class HostAddress:
     """One local address (or local range, e.g. ``127.0.0.0/8``) of the host."""
 
-    network: ipaddress.IPv4Network
+    network: IPNetwork
     dev: str | None = None
 
     def __str__(self) -> str:
-        what = str(self.network.network_address if self.network.prefixlen == 32 else self.network)
+        single = self.network.prefixlen == self.network.max_prefixlen
+        what = str(self.network.network_address if single else self.network)
         return f"{what} ({self.dev})" if self.dev else what
 
 
@@ -171,18 +186,68 @@ def build_view(route_text: str, fib_trie_text: str) -> HostView:
     return HostView(tuple(routes.values()), tuple(addrs.values()))
 
 
+def _hex6(text: str) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(bytes.fromhex(text))
+
+
+def parse_ipv6_route(text: str) -> list[HostRoute]:
+    """``/proc/net/ipv6_route``: the routes of every table, minus local addresses, cached
+    clones and (/0, /1) defaults; reject routes (blackhole, unreachable, prohibit) as
+    ``reject`` without a device."""
+    out: dict[tuple[IPNetwork, str | None, str], HostRoute] = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 10:
+            continue
+        try:
+            net = ipaddress.IPv6Network(f"{_hex6(f[0])}/{int(f[1], 16)}", strict=False)
+            flags = int(f[8], 16)
+        except ValueError:
+            continue
+        if flags & (_RTF_LOCAL | _RTF_CACHE) or net.prefixlen <= 1:
+            continue
+        kind, dev = ("reject", None) if flags & _RTF_REJECT else ("unicast", f[9])
+        out.setdefault((net, dev, kind), HostRoute(net, dev, kind, ""))
+    return list(out.values())
+
+
+def parse_if_inet6(text: str) -> list[HostAddress]:
+    """``/proc/net/if_inet6``: every IPv6 address of the host, with its device."""
+    out: list[HostAddress] = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 6:
+            continue
+        try:
+            out.append(HostAddress(ipaddress.IPv6Network(_hex6(f[0])), f[5]))
+        except ValueError:
+            continue
+    return out
+
+
 def read_host_view(proc: Path = _PROC) -> HostView:
-    """The routes and addresses of the calling thread's network namespace."""
+    """The routes and addresses (both families) of the calling thread's network namespace."""
     try:
         route = (proc / "route").read_text()
         trie = (proc / "fib_trie").read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read the host's routes from {proc}: {exc}") from exc
-    return build_view(route, trie)
+    view = build_view(route, trie)
+    try:
+        route6 = (proc / "ipv6_route").read_text()
+        addrs6 = (proc / "if_inet6").read_text()
+    except FileNotFoundError:
+        return view  # a kernel without IPv6
+    except OSError as exc:
+        raise ConfigError(f"cannot read the host's IPv6 routes from {proc}: {exc}") from exc
+    return HostView(
+        view.routes + tuple(parse_ipv6_route(route6)),
+        view.addresses + tuple(parse_if_inet6(addrs6)),
+    )
 
 
 def subnet_host_conflict(
-    subnet: ipaddress.IPv4Network,
+    subnet: IPNetwork,
     view: HostView,
     ignore_devs: Collection[str] = (),
 ) -> str | None:
@@ -196,7 +261,7 @@ def subnet_host_conflict(
     for addr in view.addresses:
         if addr.dev in ignore_devs or not subnet.overlaps(addr.network):
             continue
-        if addr.network.prefixlen == 32:
+        if addr.network.prefixlen == addr.network.max_prefixlen:
             return f"contains host address {addr}"
         return f"overlaps the host's local addresses {addr}"
     for route in view.routes:
@@ -207,7 +272,7 @@ def subnet_host_conflict(
 
 
 def check_subnet_on_host(
-    subnet: ipaddress.IPv4Network,
+    subnet: IPNetwork,
     what: str,
     *,
     ignore_devs: Iterable[str] = (),

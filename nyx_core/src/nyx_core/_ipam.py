@@ -30,6 +30,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,25 @@ __all__ = ["LeaseState", "LeaseStore", "allocate"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ints(used: Iterable[object], v4: bool) -> set[int]:
+    """The addresses of one family in ``used``, as integers (the other family's skipped).
+
+    ``inet_pton`` parses any spelling (``fd00:0::5`` is ``fd00::5``) ten times faster than
+    :mod:`ipaddress`: a setup's cost must not grow with the leases of its network.
+    """
+    family = socket.AF_INET if v4 else socket.AF_INET6
+    out: set[int] = set()
+    for u in used:
+        text = str(u)
+        if (":" not in text) != v4:
+            continue
+        try:
+            out.add(int.from_bytes(socket.inet_pton(family, text), "big"))
+        except OSError as exc:
+            raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address") from exc
+    return out
 
 
 def allocate(
@@ -61,8 +81,8 @@ def allocate(
     :param after: the last address handed out (round-robin cursor), or None.
     :raises IpamError: static address outside the subnet, reserved or taken; pool exhausted.
     """
-    taken = {str(ipaddress.ip_address(u)) for u in used}
     v4 = subnet.version == 4
+    taken = _ints(used, v4)
     first = int(subnet.network_address) + 1
     last = int(subnet.broadcast_address) - (1 if v4 else 0)
     if last < first:
@@ -75,7 +95,7 @@ def allocate(
             raise IpamError(f"static_ip {static} is the {what} address of {subnet}")
         if gateway is not None and static == gateway:
             raise IpamError(f"static_ip {static} is the gateway of {subnet}")
-        if str(static) in taken:
+        if int(static) in taken:
             raise IpamError(f"static_ip {static} is already leased to another container")
         return static
     size = last - first + 1
@@ -93,11 +113,8 @@ def allocate(
         n = start + i
         if n > last:
             n -= size
-        if n == gw:
-            continue
-        ip = make(n)
-        if str(ip) not in taken:
-            return ip
+        if n != gw and n not in taken:
+            return make(n)
     raise IpamError(
         f"address pool of {subnet} is exhausted ({len(taken)} leases): "
         "remove containers or use a larger subnet"

@@ -278,6 +278,15 @@ class NetworkSpec(BaseModel):
         gw = self.gateway or self.subnet.network_address + 1
         return ipaddress.IPv4Interface(f"{gw}/{self.subnet.prefixlen}")
 
+    @property
+    def gateway_interface6(self) -> ipaddress.IPv6Interface | None:
+        """IPv6 ``gateway6/prefix`` (the subnet's first address when no gateway6 is given);
+        None for an IPv4-only network."""
+        if self.subnet6 is None:
+            return None
+        gw = self.gateway6 or self.subnet6.network_address + 1
+        return ipaddress.IPv6Interface(f"{gw}/{self.subnet6.prefixlen}")
+
 
 class NetworkInfo(BaseModel):
     """What a driver made of a :class:`NetworkSpec`; nyxd records and shows it."""

@@ -241,6 +241,11 @@ class NetworkBackend(_Facade):
         self, settings: NyxSettings, options: Mapping[str, str] | None = None
     ) -> object | None:
         opts = dict(settings.driver_opts if options is None else options)
+        if settings.container_subnet6 is not None and not self.capabilities().ipv6:
+            raise ConfigError(
+                f"container_subnet6 {settings.container_subnet6} (NYXD_CONTAINER_SUBNET6): "
+                f"net driver {self.name!r} is IPv4-only (it does not declare the ipv6 capability)"
+            )
         return cast(
             object | None,
             self._call("nyx_backend_ensure_network", settings=settings, options=opts),
@@ -251,6 +256,11 @@ class NetworkBackend(_Facade):
             raise ConfigError(
                 f"net driver {self.name!r} cannot create networks (network {network.name!r}): "
                 "it does not declare the network_lifecycle capability"
+            )
+        if network.subnet6 is not None and not self.capabilities().ipv6:
+            raise ConfigError(
+                f"network {network.name!r}: subnet6 {network.subnet6}: net driver "
+                f"{self.name!r} is IPv4-only (it does not declare the ipv6 capability)"
             )
         info = self._call("nyx_backend_network_create", network=network)
         if not isinstance(info, NetworkInfo):
@@ -293,6 +303,12 @@ class NetworkBackend(_Facade):
         if not self.implements("nyx_backend_gc"):
             return None
         return cast(object | None, self._call("nyx_backend_gc", container_ids=list(container_ids)))
+
+    def reload(self) -> object | None:
+        """Re-apply the driver's host state; ``None`` when the driver has no such hook."""
+        if not self.implements("nyx_backend_reload"):
+            return None
+        return cast(object | None, self._call("nyx_backend_reload"))
 
 
 class DnsFacade(_Facade):

@@ -25,7 +25,11 @@ subnets and the client's right to forward have been decided: it can never answer
 container name, and an internal-only or unknown client never reaches it.
 
 Reads happen on the server's UDP and TCP threads without a lock (a dict lookup and
-attribute writes, atomic under the GIL); changes take a lock.
+attribute writes, atomic under the GIL); changes take a lock. On a dual-stack host one
+cache serves both servers (``gateway_ip``'s and ``gateway_ip6``'s: four threads), so
+whichever thread sees the upstreams change flushes it for both, and a store checks the
+upstreams it was sent to again under the lock: an answer from the old upstreams cannot
+slip in after another thread's flush.
 """
 
 from __future__ import annotations
@@ -343,6 +347,8 @@ class ForwardCache:
         if entry.cost > self.max_bytes:
             return False
         with self._lock:
+            if servers is not None and servers != self._servers and self._servers_of is not None:
+                return False  # another thread saw the upstreams change (and flushed) meanwhile
             old = self.entries.pop(key, None)
             if old is not None:
                 old.expires = -1.0

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from ._upstream import Upstreams
+from ._mmsg import Address
+from ._upstream import Upstreams, sockaddr
 
 if TYPE_CHECKING:
     from ._cache import ForwardCache
@@ -58,7 +59,7 @@ def _truncated(resp: bytes, qend: int) -> bytes:
 
 @dataclass(slots=True)
 class _Pending:
-    client: tuple[str, int]
+    client: Address
     client_id: bytes
     query: bytes
     qend: int
@@ -105,7 +106,7 @@ class Forwarder:
 
     # ------------------------------------------------------------------ UDP
 
-    def forward_udp(self, query: bytes, client: tuple[str, int], qend: int) -> None:
+    def forward_udp(self, query: bytes, client: Address, qend: int) -> None:
         """Send ``query`` upstream; the reply goes to ``client`` through the reply socket."""
         if len(self.pending) + self.tcp_inflight >= self.max_inflight:
             self.stats["overload"] += 1
@@ -143,12 +144,12 @@ class Forwarder:
                 qid = self._new_id()
                 sock = socks[qid % len(socks)]
                 try:
-                    sock.sendto(qid.to_bytes(2, "big") + p.query[2:], (server, self.port))
+                    sock.sendto(qid.to_bytes(2, "big") + p.query[2:], sockaddr(server, self.port))
                 except OSError:
                     p.attempt += 1
                     continue
                 p.sock = sock
-                p.server = server
+                p.server = server.partition("%")[0]  # as recvfrom shows it (no zone)
                 p.deadline = time.monotonic() + self.timeout
                 self.pending[qid] = p
                 return
@@ -187,7 +188,7 @@ class Forwarder:
                 except Exception as exc:  # never let one answer stop the others
                     logger.debug("DNS cache: answer from {} not kept: {!r}", p.server, exc)
 
-    def _reply(self, resp: bytes, client: tuple[str, int]) -> None:
+    def _reply(self, resp: bytes, client: Address) -> None:
         with contextlib.suppress(OSError):
             self.reply_sock.sendto(resp, _DONTWAIT, client)
 

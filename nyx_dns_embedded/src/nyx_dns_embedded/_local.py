@@ -13,6 +13,12 @@ One exception: 127.0.0.0/8 other than 127.0.0.1 is never counted as local here. 
 that must not make it "the host". 127.0.0.1 itself is an interface address (rejected by
 the kernel from outside) and is in the server's fixed set of host clients.
 
+IPv6 has no martian-source check at all: a packet from a neighbour with one of the host's
+own IPv6 addresses as its source is delivered (``::1`` alone is dropped, RFC 4291). So
+this module's answer is enough for IPv4 sources and for TCP, whose handshake proves the
+source, but not for IPv6 over UDP: the resolver answers those with TC (ask again over
+TCP), see :meth:`~._resolver.Resolver.unlisted`.
+
 The lookup is one ``RTM_GETROUTE`` netlink request (route type ``RTN_LOCAL``), the same
 answer ``ip route get`` gives, so ``ip_nonlocal_bind``/``IP_FREEBIND`` cannot fool it
 the way a bind test would be fooled. It runs only for sources that are neither a
@@ -50,14 +56,16 @@ _seq = itertools.count(1)
 def is_local_address(ip: str) -> bool:
     """True when ``ip`` is an address of this host in the calling thread's network
     namespace (the kernel routes it as ``local``); False for anything else, for text that
-    is not an address, for 0.0.0.0/::, and for 127.0.0.0/8 other than 127.0.0.1 (see the
-    module doc)."""
+    is not an address, for 0.0.0.0/::, for IPv4-mapped IPv6 addresses, and for 127.0.0.0/8
+    other than 127.0.0.1 (see the module doc)."""
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         return False
     if addr.is_unspecified or (addr.version == 4 and addr in _LOOPBACK4 and addr != _LOCALHOST4):
         return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return False  # never a source on nyx's IPv6-only sockets; not asked as IPv6
     family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
     raw = addr.packed
     seq = next(_seq) & 0xFFFFFFFF

@@ -19,8 +19,13 @@ import ctypes.util
 import errno
 import os
 import socket
+import sys
 
-__all__ = ["MSG_WAITFORONE", "NAME_SLOT", "UdpBatch", "available"]
+__all__ = ["MSG_WAITFORONE", "NAME_SLOT", "Address", "UdpBatch", "available"]
+
+Address = tuple[str, int] | tuple[str, int, int, int]
+"""A client's address as the socket module gives it: ``(host, port)``, or for IPv6
+``(host, port, flowinfo, scope_id)``."""
 
 MSG_WAITFORONE = 0x10000
 NAME_SLOT = 28
@@ -171,13 +176,18 @@ class UdpBatch:
                 sent += n
         return sent
 
-    def source(self, i: int) -> tuple[str, int]:
-        """``(host, port)`` of the sender of message ``i``."""
+    def source(self, i: int) -> Address:
+        """The sender of message ``i`` as ``recvfrom`` gives it: ``(host, port)``, for
+        IPv6 ``(host, port, flowinfo, scope_id)`` (a link-local sender is reachable only
+        with its scope id)."""
         o = i * NAME_SLOT
-        port = int.from_bytes(self.names[o + 2 : o + 4], "big")
+        names = self.names
+        port = int.from_bytes(names[o + 2 : o + 4], "big")
         if self.namelen == 16:
-            return socket.inet_ntop(socket.AF_INET, self.names[o + 4 : o + 8]), port
-        return socket.inet_ntop(socket.AF_INET6, self.names[o + 8 : o + 24]), port
+            return socket.inet_ntop(socket.AF_INET, names[o + 4 : o + 8]), port
+        host = socket.inet_ntop(socket.AF_INET6, names[o + 8 : o + 24])
+        flow = int.from_bytes(names[o + 4 : o + 8], "big")
+        return host, port, flow, int.from_bytes(names[o + 24 : o + 28], sys.byteorder)
 
     def packed_source(self, i: int) -> bytes:
         """The sender's address of message ``i``, packed (4 or 16 bytes)."""

@@ -25,6 +25,32 @@ __all__ = ["EmbeddedDns", "EmbeddedDnsSettings"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def listen_addresses(settings: NyxSettings) -> list[str]:
+    """Where the server listens: ``gateway_ip``, then ``gateway6`` on a dual-stack host."""
+    gw6 = settings.gateway6
+    return [str(settings.gateway_ip)] + ([str(gw6)] if gw6 is not None else [])
+
+
+def container_subnets(
+    settings: NyxSettings,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The default network's subnets: reverse names in them are ours (never forwarded)."""
+    net6 = settings.container_subnet6
+    return [settings.container_subnet] + ([net6] if net6 is not None else [])
+
+
+def reachable_gateways(settings: NyxSettings, ctr: Container | None) -> list[str]:
+    """The server addresses a container's resolv.conf lists: ``gateway_ip``, and
+    ``gateway6`` too when the server listens there and the container has an IPv6 address
+    (it can route to it); only ``gateway6`` for a container with IPv6 addresses only."""
+    gw6 = settings.gateway6
+    if gw6 is None or ctr is None:
+        return [str(settings.gateway_ip)]
+    families = {ip.version for ip in ctr.ips}
+    out = [str(settings.gateway_ip)] if 4 in families or not families else []
+    return out + ([str(gw6)] if 6 in families else [])
+
+
 class EmbeddedDnsSettings(PluginSettings):
     """Settings of the embedded DNS provider (env ``NYXD_EMBEDDED_*``, flags
     ``--embedded-*``; nyxd builds them and the provider reads
@@ -85,8 +111,10 @@ class EmbeddedDnsSettings(PluginSettings):
 class EmbeddedDns:
     """The embedded DNS provider (satisfies :class:`nyx_core.DnsProvider`).
 
-    Thread-safe: every method may be called from any nyxd thread. The server runs on two
-    threads of its own (UDP; TCP) between :meth:`start` and :meth:`stop`.
+    Thread-safe: every method may be called from any nyxd thread. Each server (one per
+    gateway) runs on two threads of its own (UDP; TCP) between :meth:`start` and
+    :meth:`stop`; on a dual-stack host both servers share the records, the upstreams and
+    the forward cache.
     """
 
     def __init__(self, config: EmbeddedDnsSettings | None = None) -> None:
@@ -95,29 +123,30 @@ class EmbeddedDns:
         self.registry = Registry()
         self._lock = threading.RLock()
         self._server: DnsServer | None = None
+        self._servers: list[DnsServer] = []
         self._settings: NyxSettings | None = None
         self._upstreams: Upstreams | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, settings: NyxSettings) -> object:
-        """Bind ``settings.gateway_ip:settings.dns_port`` (UDP+TCP) and serve. Idempotent."""
+        """Bind ``settings.gateway_ip:settings.dns_port`` (UDP+TCP) and serve; on a
+        dual-stack host (``settings.gateway6``) the IPv6 gateway too, by a second server
+        on the same records. Idempotent; returns the IPv4 ``(host, port)``."""
         with self._lock:
             if self._server is not None and self._server.running:
                 return self._server.address
             cfg = self.config = self.config or settings.plugin(EmbeddedDnsSettings)
-            gateway = str(settings.gateway_ip)
+            gateways = listen_addresses(settings)
             self.registry.configure(
                 default_network=settings.network,
-                local_clients={gateway, "127.0.0.1", "::1"},
-                subnets=[settings.container_subnet],
+                local_clients={gateways[0], "127.0.0.1", "::1"},
+                subnets=container_subnets(settings),
             )
-            exclude = (
-                frozenset({gateway}) if settings.dns_port == cfg.upstream_port else frozenset()
-            )
+            exclude = frozenset(gateways) if settings.dns_port == cfg.upstream_port else frozenset()
             upstreams = Upstreams(cfg.upstream_resolv_conf, exclude=exclude)
             cache = None
-            if cfg.cache_size > 0:
+            if cfg.cache_size > 0:  # one for both servers: the same upstreams' answers
                 cache = ForwardCache(
                     max_entries=cfg.cache_size,
                     max_bytes=cfg.cache_max_bytes,
@@ -125,37 +154,54 @@ class EmbeddedDns:
                     max_negative_ttl=cfg.cache_max_negative_ttl,
                     servers=upstreams.servers,
                 )
-            server = DnsServer(
-                Resolver(self.registry, ttl=cfg.ttl, cache=cache),
-                upstreams,
-                gateway,
-                settings.dns_port,
-                ServerOptions(
-                    forward_timeout=cfg.forward_timeout,
-                    max_inflight=cfg.max_inflight,
-                    tcp_max_connections=cfg.tcp_max_connections,
-                    tcp_max_connections_per_client=cfg.tcp_max_connections_per_client,
-                    tcp_idle_timeout=cfg.tcp_idle_timeout,
-                    upstream_port=cfg.upstream_port,
-                ),
-                cache=cache,
+            options = ServerOptions(
+                forward_timeout=cfg.forward_timeout,
+                max_inflight=cfg.max_inflight,
+                tcp_max_connections=cfg.tcp_max_connections,
+                tcp_max_connections_per_client=cfg.tcp_max_connections_per_client,
+                tcp_idle_timeout=cfg.tcp_idle_timeout,
+                upstream_port=cfg.upstream_port,
             )
-            server.start()
-            self._server, self._settings, self._upstreams = server, settings, upstreams
-            return server.address
+            servers: list[DnsServer] = []
+            try:
+                for host in gateways:
+                    server = DnsServer(
+                        Resolver(self.registry, ttl=cfg.ttl, cache=cache),
+                        upstreams,
+                        host,
+                        settings.dns_port,
+                        options,
+                        cache=cache,
+                    )
+                    server.start()
+                    servers.append(server)
+            except BaseException:
+                for server in servers:
+                    server.stop()
+                raise
+            self._server, self._servers = servers[0], servers
+            self._settings, self._upstreams = settings, upstreams
+            return servers[0].address
 
     def stop(self) -> None:
         """Stop serving and close the sockets. Idempotent; records are kept."""
         with self._lock:
-            if self._server is not None:
-                self._server.stop()
+            if self._servers:
+                for server in self._servers:
+                    server.stop()
                 logger.info("embedded DNS stopped")
-            self._server = None
+            self._server, self._servers = None, []
 
     @property
     def server(self) -> DnsServer | None:
-        """The running server (None when stopped)."""
+        """The running server on ``gateway_ip`` (None when stopped)."""
         return self._server
+
+    @property
+    def servers(self) -> list[DnsServer]:
+        """Every running server: ``gateway_ip``'s, then ``gateway_ip6``'s on a dual-stack
+        host."""
+        return list(self._servers)
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -239,11 +285,8 @@ class EmbeddedDns:
         internal_only = ctr is not None and self.registry.internal_only(ctr)
         host_search = [] if internal_only else [d for d in upstreams.conf().search if d != DOMAIN]
         search = [DOMAIN, *host_search][:MAX_SEARCH]
-        return (
-            "# written by nyxd (embedded DNS)\n"
-            f"nameserver {settings.gateway_ip}\n"
-            f"search {' '.join(search)}\n"
-        )
+        lines = [f"nameserver {gw}\n" for gw in reachable_gateways(settings, ctr)]
+        return f"# written by nyxd (embedded DNS)\n{''.join(lines)}search {' '.join(search)}\n"
 
     def _write_resolv_conf(self, container_id: str, text: str | None = None) -> Path:
         """Write in place (an existing bind mount keeps seeing the same inode)."""

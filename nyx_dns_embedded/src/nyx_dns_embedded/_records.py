@@ -143,16 +143,20 @@ class Scope:
     """What one client sees: names, reverse names, whether it may be forwarded.
 
     ``known`` is False for clients that are neither registered nor local: they are refused.
-    ``cache0``/``cache1`` are the server's response templates for queries without/with an
-    OPT record; ``exact`` maps a whole query but its ID to the response but its ID, for
-    queries answered from a template before, or to a :class:`~._cache.Replay` for those
-    answered from the forward cache (all filled lazily, dropped with the snapshot).
+    ``tcp_only``: every UDP query gets an empty truncated answer (TC), so the client asks
+    again over TCP (see :attr:`Snapshot.host6_udp`); such a scope never forwards, so its
+    caches only ever hold that answer. ``cache0``/``cache1`` are the server's response
+    templates for queries without/with an OPT record; ``exact`` maps a whole query but its
+    ID to the response but its ID, for queries answered from a template before, or to a
+    :class:`~._cache.Replay` for those answered from the forward cache (all filled lazily,
+    dropped with the snapshot).
     """
 
     names: dict[bytes, NameRecord]
     ptrs: dict[bytes, str]
     forward: bool
     known: bool = True
+    tcp_only: bool = False
     cache0: dict[bytes, Template] = field(default_factory=dict)
     cache1: dict[bytes, Template] = field(default_factory=dict)
     exact: dict[bytes, bytes | Replay] = field(default_factory=dict)
@@ -168,9 +172,18 @@ class Snapshot:
     unknown: Scope
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     all_ips: frozenset[IPAddress]
+    host6_udp: Scope = field(
+        default_factory=lambda: Scope(names={}, ptrs={}, forward=False, tcp_only=True)
+    )
+    """What an IPv6 address of the host gets over UDP: TC, "ask again over TCP". IPv6 has
+    no martian-source check, so a container or a LAN neighbour can send UDP from the
+    host's own IPv6 addresses (never from ``::1``); over TCP the handshake proves the
+    source, and the host then gets :attr:`local`."""
     clients4: dict[int, Scope] = field(default_factory=dict)
     """The IPv4 entries of ``clients`` keyed by the address's 4 bytes read as one native
-    unsigned int: what the UDP batch finds in a received ``sockaddr_in``, no formatting."""
+    unsigned int: what the UDP batch finds in a received ``sockaddr_in``, no formatting.
+    IPv6 sources have no such shortcut: the server looks them up by text, and an unlisted
+    one goes through :meth:`~._resolver.Resolver.unlisted` (TC for the host over UDP)."""
 
     def scope_for(self, client_ip: str) -> Scope:
         return self.clients.get(client_ip, self.unknown)

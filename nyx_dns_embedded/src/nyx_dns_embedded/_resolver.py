@@ -168,14 +168,29 @@ class Resolver:
             self.snap = self.registry.snapshot()
         return self.snap
 
-    def scope(self, client_ip: str) -> Scope:
+    def scope(self, client_ip: str, *, udp: bool) -> Scope:
+        """The scope of ``client_ip`` for a query over UDP (``udp``) or TCP: every caller
+        says which, because an IPv6 address of the host is only the host over TCP (see
+        :meth:`unlisted`)."""
         snap = self.snap
         if snap.generation != self.registry.generation:
             snap = self.refresh()
         scope = snap.clients.get(client_ip)
         if scope is None:
-            scope = snap.local if self.is_local(client_ip) else snap.unknown
+            scope = self.unlisted(client_ip, udp)
         return scope
+
+    def unlisted(self, client_ip: str, udp: bool) -> Scope:
+        """The scope of a source that is neither registered nor a fixed host client: the
+        host's (an address of the host, :mod:`._local`), else unknown (refused). An IPv6
+        address of the host over UDP gets :attr:`~._records.Snapshot.host6_udp` (TC)
+        instead: IPv6 has no martian-source check, only TCP proves such a source."""
+        snap = self.snap
+        if not self.is_local(client_ip):
+            return snap.unknown
+        if udp and ":" in client_ip:
+            return snap.host6_udp
+        return snap.local
 
     # ------------------------------------------------------------------ hot path
 
@@ -186,7 +201,7 @@ class Resolver:
             snap = self.refresh()
         scope = snap.clients.get(client_ip)
         if scope is None:  # neither registered nor a fixed host client: off the hot path
-            scope = snap.local if self.is_local(client_ip) else snap.unknown
+            scope = self.unlisted(client_ip, udp)
         return self.answer(data, scope, udp)
 
     def answer(self, data: bytes, scope: Scope, udp: bool = True) -> bytes | int | None:
@@ -306,6 +321,9 @@ class Resolver:
         if opts and (int(opts[0].ttl) >> 16) & 0xFF != 0:
             reply.ar = [EDNS0(udp_len=_EDNS_SIZE, ext_rcode=1)]  # BADVERS
             return bytes(reply.pack()), False
+        if scope.tcp_only:
+            reply.header.tc = 1  # "ask again over TCP": only a handshake proves the source
+            return bytes(reply.pack()), True
         if not scope.known:
             reply.header.rcode = RCODE.REFUSED
             return bytes(reply.pack()), True

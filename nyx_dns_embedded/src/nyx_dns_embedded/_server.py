@@ -1,15 +1,26 @@
 """The DNS server: UDP on a thread of its own, TCP on an asyncio loop on another.
 
+The address is IPv4 or IPv6 (the provider runs one server per gateway: ``gateway_ip``,
+and ``gateway_ip6`` on a dual-stack host). An IPv6 listener is IPv6-only and binds with
+``IPV6_FREEBIND``: the gateway may still be tentative (DAD) or not be on its bridge yet
+(a CNI bridge gets it at the first container) when the server starts.
+
 Sockets are created by :meth:`DnsServer.start` in the *calling* thread, so they live in
 the caller's network namespace (the threads started there inherit it too).
 
-UDP (``nyx-dns-udp``): the listening socket is read with ``recvmmsg`` and answered with
+UDP (``nyx-dns-udp``): one datagram at a time (``recvfrom``/``sendto``) while queries come
+one by one; in bursts the listening socket is read with ``recvmmsg`` and answered with
 ``sendmmsg`` (:mod:`._mmsg`): up to ``udp_batch`` datagrams per system call, replies
-addressed with the very ``sockaddr`` they came from, the client's scope found by its
-address bytes. While no forwarded query is pending the thread simply blocks in
-``recvmmsg`` (two system calls per batch, no poll); while some are, it waits with epoll on
-the listening socket and the upstream sockets, with the forwarder's next timeout. Every
-answer the resolver, its templates or the forward cache give is computed on this thread.
+addressed with the very ``sockaddr`` they came from (``sockaddr_in`` or ``sockaddr_in6``).
+A registered client's scope is one dict lookup (in a batch on the IPv4 server, by its
+address bytes) and its repeats are answered inline. Any source that is not in the
+snapshot's clients, every IPv6 address of the host among them, is looked up with
+``Resolver.scope(ip, udp=True)`` in both modes: over UDP an IPv6 address of the host gets
+the TC scope, never the host's scope, its inline repeats or the forward cache. While no
+forwarded query is pending the thread simply blocks in ``recvfrom``/``recvmmsg``; while
+some are, it waits with epoll on the listening socket and the upstream sockets, with the
+forwarder's next timeout. Every answer the resolver, its templates or the forward cache
+give is computed on this thread.
 
 TCP (``nyx-dns``): asyncio streams with a read timeout per message, a connection cap and
 a cap per client address; unknown clients are dropped as soon as they are accepted. TCP
@@ -33,7 +44,7 @@ from nyx_core import DnsError
 
 from ._cache import ForwardCache
 from ._forwarder import Forwarder
-from ._mmsg import MSG_WAITFORONE, NAME_SLOT, UdpBatch
+from ._mmsg import MSG_WAITFORONE, NAME_SLOT, Address, UdpBatch
 from ._records import Scope
 from ._resolver import Resolver
 from ._upstream import Upstreams
@@ -43,6 +54,7 @@ __all__ = ["DnsServer", "ServerOptions"]
 _UDP_RECV = 4096
 _RCVBUF = 4 << 20
 _SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+_IPV6_FREEBIND = 78  # Linux >= 4.15; not exported by the socket module
 _WAKE = struct.pack("ll", 1, 0)  # the UDP thread looks at its stop flag at least every 1 s
 _DONTWAIT = socket.MSG_DONTWAIT
 _BURST_GAP = 100e-6  # this many datagrams in a row closer than this: switch to batches
@@ -64,9 +76,33 @@ class ServerOptions:
     upstream_sockets: int = 4
 
 
-def _udp_socket(family: int, addr: tuple[str, int]) -> socket.socket:
+def host_port(host: str, port: int) -> str:
+    """``10.88.0.1:53``, ``[fd00::1]:53``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_family(host: str) -> int:
+    """``AF_INET6`` for an IPv6 literal, else ``AF_INET``."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _listen_options(sock: socket.socket) -> None:
+    """IPv6 listeners: IPv6 only (no v4-mapped clients), and bindable before the gateway
+    address is usable (DAD) or present (see the module doc)."""
+    if sock.family != socket.AF_INET6:
+        return
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
+    except OSError:  # kernels before 4.15: IP_FREEBIND covers IPv6 sockets there
+        sock.setsockopt(socket.SOL_IP, socket.IP_FREEBIND, 1)
+
+
+def _udp_socket(family: int, addr: tuple[str, int], *, listen: bool = False) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if listen:
+            _listen_options(sock)
         sock.setblocking(False)
         try:  # root may go past net.core.rmem_max for this one socket
             sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
@@ -154,12 +190,14 @@ class DnsServer:
         opts = self.options
         socks: list[socket.socket] = []
         try:
-            udp = _udp_socket(socket.AF_INET, (self.host, self.port))
+            family = listen_family(self.host)
+            udp = _udp_socket(family, (self.host, self.port), listen=True)
             socks.append(udp)
             udp.setblocking(True)  # the UDP thread blocks in recvmmsg; sends never block
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _WAKE)
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
             socks.append(tcp)
+            _listen_options(tcp)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((self.host, udp.getsockname()[1]))
             tcp.listen(128)
@@ -177,8 +215,10 @@ class DnsServer:
         except OSError as exc:
             for s in socks:
                 s.close()
+            what = "gateway_ip6" if ":" in self.host else "gateway_ip"
             raise DnsError(
-                f"embedded DNS cannot listen on {self.host}:{self.port} (gateway_ip, dns_port): "
+                f"embedded DNS cannot listen on {host_port(self.host, self.port)} ({what}, "
+                "dns_port): "
                 f"{exc.strerror or exc}"
             ) from exc
         self._udp, self._tcp, self._socks, self._batch = udp, tcp, socks, batch
@@ -214,7 +254,7 @@ class DnsServer:
             err = self._error
             self.stop()
             raise DnsError(f"embedded DNS server failed to start: {err!r}") from err
-        logger.info("embedded DNS listening on {}:{} (udp, tcp)", *self.address)
+        logger.info("embedded DNS listening on {} (udp, tcp)", host_port(*self.address))
 
     def _run(self) -> None:
         loop = self.loop
@@ -347,12 +387,14 @@ class DnsServer:
                 stats["errors"] += 1
                 logger.debug("embedded DNS: UDP error: {!r}", exc)
 
-    def _answer_one(self, data: bytes, addr: tuple[str, int], scope: Scope | None) -> None:
+    def _answer_one(self, data: bytes, addr: Address, scope: Scope | None) -> None:
         """One datagram that is not a repeat answered from its scope: the resolver (and
-        the forward cache, and maybe the forwarder)."""
+        the forward cache, and maybe the forwarder). ``scope`` None: the source is not
+        in the snapshot's clients, and the resolver decides (over UDP: an IPv6 address of
+        the host gets TC, never the host's scope or its cached answers)."""
         resolver = self.resolver
         if scope is None:
-            scope = resolver.scope(addr[0])
+            scope = resolver.scope(addr[0], udp=True)
         out = resolver.answer(data, scope)
         if out is None:
             return
@@ -387,8 +429,8 @@ class DnsServer:
             scope = scopes.get(names32[i * 7 + 1])
             try:
                 out: bytes | int | None
-                if scope is None:  # not a registered IPv4 client: the slow way
-                    out = answer(query, resolver.scope(batch.source(i)[0]))
+                if scope is None:  # not a registered IPv4 client (or IPv6): the slow way
+                    out = answer(query, resolver.scope(batch.source(i)[0], udp=True))
                 else:  # what it asked before (the same bytes), else the resolver
                     hit = scope.exact.get(query[2:])
                     if type(hit) is bytes:
@@ -433,7 +475,7 @@ class DnsServer:
         task = asyncio.current_task()
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else ""
-        if not self.resolver.scope(client).known:
+        if not self.resolver.scope(client, udp=False).known:
             self.stats["tcp_unknown"] += 1
             writer.transport.abort()
             return

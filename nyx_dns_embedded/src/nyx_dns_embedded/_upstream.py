@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HostResolvConf", "Upstreams", "parse_resolv_conf"]
+__all__ = ["HostResolvConf", "Upstreams", "parse_resolv_conf", "sockaddr"]
 
 MAX_NAMESERVERS = 3  # glibc's MAXNS
 MAX_SEARCH = 6
+_ZONE = re.compile(r"[a-zA-Z0-9_.@-]{1,15}")  # an interface name or index
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,36 @@ class HostResolvConf:
     search: tuple[str, ...] = ()
 
 
+def _nameserver(text: str) -> str | None:
+    """One ``nameserver`` value, normalised: an IPv4 or IPv6 literal; ``0.0.0.0``/``::``
+    mean this host (``127.0.0.1``/``::1``, as glibc reads them). A link-local IPv6 server
+    keeps its zone (``fe80::1%eth0``, as NetworkManager writes router-advertised servers):
+    without it the address names no link and cannot be used; any other zone is dropped."""
+    addr, _, zone = text.partition("%")
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "::1"
+    if ip.version == 6 and ip.is_link_local:
+        return f"{ip}%{zone}" if _ZONE.fullmatch(zone) else None
+    return str(ip)
+
+
+def sockaddr(server: str, port: int) -> tuple[str, int] | tuple[str, int, int, int]:
+    """The address to send to: ``(server, port)``, or for a server with a zone
+    (``fe80::1%eth0``) ``(address, port, 0, interface index)``: the socket module takes
+    the scope from the tuple only, never from the text. Raises OSError for a zone that
+    names no interface (the forwarder then moves to the next upstream)."""
+    if "%" not in server:
+        return server, port
+    addr, _, zone = server.partition("%")
+    return addr, port, 0, int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+
+
 def parse_resolv_conf(text: str) -> HostResolvConf:
-    """Nameservers (IP literals, at most 3, zone ids dropped) and search domains.
+    """Nameservers (IP literals, at most 3; see :func:`_nameserver`) and search domains.
 
     The last ``search``/``domain`` line wins, as in glibc.
     """
@@ -36,15 +67,9 @@ def parse_resolv_conf(text: str) -> HostResolvConf:
             continue
         key, args = parts[0], parts[1:]
         if key == "nameserver":
-            addr = args[0].split("%", 1)[0]
-            try:
-                ip = ipaddress.ip_address(addr)
-            except ValueError:
-                continue
-            if ip.is_unspecified:
-                ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
-            if str(ip) not in servers and len(servers) < MAX_NAMESERVERS:
-                servers.append(str(ip))
+            server = _nameserver(args[0])
+            if server is not None and server not in servers and len(servers) < MAX_NAMESERVERS:
+                servers.append(server)
         elif key in ("search", "domain"):
             search = [d.strip(".").lower() for d in args if d.strip(".")][:MAX_SEARCH]
     return HostResolvConf(tuple(servers), tuple(search))
@@ -86,14 +111,15 @@ class Upstreams:
         stamp = self._stat()
         if stamp == self._stamp and stamp is not None:
             return self._conf
-        self._stamp = stamp
         try:
             text = self.path.read_text(errors="replace")
         except OSError:
             text = ""
-        self._conf = parse_resolv_conf(text)
-        self._servers = tuple(s for s in self._conf.nameservers if s not in self.exclude)
-        return self._conf
+        conf = parse_resolv_conf(text)
+        self._servers = tuple(s for s in conf.nameservers if s not in self.exclude)
+        self._conf = conf
+        self._stamp = stamp  # last: another thread reading meanwhile reads the file too
+        return conf
 
     def conf(self) -> HostResolvConf:
         """The parsed file, re-read first when it may have changed."""

@@ -265,14 +265,22 @@ def network_conflist(
     internal: bool = False,
     host_dns: ipaddress.IPv4Address | None = None,
     mtu: int | None = None,
+    subnet6: ipaddress.IPv6Network | None = None,
+    gateway6: ipaddress.IPv6Address | None = None,
+    host_dns6: ipaddress.IPv6Address | None = None,
 ) -> dict[str, Any]:
     """The conflist template nyx generates for a network: bridge (gateway on ``bridge``,
     masquerade unless ``internal``) with host-local IPAM (leases under ``data_dir``), then
     portmap for published ports.
 
+    Dual stack when ``subnet6`` is given: a second ``ranges`` entry (``gateway6``, default
+    the subnet's first address), so host-local hands out one address of each family, and a
+    default route ``::/0`` besides ``0.0.0.0/0``; the bridge plugin puts both gateways on
+    the bridge and masquerades both families (ip6tables for IPv6).
+
     An internal network gives its containers no default route, only one to ``host_dns``
-    (nyxd's address, where embedded DNS listens) through its gateway; nyx's
-    ``inet nyx-cni`` table drops whatever would still leave the subnet.
+    (nyxd's address, where embedded DNS listens; ``host_dns6`` for IPv6) through its
+    gateway; nyx's ``inet nyx-cni`` table drops whatever would still leave the subnet.
     """
     bridge_conf: dict[str, Any] = {
         "type": "bridge",
@@ -286,9 +294,17 @@ def network_conflist(
     routes: list[dict[str, str]] = [{"dst": "0.0.0.0/0"}]
     if internal:
         routes = [] if host_dns is None or host_dns in subnet else [{"dst": f"{host_dns}/32"}]
+    ranges = [[{"subnet": str(subnet), "gateway": str(gateway)}]]
+    if subnet6 is not None:
+        gw6 = gateway6 or subnet6.network_address + 1
+        ranges.append([{"subnet": str(subnet6), "gateway": str(gw6)}])
+        if not internal:
+            routes.append({"dst": "::/0"})
+        elif host_dns6 is not None and host_dns6 not in subnet6:
+            routes.append({"dst": f"{host_dns6}/128"})
     bridge_conf["ipam"] = {
         "type": "host-local",
-        "ranges": [[{"subnet": str(subnet), "gateway": str(gateway)}]],
+        "ranges": ranges,
         "routes": routes,
         "dataDir": str(data_dir),
     }
@@ -321,8 +337,9 @@ def without_default_routes(net: NetworkConfig) -> NetworkConfig:
 def default_conflist(settings: NyxSettings, bridge: str = "nyx0") -> dict[str, Any]:
     """The conflist nyx writes when ``-network`` names no existing configuration.
 
-    :func:`network_conflist` for ``NYXD_CONTAINER_SUBNET`` / ``NYXD_GATEWAY_IP`` on
-    ``bridge``, leases under ``<state dir>/cni/networks``.
+    :func:`network_conflist` for ``NYXD_CONTAINER_SUBNET`` / ``NYXD_GATEWAY_IP`` (and
+    ``NYXD_CONTAINER_SUBNET6`` / ``NYXD_GATEWAY_IP6``: dual stack) on ``bridge``, leases
+    under ``<state dir>/cni/networks``.
     """
     return network_conflist(
         settings.network,
@@ -330,6 +347,8 @@ def default_conflist(settings: NyxSettings, bridge: str = "nyx0") -> dict[str, A
         settings.gateway_ip,
         bridge,
         settings.state_dir / "cni" / "networks",
+        subnet6=settings.container_subnet6,
+        gateway6=settings.gateway6,
     )
 
 

@@ -31,6 +31,7 @@ from ._conf import (
     LOOPBACK_NETWORK,
     NYX_SUPPORTED_VERSIONS,
     NetworkConfig,
+    addressing,
     bridge_of,
     default_conflist,
     find_network,
@@ -178,12 +179,19 @@ class CniDriver(NetworkLifecycle):
     # ------------------------------------------------------------------ network
 
     def load_network(self) -> NetworkConfig:
-        """Find (or write the default) network configuration and validate it."""
+        """Find (or write the default) network configuration and validate it.
+
+        A conflist that is nyx's own default for other IPv6 settings (written before
+        ``NYXD_CONTAINER_SUBNET6`` was set, changed or unset) is rewritten for the current
+        ones; any other conflist is used as it is."""
         s = self.settings
         o = self.options
         net = find_network(o.conf_dir, s.network, o.bin_dir)
+        path = o.conf_dir / f"{s.network}.conflist"
+        if net is not None and self._earlier_default(net):
+            logger.info("default CNI conflist {} follows the new IPv6 settings", net.source)
+            path, net = Path(net.source), None  # replaced in place (atomically)
         if net is None:
-            path = o.conf_dir / f"{s.network}.conflist"
             net = parse_network(default_conflist(s, o.bridge), str(path), o.bin_dir)  # first
             try:
                 write_conflist(path, default_conflist(s, o.bridge))
@@ -195,6 +203,22 @@ class CniDriver(NetworkLifecycle):
             logger.info("wrote default CNI conflist {}", path)
             self.written = path
         return net
+
+    def _earlier_default(self, net: NetworkConfig) -> bool:
+        """``net`` is not the current default conflist but the one nyx writes for the same
+        settings with another IPv6 part (none, or the subnet it has)."""
+        s, bridge = self.settings, self.options.bridge
+        current = parse_network(default_conflist(s, bridge), net.source).to_json()
+        if net.to_json() == current or not net.source.endswith(".conflist"):
+            return False
+        v6 = addressing(net).one(6)
+        others = [s.model_copy(update={"container_subnet6": None, "gateway_ip6": None})]
+        if v6 is not None and isinstance(v6[0], ipaddress.IPv6Network):
+            others.append(s.model_copy(update={"container_subnet6": v6[0], "gateway_ip6": v6[1]}))
+        return any(
+            net.to_json() == parse_network(default_conflist(o, bridge), net.source).to_json()
+            for o in others
+        )
 
     def negotiate(self, net: NetworkConfig) -> str:
         """The highest version of the config that nyx and every plugin support (VERSION)."""
@@ -450,7 +474,29 @@ class CniDriver(NetworkLifecycle):
                     os.close(fd)
         result.internal = internal or bool(cn.internal_subnets)
         result.extra["bridge"] = bridge_of(net)
+        if cn.template and not cn.settled6 and any(ip.version == 6 for ip in result.ips):
+            self._settle_gateways6(cn)
         return result
+
+    def _settle_gateways6(self, cn: CniNetwork) -> None:
+        """Once per network nyx templated (the default one, generated ones), after its
+        first IPv6 attachment (priming's, usually): its bridge's IPv6 gateway usable at once
+        (:meth:`~._networks.HostLinks.settle_gateways6`). A failure is logged: the gateway
+        then becomes usable when the kernel's duplicate address detection ends."""
+        cn.settled6 = True
+        bridge = bridge_of(cn.config)
+        addr = addressing(cn.config)
+        gws = [
+            ipaddress.IPv6Interface(f"{gw}/{net.prefixlen}")
+            for net, gw in zip(addr.subnets, addr.gateways, strict=True)
+            if net.version == 6 and gw is not None
+        ]
+        if bridge is None or not gws:
+            return
+        try:
+            self.links.settle_gateways6(bridge, gws)
+        except NyxError as exc:
+            logger.warning("network {}: IPv6 gateway of bridge {}: {}", cn.name, bridge, exc)
 
     def _claim(self, cid: str, network: str, ifname: str, fd: int) -> _Attachment | None:
         """Refuse a second attachment of ``cid`` to ``network`` or as ``ifname`` (caller
@@ -463,13 +509,11 @@ class CniDriver(NetworkLifecycle):
         for name, itf in prev.pairs:
             if name == network:
                 raise BackendError(
-                    f"container {cid!r} is already set up on CNI network {network!r} "
-                    f"(as {itf})"
+                    f"container {cid!r} is already set up on CNI network {network!r} (as {itf})"
                 )
             if itf == ifname:
                 raise BackendError(
-                    f"container {cid!r} already has interface {ifname!r} (on CNI network "
-                    f"{name!r})"
+                    f"container {cid!r} already has interface {ifname!r} (on CNI network {name!r})"
                 )
         if prev.fd is not None and not _same_file(prev.fd, fd):
             raise BackendError(

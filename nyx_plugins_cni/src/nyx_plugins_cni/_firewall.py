@@ -9,6 +9,7 @@ subnet", so the driver keeps one small table of its own::
             type filter hook forward priority filter; policy accept;
             ip saddr 10.89.1.0/24 ip daddr != 10.89.1.0/24 drop comment "nyx-cni net:back 5f0c"
             ip saddr 10.231.0.7 ip daddr != 10.231.0.0/24 drop comment "nyx-cni att:c1:eth0 9e1a"
+            ip6 saddr fd00:89:1::/64 ip6 daddr != { fd00:89:1::/64, fe80::/10, ff00::/8 } drop ...
         }
     }
 
@@ -58,6 +59,11 @@ CHAIN = "forward"
 _OWNER = "nyx-cni"
 _CHAIN_SPEC = "type filter hook forward priority filter; policy accept;"
 
+_ON_LINK6 = "fe80::/10, ff00::/8"
+"""IPv6 destinations an internal rule lets by: with ``br_netfilter`` the bridged neighbour
+solicitations (to a solicited-node multicast address) cross the forward hook too, and
+dropping them cuts two containers of one internal bridge apart."""
+
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -96,8 +102,10 @@ def drop_rules(sources: Iterable[Subnet | Address]) -> list[str]:
             saddr, subnet = str(src), src
         else:
             saddr, subnet = str(src.ip), src.network
-        fam = "ip" if subnet.version == 4 else "ip6"
-        rules.append(f"{fam} saddr {saddr} {fam} daddr != {subnet} drop")
+        if subnet.version == 4:
+            rules.append(f"ip saddr {saddr} ip daddr != {subnet} drop")
+        else:  # neighbour discovery (multicast, link-local) stays on the link: let it by
+            rules.append(f"ip6 saddr {saddr} ip6 daddr != {{ {subnet}, {_ON_LINK6} }} drop")
     return rules
 
 

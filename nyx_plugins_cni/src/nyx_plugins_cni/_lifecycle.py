@@ -69,6 +69,14 @@ def _info_extra(cn: CniNetwork, *, generated: bool) -> dict[str, Any]:
     }
 
 
+def _overlap(a: Subnet, b: Subnet) -> bool:
+    if isinstance(a, ipaddress.IPv4Network) and isinstance(b, ipaddress.IPv4Network):
+        return a.overlaps(b)
+    if isinstance(a, ipaddress.IPv6Network) and isinstance(b, ipaddress.IPv6Network):
+        return a.overlaps(b)
+    return False
+
+
 class NetworkLifecycle:
     """``network_create`` / ``network_remove``; mixed into the driver, whose state it uses."""
 
@@ -203,11 +211,6 @@ class NetworkLifecycle:
             raise ConfigError(
                 f"network {name!r}: subnet: the cni driver needs one to generate a conflist"
             )
-        if spec.subnet6 is not None:
-            raise ConfigError(
-                f"network {name!r}: subnet6 {spec.subnet6}: the cni driver generates IPv4 "
-                f"networks only; write a conflist named {name!r} into {self.options.conf_dir}"
-            )
         if record is not None and record.spec != spec.model_dump(mode="json"):
             raise ConfigError(
                 f"network {name!r} already exists ({record.path}) with "
@@ -222,8 +225,17 @@ class NetworkLifecycle:
                 f"network {name!r}: subnet {spec.subnet} / gateway {gateway}: need a /30 or "
                 "larger subnet and a gateway that is a host address of it"
             )
+        gateway6 = None
+        if spec.subnet6 is not None:
+            gateway6 = spec.gateway6 or spec.subnet6.network_address + 1
+            if spec.subnet6.prefixlen > 126 or gateway6 == spec.subnet6.network_address:
+                raise ConfigError(
+                    f"network {name!r}: subnet6 {spec.subnet6} / gateway6 {gateway6}: need a "
+                    "/126 or larger subnet and a gateway that is not its subnet-router "
+                    "anycast address"
+                )
         bridge = opts.bridge or (record.bridge if record else bridge_for(name))
-        self._check_free(name, spec.subnet, bridge)
+        self._check_free(name, spec.subnet, bridge, spec.subnet6)
         path = Path(found.source) if found else self.options.conf_dir / f"{name}.conflist"
         if found is None and path.exists():
             raise ConfigError(
@@ -244,6 +256,9 @@ class NetworkLifecycle:
             internal=spec.internal,
             host_dns=self.settings.gateway_ip,
             mtu=opts.mtu,
+            subnet6=spec.subnet6,
+            gateway6=gateway6,
+            host_dns6=self.settings.gateway6,
         )
         cfg = parse_network(obj, str(path), self.options.bin_dir)
         cn = CniNetwork(cfg, self.negotiate(cfg), spec=spec, generated=True, template=True)
@@ -258,12 +273,17 @@ class NetworkLifecycle:
             ) from exc
         self.records.put(ConflistRecord(name, str(path), sha, bridge, spec.model_dump(mode="json")))
         try:
-            cn.internal_subnets = [spec.subnet] if spec.internal else []
+            subnets: list[Subnet] = [spec.subnet]
+            if spec.subnet6 is not None:
+                subnets.append(spec.subnet6)
+            cn.internal_subnets = subnets if spec.internal else []
             self._set_net_rules(name, cn.internal_subnets)
             cn.info = NetworkInfo(
                 name=name,
                 subnet=spec.subnet,
                 gateway=gateway,
+                subnet6=spec.subnet6,
+                gateway6=gateway6,
                 internal=spec.internal,
                 interface=bridge,
                 options=dict(spec.options),
@@ -289,8 +309,14 @@ class NetworkLifecycle:
         logger.info("network {}: wrote CNI conflist {} (bridge {})", name, path, bridge)
         return cn.info
 
-    def _check_free(self, name: str, subnet: ipaddress.IPv4Network, bridge: str) -> None:
-        """The bridge and the subnet are no other known network's."""
+    def _check_free(
+        self,
+        name: str,
+        subnet: ipaddress.IPv4Network,
+        bridge: str,
+        subnet6: ipaddress.IPv6Network | None = None,
+    ) -> None:
+        """The bridge and the subnets are no other known network's."""
         bridges: dict[str, str] = {}
         for net in conflists(self.options.conf_dir):
             if net.name != name and (br := bridge_of(net)):
@@ -310,9 +336,11 @@ class NetworkLifecycle:
             )
         for cn in known:
             for other in addressing(cn.config).subnets:
-                if other.version == 4 and other.overlaps(subnet):
+                mine: Subnet | None = subnet if other.version == 4 else subnet6
+                if mine is not None and _overlap(mine, other):
+                    what = "subnet" if mine.version == 4 else "subnet6"
                     raise ConfigError(
-                        f"network {name!r}: subnet {subnet} overlaps {other} of network {cn.name!r}"
+                        f"network {name!r}: {what} {mine} overlaps {other} of network {cn.name!r}"
                     )
 
     def network_remove(self, name: str) -> None:

@@ -10,13 +10,14 @@ or edited. A conflist the admin wrote is used as is.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,8 @@ class CniNetwork:
     """The conflist is nyx's template (generated, or the default one nyx wrote): a
     container's later networks of this kind get no default route."""
     internal_subnets: list[Subnet] = field(default_factory=list)
+    settled6: bool = False
+    """Its bridge's IPv6 gateways were made usable (:meth:`HostLinks.settle_gateways6`)."""
 
     @property
     def name(self) -> str:
@@ -210,6 +213,10 @@ class HostLinks:
             raise BackendError("the cni driver needs the ip binary (apt-get install iproute2)")
         return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, check=False)
 
+    def _sysctl(self, key: str, value: str) -> None:
+        """Write ``/proc/sys/<key>`` (of the calling thread's network namespace)."""
+        Path("/proc/sys", key).write_text(value)
+
     def kind(self, name: str) -> str | None:
         """The kind of link ``name`` (``"bridge"``, ``"veth"``, ``""`` for a plain device),
         or None when there is no such link."""
@@ -228,6 +235,36 @@ class HostLinks:
         if proc.returncode != 0:
             return []
         return [str(link.get("ifname")) for link in json.loads(proc.stdout or "[]")]
+
+    def settle_gateways6(self, bridge: str, gateways: Sequence[ipaddress.IPv6Interface]) -> None:
+        """Make IPv6 gateways on ``bridge`` usable at once, as the native driver's ``nodad``
+        does. The bridge plugin adds them with duplicate address detection, so each stays
+        tentative (not a local address: no DNS, no next hop) until DAD has run, about a
+        second after the bridge gets its first port, and again whenever it loses its last
+        one. DAD is turned off on the bridge (``accept_dad=0``) and a gateway still
+        tentative is deleted and added again ``nodad``."""
+        try:
+            self._sysctl(f"net/ipv6/conf/{bridge}/accept_dad", "0")
+        except OSError as exc:
+            raise BackendError(f"bridge {bridge!r}: cannot turn DAD off: {exc}") from exc
+        proc = self._ip("-6", "-j", "addr", "show", "dev", bridge)
+        if proc.returncode != 0:
+            raise BackendError(f"bridge {bridge!r}: {proc.stderr.strip()}")
+        found = {
+            a.get("local"): a
+            for link in json.loads(proc.stdout or "[]")
+            for a in link.get("addr_info", [])
+        }
+        for gw in gateways:
+            addr = found.get(str(gw.ip))
+            if addr is None or not addr.get("tentative"):
+                continue
+            for args in (("del", str(gw), "dev", bridge), ("add", str(gw), "dev", bridge, "nodad")):
+                done = self._ip("addr", *args)
+                if done.returncode != 0:
+                    raise BackendError(
+                        f"bridge {bridge!r}: ip addr {' '.join(args)}: {done.stderr.strip()}"
+                    )
 
     def delete_bridge(self, name: str) -> None:
         """Delete bridge ``name`` if it exists, is a bridge and has no port left."""

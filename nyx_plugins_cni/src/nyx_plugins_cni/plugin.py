@@ -30,7 +30,7 @@ CAPABILITIES = BackendCapabilities(
     multiple_networks=True,  # one CNI attachment per (container, network), eth0, eth1...
     enforces_internal=True,  # nyx's own table inet nyx-cni (docs/cni.md)
     external_dns=True,  # the conflist may serve DNS itself (dnsname)
-    ipv6=False,
+    ipv6=True,  # dual-stack generated networks: two host-local ranges (docs/cni.md)
     network_lifecycle=True,  # a conflist per network: generated, or the admin's by name
     static_addresses=False,  # a conflist's IPAM decides addresses: nyxd refuses --ip/--mac
 )

@@ -16,7 +16,9 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from loguru import logger
@@ -46,17 +48,32 @@ from nyx_core.errors import (
 
 from . import _netlink as nl
 from ._firewall import (
+    FAMILIES,
+    FAMILY6,
+    TABLE,
     Firewall,
     PortElement,
     container_batch,
     network_elements,
     port_elements,
+    rebuild_script,
     stale_elements,
 )
-from ._kernel import check_kernel, set_sysctl
-from ._network import IFNAME_RE, Network, bridge_name, lease_store, owner, parse_options
+from ._kernel import check_kernel, enable_ipv6_forwarding, ipv6_available, set_sysctl
+from ._network import (
+    IFNAME_RE,
+    MTU_MIN6,
+    Network,
+    bridge_name,
+    lease_store,
+    owner,
+    parse_options,
+)
+from ._nft import current_netns_id, nft_context
 from ._ports import check_conflicts, reserve
+from ._proxy import Proxies
 from ._settings import NativeSettings
+from ._watch import HostWatch
 
 __all__ = ["NativeDriver", "bridge_name", "veth_name"]
 
@@ -66,7 +83,7 @@ _VETH_RE = re.compile(r"^nv[0-9a-f]{12}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NFT_HINT = (
     " (the kernel needs nf_tables with nat, masquerade, fib and conntrack: "
-    "`modprobe nf_tables nft_chain_nat nft_masq nft_fib_ipv4 nft_ct`; "
+    "`modprobe nf_tables nft_chain_nat nft_masq nft_fib_ipv4 nft_fib_ipv6 nft_ct`; "
     "see docs/kernel-requirements.md)"
 )
 
@@ -80,15 +97,16 @@ def veth_name(container_id: str, network: str) -> str:
     return "nv" + _h(f"{container_id}/{network}", 12)
 
 
-def _bridge_sysctls(bridge: str) -> None:
+def _bridge_sysctls(bridge: str, ipv6: bool) -> None:
     # 127.0.0.1:PORT publishing needs local-net addresses routed out of the bridge. Its
     # price (a container sending to the host's 127.0.0.1, CVE-2020-8558) is paid by the
     # table's guard chain, which drops 127.0.0.0/8 arriving on any link but lo: ensure the
     # table before calling this.
-    set_sysctl(f"net.ipv4.conf.{bridge}.route_localnet", "1")
+    set_sysctl("net.ipv4.conf.{}.route_localnet", "1", bridge)
     # IPv4 only: no link-local address or fe80::/64 route appearing with the first port
-    if os.path.exists(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"):
-        set_sysctl(f"net.ipv6.conf.{bridge}.disable_ipv6", "1")
+    # (a dual-stack bridge has IPv6 on, set by ensure_bridge)
+    if not ipv6 and os.path.exists(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"):
+        set_sysctl("net.ipv6.conf.{}.disable_ipv6", "1", bridge)
 
 
 def _pel(p: list[Any]) -> PortElement:
@@ -99,8 +117,61 @@ def _pel_list(p: PortElement) -> list[Any]:
     return [p.host_ip, p.protocol, p.host_port, p.container_ip, p.container_port]
 
 
+def _overlap6(a: Network, b: Network) -> bool:
+    return a.subnet6 is not None and b.subnet6 is not None and a.subnet6.overlaps(b.subnet6)
+
+
+def _cursor6(network: str) -> str:
+    """The IPv6 round-robin cursor's key (network names hold no ``/``)."""
+    return f"{network}/6"
+
+
 def _networks(meta: Mapping[str, Any]) -> dict[str, Network]:
     return {name: Network.from_record(name, rec) for name, rec in meta.items()}
+
+
+class _Gate:
+    """Many changes at once (``shared``) or one repair alone (``exclusive``).
+
+    Setups, teardowns and network changes write a record and the firewall elements it
+    accounts for in two steps; a repair rebuilds the firewall from the records, so it must
+    never see a record without its elements (or the reverse). A waiting repair holds new
+    changes back, so a steady stream of setups cannot starve it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class NativeDriver:
@@ -112,7 +183,161 @@ class NativeDriver:
         self._store: LeaseStore | None = None
         # attachment key -> sockets holding its published host ports
         self._reserved: dict[str, list[socket.socket]] = {}
+        self._proxies = Proxies()
         self._lock = threading.Lock()
+        self._gate = _Gate()
+        self._families: tuple[str, ...] = FAMILIES[:1]
+        self._bridges: set[str] = set()  # of every network brought up: what the watch sees
+        self._watch: HostWatch | None = None
+        self._watch_ns = 0
+
+    # ------------------------------------------------------------------ the gated calls
+
+    def network_create(self, spec: NetworkSpec) -> NetworkInfo:
+        """Create (or complete, for an identical spec) the network ``spec`` asks for."""
+        with self._gate.shared():
+            return self._network_create(spec)
+
+    def network_remove(self, name: str) -> None:
+        """Remove a network without attachments: elements, bridge, record. Idempotent."""
+        with self._gate.shared():
+            self._network_remove(name)
+
+    def setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult:
+        with self._gate.shared():
+            return self._setup(container_id, netns_path, ports, opts)
+
+    def teardown(self, container_id: str, netns_path: str) -> None:
+        with self._gate.shared():
+            self._teardown(container_id, netns_path)
+
+    def gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
+        """Release what containers not in ``container_ids`` still hold (see ``_gc``)."""
+        with self._gate.shared():
+            return self._gc(container_ids)
+
+    # ------------------------------------------------------------------ repair
+
+    def _start_watch(self) -> None:
+        """Watch nftables and links of this namespace (once per namespace)."""
+        ns = current_netns_id()
+        if self._watch is not None:
+            if self._watch.alive and self._watch_ns == ns:
+                return
+            self._watch.stop()
+        me = weakref.ref(self)  # the watch must not keep a dropped driver alive
+
+        def tables() -> set[tuple[str, str]]:
+            d = me()
+            return set() if d is None else {(f, TABLE) for f in d._families}
+
+        def bridges() -> set[str]:
+            d = me()
+            if d is None:
+                return set()
+            with d._lock:
+                return set(d._bridges)
+
+        def on_ruleset(why: str) -> None:
+            d = me()
+            if d is not None:
+                d.reload(f"nftables changed under nyx ({why})")
+
+        def on_link_gone(name: str) -> None:
+            d = me()
+            if d is not None:
+                d.reload(f"bridge {name!r} was deleted", bridge=name)
+
+        watch = HostWatch(tables, bridges, on_ruleset, on_link_gone)
+        watch.start()
+        weakref.finalize(self, watch.stop)
+        self._watch, self._watch_ns = watch, ns
+
+    def close(self) -> None:
+        """Stop watching the host (nyxd exits without it; tests call it)."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
+    @property
+    def watching(self) -> HostWatch | None:
+        return self._watch
+
+    def reload(self, why: str = "nyx network reload", bridge: str | None = None) -> dict[str, Any]:
+        """Re-apply the whole host state from the records, in one nft transaction: both
+        tables with every network's and container's elements, then each network's bridge
+        (recreated with its gateways when it is gone) and its containers' veths.
+
+        ``bridge``: a deleted bridge the watch saw; nothing is done when it is no nyx
+        network's any more (nyx removed it itself).
+        """
+        with self._gate.exclusive():
+            with self.store.locked(write=False) as st:
+                nets = _networks(st.meta)
+                recs = [dict(a) for a in st.records.values()]
+            if bridge is not None and all(n.bridge != bridge for n in nets.values()):
+                return {}
+            families = self._families
+            v6 = FAMILY6 in families
+            script = rebuild_script(
+                families,
+                [(n.bridge, n.subnet, n.subnet6 if v6 else None) for n in nets.values()],
+                [
+                    (
+                        [_pel(p) for p in r.get("ports", [])],
+                        r["ip"] if r.get("internal") else None,
+                        r.get("ip6") if r.get("internal") else None,
+                    )
+                    for r in recs
+                ],
+            )
+            tables = " and ".join(f"{f} {TABLE}" for f in families)
+            nft_context().run_text(script, f"re-apply of table {tables}")
+            rebuilt, attached = self._repair_links(nets, recs)
+        report: dict[str, Any] = {
+            "tables": [f"{f} {TABLE}" for f in families],
+            "networks": sorted(nets),
+            "attachments": len(recs),
+            "ports": sum(len(r.get("ports", [])) for r in recs),
+            "bridges_recreated": rebuilt,
+            "veths_attached": attached,
+        }
+        if why == "nyx network reload":
+            logger.info("host state re-applied", **report)
+        else:
+            logger.warning("host state changed under nyx: re-applied", why=why, **report)
+        return report
+
+    def _repair_links(
+        self, nets: Mapping[str, Network], recs: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[str], int]:
+        """Bridges that are gone made again; veths off their bridge attached again."""
+        rebuilt: list[str] = []
+        for net in nets.values():
+            with nl.host_rtnl() as rt:
+                present = nl.get_link(rt, net.bridge) is not None
+            if not present:
+                self._bring_up(net)
+                rebuilt.append(net.bridge)
+        bridges = {n.bridge for n in nets.values()}
+        ports = nl.bridge_ports(bridges)
+        attached = 0
+        with nl.host_rtnl() as rt:
+            for rec in recs:
+                home = nets.get(rec.get("network", ""))
+                veth = rec.get("veth")
+                if home is None or not veth or ports.get(veth) == home.bridge:
+                    continue
+                br = nl.get_link(rt, home.bridge)
+                if br is not None and nl.attach_port(rt, veth, br.index):
+                    attached += 1
+        return rebuilt, attached
 
     # ------------------------------------------------------------------ helpers
 
@@ -129,13 +354,24 @@ class NativeDriver:
         return self._settings
 
     def _bring_up(self, net: Network) -> None:
-        """Bridge (gateway, MTU, up), its sysctls and firewall elements; idempotent."""
+        """Bridge (gateways, MTU, up), its sysctls and firewall elements (and IPv6
+        forwarding for a dual-stack network); idempotent."""
         try:
-            nl.ensure_bridge(net.bridge, net.gateway, net.mtu)
-            _bridge_sysctls(net.bridge)
+            nl.ensure_bridge(net.bridge, net.gateway, net.mtu, net.gateway6)
+            _bridge_sysctls(net.bridge, net.gateway6 is not None)
             self.firewall.run(
-                network_elements("add", net.bridge, net.subnet), f"network {net.name!r}"
+                network_elements("add", net.bridge, net.subnet, net.subnet6),
+                f"network {net.name!r}",
             )
+            with self._lock:
+                self._bridges.add(net.bridge)
+            if net.gateway6 is not None:
+                raised = enable_ipv6_forwarding()
+                if raised:
+                    logger.info(
+                        "IPv6 forwarding on; router advertisements still accepted",
+                        accept_ra_2=raised,
+                    )
         except FirewallError as exc:
             msg = str(exc)
             if "not supported" in msg or "No such file" in msg:
@@ -145,9 +381,12 @@ class NativeDriver:
     def _take_down(self, net: Network) -> list[BaseException]:
         """Delete the network's firewall elements and bridge; the failures, if any."""
         errors: list[BaseException] = []
+        with self._lock:
+            self._bridges.discard(net.bridge)  # its deletion is nyx's own
         try:
             self._delete_elements(
-                network_elements("delete", net.bridge, net.subnet), f"network {net.name!r}"
+                network_elements("delete", net.bridge, net.subnet, net.subnet6),
+                f"network {net.name!r}",
             )
         except NyxError as exc:
             errors.append(exc)
@@ -168,8 +407,25 @@ class NativeDriver:
         _none, mtu = parse_options("nyxd --driver-opt", options, bridge=False)
         bridge = settings.plugin(NativeSettings).bridge
         net = Network(
-            settings.network, bridge, settings.gateway_interface, True, mtu=mtu, options=options
+            settings.network,
+            bridge,
+            settings.gateway_interface,
+            True,
+            mtu=mtu,
+            options=options,
+            gateway6=settings.gateway_interface6,
         )
+        v6 = ipv6_available()
+        if net.gateway6 is not None and not v6:
+            raise ConfigError(
+                f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6): subnet6 "
+                f"{net.subnet6}: this kernel has no IPv6 (see docs/kernel-requirements.md)"
+            )
+        if net.gateway6 is not None and mtu is not None and mtu < MTU_MIN6:
+            raise ConfigError(
+                f"nyxd --driver-opt: mtu {mtu} is below IPv6's minimum {MTU_MIN6} "
+                "(NYXD_CONTAINER_SUBNET6 is set)"
+            )
         store = lease_store(settings.state_dir)
         # before anything changes: the default subnet must not take the host's traffic,
         # nor another nyx network's
@@ -181,18 +437,29 @@ class NativeDriver:
                     f"default network {net.name!r} (NYXD_CONTAINER_SUBNET): subnet "
                     f"{net.subnet} overlaps network {name!r} ({other.subnet})"
                 )
+            if name != net.name and _overlap6(net, other):
+                raise ConfigError(
+                    f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6): subnet6 "
+                    f"{net.subnet6} overlaps network {name!r} ({other.subnet6})"
+                )
         own = {net.bridge} | {o.bridge for o in others.values()}
         check_subnet_on_host(
             net.subnet,
             f"default network {net.name!r} (NYXD_CONTAINER_SUBNET)",
             ignore_devs=own,
         )
+        if net.subnet6 is not None:
+            check_subnet_on_host(
+                net.subnet6,
+                f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6)",
+                ignore_devs=own,
+            )
         nl.check_veth_support()
         try:
             # the table first: its guard must drop 127.0.0.0/8 from outside before any
             # bridge gets route_localnet, and nothing is forwarded before the masquerade
             # and isolation rules exist
-            self.firewall.ensure()
+            self.firewall.ensure(ipv6=v6)
             set_sysctl("net.ipv4.ip_forward", "1")
         except FirewallError as exc:
             msg = str(exc)
@@ -206,9 +473,18 @@ class NativeDriver:
         with self._lock:
             self._settings = settings
             self._store = store
+            self._families = FAMILIES if v6 else FAMILIES[:1]
+            self._bridges |= {o.bridge for o in others.values()}
         self._reserve_again(store)
-        logger.debug("network ready", bridge=net.bridge, subnet=str(net.subnet))
-        return {"driver": "native", "bridge": net.bridge, "subnet": str(net.subnet)}
+        if settings.plugin(NativeSettings).watch:
+            self._start_watch()
+        logger.debug(
+            "network ready", bridge=net.bridge, subnet=str(net.subnet), subnet6=str(net.subnet6)
+        )
+        out = {"driver": "native", "bridge": net.bridge, "subnet": str(net.subnet)}
+        if net.subnet6 is not None:
+            out["subnet6"] = str(net.subnet6)
+        return out
 
     def _reserve_again(self, store: LeaseStore) -> None:
         """After a restart: hold the published ports of containers still attached again."""
@@ -218,11 +494,13 @@ class NativeDriver:
             with self._lock:
                 if key in self._reserved:
                     continue
+            pels = [_pel(p) for p in ports]
             try:
-                socks = reserve([_pel(p) for p in ports])
+                socks = reserve(pels)
             except NyxError as exc:
                 logger.warning("published port not reserved again", attachment=key, error=str(exc))
                 continue
+            self._proxies.add(key, list(zip(socks, pels, strict=True)))
             with self._lock:
                 self._reserved.setdefault(key, []).extend(socks)
 
@@ -238,6 +516,12 @@ class NativeDriver:
             raise ConfigError(
                 f"{what}: subnet {spec.subnet} gateway {gw.ip} differ from the settings' "
                 f"{s.gateway_interface} (NYXD_CONTAINER_SUBNET, NYXD_GATEWAY_IP)"
+            )
+        gw6 = spec.gateway_interface6
+        if gw6 is not None and gw6 != s.gateway_interface6:
+            raise ConfigError(
+                f"{what}: subnet6 {spec.subnet6} gateway6 {gw6.ip} differ from the settings' "
+                f"{s.gateway_interface6} (NYXD_CONTAINER_SUBNET6, NYXD_GATEWAY_IP6)"
             )
         if spec.internal:
             raise ConfigError(f"{what}: the default network cannot be internal")
@@ -257,11 +541,6 @@ class NativeDriver:
         what = f"network {spec.name!r}"
         if spec.name in (self.settings.network, "nyx"):
             raise ConfigError(f"{what}: that is the default network's name")
-        if spec.subnet6 is not None or spec.gateway6 is not None:
-            raise ConfigError(
-                f"{what}: subnet6 {spec.subnet6} / gateway6 {spec.gateway6}: the native driver "
-                "is IPv4-only (it does not declare the ipv6 capability)"
-            )
         if spec.subnet is None:
             raise ConfigError(f"{what}: subnet is required (nyxd picks one from its pool)")
         if spec.subnet.prefixlen > 30:
@@ -273,6 +552,24 @@ class NativeDriver:
                 f"{what}: gateway {gw.ip} is the network or broadcast address of {spec.subnet}"
             )
         bridge, mtu = parse_options(what, spec.options)
+        gw6 = spec.gateway_interface6
+        if gw6 is not None:
+            if not ipv6_available():
+                raise ConfigError(f"{what}: subnet6 {spec.subnet6}: this kernel has no IPv6")
+            if gw6.network.prefixlen > 64:
+                raise ConfigError(
+                    f"{what}: subnet6 {gw6.network} is too small (need /64 or larger)"
+                )
+            if gw6.ip == gw6.network.network_address:
+                raise ConfigError(
+                    f"{what}: gateway6 {gw6.ip} is the subnet-router anycast address of "
+                    f"{gw6.network}"
+                )
+            if mtu is not None and mtu < MTU_MIN6:
+                raise ConfigError(
+                    f"{what}: mtu {mtu} is below IPv6's minimum {MTU_MIN6} (the network has "
+                    f"subnet6 {gw6.network})"
+                )
         return Network(
             spec.name,
             bridge or bridge_name(spec.name),
@@ -282,9 +579,10 @@ class NativeDriver:
             mtu,
             dict(spec.options),
             dict(spec.labels),
+            gw6,
         )
 
-    def network_create(self, spec: NetworkSpec) -> NetworkInfo:
+    def _network_create(self, spec: NetworkSpec) -> NetworkInfo:
         """Create (or complete, for an identical spec) the network ``spec`` asks for."""
         if spec.default:
             net = self._default_spec(spec)
@@ -310,11 +608,17 @@ class NativeDriver:
                     raise ConfigError(
                         f"{what}: subnet {net.subnet} overlaps network {name!r} ({other.subnet})"
                     )
+                if _overlap6(net, other):
+                    raise ConfigError(
+                        f"{what}: subnet6 {net.subnet6} overlaps network {name!r} ({other.subnet6})"
+                    )
                 if other.bridge == net.bridge:
                     raise ConfigError(f"{what}: bridge name {net.bridge!r} is taken by {name!r}")
             # nor any route or address of the host (nyx's own bridges are no host's)
             own = {o.bridge for o in networks.values()} | ({old.bridge} if old else set())
             check_subnet_on_host(net.subnet, what, ignore_devs=own)
+            if net.subnet6 is not None:
+                check_subnet_on_host(net.subnet6, what, ignore_devs=own)
             if old is None:
                 with nl.host_rtnl() as rt:
                     taken = nl.get_link(rt, net.bridge)
@@ -342,7 +646,7 @@ class NativeDriver:
         logger.debug("network created", network=net.name, bridge=net.bridge)
         return net.info()
 
-    def network_remove(self, name: str) -> None:
+    def _network_remove(self, name: str) -> None:
         """Remove a network without attachments: elements, bridge, record. Idempotent."""
         if name == self.settings.network:
             raise ConfigError(f"network {name!r} is the default network: it cannot be removed")
@@ -362,6 +666,7 @@ class NativeDriver:
                 raise TeardownError(f"network {name!r}", errors)
             del st.meta[name]
             st.cursor.pop(name, None)
+            st.cursor.pop(_cursor6(name), None)
         logger.debug("network removed", network=name, bridge=net.bridge)
 
     def _delete_elements(self, cmds: list[dict[str, Any]], what: str) -> None:
@@ -385,7 +690,7 @@ class NativeDriver:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(
+    def _setup(
         self,
         container_id: str,
         netns_path: str,
@@ -398,14 +703,6 @@ class NativeDriver:
             raise ConfigError(f"interface {opts.interface!r} is not a valid interface name")
         if opts.mac is not None and not _MAC_RE.match(opts.mac):
             raise ConfigError(f"mac {opts.mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
-        for pm in ports:
-            if pm.host_ip is not None and pm.host_ip.version == 6:
-                raise ConfigError(
-                    f"port mapping {pm}: host_ip {pm.host_ip} is IPv6; the native driver "
-                    "publishes IPv4 only"
-                )
-        if opts.static_ip is not None and opts.static_ip.version != 4:
-            raise ConfigError(f"static_ip {opts.static_ip} is not IPv4")
         count = published_count(ports)
         if count > self.settings.max_published_ports:
             raise ConfigError(
@@ -418,7 +715,11 @@ class NativeDriver:
         key = LeaseStore.key(container_id, opts.network)
         veth = veth_name(container_id, opts.network)
         mac = (opts.mac or nl.random_mac()).lower()
-        static = ipaddress.IPv4Address(str(opts.static_ip)) if opts.static_ip else None
+        static = static6 = None
+        if isinstance(opts.static_ip, ipaddress.IPv4Address):
+            static = opts.static_ip
+        elif isinstance(opts.static_ip, ipaddress.IPv6Address):
+            static6 = opts.static_ip
         undo: list[tuple[str, Callable[[], None]]] = []
         socks: list[socket.socket] = []
         try:
@@ -439,11 +740,26 @@ class NativeDriver:
                         f"container {container_id!r} is already set up on network {net.name!r}"
                     )
                 internal = opts.internal or net.internal
-                ip = allocate(
-                    net.subnet, net.gateway.ip, st.used(net.name), static, st.cursor.get(net.name)
-                )
+                used = st.used(net.name)
+                ip = allocate(net.subnet, net.gateway.ip, used, static, st.cursor.get(net.name))
                 assert isinstance(ip, ipaddress.IPv4Address)
-                pels = port_elements(ports, str(ip))
+                ip6: ipaddress.IPv6Address | None = None
+                if net.gateway6 is not None:
+                    got = allocate(
+                        net.gateway6.network,
+                        net.gateway6.ip,
+                        used,
+                        static6,
+                        st.cursor.get(_cursor6(net.name)),
+                    )
+                    assert isinstance(got, ipaddress.IPv6Address)
+                    ip6 = got
+                elif static6 is not None:
+                    raise ConfigError(
+                        f"static_ip {static6} is IPv6 but network {net.name!r} has no IPv6 "
+                        "subnet (create it with --ipv6 / --subnet6)"
+                    )
+                pels = port_elements(ports, str(ip), None if ip6 is None else str(ip6))
                 if ranges:
                     check_conflicts(
                         ranges,
@@ -454,7 +770,7 @@ class NativeDriver:
                         ),
                     )
                 socks = reserve(pels)
-                st.records[key] = {
+                rec: dict[str, Any] = {
                     "owner": container_id,
                     "network": net.name,
                     "ip": str(ip),
@@ -465,6 +781,11 @@ class NativeDriver:
                     "ports": [_pel_list(p) for p in pels],
                     "netns": netns_path,
                 }
+                if ip6 is not None:
+                    rec["ip6"] = str(ip6)
+                    if static6 is None:
+                        st.cursor[_cursor6(net.name)] = str(ip6)
+                st.records[key] = rec
                 if static is None:
                     st.cursor[net.name] = str(ip)
             undo.append(("lease", lambda: self._forget(key)))
@@ -488,20 +809,37 @@ class NativeDriver:
                     os.close(fd)
             undo.append(("veth", lambda: self._del_veth(veth)))
             iface = ipaddress.IPv4Interface(f"{ip}/{net.subnet.prefixlen}")
-            nl.configure_container(netns_path, opts.interface, iface, net.gateway.ip)
+            iface6 = None
+            if ip6 is not None and net.gateway6 is not None:
+                iface6 = ipaddress.IPv6Interface(f"{ip6}/{net.gateway6.network.prefixlen}")
+            nl.configure_container(
+                netns_path,
+                opts.interface,
+                iface,
+                net.gateway.ip,
+                iface6,
+                None if net.gateway6 is None else net.gateway6.ip,
+            )
             self.firewall.run(
-                container_batch("add", pels, str(ip) if internal else None),
+                container_batch(
+                    "add",
+                    pels,
+                    str(ip) if internal else None,
+                    str(ip6) if internal and ip6 is not None else None,
+                ),
                 f"setup of container {container_id!r}",
             )
+            undo.append(("proxy", lambda: self._proxies.remove(key)))
+            self._proxies.add(key, list(zip(socks, pels, strict=True)))
         except BaseException as exc:
-            for s in socks:
-                s.close()
             failures = []
             for what, fn in reversed(undo):
                 try:
                     fn()
                 except Exception as uexc:  # reported with the original error
                     failures.append(f"{what}: {uexc}")
+            for s in socks:
+                s.close()
             if failures:
                 logger.warning("setup rollback incomplete", errors=failures)
             if isinstance(exc, NyxError) or not isinstance(exc, Exception):
@@ -511,15 +849,22 @@ class NativeDriver:
             ) from exc
         with self._lock:
             self._reserved.setdefault(key, []).extend(socks)
-        logger.debug("container set up", container=container_id, ip=str(ip), veth=veth)
+        logger.debug(
+            "container set up", container=container_id, ip=str(ip), ip6=str(ip6), veth=veth
+        )
+        addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [iface]
+        extra: dict[str, Any] = {"host_interface": veth, "bridge": net.bridge}
+        if iface6 is not None and net.gateway6 is not None:
+            addresses.append(iface6)
+            extra["gateway6"] = str(net.gateway6.ip)
         return SetupResult(
             container_id=container_id,
             network=net.name,
-            interfaces=[InterfaceResult(name=opts.interface, mac=mac, addresses=[iface])],
+            interfaces=[InterfaceResult(name=opts.interface, mac=mac, addresses=addresses)],
             gateway=net.gateway.ip,
             dns_server=net.gateway.ip,
             internal=internal,
-            extra={"host_interface": veth, "bridge": net.bridge},
+            extra=extra,
         )
 
     def _forget(self, key: str) -> None:
@@ -541,11 +886,17 @@ class NativeDriver:
                 "delete",
                 [_pel(p) for p in rec.get("ports", [])],
                 rec["ip"] if rec.get("internal") else None,
+                rec.get("ip6") if rec.get("internal") else None,
             )
             try:
                 self._delete_elements(cmds, what)
             except NyxError as exc:
                 errors.append(exc)
+        for key in recs:
+            try:
+                self._proxies.remove(key)
+            except Exception as exc:  # never stops a teardown
+                errors.append(BackendError(f"{what}: loopback proxy: {exc!r}"))
         with self._lock:
             socks = [s for key in recs for s in self._reserved.pop(key, [])]
         for s in socks:
@@ -568,7 +919,7 @@ class NativeDriver:
                     st.records.pop(key, None)
         return errors
 
-    def teardown(self, container_id: str, netns_path: str) -> None:
+    def _teardown(self, container_id: str, netns_path: str) -> None:
         with self.store.locked(write=False) as st:
             recs = {k: dict(a) for k, a in st.records.items() if owner(a) == container_id}
         errors = self._release(f"teardown of container {container_id!r}", recs)
@@ -576,7 +927,7 @@ class NativeDriver:
             raise TeardownError(f"container {container_id!r}", errors)
         logger.debug("container torn down", container=container_id)
 
-    def gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
+    def _gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
         """Release what containers not in ``container_ids`` still hold; never touch those.
 
         Their leases (with their veths, port elements and reserved ports), then what no
@@ -595,7 +946,7 @@ class NativeDriver:
         with self.store.locked(write=False) as st:
             nets = _networks(st.meta)
             veths = {r.get("veth") for r in st.records.values()}
-            leased = {r.get("ip") for r in st.records.values()}
+            leased = {r.get(f) for r in st.records.values() for f in ("ip", "ip6")} - {None}
         # veths left by a teardown that could not delete them
         stray: list[str] = []
         try:
@@ -613,10 +964,16 @@ class NativeDriver:
         # map and set elements of addresses no lease holds
         cmds: list[dict[str, Any]] = []
         try:
-            listed = {m: self.firewall.elements(m) for m in ("ports_any", "ports_ip", "internal")}
-            cmds = stale_elements(
-                listed, {str(ip) for ip in leased}, [n.subnet for n in nets.values()]
-            )
+            subnets = {
+                FAMILIES[0]: [n.subnet for n in nets.values()],
+                FAMILY6: [n.subnet6 for n in nets.values() if n.subnet6 is not None],
+            }
+            for family in FAMILIES if ipv6_available() else FAMILIES[:1]:
+                listed = {
+                    m: self.firewall.elements(m, family)
+                    for m in ("ports_any", "ports_ip", "internal")
+                }
+                cmds += stale_elements(listed, {str(ip) for ip in leased}, subnets[family], family)
             self._delete_elements(cmds, "gc of firewall elements")
         except NyxError as exc:
             errors.append(exc)

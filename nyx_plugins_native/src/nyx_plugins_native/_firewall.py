@@ -1,18 +1,23 @@
 """The nftables layout of nyx and the JSON batches that change it.
 
-nyx owns exactly one table, ``ip nyx``. Its rules are fixed and written once by
-``ensure``; containers and networks only add or delete *elements* of its maps and sets, so a
-setup or teardown is one small batch whose cost does not grow with the number of containers.
+nyx owns exactly two tables, ``ip nyx`` and, on a kernel with IPv6, ``ip6 nyx`` (the same
+layout for IPv6: its ``ipv4_addr`` types are ``ipv6_addr``). Their rules are fixed and
+written once by ``ensure``; containers and networks only add or delete *elements* of their
+maps and sets, so a setup or teardown is one small batch whose cost does not grow with the
+number of containers.
 
 * ``ports_any`` (``inet_proto . inet_service : ipv4_addr . inet_service``): ports published on
   every host address; ``ports_ip`` adds the host address to the key.
-* ``net_subnets`` / ``net_bridges`` / ``same_bridge``: the subnets and bridges of nyx networks.
+* ``net_subnets`` / ``net_bridges`` / ``same_bridge``: the subnets and bridges of nyx networks
+  (in ``ip6 nyx``: those of dual-stack networks).
 * ``internal``: addresses of containers on an ``internal`` network.
 
 Besides NAT, the fixed rules keep out what a real host's neighbours would try: ``guard``
-drops ``127.0.0.0/8`` arriving on any link but ``lo`` (route_localnet is on for the bridges),
-the masquerade spares the host's own packets through ``lo``, and the forward chain lets
-traffic from outside into a bridge only through published ports (docs/native.md).
+drops ``127.0.0.0/8`` (and ``::1``) arriving on any link but ``lo`` (route_localnet is on for
+the bridges), the masquerade spares the host's own packets through ``lo``, and the forward
+chain lets traffic from outside into a bridge only through published ports
+(docs/native.md). ``::1`` is never DNAT'd (the kernel cannot): the driver's loopback proxy
+answers there (:mod:`nyx_plugins_native._proxy`).
 
 The builders here are pure functions (unit-tested without root); :class:`Firewall` runs them.
 """
@@ -22,14 +27,19 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nyx_core.errors import ConfigError
+
 from ._nft import nft_context
 
 __all__ = [
+    "FAMILIES",
     "FAMILY",
+    "FAMILY6",
     "TABLE",
     "Firewall",
     "PortElement",
@@ -37,10 +47,13 @@ __all__ = [
     "ensure_batch",
     "network_elements",
     "port_elements",
+    "rebuild_script",
     "stale_elements",
 ]
 
 FAMILY = "ip"
+FAMILY6 = "ip6"
+FAMILIES = (FAMILY, FAMILY6)
 TABLE = "nyx"
 
 Cmd = dict[str, Any]
@@ -139,6 +152,68 @@ SETS: dict[str, str] = {
     "internal": "set internal { type ipv4_addr; }",
 }
 
+# ``ip6 nyx``: the same layout for dual-stack networks. ``::1`` needs no guard of its own
+# (the kernel drops it on any link but lo), but gets one anyway, and is never DNAT'd: a
+# packet from ::1 cannot leave through a bridge, so ``[::1]:PORT`` is the loopback proxy's.
+# No route_localnet, no 127/8-style masquerade.
+CHAINS6: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "guard": (
+        CHAINS["guard"][0],
+        [("nyx:localnet6", 'iifname != "lo" ip6 daddr ::1 drop')],
+    ),
+    "ports": (
+        "",
+        [
+            ("nyx:ports-ip", "dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_ip"),
+            ("nyx:ports-any", "dnat ip6 to meta l4proto . th dport map @ports_any"),
+        ],
+    ),
+    "prerouting": (
+        CHAINS["prerouting"][0],
+        [("nyx:pre", "fib daddr type local ip6 daddr != ::1 jump ports")],
+    ),
+    "output": (
+        CHAINS["output"][0],
+        [("nyx:out", "fib daddr type local ip6 daddr != ::1 jump ports")],
+    ),
+    "postrouting": (
+        CHAINS["postrouting"][0],
+        [
+            (
+                "nyx:masq",
+                'ip6 saddr @net_subnets oifname != @net_bridges oifname != "lo" masquerade',
+            ),
+            (
+                "nyx:hairpin",
+                "ct status dnat ip6 saddr @net_subnets oifname @net_bridges masquerade",
+            ),
+        ],
+    ),
+    "forward": (
+        CHAINS["forward"][0],
+        [
+            (
+                name,
+                # neighbour discovery between the containers of an internal network goes to
+                # multicast addresses (bridged, never routed): spared
+                "ip6 saddr @internal ip6 daddr != @net_subnets ip6 daddr != ff00::/8 drop"
+                if name == "nyx:internal"
+                else rule,
+            )
+            for name, rule in CHAINS["forward"][1]
+        ],
+    ),
+}
+
+SETS6: dict[str, str] = {
+    name: decl.replace("ipv4_addr", "ipv6_addr") for name, decl in SETS.items()
+}
+
+LAYOUTS: dict[str, tuple[dict[str, tuple[str, list[tuple[str, str]]]], dict[str, str]]] = {
+    FAMILY: (CHAINS, SETS),
+    FAMILY6: (CHAINS6, SETS6),
+}
+
 
 def rule_comment(name: str, rule: str) -> str:
     """``<name>:<6 hex digits of the rule's text>``: the comment ``ensure`` recognises."""
@@ -154,7 +229,7 @@ class TableState:
     chains: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
 
-def ensure_batch(existing: TableState | None) -> str:
+def ensure_batch(existing: TableState | None, family: str = FAMILY) -> str:
     """The nft script that creates the table, or brings a present one to this layout.
 
     A chain whose rules are not exactly this version's (one missing, one of an older
@@ -163,23 +238,25 @@ def ensure_batch(existing: TableState | None) -> str:
     are deleted. Sets and maps (the per-container elements) are only ever added.
 
     :param existing: the table as listed (:func:`parse_table`), None when it is absent.
+    :param family: ``ip`` or ``ip6`` (:data:`LAYOUTS`).
     :returns: an empty string when everything is present (a second ensure changes nothing).
     """
+    chains, sets = LAYOUTS[family]
     lines: list[str] = []
-    t = f"{FAMILY} {TABLE}"
+    t = f"{family} {TABLE}"
     if existing is None:
         lines.append(f"add table {t}")
     have = existing or TableState()
-    for name, decl in SETS.items():
+    for name, decl in sets.items():
         if name not in have.sets:
             kind, rest = decl.split(" ", 1)
             lines.append(f"add {kind} {t} {rest}")
     stale: list[str] = []
     for chain, rules in have.chains.items():
-        if chain not in CHAINS:
+        if chain not in chains:
             lines += [f"delete rule {t} {chain} handle {h}" for _c, h in rules]
             stale.append(f"delete chain {t} {chain}")
-    for chain, (base, rules) in CHAINS.items():
+    for chain, (base, rules) in chains.items():
         wanted = [rule_comment(name, rule) for name, rule in rules]
         present = have.chains.get(chain)
         if present is None:
@@ -210,13 +287,20 @@ def parse_table(listing: Any) -> TableState:
     return out
 
 
-def _elem(verb: str, name: str, elems: list[Any]) -> Cmd:
-    return {verb: {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}
+def _elem(verb: str, name: str, elems: list[Any], family: str = FAMILY) -> Cmd:
+    return {verb: {"element": {"family": family, "table": TABLE, "name": name, "elem": elems}}}
+
+
+LOOPBACK6 = "::1"
 
 
 @dataclass(frozen=True)
 class PortElement:
-    """One published host port: a key of ``ports_any`` or ``ports_ip``."""
+    """One published host port: a key of ``ports_any`` or ``ports_ip`` of the table of the
+    container address's family, or (``host_ip`` ``::1``) a port of the loopback proxy only.
+
+    ``host_ip`` None means every host address *of the container address's family*.
+    """
 
     host_ip: str | None
     protocol: str
@@ -228,6 +312,30 @@ class PortElement:
     def map_name(self) -> str:
         return "ports_any" if self.host_ip is None else "ports_ip"
 
+    @property
+    def family(self) -> str:
+        """The nft family of its element: ``ip6`` for an IPv6 container address."""
+        return FAMILY6 if ":" in self.container_ip else FAMILY
+
+    @property
+    def v6(self) -> bool:
+        """Whether the host side (the reserved socket) is IPv6."""
+        if self.host_ip is not None:
+            return ":" in self.host_ip
+        return self.family == FAMILY6
+
+    @property
+    def in_nft(self) -> bool:
+        """Whether it is a map element (``::1`` is the proxy's alone: no DNAT from ::1)."""
+        return self.host_ip != LOOPBACK6
+
+    @property
+    def proxied(self) -> bool:
+        """Whether its reserved socket answers ``[::1]:PORT`` through the loopback proxy:
+        one bound to ``::1``, or to ``::`` (every other address is DNAT'd before a packet
+        reaches it)."""
+        return self.v6 and self.host_ip in (None, LOOPBACK6)
+
     def key(self) -> dict[str, Any]:
         parts: list[Any] = [self.protocol, self.host_port]
         if self.host_ip is not None:
@@ -238,58 +346,165 @@ class PortElement:
         return [self.key(), {"concat": [self.container_ip, self.container_port]}]
 
 
-def port_elements(ports: Iterable[Any], container_ip: str) -> list[PortElement]:
-    """Expand :class:`~nyx_core.PortMapping` objects (ranges) into map elements (IPv4 only)."""
+def port_elements(
+    ports: Iterable[Any], container_ip: str, container_ip6: str | None = None
+) -> list[PortElement]:
+    """Expand :class:`~nyx_core.PortMapping` objects (ranges) into map elements.
+
+    No host address: every host address of both families (an IPv6 element only when the
+    container has an IPv6 address); ``0.0.0.0``: every IPv4 address; ``::``: every IPv6
+    address; ``::1``: the loopback proxy, to the container's IPv6 address or else its IPv4
+    one; another address: that one, in its family.
+
+    :raises ConfigError: an IPv6 host address for a container without an IPv6 address.
+    """
     out: list[PortElement] = []
     for pm in ports:
-        host_ip = None if pm.host_ip is None or pm.host_ip.is_unspecified else str(pm.host_ip)
-        for i in range(pm.range):
-            out.append(
-                PortElement(
-                    host_ip, pm.protocol, pm.host_port + i, container_ip, pm.container_port + i
-                )
+        ip = pm.host_ip
+        targets: list[tuple[str | None, str]]
+        if ip is None:
+            targets = [(None, container_ip)] + ([(None, container_ip6)] if container_ip6 else [])
+        elif ip.version == 4:
+            targets = [(None if ip.is_unspecified else str(ip), container_ip)]
+        elif ip.is_loopback:
+            targets = [(LOOPBACK6, container_ip6 or container_ip)]
+        elif container_ip6 is None:
+            raise ConfigError(
+                f"port mapping {pm}: host_ip {ip} is IPv6 but the container has no IPv6 "
+                "address (its network is IPv4-only; publish on [::1] or an IPv4 address)"
             )
+        else:
+            targets = [(None if ip.is_unspecified else str(ip), container_ip6)]
+        for host_ip, target in targets:
+            for i in range(pm.range):
+                out.append(
+                    PortElement(
+                        host_ip, pm.protocol, pm.host_port + i, target, pm.container_port + i
+                    )
+                )
     return out
 
 
-def container_batch(verb: str, ports: Sequence[PortElement], internal_ip: str | None) -> list[Cmd]:
-    """One container's elements: ``verb`` is ``add`` at setup and ``delete`` at teardown."""
+def container_batch(
+    verb: str,
+    ports: Sequence[PortElement],
+    internal_ip: str | None,
+    internal_ip6: str | None = None,
+) -> list[Cmd]:
+    """One container's elements (both tables, one batch): ``verb`` is ``add`` at setup and
+    ``delete`` at teardown."""
     cmds: list[Cmd] = []
-    by_map: dict[str, list[Any]] = {}
+    by_map: dict[tuple[str, str], list[Any]] = {}
     for p in ports:
-        by_map.setdefault(p.map_name, []).append(p.element() if verb == "add" else p.key())
-    for name in sorted(by_map):
-        cmds.append(_elem(verb, name, by_map[name]))
-    if internal_ip is not None:
-        cmds.append(_elem(verb, "internal", [internal_ip]))
+        if p.in_nft:
+            elem = p.element() if verb == "add" else p.key()
+            by_map.setdefault((p.family, p.map_name), []).append(elem)
+    for family, name in sorted(by_map):
+        cmds.append(_elem(verb, name, by_map[family, name], family))
+    for family, ip in ((FAMILY, internal_ip), (FAMILY6, internal_ip6)):
+        if ip is not None:
+            cmds.append(_elem(verb, "internal", [ip], family))
     return cmds
 
 
-def network_elements(verb: str, bridge: str, subnet: ipaddress.IPv4Network) -> list[Cmd]:
-    """A network's elements (subnet, bridge, its same-bridge pair)."""
-    return [
-        _elem(
-            verb,
-            "net_subnets",
-            [{"prefix": {"addr": str(subnet.network_address), "len": subnet.prefixlen}}],
-        ),
-        _elem(verb, "net_bridges", [bridge]),
-        _elem(verb, "same_bridge", [{"concat": [bridge, bridge]}]),
-    ]
+def network_elements(
+    verb: str,
+    bridge: str,
+    subnet: ipaddress.IPv4Network,
+    subnet6: ipaddress.IPv6Network | None = None,
+) -> list[Cmd]:
+    """A network's elements (subnet, bridge, its same-bridge pair); a dual-stack network's
+    in both tables."""
+    cmds: list[Cmd] = []
+    for family, net in ((FAMILY, subnet), (FAMILY6, subnet6)):
+        if net is None:
+            continue
+        prefix = {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+        cmds += [
+            _elem(verb, "net_subnets", [prefix], family),
+            _elem(verb, "net_bridges", [bridge], family),
+            _elem(verb, "same_bridge", [{"concat": [bridge, bridge]}], family),
+        ]
+    return cmds
 
 
-def _in(addr: object, subnets: Sequence[ipaddress.IPv4Network]) -> bool:
+def _nft_value(value: Any, quoted: bool) -> str:
+    """One element key or value of our JSON commands in nft's own syntax."""
+    if isinstance(value, dict) and "concat" in value:
+        return " . ".join(_nft_value(v, quoted) for v in value["concat"])
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{int(value['prefix']['len'])}"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"element value {value!r} has no nft spelling here")
+    if isinstance(value, int):
+        return str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):  # addresses, protocols, bridge names
+        raise ValueError(f"element value {value!r} has no nft spelling here")
+    return f'"{value}"' if quoted else value
+
+
+def element_text(cmd: Cmd) -> str:
+    """An ``add element`` command of ours (:func:`_elem`) as one line of nft's language."""
+    ((verb, body),) = cmd.items()
+    el = body["element"]
+    quoted = el["name"] in ("net_bridges", "same_bridge")  # interface names are strings
+    items = []
+    for e in el["elem"]:
+        if isinstance(e, list):  # a map element: [key, value]
+            items.append(f"{_nft_value(e[0], quoted)} : {_nft_value(e[1], False)}")
+        else:
+            items.append(_nft_value(e, quoted))
+    return f"{verb} element {el['family']} {el['table']} {el['name']} {{ {', '.join(items)} }}"
+
+
+def rebuild_script(
+    families: Sequence[str],
+    networks: Iterable[tuple[str, ipaddress.IPv4Network, ipaddress.IPv6Network | None]],
+    containers: Iterable[tuple[Sequence[PortElement], str | None, str | None]],
+) -> str:
+    """One nft transaction that replaces nyx's tables with their whole state.
+
+    What a firewall reload left of the tables (nothing, a part, or a foreign change) is
+    deleted, and the fixed layout is written again with every element the records account
+    for: the networks' subnets and bridges, every container's published ports and internal
+    addresses. Atomic: traffic sees the old table until the new one is complete, and
+    connections survive (conntrack is not in the table).
+
+    :param families: the tables to write (``ip``, and ``ip6`` with a kernel with IPv6).
+    :param networks: (bridge, subnet, subnet6) of every network.
+    :param containers: (port elements, internal address, internal IPv6 address) of every
+        attachment; the addresses only for containers on an internal network.
+    """
+    lines: list[str] = []
+    for family in families:
+        t = f"{family} {TABLE}"
+        lines += [f"add table {t}", f"delete table {t}"]  # deletes whatever is there
+        lines.append(ensure_batch(None, family).rstrip("\n"))
+    cmds: list[Cmd] = []
+    for bridge, subnet, subnet6 in networks:
+        cmds += network_elements("add", bridge, subnet, subnet6)
+    for ports, ip, ip6 in containers:
+        cmds += container_batch("add", ports, ip, ip6)
+    lines += [element_text(c) for c in cmds if c["add"]["element"]["family"] in families]
+    return "\n".join(lines) + "\n"
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _in(addr: object, subnets: Sequence[IPNetwork]) -> bool:
     try:
-        ip = ipaddress.IPv4Address(str(addr))
+        ip = ipaddress.ip_address(str(addr))
     except ValueError:
         return False
-    return any(ip in net for net in subnets)
+    return any(ip.version == net.version and ip in net for net in subnets)
 
 
 def stale_elements(
     elements: Mapping[str, list[Any]],
     leased: Collection[str],
-    subnets: Sequence[ipaddress.IPv4Network],
+    subnets: Sequence[IPNetwork],
+    family: str = FAMILY,
 ) -> list[Cmd]:
     """Delete commands for the per-container elements no lease explains (garbage collection).
 
@@ -298,6 +513,7 @@ def stale_elements(
     :param leased: the addresses the driver's leases hold.
     :param subnets: the driver's networks: an element pointing elsewhere is not nyx's to
         judge and is left alone.
+    :param family: the table the elements were listed from.
     """
     cmds: list[Cmd] = []
     for name in ("ports_any", "ports_ip"):
@@ -311,37 +527,41 @@ def stale_elements(
             if target not in leased and _in(target, subnets):
                 keys.append(key)
         if keys:
-            cmds.append(_elem("delete", name, keys))
+            cmds.append(_elem("delete", name, keys, family))
     ips = [e for e in elements.get("internal", []) if isinstance(e, str) and e not in leased]
     ips = [e for e in ips if _in(e, subnets)]
     if ips:
-        cmds.append(_elem("delete", "internal", ips))
+        cmds.append(_elem("delete", "internal", ips, family))
     return cmds
 
 
 class Firewall:
     """Runs the batches in the calling thread's network namespace."""
 
-    def list_table(self) -> TableState | None:
+    def list_table(self, family: str = FAMILY) -> TableState | None:
         ctx = nft_context()
         with ctx.lock:
-            rc, out, _err = ctx.nft.cmd(f"list table {FAMILY} {TABLE}")
+            rc, out, _err = ctx.nft.cmd(f"list table {family} {TABLE}")
         if rc != 0:
             return None
         return parse_table(json.loads(out) if out else None)
 
-    def ensure(self) -> None:
-        script = ensure_batch(self.list_table())
+    def ensure(self, ipv6: bool = True) -> None:
+        """Both tables (``ip6 nyx`` only with ``ipv6``: a kernel with IPv6), in one atomic
+        batch."""
+        families = FAMILIES if ipv6 else (FAMILY,)
+        script = "".join(ensure_batch(self.list_table(f), f) for f in families)
         if script:
-            nft_context().run_text(script, f"ensure of table {FAMILY} {TABLE}")
+            tables = " and ".join(f"{f} {TABLE}" for f in families)
+            nft_context().run_text(script, f"ensure of table {tables}")
 
     def run(self, cmds: list[Cmd], what: str) -> None:
         nft_context().run(cmds, what)
 
-    def elements(self, name: str) -> list[Any]:
+    def elements(self, name: str, family: str = FAMILY) -> list[Any]:
         """Elements of one set or map (for checks and tests)."""
         kind = "map" if name.startswith("ports_") else "set"
-        out = nft_context().run_text(f"list {kind} {FAMILY} {TABLE} {name}", f"list {name}")
+        out = nft_context().run_text(f"list {kind} {family} {TABLE} {name}", f"list {name}")
         for item in (out or {}).get("nftables", []):
             obj = item.get("set") or item.get("map")
             if obj:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import ipaddress
 import os
 from collections.abc import Collection, Iterator
@@ -29,6 +30,8 @@ from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
 __all__ = [
     "LinkExists",
     "LinkInfo",
+    "attach_port",
+    "bridge_mac",
     "bridge_ports",
     "check_veth_support",
     "configure_container",
@@ -138,11 +141,28 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int | None = None) -> LinkInfo:
+def bridge_mac(name: str) -> str:
+    """The bridge's MAC, the same each time a bridge of that name is made: one recreated
+    after a deletion answers its containers at the address their neighbour caches hold,
+    so their traffic goes on at once instead of after the kernel's stale-entry probes."""
+    b = bytearray(hashlib.sha256(b"nyx-bridge:" + name.encode()).digest()[:6])
+    b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def ensure_bridge(
+    name: str,
+    gateway: ipaddress.IPv4Interface,
+    mtu: int | None = None,
+    gateway6: ipaddress.IPv6Interface | None = None,
+) -> LinkInfo:
     """Create (or complete) the bridge ``name`` with ``gateway`` and bring it up.
 
     ``mtu`` (None: the kernel's default, left as it is) is set as the user's MTU, so the
     bridge keeps it whatever its ports are; veths made later take the bridge's MTU.
+    ``gateway6`` (a dual-stack network) is added ``nodad`` (usable at once: the DNS
+    provider binds it at start), with IPv6 on and router advertisements ignored on the
+    bridge (``accept_ra=0``: a container's advertisement never configures the host).
     """
     with host_rtnl() as rt:
         link = get_link(rt, name)
@@ -150,7 +170,7 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int | None =
     try:
         if link is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge", address=random_mac())
+                ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(name))
             except PyrNetlinkError as exc:
                 if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT):
                     raise NetlinkError(
@@ -174,6 +194,18 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface, mtu: int | None =
             except PyrNetlinkError as exc:
                 raise _fail(f"cannot set MTU {mtu} on bridge {name!r}", exc.code) from exc
             link = LinkInfo(link.index, mtu, link.kind)
+        if gateway6 is not None:
+            _ipv6_on(name)
+            have6 = {
+                (ipaddress.ip_address(a.get_attr("IFA_ADDRESS")), a["prefixlen"])
+                for a in ipr.addr("dump", index=link.index, family=10)
+            }
+            if (gateway6.ip, gateway6.network.prefixlen) not in have6:
+                msg = Rtnl.addr_msg(link.index, str(gateway6.ip), gateway6.network.prefixlen, None)
+                with host_rtnl() as rt:
+                    (err,) = rt.batch([(msg, NEWADDR, CREATE_EXCL)])
+                if err and err != errno.EEXIST:
+                    raise _fail(f"cannot add {gateway6} to bridge {name!r}", err)
         have = {
             (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
             for a in ipr.addr("dump", index=link.index, family=2)
@@ -217,6 +249,39 @@ def bridge_ports(bridges: Collection[str]) -> dict[str, str]:
     return out
 
 
+def _hairpin_msg(name: str) -> Any:
+    """Up, and hairpin mode on the bridge port ``name`` (see :func:`create_veth`)."""
+    up = Rtnl.up_msg(0, name)
+    up["attrs"].append(
+        (
+            "IFLA_LINKINFO",
+            {
+                "attrs": [
+                    ("IFLA_INFO_SLAVE_KIND", "bridge"),
+                    ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]}),
+                ]
+            },
+        )
+    )
+    return up
+
+
+def attach_port(rt: Rtnl, name: str, bridge_index: int) -> bool:
+    """Enslave the existing link ``name`` to the bridge again (up, hairpin); False when
+    the link is gone (its container's netns went with it)."""
+    master = Rtnl.up_msg(0, name)
+    master["attrs"].append(("IFLA_MASTER", bridge_index))
+    (err,) = rt.batch([(master, NEWLINK, 0)])
+    if err == errno.ENODEV:
+        return False
+    if err:
+        raise _fail(f"cannot attach {name!r} to its bridge", err)
+    (err,) = rt.batch([(_hairpin_msg(name), NEWLINK, 0)])  # needs the master set first
+    if err:
+        raise _fail(f"cannot set hairpin mode on {name!r}", err)
+    return True
+
+
 def create_veth(
     rt: Rtnl,
     host_name: str,
@@ -244,21 +309,30 @@ def create_veth(
     _disable_ipv6(host_name)
     # up, and hairpin mode on the bridge port: a container reaching its own published port
     # through a host address gets its (masqueraded) packets back through the same port
-    up = Rtnl.up_msg(0, host_name)
-    up["attrs"].append(
-        (
-            "IFLA_LINKINFO",
-            {
-                "attrs": [
-                    ("IFLA_INFO_SLAVE_KIND", "bridge"),
-                    ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]}),
-                ]
-            },
-        )
-    )
-    (err,) = rt.batch([(up, NEWLINK, 0)])
+    (err,) = rt.batch([(_hairpin_msg(host_name), NEWLINK, 0)])
     if err:
         raise _fail(f"cannot bring veth {host_name!r} up", err)
+
+
+def _ipv6_on(ifname: str) -> None:
+    """IPv6 on for ``ifname`` (a dual-stack bridge), router advertisements ignored, no
+    duplicate address detection: its link-local address is usable at once (the kernel
+    sends the neighbour solicitations of *forwarded* packets from it: while it is
+    tentative, the first connection from outside to a published port stalls ~2 s)."""
+    for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
+        path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
+        try:
+            with open(path, "r+") as f:
+                if f.read().strip() != value:
+                    f.seek(0)
+                    f.write(value)
+        except FileNotFoundError as exc:
+            raise NetlinkError(
+                f"{ifname}: IPv6 is not available (no {path}); a dual-stack network needs a "
+                "kernel with IPv6 (see docs/kernel-requirements.md)"
+            ) from exc
+        except OSError as exc:
+            raise NetlinkError(f"cannot set {key}={value} on {ifname!r}: {exc.strerror}") from exc
 
 
 def _disable_ipv6(ifname: str) -> None:
@@ -276,10 +350,24 @@ def configure_container(
     ifname: str,
     address: ipaddress.IPv4Interface,
     gateway: ipaddress.IPv4Address | None,
+    address6: ipaddress.IPv6Interface | None = None,
+    gateway6: ipaddress.IPv6Address | None = None,
 ) -> None:
-    """Inside the container netns: ``lo`` up, address on ``ifname``, up, default route."""
+    """Inside the container netns: ``lo`` up, address(es) on ``ifname``, up, default
+    route(s). The IPv6 address is ``nodad`` and ``ifname`` ignores router advertisements
+    (another container could send them)."""
     with in_netns(netns_path):
         rt = Rtnl()
+        if address6 is not None:
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "w") as f:
+                    f.write("0")
+            except OSError as exc:
+                rt.close()
+                raise NetlinkError(
+                    f"container netns {netns_path!r}: cannot set accept_ra=0 on {ifname}: "
+                    f"{exc.strerror} (is IPv6 disabled in the container namespace?)"
+                ) from exc
     try:
         link = get_link(rt, ifname)
         if link is None:
@@ -297,17 +385,27 @@ def configure_container(
                 NEWADDR,
                 CREATE_EXCL,
             ),
-            (f"{ifname} up", Rtnl.up_msg(link.index), NEWLINK, 0),
         ]
-        if gateway is not None:
+        if address6 is not None:
             steps.append(
                 (
-                    f"default route via {gateway}",
-                    Rtnl.default_route_msg(str(gateway), link.index),
-                    NEWROUTE,
+                    f"address {address6} on {ifname}",
+                    Rtnl.addr_msg(link.index, str(address6.ip), address6.network.prefixlen, None),
+                    NEWADDR,
                     CREATE_EXCL,
                 )
             )
+        steps.append((f"{ifname} up", Rtnl.up_msg(link.index), NEWLINK, 0))
+        for gw in (gateway, gateway6 if address6 is not None else None):
+            if gw is not None:
+                steps.append(
+                    (
+                        f"default route via {gw}",
+                        Rtnl.default_route_msg(str(gw), link.index),
+                        NEWROUTE,
+                        CREATE_EXCL,
+                    )
+                )
         errs = rt.batch([(m, t, f) for _s, m, t, f in steps])
         for (step, *_rest), err in zip(steps, errs, strict=True):
             if not err:

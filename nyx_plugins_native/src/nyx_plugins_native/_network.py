@@ -1,7 +1,9 @@
 """The native driver's networks: what one is, its options, and where it is stored.
 
-A network is a bridge with the gateway address, three firewall elements (its subnet, its
-bridge, the bridge's same-bridge pair) and one record in ``<state_dir>/native/networks.json``.
+A network is a bridge with the gateway address (and the IPv6 gateway of a dual-stack
+network), three firewall elements (its subnet, its bridge, the bridge's same-bridge pair;
+the IPv6 subnet in the ``ip6`` table too) and one record in
+``<state_dir>/native/networks.json``.
 Its leases live next to it in ``attachments/``: both are kept by nyx_core's
 :class:`~nyx_core.LeaseStore`, in the layout the driver has always used (an upgraded nyxd
 reads the leases of the previous one).
@@ -36,6 +38,7 @@ IFNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$")
 BRIDGE_OPTIONS = ("com.docker.network.bridge.name", "bridge")
 MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
 MTU_MIN, MTU_MAX = 68, 65535  # IPv4's minimum; the kernel checks the bridge's own maximum
+MTU_MIN6 = 1280  # IPv6's minimum link MTU (RFC 8200)
 
 
 def lease_store(state_dir: Path | str) -> LeaseStore:
@@ -126,13 +129,18 @@ class Network:
     mtu: int | None = None
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    gateway6: ipaddress.IPv6Interface | None = None
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
         return self.gateway.network
 
+    @property
+    def subnet6(self) -> ipaddress.IPv6Network | None:
+        return None if self.gateway6 is None else self.gateway6.network
+
     def record(self) -> dict[str, Any]:
-        return {
+        rec = {
             "bridge": self.bridge,
             "gateway": str(self.gateway),
             "default": self.default,
@@ -141,9 +149,13 @@ class Network:
             "options": dict(self.options),
             "labels": dict(self.labels),
         }
+        if self.gateway6 is not None:  # IPv4-only records stay as older versions wrote them
+            rec["gateway6"] = str(self.gateway6)
+        return rec
 
     @classmethod
     def from_record(cls, name: str, rec: Mapping[str, Any]) -> Network:
+        gw6 = rec.get("gateway6")
         return cls(
             name,
             rec["bridge"],
@@ -153,12 +165,13 @@ class Network:
             rec.get("mtu"),
             dict(rec.get("options", {})),
             dict(rec.get("labels", {})),
+            None if gw6 is None else ipaddress.IPv6Interface(gw6),
         )
 
     def differences(self, other: Network) -> list[str]:
         """What ``other`` (a new request) asks for that this network is not."""
         out = []
-        for what in ("gateway", "bridge", "internal", "mtu", "options", "labels"):
+        for what in ("gateway", "gateway6", "bridge", "internal", "mtu", "options", "labels"):
             mine, theirs = getattr(self, what), getattr(other, what)
             if mine != theirs:
                 out.append(f"{what} {theirs} (it has {mine})")
@@ -169,6 +182,8 @@ class Network:
             name=self.name,
             subnet=self.subnet,
             gateway=self.gateway.ip,
+            subnet6=self.subnet6,
+            gateway6=None if self.gateway6 is None else self.gateway6.ip,
             internal=self.internal,
             interface=self.bridge,
             options=dict(self.options),

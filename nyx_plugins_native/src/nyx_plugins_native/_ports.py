@@ -3,7 +3,10 @@
 A published port is reserved by a socket bound (TCP: and listening) in the namespace nyxd
 runs in, held until teardown: a process on the host that already uses the port makes the
 setup fail with a clear error, and nothing else can take the port afterwards. Traffic never
-reaches these sockets: DNAT in prerouting/output sends it to the container first.
+reaches these sockets (DNAT in prerouting/output sends it to the container first), except
+on IPv6 ``::1``, which the kernel cannot DNAT: an IPv6 socket bound to ``::`` or ``::1``
+is handed to the loopback proxy (:mod:`nyx_plugins_native._proxy`), which answers there.
+IPv6 sockets are ``IPV6_V6ONLY``: the IPv4 side of a port has a socket of its own.
 
 Conflicts are found on intervals (:mod:`nyx_core`'s ``find_port_clash``), never port by
 port against every other port. Each reserved port costs one file descriptor, so a setup is
@@ -31,7 +34,9 @@ FD_HEADROOM = 256
 
 
 def describe(p: PortElement) -> str:
-    where = f"{p.host_ip}:" if p.host_ip else ""
+    where = ""
+    if p.host_ip:
+        where = f"[{p.host_ip}]:" if ":" in p.host_ip else f"{p.host_ip}:"
     return f"host port {where}{p.host_port}/{p.protocol}"
 
 
@@ -72,20 +77,24 @@ def check_fd_budget(count: int) -> None:
 
 
 def reserve(ports: Sequence[PortElement]) -> list[socket.socket]:
-    """Bind every port in the current netns; all-or-nothing."""
+    """Bind every port in the current netns; all-or-nothing. Returns one socket per
+    element, in order."""
     check_fd_budget(len(ports))
     socks: list[socket.socket] = []
     try:
         for p in ports:
             kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
-            s = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+            family = socket.AF_INET6 if p.v6 else socket.AF_INET
+            s = socket.socket(family, kind | socket.SOCK_CLOEXEC)
             socks.append(s)
             if kind == socket.SOCK_STREAM:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if p.v6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
-                s.bind((p.host_ip or "0.0.0.0", p.host_port))
+                s.bind((p.host_ip or ("::" if p.v6 else "0.0.0.0"), p.host_port))
                 if kind == socket.SOCK_STREAM:
-                    s.listen(1)
+                    s.listen(128 if p.proxied else 1)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise PortConflictError(

@@ -35,9 +35,10 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-__all__ = ["Rtnl", "RtnlError"]
+__all__ = ["IFA_F_NODAD", "Rtnl", "RtnlError"]
 
 _HDR = struct.Struct("=IHHII")
+IFA_F_NODAD = 0x02
 _IFF_UP = 1
 _NETLINK_ROUTE = 0
 _NETLINK_EXT_ACK = 11
@@ -215,11 +216,19 @@ class Rtnl:
 
     @staticmethod
     def addr_msg(index: int, address: str, prefixlen: int, broadcast: str | None) -> Any:
+        """An IPv4 address, or (``address`` with a ``:``) an IPv6 one that skips duplicate
+        address detection (``nodad``: usable at once; nyx's IPAM hands each address out
+        once)."""
         msg = ifaddrmsg()
-        msg["family"] = socket.AF_INET
+        v6 = ":" in address
+        msg["family"] = socket.AF_INET6 if v6 else socket.AF_INET
         msg["prefixlen"] = prefixlen
         msg["index"] = index
-        attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        if v6:
+            msg["flags"] = IFA_F_NODAD
+            attrs = [("IFA_ADDRESS", address)]
+        else:
+            attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
         if broadcast:
             attrs.append(("IFA_BROADCAST", broadcast))
         msg["attrs"] = attrs
@@ -227,8 +236,9 @@ class Rtnl:
 
     @staticmethod
     def default_route_msg(gateway: str, oif: int) -> Any:
+        """The default route via ``gateway`` (IPv4, or IPv6 when it has a ``:``)."""
         msg = rtmsg()
-        msg["family"] = socket.AF_INET
+        msg["family"] = socket.AF_INET6 if ":" in gateway else socket.AF_INET
         msg["table"] = 254  # main
         msg["proto"] = 3  # boot
         msg["scope"] = 0  # universe

@@ -27,7 +27,7 @@ CAPABILITIES = BackendCapabilities(
     multiple_networks=True,
     enforces_internal=True,
     external_dns=False,
-    ipv6=False,
+    ipv6=True,
     network_lifecycle=True,
     static_addresses=True,  # IPAM honours or refuses static_ip; the veth takes the mac
 )
@@ -78,3 +78,7 @@ class NativePlugin:
     @hookimpl
     def nyx_backend_gc(self, container_ids: Sequence[str]) -> object:
         return self.driver.gc(container_ids)
+
+    @hookimpl
+    def nyx_backend_reload(self) -> object:
+        return self.driver.reload()

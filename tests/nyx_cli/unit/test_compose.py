@@ -245,11 +245,12 @@ networks:
         (
             "services: {a: {image: x, networks: {n: {ipv6_address: 'fd00::5'}}}}\n"
             "networks: {n: {}}",
-            "services.a.networks.n.ipv6_address: IPv6 addresses and networks are not supported",
+            "services.a.networks.n.ipv6_address: a static IPv6 address is not supported",
         ),
         (
-            "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {enable_ipv6: true}}",
-            "networks.n.enable_ipv6: IPv6 addresses and networks are not supported yet",
+            "services: {a: {image: x, networks: [n]}}\n"
+            "networks: {n: {ipam: {config: [{subnet: 'fd00::/64'}]}}}",
+            "networks.n.ipam.config: an IPv6 subnet needs enable_ipv6: true",
         ),
         (
             "services: {a: {image: x, networks: [n]}}\nnetworks: {n: {ipam: {options: {x: y}}}}",
@@ -473,7 +474,7 @@ networks:
         (
             "services: {a: {image: x}}\n"
             "networks: {n: {ipam: {config: [{subnet: a}, {subnet: b}]}}}",
-            ["networks.n.ipam.config: one subnet per network"],
+            ["networks.n.ipam.config: one IPv4 subnet per network"],
         ),
         (
             "services: {a: {image: x}}\nnetworks: {n: {ipam: {config: [{gateway: 10.1.0.1}]}}}",

@@ -12,10 +12,15 @@ import pytest
 from nyx_core.testing import (
     HOST_LINKS,
     INTERNET_SERVER_IP,
+    INTERNET_SERVER_IP6,
     LAN_HOST_IP,
+    LAN_HOST_IP6,
     LAN_NEIGHBOUR_IP,
+    LAN_NEIGHBOUR_IP6,
     UPLINK_GATEWAY_IP,
+    UPLINK_GATEWAY_IP6,
     UPLINK_HOST_IP,
+    UPLINK_HOST_IP6,
     HostTopology,
     Neighbour,
     Netns,
@@ -27,10 +32,14 @@ from nyx_core.testing._netns import leaked_namespaces
 pytestmark = pytest.mark.kernel
 
 
+def _family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def _serve_once(ns: Netns, ip: str, port: int) -> tuple[socket.socket, threading.Thread]:
     """A TCP server in ``ns`` answering one connection with the peer's address."""
     with entered(ns):
-        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv = socket.socket(_family(ip), socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((ip, port))
     srv.listen(1)
@@ -51,7 +60,7 @@ def _serve_once(ns: Netns, ip: str, port: int) -> tuple[socket.socket, threading
 
 def _ask(ns: Netns, ip: str, port: int, timeout: float = 2) -> str:
     with entered(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(_family(ip), socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect((ip, port))
@@ -89,6 +98,38 @@ def test_traffic_flows_on_both_links(
     with srv:
         assert _ask(nyx_lan_ns, LAN_HOST_IP, 9301) == LAN_NEIGHBOUR_IP
         t.join(5)
+
+
+def test_every_link_is_dual_stack(
+    nyx_host_ns: Netns, nyx_internet_ns: Netns, nyx_lan_ns: Neighbour
+) -> None:
+    """IPv6 on the uplink (default route, the outside server behind it) and on the LAN,
+    usable at once (no duplicate address detection pending); IPv6 forwarding off and
+    router advertisements accepted on the host, as on a host nothing configured yet."""
+    (default,) = nyx_host_ns.ipj("-6", "route", "show", "default")
+    assert default["gateway"] == UPLINK_GATEWAY_IP6 and default["dev"] == "uplink0"
+    assert nyx_host_ns.sysctl("net.ipv6.conf.all.forwarding") == "0"
+    assert nyx_host_ns.sysctl("net.ipv6.conf.uplink0.accept_ra") == "1"
+    srv, t = _serve_once(nyx_internet_ns, INTERNET_SERVER_IP6, 9304)
+    with srv:
+        assert _ask(nyx_host_ns, INTERNET_SERVER_IP6, 9304) == UPLINK_HOST_IP6
+        t.join(5)
+    srv, t = _serve_once(nyx_host_ns, LAN_HOST_IP6, 9305)
+    with srv:
+        assert _ask(nyx_lan_ns, LAN_HOST_IP6, 9305) == LAN_NEIGHBOUR_IP6
+        t.join(5)
+    nyx_host_ns.ip("-6", "addr", "add", "fd00:231:9::1/64", "dev", "lo")
+    srv, t = _serve_once(nyx_host_ns, "fd00:231:9::1", 9306)
+    with srv:
+        nyx_lan_ns.route_to_host("fd00:231:9::/64")
+        assert _ask(nyx_lan_ns, "fd00:231:9::1", 9306) == LAN_NEIGHBOUR_IP6
+        t.join(5)
+    with entered(nyx_host_ns):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(10)
+    with s, pytest.raises(OSError) as info:
+        s.connect(("2001:db8:77::1", 80))  # the internet has no route: unreachable at once
+    assert not isinstance(info.value, TimeoutError)
 
 
 def test_internet_answers_unreachable_at_once_for_other_addresses(nyx_host_ns: Netns) -> None:

@@ -2,13 +2,14 @@
 variants: the kit's own proof that every check of ``BackendConformance`` can fail.
 
 ``KitBridgePlugin`` declares every capability the suite checks (``publishes_ports``,
-``multiple_networks``, ``enforces_internal``, ``network_lifecycle``) and passes the whole
-suite. It does its work with ``ip`` and ``nft`` commands, keeps its state in memory, and
+``multiple_networks``, ``enforces_internal``, ``ipv6``, ``network_lifecycle``) and passes
+the whole suite. It does its work with ``ip`` and ``nft`` commands, keeps its state in memory, and
 rewrites its one nftables table (``inet kitbridge``) as a whole after every change:
 
-* a network is a bridge ``kb<hash>`` carrying the gateway address;
+* a network is a bridge ``kb<hash>`` carrying the gateway address (and the IPv6 gateway of
+  a dual-stack network, ``nodad``);
 * a container attachment is a veth ``kv<hash>`` on that bridge, its peer created directly
-  in the container's netns, addresses from :func:`nyx_core.allocate`;
+  in the container's netns, addresses (one per family) from :func:`nyx_core.allocate`;
 * published ports are DNAT rules (prerouting and output, to the host's local addresses),
   egress of non-internal networks is masqueraded, an internal network's traffic to
   anything outside its subnet is dropped in the forward hook.
@@ -86,12 +87,15 @@ class Net:
     bridge: str
     gateway: ipaddress.IPv4Interface
     internal: bool
+    gateway6: ipaddress.IPv6Interface | None = None
 
     def info(self) -> NetworkInfo:
         return NetworkInfo(
             name=self.name,
             subnet=self.gateway.network,
             gateway=self.gateway.ip,
+            subnet6=self.gateway6.network if self.gateway6 else None,
+            gateway6=self.gateway6.ip if self.gateway6 else None,
             internal=self.internal,
             interface=self.bridge,
         )
@@ -107,6 +111,7 @@ class Att:
     netns: str
     ports: list[PortMapping] = field(default_factory=list)
     mac: str | None = None
+    ip6: ipaddress.IPv6Address | None = None
 
 
 class KitBridgePlugin:
@@ -116,6 +121,7 @@ class KitBridgePlugin:
         publishes_ports=True,
         multiple_networks=True,
         enforces_internal=True,
+        ipv6=True,
         network_lifecycle=True,
         static_addresses=True,
     )
@@ -143,28 +149,48 @@ class KitBridgePlugin:
             self.cursor[net.name] = str(ip)
         return ip
 
+    def lease6(self, net: Net) -> ipaddress.IPv6Address | None:
+        if net.gateway6 is None:
+            return None
+        key = f"{net.name}/6"
+        used = self.leases.setdefault(key, set())
+        ip = allocate(net.gateway6.network, net.gateway6.ip, used, None, self.cursor.get(key))
+        assert isinstance(ip, ipaddress.IPv6Address)
+        used.add(str(ip))
+        self.cursor[key] = str(ip)
+        return ip
+
     def release(self, att: Att) -> None:
         self.leases.get(att.network, set()).discard(str(att.ip))
+        self.leases.get(f"{att.network}/6", set()).discard(str(att.ip6))
 
     def bridge_lines(self, net: Net) -> list[str]:
-        return [
+        lines = [
             f"link add {net.bridge} type bridge",
             f"addr add {net.gateway} dev {net.bridge}",
-            f"link set {net.bridge} up",
         ]
+        if net.gateway6 is not None:
+            lines.append(f"addr add {net.gateway6} dev {net.bridge} nodad")
+        return [*lines, f"link set {net.bridge} up"]
 
     def create_link(self, att: Att, net: Net) -> None:
         make_veth(att)
         run(["ip", "link", "set", att.veth, "master", net.bridge, "up"])
 
     def container_lines(self, att: Att, net: Net, first: bool) -> list[str]:
-        lines = [
-            f"addr add {att.ip}/{net.gateway.network.prefixlen} dev {att.interface}",
-            f"link set {att.interface} up",
-        ]
+        lines = [f"addr add {att.ip}/{net.gateway.network.prefixlen} dev {att.interface}"]
+        if att.ip6 is not None and net.gateway6 is not None:
+            lines.append(self.addr6_line(att, net))
+        lines.append(f"link set {att.interface} up")
         if first:
             lines.append(f"route add default via {net.gateway.ip} dev {att.interface}")
+            if net.gateway6 is not None:
+                lines.append(f"route add default via {net.gateway6.ip} dev {att.interface}")
         return lines
+
+    def addr6_line(self, att: Att, net: Net) -> str:
+        assert net.gateway6 is not None
+        return f"addr add {att.ip6}/{net.gateway6.network.prefixlen} dev {att.interface} nodad"
 
     def delete_link(self, att: Att) -> None:
         proc = subprocess.run(["ip", "link", "del", att.veth], capture_output=True, text=True)
@@ -172,17 +198,15 @@ class KitBridgePlugin:
             raise NetlinkError(f"kit-bridge: ip link del {att.veth}: {proc.stderr.strip()}")
 
     def result(self, att: Att, net: Net) -> SetupResult:
+        addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = [
+            ipaddress.IPv4Interface(f"{att.ip}/{net.gateway.network.prefixlen}")
+        ]
+        if att.ip6 is not None and net.gateway6 is not None:
+            addresses.append(ipaddress.IPv6Interface(f"{att.ip6}/{net.gateway6.network.prefixlen}"))
         return SetupResult(
             container_id=att.container_id,
             network=net.name,
-            interfaces=[
-                InterfaceResult(
-                    name=att.interface,
-                    addresses=[
-                        ipaddress.IPv4Interface(f"{att.ip}/{net.gateway.network.prefixlen}")
-                    ],
-                )
-            ],
+            interfaces=[InterfaceResult(name=att.interface, addresses=addresses)],
             gateway=net.gateway.ip,
             dns_server=net.gateway.ip,
             internal=net.internal,
@@ -210,22 +234,40 @@ class KitBridgePlugin:
         chains: dict[str, list[str]] = {"pre": [], "out": [], "post": [], "fwd": []}
         for att in sorted(self.atts.values(), key=lambda a: (a.container_id, a.network)):
             for p in att.ports:
-                dest = "fib daddr type local" if p.host_ip is None else f"ip daddr {p.host_ip}"
-                rule = (
-                    f"{dest} meta l4proto {p.protocol} th dport {p.host_port} "
-                    f"dnat ip to {att.ip}:{p.container_port}"
-                )
-                chains["pre"].append(rule)
-                chains["out"].append(rule)
+                for rule in self.port_rules(att, p):
+                    chains["pre"].append(rule)
+                    chains["out"].append(rule)
         for net in sorted(self.nets.values(), key=lambda n: n.name):
-            subnet = net.gateway.network
-            if net.internal:
-                chains["fwd"].append(f"ip saddr {subnet} ip daddr != {subnet} drop")
-            else:
-                chains["post"].append(
-                    f'ip saddr {subnet} oifname != {{ "{net.bridge}", "lo" }} masquerade'
-                )
+            nets = [("ip", net.gateway.network)]
+            if net.gateway6 is not None:
+                nets.append(("ip6", net.gateway6.network))
+            for fam, subnet in nets:
+                if net.internal:
+                    chains["fwd"].append(f"{fam} saddr {subnet} {fam} daddr != {subnet} drop")
+                else:
+                    chains["post"].append(
+                        f'{fam} saddr {subnet} oifname != {{ "{net.bridge}", "lo" }} masquerade'
+                    )
         return chains
+
+    def port_rules(self, att: Att, p: PortMapping) -> list[str]:
+        """DNAT of one published port, per family the container has (no host IP: both)."""
+        out = []
+        targets = [("ip", "ipv4", str(att.ip))]
+        if att.ip6 is not None:
+            targets.append(("ip6", "ipv6", f"[{att.ip6}]"))
+        for fam, proto, target in targets:
+            if p.host_ip is None:
+                dest = f"meta nfproto {proto} fib daddr type local"
+            elif (p.host_ip.version == 6) == (fam == "ip6"):
+                dest = f"{fam} daddr {p.host_ip}"
+            else:
+                continue
+            out.append(
+                f"{dest} meta l4proto {p.protocol} th dport {p.host_port} "
+                f"dnat {fam} to {target}:{p.container_port}"
+            )
+        return out
 
     def sync_nft(self) -> None:
         """Write the whole table in one transaction."""
@@ -266,6 +308,9 @@ class KitBridgePlugin:
         with self.lock:
             with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
                 f.write("1")
+            if settings.container_subnet6 is not None:
+                with open("/proc/sys/net/ipv6/conf/all/forwarding", "w") as f:
+                    f.write("1")
             self.sync_nft()
         return True
 
@@ -274,10 +319,11 @@ class KitBridgePlugin:
         self.validate_network(network)
         gw = network.gateway_interface
         assert gw is not None
+        gw6 = network.gateway_interface6
         with self.lock:
             have = self.nets.get(network.name)
             if have is not None:
-                if have.gateway == gw and have.internal == network.internal:
+                if (have.gateway, have.gateway6, have.internal) == (gw, gw6, network.internal):
                     return have.info()
                 raise ConfigError(
                     f"kit-bridge: network {network.name!r} exists with subnet {have.gateway}"
@@ -289,7 +335,7 @@ class KitBridgePlugin:
                         f"kit-bridge: network {network.name!r}: subnet {gw.network} overlaps "
                         f"network {other.name!r}"
                     )
-            net = Net(network.name, "kb" + _h(network.name, 8), gw, network.internal)
+            net = Net(network.name, "kb" + _h(network.name, 8), gw, network.internal, gw6)
             try:
                 run(["ip", "-batch", "-"], "\n".join(self.bridge_lines(net)) + "\n")
                 self.nets[net.name] = net
@@ -363,6 +409,7 @@ class KitBridgePlugin:
                 netns_path,
                 list(ports),
                 self.mac(opts),
+                self.lease6(net),
             )
             self.atts[key] = att
             undo: list[Callable[[], None]] = [lambda: self.forget(key)]
@@ -719,6 +766,46 @@ class IgnoresStaticAddresses(KitBridgePlugin):
         return None
 
 
+class Ipv6AfterDad(KitBridgePlugin):
+    """Breaks test_ipv6_addresses_of_both_families_and_a_default_route: the IPv6 address
+    waits for duplicate address detection (tentative for a second or more)."""
+
+    def addr6_line(self, att: Att, net: Net) -> str:
+        return super().addr6_line(att, net).removesuffix(" nodad")
+
+
+class NoDefaultRoute6(KitBridgePlugin):
+    """Breaks test_ipv6_addresses_of_both_families_and_a_default_route: an IPv6 address,
+    but the default route is IPv4 only."""
+
+    def container_lines(self, att: Att, net: Net, first: bool) -> list[str]:
+        gw6 = str(net.gateway6.ip) if net.gateway6 else "-"
+        return [ln for ln in super().container_lines(att, net, first) if gw6 not in ln]
+
+
+class BridgesIpv4Only(KitBridgePlugin):
+    """Breaks test_two_containers_exchange_a_packet_over_ipv6: addresses of both families,
+    but the host's bridges forward no IPv6 frame (a bridge-family drop)."""
+
+    def sync_nft(self) -> None:
+        super().sync_nft()
+        run(
+            ["nft", "-f", "-"],
+            "table bridge kitbridge6\ndelete table bridge kitbridge6\n"
+            "table bridge kitbridge6 {\n  chain kb6 {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            "    ether type ip6 drop\n  }\n}\n",
+        )
+
+
+class PublishesIpv4Only(KitBridgePlugin):
+    """Breaks test_published_port_answers_over_ipv6: a dual-stack container's published
+    port is DNAT'd for IPv4 only."""
+
+    def port_rules(self, att: Att, p: PortMapping) -> list[str]:
+        return [r for r in super().port_rules(att, p) if "dnat ip to" in r]
+
+
 class MissingTeardown:
     """Breaks test_loads_and_implements_every_backend_hook: no nyx_backend_teardown."""
 
@@ -768,6 +855,10 @@ VARIANTS: dict[str, type[object]] = {
     "kit-teardown-only-first-network": TeardownOnlyFirstNetwork,
     "kit-ignores-internal": IgnoresInternal,
     "kit-ignores-static-addresses": IgnoresStaticAddresses,
+    "kit-ipv6-after-dad": Ipv6AfterDad,
+    "kit-no-default-route6": NoDefaultRoute6,
+    "kit-bridges-ipv4-only": BridgesIpv4Only,
+    "kit-publishes-ipv4-only": PublishesIpv4Only,
     "kit-missing-teardown": MissingTeardown,
 }
 """Entry point name -> class; ``conftest.py`` installs them all."""

@@ -164,6 +164,77 @@ class WrongNameserver(HostsDnsPlugin):
         return text + "nameserver 198.18.0.10\n"
 
 
+class _NoServer(Server):
+    def __init__(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class V4ListenerOnly(HostsDnsPlugin):
+    """Breaks test_ipv6_answers_on_gateway_ip6: declares IPv6 but never listens on the
+    IPv6 gateway."""
+
+    def serve(self, address: tuple[str, int], answerer: Answerer) -> Server:
+        return _NoServer() if ":" in address[0] else super().serve(address, answerer)
+
+
+class _NoAaaaNames(Names):
+    def scope(self, client: str) -> Scope | None:
+        found = super().scope(client)
+        if found is None:
+            return None
+        names = {n: [ip for ip in ips if ip.version == 4] for n, ips in found.names.items()}
+        return Scope(names, found.ptrs, found.forward)
+
+
+class NoAaaa(HostsDnsPlugin):
+    """Breaks test_ipv6_aaaa_answers: IPv6 addresses are registered but never answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names = _NoAaaaNames()
+
+
+class _NoPtr6Names(Names):
+    def scope(self, client: str) -> Scope | None:
+        found = super().scope(client)
+        if found is None:
+            return None
+        ptrs = {n: t for n, t in found.ptrs.items() if not n.endswith("ip6.arpa")}
+        return Scope(found.names, ptrs, found.forward)
+
+
+class NoPtr6(HostsDnsPlugin):
+    """Breaks test_ipv6_ptr_under_ip6_arpa: no PTR records for IPv6 addresses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names = _NoPtr6Names()
+
+
+class V4NameserverOnly(HostsDnsPlugin):
+    """Breaks test_ipv6_resolv_conf_lists_gateway_ip6: a dual-stack container's
+    resolv.conf names the IPv4 gateway only."""
+
+    @hookimpl
+    def nyx_dns_resolv_conf(self, container_id: str) -> str:
+        text = super().nyx_dns_resolv_conf(container_id)
+        return "".join(ln for ln in text.splitlines(keepends=True) if ":" not in ln)
+
+
+class TrustsGateway6(HostsDnsPlugin):
+    """Breaks test_ipv6_spoofed_host_source_gets_no_forwarding: takes the IPv6 gateway
+    for the host (as it does the IPv4 one), so a container sending from it is the host."""
+
+    @hookimpl
+    def nyx_dns_start(self, settings: NyxSettings) -> object:
+        out = super().nyx_dns_start(settings)
+        self.names.host_clients |= {str(settings.gateway6)}
+        return out
+
+
 class MissingResolvConf:
     """Breaks test_loads_and_implements_every_dns_hook: no nyx_dns_resolv_conf."""
 
@@ -204,5 +275,10 @@ VARIANTS: dict[str, type[object]] = {
     "kitdns-forwards-for-internal": ForwardsForInternal,
     "kitdns-wrong-nameserver": WrongNameserver,
     "kitdns-missing-resolv-conf": MissingResolvConf,
+    "kitdns-v4-listener-only": V4ListenerOnly,
+    "kitdns-no-aaaa": NoAaaa,
+    "kitdns-no-ptr6": NoPtr6,
+    "kitdns-v4-nameserver-only": V4NameserverOnly,
+    "kitdns-trusts-gateway6": TrustsGateway6,
 }
 """Entry point name -> class; ``conftest.py`` installs them all."""

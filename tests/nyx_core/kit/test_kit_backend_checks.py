@@ -116,6 +116,26 @@ CASES = [
         "test_static_address_and_mac_are_honoured",
         "asked for 10.231.0.253, the result reports",
     ),
+    (
+        "kit-ipv6-after-dad",
+        "test_ipv6_addresses_of_both_families_and_a_default_route",
+        "is tentative right after setup: duplicate address detection",
+    ),
+    (
+        "kit-no-default-route6",
+        "test_ipv6_addresses_of_both_families_and_a_default_route",
+        "no default IPv6 route via the network's gateway fd00:231::1",
+    ),
+    (
+        "kit-bridges-ipv4-only",
+        "test_two_containers_exchange_a_packet_over_ipv6",
+        "container conf-6b cannot reach conf-6a at [fd00:231::",
+    ),
+    (
+        "kit-publishes-ipv4-only",
+        "test_published_port_answers_over_ipv6",
+        "published port [fd00:231::1]:18087 -> 8087: ConnectionRefusedError",
+    ),
 ]
 
 INNER = """

@@ -65,6 +65,24 @@ CASES = [
         "test_resolv_conf_points_at_the_provider",
         "every one must be gateway_ip 10.231.0.1",
     ),
+    # IPv6 checks: these providers declare IPv6 (nyx_dns_ipv6 True)
+    (
+        "kitdns-v4-listener-only",
+        "test_ipv6_answers_on_gateway_ip6",
+        "to [2001:db8:231::1]:5353 got no answer",
+    ),
+    ("kitdns-no-aaaa", "test_ipv6_aaaa_answers", "AAAA kit-web (over IPv4): []"),
+    ("kitdns-no-ptr6", "test_ipv6_ptr_under_ip6_arpa", "PTR of 2001:db8:231::2 (over IPv4)"),
+    (
+        "kitdns-v4-nameserver-only",
+        "test_ipv6_resolv_conf_lists_gateway_ip6",
+        "does not list gateway6 2001:db8:231::1",
+    ),
+    (
+        "kitdns-trusts-gateway6",
+        "test_ipv6_spoofed_host_source_gets_no_forwarding",
+        "with the host's source 2001:db8:231::1 was forwarded",
+    ),
 ]
 
 INNER = """
@@ -81,6 +99,10 @@ class TestBroken(DnsProviderConformance):
     @pytest.fixture
     def nyx_dns_upstream(self):
         return lambda ip, port: [HostsDnsSettings(upstream=[f"{{ip}}:{{port}}"], timeout=1.0)]
+
+    @pytest.fixture
+    def nyx_dns_ipv6(self):
+        return {ipv6!r}
 """
 
 
@@ -92,13 +114,30 @@ def test_the_check_fails_on_the_broken_provider(
     pytester: pytest.Pytester, require_kernel: None, provider: str, check: str, message: str
 ) -> None:
     pytester.makeconftest('pytest_plugins = ["nyx_core.testing"]\n')
-    pytester.makepyfile(test_broken=INNER.format(provider=provider))
+    ipv6 = check.startswith("test_ipv6_")
+    pytester.makepyfile(test_broken=INNER.format(provider=provider, ipv6=ipv6))
     result = pytester.runpytest_inprocess(
         "-p", "no:cacheprovider", f"test_broken.py::TestBroken::{check}"
     )
     out = result.stdout.str()
     assert result.parseoutcomes().get("failed") == 1, out
     assert message in out, out
+
+
+@pytest.mark.kernel
+def test_ipv6_checks_are_skipped_for_a_provider_that_does_not_declare_it(
+    pytester: pytest.Pytester, require_kernel: None
+) -> None:
+    """The example provider serves IPv6, but says it does not: every IPv6 check is
+    skipped with that reason (and none fails)."""
+    pytester.makeconftest('pytest_plugins = ["nyx_core.testing"]\n')
+    pytester.makepyfile(test_v4=INNER.format(provider="hosts", ipv6=False))
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "-rs", "-k", "test_ipv6_", "test_v4.py"
+    )
+    out = result.stdout.str()
+    assert result.parseoutcomes() == {"skipped": 5, "deselected": 12}, out
+    assert "SKIPPED [5]" in out and "provider does not declare IPv6" in out, out
 
 
 def test_every_check_has_a_broken_example() -> None:

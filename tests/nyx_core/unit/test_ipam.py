@@ -62,6 +62,18 @@ def test_ipv6_skips_the_anycast_and_gateway_and_scans_only_what_is_leased() -> N
     assert allocate(NET6, GW6, [], static=last) == last  # no broadcast in IPv6
 
 
+def test_leases_of_both_families_any_spelling_and_garbage() -> None:
+    """A dual-stack network's leases mix both families: each allocation counts its own,
+    in any spelling; something that is no address is a ValueError, as before."""
+    used = ["10.231.0.2", "fd00:231:0::2", "FD00:231::3", "10.231.0.3"]
+    assert allocate(NET6, GW6, used) == ipaddress.IPv6Address("fd00:231::4")
+    assert allocate(NET, GW, used) == ipaddress.IPv4Address("10.231.0.4")
+    with pytest.raises(IpamError, match="already leased"):
+        allocate(NET6, GW6, used, static=ipaddress.IPv6Address("fd00:231::3"))
+    with pytest.raises(ValueError, match="'nope'"):
+        allocate(NET, GW, ["nope"])
+
+
 def test_lease_release_and_reuse_on_a_tiny_subnet(tmp_path: Path) -> None:
     store = LeaseStore(tmp_path / "leases")
     ips = [store.lease(f"c{i}", "n", NET, GW) for i in range(5)]

@@ -237,6 +237,41 @@ def test_capabilities_and_network_lifecycle_through_the_facade(
     assert Recording.made[-1].calls == [("create", "n1"), ("remove", "n1"), ("gc", ["c1"])]
 
 
+def test_an_ipv4_only_driver_never_sees_a_subnet6(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A driver without the ipv6 capability is refused an IPv6 network, and a dual-stack
+    default network (NYXD_CONTAINER_SUBNET6), before it is called: the user gets one clear
+    error instead of a network silently IPv4-only."""
+
+    class Four(Recording):
+        @hookimpl
+        def nyx_backend_capabilities(self) -> BackendCapabilities:
+            return BackendCapabilities(network_lifecycle=True)
+
+        @hookimpl
+        def nyx_backend_network_create(self, network: NetworkSpec) -> NetworkInfo:
+            self.calls.append(("create", network.name))
+            return NetworkInfo(name=network.name)
+
+        @hookimpl
+        def nyx_backend_network_remove(self, name: str) -> Any:
+            return True
+
+    _fake_entry_points(monkeypatch, {"four": Four})
+    backend = NetworkBackend.load("four")
+    spec = NetworkSpec(name="n6", subnet="10.9.0.0/24", subnet6="fd00:9::/64")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"network 'n6': subnet6 fd00:9::/64: .*'four'.*ipv6"):
+        backend.network_create(spec)
+    dual = NyxSettings(state_dir=tmp_path, container_subnet6="fd00:88::/64")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"NYXD_CONTAINER_SUBNET6.*'four' is IPv4-only"):
+        backend.ensure_network(dual)
+    assert Recording.made[-1].calls == []
+    backend.network_create(NetworkSpec(name="n4", subnet="10.9.0.0/24"))  # type: ignore[arg-type]
+    backend.ensure_network(NyxSettings(state_dir=tmp_path))
+    assert [c[0] for c in Recording.made[-1].calls] == ["create", "ensure"]
+
+
 def test_claiming_network_lifecycle_without_its_hooks_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

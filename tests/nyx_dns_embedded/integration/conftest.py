@@ -26,8 +26,16 @@ LAN_HOST_IP = "198.51.100.1"  # the host's address on the LAN link
 NEIGHBOUR_IP = "198.51.100.2"  # a LAN neighbour (TEST-NET-2)
 
 
+def _address(host: str) -> tuple[str, int] | tuple[str, int, int, int]:
+    """``(host, 53)``; a zone (``fe80::1%link``) goes in the tuple's scope id, the only
+    place the socket module reads it from."""
+    addr, _, zone = host.partition("%")
+    return (addr, 53, 0, socket.if_nametoindex(zone)) if zone else (host, 53)
+
+
 class FakeUpstream:
-    """A tiny DNS server on ``host:53`` (UDP and TCP) inside the current namespace.
+    """A tiny DNS server on ``host:53`` (UDP and TCP; IPv4 or IPv6, ``fe80::1%link``
+    included) inside the current namespace.
 
     ``mode``: ``answer`` (every name -> ``answer``), ``silent`` (never replies), ``big``
     (60 A records; over UDP without EDNS it answers TC like a real server).
@@ -36,12 +44,13 @@ class FakeUpstream:
     def __init__(self, host: str, mode: str = "answer", answer: str = "203.0.113.7") -> None:
         self.host, self.mode, self.answer = host, mode, answer
         self.queries: list[tuple[str, str]] = []
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # fe80::1%link too
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.tcp = socket.socket(family, socket.SOCK_STREAM)
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self.udp.bind((host, 53))
-            self.tcp.bind((host, 53))
+            self.udp.bind(_address(host))
+            self.tcp.bind(_address(host))
             self.tcp.listen(16)
         except OSError:
             self.udp.close()

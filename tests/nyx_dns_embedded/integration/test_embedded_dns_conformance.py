@@ -18,6 +18,10 @@ class TestEmbeddedDnsConformance(DnsProviderConformance):
         return "embedded"
 
     @pytest.fixture
+    def nyx_dns_ipv6(self) -> bool:
+        return True
+
+    @pytest.fixture
     def nyx_dns_upstream(self, tmp_path: Path) -> UpstreamConfig:
         def configure(ip: str, port: int) -> Sequence[PluginSettings]:
             conf = tmp_path / "upstream-resolv.conf"

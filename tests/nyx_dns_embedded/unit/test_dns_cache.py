@@ -5,6 +5,8 @@ sits behind the resolver's scoping (container names, internal and unknown client
 from __future__ import annotations
 
 import ipaddress
+import sys
+import threading
 
 import dns.edns
 import dns.exception
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nyx_dns_embedded import _cache
 from nyx_dns_embedded._cache import ForwardCache, cache_key, parse_answer
 from nyx_dns_embedded._records import Registry
 from nyx_dns_embedded._resolver import Resolver
@@ -315,6 +318,81 @@ def test_flush(cache: ForwardCache) -> None:
     cache.store(q.to_wire(), answer_to(q, "192.0.2.7"))
     cache.flush()
     assert missed(cache, q) and cache.bytes == 0
+
+
+def test_an_old_upstreams_answer_never_lands_after_another_threads_flush(
+    clock: Clock, servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dual-stack host's two servers share one cache (four threads). Thread X stores an
+    answer it got from the old upstreams; between X's look at the upstreams and X's
+    insert, thread Y sees them change and flushes. The answer must not survive Y's
+    flush (it would be served for up to its TTL from upstreams that are gone)."""
+    cache = ForwardCache(clock=clock, servers=servers)
+    q = query("race.example")
+    real = _cache.CacheEntry
+
+    def built_while_another_thread_flushes(*args: object) -> object:
+        entry = real(*args)  # type: ignore[arg-type]
+        servers.current = ("127.0.0.2",)
+        clock.now += 1.0
+        other = threading.Thread(target=cache.check_upstreams)
+        other.start()
+        other.join(5)
+        assert not other.is_alive()
+        return entry
+
+    monkeypatch.setattr(_cache, "CacheEntry", built_while_another_thread_flushes)
+    assert not cache.store(q.to_wire(), answer_to(q, "192.0.2.7"), ("127.0.0.1",))
+    assert len(cache) == 0 and cache.bytes == 0 and cache.stats["flushes"] == 1
+    monkeypatch.setattr(_cache, "CacheEntry", real)
+    assert missed(cache, q)
+    assert cache.store(q.to_wire(), answer_to(q, "192.0.2.8"), ("127.0.0.2",))
+    assert [rd.to_text() for rd in served(cache, q).answer[0]] == ["192.0.2.8"]
+
+
+def test_threads_storing_reading_and_flushing_keep_the_books(clock: Clock) -> None:
+    """Four threads (two servers' UDP and TCP threads) store, read and flush one cache at
+    once: whatever the interleaving, the byte count and the bounds hold and every answer
+    served parses and answers the question asked."""
+    cache = ForwardCache(max_entries=40, max_bytes=40 * 400, clock=clock)
+    names = [query(f"n{i}.example") for i in range(60)]
+    answers = [answer_to(q, f"192.0.2.{i % 250 + 1}") for i, q in enumerate(names)]
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        try:
+            for k in range(1500):
+                i = (seed * 7 + k * 13) % len(names)
+                q = names[i]
+                if k % 3 == 0:
+                    cache.store(q.to_wire(), answers[i])
+                elif k % 97 == seed:
+                    cache.flush()
+                else:
+                    wire = q.to_wire()
+                    ck = cache_key(wire)
+                    assert ck is not None
+                    out = cache.answer(ck[0], wire, ck[1])
+                    if out is not None:
+                        r = dns.message.from_wire(out)
+                        assert r.question[0].name == q.question[0].name
+                        assert [rd.to_text() for rd in r.answer[0]] == [f"192.0.2.{i % 250 + 1}"]
+        except Exception as exc:  # reported below, with the thread's seed
+            errors.append(f"thread {seed}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    assert len(cache) <= 40
+    assert cache.bytes == sum(e.cost for e in cache.entries.values()) <= 40 * 400
 
 
 # ---------------------------------------------------------------------- behind the resolver

@@ -14,9 +14,20 @@ from hypothesis import strategies as st
 from nyx_dns_embedded._records import Registry
 from nyx_dns_embedded._resolver import Resolver
 
-# the gateway, three containers, another address of the host, a stranger
-CLIENTS = ["10.231.0.1", "10.231.0.2", "10.231.0.3", "10.231.0.4", "198.51.100.1", "192.0.2.9"]
-HOST_ADDRESSES = frozenset({"198.51.100.1"})
+# the gateway, three containers, another address of the host, a stranger; the IPv6
+# container, an IPv6 address of the host (TC over UDP), an IPv6 stranger
+CLIENTS = [
+    "10.231.0.1",
+    "10.231.0.2",
+    "10.231.0.3",
+    "10.231.0.4",
+    "198.51.100.1",
+    "192.0.2.9",
+    "fd00::4",
+    "2001:db8:231::1",
+    "2001:db8::9",
+]
+HOST_ADDRESSES = frozenset({"198.51.100.1", "2001:db8:231::1"})
 
 
 def resolver() -> Resolver:
@@ -139,7 +150,7 @@ def test_hot_path_answers_exactly_like_slow_path(
         warm.resolve(w, client, udp)
     fast = warm.resolve(data, client, udp)
     cold = resolver()
-    slow = cold.slow(data, cold.scope(client), udp)
+    slow = cold.slow(data, cold.scope(client, udp=udp), udp)
     assert fast == slow
 
 

@@ -23,6 +23,14 @@ def test_kernel_question_in_this_namespace() -> None:
     assert is_local_address("0.0.0.0") is False
 
 
+def test_kernel_question_for_ipv6_sources() -> None:
+    assert is_local_address("::1") is True
+    assert is_local_address("2001:db8::1") is False  # documentation prefix: not ours
+    assert is_local_address("::") is False
+    # IPv4-mapped: never a source on an IPv6-only socket, never taken for the host
+    assert is_local_address("::ffff:127.0.0.1") is False
+
+
 def test_other_loopback_sources_never_count_as_the_host() -> None:
     """127.0.0.0/8 is routed local, but a container can send from 127.0.0.5 when the
     bridge has route_localnet: only 127.0.0.1 (an interface address) is trusted."""

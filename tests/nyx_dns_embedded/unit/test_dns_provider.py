@@ -99,6 +99,36 @@ def test_resolv_conf_text_and_file(tmp_path: Path) -> None:
         p.resolv_conf_path("../x")
 
 
+def test_resolv_conf_lists_the_gateways_a_container_can_reach(tmp_path: Path) -> None:
+    """Dual stack: a container with an IPv6 address gets the IPv6 gateway too (the server
+    listens there); an IPv4-only one only gateway_ip; an IPv4-only host lists gateway_ip
+    whatever the container has."""
+    host = tmp_path / "host-resolv.conf"
+    host.write_text("nameserver 192.0.2.1\n")
+    ip = ipaddress.ip_address
+    dual = NyxSettings(
+        run_dir=tmp_path / "run",
+        container_subnet="10.231.0.0/24",
+        gateway_ip="10.231.0.1",
+        container_subnet6="2001:db8:231::/64",
+    )
+    p = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=host))
+    _started_without_server(p, dual)
+    p.register("both", "both", [ip("10.231.0.2"), ip("2001:db8:231::2")], [], ["n1"])
+    p.register("four", "four", [ip("10.231.0.3")], [], ["n1"])
+    p.register("six", "six", [ip("2001:db8:231::4")], [], ["n1"])
+
+    def servers(cid: str) -> list[str]:
+        return [ln.split()[1] for ln in p.resolv_conf(cid).splitlines() if ln.startswith("name")]
+
+    assert servers("both") == ["10.231.0.1", "2001:db8:231::1"]
+    assert servers("four") == ["10.231.0.1"]
+    assert servers("six") == ["2001:db8:231::1"]
+    four_only = dual.model_copy(update={"container_subnet6": None})
+    p._settings = four_only
+    assert servers("both") == ["10.231.0.1"]
+
+
 def test_register_hook_internal_networks_are_per_container(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

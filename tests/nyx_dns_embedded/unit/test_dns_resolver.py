@@ -173,6 +173,33 @@ def test_host_sees_every_name_from_any_of_its_addresses(res: Resolver, local: Fa
     assert set(local.asked) == {HOST_LAN, STRANGER}
 
 
+def test_host_ipv6_source_over_udp_must_ask_again_over_tcp(reg: Registry) -> None:
+    """IPv6 has no martian-source check: a container can send UDP from the host's IPv6
+    gateway. Such a source gets an empty TC answer over UDP (a resolver retries over TCP,
+    whose handshake proves the source) and the host's view over TCP; ``::1`` (dropped by
+    the kernel when it arrives from outside) and IPv4 host sources answer at once."""
+    gw6, host6 = "2001:db8:231::1", "2001:db8:113::2"
+    reg.register("c", "six", [ipaddress.ip_address("2001:db8:231::6")], [], ["n1"])
+    reg.configure(local_clients={GW, "127.0.0.1", "::1"})
+    res = Resolver(reg, ttl=60, is_local=FakeLocal(gw6, host6, HOST_LAN))
+    for client in (gw6, host6):
+        for name, rdtype in (("web", "A"), ("six", "AAAA"), ("example.com", "A")):
+            for _ in range(2):  # the slow path, then the template cache
+                r = ask(res, name, rdtype, client=client)
+                assert r.flags & dns.flags.TC and r.rcode() == dns.rcode.NOERROR
+                assert r.answer == [] and r.authority == []
+        assert addresses(ask(res, "six", "AAAA", client=client, udp=False)) == ["2001:db8:231::6"]
+        q = dns.message.make_query("example.com", "A").to_wire()
+        assert isinstance(res.resolve(q, client, False), int)  # forwarded over TCP
+        assert res.scope(client, udp=False).known  # the TCP accept check lets it in
+        assert res.scope(client, udp=True).tcp_only  # the UDP thread's slow way: TC
+    assert addresses(ask(res, "six", "AAAA", client="::1")) == ["2001:db8:231::6"]
+    assert addresses(ask(res, "web", client=HOST_LAN)) == [A_IP]
+    # a registered IPv6 container and a stranger are unchanged
+    assert addresses(ask(res, "web", client="2001:db8:231::6")) == [A_IP]  # both on n1
+    assert ask(res, "six", "AAAA", client="2001:db8:231::99").rcode() == dns.rcode.REFUSED
+
+
 def test_registered_and_fixed_host_clients_never_ask_the_kernel(
     res: Resolver, local: FakeLocal
 ) -> None:
@@ -180,7 +207,7 @@ def test_registered_and_fixed_host_clients_never_ask_the_kernel(
         ask(res, "web", client=A_IP)
         ask(res, "db", client=B_IP)
         ask(res, "web", client=GW)
-    assert res.scope(A_IP).known and res.scope(GW).known
+    assert res.scope(A_IP, udp=True).known and res.scope(GW, udp=True).known
     assert local.asked == []
 
 
@@ -189,7 +216,7 @@ def test_other_names_are_forwarded_with_question_end(res: Resolver) -> None:
     for _ in range(2):  # slow path, then the FORWARD marker from the cache
         out = res.resolve(q, A_IP)
         assert out == len(q)
-    scope = res.scope(A_IP)
+    scope = res.scope(A_IP, udp=True)
     assert FORWARD in scope.cache0.values()
 
 
@@ -303,4 +330,4 @@ def test_cache_is_bounded(res: Resolver) -> None:
     for i in range(3000):
         q = dns.message.make_query(f"n{i}.nyxd.local", "A")
         res.resolve(q.to_wire(), A_IP)
-    assert len(res.scope(A_IP).cache0) <= 2048
+    assert len(res.scope(A_IP, udp=True).cache0) <= 2048

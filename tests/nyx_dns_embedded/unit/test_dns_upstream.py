@@ -22,13 +22,29 @@ def test_parse_nameservers_and_search() -> None:
         "search Corp.Example. lab.example\n"
         "options ndots:2\n"
     )
-    assert conf.nameservers == ("192.0.2.1", "fe80::1", "192.0.2.2")  # at most 3
+    # at most 3; a link-local server keeps its zone (without it no link is named)
+    assert conf.nameservers == ("192.0.2.1", "fe80::1%eth0", "192.0.2.2")
     assert conf.search == ("corp.example", "lab.example")  # the last search/domain wins
 
 
 def test_parse_empty_and_unspecified() -> None:
     assert parse_resolv_conf("").nameservers == ()
     assert parse_resolv_conf("nameserver 0.0.0.0\n").nameservers == ("127.0.0.1",)
+    assert parse_resolv_conf("nameserver ::\n").nameservers == ("::1",)
+
+
+def test_parse_ipv6_nameservers() -> None:
+    """IPv6 servers are used as written (normalised); a link-local one needs its zone
+    (kept, an interface name or index), a zone on a global address means nothing."""
+    conf = parse_resolv_conf(
+        "nameserver 2001:DB8:0::53\n"
+        "nameserver fe80::1\n"  # no zone: names no link, unusable
+        "nameserver fe80::2%3\n"
+        "nameserver 2001:db8::54%eth0\n"
+    )
+    assert conf.nameservers == ("2001:db8::53", "fe80::2%3", "2001:db8::54")
+    bad = parse_resolv_conf("nameserver fe80::1%eth0/../x\nnameserver fe80::1%\n")
+    assert bad.nameservers == ()
 
 
 def test_upstreams_reread_when_file_changes(tmp_path: Path) -> None:

@@ -72,12 +72,20 @@ class FakeNft:
 
 
 class FakeLinks:
-    """Host links by name -> kind; ``deleted`` records ``ip link delete``."""
+    """Host links by name -> kind; ``deleted`` records ``ip link delete``; ``addrs6``
+    holds the IPv6 addresses of ``ip -6 -j addr show dev``, ``addr_calls`` records ``ip
+    addr del/add``, ``sysctls`` the sysctl writes."""
 
     def __init__(self) -> None:
         self.links: dict[str, str] = {}
         self.ports: dict[str, list[str]] = {}
         self.deleted: list[str] = []
+        self.addrs6: dict[str, list[dict[str, object]]] = {}
+        self.addr_calls: list[tuple[str, ...]] = []
+        self.sysctls: list[tuple[str, str]] = []
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.sysctls.append((key, value))
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         def done(rc: int, out: str = "") -> subprocess.CompletedProcess[str]:
@@ -92,6 +100,11 @@ class FakeLinks:
             )
         if args[:3] == ("-j", "link", "show"):
             return done(0, json.dumps([{"ifname": p} for p in self.ports.get(args[-1], [])]))
+        if args[:4] == ("-6", "-j", "addr", "show"):
+            return done(0, json.dumps([{"addr_info": self.addrs6.get(args[-1], [])}]))
+        if args[:2] in (("addr", "del"), ("addr", "add")):
+            self.addr_calls.append(args)
+            return done(0)
         if args[:3] == ("link", "delete", "dev"):
             self.deleted.append(args[3])
             self.links.pop(args[3], None)
@@ -111,6 +124,7 @@ def fake_nft(monkeypatch: pytest.MonkeyPatch) -> FakeNft:
 def fake_links(monkeypatch: pytest.MonkeyPatch) -> FakeLinks:
     links = FakeLinks()
     monkeypatch.setattr(_networks.HostLinks, "_ip", links)
+    monkeypatch.setattr(_networks.HostLinks, "_sysctl", links.sysctl)
     return links
 
 

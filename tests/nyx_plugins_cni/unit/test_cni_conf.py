@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,54 @@ def test_default_conflist_follows_the_settings(tmp_path: Path) -> None:
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.231.0.0/24", "gateway": "10.231.0.1"}]]
     assert bridge["ipam"]["dataDir"] == str(tmp_path / "state" / "cni" / "networks")
     assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
+
+
+def test_default_conflist_is_dual_stack_when_ipv6_is_configured(tmp_path: Path) -> None:
+    """Two host-local ranges (one address of each family), both default routes."""
+    s = _settings(tmp_path, tmp_path).model_copy(
+        update={"container_subnet6": ipaddress.IPv6Network("fd00:231::/64")}
+    )
+    ipam = default_conflist(s, "nyxt9")["plugins"][0]["ipam"]
+    assert ipam["ranges"] == [
+        [{"subnet": "10.231.0.0/24", "gateway": "10.231.0.1"}],
+        [{"subnet": "fd00:231::/64", "gateway": "fd00:231::1"}],
+    ]
+    assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    gw6 = s.model_copy(update={"gateway_ip6": ipaddress.IPv6Address("fd00:231::fe")})
+    assert default_conflist(gw6, "nyxt9")["plugins"][0]["ipam"]["ranges"][1] == [
+        {"subnet": "fd00:231::/64", "gateway": "fd00:231::fe"}
+    ]
+
+
+def test_default_conflist_follows_ipv6_settings_changes(tmp_path: Path) -> None:
+    """nyx's own default conflist, written under other IPv6 settings, is rewritten (in
+    place, under its own file name) when NYXD_CONTAINER_SUBNET6 is set, changed or unset;
+    a conflist that is not nyx's template is left alone."""
+    bin_dir = _bin(tmp_path, "bridge", "host-local", "portmap")
+    opts = _opts(tmp_path, bin_dir, prime=False, loopback=False)
+    v4 = _settings(tmp_path, bin_dir)
+    dual = v4.model_copy(update={"container_subnet6": ipaddress.IPv6Network("fd00:231::/64")})
+    other = v4.model_copy(update={"container_subnet6": ipaddress.IPv6Network("fd00:232::/64")})
+    path = tmp_path / "net.d" / "nyx.conflist"
+    CniDriver(v4, opts).load_network()
+    for settings in (dual, other, v4):
+        driver = CniDriver(settings, opts)
+        net = driver.load_network()
+        assert driver.written == path and net.source == str(path)
+        assert json.loads(path.read_text()) == default_conflist(settings, "nyxt9")
+        assert sorted(p.name for p in path.parent.iterdir()) == ["nyx.conflist"]
+    renamed = path.with_name("10-nyx.conflist")  # the same template under another name
+    path.rename(renamed)
+    CniDriver(dual, opts).load_network()
+    assert json.loads(renamed.read_text()) == default_conflist(dual, "nyxt9")
+    assert not path.exists()
+    edited = default_conflist(v4, "nyxt9")
+    edited["plugins"][0]["mtu"] = 1400  # the admin's version: used as it is
+    renamed.write_text(json.dumps(edited))
+    driver = CniDriver(dual, opts)
+    net = driver.load_network()
+    assert driver.written is None and net.plugins[0]["mtu"] == 1400
+    assert json.loads(renamed.read_text()) == edited
 
 
 def test_default_is_written_once_and_not_overwritten(tmp_path: Path) -> None:

@@ -39,12 +39,13 @@ def make_driver(fake_bin: Any, tmp_path: Path) -> Make:
     fake_bin.make("portmap")
     fake_bin.make("loopback")
 
-    def make(*, prime: bool = False, loopback: bool = True) -> CniDriver:
+    def make(*, prime: bool = False, loopback: bool = True, ipv6: bool = False) -> CniDriver:
         s = NyxSettings(
             state_dir=tmp_path / "state",
             run_dir=tmp_path / "run",
             container_subnet="10.231.0.0/24",
             gateway_ip="10.231.0.1",
+            container_subnet6="fd00:231::/64" if ipv6 else None,
         )
         opts = CniSettings(
             bin_dir=fake_bin.dir,
@@ -108,6 +109,71 @@ def test_create_generates_a_conflist_from_the_template(make_driver: Make) -> Non
     assert (d.settings.state_dir / "cni" / "conflists" / "back.json").is_file()
 
 
+def test_create_dual_stack_generates_two_ranges(make_driver: Make, fake_nft: Any) -> None:
+    """subnet6: a second host-local range (gateway6, default the first address) and the
+    IPv6 default route, both reported; internal: routes only to the host's gateways (the
+    embedded DNS) and a drop rule per family that lets neighbour discovery by."""
+    d = make_driver(ipv6=True)
+    net6 = ipaddress.IPv6Network("fd00:232::/64")
+    info = d.network_create(_spec(subnet6=net6))
+    expected = network_conflist(
+        "back",
+        ipaddress.IPv4Network("10.232.0.0/24"),
+        ipaddress.IPv4Address("10.232.0.1"),
+        "cni-back",
+        d.settings.state_dir / "cni" / "networks",
+        host_dns=ipaddress.IPv4Address("10.231.0.1"),
+        subnet6=net6,
+        gateway6=ipaddress.IPv6Address("fd00:232::1"),
+        host_dns6=ipaddress.IPv6Address("fd00:231::1"),
+    )
+    conf = json.loads((d.options.conf_dir / "back.conflist").read_text())
+    assert conf == expected
+    ipam = conf["plugins"][0]["ipam"]
+    assert ipam["ranges"][1] == [{"subnet": "fd00:232::/64", "gateway": "fd00:232::1"}]
+    assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    assert (info.subnet6, str(info.gateway6)) == (net6, "fd00:232::1")
+    inner = d.network_create(
+        _spec(
+            name="inner",
+            subnet="10.233.0.0/24",
+            subnet6=ipaddress.IPv6Network("fd00:233::/64"),
+            gateway6=ipaddress.IPv6Address("fd00:233::fe"),
+            internal=True,
+        )
+    )
+    assert str(inner.gateway6) == "fd00:233::fe" and inner.internal
+    ipam = json.loads((d.options.conf_dir / "inner.conflist").read_text())["plugins"][0]["ipam"]
+    assert ipam["routes"] == [{"dst": "10.231.0.1/32"}, {"dst": "fd00:231::1/128"}]
+    rules = [r for r in fake_nft.ruleset() if "net:inner" in r]
+    assert [r.split(" # ")[0] for r in rules] == [
+        "ip saddr 10.233.0.0/24 ip daddr != 10.233.0.0/24 drop",
+        "ip6 saddr fd00:233::/64 ip6 daddr != { fd00:233::/64, fe80::/10, ff00::/8 } drop",
+    ]
+
+
+def test_first_ipv6_attachment_settles_the_bridge_gateway(
+    make_driver: Make, fake_bin: Any, fake_links: Any, netns: str
+) -> None:
+    """The bridge plugin adds the IPv6 gateway with DAD (tentative: not usable for a
+    second or so, and again whenever the bridge loses its last port): after the network's
+    first IPv6 attachment nyx turns DAD off on the bridge and re-adds a tentative gateway
+    nodad, once per network."""
+    fake_bin.make("bridge", iface=True, address="fd00:231::5/64")
+    fake_links.addrs6["nyx0"] = [{"local": "fd00:231::1", "prefixlen": 64, "tentative": True}]
+    d = make_driver(ipv6=True)
+    d.setup("c1", netns)
+    assert fake_links.sysctls == [("net/ipv6/conf/nyx0/accept_dad", "0")]
+    assert fake_links.addr_calls == [
+        ("addr", "del", "fd00:231::1/64", "dev", "nyx0"),
+        ("addr", "add", "fd00:231::1/64", "dev", "nyx0", "nodad"),
+    ]
+    d.teardown("c1", netns)
+    d.setup("c2", netns)
+    assert len(fake_links.sysctls) == 1 and len(fake_links.addr_calls) == 2  # once
+    d.teardown("c2", netns)
+
+
 def test_options_map_to_the_bridge_plugin(make_driver: Make) -> None:
     d = make_driver()
     info = d.network_create(
@@ -133,13 +199,16 @@ def test_bridge_names_are_short_and_distinct() -> None:
         (_spec(options={"bridge": "a/b"}), "option bridge 'a/b'"),
         (_spec(options={"bridge": "x1", "com.docker.network.bridge.name": "x2"}), "disagree"),
         (NetworkSpec(name="back"), "subnet: the cni driver needs one"),
+        (_spec(subnet6=ipaddress.IPv6Network("fd00::/127")), "subnet6 fd00::/127"),
         (
-            NetworkSpec(
-                name="back",
-                subnet=ipaddress.IPv4Network("10.232.0.0/24"),
-                subnet6=ipaddress.IPv6Network("fd00::/64"),
+            _spec(
+                subnet6=ipaddress.IPv6Network("fd00::/64"), gateway6=ipaddress.IPv6Address("fd00::")
             ),
-            "subnet6 fd00::/64",
+            "gateway6 fd00::: need",
+        ),
+        (
+            _spec(subnet6=ipaddress.IPv6Network("fd00:231::/80")),
+            "subnet6 fd00:231::/80 overlaps fd00:231::/64 of network 'nyx'",
         ),
         (_spec(subnet="10.232.0.0/31"), "subnet 10.232.0.0/31"),
         (_spec(subnet="10.231.0.128/25"), "overlaps 10.231.0.0/24 of network 'nyx'"),
@@ -149,7 +218,7 @@ def test_bridge_names_are_short_and_distinct() -> None:
 def test_create_refuses_what_it_cannot_honour_and_changes_nothing(
     make_driver: Make, fake_nft: Any, spec: NetworkSpec, field: str
 ) -> None:
-    d = make_driver()
+    d = make_driver(ipv6=True)
     before = sorted(p.name for p in d.options.conf_dir.iterdir())
     with pytest.raises(ConfigError, match="network 'back'") as info:
         d.network_create(spec)
@@ -632,7 +701,7 @@ def test_the_hooks_through_the_facade(
     backend = NetworkBackend.load("cni")
     caps = backend.capabilities()
     assert caps.multiple_networks and caps.enforces_internal and caps.network_lifecycle
-    assert caps.external_dns and caps.publishes_ports and not caps.ipv6
+    assert caps.external_dns and caps.publishes_ports and caps.ipv6
     backend.ensure_network(s)
     info = backend.network_create(_spec(internal=True))
     assert info.interface == "cni-back"

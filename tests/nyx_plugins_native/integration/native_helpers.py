@@ -34,18 +34,26 @@ GW = "10.231.0.1"  # the gateway of the kit's test subnet (nyx_settings)
 LAN_IP = LAN_NEIGHBOUR_IP  # the LAN neighbour
 
 
+def _family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 class Server:
-    """Answers every TCP connection (or UDP datagram) with ``<name> <peer-ip>``."""
+    """Answers every TCP connection (or UDP datagram) with ``<name> <peer-ip>``; IPv4 or
+    IPv6 by the address (``::`` is IPv6 only)."""
 
     def __init__(self, ns: Netns | None, ip: str, port: int, name: str, udp: bool = False):
         kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+        family = _family(ip)
         if ns is None:
-            self.sock = socket.socket(socket.AF_INET, kind)
+            self.sock = socket.socket(family, kind)
         else:
             with entered(ns):
-                self.sock = socket.socket(socket.AF_INET, kind)
+                self.sock = socket.socket(family, kind)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             self.sock.bind((ip, port))
             if not udp:
                 self.sock.listen(16)
@@ -85,10 +93,10 @@ def ask(ns: Netns | None, ip: str, port: int, udp: bool = False, timeout: float 
     """Connect from ``ns`` (None: the current one) and return the answer, "" on failure."""
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     if ns is None:
-        s = socket.socket(socket.AF_INET, kind)
+        s = socket.socket(_family(ip), kind)
     else:
         with entered(ns):
-            s = socket.socket(socket.AF_INET, kind)
+            s = socket.socket(_family(ip), kind)
     s.settimeout(timeout)
     try:
         s.connect((ip, port))

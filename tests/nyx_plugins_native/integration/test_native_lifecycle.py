@@ -252,7 +252,7 @@ def test_bad_requests_are_refused_before_any_change(
     before = snapshot(nyx_in_host)
     bad = [
         ("bad id!", [], SetupOptions(), "container_id"),
-        ("ok", [PortMapping.parse("[::1]:8080:80")], SetupOptions(), "IPv6"),
+        ("ok", [PortMapping.parse("[2001:db8::1]:8080:80")], SetupOptions(), "IPv6"),
         ("ok", [], SetupOptions(network="red"), "network 'red' does not exist"),
         ("ok", [], SetupOptions(interface="a-very-long-interface-name"), "interface"),
         ("ok", [], SetupOptions(mac="zz"), "mac"),

@@ -32,6 +32,13 @@ def spec(name: str = "blue", subnet: str = "10.232.1.0/24", **kw: Any) -> Networ
     return NetworkSpec(name=name, subnet=N(subnet), **kw)
 
 
+def spec6(
+    name: str, subnet: str, subnet6: str, gateway6: str | None = None, **kw: Any
+) -> NetworkSpec:
+    gw6 = None if gateway6 is None else ipaddress.IPv6Address(gateway6)
+    return spec(name, subnet, subnet6=ipaddress.IPv6Network(subnet6), gateway6=gw6, **kw)
+
+
 def _elements() -> dict[str, list[Any]]:
     fw = Firewall()
     names = ("net_subnets", "net_bridges", "same_bridge", "ports_any", "ports_ip", "internal")
@@ -152,10 +159,30 @@ def test_a_recorded_network_comes_back_after_a_reboot(
             "gateway 10.232.9.3 is the network or broadcast address",
         ),
         (spec("evil", "10.232.9.0/31"), "too small"),
+        # IPv6: the kit's uplink prefix (an address of the host), a too small subnet, the
+        # subnet-router anycast address as gateway, an MTU IPv6 cannot use
         (
-            NetworkSpec(name="evil", subnet=N("10.232.9.0/24"), subnet6="fd00::/64"),  # type: ignore[arg-type]
-            "the native driver is IPv4-only",
+            spec6("evil", "10.232.9.0/24", "2001:db8:113::/64"),
+            "network 'evil': subnet 2001:db8:113::/64 contains host address "
+            "2001:db8:113::2 (uplink0)",
         ),
+        (
+            spec6("evil", "10.232.9.0/24", "2001:db8:113::/48"),
+            "network 'evil': subnet 2001:db8:113::/48 contains host address",
+        ),
+        (
+            spec6("evil", "10.232.9.0/24", "fd00:9::/96"),
+            "subnet6 fd00:9::/96 is too small (need /64 or larger)",
+        ),
+        (
+            spec6("evil", "10.232.9.0/24", "fd00:9::/64", gateway6="fd00:9::"),
+            "gateway6 fd00:9:: is the subnet-router anycast address of fd00:9::/64",
+        ),
+        (
+            spec6("evil", "10.232.9.0/24", "fd00:9::/64", options={"mtu": "1200"}),
+            "mtu 1200 is below IPv6's minimum 1280",
+        ),
+        (spec6("evil", "10.232.9.0/24", "fe80::/64"), "overlaps fe80::/10 (link-local)"),
         (NetworkSpec(name="evil"), "network 'evil': subnet is required"),
         (spec("nyx", "10.232.9.0/24"), "that is the default network's name"),
     ],

@@ -273,7 +273,7 @@ def test_ensure_upgrades_the_table_of_an_older_nyx(
 
 
 class _BrokenFirewall(Firewall):
-    def ensure(self) -> None:
+    def ensure(self, ipv6: bool = True) -> None:
         raise FirewallError("nft: table ip nyx: Operation not permitted (test)")
 
 

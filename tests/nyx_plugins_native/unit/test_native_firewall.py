@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nyx_core import FirewallError, PortConflictError, PortMapping, port_ranges
+from nyx_core import ConfigError, FirewallError, PortConflictError, PortMapping, port_ranges
 from nyx_plugins_native import _firewall as fw
 from nyx_plugins_native import _nft, bridge_name, veth_name
 from nyx_plugins_native._ports import check_conflicts
@@ -150,6 +150,115 @@ def test_network_elements() -> None:
     names = [c["add"]["element"]["name"] for c in cmds]
     assert names == ["net_subnets", "net_bridges", "same_bridge"]
     assert cmds[0]["add"]["element"]["elem"] == [{"prefix": {"addr": "10.89.1.0", "len": 24}}]
+
+
+def test_the_ip6_table_mirrors_the_ip_one_for_ipv6() -> None:
+    script = fw.ensure_batch(None, "ip6")
+    assert script.startswith("add table ip6 nyx\n")
+    assert "ipv4_addr" not in script and "type ipv6_addr; flags interval;" in script
+    assert "add chain ip6 nyx guard { type filter hook prerouting priority -150;" in script
+    assert 'iifname != "lo" ip6 daddr ::1 drop' in script
+    # ::1 is never DNAT'd (the loopback proxy answers there), from outside or from the host
+    assert "fib daddr type local ip6 daddr != ::1 jump ports" in script
+    assert script.count("ip6 daddr != ::1 jump ports") == 2
+    assert "dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_ip" in script
+    assert 'ip6 saddr @net_subnets oifname != @net_bridges oifname != "lo" masquerade' in script
+    assert "ct status dnat ip6 saddr @net_subnets oifname @net_bridges masquerade" in script
+    # internal: nothing leaves the subnets, neighbour discovery (multicast) between peers does
+    assert "ip6 saddr @internal ip6 daddr != @net_subnets ip6 daddr != ff00::/8 drop" in script
+    assert "route_localnet" not in script and "127.0.0.0/8" not in script
+    assert " ip saddr" not in script and " ip daddr" not in script
+    # no comment is shared with the ip table's rules: hashes follow each table's text
+    full = fw.TableState(sets=list(fw.SETS6))
+    handle = iter(range(100, 1000))
+    for chain, (_base, rules) in fw.CHAINS6.items():
+        full.chains[chain] = [(fw.rule_comment(n, r), next(handle)) for n, r in rules]
+    assert fw.ensure_batch(full, "ip6") == ""
+    assert fw.ensure_batch(_full_listing(), "ip6") != ""
+
+
+def test_port_elements_of_a_dual_stack_container() -> None:
+    ports = [
+        PortMapping.parse("8080:80"),
+        PortMapping.parse("0.0.0.0:8081:81"),
+        PortMapping.parse("[::]:8082:82"),
+        PortMapping.parse("[::1]:8083:83"),
+        PortMapping.parse("[2001:db8::1]:8084:84/udp"),
+        PortMapping.parse("127.0.0.1:8085:85"),
+    ]
+    els = fw.port_elements(ports, "10.231.0.5", "fd00::5")
+    got = [(e.host_ip, e.host_port, e.container_ip, e.family, e.in_nft, e.proxied) for e in els]
+    assert got == [
+        (None, 8080, "10.231.0.5", "ip", True, False),
+        (None, 8080, "fd00::5", "ip6", True, True),  # [::]:8080 answers [::1] by proxy
+        (None, 8081, "10.231.0.5", "ip", True, False),
+        (None, 8082, "fd00::5", "ip6", True, True),
+        ("::1", 8083, "fd00::5", "ip6", False, True),
+        ("2001:db8::1", 8084, "fd00::5", "ip6", True, False),
+        ("127.0.0.1", 8085, "10.231.0.5", "ip", True, False),
+    ]
+    add = fw.container_batch("add", els, "10.231.0.5", "fd00::5")
+    where = [(c["add"]["element"]["family"], c["add"]["element"]["name"]) for c in add]
+    assert where == [
+        ("ip", "ports_any"),
+        ("ip", "ports_ip"),
+        ("ip6", "ports_any"),
+        ("ip6", "ports_ip"),
+        ("ip", "internal"),
+        ("ip6", "internal"),
+    ]
+    assert add[2]["add"]["element"]["elem"] == [
+        [{"concat": ["tcp", 8080]}, {"concat": ["fd00::5", 80]}],
+        [{"concat": ["tcp", 8082]}, {"concat": ["fd00::5", 82]}],
+    ]
+
+
+def test_port_elements_of_an_ipv4_only_container() -> None:
+    els = fw.port_elements(
+        [PortMapping.parse("8080:80"), PortMapping.parse("[::1]:8081:81")], "10.231.0.5"
+    )
+    assert [(e.host_ip, e.container_ip, e.in_nft, e.proxied) for e in els] == [
+        (None, "10.231.0.5", True, False),
+        ("::1", "10.231.0.5", False, True),  # [::1] reaches its IPv4 address by proxy
+    ]
+    for spec in ("[::]:8082:82", "[2001:db8::1]:8083:83"):
+        with pytest.raises(ConfigError, match="has no IPv6 address"):
+            fw.port_elements([PortMapping.parse(spec)], "10.231.0.5")
+
+
+def test_network_and_stale_elements_of_a_dual_stack_network() -> None:
+    cmds = fw.network_elements(
+        "add",
+        "nyx-blue",
+        ipaddress.IPv4Network("10.89.1.0/24"),
+        ipaddress.IPv6Network("fd00:89:1::/64"),
+    )
+    where = [(c["add"]["element"]["family"], c["add"]["element"]["name"]) for c in cmds]
+    assert where == [
+        ("ip", "net_subnets"),
+        ("ip", "net_bridges"),
+        ("ip", "same_bridge"),
+        ("ip6", "net_subnets"),
+        ("ip6", "net_bridges"),
+        ("ip6", "same_bridge"),
+    ]
+    listed = {
+        "ports_any": [
+            [{"concat": ["tcp", 80]}, {"concat": ["fd00:89:1::5", 80]}],
+            [{"concat": ["tcp", 81]}, {"concat": ["fd00:89:1::6", 81]}],
+            [{"concat": ["tcp", 82]}, {"concat": ["fd00:99::6", 82]}],  # not nyx's subnet
+        ],
+        "internal": ["fd00:89:1::7", "fd00:89:1::5"],
+    }
+    cmds = fw.stale_elements(
+        listed, {"fd00:89:1::5"}, [ipaddress.IPv6Network("fd00:89:1::/64")], "ip6"
+    )
+    assert [(c["delete"]["element"]["family"], c["delete"]["element"]["name"]) for c in cmds] == [
+        ("ip6", "ports_any"),
+        ("ip6", "internal"),
+    ]
+    assert cmds[0]["delete"]["element"]["elem"] == [{"concat": ["tcp", 81]}]
+    assert cmds[1]["delete"]["element"]["elem"] == ["fd00:89:1::7"]
 
 
 def test_port_conflicts() -> None:

@@ -92,7 +92,9 @@ class HostsDnsPlugin:
     def __init__(self) -> None:
         self.names = Names()
         self.server: Server | None = None
+        self.server6: Server | None = None
         self.gateway: str | None = None
+        self.gateway6: str | None = None
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------ hooks
@@ -115,6 +117,18 @@ class HostsDnsPlugin:
                 raise DnsError(
                     f"hosts DNS: cannot listen on {self.gateway}:{settings.dns_port}: {exc}"
                 ) from exc
+            # dual stack: the IPv6 gateway too. Not a host client: IPv6 has no martian
+            # check, so a container could send from it (a query from the host over IPv6
+            # is refused; the host asks over IPv4)
+            self.gateway6 = str(settings.gateway6) if settings.gateway6 else None
+            if self.gateway6 is not None:
+                try:
+                    self.server6 = self.serve((self.gateway6, settings.dns_port), answerer)
+                except OSError as exc:
+                    self.server.close()
+                    self.server = None
+                    where = f"[{self.gateway6}]:{settings.dns_port}"
+                    raise DnsError(f"hosts DNS: cannot listen on {where}: {exc}") from exc
             logger.info("hosts DNS serving on {}:{}", self.gateway, settings.dns_port)
             return True
 
@@ -124,9 +138,10 @@ class HostsDnsPlugin:
     @hookimpl
     def nyx_dns_stop(self) -> object:
         with self.lock:
-            if self.server is not None:
-                self.server.close()
-                self.server = None
+            for server in (self.server, self.server6):
+                if server is not None:
+                    server.close()
+            self.server = self.server6 = None
         return True
 
     @hookimpl
@@ -155,4 +170,8 @@ class HostsDnsPlugin:
     def nyx_dns_resolv_conf(self, container_id: str) -> str:
         if self.gateway is None:
             raise DnsError(f"hosts DNS is not started (resolv.conf of {container_id!r})")
-        return f"# written by nyxd (hosts DNS)\nnameserver {self.gateway}\nsearch {DOMAIN}\n"
+        servers = [self.gateway]
+        if self.gateway6 is not None and self.names.has_ipv6(container_id):
+            servers.append(self.gateway6)  # it can reach the IPv6 gateway
+        lines = "".join(f"nameserver {s}\n" for s in servers)
+        return f"# written by nyxd (hosts DNS)\n{lines}search {DOMAIN}\n"

@@ -115,6 +115,11 @@ class Names:
             self.containers[container_id] = ctr
         return ctr
 
+    def has_ipv6(self, container_id: str) -> bool:
+        with self.lock:
+            ctr = self.containers.get(container_id)
+        return ctr is not None and any(ip.version == 6 for ip in ctr.ips)
+
     def deregister(self, container_id: str) -> None:
         with self.lock:
             self.containers.pop(container_id, None)

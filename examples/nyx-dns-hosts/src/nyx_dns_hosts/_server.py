@@ -1,5 +1,5 @@
-"""The DNS server: UDP and TCP on one address, one thread per query (an example, not a
-fast server), answers built with dnspython."""
+"""The DNS server: UDP and TCP on one address (IPv4 or IPv6), one thread per query (an
+example, not a fast server), answers built with dnspython."""
 
 from __future__ import annotations
 
@@ -113,6 +113,14 @@ class _Tcp(socketserver.ThreadingTCPServer):
     answerer: Answerer
 
 
+class _Udp6(_Udp):
+    address_family = socket.AF_INET6
+
+
+class _Tcp6(_Tcp):
+    address_family = socket.AF_INET6
+
+
 class _UdpHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         data, sock = self.request
@@ -156,9 +164,10 @@ class Server:
     """UDP and TCP servers on ``address``, each served by a thread of its own."""
 
     def __init__(self, address: tuple[str, int], answerer: Answerer) -> None:
-        self.udp = _Udp(address, _UdpHandler)
+        v6 = ":" in address[0]  # the IPv6 gateway: a second Server
+        self.udp = (_Udp6 if v6 else _Udp)(address, _UdpHandler)
         try:
-            self.tcp = _Tcp(address, _TcpHandler)
+            self.tcp = (_Tcp6 if v6 else _Tcp)(address, _TcpHandler)
         except BaseException:
             self.udp.server_close()
             raise

@@ -525,8 +525,8 @@ def network_ls(ctx: click.Context) -> None:
         [
             (
                 n["name"],
-                n["subnet"],
-                n["gateway"],
+                ",".join(x for x in (n["subnet"], n.get("subnet6")) if x),
+                ",".join(x for x in (n["gateway"], n.get("gateway6")) if x),
                 "yes" if n.get("internal") else "",
                 n.get("interface") or "",
                 ",".join(f"{k}={v}" for k, v in sorted((n.get("options") or {}).items())),
@@ -566,6 +566,13 @@ def _options(values: Sequence[str]) -> dict[str, str]:
 @click.option("--subnet", default=None, help="IPv4 subnet (default: a free /24 of 10.89/16)")
 @click.option("--gateway", default=None, help="gateway address (default: the subnet's first)")
 @click.option(
+    "--ipv6",
+    is_flag=True,
+    help="dual stack: an IPv6 subnet too (default: a free /64 of fd6e:7978:1::/48)",
+)
+@click.option("--subnet6", default=None, help="IPv6 subnet, /64 or larger (implies --ipv6)")
+@click.option("--gateway6", default=None, help="IPv6 gateway (default: the subnet6's first)")
+@click.option(
     "-o",
     "--opt",
     "opts",
@@ -581,6 +588,9 @@ def network_create(
     internal: bool,
     subnet: str | None,
     gateway: str | None,
+    ipv6: bool,
+    subnet6: str | None,
+    gateway6: str | None,
     opts: tuple[str, ...],
     labels: tuple[str, ...],
     name: str,
@@ -591,6 +601,9 @@ def network_create(
         "internal": internal,
         "subnet": subnet,
         "gateway": gateway,
+        "ipv6": ipv6 or subnet6 is not None,
+        "subnet6": subnet6,
+        "gateway6": gateway6,
         "options": _options(opts),
         "labels": _labels(labels),
     }
@@ -606,6 +619,15 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     for n in names:
         _call(_client(ctx).request, "DELETE", f"/v1/networks/{q(n)}")
         click.echo(n)
+
+
+@network.command("reload")
+@click.pass_context
+def network_reload(ctx: click.Context) -> None:
+    """Re-apply every network's firewall rules and bridges (after a firewall reload)."""
+    out = _call(_client(ctx).request, "POST", "/v1/networks/reload")
+    report = out.get("report") if isinstance(out, dict) else None
+    click.echo(json.dumps(report, indent=2) if isinstance(report, dict | list) else "reloaded")
 
 
 # ---------------------------------------------------------------------------- volumes

@@ -826,8 +826,17 @@ def info(socket: str, *, as_json: bool) -> None:
     if as_json:
         echo(_pretty(data))
         return
-    for key in ("version", "driver", "dns", "dns_provider", "subnet", "gateway"):
-        if key in data:
+    for key in (
+        "version",
+        "driver",
+        "dns",
+        "dns_provider",
+        "subnet",
+        "gateway",
+        "subnet6",
+        "gateway6",
+    ):
+        if data.get(key) is not None:
             echo(f"{key}: {data[key]}")
     echo(f"containers: {data.get('containers')} (running {data.get('running', '?')})")
     echo(f"images: {data.get('images')}")

@@ -69,7 +69,10 @@ _BUILD = (
     "nyx does not build images: build it elsewhere (docker build -t NAME DIR, buildah), "
     "`nyx load` it (docker save NAME | nyx load) and name it in `image:` instead of `build:`"
 )
-_IPV6 = "IPv6 addresses and networks are not supported yet"
+_IPV6 = (
+    "a static IPv6 address is not supported: a container of an enable_ipv6 network gets "
+    "one from its IPv6 subnet"
+)
 _ONE_HOST = "nyx runs one container per service on one host"
 
 REFUSED: dict[str, dict[str, str]] = {
@@ -98,7 +101,6 @@ REFUSED: dict[str, dict[str, str]] = {
         "interface_name": "interfaces are named eth0, eth1... in attachment order",
     },
     "network": {
-        "enable_ipv6": _IPV6 + " (false is the default and accepted)",
         "enable_ipv4": "every nyx network has IPv4 (true is the default and accepted)",
     },
     "ipam": {"options": "IPAM driver options are not supported"},

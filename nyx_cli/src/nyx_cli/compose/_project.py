@@ -106,7 +106,16 @@ _SERVICE_KEYS = {
     "healthcheck",
 }
 _SERVICE_KEYS |= SERVICE_KEYS  # mounts and process settings: ._service_runtime
-_NETWORK_KEYS = {"internal", "name", "driver", "labels", "driver_opts", "ipam", "external"}
+_NETWORK_KEYS = {
+    "internal",
+    "name",
+    "driver",
+    "labels",
+    "driver_opts",
+    "ipam",
+    "external",
+    "enable_ipv6",
+}
 _IPAM_KEYS = {"driver", "config"}
 _IPAM_CONFIG_KEYS = {"subnet", "gateway"}
 KNOWN_KEYS: dict[str, set[str]] = {
@@ -148,6 +157,9 @@ class ComposeNetwork:
     gateway: str | None = None
     external: bool = False
     driver: str | None = None
+    ipv6: bool = False
+    subnet6: str | None = None
+    gateway6: str | None = None
 
     def request(self) -> dict[str, Any]:
         """The body of ``POST /v1/networks`` that creates it."""
@@ -160,6 +172,12 @@ class ComposeNetwork:
             body["subnet"] = self.subnet
         if self.gateway is not None:
             body["gateway"] = self.gateway
+        if self.ipv6:
+            body["ipv6"] = True
+        if self.subnet6 is not None:
+            body["subnet6"] = self.subnet6
+        if self.gateway6 is not None:
+            body["gateway6"] = self.gateway6
         return body
 
 
@@ -546,13 +564,14 @@ def _network_decl(
     name = f"{project}_{key}"
     options: dict[str, str] = {}
     labels: dict[str, str] = {}
-    subnet = gateway = None
+    subnet = gateway = subnet6 = gateway6 = None
+    ipv6 = False
     external = False
     driver: str | None = None
     if value is not None:
         node = dict(_mapping(value, path))
         # the defaults, said out loud, are accepted (the other values are refused)
-        for flag, default in (("enable_ipv6", False), ("enable_ipv4", True)):
+        for flag, default in (("enable_ipv4", True),):
             if node.get(flag) is default:
                 del node[flag]
         _check_keys(node, _NETWORK_KEYS, path, warnings, "network")
@@ -585,8 +604,18 @@ def _network_decl(
             }
         if node.get("labels") is not None:
             labels = _labels(node["labels"], _join(path, "labels"))
+        if node.get("enable_ipv6") is not None:
+            ipv6 = _bool(node["enable_ipv6"], _join(path, "enable_ipv6"))
         if node.get("ipam") is not None:
-            subnet, gateway = _ipam(node["ipam"], _join(path, "ipam"), warnings)
+            (subnet, gateway), (subnet6, gateway6) = _ipam(
+                node["ipam"], _join(path, "ipam"), warnings
+            )
+            if subnet6 is not None and not ipv6:
+                raise _bad(
+                    _join(path, "ipam.config"),
+                    subnet6,
+                    "an IPv6 subnet needs enable_ipv6: true on the network",
+                )
     return ComposeNetwork(
         key=key,
         name=name,
@@ -597,6 +626,9 @@ def _network_decl(
         gateway=gateway,
         external=external,
         driver=driver,
+        ipv6=ipv6,
+        subnet6=subnet6,
+        gateway6=gateway6,
     )
 
 
@@ -616,8 +648,13 @@ def _labels(value: object, path: str) -> dict[str, str]:
     }
 
 
-def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, str | None]:
-    """``ipam.config[0]``'s subnet and gateway (one IPv4 config; the default IPAM driver)."""
+_Pair = tuple[str | None, str | None]
+
+
+def _ipam(value: object, path: str, warnings: list[str]) -> tuple[_Pair, _Pair]:
+    """``ipam.config``'s (subnet, gateway) of each family, IPv4 then IPv6: at most one
+    config per family (the default IPAM driver); an IPv6 one is told by the ``:`` of its
+    subnet."""
     node = _mapping(value, path)
     _check_keys(node, _IPAM_KEYS, path, warnings, "ipam")
     driver = node.get("driver", "default")
@@ -627,20 +664,26 @@ def _ipam(value: object, path: str, warnings: list[str]) -> tuple[str | None, st
     cpath = _join(path, "config")
     if not isinstance(configs, list):
         raise _bad(cpath, configs, "must be a list")
-    if len(configs) > 1:
-        raise _bad(cpath, configs, "one subnet per network (IPv4) is supported")
-    if not configs:
-        return None, None
-    entry = _mapping(configs[0], f"{cpath}[0]")
-    _check_keys(entry, _IPAM_CONFIG_KEYS, f"{cpath}[0]", warnings, "ipam_config")
-    subnet = gateway = None
-    if entry.get("subnet") is not None:
-        subnet = _str(entry["subnet"], f"{cpath}[0].subnet")
-    if entry.get("gateway") is not None:
-        gateway = _str(entry["gateway"], f"{cpath}[0].gateway")
+    out: dict[bool, _Pair] = {}
+    for i, item in enumerate(configs):
+        epath = f"{cpath}[{i}]"
+        entry = _mapping(item, epath)
+        _check_keys(entry, _IPAM_CONFIG_KEYS, epath, warnings, "ipam_config")
+        subnet = gateway = None
+        if entry.get("subnet") is not None:
+            subnet = _str(entry["subnet"], f"{epath}.subnet")
+        if entry.get("gateway") is not None:
+            gateway = _str(entry["gateway"], f"{epath}.gateway")
+            if subnet is None:
+                raise _bad(f"{epath}.gateway", gateway, "needs the subnet")
         if subnet is None:
-            raise _bad(f"{cpath}[0].gateway", gateway, "needs the subnet")
-    return subnet, gateway
+            continue
+        v6 = ":" in subnet
+        if v6 in out:
+            family = "IPv6" if v6 else "IPv4"
+            raise _bad(cpath, configs, f"one {family} subnet per network is supported")
+        out[v6] = (subnet, gateway)
+    return out.get(False, (None, None)), out.get(True, (None, None))
 
 
 def _service(

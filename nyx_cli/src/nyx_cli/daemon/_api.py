@@ -76,8 +76,12 @@ class SupervisorApi(Protocol):
         gateway: str | None = None,
         options: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> dict[str, Any]: ...
     def remove_network(self, name: str) -> None: ...
+    def reload_networks(self) -> dict[str, Any]: ...
     def list_volumes(self, labels: dict[str, str | None] | None = None) -> list[dict[str, Any]]: ...
     def get_volume(self, name: str) -> dict[str, Any]: ...
     def create_volume(
@@ -162,6 +166,7 @@ _ROUTES: list[Route] = [
         ("DELETE", r"/v1/images/(?P<ref>.+)", "images_remove"),
         ("GET", r"/v1/networks", "networks_list"),
         ("POST", r"/v1/networks", "networks_create"),
+        ("POST", r"/v1/networks/reload", "networks_reload"),
         ("GET", r"/v1/networks/(?P<name>[^/]+)", "networks_get"),
         ("DELETE", r"/v1/networks/(?P<name>[^/]+)", "networks_remove"),
         ("GET", r"/v1/volumes", "volumes_list"),
@@ -354,8 +359,14 @@ class _Routes:
                 gateway=body.gateway,
                 options=dict(body.options),
                 labels=dict(body.labels),
+                ipv6=body.ipv6,
+                subnet6=body.subnet6,
+                gateway6=body.gateway6,
             ),
         )
+
+    def h_networks_reload(self, ex: Exchange, q: dict[str, list[str]]) -> None:
+        ex.send_json(200, self.sup.reload_networks())
 
     def h_networks_get(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
         ex.send_json(200, self.sup.get_network(name))

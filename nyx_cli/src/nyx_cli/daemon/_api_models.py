@@ -30,6 +30,21 @@ class NetworkCreate(_Body):
         description="the gateway address (needs subnet); default: the subnet's first address",
         examples=["10.89.7.1"],
     )
+    ipv6: bool = Field(
+        default=False,
+        description="dual stack: an IPv6 subnet too (subnet6, or a free /64 of "
+        "fd6e:7978:1::/48); the net driver must declare the ipv6 capability",
+    )
+    subnet6: str | None = Field(
+        default=None,
+        description="the IPv6 subnet (/64 or larger; implies ipv6)",
+        examples=["fd6e:7978:1:7::/64"],
+    )
+    gateway6: str | None = Field(
+        default=None,
+        description="the IPv6 gateway (needs subnet6); default: the subnet's first address",
+        examples=["fd6e:7978:1:7::1"],
+    )
     options: dict[str, str] = Field(
         default_factory=dict,
         description="driver options (nyx network create -o key=value, compose driver_opts); "

@@ -1,9 +1,12 @@
 """Networks (``nyx network create``, compose networks): names, subnets, the driver's word.
 
-The default network is the one of the settings (``container_subnet``, ``gateway_ip``),
-also reachable as ``nyx``; every other network gets the user's subnet or a /24 of
-:data:`USER_NETWORK_POOL` that overlaps nothing else. A subnet that overlaps another nyx
-network, a host route or a host address (:func:`nyx_core.check_subnet_on_host`) is refused.
+The default network is the one of the settings (``container_subnet``, ``gateway_ip``, and
+for dual stack ``container_subnet6``, ``gateway_ip6``), also reachable as ``nyx``; every
+other network gets the user's subnet or a /24 of :data:`USER_NETWORK_POOL` that overlaps
+nothing else, and, when asked for IPv6, the user's IPv6 subnet or a /64 of
+:data:`USER_NETWORK_POOL6` (a ULA /48 nyx picked once: ``fd6e:7978:1::/48``, "nyx" in
+ASCII). A subnet that overlaps another nyx network, a host route or a host address
+(:func:`nyx_core.check_subnet_on_host`) is refused, in either family.
 
 Networks have a lifecycle in the driver (``network_lifecycle``): a network is recorded
 only once the driver created it (``nyx_backend_network_create``), and removed from the
@@ -46,10 +49,12 @@ from .._faults import checkpoint
 from ..errors import ConflictError, NotFoundError
 from ._state import NetworkRecord, StateStore
 
-__all__ = ["USER_NETWORK_POOL", "NetworkRegistry"]
+__all__ = ["USER_NETWORK_POOL", "USER_NETWORK_POOL6", "NetworkRegistry"]
 
 _NET_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 USER_NETWORK_POOL = ipaddress.IPv4Network("10.89.0.0/16")
+USER_NETWORK_POOL6 = ipaddress.IPv6Network("fd6e:7978:1::/48")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _validation(name: str, exc: ValidationError) -> ConfigError:
@@ -93,7 +98,12 @@ class NetworkRegistry:
         """The default network as the driver is asked for it at start."""
         s = self.settings
         return NetworkSpec(
-            name=s.network, subnet=s.container_subnet, gateway=s.gateway_ip, default=True
+            name=s.network,
+            subnet=s.container_subnet,
+            gateway=s.gateway_ip,
+            subnet6=s.container_subnet6,
+            gateway6=s.gateway6,
+            default=True,
         )
 
     @staticmethod
@@ -102,6 +112,8 @@ class NetworkRegistry:
             name=rec.name,
             subnet=ipaddress.IPv4Network(rec.subnet),
             gateway=ipaddress.IPv4Interface(rec.gateway).ip,
+            subnet6=None if rec.subnet6 is None else ipaddress.IPv6Network(rec.subnet6),
+            gateway6=None if rec.gateway6 is None else ipaddress.IPv6Interface(rec.gateway6).ip,
             internal=rec.internal,
             options=dict(rec.options),
             labels=dict(rec.labels),
@@ -114,7 +126,11 @@ class NetworkRegistry:
         gw = info.gateway or (spec.gateway_interface.ip if spec.gateway_interface else None)
         if subnet is None or gw is None:
             raise ConfigError(f"network {spec.name!r}: the driver reported no IPv4 subnet")
-        extra: dict[str, Any] = {} if created is None else {"created": created}
+        fields: dict[str, Any] = {} if created is None else {"created": created}
+        subnet6 = info.subnet6 or spec.subnet6
+        gw6 = info.gateway6 or (spec.gateway_interface6.ip if spec.gateway_interface6 else None)
+        if subnet6 is not None and gw6 is not None:
+            fields |= {"subnet6": str(subnet6), "gateway6": f"{gw6}/{subnet6.prefixlen}"}
         return NetworkRecord(
             name=spec.name,
             subnet=str(subnet),
@@ -124,7 +140,7 @@ class NetworkRegistry:
             labels=dict(info.labels),
             interface=info.interface,
             extra=dict(info.extra),
-            **extra,
+            **fields,
         )
 
     def bring_up(self) -> dict[str, str]:
@@ -208,10 +224,13 @@ class NetworkRegistry:
 
     def _default_public(self) -> dict[str, Any]:
         info = self._default
+        s = self.settings
         return {
-            "name": self.settings.network,
-            "subnet": str(self.settings.container_subnet),
-            "gateway": str(self.settings.gateway_interface),
+            "name": s.network,
+            "subnet": str(s.container_subnet),
+            "gateway": str(s.gateway_interface),
+            "subnet6": None if s.container_subnet6 is None else str(s.container_subnet6),
+            "gateway6": None if s.gateway_interface6 is None else str(s.gateway_interface6),
             "internal": False,
             "default": True,
             "driver": self.backend.name,
@@ -252,15 +271,21 @@ class NetworkRegistry:
         gateway: str | None = None,
         options: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> dict[str, Any]:
         """Create a network through the driver and record what it answers.
 
         ``subnet`` None takes the first free /24 of the pool; ``gateway`` None the subnet's
-        first address. Refused (before the driver is asked, and nothing is recorded) when
-        the subnet overlaps another nyx network (:class:`ConflictError`), a host route, a
-        host address or a reserved range such as 127.0.0.0/8 (:class:`ConfigError`); the
-        pool skips what the host uses. A driver without ``network_lifecycle``, or one that
-        refuses the spec, records nothing either.
+        first address. With ``ipv6`` (or a ``subnet6``) the network is dual stack:
+        ``subnet6`` None takes the first free /64 of :data:`USER_NETWORK_POOL6`,
+        ``gateway6`` None the IPv6 subnet's first address. Refused (before the driver is
+        asked, and nothing is recorded) when a subnet overlaps another nyx network
+        (:class:`ConflictError`), a host route, a host address or a reserved range such as
+        127.0.0.0/8 or fe80::/10 (:class:`ConfigError`); the pools skip what the host uses.
+        A driver without ``network_lifecycle`` (or ``ipv6``, for a dual-stack network), or
+        one that refuses the spec, records nothing either.
         """
         if not isinstance(name, str) or not _NET_NAME_RE.match(name):
             raise ConfigError(f"network name {name!r} is not valid ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
@@ -283,11 +308,14 @@ class NetworkRegistry:
                 if reason is not None:
                     raise ConfigError(f"network {name!r}: subnet {net} {reason}")
             gw = self._given_gateway(name, net, gateway)
+            net6, gw6 = self._v6(name, ipv6, subnet6, gateway6, view)
             try:
                 spec = NetworkSpec(
                     name=name,
                     subnet=net,
                     gateway=gw,
+                    subnet6=net6,
+                    gateway6=gw6,
                     internal=internal,
                     options=dict(options or {}),
                     labels=dict(labels or {}),
@@ -323,6 +351,65 @@ class NetworkRegistry:
                 raise
         logger.bind(network=name, subnet=rec.subnet, internal=rec.internal).info("network created")
         return self._public(rec)
+
+    def _v6(
+        self,
+        name: str,
+        ipv6: bool,
+        subnet6: str | None,
+        gateway6: str | None,
+        view: HostView,
+    ) -> tuple[ipaddress.IPv6Network | None, ipaddress.IPv6Address | None]:
+        """The IPv6 subnet and gateway of a new network (None, None: IPv4 only)."""
+        if subnet6 is None and gateway6 is not None:
+            raise ConfigError(f"network {name!r}: gateway6 {gateway6!r} needs its subnet6")
+        if subnet6 is None and not ipv6:
+            return None, None
+        used6: list[IPNetwork] = [
+            ipaddress.IPv6Network(n.subnet6) for n in self._records.values() if n.subnet6
+        ]
+        if self.settings.container_subnet6 is not None:
+            used6.append(self.settings.container_subnet6)
+        if subnet6 is None:
+            return self._free_subnet6(used6, view), None
+        try:
+            net6 = ipaddress.IPv6Network(subnet6, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                f"network {name!r}: subnet6 {subnet6!r} is not an IPv6 subnet"
+            ) from exc
+        if net6.prefixlen > 64:
+            raise ConfigError(f"network {name!r}: subnet6 {net6} is too small (need /64 or larger)")
+        clash = [u for u in used6 if u.overlaps(net6)]
+        if clash:
+            raise ConflictError(f"network subnet6 {net6} overlaps {clash[0]}")
+        reason = subnet_host_conflict(net6, view)
+        if reason is not None:
+            raise ConfigError(f"network {name!r}: subnet6 {net6} {reason}")
+        if gateway6 is None:
+            return net6, None
+        try:
+            gw6 = ipaddress.IPv6Address(gateway6)
+        except ValueError as exc:
+            raise ConfigError(
+                f"network {name!r}: gateway6 {gateway6!r} is not an IPv6 address"
+            ) from exc
+        if gw6 not in net6 or gw6 == net6.network_address:
+            raise ConfigError(
+                f"network {name!r}: gateway6 {gw6} is not a host address of subnet6 {net6}"
+            )
+        return net6, gw6
+
+    @staticmethod
+    def _free_subnet6(used: Sequence[IPNetwork], view: HostView) -> ipaddress.IPv6Network:
+        for candidate in USER_NETWORK_POOL6.subnets(new_prefix=64):
+            if any(u.overlaps(candidate) for u in used):
+                continue
+            if subnet_host_conflict(candidate, view) is None:
+                return candidate
+        raise ConflictError(
+            f"no free /64 left in {USER_NETWORK_POOL6} (nyx networks and host routes use them)"
+        )
 
     @staticmethod
     def _given_gateway(

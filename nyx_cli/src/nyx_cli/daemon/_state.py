@@ -113,6 +113,8 @@ class NetworkRecord(BaseModel):
     name: str
     subnet: str
     gateway: str = Field(description="gateway/prefix, e.g. 10.89.0.1/24")
+    subnet6: str | None = Field(default=None, description="IPv6 subnet of a dual-stack network")
+    gateway6: str | None = Field(default=None, description="IPv6 gateway/prefix")
     internal: bool = False
     options: dict[str, str] = Field(default_factory=dict, description="driver options")
     labels: dict[str, str] = Field(default_factory=dict)

@@ -221,7 +221,10 @@ class EtcStep(Step):
         names = [rec.hostname] if rec.name == rec.hostname else [rec.hostname, rec.name]
         if spec.domainname:
             names.insert(0, f"{rec.hostname}.{spec.domainname}")
-        lines += [f"{ip}\t{' '.join(names)}" for ip in rec.ips[:1]]
+        first: dict[bool, str] = {}  # the first address of each family (IPv6: has a ':')
+        for ip in rec.ips:
+            first.setdefault(":" in ip, ip)
+        lines += [f"{ip}\t{' '.join(names)}" for ip in first.values()]
         for entry in spec.extra_hosts:
             name, _, addr = entry.partition(":")
             if addr == HOST_GATEWAY:

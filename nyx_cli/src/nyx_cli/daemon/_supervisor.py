@@ -203,6 +203,8 @@ class Supervisor:
             "subnet": str(self.settings.container_subnet),
             "gateway": str(self.settings.gateway_ip),
             "registry_auth_file": str(self.settings.registry_auth_file),
+            "subnet6": None if (n6 := self.settings.container_subnet6) is None else str(n6),
+            "gateway6": None if (g6 := self.settings.gateway6) is None else str(g6),
         }
 
     # ------------------------------------------------------------------ create / start
@@ -816,6 +818,9 @@ class Supervisor:
         gateway: str | None = None,
         options: dict[str, str] | None = None,
         labels: dict[str, str] | None = None,
+        ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> dict[str, Any]:
         """Create a network through the driver (refused without ``network_lifecycle``)."""
         with self.lock:
@@ -826,6 +831,9 @@ class Supervisor:
                 gateway=gateway,
                 options=options,
                 labels=labels,
+                ipv6=ipv6,
+                subnet6=subnet6,
+                gateway6=gateway6,
             )
 
     def remove_network(self, name: str) -> None:
@@ -837,6 +845,16 @@ class Supervisor:
                 if v.rec.state in ("created", *_HOLDS_PORTS) and name in v.rec.networks
             ]
             self.networks.remove(name, users)
+
+    def reload_networks(self) -> dict[str, Any]:
+        """``nyx network reload``: the driver re-applies its host state from its records."""
+        if not self.backend.implements("nyx_backend_reload"):
+            raise NotImplementedYet(
+                f"net driver {self.backend.name!r} cannot reload (it has no nyx_backend_reload)"
+            )
+        report = self.backend.reload()
+        logger.info("networks reloaded", driver=self.backend.name)
+        return {"driver": self.backend.name, "report": report}
 
     # ------------------------------------------------------------------ mounts and volumes
 

@@ -8,7 +8,9 @@ Fixtures (see :mod:`nyx_core.testing._pytest_plugin`):
   ``uplink0`` 203.0.113.2/24 with the default route via the "internet" namespace
   (``nyx_internet_ns``: 203.0.113.1 and an outside server 198.18.0.10), ``lan0``
   198.51.100.1/24 to a LAN neighbour (``nyx_lan_ns``: 198.51.100.2, a :class:`Neighbour`
-  that can route the container subnet or ``127.0.0.1`` to the host).
+  that can route the container subnet or ``127.0.0.1`` to the host). Every link is dual
+  stack (``*_IP6``: 2001:db8:113::2 on the uplink, 2001:db8:100::1 on the LAN, the outside
+  server 2001:db8:18::10).
 * ``nyx_container_ns``: a factory of container namespaces.
 * ``nyx_in_host``: the test thread switched into ``nyx_host_ns`` for the test's duration.
 * ``nyx_unprivileged``: :class:`Unprivileged`, runs commands as ``nobody`` in a namespace.
@@ -37,11 +39,16 @@ from ._recorder import HookRecorder
 from ._topology import (
     HOST_LINKS,
     INTERNET_SERVER_IP,
+    INTERNET_SERVER_IP6,
     LAN_HOST_IP,
+    LAN_HOST_IP6,
     LAN_NEIGHBOUR_IP,
+    LAN_NEIGHBOUR_IP6,
     UNPRIVILEGED_UID,
     UPLINK_GATEWAY_IP,
+    UPLINK_GATEWAY_IP6,
     UPLINK_HOST_IP,
+    UPLINK_HOST_IP6,
     HostTopology,
     Neighbour,
     Unprivileged,
@@ -51,13 +58,18 @@ from ._topology import (
 __all__ = [
     "HOST_LINKS",
     "INTERNET_SERVER_IP",
+    "INTERNET_SERVER_IP6",
     "LAN_HOST_IP",
+    "LAN_HOST_IP6",
     "LAN_NEIGHBOUR_IP",
+    "LAN_NEIGHBOUR_IP6",
     "NETWORK_A",
     "NETWORK_B",
     "UNPRIVILEGED_UID",
     "UPLINK_GATEWAY_IP",
+    "UPLINK_GATEWAY_IP6",
     "UPLINK_HOST_IP",
+    "UPLINK_HOST_IP6",
     "UPSTREAM_ANSWER",
     "BackendConformance",
     "DnsClient",

@@ -47,11 +47,13 @@ from ._topology import INTERNET_SERVER_IP, UPLINK_HOST_IP
 
 __all__ = [
     "INTERNAL_NETWORK",
+    "KIT_SUBNET6",
     "LIFECYCLE_NETWORK",
     "SECOND_NETWORK",
     "TINY_SUBNET",
     "BackendConformance",
     "default_network_spec",
+    "dual_stack",
     "snapshot_diff",
 ]
 
@@ -63,6 +65,8 @@ INTERNAL_NETWORK = ("kit-int", "10.231.3.1/24")
 """The internal network of the ``enforces_internal`` check."""
 TINY_SUBNET = "10.231.0.0/29"
 """The default network's subnet in the lease check: 5 addresses for containers."""
+KIT_SUBNET6 = "fd00:231::/64"
+"""The default network's IPv6 subnet in the ``ipv6`` checks (gateway ``fd00:231::1``)."""
 PEER_PORT, GATEWAY_PORT, INTERNET_PORT = 18090, 18091, 18092
 """TCP ports of the servers the packet checks connect to."""
 
@@ -76,7 +80,16 @@ def default_network_spec(settings: NyxSettings) -> NetworkSpec:
         name=settings.network,
         subnet=settings.container_subnet,
         gateway=settings.gateway_ip,
+        subnet6=settings.container_subnet6,
+        gateway6=settings.gateway6,
         default=True,
+    )
+
+
+def dual_stack(settings: NyxSettings) -> NyxSettings:
+    """``settings`` with :data:`KIT_SUBNET6` as the default network's IPv6 subnet."""
+    return settings.model_copy(
+        update={"container_subnet6": ipaddress.IPv6Network(KIT_SUBNET6), "gateway_ip6": None}
     )
 
 
@@ -121,6 +134,18 @@ def _container_state(ns: Netns) -> dict[str, Any]:
     return snap
 
 
+def _in_subnet6(result: SetupResult, subnet: ipaddress.IPv6Network) -> ipaddress.IPv6Address:
+    v6 = [ip for ip in result.ips if ip.version == 6]
+    assert v6, (
+        f"setup of {result.container_id!r} on a dual-stack network reported no IPv6 address "
+        f"(it has {[str(ip) for ip in result.ips]})"
+    )
+    ip = v6[0]
+    assert isinstance(ip, ipaddress.IPv6Address)
+    assert ip in subnet, f"{result.container_id!r} got {ip}, outside its network's {subnet}"
+    return ip
+
+
 def _in_subnet(result: SetupResult, subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
     v4 = [ip for ip in result.ips if ip.version == 4]
     assert v4, f"setup of {result.container_id!r} reported no IPv4 address"
@@ -162,6 +187,19 @@ class BackendConformance:
     ) -> NetworkBackend:
         """The driver, ready for containers on ``nyx_settings``' default network."""
         return nyx_make_backend(nyx_settings)
+
+    @pytest.fixture
+    def nyx_backend6(
+        self,
+        nyx_driver_name: str,
+        nyx_make_backend: Callable[[NyxSettings], NetworkBackend],
+        nyx_settings: NyxSettings,
+    ) -> NetworkBackend:
+        """The driver on a dual-stack default network (:func:`dual_stack`: IPv6 subnet
+        :data:`KIT_SUBNET6`); the checks using it skip for a driver without ``ipv6``."""
+        if not NetworkBackend.load(nyx_driver_name).capabilities().ipv6:
+            pytest.skip("driver does not declare ipv6")
+        return nyx_make_backend(dual_stack(nyx_settings))
 
     # ------------------------------------------------------------------ helpers
 
@@ -820,3 +858,89 @@ class BackendConformance:
                 finally:
                     nyx_backend.teardown("conf-ia", a.path)
         _same(before, snapshot(nyx_in_host), "containers on an internal network, torn down")
+
+    # ------------------------------------------------------------------ IPv6
+
+    @pytest.mark.kernel
+    def test_ipv6_addresses_of_both_families_and_a_default_route(
+        self,
+        nyx_backend6: NetworkBackend,
+        nyx_settings: NyxSettings,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        """On a dual-stack network a container gets an address of each family, both
+        reported and configured, the IPv6 one usable at once (not waiting for duplicate
+        address detection), and a default IPv6 route through the network's IPv6 gateway."""
+        settings = dual_stack(nyx_settings)
+        ctr = nyx_container_ns()
+        result = nyx_backend6.setup("conf-v6", ctr.path, [], SetupOptions(hostname="v6"))
+        try:
+            _in_subnet(result, settings.container_subnet)
+            assert settings.container_subnet6 is not None
+            ip6 = _in_subnet6(result, settings.container_subnet6)
+            addrs = {
+                a["local"]: a
+                for link in ctr.ipj("-6", "addr", "show")
+                for a in link.get("addr_info", [])
+            }
+            assert str(ip6) in addrs, f"{ip6} is reported but not configured in the container"
+            flags = sorted(k for k in ("tentative", "dadfailed") if addrs[str(ip6)].get(k))
+            assert not flags, (
+                f"{ip6} is {', '.join(flags)} right after setup: duplicate address detection "
+                "delays the container's IPv6 (add it nodad or optimistic)"
+            )
+            routes = ctr.ipj("-6", "route", "show", "default")
+            assert any(r.get("gateway") == str(settings.gateway6) for r in routes), (
+                f"no default IPv6 route via the network's gateway {settings.gateway6} in the "
+                f"container (its default routes: {routes})"
+            )
+        finally:
+            nyx_backend6.teardown("conf-v6", ctr.path)
+
+    @pytest.mark.kernel
+    def test_two_containers_exchange_a_packet_over_ipv6(
+        self,
+        nyx_backend6: NetworkBackend,
+        nyx_settings: NyxSettings,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        """A TCP connection from one container to another's IPv6 address."""
+        subnet6 = dual_stack(nyx_settings).container_subnet6
+        assert subnet6 is not None
+        a, b = nyx_container_ns(), nyx_container_ns()
+        ra = nyx_backend6.setup("conf-6a", a.path, [], SetupOptions(hostname="a6"))
+        try:
+            rb = nyx_backend6.setup("conf-6b", b.path, [], SetupOptions(hostname="b6"))
+            try:
+                ip = str(_in_subnet6(ra, subnet6))
+                assert str(_in_subnet6(rb, subnet6)) != ip, f"both containers got {ip}"
+                with tcp_server(a, ip, PEER_PORT) as server:
+                    err = reach(b, ip, PEER_PORT)
+                assert err is None, f"container conf-6b cannot reach conf-6a at [{ip}]: {err}"
+                assert server.clients, f"[{ip}]:{PEER_PORT} answered but conf-6a saw no client"
+            finally:
+                nyx_backend6.teardown("conf-6b", b.path)
+        finally:
+            nyx_backend6.teardown("conf-6a", a.path)
+
+    @pytest.mark.kernel
+    def test_published_port_answers_over_ipv6(
+        self,
+        nyx_backend6: NetworkBackend,
+        nyx_settings: NyxSettings,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        """A port published without a host address answers on the host's IPv6 addresses
+        too (here the network's IPv6 gateway), reaching the container's IPv6 server."""
+        self._require(nyx_backend6, "publishes_ports")
+        gw6 = str(dual_stack(nyx_settings).gateway6)
+        ctr = nyx_container_ns()
+        nyx_backend6.setup(
+            "conf-6p", ctr.path, self._ports(nyx_backend6, "18087:8087"), SetupOptions()
+        )
+        try:
+            with tcp_server(ctr, "::", 8087):
+                err = reach(None, gw6, 18087)
+            assert err is None, f"published port [{gw6}]:18087 -> 8087: {err}"
+        finally:
+            nyx_backend6.teardown("conf-6p", ctr.path)

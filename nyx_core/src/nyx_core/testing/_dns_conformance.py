@@ -20,6 +20,12 @@ Tests marked ``kernel`` start the provider in the kit's host namespace on
 ``gateway_ip:dns_port`` and query it from client namespaces of two networks (see
 :mod:`nyx_core.testing._dnsnet`); they need root and dnspython. docs/writing-a-driver.md
 lists every check.
+
+A provider that serves IPv6 says so with the ``nyx_dns_ipv6`` fixture (True): the
+topology is then dual stack (``container_subnet6`` 2001:db8:231::/64, gateway
+2001:db8:231::1) and the ``test_ipv6_*`` checks run, each a failure when it fails; they
+are skipped with the reason "provider does not declare IPv6" otherwise, the way the
+backend suite treats an undeclared capability.
 """
 
 from __future__ import annotations
@@ -34,7 +40,16 @@ from .. import hookspecs
 from .._plugins import DNS_GROUP, DnsFacade, installed_plugins, make_plugin_manager
 from .._settings import NyxSettings, PluginSettings
 from ..errors import PluginNotFoundError
-from ._dnsnet import NETWORK_A, NETWORK_B, UPSTREAM_ANSWER, DnsClient, DnsNetworks, FakeUpstream
+from ._dnsnet import (
+    NETWORK_A,
+    NETWORK_B,
+    QUERY_TIMEOUT,
+    SUBNET6_A,
+    UPSTREAM_ANSWER,
+    DnsClient,
+    DnsNetworks,
+    FakeUpstream,
+)
 from ._netns import Netns, entered
 
 __all__ = ["DnsProviderConformance", "UpstreamConfig"]
@@ -42,6 +57,7 @@ __all__ = ["DnsProviderConformance", "UpstreamConfig"]
 UpstreamConfig = Callable[[str, int], Sequence[PluginSettings]]
 """``(ip, port) -> plugin settings`` making the provider forward to ``ip:port``."""
 DOMAIN = "nyxd.local"
+_IPV6_FREEBIND = 78  # Linux; not exported by the socket module
 
 
 def _register(
@@ -54,7 +70,7 @@ def _register(
     internal: Sequence[str] = (),
 ) -> None:
     nets = [client.network] if networks is None else list(networks)
-    dns.register(cid, cid, [client.ip], list(aliases), nets, list(internal))
+    dns.register(cid, cid, client.ips, list(aliases), nets, list(internal))
 
 
 class DnsProviderConformance:
@@ -75,6 +91,13 @@ class DnsProviderConformance:
         )
 
     @pytest.fixture
+    def nyx_dns_ipv6(self) -> bool:
+        """True when the provider serves IPv6: it listens on ``settings.gateway6`` too,
+        answers AAAA and ``ip6.arpa`` PTRs, and lists the IPv6 gateway in a dual-stack
+        container's resolv.conf. Default False: the ``test_ipv6_*`` checks are skipped."""
+        return False
+
+    @pytest.fixture
     def nyx_dns_upstream_server(self, nyx_internet_ns: Netns) -> Iterator[FakeUpstream]:
         """The fake upstream resolver at 198.18.0.10:53 in the internet namespace."""
         server = FakeUpstream(nyx_internet_ns)
@@ -85,11 +108,15 @@ class DnsProviderConformance:
 
     @pytest.fixture
     def nyx_dns_networks(
-        self, nyx_in_host: Netns, nyx_settings: NyxSettings, nyx_container_ns: Callable[[], Netns]
+        self,
+        nyx_in_host: Netns,
+        nyx_dns_settings: NyxSettings,
+        nyx_container_ns: Callable[[], Netns],
     ) -> DnsNetworks:
-        """The two networks' bridges in the host namespace (gateway_ip on ``kitdns-a``)
-        and a factory of clients: ``nyx_dns_networks.client("kit-a")``."""
-        return DnsNetworks(nyx_in_host, nyx_settings, nyx_container_ns)
+        """The two networks' bridges in the host namespace (gateway_ip, and gateway6 when
+        ``nyx_dns_ipv6``, on ``kitdns-a``) and a factory of clients:
+        ``nyx_dns_networks.client("kit-a")``."""
+        return DnsNetworks(nyx_in_host, nyx_dns_settings, nyx_container_ns)
 
     @pytest.fixture
     def nyx_dns_settings(
@@ -97,12 +124,17 @@ class DnsProviderConformance:
         nyx_settings: NyxSettings,
         nyx_dns_upstream: UpstreamConfig | None,
         nyx_dns_upstream_server: FakeUpstream,
+        nyx_dns_ipv6: bool,
     ) -> NyxSettings:
-        """``nyx_settings`` plus the provider's settings for the fake upstream."""
+        """``nyx_settings`` plus the provider's settings for the fake upstream, and
+        ``container_subnet6`` 2001:db8:231::/64 when ``nyx_dns_ipv6``."""
+        settings = nyx_settings
+        if nyx_dns_ipv6 and settings.container_subnet6 is None:
+            settings = settings.model_copy(update={"container_subnet6": SUBNET6_A})
         if nyx_dns_upstream is None:
-            return nyx_settings
+            return settings
         up = nyx_dns_upstream_server
-        return nyx_settings.with_plugins(*nyx_dns_upstream(up.ip, up.port))
+        return settings.with_plugins(*nyx_dns_upstream(up.ip, up.port))
 
     @pytest.fixture
     def nyx_dns(
@@ -123,6 +155,11 @@ class DnsProviderConformance:
     def _require_forwarding(upstream: UpstreamConfig | None) -> None:
         if upstream is None:
             pytest.skip("provider never forwards (its nyx_dns_upstream is None)")
+
+    @staticmethod
+    def _require_ipv6(ipv6: bool) -> None:
+        if not ipv6:
+            pytest.skip("provider does not declare IPv6 (its nyx_dns_ipv6 is False)")
 
     # ----------------------------------------------------------- no kernel needed
 
@@ -329,9 +366,11 @@ class DnsProviderConformance:
             elif key in ("search", "domain"):
                 search = words[1:]
         gw = str(nyx_dns_settings.gateway_ip)
-        assert servers and all(s == gw for s in servers), (
-            f"resolv.conf nameservers {servers}: every one must be gateway_ip {gw} (a "
-            f"container would fall over to the others, around the provider)\n{text}"
+        ours = {gw, str(nyx_dns_settings.gateway6)}  # "None" when IPv4 only
+        assert servers and all(s in ours for s in servers), (
+            f"resolv.conf nameservers {servers}: every one must be gateway_ip {gw} (or the "
+            f"IPv6 gateway; a container would fall over to the others, around the "
+            f"provider)\n{text}"
         )
         assert DOMAIN in search, f"{DOMAIN} is not in the search list {search}\n{text}"
         res = dns.resolver.Resolver(configure=False)
@@ -341,6 +380,157 @@ class DnsProviderConformance:
         with entered(p.ns):
             answer = res.resolve("kit-q", "A", search=True)
         assert sorted(rd.to_text() for rd in answer) == [str(q.ip)]
+
+    # ------------------------------------------------------------------ IPv6
+
+    @pytest.mark.kernel
+    def test_ipv6_answers_on_gateway_ip6(
+        self, nyx_dns: DnsFacade, nyx_dns_networks: DnsNetworks, nyx_dns_ipv6: bool
+    ) -> None:
+        """The provider listens on the IPv6 gateway too: a dual-stack container asking
+        ``[gateway6]:dns_port`` from its IPv6 address gets A and AAAA, over UDP and TCP,
+        and a container of the second network reaches it through its own gateway."""
+        self._require_ipv6(nyx_dns_ipv6)
+        web, peer = nyx_dns_networks.client(), nyx_dns_networks.client()
+        other = nyx_dns_networks.client(NETWORK_B)
+        _register(nyx_dns, "kit-web", web)
+        _register(nyx_dns, "kit-peer", peer)
+        _register(nyx_dns, "kit-other", other, networks=[NETWORK_A, NETWORK_B])
+        for tcp in (False, True):
+            for client in (peer, other):
+                got = client.addresses("kit-web", "AAAA", tcp=tcp, v6=True)
+                assert got == [str(web.ip6)], f"AAAA over IPv6 from {client.ip6}, tcp={tcp}"
+                got = client.addresses("kit-web", tcp=tcp, v6=True)
+                assert got == [str(web.ip)], f"A over IPv6 from {client.ip6}, tcp={tcp}"
+
+    @pytest.mark.kernel
+    def test_ipv6_aaaa_answers(
+        self, nyx_dns: DnsFacade, nyx_dns_networks: DnsNetworks, nyx_dns_ipv6: bool
+    ) -> None:
+        """AAAA for the hostname, ``hostname.nyxd.local`` and aliases (any case) are the
+        registered IPv6 addresses, over either gateway; a container of another network
+        does not get them."""
+        self._require_ipv6(nyx_dns_ipv6)
+        web, peer = nyx_dns_networks.client(), nyx_dns_networks.client()
+        stranger = nyx_dns_networks.client(NETWORK_B)
+        _register(nyx_dns, "kit-web", web, aliases=["kit-www"])
+        _register(nyx_dns, "kit-peer", peer)
+        _register(nyx_dns, "kit-stranger", stranger)
+        for name in ("kit-web", f"kit-web.{DOMAIN}", "kit-www", f"KIT-WWW.{DOMAIN.upper()}"):
+            for v6 in (False, True):
+                got = peer.addresses(name, "AAAA", v6=v6)
+                assert got == [str(web.ip6)], f"AAAA {name} (over IPv{6 if v6 else 4}): {got}"
+        got = stranger.addresses("kit-web", "AAAA", v6=True)
+        assert str(web.ip6) not in got, f"network {NETWORK_B} got AAAA of kit-web: {got}"
+
+    @pytest.mark.kernel
+    def test_ipv6_ptr_under_ip6_arpa(
+        self, nyx_dns: DnsFacade, nyx_dns_networks: DnsNetworks, nyx_dns_ipv6: bool
+    ) -> None:
+        """The PTR of a container's IPv6 address (``...ip6.arpa``) is its
+        ``hostname.nyxd.local.``; another network's container does not get it."""
+        self._require_ipv6(nyx_dns_ipv6)
+        web, peer = nyx_dns_networks.client(), nyx_dns_networks.client()
+        stranger = nyx_dns_networks.client(NETWORK_B)
+        _register(nyx_dns, "kit-web", web)
+        _register(nyx_dns, "kit-peer", peer)
+        _register(nyx_dns, "kit-stranger", stranger)
+        assert web.ip6 is not None
+        rev = web.ip6.reverse_pointer
+        for v6 in (False, True):
+            got = peer.addresses(rev, "PTR", v6=v6)
+            assert got == [f"kit-web.{DOMAIN}."], f"PTR of {web.ip6} (over IPv{6 if v6 else 4})"
+        got = stranger.addresses(rev, "PTR", v6=True)
+        assert got == [], f"network {NETWORK_B} got the PTR of {web.ip6}: {got}"
+
+    @pytest.mark.kernel
+    def test_ipv6_resolv_conf_lists_gateway_ip6(
+        self,
+        nyx_dns: DnsFacade,
+        nyx_dns_networks: DnsNetworks,
+        nyx_dns_settings: NyxSettings,
+        nyx_dns_ipv6: bool,
+    ) -> None:
+        """A dual-stack container's resolv.conf lists the IPv6 gateway (it can reach it),
+        and a resolver that reads only its IPv6 nameservers finds a peer by short name."""
+        import dns.resolver
+
+        self._require_ipv6(nyx_dns_ipv6)
+        p, q = nyx_dns_networks.client(), nyx_dns_networks.client()
+        _register(nyx_dns, "kit-p", p)
+        _register(nyx_dns, "kit-q", q)
+        text = nyx_dns.resolv_conf("kit-p")
+        gw6 = str(nyx_dns_settings.gateway6)
+        res = dns.resolver.Resolver(configure=False)
+        res.read_resolv_conf(io.StringIO(text))
+        assert gw6 in res.nameservers, (
+            f"the resolv.conf of a dual-stack container does not list gateway6 {gw6}\n{text}"
+        )
+        res.nameservers = [s for s in res.nameservers if ":" in str(s)]
+        res.port = nyx_dns_settings.dns_port
+        res.lifetime = 5
+        with entered(p.ns):
+            answer = res.resolve("kit-q", "AAAA", search=True)
+        assert sorted(rd.to_text() for rd in answer) == [str(q.ip6)]
+
+    @pytest.mark.kernel
+    def test_ipv6_spoofed_host_source_gets_no_forwarding(
+        self,
+        nyx_dns: DnsFacade,
+        nyx_dns_networks: DnsNetworks,
+        nyx_dns_settings: NyxSettings,
+        nyx_dns_ipv6: bool,
+        nyx_dns_upstream_server: FakeUpstream,
+    ) -> None:
+        """IPv6 has no martian-source check: the kernel delivers a container's UDP query
+        that carries the host's IPv6 gateway as its source. An internal container doing
+        so must not get the host's view (forwarding); the answer, which goes to the
+        gateway, is read there."""
+        self._require_ipv6(nyx_dns_ipv6)
+        inner = nyx_dns_networks.client()
+        _register(nyx_dns, "kit-inner", inner, internal=[NETWORK_A])
+        gw6, port = str(nyx_dns_settings.gateway6), nyx_dns_settings.dns_port
+        name = "kit-spoofed-leak.example"
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as catcher:  # the host's
+            catcher.bind((gw6, 0))
+            catcher.settimeout(QUERY_TIMEOUT)
+            with entered(inner.ns):
+                spoof = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            with spoof:
+                spoof.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
+                spoof.bind((gw6, catcher.getsockname()[1]))
+                spoof.sendto(_query_wire(name), (gw6, port))
+            try:
+                answer = catcher.recv(65535)
+            except TimeoutError:
+                answer = b""  # dropped: fine
+        got = _a_records(answer)
+        assert UPSTREAM_ANSWER not in got, (
+            f"a query from a container with the host's source {gw6} was forwarded: {got}"
+        )
+        leaked = [n for n in nyx_dns_upstream_server.names() if "kit-spoofed-leak" in n]
+        assert not leaked, f"the spoofed query reached the upstream: {leaked}"
+
+
+def _query_wire(name: str) -> bytes:
+    import dns.message
+
+    return bytes(dns.message.make_query(name, "A").to_wire())
+
+
+def _a_records(wire: bytes) -> list[str]:
+    """The A records of a response ([] for nothing or junk)."""
+    import dns.exception
+    import dns.message
+    import dns.rdatatype
+
+    if not wire:
+        return []
+    try:
+        r = dns.message.from_wire(wire)
+    except dns.exception.DNSException:
+        return []
+    return [rd.to_text() for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset]
 
 
 def _hidden(client: DnsClient, other: DnsClient, name: str) -> None:

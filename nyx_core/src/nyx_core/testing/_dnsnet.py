@@ -14,6 +14,11 @@ The provider listens on ``gateway_ip:dns_port`` (``kitdns-a``'s address); client
 second network reach it through their own gateway, as containers of a second network do
 under nyxd. Network ``kit-b`` is the subnet right after ``container_subnet``. dnspython
 is imported only when a query is made (it is a test dependency, not nyx-core's).
+
+Dual stack, when the settings have ``container_subnet6`` (the suite sets
+:data:`SUBNET6_A` for a provider that declares IPv6): ``kitdns-a`` also carries
+``gateway6`` (``2001:db8:231::1/64``, ``nodad``), ``kitdns-b`` ``2001:db8:232::1/64``, and
+every client gets an IPv6 address of its network and a default IPv6 route too.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ NETWORK_B = "kit-b"
 """The second network: the subnet after ``container_subnet``, gateway its first address."""
 UPSTREAM_ANSWER = "198.18.0.53"
 """What the fake upstream answers to every A query."""
+SUBNET6_A = ipaddress.IPv6Network("2001:db8:231::/64")
+"""The IPv6 subnet of ``kit-a`` (documentation prefix) when the provider serves IPv6."""
+SUBNET6_B = ipaddress.IPv6Network("2001:db8:232::/64")
+"""The IPv6 subnet of ``kit-b``, gateway its first address."""
 QUERY_TIMEOUT = 3.0
 
 _veths = itertools.count()
@@ -71,24 +80,40 @@ def _free_addresses(gw: ipaddress.IPv4Interface) -> Iterator[ipaddress.IPv4Addre
     return (ip for ip in gw.network.hosts() if ip != gw.ip)
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass
 class DnsClient:
-    """A "container": its own namespace with ``ip`` on ``network``, asking ``server``."""
+    """A "container": its own namespace with ``ip`` (and ``ip6`` on a dual-stack
+    topology) on ``network``, asking ``server`` (or ``server6``, the IPv6 gateway)."""
 
     ns: Netns
     ip: ipaddress.IPv4Address
     network: str
     server: tuple[str, int]
+    ip6: ipaddress.IPv6Address | None = None
+    server6: tuple[str, int] | None = None
 
-    def query(self, name: str, rdtype: str = "A", *, tcp: bool = False) -> dns.message.Message:
-        """One query from this client; a missing answer fails the test (a provider answers
-        every query, if only with REFUSED)."""
+    @property
+    def ips(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Its addresses: ``ip``, then ``ip6`` when it has one."""
+        return [self.ip] if self.ip6 is None else [self.ip, self.ip6]
+
+    def query(
+        self, name: str, rdtype: str = "A", *, tcp: bool = False, v6: bool = False
+    ) -> dns.message.Message:
+        """One query from this client (``v6``: to ``server6``, from ``ip6``); a missing
+        answer fails the test (a provider answers every query, if only with REFUSED)."""
         import dns.exception
         import dns.message
         import dns.query
 
         q = dns.message.make_query(name, rdtype)
-        host, port = self.server
+        if v6 and self.server6 is None:
+            raise AssertionError("the topology has no IPv6 (settings.container_subnet6)")
+        host, port = self.server6 if v6 and self.server6 is not None else self.server
         with entered(self.ns):
             try:
                 if tcp:
@@ -96,16 +121,19 @@ class DnsClient:
                 return dns.query.udp(q, host, port=port, timeout=QUERY_TIMEOUT)
             except (OSError, dns.exception.DNSException) as exc:
                 how = "TCP" if tcp else "UDP"
+                src = self.ip6 if v6 else self.ip
                 raise AssertionError(
-                    f"{how} query {name} {rdtype} from {self.ip} ({self.network}) to "
-                    f"{host}:{port} got no answer: {exc!r}"
+                    f"{how} query {name} {rdtype} from {src} ({self.network}) to "
+                    f"{_host_port(host, port)} got no answer: {exc!r}"
                 ) from exc
 
-    def addresses(self, name: str, rdtype: str = "A", *, tcp: bool = False) -> list[str]:
+    def addresses(
+        self, name: str, rdtype: str = "A", *, tcp: bool = False, v6: bool = False
+    ) -> list[str]:
         """The answer's records of ``rdtype`` as text, sorted (empty: no such record)."""
         import dns.rdatatype
 
-        r = self.query(name, rdtype, tcp=tcp)
+        r = self.query(name, rdtype, tcp=tcp, v6=v6)
         want = dns.rdatatype.from_text(rdtype)
         return sorted(rd.to_text() for rrset in r.answer if rrset.rdtype == want for rd in rrset)
 
@@ -125,6 +153,16 @@ class DnsNetworks:
         }
         self.bridges = {NETWORK_A: "kitdns-a", NETWORK_B: "kitdns-b"}
         self._free = {name: _free_addresses(gw) for name, gw in self.gateways.items()}
+        self.gateways6: dict[str, ipaddress.IPv6Interface] = {}
+        self.server6: tuple[str, int] | None = None
+        gw6 = settings.gateway_interface6
+        if gw6 is not None:
+            self.server6 = (str(gw6.ip), settings.dns_port)
+            net_b6 = SUBNET6_B if gw6.network != SUBNET6_B else SUBNET6_A
+            self.gateways6 = {
+                NETWORK_A: gw6,
+                NETWORK_B: ipaddress.IPv6Interface(f"{net_b6.network_address + 1}/64"),
+            }
         lines = []
         for name, bridge in self.bridges.items():
             lines += [
@@ -132,6 +170,8 @@ class DnsNetworks:
                 f"addr add {self.gateways[name]} dev {bridge}",
                 f"link set {bridge} up",
             ]
+            if name in self.gateways6:
+                lines.append(f"addr add {self.gateways6[name]} dev {bridge} nodad")
         _batch(host, lines)
 
     def client(self, network: str = NETWORK_A) -> DnsClient:
@@ -147,15 +187,21 @@ class DnsNetworks:
                 f"link set {veth} master {self.bridges[network]} up",
             ],
         )
-        _batch(
-            ns,
-            [
-                f"addr add {ip}/{gw.network.prefixlen} dev eth0",
-                "link set eth0 up",
-                f"route add default via {gw.ip} dev eth0",
-            ],
-        )
-        return DnsClient(ns, ip, network, self.server)
+        lines = [
+            f"addr add {ip}/{gw.network.prefixlen} dev eth0",
+            "link set eth0 up",
+            f"route add default via {gw.ip} dev eth0",
+        ]
+        gw6 = self.gateways6.get(network)
+        ip6 = None
+        if gw6 is not None:  # the same host part as the IPv4 address
+            ip6 = gw6.network.network_address + (int(ip) - int(gw.network.network_address))
+            lines += [
+                f"addr add {ip6}/{gw6.network.prefixlen} dev eth0 nodad",
+                f"route add ::/0 via {gw6.ip} dev eth0",
+            ]
+        _batch(ns, lines)
+        return DnsClient(ns, ip, network, self.server, ip6, self.server6)
 
 
 @dataclass

@@ -122,7 +122,8 @@ def _strip(obj: Any, drop: frozenset[str]) -> Any:
 
 
 def snapshot(ns: Netns) -> dict[str, Any]:
-    """Links, addresses, routes and the nft ruleset of ``ns``, minus volatile fields.
+    """Links, addresses, routes (IPv4 and IPv6, but the kernel's ``fe80::/64`` of each
+    link) and the nft ruleset of ``ns``, minus volatile fields.
 
     Two snapshots compare equal when nothing was left behind.
     """
@@ -138,8 +139,11 @@ def snapshot(ns: Netns) -> dict[str, Any]:
     )
     routes = sorted(
         (r.get("dst", ""), r.get("dev", ""), r.get("gateway", ""))
-        for r in ns.ipj("route", "show", "table", "all")
-        if r.get("type", "unicast") == "unicast" and r.get("table") in (None, "main")
+        for family in ("-4", "-6")
+        for r in ns.ipj(family, "route", "show", "table", "all")
+        if r.get("type", "unicast") == "unicast"
+        and r.get("table") in (None, "main")
+        and not r.get("dst", "").startswith("fe80:")  # each IPv6 link's own, by the kernel
     )
     nft = ns.run(["nft", "-j", "list", "ruleset"], check=False).stdout
     ruleset = json.loads(nft)["nftables"] if nft.strip() else []

@@ -19,20 +19,28 @@ __all__ = ["BANNER", "TcpServer", "reach", "tcp_server"]
 BANNER = b"nyx-conformance"
 
 
+def _family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 class TcpServer:
-    """A TCP server bound to ``ip:port`` inside ``ns``; answers every client with
-    :data:`BANNER` and remembers who connected (their source addresses)."""
+    """A TCP server bound to ``ip:port`` inside ``ns`` (IPv4 or IPv6, by the address; ``::``
+    takes IPv6 only); answers every client with :data:`BANNER` and remembers who connected
+    (their source addresses)."""
 
     def __init__(self, ns: Netns | None, ip: str, port: int) -> None:
         self.address = (ip, port)
         self.clients: list[str] = []
+        family = _family(ip)
         if ns is None:
-            self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._sock = socket.socket(family, socket.SOCK_STREAM)
         else:
             with entered(ns):  # the socket belongs to ns for good
-                self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             self._sock.bind(self.address)
             self._sock.listen(16)
             self._sock.settimeout(0.2)
@@ -72,16 +80,17 @@ def tcp_server(ns: Netns | None, ip: str, port: int) -> Iterator[TcpServer]:
 
 
 def reach(ns: Netns | None, ip: str, port: int, timeout: float = 5.0) -> str | None:
-    """Connect from ``ns`` to ``ip:port`` and read the banner.
+    """Connect from ``ns`` to ``ip:port`` (IPv4 or IPv6) and read the banner.
 
     :returns: None when the banner came back, else what went wrong (for the failure
         message): a timeout, a refusal, an unreachable network, a wrong answer.
     """
+    family = _family(ip)
     if ns is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
     else:
         with entered(ns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM)
     with sock:
         sock.settimeout(timeout)
         try:

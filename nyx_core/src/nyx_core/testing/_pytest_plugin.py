@@ -69,20 +69,23 @@ def nyx_topology(require_kernel: None) -> Iterator[HostTopology]:
 @pytest.fixture
 def nyx_host_ns(nyx_topology: HostTopology) -> Netns:
     """The "host" namespace the driver under test runs in: ``lo``, ``uplink0``
-    203.0.113.2/24 with the default route via 203.0.113.1, ``lan0`` 198.51.100.1/24."""
+    203.0.113.2/24 and 2001:db8:113::2/64 with the default routes via 203.0.113.1 and
+    2001:db8:113::1, ``lan0`` 198.51.100.1/24 and 2001:db8:100::1/64."""
     return nyx_topology.host
 
 
 @pytest.fixture
 def nyx_internet_ns(nyx_topology: HostTopology) -> Netns:
-    """The far end of the host's uplink: 203.0.113.1 and the server address 198.18.0.10."""
+    """The far end of the host's uplink: 203.0.113.1 / 2001:db8:113::1 and the server
+    addresses 198.18.0.10 and 2001:db8:18::10."""
     return nyx_topology.internet
 
 
 @pytest.fixture
 def nyx_lan_ns(nyx_topology: HostTopology) -> Neighbour:
-    """The LAN neighbour (198.51.100.2 on the host's ``lan0``); it routes more through the
-    host on request (:meth:`~nyx_core.testing.Neighbour.route_to_host`,
+    """The LAN neighbour (198.51.100.2 and 2001:db8:100::2 on the host's ``lan0``); it
+    routes more through the host on request
+    (:meth:`~nyx_core.testing.Neighbour.route_to_host`,
     :meth:`~nyx_core.testing.Neighbour.route_localhost_to_host`)."""
     return nyx_topology.lan
 

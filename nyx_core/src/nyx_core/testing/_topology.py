@@ -4,14 +4,19 @@ unprivileged uid.
 A namespace with only ``lo`` hides the bugs real hosts show: masquerade picking the uplink
 address for the host's own packets, ``127.0.0.1`` publishes reachable from the LAN,
 containers reaching the host's loopback services. :class:`HostTopology` builds, in four
-``ip -batch`` calls (about 10 ms)::
+``ip -batch`` calls (about 10 ms), a dual-stack host::
 
     "internet" ns                 host ns (the driver runs here)            LAN neighbour ns
     lo   198.18.0.10/32           uplink0 203.0.113.2/24                    eth0 198.51.100.2/24
+         2001:db8:18::10/128              2001:db8:113::2/64                     2001:db8:100::2/64
     eth0 203.0.113.1/24 <-------> default via 203.0.113.1
+         2001:db8:113::1/64       default via 2001:db8:113::1
     forwarding on, no routes:     lan0    198.51.100.1/24 <---------------> (no default route)
-    anything else is answered     rp_filter=2 (loose, as systemd sets it)
-    "net unreachable" at once
+    anything else is answered             2001:db8:100::1/64
+    "net unreachable" at once     rp_filter=2 (loose, as systemd sets it)
+
+IPv6 addresses are added ``nodad`` (usable at once); IPv6 forwarding stays off in the host
+namespace, as on a host that has not enabled it (a driver turns it on).
 
 * The internet namespace holds an outside "server" address, :data:`INTERNET_SERVER_IP`,
   which the host reaches only through its default route. It has no route back to the
@@ -44,11 +49,16 @@ from ._netns import Netns, entered, new_name
 __all__ = [
     "HOST_LINKS",
     "INTERNET_SERVER_IP",
+    "INTERNET_SERVER_IP6",
     "LAN_HOST_IP",
+    "LAN_HOST_IP6",
     "LAN_NEIGHBOUR_IP",
+    "LAN_NEIGHBOUR_IP6",
     "UNPRIVILEGED_UID",
     "UPLINK_GATEWAY_IP",
+    "UPLINK_GATEWAY_IP6",
     "UPLINK_HOST_IP",
+    "UPLINK_HOST_IP6",
     "HostTopology",
     "Neighbour",
     "Unprivileged",
@@ -65,6 +75,16 @@ LAN_HOST_IP = "198.51.100.1"
 """The host's address on ``lan0``."""
 LAN_NEIGHBOUR_IP = "198.51.100.2"
 """The LAN neighbour's ``eth0``."""
+UPLINK_HOST_IP6 = "2001:db8:113::2"
+"""The host's IPv6 address on ``uplink0`` (what IPv6 masquerade picks)."""
+UPLINK_GATEWAY_IP6 = "2001:db8:113::1"
+"""The internet namespace's IPv6 address on ``eth0``: the host's IPv6 default gateway."""
+INTERNET_SERVER_IP6 = "2001:db8:18::10"
+"""The outside server's IPv6 address, reached only through the IPv6 default route."""
+LAN_HOST_IP6 = "2001:db8:100::1"
+"""The host's IPv6 address on ``lan0``."""
+LAN_NEIGHBOUR_IP6 = "2001:db8:100::2"
+"""The LAN neighbour's IPv6 address on ``eth0``."""
 HOST_LINKS = ("uplink0", "lan0")
 """The links the topology adds to the host namespace (besides ``lo``)."""
 UNPRIVILEGED_UID = 65534
@@ -118,9 +138,11 @@ def _python() -> str:
 class Neighbour(Netns):
     """The LAN neighbour: ``eth0`` on the host's ``lan0`` link, no default route."""
 
-    def route_to_host(self, subnet: str | ipaddress.IPv4Network) -> None:
-        """Route ``subnet`` (e.g. the container subnet) through the host's LAN address."""
-        self.ip("route", "replace", str(subnet), "via", LAN_HOST_IP, "dev", "eth0")
+    def route_to_host(self, subnet: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        """Route ``subnet`` (e.g. the container subnet, IPv4 or IPv6) through the host's LAN
+        address of the same family."""
+        via = LAN_HOST_IP6 if ipaddress.ip_network(str(subnet)).version == 6 else LAN_HOST_IP
+        self.ip("route", "replace", str(subnet), "via", via, "dev", "eth0")
 
     def route_localhost_to_host(self) -> None:
         """Send this namespace's traffic for ``127.0.0.1`` to the host, as an attacker can
@@ -151,9 +173,12 @@ class HostTopology:
                     f"link add lan0 type veth peer name eth0 netns {lan}",
                     f"addr add {UPLINK_HOST_IP}/24 dev uplink0",
                     f"addr add {LAN_HOST_IP}/24 dev lan0",
+                    f"addr add {UPLINK_HOST_IP6}/64 dev uplink0 nodad",
+                    f"addr add {LAN_HOST_IP6}/64 dev lan0 nodad",
                     "link set uplink0 up",
                     "link set lan0 up",
                     f"route add default via {UPLINK_GATEWAY_IP} dev uplink0",
+                    f"route add default via {UPLINK_GATEWAY_IP6} dev uplink0",
                 ],
             )
             _batch(
@@ -161,13 +186,20 @@ class HostTopology:
                 [
                     "link set lo up",
                     f"addr add {INTERNET_SERVER_IP}/32 dev lo",
+                    f"addr add {INTERNET_SERVER_IP6}/128 dev lo",
                     f"addr add {UPLINK_GATEWAY_IP}/24 dev eth0",
+                    f"addr add {UPLINK_GATEWAY_IP6}/64 dev eth0 nodad",
                     "link set eth0 up",
                 ],
             )
             _batch(
                 lan,
-                ["link set lo up", f"addr add {LAN_NEIGHBOUR_IP}/24 dev eth0", "link set eth0 up"],
+                [
+                    "link set lo up",
+                    f"addr add {LAN_NEIGHBOUR_IP}/24 dev eth0",
+                    f"addr add {LAN_NEIGHBOUR_IP6}/64 dev eth0 nodad",
+                    "link set eth0 up",
+                ],
             )
             # a real distro host: loose reverse-path filtering (systemd's 50-default.conf)
             _write_sysctls(
@@ -177,7 +209,13 @@ class HostTopology:
             # the "internet" answers at once for addresses it does not have, like a router
             # without a route would, instead of swallowing the packets (no slow timeouts)
             _write_sysctls(
-                topo.internet, {"net.ipv4.ip_forward": "1", "net.ipv4.icmp_ratelimit": "0"}
+                topo.internet,
+                {
+                    "net.ipv4.ip_forward": "1",
+                    "net.ipv4.icmp_ratelimit": "0",
+                    "net.ipv6.conf.all.forwarding": "1",
+                    "net.ipv6.icmp.ratelimit": "0",
+                },
             )
         except BaseException:
             topo.delete()
