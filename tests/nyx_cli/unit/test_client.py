@@ -115,6 +115,27 @@ def test_run_interrupted_while_starting_stops_the_container(
     assert [cid for cid, _ in fake_sup.stopped] == list(fake_sup.specs)
 
 
+def test_run_rm_keeps_the_output_of_a_container_gone_at_once(
+    api: Path, fake_sup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container that prints, ends and is removed (--rm) before the start's answer is
+    back: the client attached to its log before the start, so nothing is lost."""
+    real_start = fake_sup.start
+
+    def start(ref: str) -> dict[str, Any]:
+        c = dict(real_start(ref))
+        del fake_sup.containers[c["id"]]  # ended and removed at once: its log is gone
+        return c
+
+    monkeypatch.setattr(fake_sup, "start", start)
+    monkeypatch.setattr(
+        fake_sup, "wait", lambda ref, timeout=None: {"exit_code": 0, "state": "exited"}
+    )
+    r = nyx(api, "run", "--rm", "busybox:nyx", "cat", "/etc/motd")
+    assert r.exit_code == 0, r.output
+    assert "line one\nline two\n" in r.output
+
+
 def test_run_command_not_found_is_127(api: Path, fake_sup: Any) -> None:
     from nyx_cli.errors import CommandError
 

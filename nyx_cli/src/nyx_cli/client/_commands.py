@@ -536,14 +536,21 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
     created = call(client.create, spec, False)
     cid = created["id"]
     printed = threading.Event()
+    attached = threading.Event()
     out = sys.stdout.buffer
 
     def pump() -> None:
-        printed.wait()
+        # attached before the start (the answer's headers mean nyxd holds the log open):
+        # a container that prints and ends at once, --rm or not, loses no output
         try:
-            for chunk in client.stream(
-                "GET", f"/v1/containers/{q(cid)}/logs", params={"follow": 1}
-            ):
+            chunks = client.stream("GET", f"/v1/containers/{q(cid)}/logs", params={"follow": 1})
+        except Exception:
+            return
+        finally:
+            attached.set()
+        printed.wait()  # the start's answer is printed first; output waits in the socket
+        try:
+            for chunk in chunks:
                 out.write(chunk)
                 out.flush()
         except Exception:
@@ -551,6 +558,7 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
 
     logs = threading.Thread(target=pump, daemon=True)
     logs.start()
+    attached.wait(10)
 
     # ^C or SIGTERM from here on stops the container (what docker's sig-proxy does):
     # the handler is in place before the start, since the process may print and the

@@ -702,13 +702,22 @@ class Supervisor:
         return {"exit_code": live.rec.exit_code, "state": live.rec.state}
 
     def logs(self, ref: str, follow: bool = False, poll: float = 0.1) -> Iterator[bytes]:
-        """The container's output; with ``follow`` until it has exited."""
+        """The container's output; with ``follow`` until it has exited.
+
+        Not lazy: an unknown ``ref`` raises :class:`NotFoundError` here, and the log is
+        opened now, so a client that attaches before the start (``nyx run``) reads every
+        byte even when ``--rm`` removes the container before it has read them.
+        """
         live = self._find(ref)
         path = self.store.log_path(live.rec.id)
         try:
             f = path.open("rb")
         except FileNotFoundError:
-            return
+            return iter(())
+        return self._read_log(live, f, follow, poll)
+
+    @staticmethod
+    def _read_log(live: Live, f: Any, follow: bool, poll: float) -> Iterator[bytes]:
         with f:
             while True:
                 chunk = f.read(65536)
