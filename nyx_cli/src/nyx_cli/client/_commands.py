@@ -517,10 +517,7 @@ def run(
         spec["network"] = networks[0]
     elif networks:
         if ip is not None or ip6 is not None or mac_address is not None:
-            die(
-                "--ip/--ip6/--mac-address: give one --network (the one they are for), not "
-                "several"
-            )
+            die("--ip/--ip6/--mac-address: give one --network (the one they are for), not several")
         spec["networks"] = [{"name": n} for n in networks]
     if dns_off:
         spec["dns"] = False
