@@ -84,7 +84,7 @@ def test_bad_ipv6_addresses_name_the_field() -> None:
     [
         (
             "fd00:999::5",
-            "ipv6_address fd00:999::5 is outside network 'nyx'.s subnet6 fd00:231::/64",
+            "ipv6_address fd00:999::5 is outside the subnet6 fd00:231::/64 of network 'nyx'",
         ),
         ("fd00:231::1", r"ipv6_address fd00:231::1 is the gateway of network 'nyx'"),
         ("fd00:231::", "ipv6_address fd00:231:: is the subnet-router anycast address"),

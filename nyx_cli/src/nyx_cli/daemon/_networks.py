@@ -222,11 +222,11 @@ class NetworkRegistry:
         net6 = gw6.network
         why = None
         if ip not in net6:
-            why = f"is outside network {name!r}'s subnet6 {net6}"
+            why = f"is outside the subnet6 {net6} of network {name!r}"
         elif ip == net6.network_address:
-            why = f"is the subnet-router anycast address of network {name!r}'s subnet6 {net6}"
+            why = f"is the subnet-router anycast address of the subnet6 {net6} of network {name!r}"
         elif ip == gw6.ip:
-            why = f"is the gateway of network {name!r} ({gw6.ip})"
+            why = f"is the gateway of network {name!r}"
         if why is not None:
             raise ConfigError(f"{where} {address} {why}")
 
