@@ -304,6 +304,12 @@ class NetworkBackend(_Facade):
             return None
         return cast(object | None, self._call("nyx_backend_gc", container_ids=list(container_ids)))
 
+    def reload(self) -> object | None:
+        """Re-apply the driver's host state; ``None`` when the driver has no such hook."""
+        if not self.implements("nyx_backend_reload"):
+            return None
+        return cast(object | None, self._call("nyx_backend_reload"))
+
 
 class DnsFacade(_Facade):
     """The one typed facade nyxd uses to call the loaded DNS provider's hooks.

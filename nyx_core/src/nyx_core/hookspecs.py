@@ -203,6 +203,26 @@ def nyx_backend_gc(container_ids: Sequence[str]) -> object | None:
     """
 
 
+@hookspec(firstresult=True)
+def nyx_backend_reload() -> object | None:
+    """Re-apply everything the driver keeps on the host from its own records.
+
+    Called by nyxd for ``nyx network reload`` (``POST /v1/networks/reload``), the manual
+    counterpart of a driver's own recovery: after a firewall reload (``nft flush ruleset``,
+    firewalld or ufw restarting) or a deleted bridge, published ports, masquerade and
+    isolation work again without restarting nyxd or its containers. Optional: nyxd
+    answers that the driver cannot reload when it is absent.
+
+    :returns: anything non-None, e.g. a report of what was re-applied (shown to the user).
+
+    Idempotent and safe while containers run: a second call changes nothing visible. Never
+    touches host state the driver does not own (other tables, other links). Raises a
+    :class:`~nyx_core.NyxError` naming what could not be re-applied.
+
+    Stops at first non-None result.
+    """
+
+
 # ----------------------------------------------------------------------- DnsProvider
 
 
@@ -305,6 +325,7 @@ BACKEND_HOOKS = (
     "nyx_backend_setup",
     "nyx_backend_teardown",
     "nyx_backend_gc",
+    "nyx_backend_reload",
 )
 REQUIRED_BACKEND_HOOKS = ("nyx_backend_ensure_network", "nyx_backend_setup", "nyx_backend_teardown")
 OPTIONAL_BACKEND_HOOKS = tuple(h for h in BACKEND_HOOKS if h not in REQUIRED_BACKEND_HOOKS)

@@ -16,7 +16,9 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from loguru import logger
@@ -48,11 +50,13 @@ from . import _netlink as nl
 from ._firewall import (
     FAMILIES,
     FAMILY6,
+    TABLE,
     Firewall,
     PortElement,
     container_batch,
     network_elements,
     port_elements,
+    rebuild_script,
     stale_elements,
 )
 from ._kernel import check_kernel, enable_ipv6_forwarding, ipv6_available, set_sysctl
@@ -65,9 +69,11 @@ from ._network import (
     owner,
     parse_options,
 )
+from ._nft import current_netns_id, nft_context
 from ._ports import check_conflicts, reserve
 from ._proxy import Proxies
 from ._settings import NativeSettings
+from ._watch import HostWatch
 
 __all__ = ["NativeDriver", "bridge_name", "veth_name"]
 
@@ -124,6 +130,50 @@ def _networks(meta: Mapping[str, Any]) -> dict[str, Network]:
     return {name: Network.from_record(name, rec) for name, rec in meta.items()}
 
 
+class _Gate:
+    """Many changes at once (``shared``) or one repair alone (``exclusive``).
+
+    Setups, teardowns and network changes write a record and the firewall elements it
+    accounts for in two steps; a repair rebuilds the firewall from the records, so it must
+    never see a record without its elements (or the reverse). A waiting repair holds new
+    changes back, so a steady stream of setups cannot starve it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class NativeDriver:
     """One instance per process; ``ensure_network`` binds it to the daemon's settings."""
 
@@ -135,6 +185,159 @@ class NativeDriver:
         self._reserved: dict[str, list[socket.socket]] = {}
         self._proxies = Proxies()
         self._lock = threading.Lock()
+        self._gate = _Gate()
+        self._families: tuple[str, ...] = FAMILIES[:1]
+        self._bridges: set[str] = set()  # of every network brought up: what the watch sees
+        self._watch: HostWatch | None = None
+        self._watch_ns = 0
+
+    # ------------------------------------------------------------------ the gated calls
+
+    def network_create(self, spec: NetworkSpec) -> NetworkInfo:
+        """Create (or complete, for an identical spec) the network ``spec`` asks for."""
+        with self._gate.shared():
+            return self._network_create(spec)
+
+    def network_remove(self, name: str) -> None:
+        """Remove a network without attachments: elements, bridge, record. Idempotent."""
+        with self._gate.shared():
+            self._network_remove(name)
+
+    def setup(
+        self,
+        container_id: str,
+        netns_path: str,
+        ports: Sequence[PortMapping],
+        opts: SetupOptions,
+    ) -> SetupResult:
+        with self._gate.shared():
+            return self._setup(container_id, netns_path, ports, opts)
+
+    def teardown(self, container_id: str, netns_path: str) -> None:
+        with self._gate.shared():
+            self._teardown(container_id, netns_path)
+
+    def gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
+        """Release what containers not in ``container_ids`` still hold (see ``_gc``)."""
+        with self._gate.shared():
+            return self._gc(container_ids)
+
+    # ------------------------------------------------------------------ repair
+
+    def _start_watch(self) -> None:
+        """Watch nftables and links of this namespace (once per namespace)."""
+        ns = current_netns_id()
+        if self._watch is not None:
+            if self._watch.alive and self._watch_ns == ns:
+                return
+            self._watch.stop()
+        me = weakref.ref(self)  # the watch must not keep a dropped driver alive
+
+        def tables() -> set[tuple[str, str]]:
+            d = me()
+            return set() if d is None else {(f, TABLE) for f in d._families}
+
+        def bridges() -> set[str]:
+            d = me()
+            if d is None:
+                return set()
+            with d._lock:
+                return set(d._bridges)
+
+        def on_ruleset(why: str) -> None:
+            d = me()
+            if d is not None:
+                d.reload(f"nftables changed under nyx ({why})")
+
+        def on_link_gone(name: str) -> None:
+            d = me()
+            if d is not None:
+                d.reload(f"bridge {name!r} was deleted", bridge=name)
+
+        watch = HostWatch(tables, bridges, on_ruleset, on_link_gone)
+        watch.start()
+        weakref.finalize(self, watch.stop)
+        self._watch, self._watch_ns = watch, ns
+
+    def close(self) -> None:
+        """Stop watching the host (nyxd exits without it; tests call it)."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+
+    @property
+    def watching(self) -> HostWatch | None:
+        return self._watch
+
+    def reload(self, why: str = "nyx network reload", bridge: str | None = None) -> dict[str, Any]:
+        """Re-apply the whole host state from the records, in one nft transaction: both
+        tables with every network's and container's elements, then each network's bridge
+        (recreated with its gateways when it is gone) and its containers' veths.
+
+        ``bridge``: a deleted bridge the watch saw; nothing is done when it is no nyx
+        network's any more (nyx removed it itself).
+        """
+        with self._gate.exclusive():
+            with self.store.locked(write=False) as st:
+                nets = _networks(st.meta)
+                recs = [dict(a) for a in st.records.values()]
+            if bridge is not None and all(n.bridge != bridge for n in nets.values()):
+                return {}
+            families = self._families
+            v6 = FAMILY6 in families
+            script = rebuild_script(
+                families,
+                [(n.bridge, n.subnet, n.subnet6 if v6 else None) for n in nets.values()],
+                [
+                    (
+                        [_pel(p) for p in r.get("ports", [])],
+                        r["ip"] if r.get("internal") else None,
+                        r.get("ip6") if r.get("internal") else None,
+                    )
+                    for r in recs
+                ],
+            )
+            tables = " and ".join(f"{f} {TABLE}" for f in families)
+            nft_context().run_text(script, f"re-apply of table {tables}")
+            rebuilt, attached = self._repair_links(nets, recs)
+        report: dict[str, Any] = {
+            "tables": [f"{f} {TABLE}" for f in families],
+            "networks": sorted(nets),
+            "attachments": len(recs),
+            "ports": sum(len(r.get("ports", [])) for r in recs),
+            "bridges_recreated": rebuilt,
+            "veths_attached": attached,
+        }
+        if why == "nyx network reload":
+            logger.info("host state re-applied", **report)
+        else:
+            logger.warning("host state changed under nyx: re-applied", why=why, **report)
+        return report
+
+    def _repair_links(
+        self, nets: Mapping[str, Network], recs: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[str], int]:
+        """Bridges that are gone made again; veths off their bridge attached again."""
+        rebuilt: list[str] = []
+        for net in nets.values():
+            with nl.host_rtnl() as rt:
+                present = nl.get_link(rt, net.bridge) is not None
+            if not present:
+                self._bring_up(net)
+                rebuilt.append(net.bridge)
+        bridges = {n.bridge for n in nets.values()}
+        ports = nl.bridge_ports(bridges)
+        attached = 0
+        with nl.host_rtnl() as rt:
+            for rec in recs:
+                home = nets.get(rec.get("network", ""))
+                veth = rec.get("veth")
+                if home is None or not veth or ports.get(veth) == home.bridge:
+                    continue
+                br = nl.get_link(rt, home.bridge)
+                if br is not None and nl.attach_port(rt, veth, br.index):
+                    attached += 1
+        return rebuilt, attached
 
     # ------------------------------------------------------------------ helpers
 
@@ -160,6 +363,8 @@ class NativeDriver:
                 network_elements("add", net.bridge, net.subnet, net.subnet6),
                 f"network {net.name!r}",
             )
+            with self._lock:
+                self._bridges.add(net.bridge)
             if net.gateway6 is not None:
                 raised = enable_ipv6_forwarding()
                 if raised:
@@ -176,6 +381,8 @@ class NativeDriver:
     def _take_down(self, net: Network) -> list[BaseException]:
         """Delete the network's firewall elements and bridge; the failures, if any."""
         errors: list[BaseException] = []
+        with self._lock:
+            self._bridges.discard(net.bridge)  # its deletion is nyx's own
         try:
             self._delete_elements(
                 network_elements("delete", net.bridge, net.subnet, net.subnet6),
@@ -266,7 +473,11 @@ class NativeDriver:
         with self._lock:
             self._settings = settings
             self._store = store
+            self._families = FAMILIES if v6 else FAMILIES[:1]
+            self._bridges |= {o.bridge for o in others.values()}
         self._reserve_again(store)
+        if settings.plugin(NativeSettings).watch:
+            self._start_watch()
         logger.debug(
             "network ready", bridge=net.bridge, subnet=str(net.subnet), subnet6=str(net.subnet6)
         )
@@ -371,7 +582,7 @@ class NativeDriver:
             gw6,
         )
 
-    def network_create(self, spec: NetworkSpec) -> NetworkInfo:
+    def _network_create(self, spec: NetworkSpec) -> NetworkInfo:
         """Create (or complete, for an identical spec) the network ``spec`` asks for."""
         if spec.default:
             net = self._default_spec(spec)
@@ -429,7 +640,7 @@ class NativeDriver:
         logger.debug("network created", network=net.name, bridge=net.bridge)
         return net.info()
 
-    def network_remove(self, name: str) -> None:
+    def _network_remove(self, name: str) -> None:
         """Remove a network without attachments: elements, bridge, record. Idempotent."""
         if name == self.settings.network:
             raise ConfigError(f"network {name!r} is the default network: it cannot be removed")
@@ -473,7 +684,7 @@ class NativeDriver:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(
+    def _setup(
         self,
         container_id: str,
         netns_path: str,
@@ -699,7 +910,7 @@ class NativeDriver:
                     st.records.pop(key, None)
         return errors
 
-    def teardown(self, container_id: str, netns_path: str) -> None:
+    def _teardown(self, container_id: str, netns_path: str) -> None:
         with self.store.locked(write=False) as st:
             recs = {k: dict(a) for k, a in st.records.items() if owner(a) == container_id}
         errors = self._release(f"teardown of container {container_id!r}", recs)
@@ -707,7 +918,7 @@ class NativeDriver:
             raise TeardownError(f"container {container_id!r}", errors)
         logger.debug("container torn down", container=container_id)
 
-    def gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
+    def _gc(self, container_ids: Sequence[str]) -> dict[str, Any]:
         """Release what containers not in ``container_ids`` still hold; never touch those.
 
         Their leases (with their veths, port elements and reserved ports), then what no

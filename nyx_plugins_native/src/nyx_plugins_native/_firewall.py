@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "ensure_batch",
     "network_elements",
     "port_elements",
+    "rebuild_script",
     "stale_elements",
 ]
 
@@ -424,6 +426,67 @@ def network_elements(
             _elem(verb, "same_bridge", [{"concat": [bridge, bridge]}], family),
         ]
     return cmds
+
+
+def _nft_value(value: Any, quoted: bool) -> str:
+    """One element key or value of our JSON commands in nft's own syntax."""
+    if isinstance(value, dict) and "concat" in value:
+        return " . ".join(_nft_value(v, quoted) for v in value["concat"])
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{int(value['prefix']['len'])}"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"element value {value!r} has no nft spelling here")
+    if isinstance(value, int):
+        return str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):  # addresses, protocols, bridge names
+        raise ValueError(f"element value {value!r} has no nft spelling here")
+    return f'"{value}"' if quoted else value
+
+
+def element_text(cmd: Cmd) -> str:
+    """An ``add element`` command of ours (:func:`_elem`) as one line of nft's language."""
+    ((verb, body),) = cmd.items()
+    el = body["element"]
+    quoted = el["name"] in ("net_bridges", "same_bridge")  # interface names are strings
+    items = []
+    for e in el["elem"]:
+        if isinstance(e, list):  # a map element: [key, value]
+            items.append(f"{_nft_value(e[0], quoted)} : {_nft_value(e[1], False)}")
+        else:
+            items.append(_nft_value(e, quoted))
+    return f"{verb} element {el['family']} {el['table']} {el['name']} {{ {', '.join(items)} }}"
+
+
+def rebuild_script(
+    families: Sequence[str],
+    networks: Iterable[tuple[str, ipaddress.IPv4Network, ipaddress.IPv6Network | None]],
+    containers: Iterable[tuple[Sequence[PortElement], str | None, str | None]],
+) -> str:
+    """One nft transaction that replaces nyx's tables with their whole state.
+
+    What a firewall reload left of the tables (nothing, a part, or a foreign change) is
+    deleted, and the fixed layout is written again with every element the records account
+    for: the networks' subnets and bridges, every container's published ports and internal
+    addresses. Atomic: traffic sees the old table until the new one is complete, and
+    connections survive (conntrack is not in the table).
+
+    :param families: the tables to write (``ip``, and ``ip6`` with a kernel with IPv6).
+    :param networks: (bridge, subnet, subnet6) of every network.
+    :param containers: (port elements, internal address, internal IPv6 address) of every
+        attachment; the addresses only for containers on an internal network.
+    """
+    lines: list[str] = []
+    for family in families:
+        t = f"{family} {TABLE}"
+        lines += [f"add table {t}", f"delete table {t}"]  # deletes whatever is there
+        lines.append(ensure_batch(None, family).rstrip("\n"))
+    cmds: list[Cmd] = []
+    for bridge, subnet, subnet6 in networks:
+        cmds += network_elements("add", bridge, subnet, subnet6)
+    for ports, ip, ip6 in containers:
+        cmds += container_batch("add", ports, ip, ip6)
+    lines += [element_text(c) for c in cmds if c["add"]["element"]["family"] in families]
+    return "\n".join(lines) + "\n"
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import ipaddress
 import os
 from collections.abc import Collection, Iterator
@@ -29,6 +30,8 @@ from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
 __all__ = [
     "LinkExists",
     "LinkInfo",
+    "attach_port",
+    "bridge_mac",
     "bridge_ports",
     "check_veth_support",
     "configure_container",
@@ -138,6 +141,15 @@ def random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
+def bridge_mac(name: str) -> str:
+    """The bridge's MAC, the same each time a bridge of that name is made: one recreated
+    after a deletion answers its containers at the address their neighbour caches hold,
+    so their traffic goes on at once instead of after the kernel's stale-entry probes."""
+    b = bytearray(hashlib.sha256(b"nyx-bridge:" + name.encode()).digest()[:6])
+    b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
 def ensure_bridge(
     name: str,
     gateway: ipaddress.IPv4Interface,
@@ -158,7 +170,7 @@ def ensure_bridge(
     try:
         if link is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge", address=random_mac())
+                ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(name))
             except PyrNetlinkError as exc:
                 if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT):
                     raise NetlinkError(
@@ -237,6 +249,39 @@ def bridge_ports(bridges: Collection[str]) -> dict[str, str]:
     return out
 
 
+def _hairpin_msg(name: str) -> Any:
+    """Up, and hairpin mode on the bridge port ``name`` (see :func:`create_veth`)."""
+    up = Rtnl.up_msg(0, name)
+    up["attrs"].append(
+        (
+            "IFLA_LINKINFO",
+            {
+                "attrs": [
+                    ("IFLA_INFO_SLAVE_KIND", "bridge"),
+                    ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]}),
+                ]
+            },
+        )
+    )
+    return up
+
+
+def attach_port(rt: Rtnl, name: str, bridge_index: int) -> bool:
+    """Enslave the existing link ``name`` to the bridge again (up, hairpin); False when
+    the link is gone (its container's netns went with it)."""
+    master = Rtnl.up_msg(0, name)
+    master["attrs"].append(("IFLA_MASTER", bridge_index))
+    (err,) = rt.batch([(master, NEWLINK, 0)])
+    if err == errno.ENODEV:
+        return False
+    if err:
+        raise _fail(f"cannot attach {name!r} to its bridge", err)
+    (err,) = rt.batch([(_hairpin_msg(name), NEWLINK, 0)])  # needs the master set first
+    if err:
+        raise _fail(f"cannot set hairpin mode on {name!r}", err)
+    return True
+
+
 def create_veth(
     rt: Rtnl,
     host_name: str,
@@ -264,19 +309,7 @@ def create_veth(
     _disable_ipv6(host_name)
     # up, and hairpin mode on the bridge port: a container reaching its own published port
     # through a host address gets its (masqueraded) packets back through the same port
-    up = Rtnl.up_msg(0, host_name)
-    up["attrs"].append(
-        (
-            "IFLA_LINKINFO",
-            {
-                "attrs": [
-                    ("IFLA_INFO_SLAVE_KIND", "bridge"),
-                    ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]}),
-                ]
-            },
-        )
-    )
-    (err,) = rt.batch([(up, NEWLINK, 0)])
+    (err,) = rt.batch([(_hairpin_msg(host_name), NEWLINK, 0)])
     if err:
         raise _fail(f"cannot bring veth {host_name!r} up", err)
 

@@ -23,3 +23,10 @@ class NativeSettings(PluginSettings):
         validation_alias=AliasChoices("NYXD_NATIVE_BRIDGE", "NYXD_BRIDGE"),
         json_schema_extra={"flags": ["--bridge", "--native-bridge"]},
     )
+    watch: bool = Field(
+        default=True,
+        description=(
+            "repair nyx's nftables tables and bridges when something else changes them "
+            "(a firewall reload, nft flush ruleset, a deleted bridge)"
+        ),
+    )

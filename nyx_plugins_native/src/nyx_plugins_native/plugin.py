@@ -78,3 +78,7 @@ class NativePlugin:
     @hookimpl
     def nyx_backend_gc(self, container_ids: Sequence[str]) -> object:
         return self.driver.gc(container_ids)
+
+    @hookimpl
+    def nyx_backend_reload(self) -> object:
+        return self.driver.reload()

@@ -29,6 +29,7 @@ class FakeSupervisor:
         self.stopped: list[tuple[str, float | None]] = []
         self.exit_code = 0
         self.exited = threading.Event()
+        self.cannot_reload = False
         self.pull_available = True
         self.fail_start: Exception | None = None
         self.log = b"line one\nline two\n"
@@ -203,6 +204,16 @@ class FakeSupervisor:
             "labels": dict(labels or {}),
         }
         return self.networks[name]
+
+    def reload_networks(self) -> dict[str, Any]:
+        self.network_calls.append(("reload", ""))
+        if self.cannot_reload:
+            from nyx_cli.errors import NotImplementedYet
+
+            raise NotImplementedYet(
+                "net driver 'fake' cannot reload (it has no nyx_backend_reload)"
+            )
+        return {"driver": "fake", "report": {"networks": sorted(self.networks)}}
 
     def remove_network(self, name: str) -> None:
         self.network_calls.append(("remove", name))

@@ -360,3 +360,34 @@ def test_cli_refusals(api: Path, fake_sup: Any) -> None:
     assert r.exit_code == 125 and "unknown driver option(s) vlan" in r.output
     r = _nyx(api, "network", "inspect", "nowhere")
     assert r.exit_code != 0 and "no such network" in r.output
+
+
+# ------------------------------------------------------------------ reload
+
+
+def test_reload_asks_the_driver_and_returns_its_report(sup: Supervisor, calls: Calls) -> None:
+    from nyx_cli.errors import NotImplementedYet
+    from nyx_core import hookimpl
+
+    with pytest.raises(NotImplementedYet, match="'fake' cannot reload"):
+        sup.reload_networks()
+
+    class Reloads:
+        @hookimpl
+        def nyx_backend_reload(self) -> Any:
+            calls.append(("reload",))
+            return {"tables": 1}
+
+    sup.backend.pm.register(Reloads())
+    assert sup.reload_networks() == {"driver": "fake", "report": {"tables": 1}}
+    assert ("reload",) in calls
+
+
+def test_cli_network_reload(api: Path, fake_sup: Any) -> None:
+    r = _nyx(api, "network", "reload")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"networks": sorted(fake_sup.networks)}
+    fake_sup.cannot_reload = True
+    r = _nyx(api, "network", "reload")
+    assert r.exit_code == 125 and "cannot reload" in r.output, r.output
+    assert fake_sup.network_calls == [("reload", ""), ("reload", "")]

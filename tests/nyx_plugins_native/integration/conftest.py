@@ -7,6 +7,9 @@ neighbour (``nyx_lan_ns``); addresses in ``native_helpers``.
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +23,7 @@ from nyx_plugins_native import NativeSettings
 @pytest.fixture
 def nyx_plugin_settings() -> list[PluginSettings]:
     """The kit's override point: the native driver's bridge is ``nyxt0`` in these tests."""
-    return [NativeSettings(bridge="nyxt0")]
+    return [NativeSettings(bridge="nyxt0", watch=False)]
 
 
 @pytest.fixture
@@ -29,6 +32,20 @@ def native(nyx_settings: NyxSettings, nyx_in_host: Netns) -> NetworkBackend:
     backend = NetworkBackend.load("native")
     backend.ensure_network(nyx_settings)
     return backend
+
+
+@pytest.fixture(autouse=True)
+def _no_watch_left() -> Iterator[None]:
+    """A driver's host watch holds netlink sockets, and with them its test namespace: it
+    must stop with its driver (``close``, or the driver being dropped)."""
+    yield
+    gc.collect()
+    left = [t for t in threading.enumerate() if t.name == "nyx-native-watch"]
+    for _ in range(50):
+        if not any(t.is_alive() for t in left):
+            break
+        time.sleep(0.1)
+    assert not any(t.is_alive() for t in left), "a native driver's host watch was left running"
 
 
 @pytest.fixture

@@ -600,6 +600,15 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
         click.echo(n)
 
 
+@network.command("reload")
+@click.pass_context
+def network_reload(ctx: click.Context) -> None:
+    """Re-apply every network's firewall rules and bridges (after a firewall reload)."""
+    out = _call(_client(ctx).request, "POST", "/v1/networks/reload")
+    report = out.get("report") if isinstance(out, dict) else None
+    click.echo(json.dumps(report, indent=2) if isinstance(report, dict | list) else "reloaded")
+
+
 # ---------------------------------------------------------------------------- volumes
 
 

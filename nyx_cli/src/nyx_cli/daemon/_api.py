@@ -80,6 +80,7 @@ class SupervisorApi(Protocol):
         gateway6: str | None = None,
     ) -> dict[str, Any]: ...
     def remove_network(self, name: str) -> None: ...
+    def reload_networks(self) -> dict[str, Any]: ...
     def list_volumes(self, labels: dict[str, str | None] | None = None) -> list[dict[str, Any]]: ...
     def get_volume(self, name: str) -> dict[str, Any]: ...
     def create_volume(
@@ -164,6 +165,7 @@ _ROUTES: list[Route] = [
         ("DELETE", r"/v1/images/(?P<ref>.+)", "images_remove"),
         ("GET", r"/v1/networks", "networks_list"),
         ("POST", r"/v1/networks", "networks_create"),
+        ("POST", r"/v1/networks/reload", "networks_reload"),
         ("GET", r"/v1/networks/(?P<name>[^/]+)", "networks_get"),
         ("DELETE", r"/v1/networks/(?P<name>[^/]+)", "networks_remove"),
         ("GET", r"/v1/volumes", "volumes_list"),
@@ -360,6 +362,9 @@ class _Routes:
                 gateway6=body.gateway6,
             ),
         )
+
+    def h_networks_reload(self, ex: Exchange, q: dict[str, list[str]]) -> None:
+        ex.send_json(200, self.sup.reload_networks())
 
     def h_networks_get(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
         ex.send_json(200, self.sup.get_network(name))

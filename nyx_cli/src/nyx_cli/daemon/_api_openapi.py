@@ -303,6 +303,12 @@ _OPS: dict[str, _Op] = {
         (400, 409, 413, 500),
         body=_json(_ref(NetworkCreate)),
     ),
+    "networks_reload": _Op(
+        "Re-apply the net driver's host state (firewall, bridges) from its records, as after "
+        "a firewall reload; 501 when the driver cannot",
+        ("200", "what the driver re-applied", _json({"type": "object"})),
+        (500, 501),
+    ),
     "networks_get": _Op("Inspect a network", ("200", "the network", _json(_ref(Network))), (404,)),
     "networks_remove": _Op(
         "Remove a network no container uses (from the net driver first)",

@@ -863,6 +863,16 @@ class Supervisor:
             ]
             self.networks.remove(name, users)
 
+    def reload_networks(self) -> dict[str, Any]:
+        """``nyx network reload``: the driver re-applies its host state from its records."""
+        if not self.backend.implements("nyx_backend_reload"):
+            raise NotImplementedYet(
+                f"net driver {self.backend.name!r} cannot reload (it has no nyx_backend_reload)"
+            )
+        report = self.backend.reload()
+        logger.info("networks reloaded", driver=self.backend.name)
+        return {"driver": self.backend.name, "report": report}
+
     # ------------------------------------------------------------------ mounts and volumes
 
     def _check_mounts(self, spec: ContainerSpec) -> tuple[ContainerSpec, set[str]]:
