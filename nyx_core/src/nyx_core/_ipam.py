@@ -274,7 +274,13 @@ class LeaseStore:
                 names = os.listdir(self.rdir)
             except FileNotFoundError:
                 names = []
+            # a writer killed between writing a file and renaming it left its ``.*.tmp``:
+            # stale, since every writer holds the flock this runs under
+            for stale in self.dir.glob(f".{self.metafile.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
             for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    (self.rdir / name).unlink(missing_ok=True)
                 if not name.endswith(".json"):
                     continue
                 path = self.rdir / name

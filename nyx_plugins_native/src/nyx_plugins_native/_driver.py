@@ -628,15 +628,21 @@ class NativeDriver:
                         "on the host and is no nyx network's; pick another one "
                         "(-o com.docker.network.bridge.name=NAME) or remove it"
                     )
-            try:
-                self._bring_up(net)
-            except BaseException:
-                if old is None:
-                    failures = self._take_down(net)
-                    if failures:
-                        logger.warning("network rollback incomplete", errors=failures)
-                raise
+            # recorded before the bridge exists: a nyxd killed in between leaves a record
+            # that network_remove (or the same network_create) completes, never a bridge
+            # nothing records
             st.meta[net.name] = net.record()
+        try:
+            with self.store.locked(write=False):  # made under the lock setups take too
+                self._bring_up(net)
+        except BaseException:
+            if old is None:
+                failures = self._take_down(net)
+                if failures:
+                    logger.warning("network rollback incomplete", errors=failures)
+                with self.store.locked() as st:
+                    st.meta.pop(net.name, None)
+            raise
         logger.debug("network created", network=net.name, bridge=net.bridge)
         return net.info()
 

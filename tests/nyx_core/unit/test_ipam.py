@@ -121,6 +121,25 @@ def test_a_failing_block_writes_nothing(tmp_path: Path) -> None:
     assert store.leases() == {}
 
 
+def test_files_a_killed_writer_left_half_written_are_removed(tmp_path: Path) -> None:
+    """A writer killed between writing a file and renaming it into place leaves ``.*.tmp``
+    files; the next store to read the directory (under the flock) removes them."""
+    store = LeaseStore(tmp_path / "l", meta_file="networks.json")
+    store.lease("c1", "n", NET, GW)
+    with store.locked() as st:
+        st.meta["n"] = {"subnet": str(NET)}
+    stale = [
+        store.dir / ".networks.json.123.456.tmp",
+        store.rdir / ".c1@n.json.123.456.tmp",
+    ]
+    for path in stale:
+        path.write_text("{half")
+    again = LeaseStore(tmp_path / "l", meta_file="networks.json")
+    assert list(again.leases()) == ["c1/n"]
+    assert [p for p in stale if p.exists()] == []
+    assert sorted(p.name for p in store.rdir.iterdir()) == ["c1@n.json"]
+
+
 def test_corrupt_record_is_a_clear_error(tmp_path: Path) -> None:
     store = LeaseStore(tmp_path / "l")
     store.lease("c1", "n", NET, GW)

@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ._api_http import MAX_QUERY_FIELDS, Exchange, HttpError, HttpServer, Limits
 from ._api_models import ImagePull, NetworkCreate, VolumeCreate
+from ._faults import checkpoint
 from ._models import ContainerSpec
 
 __all__ = ["ApiServer", "Limits", "SupervisorApi", "error_status"]
@@ -325,6 +326,7 @@ class _Routes:
                     f.write(chunk)
             if dest.stat().st_size == 0:
                 raise HttpError(400, "empty request body: send an image tar")
+            checkpoint("load:uploaded")
             loaded = self.sup.load_image(dest)
         finally:
             dest.unlink(missing_ok=True)

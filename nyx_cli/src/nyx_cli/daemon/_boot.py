@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -18,6 +19,7 @@ from nyx_core import (
     make_plugin_manager,
 )
 
+from .._faults import FaultsRefused, arm, from_environ
 from ._logging import configure_logging, enable_plugin_logging
 from ._settings import DaemonSettings
 
@@ -81,7 +83,14 @@ def load(
 
 def boot(flags: dict[str, Any], plugin_flags: PluginFlags = ()) -> None:
     """Load everything, then serve until SIGTERM/SIGINT (see :func:`._serve.serve`)."""
+    try:
+        points = from_environ(os.environ)
+    except FaultsRefused as exc:
+        fail(str(exc))
     settings, backend, dns = load(flags, plugin_flags)
+    if points:
+        arm(points)
+        logger.bind(points=sorted(points)).warning("test fault points armed")
     from ._serve import serve
 
     try:

@@ -14,6 +14,12 @@ driver before it is forgotten. At start, :meth:`NetworkRegistry.bring_up` create
 default network and every recorded one again (bridges do not survive a reboot); one the
 driver now refuses stays recorded, marked with the driver's error, and no container can
 join it until it is removed and created again.
+
+Crash safety: a network is recorded ``pending`` before the driver is asked to create or
+remove it, and the record is completed (or dropped) after. A record still pending at start
+belongs to a nyxd killed in between: :meth:`NetworkRegistry.bring_up` removes that network
+from the driver (``nyx_backend_network_remove`` is idempotent) and forgets it, so neither a
+bridge nobody records nor a record of a half-removed network survives the crash.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from nyx_core import (
 )
 from nyx_core.errors import ConfigError, NyxError
 
+from .._faults import checkpoint
 from ..errors import ConflictError, NotFoundError
 from ._state import NetworkRecord, StateStore
 
@@ -146,6 +153,7 @@ class NetworkRegistry:
 
         :returns: the refused networks, name -> the driver's error.
         """
+        self._finish_pending()
         if not self.backend.capabilities().network_lifecycle:
             return {}
         self._default = self.backend.network_create(self.default_spec())
@@ -166,6 +174,24 @@ class NetworkRegistry:
                     )
             self.store.save_networks(self._records)
             return dict(self._refused)
+
+    def _finish_pending(self) -> None:
+        """Networks a killed nyxd was creating or removing: removed from the driver, forgotten."""
+        with self._lock:
+            pending = {n: r.pending for n, r in self._records.items() if r.pending}
+            for name, what in sorted(pending.items()):
+                try:
+                    if self.backend.capabilities().network_lifecycle:
+                        self.backend.network_remove(name)
+                except NyxError as exc:  # stays pending: tried again at the next start
+                    logger.bind(network=name, error=str(exc)).warning(
+                        f"network {what} interrupted by a crash; its removal failed"
+                    )
+                    continue
+                del self._records[name]
+                logger.bind(network=name).warning(f"network {what} interrupted by a crash; removed")
+            if pending:
+                self.store.save_networks(self._records)
 
     def gateway(self, name: str) -> ipaddress.IPv4Interface | None:
         """Gateway/prefix of ``name`` for ``SetupOptions.subnet``; None for the default.
@@ -258,7 +284,8 @@ class NetworkRegistry:
         }
 
     def _public(self, rec: NetworkRecord) -> dict[str, Any]:
-        out = {**rec.model_dump(), "default": False, "driver": self.backend.name}
+        out = {**rec.model_dump(exclude={"pending"}), "default": False}
+        out["driver"] = self.backend.name
         if rec.name in self._refused:
             out["error"] = self._refused[rec.name]
         return out
@@ -338,7 +365,22 @@ class NetworkRegistry:
                 )
             except ValidationError as exc:
                 raise _validation(name, exc) from exc
-            info = self.backend.network_create(spec)
+            self._records[name] = NetworkRecord(
+                name=name,
+                subnet=str(net),
+                gateway=f"{gw}/{net.prefixlen}",
+                internal=internal,
+                pending="create",
+            )
+            self.store.save_networks(self._records)
+            try:
+                checkpoint("network:create")
+                info = self.backend.network_create(spec)
+                checkpoint("network:created")
+            except BaseException:
+                self._records.pop(name, None)
+                self.store.save_networks(self._records)
+                raise
             try:
                 rec = self._record_of(info, spec, None)
                 self._records[name] = rec
@@ -347,6 +389,8 @@ class NetworkRegistry:
                 self._records.pop(name, None)
                 with contextlib.suppress(Exception):
                     self.backend.network_remove(name)
+                with contextlib.suppress(Exception):
+                    self.store.save_networks(self._records)
                 raise
         logger.bind(network=name, subnet=rec.subnet, internal=rec.internal).info("network created")
         return self._public(rec)
@@ -470,7 +514,17 @@ class NetworkRegistry:
                 raise NotFoundError(f"no such network: {name}")
             if users:
                 raise ConflictError(f"network {name!r} is in use by {', '.join(sorted(users))}")
-            self.backend.network_remove(name)
+            rec = self._records[name]
+            self._records[name] = rec.model_copy(update={"pending": "remove"})
+            self.store.save_networks(self._records)
+            try:
+                checkpoint("network:remove")
+                self.backend.network_remove(name)
+            except BaseException:
+                self._records[name] = rec
+                self.store.save_networks(self._records)
+                raise
+            checkpoint("network:removed")
             del self._records[name]
             self._refused.pop(name, None)
             self.store.save_networks(self._records)

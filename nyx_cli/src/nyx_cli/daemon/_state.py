@@ -121,6 +121,11 @@ class NetworkRecord(BaseModel):
     interface: str | None = Field(default=None, description="the driver's host-side device")
     extra: dict[str, Any] = Field(default_factory=dict, description="driver-specific facts")
     created: str = Field(default_factory=now)
+    pending: Literal["create", "remove"] | None = Field(
+        default=None,
+        description="set while the driver is asked to create or remove it: a nyxd that "
+        "finds it at start was killed in between and removes the network from the driver",
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -147,6 +152,8 @@ class StateStore:
         self.networks_file = self.root / "networks.json"
         self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.containers_dir, 0o700)
+        for stale in self.root.glob(".networks.json.*.tmp"):  # a crash while writing
+            stale.unlink(missing_ok=True)
 
     def container_dir(self, container_id: str) -> Path:
         return self.containers_dir / container_id
@@ -168,6 +175,8 @@ class StateStore:
             f = d / "container.json"
             if not d.is_dir():
                 continue
+            for stale in d.glob(".container.json.*.tmp"):  # a crash while writing
+                stale.unlink(missing_ok=True)
             try:
                 records.append(ContainerRecord.model_validate_json(f.read_text()))
             except (OSError, ValidationError, ValueError):

@@ -364,6 +364,7 @@ class Steps:
                 begun.append(step)
                 step.apply(self.sup, run)
                 run.marks.append((step.name, time.perf_counter()))
+            self.checkpoint("start:done")
         except BaseException as exc:
             errors = []
             for step in reversed(begun):

@@ -48,7 +48,7 @@ from nyx_core import (
 from nyx_core.errors import ConfigError, NyxError
 
 from ..errors import ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
-from ._faults import Faults
+from ._faults import FAULTS, Faults
 from ._health import HealthService
 from ._host import Host
 from ._live import Live
@@ -123,7 +123,7 @@ class Supervisor:
         self.live: dict[str, Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.networks = networks or NetworkRegistry(settings, self.store, backend)
-        self.faults = faults or Faults()
+        self.faults = faults or FAULTS
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         self.volumes = VolumeStore(Path(settings.state_dir) / "volumes")
@@ -202,6 +202,7 @@ class Supervisor:
             "images": images,
             "subnet": str(self.settings.container_subnet),
             "gateway": str(self.settings.gateway_ip),
+            "registry_auth_file": str(self.settings.registry_auth_file),
             "subnet6": None if (n6 := self.settings.container_subnet6) is None else str(n6),
             "gateway6": None if (g6 := self.settings.gateway6) is None else str(g6),
         }
@@ -252,6 +253,7 @@ class Supervisor:
             self.live[cid] = live
             self.store.save(rec)
             self.store.log_path(cid).touch(mode=0o600)
+        self.faults.hit("create:recorded")
         logger.bind(container=cid, name=name, image=spec.image).info("container created")
         if not start:
             return rec.public()
@@ -528,7 +530,9 @@ class Supervisor:
                 rec.exit_code = code
                 rec.finished = now()
                 rec.pid = None
+                self.faults.hit("exit:teardown")
                 self._teardown(live)
+                self.faults.hit("exit:recorded")
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
             finally:
@@ -642,6 +646,7 @@ class Supervisor:
             # nyxd's shutdown stopping it too does not undo a stop by hand
             live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
+        self.faults.hit("stop:signal")
         if grace > 0:
             self._signal(live, self._stop_signal(live.rec.spec))
         if not live.exited.wait(grace):
@@ -653,10 +658,16 @@ class Supervisor:
 
     def _signal(self, live: Live, sig: int) -> None:
         pid = live.rec.pid
-        if self.host.signal_direct and pid and not live.adopted and not live.exited.is_set():
+        if self.host.signal_direct and pid and not live.exited.is_set():
+            # through the runtime's pidfd of the init (never a process that reused its pid),
+            # adopted containers included; else kill(2) while nyxd reaps its own children
+            send = getattr(self.host.runtime, "send_signal", None)
             try:
-                os.kill(pid, sig)
-                return
+                if send is not None and send(live.rec.id, pid, sig):
+                    return
+                if send is None and not live.adopted:
+                    os.kill(pid, sig)
+                    return
             except ProcessLookupError:
                 return
             except OSError:
@@ -684,9 +695,11 @@ class Supervisor:
                 raise ConflictError(f"container {live.rec.name!r} is {live.rec.state}")
             self._refuse_if_joined(live)
             self._cancel_restart(live)
+            self.faults.hit("rm:teardown")
             self._teardown(live)
             live.removed = True
             live.done.set()
+        self.faults.hit("rm:forget")
         self._forget(live)
         logger.bind(container=live.rec.id).info("container removed")
 
@@ -798,8 +811,13 @@ class Supervisor:
         dest.mkdir(mode=0o700)  # the layout inside is 0700 directories, 0600 files
         try:
             pulled = registry.pull_to_oci_layout(
-                reference, dest, insecure_registries=configured, progress=progress
+                reference,
+                dest,
+                insecure_registries=configured,
+                progress=progress,
+                auth_file=self.settings.registry_auth_file,
             )
+            self.faults.hit("pull:fetched")
             img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
