@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import IpamError
+from .errors import AddressInUseError, IpamError
 
 __all__ = ["LeaseState", "LeaseStore", "allocate"]
 
@@ -82,7 +82,8 @@ def allocate(
     :param static: the address asked for, honoured or refused.
     :param after: the last address handed out (round-robin cursor), or None.
     :param field: the request's name for ``static`` in error messages (``static_ip6``...).
-    :raises IpamError: static address outside the subnet, reserved or taken; pool exhausted.
+    :raises IpamError: static address outside the subnet or reserved; pool exhausted.
+    :raises AddressInUseError: static address already leased (an :class:`IpamError`).
     """
     v4 = subnet.version == 4
     taken = _ints(used, v4)
@@ -99,7 +100,7 @@ def allocate(
         if gateway is not None and static == gateway:
             raise IpamError(f"{field} {static} is the gateway of {subnet}")
         if int(static) in taken:
-            raise IpamError(f"{field} {static} is already leased to another container")
+            raise AddressInUseError(f"{field} {static} is already leased to another container")
         return static
     size = last - first + 1
     start = first
