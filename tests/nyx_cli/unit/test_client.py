@@ -203,6 +203,7 @@ def test_networks(api: Path) -> None:
 
 def test_run_networking_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
     args = ["--ip", "10.88.0.9", "--mac-address", "02:42:0A:58:00:09", "--domainname", "ex.test"]
+    args += ["--ip6", "FD00:88::0009"]
     args += ["--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "--expose", "80"]
     args += ["--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2"]
     args += ["--sysctl", "net.ipv4.ip_unprivileged_port_start=80", "--network", "back"]
@@ -214,6 +215,7 @@ def test_run_networking_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
         "10.88.0.9",
         "02:42:0a:58:00:09",
     )
+    assert spec.ipv6_address == "fd00:88::9"
     assert spec.extra_hosts == ["db:10.1.2.3", "gw:host-gateway"]
     assert (spec.dns_servers, spec.dns_search, spec.dns_options) == (
         ["192.0.2.53"],
@@ -239,7 +241,11 @@ def test_run_network_flags_are_checked(api: Path) -> None:
     r = nyx(api, "run", "-d", "--sysctl", "kernel.shmmax=1", "busybox:nyx")
     assert r.exit_code == 125 and "sysctls 'kernel.shmmax': only net.*" in r.output
     r = nyx(api, "run", "-d", "--ip", "10.0.0.1", "--network", "a", "--network", "b", "img")
-    assert r.exit_code == 125 and "--ip/--mac-address: give one --network" in r.output
+    assert r.exit_code == 125 and "--ip/--ip6/--mac-address: give one --network" in r.output
+    r = nyx(api, "run", "-d", "--ip6", "fd00::9", "--network", "a", "--network", "b", "img")
+    assert r.exit_code == 125 and "--ip/--ip6/--mac-address: give one --network" in r.output
+    r = nyx(api, "run", "-d", "--ip6", "10.0.0.9", "busybox:nyx")
+    assert r.exit_code == 125 and "ipv6_address '10.0.0.9' is an IPv4 address" in r.output
     r = nyx(api, "run", "-d", "--add-host", "nocolon", "busybox:nyx")
     assert r.exit_code == 125 and "extra_hosts 'nocolon': must be NAME:ADDRESS" in r.output
 

@@ -443,6 +443,7 @@ def run(
     image: str,
     command: Sequence[str],
     ip: str | None = None,
+    ip6: str | None = None,
     mac_address: str | None = None,
     add_hosts: Sequence[str] = (),
     dns: Sequence[str] = (),
@@ -496,6 +497,7 @@ def run(
     }
     given: dict[str, Any] = {  # nyxd validates these and names the field and the value
         "ipv4_address": ip,
+        "ipv6_address": ip6,
         "mac_address": mac_address,
         "extra_hosts": list(add_hosts),
         "dns_servers": list(dns),
@@ -514,8 +516,8 @@ def run(
     elif len(networks) == 1:
         spec["network"] = networks[0]
     elif networks:
-        if ip is not None or mac_address is not None:
-            die("--ip/--mac-address: give one --network (the one they are for), not several")
+        if ip is not None or ip6 is not None or mac_address is not None:
+            die("--ip/--ip6/--mac-address: give one --network (the one they are for), not several")
         spec["networks"] = [{"name": n} for n in networks]
     if dns_off:
         spec["dns"] = False

@@ -26,7 +26,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from nyx_core import PortMapping
-from nyx_core.errors import ConfigError, NyxError, PortConflictError
+from nyx_core.errors import AddressInUseError, ConfigError, NyxError, PortConflictError
 
 from ..errors import (
     ConflictError,
@@ -101,7 +101,7 @@ def error_status(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, NotFoundError | ImageNotFoundError):
         return 404
-    if isinstance(exc, ConflictError | PortConflictError):
+    if isinstance(exc, ConflictError | PortConflictError | AddressInUseError):
         return 409
     if isinstance(exc, UnauthorizedError):
         return 401
