@@ -103,7 +103,9 @@ class Stack:
 
 @pytest.fixture
 def ext_http(external_ns: tuple[Netns, str], tmp_path: Path) -> Iterator[Netns]:
-    """The kit's LAN neighbour, serving ``external-ok`` on 198.51.100.2:8000."""
+    """The kit's LAN neighbour, serving ``external-ok`` on 198.51.100.2:8000: yielded once
+    it answers there, so a container's "blocked" verdict is never the server still
+    starting."""
     ext, host_ip = external_ns
     assert host_ip == EXT_HOST_IP
     www = tmp_path / "ext-www"
@@ -116,6 +118,11 @@ def ext_http(external_ns: tuple[Netns, str], tmp_path: Path) -> Iterator[Netns]:
         stderr=subprocess.DEVNULL,
     )
     try:
+        deadline = time.monotonic() + 30
+        while _get(f"http://{EXT_IP}:8000/", ext) != "external-ok\n":
+            assert server.poll() is None, "the outside HTTP server died"
+            assert time.monotonic() < deadline, "the outside HTTP server does not answer"
+            time.sleep(0.1)
         yield ext
     finally:
         server.terminate()
@@ -163,7 +170,7 @@ services:
       - sh
       - -c
       - |
-        for name in backend api web; do
+        for name in probe backend api web; do
           if nslookup $$name >/dev/null 2>&1; then s=found; else s=missing; fi
           echo "dns $$name $$s"
         done
@@ -180,7 +187,9 @@ services:
 
 
 def _another_stack_is_isolated(stack: Stack) -> None:
-    """A second project neither resolves nor reaches the first one's services."""
+    """A second project neither resolves nor reaches the first one's services, while its
+    own DNS and its way out work (the positive controls: a probe that can resolve nothing
+    or reach nothing must not pass)."""
     by_name = {c["name"]: c["ips"] for c in stack.api("/v1/containers")}
     targets = [f"{ip}:8000" for ip in by_name["twotier-backend-1"]]
     targets += [f"{ip}:80" for ip in by_name["twotier-web-1"]]
@@ -196,6 +205,7 @@ def _another_stack_is_isolated(stack: Stack) -> None:
         down = other.nyx("compose", "down", "-t", "1", check=False)
     assert down.returncode == 0, down.stdout + down.stderr
     said = {line.partition("|")[2].strip() for line in up.stdout.splitlines() if "|" in line}
+    assert "dns probe found" in said, up.stdout  # its own name: the DNS probe itself works
     assert {"dns backend missing", "dns api missing", "dns web missing"} <= said, up.stdout
     assert {f"tcp {t} blocked" for t in targets} <= said, up.stdout
     assert f"tcp {EXT_IP}:8000 reached" in said, up.stdout  # the probe itself works

@@ -18,7 +18,17 @@ from nyx_plugins_cni import CniSettings
 
 DEBIAN_CNI = Path("/usr/lib/cni")
 
+#: The spec the fakes follow: containernetworking/cni SPEC.md, version 1.1.0 (main after
+#: commit 6a68851 "SPEC: use correct GC field name": ``cni.dev/valid-attachments``, the key
+#: libcni sends; the ``spec-v1.1.0`` tag still says ``cni.dev/attachments``). "S2 GC" below is
+#: Section 2, "Execution Protocol", operation ``GC``; "S5 Error" is Section 5, "Result
+#: Types", "Error"; and so on. The distro's real plugins speak up to 1.0.0 and no newer build
+#: can be installed here, so GC and STATUS are tested against these fakes, and the real ones
+#: are shown never to receive them (integration/test_cni_spec_versions.py).
+SPEC = "https://github.com/containernetworking/cni/blob/main/SPEC.md"
+
 FAKE = """#!{python} -S
+# A fake CNI plugin; each branch cites the SPEC.md section it follows (see SPEC in conftest).
 import json, os, signal, sys, time
 MODE = {mode!r}
 FAIL_ON = {fail_on!r}
@@ -34,28 +44,71 @@ env = {{k: v for k, v in os.environ.items() if k.startswith("CNI_")}}
 with open(LOG, "a") as fh:
     fh.write(json.dumps({{"plugin": NAME, "cmd": cmd, "env": env, "conf": conf}}) + "\\n")
 ver = conf.get("cniVersion", "1.0.0")
+
+
+def error(code, msg, details=""):
+    # S5 Error: non-zero exit, the error structure on stdout; codes 0-99 are the spec's
+    print(json.dumps({{"cniVersion": ver, "code": code, "msg": msg, "details": details}}))
+    sys.exit(1)
+
+
 if cmd == "VERSION":
+    # S2 VERSION (input: cniVersion only) and S5 Version: cniVersion echoes the input
     print(json.dumps({{"cniVersion": ver, "supportedVersions": VERSIONS}}))
     sys.exit(0)
+# S1 "Version considerations" / S5 Error code 1: a version the plugin does not speak
+if ver not in VERSIONS:
+    error(1, "Incompatible CNI version", NAME + " got " + ver + ", speaks " + ", ".join(VERSIONS))
+# S2 Parameters: CNI_COMMAND is one of the operations of the spec version in use; GC and
+# STATUS exist from 1.1.0 on (S2 GC, S2 STATUS). Anything else: S5 Error code 4.
+known = ["ADD", "DEL", "CHECK"] + (["GC", "STATUS"] if ver == "1.1.0" else [])
+if cmd not in known:
+    error(4, "Invalid necessary environment variables", "CNI_COMMAND=" + cmd + " at " + ver)
+attachment = ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
+if cmd in ("GC", "STATUS"):
+    # S3 "Garbage-collecting a network" (no Attachment Parameters) and S2 STATUS (input:
+    # the plugin configuration; optional CNI_PATH): no container, no interface (set but
+    # empty is none, as libcni's invoke.Args sends them)
+    given = [k for k in attachment if env.get(k)]
+    if given:
+        error(4, "Invalid necessary environment variables", cmd + " with " + ", ".join(given))
+    # S3 "Deriving request configuration": runtimeConfig and prevResult are for ADD, DEL
+    # and CHECK only; capabilities must never be set
+    extra = [k for k in ("runtimeConfig", "prevResult", "capabilities") if k in conf]
+    if extra:
+        error(7, "Invalid network config", cmd + " with " + ", ".join(extra))
+if cmd == "GC":
+    # S2 GC, input: cni.dev/valid-attachments, a list of containerID + ifname; required
+    # environment CNI_COMMAND and CNI_PATH
+    valid = conf.get("cni.dev/valid-attachments")
+    if "CNI_PATH" not in env:
+        error(4, "Invalid necessary environment variables", "GC without CNI_PATH")
+    if not isinstance(valid, list) or not all(
+        isinstance(a, dict) and isinstance(a.get("containerID"), str)
+        and isinstance(a.get("ifname"), str) for a in valid
+    ):
+        error(7, "Invalid network config", "cni.dev/valid-attachments: " + repr(valid))
+if cmd == "CHECK" and "prevResult" not in conf:
+    # S2 CHECK: the configuration must include the prevResult of the preceding ADD
+    error(7, "Invalid network config", "CHECK without prevResult")
 if cmd in FAIL_ON:
-    if MODE == "error":
-        print(json.dumps({{"cniVersion": ver, "code": 7, "msg": "Invalid Configuration",
-                          "details": "fake detail from " + NAME}}))
-        sys.exit(1)
-    if MODE == "garbage":
+    if MODE == "error":  # S5 Error, code 7
+        error(7, "Invalid Configuration", "fake detail from " + NAME)
+    if MODE == "garbage":  # not the spec: a broken plugin
         print("this is not json {{")
         sys.exit(0)
-    if MODE == "hang":
+    if MODE == "hang":  # not the spec: a stuck plugin
         time.sleep(3600)
-    if MODE == "crash":
+    if MODE == "crash":  # not the spec: a crashing plugin
         os.kill(os.getpid(), signal.SIGSEGV)
-    if MODE == "exit":
+    if MODE == "exit":  # S2 Errors: non-zero exit, here without the error structure
         sys.stderr.write("boom on stderr\\n")
         sys.exit(2)
-    if MODE == "unavailable":
-        print(json.dumps({{"cniVersion": ver, "code": 50, "msg": "plugin not available"}}))
-        sys.exit(1)
+    if MODE == "unavailable":  # S2 STATUS: code 50, the plugin cannot service ADD
+        error(50, "plugin not available")
 if cmd == "ADD":
+    # S5 ADD Success (an interface plugin), or, chained (S3 "Adding an attachment"), the
+    # prevResult passed on; cniVersion is the one supplied on input
     prev = conf.get("prevResult")
     if IFACE:
         result = {{
@@ -74,6 +127,8 @@ if cmd == "ADD":
     else:
         result = {{"cniVersion": ver}}
     print(json.dumps(result))
+# DEL (S2 DEL), CHECK (S2 CHECK: "either nothing or an error"), GC (S2 GC: "no output on
+# success") and STATUS (S2 STATUS: exit 0 when ready) print nothing
 """
 
 

@@ -60,6 +60,11 @@ def test_nyxd_hosts_watch_exits_from_one_watcher(tmp_path: Path) -> None:
     """nyxd's host wires the watcher; a host built without one (the unit tests' fakes) has a
     thread per container wait instead."""
     settings = DaemonSettings(state_dir=tmp_path / "state", run_dir=tmp_path / "run")
-    watch = Host.default(settings).watch_exit
-    assert isinstance(getattr(watch, "__self__", None), ExitWatcher)
+    host = Host.default(settings)
+    try:
+        assert isinstance(getattr(host.watch_exit, "__self__", None), ExitWatcher)
+    finally:
+        close = getattr(host.runtime, "close", None)  # its warm spare monitor
+        if callable(close):
+            close()
     assert Host.__dataclass_fields__["watch_exit"].default is None

@@ -903,7 +903,7 @@ def test_a_failure_at_each_step_undoes_exactly_what_began(
     with pytest.raises(RuntimeErrorNyx, match=f"injected at start:{failing}"):
         s.create(spec())
     began = order[: order.index(failing)]
-    assert s.faults.seen == [f"start:{n}" for n in [*began, failing]]
+    assert s.faults.seen == ["create:recorded", *(f"start:{n}" for n in [*began, failing])]
     undone = [n for n in calls.names() if n in UNDO.values()]
     assert undone == [UNDO[n] for n in reversed(began) if n in UNDO]
     rec = s.store.load_all()[0]
@@ -920,9 +920,15 @@ def test_teardown_hits_an_undo_checkpoint_per_begun_step(
     s.faults = RecordingFaults()
     s.stop(c["id"], timeout=0)
     assert s.faults.seen == [
+        "stop:signal",
+        "exit:teardown",
         "undo:runtime",
         "undo:rootfs",
         "undo:dns",
         "undo:network",
         "undo:netns",
+        "exit:recorded",
     ]
+    s.faults = RecordingFaults()
+    s.remove(c["id"])
+    assert s.faults.seen == ["rm:teardown", "rm:forget"]  # nothing left to undo

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nyx_core import IpamError, LeaseStore, allocate
+from nyx_core import AddressInUseError, IpamError, LeaseStore, allocate
 
 NET = ipaddress.IPv4Network("10.231.0.0/29")  # .1-.6 usable
 GW = ipaddress.IPv4Address("10.231.0.1")
@@ -68,8 +68,10 @@ def test_leases_of_both_families_any_spelling_and_garbage() -> None:
     used = ["10.231.0.2", "fd00:231:0::2", "FD00:231::3", "10.231.0.3"]
     assert allocate(NET6, GW6, used) == ipaddress.IPv6Address("fd00:231::4")
     assert allocate(NET, GW, used) == ipaddress.IPv4Address("10.231.0.4")
-    with pytest.raises(IpamError, match="already leased"):
+    with pytest.raises(AddressInUseError, match="already leased"):  # a conflict: nyxd's 409
         allocate(NET6, GW6, used, static=ipaddress.IPv6Address("fd00:231::3"))
+    with pytest.raises(AddressInUseError, match="already leased"):
+        allocate(NET, GW, used, static=ipaddress.IPv4Address("10.231.0.3"))
     with pytest.raises(ValueError, match="'nope'"):
         allocate(NET, GW, ["nope"])
 
@@ -119,6 +121,25 @@ def test_a_failing_block_writes_nothing(tmp_path: Path) -> None:
         st.records["x/n"] = {"owner": "x", "network": "n", "ip": "10.231.0.2"}
         raise RuntimeError("boom")
     assert store.leases() == {}
+
+
+def test_files_a_killed_writer_left_half_written_are_removed(tmp_path: Path) -> None:
+    """A writer killed between writing a file and renaming it into place leaves ``.*.tmp``
+    files; the next store to read the directory (under the flock) removes them."""
+    store = LeaseStore(tmp_path / "l", meta_file="networks.json")
+    store.lease("c1", "n", NET, GW)
+    with store.locked() as st:
+        st.meta["n"] = {"subnet": str(NET)}
+    stale = [
+        store.dir / ".networks.json.123.456.tmp",
+        store.rdir / ".c1@n.json.123.456.tmp",
+    ]
+    for path in stale:
+        path.write_text("{half")
+    again = LeaseStore(tmp_path / "l", meta_file="networks.json")
+    assert list(again.leases()) == ["c1/n"]
+    assert [p for p in stale if p.exists()] == []
+    assert sorted(p.name for p in store.rdir.iterdir()) == ["c1@n.json"]
 
 
 def test_corrupt_record_is_a_clear_error(tmp_path: Path) -> None:

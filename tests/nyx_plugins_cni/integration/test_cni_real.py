@@ -212,13 +212,23 @@ def test_check_finds_a_missing_interface(driver: CniDriver, nyx_container_ns: Ns
 def test_ensure_network_primes_the_bridge(
     driver: CniDriver, nyx_settings: NyxSettings, nyx_in_host: Netns
 ) -> None:
-    links = {a["ifname"]: a for a in nyx_in_host.ipj("addr", "show")}
-    bridge = links[cni_settings(nyx_settings).bridge]
-    assert f"{nyx_settings.gateway_ip}/24" in [
-        f"{i['local']}/{i['prefixlen']}" for i in bridge["addr_info"]
+    """Before any container: the bridge plugin's bridge exists (up, with the settings'
+    gateway and prefix, the route to the subnet on it) because ensure_network ran one scratch
+    ADD and DEL, and nothing of that attachment is left (no veth, lease, cached result)."""
+    name = cni_settings(nyx_settings).bridge
+    links = {a["ifname"]: a for a in nyx_in_host.ipj("-4", "addr", "show")}
+    assert name in links, f"no bridge {name!r} after ensure_network: {sorted(links)}"
+    bridge = links[name]
+    subnet = nyx_settings.container_subnet
+    assert [f"{i['local']}/{i['prefixlen']}" for i in bridge["addr_info"]] == [
+        f"{nyx_settings.gateway_ip}/{subnet.prefixlen}"
     ]
-    assert ipaddress.ip_address("10.231.0.1") == nyx_settings.gateway_ip
-    assert ResultCache(nyx_settings.state_dir).entries() == []  # the scratch attachment is gone
+    assert "UP" in bridge["flags"]
+    routes = nyx_in_host.ipj("route", "show", "dev", name)
+    assert [r["dst"] for r in routes] == [str(subnet)]
+    assert nyx_in_host.ipj("link", "show", "master", name) == []  # the scratch veth is gone
+    assert _leases(nyx_settings) == []
+    assert ResultCache(nyx_settings.state_dir).entries() == []
 
 
 def test_own_conflist_with_more_plugins_and_capabilities(

@@ -147,6 +147,7 @@ def _converted(convert: Any, *args: Any) -> Any:
 @click.option("-w", "--workdir", default=None, help="working directory inside the container")
 @click.option("-u", "--user", default=None, help="user[:group] inside the container")
 @click.option("--ip", default=None, help="IPv4 address on the (one) network")
+@click.option("--ip6", default=None, help="IPv6 address on the (one, dual-stack) network")
 @click.option("--mac-address", default=None, help="MAC address on the (one) network")
 @click.option(
     "--add-host",
@@ -220,6 +221,7 @@ def run(
     workdir: str | None,
     user: str | None,
     ip: str | None,
+    ip6: str | None,
     mac_address: str | None,
     add_hosts: tuple[str, ...],
     dns: tuple[str, ...],
@@ -264,6 +266,7 @@ def run(
         workdir=workdir,
         user=user,
         ip=ip,
+        ip6=ip6,
         mac_address=mac_address,
         add_hosts=add_hosts,
         dns=dns,
@@ -457,23 +460,47 @@ def _show_progress(ev: dict[str, Any], tty: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin")
 @click.option("--insecure", is_flag=True, help="plain HTTP / unverified TLS for this registry")
 @click.argument("registry")
+@click.pass_context
 def login(
-    registry: str, username: str, password: str | None, password_stdin: bool, insecure: bool
+    ctx: click.Context,
+    registry: str,
+    username: str,
+    password: str | None,
+    password_stdin: bool,
+    insecure: bool,
 ) -> None:
-    """Store registry credentials in the docker auth file nyxd reads when pulling."""
+    """Check registry credentials and store them where nyxd reads them when pulling.
+
+    The file is the one nyxd names (``registry_auth_file`` in ``nyx info``; nyxd's
+    ``--registry-auth-file``, by default root's ~/.docker/config.json); without a running
+    nyxd, ``$DOCKER_CONFIG/config.json`` or ~/.docker/config.json of the caller.
+    """
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     if password is None:
         password = click.prompt("Password", hide_input=True)
     from ..registry import login as registry_login  # httpx: only for this command
+    from ..registry._auth import default_auth_file
 
     try:
+        target = Path(_client(ctx).info()["registry_auth_file"])
+    except (DaemonUnavailable, ApiError, KeyError, TypeError):
+        target = default_auth_file()
+        click.echo(f"nyx: nyxd did not say where it reads credentials; using {target}", err=True)
+    try:
         registry_login(
-            registry, username, password, insecure_registries=(registry,) if insecure else ()
+            registry,
+            username,
+            password,
+            target,
+            insecure_registries=(registry,) if insecure else (),
         )
+    except PermissionError as exc:
+        _die(f"cannot store the credentials in {target}, where nyxd reads them: {exc}; "
+             "run nyx login as root")  # fmt: skip
     except Exception as exc:
         _die(f"login to {registry} failed: {exc}")
-    click.echo("Login Succeeded")
+    click.echo(f"Login Succeeded (credentials in {target})")
 
 
 @cli.command()

@@ -627,7 +627,7 @@ def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
     if not caps.get("static_addresses"):
         for name, svc in plan.project.services.items():
             for sn in svc.networks:
-                for key in ("ipv4_address", "mac_address"):
+                for key in ("ipv4_address", "ipv6_address", "mac_address"):
                     if getattr(sn, key) is not None:
                         raise click.ClickException(
                             f"services.{name}.networks.{sn.key}.{key}: nyxd's net driver "
@@ -1076,7 +1076,7 @@ def _attachment_entry(
     out: dict[str, Any] = {}
     if sn.aliases:
         out["aliases"] = list(sn.aliases)
-    for key in ("ipv4_address", "mac_address"):
+    for key in ("ipv4_address", "ipv6_address", "mac_address"):
         if getattr(sn, key) is not None:
             out[key] = getattr(sn, key)
     return out or None
@@ -1109,9 +1109,15 @@ def _network_entry(net: ComposeNetwork) -> dict[str, Any]:
         entry["driver_opts"] = dict(net.options)
     if net.labels:
         entry["labels"] = dict(net.labels)
-    if net.subnet is not None:
-        conf = {"subnet": net.subnet, **({"gateway": net.gateway} if net.gateway else {})}
-        entry["ipam"] = {"config": [conf]}
+    if net.ipv6:
+        entry["enable_ipv6"] = True
+    configs = [
+        {"subnet": subnet, **({"gateway": gateway} if gateway else {})}
+        for subnet, gateway in ((net.subnet, net.gateway), (net.subnet6, net.gateway6))
+        if subnet is not None
+    ]
+    if configs:
+        entry["ipam"] = {"config": configs}
     return entry
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -20,6 +21,7 @@ from nyx_core import (
     make_plugin_manager,
 )
 
+from .._faults import FaultsRefused, arm, from_environ
 from ._logging import configure_logging, enable_plugin_logging
 from ._settings import DaemonSettings
 
@@ -111,7 +113,14 @@ def trim_malloc() -> None:
 def boot(flags: dict[str, Any], plugin_flags: PluginFlags = ()) -> None:
     """Load everything, then serve until SIGTERM/SIGINT (see :func:`._serve.serve`)."""
     limit_malloc_arenas()
+    try:
+        points = from_environ(os.environ)
+    except FaultsRefused as exc:
+        fail(str(exc))
     settings, backend, dns = load(flags, plugin_flags)
+    if points:
+        arm(points)
+        logger.bind(points=sorted(points)).warning("test fault points armed")
     from ._serve import serve
 
     try:

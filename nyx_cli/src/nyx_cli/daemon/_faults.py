@@ -1,25 +1,7 @@
-"""Test-only fault points: where a crash test can make nyxd die on purpose.
-
-The supervisor calls :meth:`Faults.hit` with a point name before every step of a container's
-start (``start:netns`` ... ``start:runtime``) and teardown (``undo:<step>``). With no point
-armed (always, in production) it does nothing.
-"""
+"""Test-only fault points (see :mod:`nyx_cli._faults`, re-exported here for the daemon)."""
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Iterable
+from .._faults import FAULTS, POINTS, Faults, FaultsRefused, arm, checkpoint, from_environ
 
-__all__ = ["Faults"]
-
-
-class Faults:
-    """The armed fault points: reaching one kills nyxd with SIGKILL."""
-
-    def __init__(self, points: Iterable[str] = ()) -> None:
-        self.points = frozenset(points)
-
-    def hit(self, point: str) -> None:
-        if point in self.points:
-            os.kill(os.getpid(), signal.SIGKILL)
+__all__ = ["FAULTS", "POINTS", "Faults", "FaultsRefused", "arm", "checkpoint", "from_environ"]

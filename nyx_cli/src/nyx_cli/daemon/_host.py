@@ -73,10 +73,12 @@ class Host:
     create_netns: Callable[[Path], Any]
     delete_netns: Callable[[Path], Any]
     extra: dict[str, Any] = field(default_factory=dict)
-    #: signal a container's init with kill(2) instead of ``runc kill`` (saves an exec); only
-    #: sound when nyxd is the subreaper, so the pid cannot be reused before it is reaped
+    #: signal a container's init directly instead of with ``runc kill`` (saves an exec):
+    #: through the runtime's ``send_signal`` (a pidfd) when it has one, else kill(2), only
+    #: sound when nyxd is the reaper, so the pid cannot be reused before it is reaped
     signal_direct: bool = False
-    #: is the netns still bind-mounted at this path (in nyxd's mount namespace)?
+    #: is the netns still a namespace bind-mounted at this path (in nyxd's mount
+    #: namespace)? An empty file left by a crash or a reboot is not
     netns_alive: Callable[[Path], bool] = lambda path: True
     #: bring ``lo`` up in a netns (``network_mode: none``: no driver does it)
     loopback_up: Callable[[Path], Any] = lambda path: None
@@ -103,14 +105,17 @@ class Host:
             ),
             rootfs=rootfs,
             runtime=runtime_mod.RuncRuntime(
-                settings.run_dir / "runc", runc=settings.runtime, pids_limit=settings.pids_limit
+                settings.run_dir / "runc",
+                runc=settings.runtime,
+                pids_limit=settings.pids_limit,
+                spare_monitor=True,  # a container start skips the monitor's interpreter start
             ),
             process_from_image=runtime_mod.process_from_image,
             create_netns=netns_mod.create_netns,
             delete_netns=netns_mod.delete_netns,
             extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
             signal_direct=True,
-            netns_alive=netns_mod.is_mountpoint,
+            netns_alive=netns_mod.is_netns,
             loopback_up=netns_mod.loopback_up,
             set_sysctls=netns_mod.set_sysctls,
             watch_exit=ExitWatcher().watch,

@@ -36,6 +36,7 @@ __all__ = [
     "delete_netns",
     "in_netns",
     "is_mountpoint",
+    "is_netns",
     "loopback_up",
     "mount",
     "set_sysctls",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 CLONE_NEWNET = 0x40000000
+_NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), linux/nsfs.h
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
 
@@ -160,6 +162,24 @@ def _in_mountinfo(want: str) -> bool:
     except OSError:
         return False
     return False
+
+
+def is_netns(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a network namespace mounted there (nsfs, ``NS_GET_NSTYPE`` says
+    ``CLONE_NEWNET``): not a missing path, not the empty file a mount leaves behind when it
+    is gone (a crash, a reboot), not some other file or namespace bound over it."""
+    if not is_mountpoint(path):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:  # ENOTTY: not a namespace file
+        return False
+    finally:
+        os.close(fd)
 
 
 def _unescape(text: str) -> str:

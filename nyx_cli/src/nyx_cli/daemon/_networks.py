@@ -14,6 +14,12 @@ driver before it is forgotten. At start, :meth:`NetworkRegistry.bring_up` create
 default network and every recorded one again (bridges do not survive a reboot); one the
 driver now refuses stays recorded, marked with the driver's error, and no container can
 join it until it is removed and created again.
+
+Crash safety: a network is recorded ``pending`` before the driver is asked to create or
+remove it, and the record is completed (or dropped) after. A record still pending at start
+belongs to a nyxd killed in between: :meth:`NetworkRegistry.bring_up` removes that network
+from the driver (``nyx_backend_network_remove`` is idempotent) and forgets it, so neither a
+bridge nobody records nor a record of a half-removed network survives the crash.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from nyx_core import (
 )
 from nyx_core.errors import ConfigError, NyxError
 
+from .._faults import checkpoint
 from ..errors import ConflictError, NotFoundError
 from ._state import NetworkRecord, StateStore
 
@@ -146,6 +153,7 @@ class NetworkRegistry:
 
         :returns: the refused networks, name -> the driver's error.
         """
+        self._finish_pending()
         if not self.backend.capabilities().network_lifecycle:
             return {}
         self._default = self.backend.network_create(self.default_spec())
@@ -167,6 +175,24 @@ class NetworkRegistry:
             self.store.save_networks(self._records)
             return dict(self._refused)
 
+    def _finish_pending(self) -> None:
+        """Networks a killed nyxd was creating or removing: removed from the driver, forgotten."""
+        with self._lock:
+            pending = {n: r.pending for n, r in self._records.items() if r.pending}
+            for name, what in sorted(pending.items()):
+                try:
+                    if self.backend.capabilities().network_lifecycle:
+                        self.backend.network_remove(name)
+                except NyxError as exc:  # stays pending: tried again at the next start
+                    logger.bind(network=name, error=str(exc)).warning(
+                        f"network {what} interrupted by a crash; its removal failed"
+                    )
+                    continue
+                del self._records[name]
+                logger.bind(network=name).warning(f"network {what} interrupted by a crash; removed")
+            if pending:
+                self.store.save_networks(self._records)
+
     def gateway(self, name: str) -> ipaddress.IPv4Interface | None:
         """Gateway/prefix of ``name`` for ``SetupOptions.subnet``; None for the default.
 
@@ -186,6 +212,49 @@ class NetworkRegistry:
                 f"({refused}); remove it (nyx network rm) and create it again"
             )
         return ipaddress.IPv4Interface(rec.gateway)
+
+    def gateway6(self, name: str) -> ipaddress.IPv6Interface | None:
+        """IPv6 gateway/prefix of ``name`` (the default network's too); None when the
+        network is IPv4 only.
+
+        :raises NotFoundError: no such network.
+        :raises ConflictError: the driver refused it at start.
+        """
+        if name in self.default_names():
+            return self.settings.gateway_interface6
+        self.gateway(name)
+        with self._lock:
+            rec = self._records.get(name)
+        if rec is None or rec.gateway6 is None:
+            return None
+        return ipaddress.IPv6Interface(rec.gateway6)
+
+    def check_ipv6_address(self, name: str, address: str, where: str) -> None:
+        """Refuse a static IPv6 address (``ipv6_address``, shown as ``where``) that network
+        ``name`` cannot give: the network has no IPv6 subnet, or the address is outside
+        it, its subnet-router anycast address or its gateway. Taken addresses are the
+        supervisor's to check (it knows the containers).
+
+        :raises ConfigError: naming ``where``, the address and the network.
+        """
+        gw6 = self.gateway6(name)
+        ip = ipaddress.IPv6Address(address)
+        if gw6 is None:
+            raise ConfigError(
+                f"{where} {address}: network {name!r} has no IPv6 subnet (create it with "
+                "nyx network create --ipv6, compose enable_ipv6; the default network with "
+                "--container-subnet6)"
+            )
+        net6 = gw6.network
+        why = None
+        if ip not in net6:
+            why = f"is outside the subnet6 {net6} of network {name!r}"
+        elif ip == net6.network_address:
+            why = f"is the subnet-router anycast address of the subnet6 {net6} of network {name!r}"
+        elif ip == gw6.ip:
+            why = f"is the gateway of network {name!r}"
+        if why is not None:
+            raise ConfigError(f"{where} {address} {why}")
 
     def is_internal(self, name: str) -> bool:
         """True for a network created ``internal`` (never the default network).
@@ -215,7 +284,8 @@ class NetworkRegistry:
         }
 
     def _public(self, rec: NetworkRecord) -> dict[str, Any]:
-        out = {**rec.model_dump(), "default": False, "driver": self.backend.name}
+        out = {**rec.model_dump(exclude={"pending"}), "default": False}
+        out["driver"] = self.backend.name
         if rec.name in self._refused:
             out["error"] = self._refused[rec.name]
         return out
@@ -295,7 +365,22 @@ class NetworkRegistry:
                 )
             except ValidationError as exc:
                 raise _validation(name, exc) from exc
-            info = self.backend.network_create(spec)
+            self._records[name] = NetworkRecord(
+                name=name,
+                subnet=str(net),
+                gateway=f"{gw}/{net.prefixlen}",
+                internal=internal,
+                pending="create",
+            )
+            self.store.save_networks(self._records)
+            try:
+                checkpoint("network:create")
+                info = self.backend.network_create(spec)
+                checkpoint("network:created")
+            except BaseException:
+                self._records.pop(name, None)
+                self.store.save_networks(self._records)
+                raise
             try:
                 rec = self._record_of(info, spec, None)
                 self._records[name] = rec
@@ -304,6 +389,8 @@ class NetworkRegistry:
                 self._records.pop(name, None)
                 with contextlib.suppress(Exception):
                     self.backend.network_remove(name)
+                with contextlib.suppress(Exception):
+                    self.store.save_networks(self._records)
                 raise
         logger.bind(network=name, subnet=rec.subnet, internal=rec.internal).info("network created")
         return self._public(rec)
@@ -427,7 +514,17 @@ class NetworkRegistry:
                 raise NotFoundError(f"no such network: {name}")
             if users:
                 raise ConflictError(f"network {name!r} is in use by {', '.join(sorted(users))}")
-            self.backend.network_remove(name)
+            rec = self._records[name]
+            self._records[name] = rec.model_copy(update={"pending": "remove"})
+            self.store.save_networks(self._records)
+            try:
+                checkpoint("network:remove")
+                self.backend.network_remove(name)
+            except BaseException:
+                self._records[name] = rec
+                self.store.save_networks(self._records)
+                raise
+            checkpoint("network:removed")
             del self._records[name]
             self._refused.pop(name, None)
             self.store.save_networks(self._records)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
+import shutil
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +45,12 @@ class Reconciler:
         """After a (re)start: re-adopt containers still running, undo what is left of others.
 
         A container whose runc state is still ``running`` with the recorded pid, and whose
-        netns is still mounted where nyxd put it, is adopted (its DNS records registered
-        again, a watcher started; its exit code will read 255, it is no longer nyxd's
-        child). Anything else a previous nyxd recorded is stopped and
-        torn down: netns, veths, nft elements, leases, DNS records, mounts.
+        netns is still a namespace mounted where nyxd put it, is adopted (its DNS records
+        registered again, a watcher started; its exit code is read from what its monitor
+        records, see :mod:`nyx_cli.runtime._monitor`). One that ended while no nyxd watched
+        gets the exit code and time its monitor recorded. Anything else a previous nyxd
+        recorded is stopped and torn down: netns, veths, nft elements, leases, DNS
+        records, mounts.
         """
         sup = self.sup
         records, broken = sup.store.load_all()
@@ -72,12 +77,7 @@ class Reconciler:
             if rec.state == "running" or dirty:
                 with logger.contextualize(container=rec.id):
                     if rec.state == "running":
-                        self._kill_leftover(rec)
-                        stopped += 1
-                        rec.state = "exited"
-                        rec.finished = now()
-                        rec.pid = None
-                        rec.error = "stopped by nyxd at restart"
+                        stopped += self._end(rec)
                     sup._teardown(live)
                     cleaned += 1
             if rec.state == "restarting":  # was waiting for its restart when nyxd went away
@@ -99,6 +99,17 @@ class Reconciler:
         for leftover in sorted((sup.run_dir / "netns").glob("*")):
             if leftover.name not in known:
                 self._clean_orphan(leftover.name)
+        for cdir in sorted((sup.run_dir / "containers").glob("*")):
+            # a run dir no running container uses: a start killed before its first step
+            # (the dir is made first), or a container nothing records any more
+            if cdir.name not in known:
+                self._clean_orphan(cdir.name)
+                continue
+            used = sup.live.get(cdir.name)
+            if used is not None and (used.adopted or used.rec.rootfs_mounted):
+                continue
+            if not os.path.ismount(cdir / "rootfs"):
+                shutil.rmtree(cdir, ignore_errors=True)
         with contextlib.suppress(Exception):
             for item in listed or []:
                 oid = _item_id(item)
@@ -207,6 +218,32 @@ class Reconciler:
             logger.bind(pid=rec.pid).debug("container re-adopted")
         sup._watch_exit(live, rec.pid)
         return True
+
+    def _end(self, rec: ContainerRecord) -> int:
+        """A container recorded running that cannot be adopted: its exit code and time as its
+        monitor recorded them when it ended while no nyxd watched (0 returned), else it is
+        killed now (1 returned; its code is then that of the kill, 137)."""
+        runtime = self.sup.host.runtime
+        status = getattr(runtime, "exit_status", None)
+        ended = status(rec.id, rec.pid) if callable(status) and rec.pid else None
+        killed = ended is None
+        if killed:
+            self._kill_leftover(rec)
+            rec.error = "stopped by nyxd at restart"
+            code = None
+            if callable(status) and rec.pid:
+                with contextlib.suppress(Exception):
+                    code = runtime.wait(rec.id, rec.pid, 5)
+            rec.exit_code = code
+            rec.finished = now()
+        else:
+            assert ended is not None
+            rec.exit_code = ended[0]
+            rec.finished = datetime.fromtimestamp(ended[1], UTC).isoformat(timespec="milliseconds")
+            logger.bind(exit_code=rec.exit_code).info("container ended while nyxd was away")
+        rec.state = "exited"
+        rec.pid = None
+        return int(killed)
 
     def _kill_leftover(self, rec: ContainerRecord) -> None:
         sup = self.sup

@@ -143,6 +143,9 @@ def serve(
         if api is not None:
             api.close()
         sup.shutdown()
+        close_runtime = getattr(host.runtime, "close", None)  # its spare monitor, if any
+        if callable(close_runtime):
+            close_runtime()
         # the runtime's cgroup parent (/nyx) is left in place: another nyxd on the host may
         # be creating a container under it right now (removing it races with runc's mkdir)
         if dns_started and dns is not None:

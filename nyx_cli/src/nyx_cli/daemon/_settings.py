@@ -15,6 +15,7 @@ from pydantic_settings import NoDecode
 
 from nyx_core import NyxSettings
 
+from ..registry._auth import default_auth_file
 from ..registry._reference import normalize_registry
 
 __all__ = ["DaemonSettings"]
@@ -87,6 +88,13 @@ class DaemonSettings(NyxSettings):
             "localhost, 127.0.0.0/8 and ::1 always may (see docs/registry.md)"
         ),
         json_schema_extra={"flags": ["--insecure-registry", "--insecure-registries"]},
+    )
+
+    registry_auth_file: Path = Field(
+        default_factory=default_auth_file,
+        description="the docker-style credentials file nyxd reads when pulling, and where "
+        "`nyx login` stores them (it asks nyxd): default $DOCKER_CONFIG/config.json, else "
+        "~/.docker/config.json of nyxd's user (root's)",
     )
 
     @field_validator("insecure_registries", mode="before")

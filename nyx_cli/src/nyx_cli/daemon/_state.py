@@ -7,6 +7,7 @@ networks. Files are written atomically (temporary file + rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -121,6 +122,11 @@ class NetworkRecord(BaseModel):
     interface: str | None = Field(default=None, description="the driver's host-side device")
     extra: dict[str, Any] = Field(default_factory=dict, description="driver-specific facts")
     created: str = Field(default_factory=now)
+    pending: Literal["create", "remove"] | None = Field(
+        default=None,
+        description="set while the driver is asked to create or remove it: a nyxd that "
+        "finds it at start was killed in between and removes the network from the driver",
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -147,6 +153,8 @@ class StateStore:
         self.networks_file = self.root / "networks.json"
         self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.containers_dir, 0o700)
+        for stale in self.root.glob(".networks.json.*.tmp"):  # a crash while writing
+            stale.unlink(missing_ok=True)
 
     def container_dir(self, container_id: str) -> Path:
         return self.containers_dir / container_id
@@ -167,8 +175,13 @@ class StateStore:
         with os.scandir(self.containers_dir) as it:
             dirs = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
         for name in dirs:
+            d = os.path.join(self.containers_dir, name)
+            with contextlib.suppress(OSError):
+                for entry in os.listdir(d):  # a crash while writing left its temporary file
+                    if entry.startswith(".container.json.") and entry.endswith(".tmp"):
+                        os.unlink(os.path.join(d, entry))
             try:
-                with open(os.path.join(self.containers_dir, name, "container.json"), "rb") as f:
+                with open(os.path.join(d, "container.json"), "rb") as f:
                     records.append(ContainerRecord.model_validate_json(f.read()))
             except (OSError, ValidationError, ValueError):
                 broken.append(name)

@@ -138,6 +138,7 @@ class NetworkStep(Step):
                 aliases=list(att.aliases),
                 labels=dict(spec.labels),
                 static_ip=att.ipv4_address,
+                static_ip6=att.ipv6_address,
                 mac=att.mac_address,
             )
             ports = spec.ports if i == 0 else []
@@ -363,6 +364,7 @@ class Steps:
                 begun.append(step)
                 step.apply(self.sup, run)
                 run.marks.append((step.name, time.perf_counter()))
+            self.checkpoint("start:done")
         except BaseException as exc:
             errors = []
             for step in reversed(begun):

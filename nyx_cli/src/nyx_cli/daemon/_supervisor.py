@@ -48,7 +48,7 @@ from nyx_core import (
 from nyx_core.errors import ConfigError, NyxError
 
 from ..errors import ConflictError, NotFoundError, NotImplementedYet, RuntimeErrorNyx
-from ._faults import Faults
+from ._faults import FAULTS, Faults
 from ._health import HealthService
 from ._host import Host
 from ._live import Live
@@ -123,7 +123,7 @@ class Supervisor:
         self.live: dict[str, Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.networks = networks or NetworkRegistry(settings, self.store, backend)
-        self.faults = faults or Faults()
+        self.faults = faults or FAULTS
         self.steps = Steps(self)
         self.reconciler = Reconciler(self)
         self.volumes = VolumeStore(Path(settings.state_dir) / "volumes")
@@ -202,6 +202,7 @@ class Supervisor:
             "images": images,
             "subnet": str(self.settings.container_subnet),
             "gateway": str(self.settings.gateway_ip),
+            "registry_auth_file": str(self.settings.registry_auth_file),
             "subnet6": None if (n6 := self.settings.container_subnet6) is None else str(n6),
             "gateway6": None if (g6 := self.settings.gateway6) is None else str(g6),
         }
@@ -217,6 +218,7 @@ class Supervisor:
         for att in spec.attachments():
             self.networks.gateway(att.name)
         self._check_static_addresses(spec)
+        self._check_ipv6_addresses(spec)
         # conflicts with running containers are checked once, when it starts
         self._check_ports(spec.ports, against_running=not start)
         spec, anonymous = self._check_mounts(spec)
@@ -251,6 +253,7 @@ class Supervisor:
             self.live[cid] = live
             self.store.save(rec)
             self.store.log_path(cid).touch(mode=0o600)
+        self.faults.hit("create:recorded")
         logger.bind(container=cid, name=name, image=spec.image).info("container created")
         if not start:
             return rec.public()
@@ -266,7 +269,7 @@ class Supervisor:
         if self.backend.capabilities().static_addresses:
             return
         for i, att in enumerate(spec.attachments()):
-            for f in ("ipv4_address", "mac_address"):
+            for f in ("ipv4_address", "ipv6_address", "mac_address"):
                 value = getattr(att, f)
                 if value is None:
                     continue
@@ -276,6 +279,39 @@ class Supervisor:
                     "static addresses or MACs (no static_addresses capability); configure "
                     "them in the driver instead"
                 )
+
+    def _check_ipv6_addresses(self, spec: ContainerSpec, exclude: str | None = None) -> None:
+        """A static IPv6 address (``--ip6``, ``ipv6_address``) must be one its network can
+        give (:meth:`NetworkRegistry.check_ipv6_address`: 400) and not held by a running
+        (or restarting) container (409), checked before anything is made; the driver
+        still refuses what this cannot see (a race)."""
+        wanted = [
+            (f"networks[{i}].ipv6_address" if spec.networks else "ipv6_address", att)
+            for i, att in enumerate(spec.attachments())
+            if att.ipv6_address is not None
+        ]
+        for where, att in wanted:
+            self.networks.check_ipv6_address(att.name, str(att.ipv6_address), where)
+        if not wanted:
+            return
+        with self.lock:
+            holders = [
+                v.rec
+                for v in self.live.values()
+                if v.rec.state in _HOLDS_PORTS and v.rec.id != exclude and not v.removed
+            ]
+        for where, att in wanted:
+            network = self.networks.canonical(att.name)
+            for rec in holders:
+                asked = {
+                    (self.networks.canonical(a.name), a.ipv6_address)
+                    for a in rec.spec.attachments()
+                }
+                if att.ipv6_address in rec.ips or (network, att.ipv6_address) in asked:
+                    raise ConflictError(
+                        f"{where} {att.ipv6_address} is already taken on network {network!r} "
+                        f"by container {rec.name!r}"
+                    )
 
     def _network_owner(self, ref: str) -> Live:
         """The container whose network namespace ``network_mode: container:<ref>`` joins
@@ -375,6 +411,7 @@ class Supervisor:
                     f"container {live.rec.name!r} is {live.rec.state}; create a new one"
                 )
             self._check_ports(live.rec.spec.ports, exclude=live.rec.id)
+            self._check_ipv6_addresses(live.rec.spec, exclude=live.rec.id)
             with logger.contextualize(container=live.rec.id):
                 self._start(live)
         return live.rec.public()
@@ -509,7 +546,9 @@ class Supervisor:
                 rec.exit_code = code
                 rec.finished = now()
                 rec.pid = None
+                self.faults.hit("exit:teardown")
                 self._teardown(live)
+                self.faults.hit("exit:recorded")
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
             finally:
@@ -623,6 +662,7 @@ class Supervisor:
             # nyxd's shutdown stopping it too does not undo a stop by hand
             live.rec.stopped_by_hand = live.rec.stopped_by_hand or by_hand
         logger.bind(container=live.rec.id, timeout=grace).info("stopping container")
+        self.faults.hit("stop:signal")
         if grace > 0:
             self._signal(live, self._stop_signal(live.rec.spec))
         if not live.exited.wait(grace):
@@ -634,10 +674,16 @@ class Supervisor:
 
     def _signal(self, live: Live, sig: int) -> None:
         pid = live.rec.pid
-        if self.host.signal_direct and pid and not live.adopted and not live.exited.is_set():
+        if self.host.signal_direct and pid and not live.exited.is_set():
+            # through the runtime's pidfd of the init (never a process that reused its pid),
+            # adopted containers included; else kill(2) while nyxd reaps its own children
+            send = getattr(self.host.runtime, "send_signal", None)
             try:
-                os.kill(pid, sig)
-                return
+                if send is not None and send(live.rec.id, pid, sig):
+                    return
+                if send is None and not live.adopted:
+                    os.kill(pid, sig)
+                    return
             except ProcessLookupError:
                 return
             except OSError:
@@ -665,9 +711,11 @@ class Supervisor:
                 raise ConflictError(f"container {live.rec.name!r} is {live.rec.state}")
             self._refuse_if_joined(live)
             self._cancel_restart(live)
+            self.faults.hit("rm:teardown")
             self._teardown(live)
             live.removed = True
             live.done.set()
+        self.faults.hit("rm:forget")
         self._forget(live)
         logger.bind(container=live.rec.id).info("container removed")
 
@@ -705,13 +753,22 @@ class Supervisor:
         return {"exit_code": live.rec.exit_code, "state": live.rec.state}
 
     def logs(self, ref: str, follow: bool = False, poll: float = 0.1) -> Iterator[bytes]:
-        """The container's output; with ``follow`` until it has exited."""
+        """The container's output; with ``follow`` until it has exited.
+
+        Not lazy: an unknown ``ref`` raises :class:`NotFoundError` here, and the log is
+        opened now, so a client that attaches before the start (``nyx run``) reads every
+        byte even when ``--rm`` removes the container before it has read them.
+        """
         live = self._find(ref)
         path = self.store.log_path(live.rec.id)
         try:
             f = path.open("rb")
         except FileNotFoundError:
-            return
+            return iter(())
+        return self._read_log(live, f, follow, poll)
+
+    @staticmethod
+    def _read_log(live: Live, f: Any, follow: bool, poll: float) -> Iterator[bytes]:
         with f:
             while True:
                 chunk = f.read(65536)
@@ -779,8 +836,13 @@ class Supervisor:
         dest.mkdir(mode=0o700)  # the layout inside is 0700 directories, 0600 files
         try:
             pulled = registry.pull_to_oci_layout(
-                reference, dest, insecure_registries=configured, progress=progress
+                reference,
+                dest,
+                insecure_registries=configured,
+                progress=progress,
+                auth_file=self.settings.registry_auth_file,
             )
+            self.faults.hit("pull:fetched")
             img = self.host.images.import_oci_layout(Path(pulled.layout_path), reference)
         finally:
             shutil.rmtree(dest, ignore_errors=True)

@@ -9,7 +9,9 @@ Layout under ``root`` (e.g. ``state_dir/images``)::
 
 Every directory of the store is 0700 and every file 0600 (root's alone): image content can
 hold set-uid binaries and secrets, and no other user may reach them, not even while a layer
-is being unpacked. Opening the store removes what an interrupted load left in ``tmp/``.
+is being unpacked. Opening the store removes what an interrupted load left: ``tmp/``, and
+blobs and layers the index does not reference (a crash between renaming them into place
+and writing the index).
 
 :meth:`ImageStore.load` imports an OCI image layout (dir or tar) or a ``docker save`` archive.
 Whiteouts become what overlayfs understands: ``.wh.NAME`` a 0/0 character device ``NAME``,
@@ -41,6 +43,7 @@ from typing import IO, Any, BinaryIO, cast
 from loguru import logger
 from pydantic import BaseModel, Field
 
+from .._faults import checkpoint
 from ..errors import (
     ImageDigestMismatchError,
     ImageError,
@@ -628,20 +631,23 @@ class ImageStore:
     """Images on local disk. Thread-safe; one store per root.
 
     Opening the store makes its directories private (0700, also for a store an older nyx
-    left world-readable) and removes what an interrupted load left in ``tmp/``.
+    left world-readable) and removes what an interrupted load left: ``tmp/``, a half-written
+    index, blobs and layers no image references (unless an overlay mount uses the layer).
     """
 
     def __init__(self, root: Path, limits: ImageLimits | None = None) -> None:
         self.root = Path(root)
         self.limits = limits or ImageLimits()
         self._lock = threading.RLock()
-        with self._locked():
+        with self._locked() as index:
             for sub in ("", "blobs", "blobs/sha256", "layers", "tmp"):
                 os.chmod(self.root / sub, _DIR_MODE)
             for name in ("index.json", "lock"):
                 with contextlib.suppress(FileNotFoundError):
                     os.chmod(self.root / name, _FILE_MODE)
-            self._clean_tmp()
+            for stale in self.root.glob("index.json.*"):  # a crash between write and rename
+                stale.unlink(missing_ok=True)
+            self._collect(index)  # and blobs or layers a crash left unreferenced
 
     # paths
     def _blob(self, digest: str) -> Path:
@@ -701,6 +707,7 @@ class ImageStore:
         return cast(dict[str, Any], data)
 
     def _write_index(self, index: dict[str, Any]) -> None:
+        checkpoint("store:index")
         tmp = self.root / f"index.json.{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         with os.fdopen(fd, "w") as f:
@@ -739,6 +746,7 @@ class ImageStore:
                 raise ImageDigestMismatchError(f"{what}: digest is {digest}, expected {expected}")
             if size is not None and hashing.size != size:
                 raise ImageDigestMismatchError(f"{what}: size is {hashing.size}, expected {size}")
+            checkpoint("store:blob")  # a verified blob still in tmp/
             os.replace(tmp, self._blob(digest))
             return digest, hashing.size
         finally:
@@ -783,6 +791,7 @@ class ImageStore:
                     f"says {diff_id}"
                 )
             sizes[diff_id] = hashing.size
+            checkpoint("store:layer")  # a verified layer still in tmp/
             try:
                 os.rename(tmp, final)
             except OSError:

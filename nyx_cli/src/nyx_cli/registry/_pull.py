@@ -29,6 +29,7 @@ from loguru import logger
 
 from nyx_core.errors import ConfigError
 
+from .._faults import checkpoint
 from ..errors import DigestMismatchError, NoMatchingPlatformError, RegistryError, UnauthorizedError
 from ._auth import Credentials, load_credentials, store_credentials
 from ._layout import (
@@ -327,6 +328,7 @@ def _download_blob(
             )
         os.fsync(fh.fileno())
         os.replace(partial, final)
+    checkpoint("pull:blob")
     layout.publish(final)
     emit("blob-done", digest=desc.digest, media_type=desc.media_type, current=size, total=size)
     return fetched

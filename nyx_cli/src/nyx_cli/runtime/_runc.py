@@ -8,9 +8,12 @@
   network namespace, docker's default capabilities and the seccomp profile that goes with
   them (:mod:`nyx_cli.runtime._seccomp`), a pids limit, masked paths) and drives ``runc``.
 
-Exit codes: nyxd makes itself a child subreaper (:func:`become_subreaper`) so a detached
-container's init is re-parented to it and :meth:`RuncRuntime.wait` can read the exit status.
-A container whose status cannot be read (re-adopted after a nyxd restart) reports 255.
+Exit codes: ``runc run -d`` runs under a per-container monitor
+(:mod:`nyx_cli.runtime._monitor`, podman's conmon in a few lines of Python): the monitor is
+the init's subreaper, outlives nyxd, and writes the init's exit status to
+``<run_dir>/monitors/<id>/exit``, which :meth:`RuncRuntime.wait` reads, in the nyxd that
+started the container or in the next one (a re-adopted container reports its real exit
+code). Only when the monitor itself was killed is the code unknown: 255.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -79,6 +84,8 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
 UNKNOWN_EXIT = 255
+MONITOR = str(Path(__file__).with_name("_monitor.py"))
+_NO_RUNC_ERROR = "failed (no error message)"
 #: where ``--init``'s binary appears in the container (a read-only bind on /dev's tmpfs:
 #: nothing is written into the image's rootfs)
 INIT_DESTINATION = "/dev/init"
@@ -517,10 +524,13 @@ class RuncRuntime:
         seccomp: bool = True,
         capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
+        spare_monitor: bool = False,
     ) -> None:
         """``capabilities``: the container's bounding/effective/permitted set; the seccomp
         profile follows it (Docker's rules). ``pids_limit``: most tasks in the container's
-        cgroup; 0 or -1 is unlimited.
+        cgroup; 0 or -1 is unlimited. ``spare_monitor``: keep one monitor started ahead of
+        need (nyxd does), so a container start does not wait for its interpreter;
+        :meth:`close` lets it go.
         """
         unknown = sorted(set(capabilities) - CAPABILITIES)
         if unknown:
@@ -535,6 +545,13 @@ class RuncRuntime:
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self._exit_codes: dict[tuple[str, int], int] = {}  # until delete(); pids get reused
         self._lock = threading.Lock()
+        #: per started container: its monitor (nyxd's child) and a pidfd of its init
+        self._monitors: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._pidfds: dict[tuple[str, int], int] = {}
+        self.monitors_dir = self.root.parent / "monitors"
+        #: a monitor started ahead of need (a container start then skips the interpreter's)
+        self.spare_monitor = spare_monitor
+        self._spares = [_spawn_monitor()] if spare_monitor else []
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -645,8 +662,40 @@ class RuncRuntime:
         os.chmod(bundle, 0o700)
         _write_private(Path(bundle) / "config.json", json.dumps(config, indent=1))
 
+    def _monitor(self) -> subprocess.Popen[bytes]:
+        """A started monitor waiting for its command: the warm spare when there is one
+        (its interpreter is up already), else a new one; a new spare is started behind it."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        monitor = next((m for m in spares if m.poll() is None), None)
+        for other in spares:
+            if other is not monitor:
+                _done(other)
+        if monitor is None:
+            monitor = _spawn_monitor()
+        if self.spare_monitor:
+            try:  # a fork+exec: the interpreter starts on its own
+                spare = _spawn_monitor()
+            except OSError:  # the next start spawns its own
+                return monitor
+            with self._lock:
+                self._spares.append(spare)
+        return monitor
+
+    def close(self) -> None:
+        """Let the spare monitor go (it exits on EOF); running containers keep theirs."""
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            _done(spare)
+
+    def status_dir(self, container_id: str) -> Path:
+        """Where the container's monitor writes: ``monitor`` (its pid), ``exit``."""
+        return self.monitors_dir / container_id
+
     def start(self, container_id: str, bundle: Path, log_path: Path) -> int:
-        """``runc run -d``: start detached, output appended to ``log_path``; returns the pid.
+        """``runc run -d`` under the container's monitor (see the module docstring), output
+        appended to ``log_path``; returns the init's pid.
 
         :raises RuntimeErrorNyx: with runc's own error message; nothing is left behind.
         """
@@ -661,82 +710,184 @@ class RuncRuntime:
         runc_log = bundle / "runc.log"
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        status = self.status_dir(container_id)
+        shutil.rmtree(status, ignore_errors=True)
+        status.mkdir(parents=True, mode=0o700)
+        runc = [
+            shutil.which(self.runc) or self.runc,
+            "--root",
+            str(self.root),
+            "--log",
+            str(runc_log),
+            "--log-format",
+            "json",
+            "run",
+            "-d",
+            "--pid-file",
+            str(pid_file),
+            "--bundle",
+            str(bundle),
+            container_id,
+        ]
+        command = {"status_dir": str(status), "pid_file": str(pid_file), "log": str(log_path)}
         try:
-            proc = _run_exact(
-                [
-                    self.runc,
-                    "--root",
-                    str(self.root),
-                    "--log",
-                    str(runc_log),
-                    "--log-format",
-                    "json",
-                    "run",
-                    "-d",
-                    "--pid-file",
-                    str(pid_file),
-                    "--bundle",
-                    str(bundle),
-                    container_id,
-                ],
-                stdout=fd,
-                timeout=120,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            monitor = self._monitor()
+        except OSError as exc:
             self.delete(container_id, force=True)
             raise RuntimeErrorNyx(f"runc run {container_id}: {exc}") from exc
-        finally:
-            os.close(fd)
-        if proc.returncode != 0:
-            message = _runc_error(runc_log)
-            if "already exists" not in message:  # never touch the container that has this id
-                self.delete(container_id, force=True)
-            raise RuntimeErrorNyx(f"runc run {container_id}: {message}")
-        try:
-            return int(pid_file.read_text().strip())
-        except (OSError, ValueError) as exc:
+        try:  # its pid first: once it has the command, runc may start the container
+            _write_private(status / "monitor", str(monitor.pid))
+            assert monitor.stdin is not None
+            monitor.stdin.write(json.dumps({**command, "runc": runc}).encode() + b"\n")
+            monitor.stdin.flush()
+        except OSError as exc:  # the monitor got no command (or died): it exits on EOF
+            _done(monitor)
             self.delete(container_id, force=True)
-            raise RuntimeErrorNyx(f"runc run {container_id}: no pid file") from exc
+            raise RuntimeErrorNyx(f"runc run {container_id}: {exc}") from exc
+        try:
+            line = _read_line(monitor, timeout=120)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.killpg(monitor.pid, signal.SIGKILL)
+            _done(monitor)
+            self.delete(container_id, force=True)
+            raise RuntimeErrorNyx(f"runc run {container_id}: {exc}") from exc
+        what, _, rest = line.partition(" ")
+        if what == "pid" and rest.isdigit():
+            pid = int(rest)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:  # reaped already: possible only without a monitor
+                pidfd = -1
+            with self._lock:
+                self._monitors[(container_id, pid)] = monitor
+                if pidfd >= 0:
+                    self._pidfds[(container_id, pid)] = pidfd
+            assert monitor.stdin is not None
+            monitor.stdin.close()  # the acknowledgement: the monitor may reap the init now
+            return pid
+        _done(monitor)
+        message = _runc_error(runc_log)
+        if what != "runc" or message == _NO_RUNC_ERROR:
+            message = rest.partition(" ")[2] or line or "the monitor failed"
+        if "already exists" not in message:  # never touch the container that has this id
+            self.delete(container_id, force=True)
+        raise RuntimeErrorNyx(f"runc run {container_id}: {message}")
 
     def wait(self, container_id: str, pid: int, timeout: float | None = None) -> int | None:
         """The exit code of the container's init ``pid`` (128+N for signal N), or ``None``
-        when it is still running after ``timeout`` seconds. 255 when unknown (not our child).
+        when it is still running after ``timeout`` seconds.
+
+        Read from what the container's monitor wrote, also for a container a previous nyxd
+        started; 255 only when the monitor was killed before the init ended.
         """
         key = (container_id, pid)
         with self._lock:
             if key in self._exit_codes:
                 return self._exit_codes[key]
+            pidfd = self._pidfds.get(key)
+        if pidfd is None:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                return self._collect(key)
+            with self._lock:
+                if key in self._pidfds:  # another waiter was first
+                    os.close(pidfd)
+                    pidfd = self._pidfds[key]
+                else:
+                    self._pidfds[key] = pidfd
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        if not poller.poll(ms):
+            return None
+        return self._collect(key)
+
+    def send_signal(self, container_id: str, pid: int, sig: int) -> bool:
+        """Signal the init through a pidfd (never another process that got its pid); False
+        when there is no pidfd to use (the caller falls back to ``runc kill``)."""
+        with self._lock:
+            pidfd = self._pidfds.get((container_id, pid))
+            if pidfd is None:
+                return False
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                pass  # ended already
+            return True
+
+    def exit_status(self, container_id: str, pid: int | None = None) -> tuple[int, float] | None:
+        """``(exit code, when)`` the container's monitor recorded (of ``pid``, if given), or
+        ``None`` when it recorded nothing."""
+        path = self.status_dir(container_id) / "exit"
         try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return self._reap(key)
+            data = json.loads(path.read_text())
+            when = path.stat().st_mtime
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("exit_code"), int):
+            return None
+        if pid is not None and data.get("pid") != pid:
+            return None
+        return int(data["exit_code"]), when
+
+    def _monitor_gone(self, container_id: str, pid: int, timeout: float) -> None:
+        """Wait (up to ``timeout`` s) for the container's monitor to exit: it writes the exit
+        status just before. Ours is reaped; a previous nyxd's is watched through a pidfd."""
+        with self._lock:
+            monitor = self._monitors.pop((container_id, pid), None)
+        if monitor is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                monitor.wait(timeout)
+            return
+        try:
+            mpid = int((self.status_dir(container_id) / "monitor").read_text())
+            mfd = os.pidfd_open(mpid)
+        except (OSError, ValueError):
+            return
+        try:  # still that monitor (pids are reused): it works in the container's status dir
+            cwd = os.readlink(f"/proc/{mpid}/cwd").removesuffix(" (deleted)")
+            ours = cwd == str(self.status_dir(container_id))
+        except OSError:
+            ours = False
+        if not ours:
+            os.close(mfd)
+            return
         try:
             poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            ms = None if timeout is None else max(0, int(timeout * 1000))
-            if not poller.poll(ms):
-                return None
+            poller.register(mfd, select.POLLIN)
+            poller.poll(int(timeout * 1000))
         finally:
-            os.close(pidfd)
-        return self._reap(key)
+            os.close(mfd)
 
-    def _reap(self, key: tuple[str, int]) -> int:
-        pid = key[1]
+    def _collect(self, key: tuple[str, int]) -> int:
+        container_id, pid = key
         with self._lock:
             if key in self._exit_codes:
                 return self._exit_codes[key]
-            try:
-                got, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                code = UNKNOWN_EXIT
-            else:
-                if got == 0:  # readable pidfd but not reapable yet: should not happen
-                    got, status = os.waitpid(pid, 0)
-                code = os.waitstatus_to_exitcode(status)
-                code = 128 - code if code < 0 else code
-            self._exit_codes[key] = code
-            return code
+        self._monitor_gone(container_id, pid, 10)
+        got = self.exit_status(container_id, pid)
+        code = got[0] if got is not None else self._reap(pid)
+        with self._lock:
+            self._exit_codes.setdefault(key, code)
+            pidfd = self._pidfds.pop(key, None)
+            if pidfd is not None:
+                os.close(pidfd)
+            return self._exit_codes[key]
+
+    @staticmethod
+    def _reap(pid: int) -> int:
+        """The monitor recorded nothing (it was killed): nyxd, the subreaper above it, may
+        have the init as a child; else the code is unknown (255)."""
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return UNKNOWN_EXIT
+        if got == 0:
+            got, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
 
     def exec(
         self, container_id: str, args: Sequence[str], timeout: float, limit: int = 4096
@@ -802,6 +953,17 @@ class RuncRuntime:
         with self._lock:
             for key in [k for k in self._exit_codes if k[0] == container_id]:
                 del self._exit_codes[key]
+            pids = {k[1] for k in [*self._monitors, *self._pidfds] if k[0] == container_id}
+        for pid in sorted(pids) or [0]:
+            self._monitor_gone(container_id, pid, 10)  # it writes into the dir until it ends
+            got = self.exit_status(container_id, pid) if pid else None
+            with self._lock:
+                pidfd = self._pidfds.pop((container_id, pid), None)
+                if got is not None:  # not waited for yet: a wait() after this still answers
+                    self._exit_codes[(container_id, pid)] = got[0]
+            if pidfd is not None:
+                os.close(pidfd)
+        shutil.rmtree(self.status_dir(container_id), ignore_errors=True)
 
     def remove_cgroup_parent(self) -> None:
         """Remove the (empty) ``cgroup_parent`` directories runc left; best-effort."""
@@ -891,39 +1053,6 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _run_exact(
-    argv: list[str], *, stdout: int, timeout: float
-) -> subprocess.CompletedProcess[bytes]:
-    """``subprocess.run(argv, stdin=DEVNULL, stdout=stdout, stderr=stdout, timeout=timeout)``,
-    returning as soon as the process exits.
-
-    Without pipes to read, ``Popen.wait(timeout)`` polls with sleeps that double up to 50 ms,
-    so a ``runc run -d`` that takes 45 ms is noticed at ~63 ms; a pidfd wakes on the exit.
-    """
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stdout)
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # a kernel without pidfds: Popen's own wait
-        pidfd = None
-    try:
-        if pidfd is None:
-            proc.wait(timeout)
-        else:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            if not poller.poll(max(0, int(timeout * 1000))):
-                raise subprocess.TimeoutExpired(argv, timeout)
-            proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    return subprocess.CompletedProcess(argv, proc.returncode)
-
-
 def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
     """Kill a timed-out ``runc exec``: the process in the container first (its pid from
     runc's pid file, opened as a pidfd while runc, its parent, has not reaped it), then
@@ -948,6 +1077,48 @@ def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
         proc.wait()
 
 
+def _spawn_monitor() -> subprocess.Popen[bytes]:
+    """A monitor waiting for its command on stdin, in a session of its own (neither nyxd's
+    death nor a signal to nyxd's process group reaches it)."""
+    return subprocess.Popen(
+        [sys.executable, "-S", "-I", MONITOR],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        start_new_session=True,
+    )
+
+
+def _done(monitor: subprocess.Popen[bytes]) -> None:
+    """A monitor that failed: its pipes closed, itself reaped."""
+    for pipe in (monitor.stdin, monitor.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    monitor.wait()
+
+
+def _read_line(monitor: subprocess.Popen[bytes], timeout: float) -> str:
+    """The monitor's one-line report (it closes its end after it)."""
+    assert monitor.stdout is not None
+    fd = monitor.stdout.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000)):
+            raise subprocess.TimeoutExpired("runc run", timeout)
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    monitor.stdout.close()
+    return data.decode(errors="replace").strip()
+
+
 def _gone(stderr: str) -> bool:
     text = stderr.lower()
     return any(s in text for s in ("does not exist", "not exist", "not running", "no such"))
@@ -955,7 +1126,7 @@ def _gone(stderr: str) -> bool:
 
 def _runc_error(log: Path) -> str:
     """The last error runc logged (JSON lines), or a generic line."""
-    message = "failed (no error message)"
+    message = _NO_RUNC_ERROR
     try:
         for line in log.read_text(errors="replace").splitlines():
             try:
