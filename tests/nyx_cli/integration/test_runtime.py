@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import select
 import shutil
 import signal
 import stat
@@ -292,6 +293,27 @@ def test_list_reads_runc_states_as_runc_list_does(
     finally:
         runtime.delete(created, force=True)
         Rootfs.unmount(cdir)
+
+
+def test_pidfd_is_a_new_descriptor_of_the_init(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    """What nyxd's exit watcher waits on: a dup of the pidfd taken at start; readable once the
+    init has ended; None for a container that is gone."""
+    ctr = run_container(["sleep", "300"])
+    fd = runtime.pidfd(ctr.id, ctr.pid)
+    assert fd is not None
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(100) == []
+        runtime.kill(ctr.id, signal.SIGKILL)
+        assert poller.poll(30_000) != []
+    finally:
+        os.close(fd)
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 137  # its own descriptor still works
+    runtime.delete(ctr.id)
+    assert runtime.pidfd(ctr.id, ctr.pid) is None
 
 
 def test_sigterm_reaches_a_trapping_init(

@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from nyx_cli.daemon._exits import ExitWatcher
 from nyx_cli.daemon._host import Host
 from nyx_cli.daemon._settings import DaemonSettings
@@ -46,6 +48,28 @@ def test_one_thread_watches_many_processes_and_each_end_runs_its_callback() -> N
         assert ended[p.pid].wait(30)
         assert names[p.pid] == f"exit-{p.pid}"
     assert watcher.watched() == 0
+
+
+def test_a_pidfd_given_is_watched_and_closed() -> None:
+    """The runtime's own pidfd (a dup: taken before anything could reap the init) is what
+    the watcher waits on when it gets one; it closes it after the end."""
+    gate_r, gate_w = os.pipe()
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.read(int(sys.argv[1]), 1)", str(gate_r)],
+        pass_fds=[gate_r],
+    )
+    os.close(gate_r)
+    fd = os.pidfd_open(p.pid)
+    watcher = ExitWatcher()
+    done = threading.Event()
+    watcher.watch(p.pid, "given", done.set, fd)
+    assert watcher.watched() == 1 and not done.is_set()
+    os.close(gate_w)
+    p.wait(30)
+    assert done.wait(30)
+    assert watcher.watched() == 0
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by the watcher (nothing else opened since in this thread)
 
 
 def test_a_process_that_is_gone_runs_its_callback_at_once() -> None:

@@ -28,18 +28,20 @@ class ExitWatcher:
         self._epoll: select.epoll | None = None
         self._waiting: dict[int, tuple[str, Callable[[], None]]] = {}  # pidfd -> its callback
 
-    def watch(self, pid: int, name: str, on_exit: Callable[[], None]) -> None:
+    def watch(
+        self, pid: int, name: str, on_exit: Callable[[], None], pidfd: int | None = None
+    ) -> None:
         """Run ``on_exit`` in a thread named ``name`` once ``pid`` has ended (at once when
-        it is gone already). Without pidfds (Linux < 5.3) a thread waits in ``on_exit``
-        right away, which must then block until the end itself."""
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            _spawn(name, on_exit)
-            return
-        except (OSError, AttributeError):
-            _spawn(name, on_exit)
-            return
+        it is gone already). ``pidfd``: a pidfd of it to watch (the watcher closes it), else
+        one is opened now. Without pidfds (Linux < 5.3) a thread waits in ``on_exit`` right
+        away, which must then block until the end itself."""
+        fd = pidfd
+        if fd is None:
+            try:
+                fd = os.pidfd_open(pid)
+            except (OSError, AttributeError):  # gone already, or no pidfds
+                _spawn(name, on_exit)
+                return
         with self._lock:
             if self._epoll is None:
                 self._epoll = select.epoll()

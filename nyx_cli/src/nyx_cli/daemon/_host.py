@@ -84,10 +84,11 @@ class Host:
     loopback_up: Callable[[Path], Any] = lambda path: None
     #: write ``net.*`` sysctls inside a container's netns
     set_sysctls: Callable[[Path, Mapping[str, str]], Any] = lambda path, values: None
-    #: ``watch_exit(pid, name, on_exit)``: run ``on_exit`` in a thread named ``name`` once
-    #: process ``pid`` has ended, one thread watching them all (:mod:`._exits`); None: a
-    #: thread per container blocks in ``runtime.wait`` from the start
-    watch_exit: Callable[[int, str, Callable[[], None]], Any] | None = None
+    #: ``watch_exit(pid, name, on_exit, pidfd)``: run ``on_exit`` in a thread named ``name``
+    #: once process ``pid`` has ended (``pidfd``: the runtime's descriptor of it, or None),
+    #: one thread watching them all (:mod:`._exits`); None: a thread per container blocks
+    #: in ``runtime.wait`` from the start
+    watch_exit: Callable[[int, str, Callable[[], None], int | None], Any] | None = None
 
     @classmethod
     def default(cls, settings: DaemonSettings) -> Host:

@@ -499,7 +499,10 @@ class Supervisor:
         container (``Host.watch_exit``), else a thread of its own waits for it."""
         cid = live.rec.id
         if self.host.watch_exit is not None:
-            self.host.watch_exit(pid, f"exit-{cid[:12]}", lambda: self._watch(live, pid))
+            # the runtime's pidfd when it has one: taken before anything could reap the init
+            take = getattr(self.host.runtime, "pidfd", None)
+            fd = take(cid, pid) if callable(take) else None
+            self.host.watch_exit(pid, f"exit-{cid[:12]}", lambda: self._watch(live, pid), fd)
             return
         threading.Thread(
             target=self._watch, args=(live, pid), name=f"watch-{cid[:12]}", daemon=True

@@ -804,6 +804,27 @@ class RuncRuntime:
             return None
         return self._collect(key)
 
+    def pidfd(self, container_id: str, pid: int) -> int | None:
+        """A new descriptor (the caller closes it) of the init's pidfd: the one taken at
+        start, before the monitor could reap the init (so never another process that got
+        its pid), else one opened now (a container a previous nyxd started). None when the
+        process is gone."""
+        key = (container_id, pid)
+        with self._lock:
+            held = self._pidfds.get(key)
+            if held is not None:
+                return os.dup(held)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        with self._lock:
+            if key in self._pidfds:  # a waiter was first
+                os.close(fd)
+                return os.dup(self._pidfds[key])
+            self._pidfds[key] = fd
+            return os.dup(fd)
+
     def send_signal(self, container_id: str, pid: int, sig: int) -> bool:
         """Signal the init through a pidfd (never another process that got its pid); False
         when there is no pidfd to use (the caller falls back to ``runc kill``)."""
