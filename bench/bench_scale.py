@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -329,6 +330,19 @@ class Nyx(Engine):
 
     def measure_memory(self, level: int) -> None:
         self.mem[level] = status_of(self.pid)
+        pids = self.monitors()
+        self.mem[level].update(monitors=len(pids), monitor_pss=pss_kib(pids))
+
+    def monitors(self) -> list[int]:
+        """The containers' monitor processes (their working directory is under our run dir;
+        the warm spare's is not)."""
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(d / "cwd").startswith(str(self.tmp)):
+                        out.append(int(d.name))
+        return out
 
     def dns_pid(self) -> int:
         return int(self.client.request("GET", "/v1/containers/s0")["pid"])
@@ -702,6 +716,14 @@ def report(b: Bench) -> None:
             f"{m['rss'] / 1024:7.1f} MiB (anonymous {m['anon'] / 1024:5.1f})  "
             f"{m['threads']:5d} threads  {m['fds']:5d} fds{per}"
         )
+    for lv, m in nyx.mem.items():
+        if m.get("monitors"):
+            each = m["monitor_pss"] / m["monitors"]
+            mib = m["monitor_pss"] / 1024
+            n_mon = m["monitors"]
+            print(
+                f"  nyx at {lv}: {n_mon} monitor processes, PSS {mib:.1f} MiB ({each:.0f} KiB each)"
+            )
     if pod is not None:
         for lv, m in pod.mem.items():
             per = f" ({m['pss'] / max(1, m['conmons']):.0f} KiB each)" if m["conmons"] else ""
