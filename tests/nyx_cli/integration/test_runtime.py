@@ -28,7 +28,7 @@ from nyx_cli.daemon._netns import create_netns, delete_netns, is_mountpoint
 from nyx_cli.daemon._settings import DaemonSettings
 from nyx_cli.daemon._supervisor import Supervisor
 from nyx_cli.errors import RuntimeErrorNyx
-from nyx_cli.images._store import Image, ImageStore
+from nyx_cli.images import Image, ImageStore
 from nyx_cli.runtime._runc import (
     ProcessSpec,
     Rootfs,

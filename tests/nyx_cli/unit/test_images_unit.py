@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nyx_cli.errors import ImageError
-from nyx_cli.images._store import Image, canonical_reference, normalize_tag
+from nyx_cli.images import Image, canonical_reference, normalize_tag
 from nyx_cli.runtime._runc import DEFAULT_PATH, ProcessSpec, process_from_image, resolve_user
 from nyx_core.errors import ConfigError, NyxError
 

@@ -86,7 +86,7 @@ class Host:
 
     @classmethod
     def default(cls, settings: DaemonSettings) -> Host:
-        images_mod: Any = importlib.import_module("nyx_cli.images._store")
+        images_mod: Any = importlib.import_module("nyx_cli.images")
         runtime_mod: Any = importlib.import_module("nyx_cli.runtime._runc")
         netns_mod: Any = importlib.import_module("nyx_cli.daemon._netns")
         rootfs_cls = runtime_mod.Rootfs
