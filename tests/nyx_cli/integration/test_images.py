@@ -24,7 +24,7 @@ from nyx_cli.errors import DigestMismatchError, ImageError, ImageNotFoundError
 from nyx_cli.images import Image, ImageLimits, ImageStore
 from nyx_cli.images._compression import zstd_available
 from nyx_cli.images._unpack import _Unpacker
-from nyx_cli.runtime._runc import Rootfs
+from nyx_cli.runtime import Rootfs
 from nyx_core.errors import ConfigError, NyxError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_kernel")]
