@@ -17,6 +17,7 @@ import pytest
 from nyxd_e2e_kit import Nyxd
 from test_nyxd_e2e import assert_clean, wait_for
 
+from nyx_cli.client._http import ApiError
 from nyx_core.testing import HOST_LINKS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kernel]
@@ -84,6 +85,10 @@ def test_ip_and_mac_are_honoured_and_a_conflicting_ip_refused(nyxd: Nyxd) -> Non
     veths = nyxd.veths()
     r = nyxd.nyx("run", "-d", "--name", "clash", "--ip", ip, IMAGE, "sleep", "600")
     assert r.returncode == 125 and f"static_ip {ip} is already leased" in r.stderr, r.stderr
+    # a conflict, as a published port in use is: 409 through the API
+    with pytest.raises(ApiError) as info:
+        nyxd.client.create({"image": IMAGE, "name": "clash", "ipv4_address": ip})
+    assert info.value.status == 409 and "already leased" in str(info.value), info.value
     assert nyxd.veths() == veths
     names = [c["name"] for c in nyxd.client.request("GET", "/v1/containers", params={"all": 1})]
     assert names == ["fixed"]

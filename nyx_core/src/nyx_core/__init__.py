@@ -56,6 +56,7 @@ from ._settings import (
     plugin_settings_config,
 )
 from .errors import (
+    AddressInUseError,
     BackendError,
     CniPluginError,
     ConfigError,
@@ -78,6 +79,7 @@ logger.disable("nyx_core")
 __all__ = [
     "DNS_GROUP",
     "DRIVER_GROUP",
+    "AddressInUseError",
     "BackendCapabilities",
     "BackendError",
     "CniPluginError",

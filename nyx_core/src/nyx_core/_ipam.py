@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import IpamError
+from .errors import AddressInUseError, IpamError
 
 __all__ = ["LeaseState", "LeaseStore", "allocate"]
 
@@ -71,6 +71,8 @@ def allocate(
     used: Iterable[str],
     static: IPAddress | None = None,
     after: str | None = None,
+    *,
+    field: str = "static_ip",
 ) -> IPAddress:
     """Pick a free address of ``subnet`` (see the module docstring).
 
@@ -79,7 +81,9 @@ def allocate(
     :param used: the addresses already leased (as strings).
     :param static: the address asked for, honoured or refused.
     :param after: the last address handed out (round-robin cursor), or None.
-    :raises IpamError: static address outside the subnet, reserved or taken; pool exhausted.
+    :param field: the request's name for ``static`` in error messages (``static_ip6``...).
+    :raises IpamError: static address outside the subnet or reserved; pool exhausted.
+    :raises AddressInUseError: static address already leased (an :class:`IpamError`).
     """
     v4 = subnet.version == 4
     taken = _ints(used, v4)
@@ -89,14 +93,14 @@ def allocate(
         raise IpamError(f"subnet {subnet} has no address to hand out")
     if static is not None:
         if static.version != subnet.version or static not in subnet:
-            raise IpamError(f"static_ip {static} is outside the network's subnet {subnet}")
+            raise IpamError(f"{field} {static} is outside the network's subnet {subnet}")
         if not first <= int(static) <= last:
             what = "network or broadcast" if v4 else "subnet-router anycast"
-            raise IpamError(f"static_ip {static} is the {what} address of {subnet}")
+            raise IpamError(f"{field} {static} is the {what} address of {subnet}")
         if gateway is not None and static == gateway:
-            raise IpamError(f"static_ip {static} is the gateway of {subnet}")
+            raise IpamError(f"{field} {static} is the gateway of {subnet}")
         if int(static) in taken:
-            raise IpamError(f"static_ip {static} is already leased to another container")
+            raise AddressInUseError(f"{field} {static} is already leased to another container")
         return static
     size = last - first + 1
     start = first

@@ -6,7 +6,15 @@ import ipaddress
 import re
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterface, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    IPvAnyInterface,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -143,9 +151,13 @@ class PortMapping(BaseModel):
 class SetupOptions(BaseModel):
     """Per-container network options handed to ``nyx_backend_setup``.
 
-    Drivers ignore what they cannot honour and document it. ``static_ip`` and ``mac`` are
-    only ever set for a driver declaring ``static_addresses`` (nyxd refuses them before
-    setup otherwise); such a driver honours them or refuses them.
+    Drivers ignore what they cannot honour and document it. ``static_ip``, ``static_ip6``
+    and ``mac`` are only ever set for a driver declaring ``static_addresses`` (nyxd refuses
+    them before setup otherwise); such a driver honours them or refuses them.
+
+    ``static_ip6`` is the IPv6 address asked for; ``static_ip`` stays the IPv4 one, and for
+    older callers may hold the IPv6 one instead. A request naming an IPv6 address in both
+    is refused. Drivers read :attr:`static_v4` and :attr:`static_v6`, which sort that out.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -155,13 +167,64 @@ class SetupOptions(BaseModel):
     network: str = "nyx"
     internal: bool = False
     interface: str = "eth0"
-    static_ip: IPvAnyAddress | None = None
+    static_ip: IPvAnyAddress | None = Field(
+        default=None,
+        description="the IPv4 address asked for (an IPv6 one is accepted too: older callers)",
+    )
+    static_ip6: ipaddress.IPv6Address | None = Field(
+        default=None, description="the IPv6 address asked for (dual-stack networks)"
+    )
     mac: str | None = None
     subnet: IPvAnyInterface | None = Field(
         default=None,
         description="for extra networks (compose): the network's gateway/prefix; None = default",
     )
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("static_ip6", mode="before")
+    @classmethod
+    def _static_ip6_is_ipv6(cls, value: Any) -> Any:
+        if value is None or isinstance(value, ipaddress.IPv6Address):
+            return value
+        try:
+            if not isinstance(value, str | ipaddress.IPv4Address):
+                raise TypeError(type(value).__name__)
+            ip = ipaddress.ip_address(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"static_ip6 {str(value)!r} is not an IPv6 address") from exc
+        if not isinstance(ip, ipaddress.IPv6Address):
+            raise ValueError(
+                f"static_ip6 {str(value)!r} is an IPv4 address, not IPv6 (give it as static_ip)"
+            )
+        return ip
+
+    @model_validator(mode="after")
+    def _one_ipv6_address(self) -> Self:
+        if self.static_ip6 is not None and isinstance(self.static_ip, ipaddress.IPv6Address):
+            raise ValueError(
+                f"static_ip {self.static_ip} and static_ip6 {self.static_ip6} both ask for "
+                "an IPv6 address: give it once, as static_ip6 (static_ip is the IPv4 one)"
+            )
+        return self
+
+    @property
+    def static_v4(self) -> ipaddress.IPv4Address | None:
+        """The IPv4 address asked for (``static_ip`` when it is IPv4), or None."""
+        ip = self.static_ip
+        return ip if isinstance(ip, ipaddress.IPv4Address) else None
+
+    @property
+    def static_v6(self) -> ipaddress.IPv6Address | None:
+        """The IPv6 address asked for (``static_ip6``, or an IPv6 ``static_ip``), or None."""
+        if self.static_ip6 is not None:
+            return self.static_ip6
+        ip = self.static_ip
+        return ip if isinstance(ip, ipaddress.IPv6Address) else None
+
+    @property
+    def static_v6_field(self) -> str:
+        """The field :attr:`static_v6` came from, for error messages."""
+        return "static_ip6" if self.static_ip6 is not None else "static_ip"
 
 
 class InterfaceResult(BaseModel):
@@ -232,8 +295,9 @@ class BackendCapabilities(BaseModel):
     static_addresses: bool = Field(
         default=False,
         description=(
-            "honours SetupOptions.static_ip and SetupOptions.mac (nyx run --ip/--mac-address, "
-            "compose ipv4_address/mac_address): the address is given or refused, never ignored"
+            "honours SetupOptions.static_ip, static_ip6 and mac (nyx run --ip/--ip6/"
+            "--mac-address, compose ipv4_address/ipv6_address/mac_address): the address is "
+            "given or refused, never ignored"
         ),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "AddressInUseError",
     "BackendError",
     "CniPluginError",
     "ConfigError",
@@ -69,6 +70,11 @@ class FirewallError(BackendError):
 
 class IpamError(BackendError):
     """Address allocation failed (exhausted pool, static address taken, bad lease file)."""
+
+
+class AddressInUseError(IpamError):
+    """A static address another container already holds on that network (a conflict:
+    nyxd answers 409, as for a published port in use)."""
 
 
 class PortConflictError(BackendError):

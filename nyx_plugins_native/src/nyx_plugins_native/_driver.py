@@ -715,11 +715,7 @@ class NativeDriver:
         key = LeaseStore.key(container_id, opts.network)
         veth = veth_name(container_id, opts.network)
         mac = (opts.mac or nl.random_mac()).lower()
-        static = static6 = None
-        if isinstance(opts.static_ip, ipaddress.IPv4Address):
-            static = opts.static_ip
-        elif isinstance(opts.static_ip, ipaddress.IPv6Address):
-            static6 = opts.static_ip
+        static, static6 = opts.static_v4, opts.static_v6
         undo: list[tuple[str, Callable[[], None]]] = []
         socks: list[socket.socket] = []
         try:
@@ -751,13 +747,14 @@ class NativeDriver:
                         used,
                         static6,
                         st.cursor.get(_cursor6(net.name)),
+                        field=opts.static_v6_field,
                     )
                     assert isinstance(got, ipaddress.IPv6Address)
                     ip6 = got
                 elif static6 is not None:
                     raise ConfigError(
-                        f"static_ip {static6} is IPv6 but network {net.name!r} has no IPv6 "
-                        "subnet (create it with --ipv6 / --subnet6)"
+                        f"{opts.static_v6_field} {static6} is IPv6 but network {net.name!r} "
+                        "has no IPv6 subnet (create it with --ipv6 / --subnet6)"
                     )
                 pels = port_elements(ports, str(ip), None if ip6 is None else str(ip6))
                 if ranges:

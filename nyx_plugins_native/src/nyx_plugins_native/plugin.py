@@ -29,7 +29,7 @@ CAPABILITIES = BackendCapabilities(
     external_dns=False,
     ipv6=True,
     network_lifecycle=True,
-    static_addresses=True,  # IPAM honours or refuses static_ip; the veth takes the mac
+    static_addresses=True,  # IPAM honours or refuses static_ip(6); the veth takes the mac
 )
 
 

@@ -120,8 +120,8 @@ class FakeSupervisor:
         return {"exit_code": c["exit_code"], "state": c["state"]}
 
     def logs(self, ref: str, follow: bool = False) -> Iterator[bytes]:
-        self._find(ref)
-        yield from self.log.splitlines(keepends=True)
+        self._find(ref)  # eager, as the supervisor's
+        return iter(self.log.splitlines(keepends=True))
 
     def list_images(self) -> list[dict[str, Any]]:
         return [{"id": "sha256:" + "ab" * 32, "repo_tags": ["busybox:nyx"], "size": 2150400}]

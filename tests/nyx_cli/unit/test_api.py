@@ -202,7 +202,7 @@ def test_error_status_by_kind() -> None:
     from nyx_cli import errors
     from nyx_cli.daemon._api import error_status
     from nyx_cli.errors import ImageDigestMismatchError, InvalidImageError
-    from nyx_core.errors import PortConflictError
+    from nyx_core.errors import AddressInUseError, PortConflictError
 
     assert error_status(errors.ImageNotFoundError("x")) == 404
     assert error_status(errors.UnauthorizedError("x")) == 401
@@ -213,4 +213,5 @@ def test_error_status_by_kind() -> None:
     assert error_status(errors.DigestMismatchError("from the registry")) == 502
     assert error_status(errors.NoMatchingPlatformError("arm only")) == 502
     assert error_status(PortConflictError("8080 taken")) == 409
+    assert error_status(AddressInUseError("static_ip 10.88.0.5 is already leased")) == 409
     assert error_status(RuntimeError("bug")) == 500

@@ -115,6 +115,27 @@ def test_run_interrupted_while_starting_stops_the_container(
     assert [cid for cid, _ in fake_sup.stopped] == list(fake_sup.specs)
 
 
+def test_run_rm_keeps_the_output_of_a_container_gone_at_once(
+    api: Path, fake_sup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container that prints, ends and is removed (--rm) before the start's answer is
+    back: the client attached to its log before the start, so nothing is lost."""
+    real_start = fake_sup.start
+
+    def start(ref: str) -> dict[str, Any]:
+        c = dict(real_start(ref))
+        del fake_sup.containers[c["id"]]  # ended and removed at once: its log is gone
+        return c
+
+    monkeypatch.setattr(fake_sup, "start", start)
+    monkeypatch.setattr(
+        fake_sup, "wait", lambda ref, timeout=None: {"exit_code": 0, "state": "exited"}
+    )
+    r = nyx(api, "run", "--rm", "busybox:nyx", "cat", "/etc/motd")
+    assert r.exit_code == 0, r.output
+    assert "line one\nline two\n" in r.output
+
+
 def test_run_command_not_found_is_127(api: Path, fake_sup: Any) -> None:
     from nyx_cli.errors import CommandError
 
@@ -182,6 +203,7 @@ def test_networks(api: Path) -> None:
 
 def test_run_networking_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
     args = ["--ip", "10.88.0.9", "--mac-address", "02:42:0A:58:00:09", "--domainname", "ex.test"]
+    args += ["--ip6", "FD00:88::0009"]
     args += ["--add-host", "db:10.1.2.3", "--add-host", "gw:host-gateway", "--expose", "80"]
     args += ["--dns", "192.0.2.53", "--dns-search", "corp.test", "--dns-option", "ndots:2"]
     args += ["--sysctl", "net.ipv4.ip_unprivileged_port_start=80", "--network", "back"]
@@ -193,6 +215,7 @@ def test_run_networking_flags_reach_nyxd(api: Path, fake_sup: Any) -> None:
         "10.88.0.9",
         "02:42:0a:58:00:09",
     )
+    assert spec.ipv6_address == "fd00:88::9"
     assert spec.extra_hosts == ["db:10.1.2.3", "gw:host-gateway"]
     assert (spec.dns_servers, spec.dns_search, spec.dns_options) == (
         ["192.0.2.53"],
@@ -218,7 +241,11 @@ def test_run_network_flags_are_checked(api: Path) -> None:
     r = nyx(api, "run", "-d", "--sysctl", "kernel.shmmax=1", "busybox:nyx")
     assert r.exit_code == 125 and "sysctls 'kernel.shmmax': only net.*" in r.output
     r = nyx(api, "run", "-d", "--ip", "10.0.0.1", "--network", "a", "--network", "b", "img")
-    assert r.exit_code == 125 and "--ip/--mac-address: give one --network" in r.output
+    assert r.exit_code == 125 and "--ip/--ip6/--mac-address: give one --network" in r.output
+    r = nyx(api, "run", "-d", "--ip6", "fd00::9", "--network", "a", "--network", "b", "img")
+    assert r.exit_code == 125 and "--ip/--ip6/--mac-address: give one --network" in r.output
+    r = nyx(api, "run", "-d", "--ip6", "10.0.0.9", "busybox:nyx")
+    assert r.exit_code == 125 and "ipv6_address '10.0.0.9' is an IPv4 address" in r.output
     r = nyx(api, "run", "-d", "--add-host", "nocolon", "busybox:nyx")
     assert r.exit_code == 125 and "extra_hosts 'nocolon': must be NAME:ADDRESS" in r.output
 

@@ -76,6 +76,8 @@ FAST_LINES = [
     ["run", "--health-timeout", "500ms", "--health-retries", "2", "--health-start-period=0", "i"],
     ["run", "--restart=on-failure:3", "--no-healthcheck", "img"],
     ["run", "--network=b", "--ip", "10.0.0.2", "-v", "d:/d", "--restart", "always", "--init", "i"],
+    ["run", "--network=b", "--ip6", "fd00::2", "--ip=10.0.0.2", "i"],
+    ["run", "--ip6=fd00::3", "--mac-address", "02:00:00:00:00:01", "img", "sh"],
     ["ps"],
     ["ps", "-a", "-q", "--json", "--filter", "label=a=b", "--filter=label=c"],
     ["ps", "--all", "--quiet", "--all"],

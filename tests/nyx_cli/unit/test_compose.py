@@ -245,7 +245,8 @@ networks:
         (
             "services: {a: {image: x, networks: {n: {ipv6_address: 'fd00::5'}}}}\n"
             "networks: {n: {}}",
-            "services.a.networks.n.ipv6_address: a static IPv6 address is not supported",
+            "services.a.networks.n.ipv6_address: network n has no IPv6: declare it with "
+            "enable_ipv6: true",
         ),
         (
             "services: {a: {image: x, networks: [n]}}\n"

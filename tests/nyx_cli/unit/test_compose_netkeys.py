@@ -124,6 +124,59 @@ networks:
     )
 
 
+STACK6 = """
+services:
+  a:
+    image: x
+    networks:
+      front: {ipv4_address: 10.89.60.10, ipv6_address: "FD00:C0:0::10"}
+      back:
+  b:
+    image: x
+    networks:
+      front: {ipv6_address: "fd00:c0::11"}
+  c:
+    image: x
+    networks:
+      outside: {ipv6_address: "fd00:e::5"}
+networks:
+  front:
+    enable_ipv6: true
+    ipam: {config: [{subnet: 10.89.60.0/24}, {subnet: "fd00:c0::/64"}]}
+  back:
+  outside: {external: true}
+"""
+
+
+def test_static_ipv6_addresses_are_asked_for_and_checked() -> None:
+    a, b, c = (spec_of(STACK6, s) for s in "abc")
+    assert [(n.name, n.ipv4_address, n.ipv6_address) for n in a.networks] == [
+        ("proj_front", "10.89.60.10", "fd00:c0::10"),
+        ("proj_back", None, None),
+    ]
+    assert [n.ipv6_address for n in b.networks] == ["fd00:c0::11"]
+    assert [(n.name, n.ipv6_address) for n in c.networks] == [("outside", "fd00:e::5")]
+    assert "services.b.networks.front.ipv6_address: is also the address of a" in err(
+        STACK6.replace("fd00:c0::11", "fd00:c0::10")
+    )
+    assert (
+        "services.b.networks.front.ipv6_address: is outside network front's subnet fd00:c0::/64"
+        in err(STACK6.replace("fd00:c0::11", "fd00:c1::11"))
+    )
+    assert "ipv6_address '10.89.60.11' is an IPv4 address, not IPv6" in err(
+        STACK6.replace('"fd00:c0::11"', "10.89.60.11")
+    )
+    assert "ipv6_address 'fd00::zz' is not an IPv6 address" in err(
+        STACK6.replace("fd00:c0::11", "fd00::zz")
+    )
+    no_ipv6 = STACK6.replace("    enable_ipv6: true\n", "").replace(
+        ', {subnet: "fd00:c0::/64"}', ""
+    )
+    assert "services.a.networks.front.ipv6_address: network front has no IPv6" in err(no_ipv6)
+    on_default = "services: {a: {image: x, networks: {default: {ipv6_address: 'fd00::5'}}}}"
+    assert "network default has no IPv6: declare it with enable_ipv6: true" in err(on_default)
+
+
 def test_network_mode_service_joins_that_services_container() -> None:
     doc = """
 services:
@@ -315,6 +368,21 @@ def test_up_refuses_static_addresses_on_a_driver_without_them(
     assert daemon.calls("POST") == []
 
 
+def test_up_refuses_a_static_ipv6_address_on_a_driver_without_them(
+    fake: tuple[FakeNyxd, str], project_dir: Path
+) -> None:
+    daemon, sock = fake
+    daemon.driver = "cni"
+    daemon.networks["outside"] = {"name": "outside"}
+    _write(project_dir, NET_STACK.replace("ipv4_address: 10.89.9.20", "ipv6_address: 'fd00::9'"))
+    result = run(sock, "up", "-d")
+    assert result.exit_code == 1
+    assert "services.db.networks.shared.ipv6_address: nyxd's net driver 'cni' does not" in (
+        result.output
+    )
+    assert daemon.calls("POST") == []
+
+
 def test_recreating_a_service_recreates_the_services_in_its_netns(
     fake: tuple[FakeNyxd, str], project_dir: Path
 ) -> None:
@@ -350,11 +418,14 @@ services:
     mac_address: 02:42:0a:59:07:0a
     links: [db:database]
     networks:
-      back: {aliases: [w], ipv4_address: 10.89.7.10}
+      back: {aliases: [w], ipv4_address: 10.89.7.10, ipv6_address: "fd00:7::10"}
   db: {image: x, networks: [back]}
   side: {image: x, network_mode: service:web}
 networks:
-  back: {driver: bridge}
+  back:
+    driver: bridge
+    enable_ipv6: true
+    ipam: {config: [{subnet: "fd00:7::/64", gateway: "fd00:7::fe"}]}
   ext: {external: true}
 """
     _write(project_dir, text)
@@ -363,12 +434,18 @@ networks:
     assert first.exit_code == 0, first.output
     data: dict[str, Any] = load_yaml(first.stdout, "config")
     web = data["services"]["web"]
-    assert web["networks"] == {"back": {"aliases": ["w"], "ipv4_address": "10.89.7.10"}}
+    assert web["networks"] == {
+        "back": {"aliases": ["w"], "ipv4_address": "10.89.7.10", "ipv6_address": "fd00:7::10"}
+    }
     assert web["links"] == ["db:database"] and web["expose"] == ["80/tcp"]
     assert web["extra_hosts"] == ["gw:host-gateway"] and web["container_name"] == "web1"
     assert data["services"]["side"]["network_mode"] == "service:web"
     assert "networks" not in data["services"]["side"]
     assert data["networks"]["back"]["driver"] == "bridge"
+    assert data["networks"]["back"]["enable_ipv6"] is True
+    assert data["networks"]["back"]["ipam"] == {
+        "config": [{"subnet": "fd00:7::/64", "gateway": "fd00:7::fe"}]
+    }
     _write(project_dir, first.stdout)
     second = run(sock, "config")
     assert second.exit_code == 0, second.output

@@ -149,15 +149,20 @@ class KitBridgePlugin:
             self.cursor[net.name] = str(ip)
         return ip
 
-    def lease6(self, net: Net) -> ipaddress.IPv6Address | None:
+    def lease6(
+        self, net: Net, static: ipaddress.IPv6Address | None = None
+    ) -> ipaddress.IPv6Address | None:
         if net.gateway6 is None:
+            if static is not None:
+                raise ConfigError(f"kit-bridge: {static} is IPv6, network {net.name!r} is not")
             return None
         key = f"{net.name}/6"
         used = self.leases.setdefault(key, set())
-        ip = allocate(net.gateway6.network, net.gateway6.ip, used, None, self.cursor.get(key))
+        ip = allocate(net.gateway6.network, net.gateway6.ip, used, static, self.cursor.get(key))
         assert isinstance(ip, ipaddress.IPv6Address)
         used.add(str(ip))
-        self.cursor[key] = str(ip)
+        if static is None:
+            self.cursor[key] = str(ip)
         return ip
 
     def release(self, att: Att) -> None:
@@ -400,16 +405,23 @@ class KitBridgePlugin:
             self.validate_netns(netns_path)
             self.check_ports(ports)
             first = not any(k[0] == container_id for k in self.atts)
+            static, static6 = self.static_ip(opts), self.static_ip6(opts)
+            ip = self.lease(net, container_id, static)
+            try:
+                ip6 = self.lease6(net, static6)
+            except BaseException:
+                self.leases[net.name].discard(str(ip))
+                raise
             att = Att(
                 container_id,
                 net.name,
-                self.lease(net, container_id, self.static_ip(opts)),
+                ip,
                 "kv" + _h(f"{container_id}/{net.name}", 10),
                 opts.interface,
                 netns_path,
                 list(ports),
                 self.mac(opts),
-                self.lease6(net),
+                ip6,
             )
             self.atts[key] = att
             undo: list[Callable[[], None]] = [lambda: self.forget(key)]
@@ -428,11 +440,10 @@ class KitBridgePlugin:
             return self.result(att, net)
 
     def static_ip(self, opts: SetupOptions) -> ipaddress.IPv4Address | None:
-        if opts.static_ip is None:
-            return None
-        if opts.static_ip.version != 4:
-            raise ConfigError(f"kit-bridge: static_ip {opts.static_ip} is not IPv4")
-        return ipaddress.IPv4Address(str(opts.static_ip))
+        return opts.static_v4
+
+    def static_ip6(self, opts: SetupOptions) -> ipaddress.IPv6Address | None:
+        return opts.static_v6
 
     def mac(self, opts: SetupOptions) -> str | None:
         return opts.mac
@@ -766,6 +777,15 @@ class IgnoresStaticAddresses(KitBridgePlugin):
         return None
 
 
+class IgnoresStaticIpv6(KitBridgePlugin):
+    """Breaks test_static_ipv6_address_is_honoured: declares static_addresses and ipv6,
+    honours a static IPv4 address, and hands out the next free IPv6 one whatever was
+    asked for."""
+
+    def static_ip6(self, opts: SetupOptions) -> ipaddress.IPv6Address | None:
+        return None
+
+
 class Ipv6AfterDad(KitBridgePlugin):
     """Breaks test_ipv6_addresses_of_both_families_and_a_default_route: the IPv6 address
     waits for duplicate address detection (tentative for a second or more)."""
@@ -855,6 +875,7 @@ VARIANTS: dict[str, type[object]] = {
     "kit-teardown-only-first-network": TeardownOnlyFirstNetwork,
     "kit-ignores-internal": IgnoresInternal,
     "kit-ignores-static-addresses": IgnoresStaticAddresses,
+    "kit-ignores-static-ipv6": IgnoresStaticIpv6,
     "kit-ipv6-after-dad": Ipv6AfterDad,
     "kit-no-default-route6": NoDefaultRoute6,
     "kit-bridges-ipv4-only": BridgesIpv4Only,

@@ -117,6 +117,11 @@ CASES = [
         "asked for 10.231.0.253, the result reports",
     ),
     (
+        "kit-ignores-static-ipv6",
+        "test_static_ipv6_address_is_honoured",
+        "asked for 10.231.0.252 and fd00:231::beef, the result reports",
+    ),
+    (
         "kit-ipv6-after-dad",
         "test_ipv6_addresses_of_both_families_and_a_default_route",
         "is tentative right after setup: duplicate address detection",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nyx_core import IpamError, LeaseStore, allocate
+from nyx_core import AddressInUseError, IpamError, LeaseStore, allocate
 
 NET = ipaddress.IPv4Network("10.231.0.0/29")  # .1-.6 usable
 GW = ipaddress.IPv4Address("10.231.0.1")
@@ -68,8 +68,10 @@ def test_leases_of_both_families_any_spelling_and_garbage() -> None:
     used = ["10.231.0.2", "fd00:231:0::2", "FD00:231::3", "10.231.0.3"]
     assert allocate(NET6, GW6, used) == ipaddress.IPv6Address("fd00:231::4")
     assert allocate(NET, GW, used) == ipaddress.IPv4Address("10.231.0.4")
-    with pytest.raises(IpamError, match="already leased"):
+    with pytest.raises(AddressInUseError, match="already leased"):  # a conflict: nyxd's 409
         allocate(NET6, GW6, used, static=ipaddress.IPv6Address("fd00:231::3"))
+    with pytest.raises(AddressInUseError, match="already leased"):
+        allocate(NET, GW, used, static=ipaddress.IPv4Address("10.231.0.3"))
     with pytest.raises(ValueError, match="'nope'"):
         allocate(NET, GW, ["nope"])
 

@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
-from nyx_core import ConfigError, PortMapping, SetupResult
+from nyx_core import ConfigError, IpamError, PortMapping, SetupOptions, SetupResult, allocate
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,51 @@ def test_setup_result_ips() -> None:
         }
     )
     assert r.ips == [ipaddress.ip_address("10.88.0.2"), ipaddress.ip_address("fd00::2")]
+
+
+def test_setup_options_static_ip6_next_to_static_ip() -> None:
+    opts = SetupOptions(static_ip="10.231.0.9", static_ip6="fd00:231::9")
+    assert opts.static_ip6 == ipaddress.IPv6Address("fd00:231::9")
+    assert (str(opts.static_v4), str(opts.static_v6)) == ("10.231.0.9", "fd00:231::9")
+    assert opts.static_v6_field == "static_ip6"
+    assert SetupOptions.model_validate_json(opts.model_dump_json()) == opts
+    # the older spelling: an IPv6 static_ip still asks for the IPv6 address
+    old = SetupOptions(static_ip="fd00:231::7")
+    assert (old.static_v4, str(old.static_v6), old.static_v6_field) == (
+        None,
+        "fd00:231::7",
+        "static_ip",
+    )
+    assert SetupOptions().static_v4 is None and SetupOptions().static_v6 is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "fragment"),
+    [
+        ({"static_ip6": "10.231.0.9"}, "static_ip6 '10.231.0.9' is an IPv4 address, not IPv6"),
+        ({"static_ip6": "fd00::zz"}, "static_ip6 'fd00::zz' is not an IPv6 address"),
+        ({"static_ip6": 5}, "static_ip6 '5' is not an IPv6 address"),
+        (
+            {"static_ip": "fd00::1", "static_ip6": "fd00::2"},
+            "static_ip fd00::1 and static_ip6 fd00::2 both ask for an IPv6 address",
+        ),
+        (
+            {"static_ip": "fd00::1", "static_ip6": "fd00::1"},
+            "static_ip fd00::1 and static_ip6 fd00::1 both ask for an IPv6 address",
+        ),
+    ],
+)
+def test_setup_options_static_ip6_is_refused_naming_field_and_value(
+    kw: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        SetupOptions.model_validate(kw)
+
+
+def test_allocate_names_the_field_of_a_refused_static_address() -> None:
+    subnet = ipaddress.IPv6Network("fd00:231::/64")
+    gw = ipaddress.IPv6Address("fd00:231::1")
+    with pytest.raises(IpamError, match="static_ip6 fd00:231::1 is the gateway"):
+        allocate(subnet, gw, [], gw, field="static_ip6")
+    with pytest.raises(IpamError, match="static_ip fd00:231::5 is already leased"):
+        allocate(subnet, gw, ["fd00:231::5"], ipaddress.IPv6Address("fd00:231::5"))

@@ -26,6 +26,7 @@ from native_helpers import (
 
 from nyx_core import (
     FirewallError,
+    IpamError,
     NetworkBackend,
     NetworkSpec,
     NyxSettings,
@@ -231,6 +232,31 @@ def test_static_ipv6_address_is_honoured_or_refused(
         native6.teardown("v6-static", ctr.path)
 
 
+def test_static_ip6_is_honoured_next_to_static_ip_and_refused_naming_it(
+    native6: NetworkBackend, nyx_in_host: Netns, nyx_container_ns: Callable[[], Netns]
+) -> None:
+    """``static_ip6`` (the field nyxd fills from ``--ip6``/``ipv6_address``) next to an IPv4
+    ``static_ip``: both honoured, configured in the container; a refusal names the field."""
+    ctr, other = nyx_container_ns(), nyx_container_ns()
+    opts = SetupOptions(static_ip="10.231.0.98", static_ip6="fd00:231::98")
+    result = native6.setup("v6-static6", ctr.path, [], opts)
+    try:
+        assert (_ip4(result), _ip6(result)) == ("10.231.0.98", "fd00:231::98")
+        inside = {a["local"] for link in ctr.ipj("addr", "show") for a in link["addr_info"]}
+        assert {"10.231.0.98", "fd00:231::98"} <= inside, inside
+        before = snapshot(nyx_in_host)
+        for static, word in (
+            ("fd00:231::98", "static_ip6 fd00:231::98 is already leased"),
+            ("fd00:231::1", "static_ip6 fd00:231::1 is the gateway"),
+            ("fd00:999::5", "static_ip6 fd00:999::5 is outside the network's subnet"),
+        ):
+            with pytest.raises(IpamError, match=word):
+                native6.setup("v6-other6", other.path, [], SetupOptions(static_ip6=static))
+        assert snapshot(nyx_in_host) == before
+    finally:
+        native6.teardown("v6-static6", ctr.path)
+
+
 def test_a_v4_only_network_refuses_ipv6_requests(
     native6: NetworkBackend, nyx_in_host: Netns, nyx_container_ns: Callable[[], Netns]
 ) -> None:
@@ -240,6 +266,11 @@ def test_a_v4_only_network_refuses_ipv6_requests(
         before = snapshot(nyx_in_host)
         for ports, opts, word in (
             ([], SetupOptions(network="only4", static_ip=ipaddress.ip_address("fd00::5")), "IPv6"),
+            (
+                [],
+                SetupOptions(network="only4", static_ip6="fd00::5"),
+                "static_ip6 fd00::5 is IPv6 but network 'only4' has no IPv6 subnet",
+            ),
             ([PortMapping.parse("[::]:18390:80")], SetupOptions(network="only4"), "IPv6"),
         ):
             with pytest.raises(Exception, match=word):

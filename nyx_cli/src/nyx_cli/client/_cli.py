@@ -147,6 +147,7 @@ def _converted(convert: Any, *args: Any) -> Any:
 @click.option("-w", "--workdir", default=None, help="working directory inside the container")
 @click.option("-u", "--user", default=None, help="user[:group] inside the container")
 @click.option("--ip", default=None, help="IPv4 address on the (one) network")
+@click.option("--ip6", default=None, help="IPv6 address on the (one, dual-stack) network")
 @click.option("--mac-address", default=None, help="MAC address on the (one) network")
 @click.option(
     "--add-host",
@@ -220,6 +221,7 @@ def run(
     workdir: str | None,
     user: str | None,
     ip: str | None,
+    ip6: str | None,
     mac_address: str | None,
     add_hosts: tuple[str, ...],
     dns: tuple[str, ...],
@@ -264,6 +266,7 @@ def run(
         workdir=workdir,
         user=user,
         ip=ip,
+        ip6=ip6,
         mac_address=mac_address,
         add_hosts=add_hosts,
         dns=dns,

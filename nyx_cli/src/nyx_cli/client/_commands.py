@@ -443,6 +443,7 @@ def run(
     image: str,
     command: Sequence[str],
     ip: str | None = None,
+    ip6: str | None = None,
     mac_address: str | None = None,
     add_hosts: Sequence[str] = (),
     dns: Sequence[str] = (),
@@ -496,6 +497,7 @@ def run(
     }
     given: dict[str, Any] = {  # nyxd validates these and names the field and the value
         "ipv4_address": ip,
+        "ipv6_address": ip6,
         "mac_address": mac_address,
         "extra_hosts": list(add_hosts),
         "dns_servers": list(dns),
@@ -514,8 +516,8 @@ def run(
     elif len(networks) == 1:
         spec["network"] = networks[0]
     elif networks:
-        if ip is not None or mac_address is not None:
-            die("--ip/--mac-address: give one --network (the one they are for), not several")
+        if ip is not None or ip6 is not None or mac_address is not None:
+            die("--ip/--ip6/--mac-address: give one --network (the one they are for), not several")
         spec["networks"] = [{"name": n} for n in networks]
     if dns_off:
         spec["dns"] = False
@@ -536,14 +538,21 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
     created = call(client.create, spec, False)
     cid = created["id"]
     printed = threading.Event()
+    attached = threading.Event()
     out = sys.stdout.buffer
 
     def pump() -> None:
-        printed.wait()
+        # attached before the start (the answer's headers mean nyxd holds the log open):
+        # a container that prints and ends at once, --rm or not, loses no output
         try:
-            for chunk in client.stream(
-                "GET", f"/v1/containers/{q(cid)}/logs", params={"follow": 1}
-            ):
+            chunks = client.stream("GET", f"/v1/containers/{q(cid)}/logs", params={"follow": 1})
+        except Exception:
+            return
+        finally:
+            attached.set()
+        printed.wait()  # the start's answer is printed first; output waits in the socket
+        try:
+            for chunk in chunks:
                 out.write(chunk)
                 out.flush()
         except Exception:
@@ -551,6 +560,7 @@ def _run_foreground(client: Client, spec: dict[str, Any], rm: bool) -> int:
 
     logs = threading.Thread(target=pump, daemon=True)
     logs.start()
+    attached.wait(10)
 
     # ^C or SIGTERM from here on stops the container (what docker's sig-proxy does):
     # the handler is in place before the start, since the process may print and the

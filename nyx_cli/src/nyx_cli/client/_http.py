@@ -359,6 +359,10 @@ class Client:
 
     def stream(self, method: str, path: str, **kw: Any) -> Iterator[bytes]:
         resp = self._open(method, path, **kw)
+        return self._chunks(resp)
+
+    @staticmethod
+    def _chunks(resp: Any) -> Iterator[bytes]:
         try:
             while True:
                 chunk = resp.read1(65536)

@@ -82,6 +82,7 @@ COMMANDS: dict[str, Command] = {
             (VALUE, "workdir", ("-w", "--workdir")),
             (VALUE, "user", ("-u", "--user")),
             (VALUE, "ip", ("--ip",)),
+            (VALUE, "ip6", ("--ip6",)),
             (VALUE, "mac_address", ("--mac-address",)),
             (MULTIPLE, "add_hosts", ("--add-host",)),
             (MULTIPLE, "dns", ("--dns",)),

@@ -69,10 +69,6 @@ _BUILD = (
     "nyx does not build images: build it elsewhere (docker build -t NAME DIR, buildah), "
     "`nyx load` it (docker save NAME | nyx load) and name it in `image:` instead of `build:`"
 )
-_IPV6 = (
-    "a static IPv6 address is not supported: a container of an enable_ipv6 network gets "
-    "one from its IPv6 subnet"
-)
 _ONE_HOST = "nyx runs one container per service on one host"
 
 REFUSED: dict[str, dict[str, str]] = {
@@ -93,7 +89,6 @@ REFUSED: dict[str, dict[str, str]] = {
         "privileged": "privileged containers are not supported",
     },
     "service_network": {
-        "ipv6_address": _IPV6,
         "link_local_ips": "link-local addresses are not supported",
         "driver_opts": "per-attachment driver options are not supported",
         "priority": "nyx attaches networks in file order (ports on the first)",

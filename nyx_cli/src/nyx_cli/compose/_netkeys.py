@@ -3,9 +3,9 @@ them, and what they say about the other services of the file.
 
 ``container_name``, ``domainname``, ``dns``, ``dns_search``, ``dns_opt``, ``extra_hosts``,
 ``expose``, ``mac_address``, ``network_mode``, ``links`` and ``sysctls`` of a service
-(:class:`ServiceNet`, :func:`service_net`), ``ipv4_address``/``mac_address`` of its networks
-(:func:`checked`, :func:`inside`), ``external`` networks (:func:`external`), and the checks
-across services (:func:`cross_checked`).
+(:class:`ServiceNet`, :func:`service_net`), ``ipv4_address``/``ipv6_address``/``mac_address``
+of its networks (:func:`checked`, :func:`inside`), ``external`` networks (:func:`external`),
+and the checks across services (:func:`cross_checked`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ SERVICE_NET_KEYS = {
     "sysctls",
 }
 """The networking keys of a service that :func:`service_net` reads."""
-SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address", "mac_address"}
+SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address", "ipv6_address", "mac_address"}
 """The keys of ``services.<s>.networks.<n>`` nyx reads."""
 
 
@@ -278,15 +278,19 @@ def cross_checked(services: dict[str, ComposeService], project: str) -> dict[str
                 raise _bad(lpath, target, f"{target} shares no network with {svc.name}")
             extra.append(target)
         for sn in svc.networks:
-            if sn.ipv4_address is None:
-                continue
-            taken = addresses.setdefault((sn.key, sn.ipv4_address), svc.name)
-            if taken != svc.name:
-                raise _bad(
-                    f"{path}.networks.{sn.key}.ipv4_address",
-                    sn.ipv4_address,
-                    f"is also the address of {taken}",
-                )
+            for key, address in (
+                ("ipv4_address", sn.ipv4_address),
+                ("ipv6_address", sn.ipv6_address),
+            ):
+                if address is None:
+                    continue
+                taken = addresses.setdefault((sn.key, address), svc.name)
+                if taken != svc.name:
+                    raise _bad(
+                        f"{path}.networks.{sn.key}.{key}",
+                        address,
+                        f"is also the address of {taken}",
+                    )
         if svc.net.mac_address is not None and svc.networks and svc.networks[0].mac_address:
             raise _bad(
                 f"{path}.mac_address",

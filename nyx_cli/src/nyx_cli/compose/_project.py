@@ -189,6 +189,7 @@ class ServiceNetwork:
     aliases: tuple[str, ...] = ()
     ipv4_address: str | None = None
     mac_address: str | None = None
+    ipv6_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -427,7 +428,7 @@ def _service_networks(
             kpath = _join(path, key)
             _declared(key, kpath, declared)
             aliases: tuple[str, ...] = ()
-            ipv4 = mac = None
+            ipv4 = mac = ipv6 = None
             if conf is not None:
                 node = _mapping(conf, kpath)
                 _check_keys(node, _SERVICE_NETWORK_KEYS, kpath, warnings, "service_network")
@@ -443,11 +444,13 @@ def _service_networks(
                     text = _str(node["ipv4_address"], ipath)
                     ipv4 = checked("ipv4_address", text, ipath, attachment=True)
                     inside(ipv4, key, getattr(declared.get(key), "subnet", None), ipath)
+                if node.get("ipv6_address") is not None:
+                    ipv6 = _ipv6_address(node["ipv6_address"], key, declared.get(key), kpath)
                 if node.get("mac_address") is not None:
                     mpath = _join(kpath, "mac_address")
                     text = _str(node["mac_address"], mpath)
                     mac = checked("mac_address", text, mpath, attachment=True)
-            out.append(ServiceNetwork(key, aliases, ipv4, mac))
+            out.append(ServiceNetwork(key, aliases, ipv4, mac, ipv6))
     else:
         raise _bad(path, value, "must be a list of network names or a mapping")
     seen: set[str] = set()
@@ -458,6 +461,25 @@ def _service_networks(
     if not out:
         raise _bad(path, value, "must name at least one network")
     return tuple(out)
+
+
+def _ipv6_address(value: object, key: str, net: ComposeNetwork | None, path: str) -> str:
+    """``services.<s>.networks.<key>.ipv6_address``: an IPv6 address, on a network of the
+    file with ``enable_ipv6: true`` (inside its IPv6 subnet when the file gives one); an
+    external network's IPv6 is nyxd's to check."""
+    ipath = _join(path, "ipv6_address")
+    address = str(checked("ipv6_address", _str(value, ipath), ipath, attachment=True))
+    if net is not None and net.external:
+        return address
+    if net is None or not net.ipv6:
+        raise _bad(
+            ipath,
+            address,
+            f"network {key} has no IPv6: declare it with enable_ipv6: true (and an IPv6 "
+            "subnet in ipam.config, or nyxd picks one)",
+        )
+    inside(address, key, net.subnet6, ipath)
+    return address
 
 
 def _declared(key: str, path: str, declared: Mapping[str, ComposeNetwork]) -> None:
@@ -991,6 +1013,7 @@ class ComposePlan:
                     aliases=aliases,
                     internal=net.internal,
                     ipv4_address=sn.ipv4_address,
+                    ipv6_address=sn.ipv6_address,
                     mac_address=mac,
                 )
             )

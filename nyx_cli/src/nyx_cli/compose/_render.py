@@ -171,7 +171,7 @@ def _attachment_entry(
     out: dict[str, Any] = {}
     if sn.aliases:
         out["aliases"] = list(sn.aliases)
-    for key in ("ipv4_address", "mac_address"):
+    for key in ("ipv4_address", "ipv6_address", "mac_address"):
         if getattr(sn, key) is not None:
             out[key] = getattr(sn, key)
     return out or None
@@ -204,7 +204,13 @@ def _network_entry(net: ComposeNetwork) -> dict[str, Any]:
         entry["driver_opts"] = dict(net.options)
     if net.labels:
         entry["labels"] = dict(net.labels)
-    if net.subnet is not None:
-        conf = {"subnet": net.subnet, **({"gateway": net.gateway} if net.gateway else {})}
-        entry["ipam"] = {"config": [conf]}
+    if net.ipv6:
+        entry["enable_ipv6"] = True
+    configs = [
+        {"subnet": subnet, **({"gateway": gateway} if gateway else {})}
+        for subnet, gateway in ((net.subnet, net.gateway), (net.subnet6, net.gateway6))
+        if subnet is not None
+    ]
+    if configs:
+        entry["ipam"] = {"config": configs}
     return entry

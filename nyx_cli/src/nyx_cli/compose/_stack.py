@@ -352,7 +352,7 @@ def _check_driver(client: DaemonClient, plan: ComposePlan) -> None:
     if not caps.get("static_addresses"):
         for name, svc in plan.project.services.items():
             for sn in svc.networks:
-                for key in ("ipv4_address", "mac_address"):
+                for key in ("ipv4_address", "ipv6_address", "mac_address"):
                     if getattr(sn, key) is not None:
                         raise click.ClickException(
                             f"services.{name}.networks.{sn.key}.{key}: nyxd's net driver "

@@ -26,7 +26,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from nyx_core import PortMapping
-from nyx_core.errors import ConfigError, NyxError, PortConflictError
+from nyx_core.errors import AddressInUseError, ConfigError, NyxError, PortConflictError
 
 from ..errors import (
     ConflictError,
@@ -101,7 +101,7 @@ def error_status(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, NotFoundError | ImageNotFoundError):
         return 404
-    if isinstance(exc, ConflictError | PortConflictError):
+    if isinstance(exc, ConflictError | PortConflictError | AddressInUseError):
         return 409
     if isinstance(exc, UnauthorizedError):
         return 401
@@ -298,9 +298,10 @@ class _Routes:
         ex.send_json(200, self.sup.wait(ref, timeout=_float(q, "timeout")))
 
     def h_containers_logs(self, ex: Exchange, q: dict[str, list[str]], ref: str) -> None:
+        # raises NotFound before the headers; then the headers go at once, before any
+        # output: a client attaching before the start knows it is attached
         chunks = self.sup.logs(ref, follow=_flag(q, "follow"))
-        first = next(chunks, b"")  # raises NotFound before the headers are sent
-        ex.send_stream("text/plain; charset=utf-8", _prepend(first, chunks))
+        ex.send_stream("text/plain; charset=utf-8", chunks)
 
     def h_images_list(self, ex: Exchange, q: dict[str, list[str]]) -> None:
         ex.send_json(200, self.sup.list_images())
@@ -396,11 +397,6 @@ class _Routes:
     def h_volumes_remove(self, ex: Exchange, q: dict[str, list[str]], name: str) -> None:
         self.sup.remove_volume(name)
         ex.send_empty(204)
-
-
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest
 
 
 def _pull_events(sup: SupervisorApi, ref: str, insecure: bool) -> Iterator[bytes]:

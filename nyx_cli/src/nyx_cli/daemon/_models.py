@@ -58,6 +58,20 @@ def _ipv4(value: str | None, field: str) -> str | None:
         raise ValueError(f"{field} {value!r} is not an IPv4 address") from exc
 
 
+def _ipv6(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError(f"{field} {value!r} is not an IPv6 address") from exc
+    if ip.version != 6:
+        raise ValueError(
+            f"{field} {value!r} is an IPv4 address, not IPv6 (give it as ipv4_address)"
+        )
+    return str(ip)
+
+
 def _mac(value: str | None, field: str) -> str | None:
     if value is None:
         return None
@@ -96,6 +110,11 @@ class NetworkAttachment(BaseModel):
         description="the address to give the container on this network (the driver honours "
         "it or refuses it; needs the static_addresses capability)",
     )
+    ipv6_address: str | None = Field(
+        default=None,
+        description="the IPv6 address to give the container on this dual-stack network "
+        "(inside its subnet6; needs the static_addresses capability)",
+    )
     mac_address: str | None = Field(
         default=None, description="the MAC address of its interface on this network"
     )
@@ -104,6 +123,11 @@ class NetworkAttachment(BaseModel):
     @classmethod
     def _ipv4_address(cls, value: str | None) -> str | None:
         return _ipv4(value, "ipv4_address")
+
+    @field_validator("ipv6_address")
+    @classmethod
+    def _ipv6_address(cls, value: str | None) -> str | None:
+        return _ipv6(value, "ipv6_address")
 
     @field_validator("mac_address")
     @classmethod
@@ -237,6 +261,11 @@ class ContainerSpec(BaseModel):
     ipv4_address: str | None = Field(
         default=None, description="address on the default network (--ip); see networks[]"
     )
+    ipv6_address: str | None = Field(
+        default=None,
+        description="IPv6 address on the default network (--ip6; it must be dual stack); "
+        "see networks[]",
+    )
     mac_address: str | None = Field(
         default=None, description="MAC address on the default network (--mac-address)"
     )
@@ -285,6 +314,11 @@ class ContainerSpec(BaseModel):
     @classmethod
     def _ipv4_address(cls, value: str | None) -> str | None:
         return _ipv4(value, "ipv4_address")
+
+    @field_validator("ipv6_address")
+    @classmethod
+    def _ipv6_address(cls, value: str | None) -> str | None:
+        return _ipv6(value, "ipv6_address")
 
     @field_validator("mac_address")
     @classmethod
@@ -371,7 +405,7 @@ class ContainerSpec(BaseModel):
     def _network_mode_conflicts(self) -> Self:
         """What a container without a network of its own cannot have (docker's rules)."""
         if self.networks:
-            for f in ("ipv4_address", "mac_address"):
+            for f in ("ipv4_address", "ipv6_address", "mac_address"):
                 if getattr(self, f) is not None:
                     raise ValueError(
                         f"{f} {getattr(self, f)!r}: with networks[], give it on the network "
@@ -381,6 +415,7 @@ class ContainerSpec(BaseModel):
         if mode is None:
             return self
         refused = ["networks", "aliases", "internal", "ports", "ipv4_address", "mac_address"]
+        refused += ["ipv6_address"]
         if mode == "host":
             refused += ["sysctls"]
         elif mode != "none":  # container:<ref> shares the other's names and files too
@@ -480,6 +515,7 @@ class ContainerSpec(BaseModel):
                 aliases=self.aliases,
                 internal=self.internal,
                 ipv4_address=self.ipv4_address,
+                ipv6_address=self.ipv6_address,
                 mac_address=self.mac_address,
             )
         ]

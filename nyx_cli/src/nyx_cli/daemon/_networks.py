@@ -213,6 +213,49 @@ class NetworkRegistry:
             )
         return ipaddress.IPv4Interface(rec.gateway)
 
+    def gateway6(self, name: str) -> ipaddress.IPv6Interface | None:
+        """IPv6 gateway/prefix of ``name`` (the default network's too); None when the
+        network is IPv4 only.
+
+        :raises NotFoundError: no such network.
+        :raises ConflictError: the driver refused it at start.
+        """
+        if name in self.default_names():
+            return self.settings.gateway_interface6
+        self.gateway(name)
+        with self._lock:
+            rec = self._records.get(name)
+        if rec is None or rec.gateway6 is None:
+            return None
+        return ipaddress.IPv6Interface(rec.gateway6)
+
+    def check_ipv6_address(self, name: str, address: str, where: str) -> None:
+        """Refuse a static IPv6 address (``ipv6_address``, shown as ``where``) that network
+        ``name`` cannot give: the network has no IPv6 subnet, or the address is outside
+        it, its subnet-router anycast address or its gateway. Taken addresses are the
+        supervisor's to check (it knows the containers).
+
+        :raises ConfigError: naming ``where``, the address and the network.
+        """
+        gw6 = self.gateway6(name)
+        ip = ipaddress.IPv6Address(address)
+        if gw6 is None:
+            raise ConfigError(
+                f"{where} {address}: network {name!r} has no IPv6 subnet (create it with "
+                "nyx network create --ipv6, compose enable_ipv6; the default network with "
+                "--container-subnet6)"
+            )
+        net6 = gw6.network
+        why = None
+        if ip not in net6:
+            why = f"is outside the subnet6 {net6} of network {name!r}"
+        elif ip == net6.network_address:
+            why = f"is the subnet-router anycast address of the subnet6 {net6} of network {name!r}"
+        elif ip == gw6.ip:
+            why = f"is the gateway of network {name!r}"
+        if why is not None:
+            raise ConfigError(f"{where} {address} {why}")
+
     def is_internal(self, name: str) -> bool:
         """True for a network created ``internal`` (never the default network).
 

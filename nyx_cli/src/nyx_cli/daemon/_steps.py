@@ -138,6 +138,7 @@ class NetworkStep(Step):
                 aliases=list(att.aliases),
                 labels=dict(spec.labels),
                 static_ip=att.ipv4_address,
+                static_ip6=att.ipv6_address,
                 mac=att.mac_address,
             )
             ports = spec.ports if i == 0 else []

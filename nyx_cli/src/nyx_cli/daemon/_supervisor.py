@@ -218,6 +218,7 @@ class Supervisor:
         for att in spec.attachments():
             self.networks.gateway(att.name)
         self._check_static_addresses(spec)
+        self._check_ipv6_addresses(spec)
         # conflicts with running containers are checked once, when it starts
         self._check_ports(spec.ports, against_running=not start)
         spec, anonymous = self._check_mounts(spec)
@@ -268,7 +269,7 @@ class Supervisor:
         if self.backend.capabilities().static_addresses:
             return
         for i, att in enumerate(spec.attachments()):
-            for f in ("ipv4_address", "mac_address"):
+            for f in ("ipv4_address", "ipv6_address", "mac_address"):
                 value = getattr(att, f)
                 if value is None:
                     continue
@@ -278,6 +279,39 @@ class Supervisor:
                     "static addresses or MACs (no static_addresses capability); configure "
                     "them in the driver instead"
                 )
+
+    def _check_ipv6_addresses(self, spec: ContainerSpec, exclude: str | None = None) -> None:
+        """A static IPv6 address (``--ip6``, ``ipv6_address``) must be one its network can
+        give (:meth:`NetworkRegistry.check_ipv6_address`: 400) and not held by a running
+        (or restarting) container (409), checked before anything is made; the driver
+        still refuses what this cannot see (a race)."""
+        wanted = [
+            (f"networks[{i}].ipv6_address" if spec.networks else "ipv6_address", att)
+            for i, att in enumerate(spec.attachments())
+            if att.ipv6_address is not None
+        ]
+        for where, att in wanted:
+            self.networks.check_ipv6_address(att.name, str(att.ipv6_address), where)
+        if not wanted:
+            return
+        with self.lock:
+            holders = [
+                v.rec
+                for v in self.live.values()
+                if v.rec.state in _HOLDS_PORTS and v.rec.id != exclude and not v.removed
+            ]
+        for where, att in wanted:
+            network = self.networks.canonical(att.name)
+            for rec in holders:
+                asked = {
+                    (self.networks.canonical(a.name), a.ipv6_address)
+                    for a in rec.spec.attachments()
+                }
+                if att.ipv6_address in rec.ips or (network, att.ipv6_address) in asked:
+                    raise ConflictError(
+                        f"{where} {att.ipv6_address} is already taken on network {network!r} "
+                        f"by container {rec.name!r}"
+                    )
 
     def _network_owner(self, ref: str) -> Live:
         """The container whose network namespace ``network_mode: container:<ref>`` joins
@@ -370,6 +404,7 @@ class Supervisor:
                     f"container {live.rec.name!r} is {live.rec.state}; create a new one"
                 )
             self._check_ports(live.rec.spec.ports, exclude=live.rec.id)
+            self._check_ipv6_addresses(live.rec.spec, exclude=live.rec.id)
             with logger.contextualize(container=live.rec.id):
                 self._start(live)
         return live.rec.public()
@@ -702,13 +737,22 @@ class Supervisor:
         return {"exit_code": live.rec.exit_code, "state": live.rec.state}
 
     def logs(self, ref: str, follow: bool = False, poll: float = 0.1) -> Iterator[bytes]:
-        """The container's output; with ``follow`` until it has exited."""
+        """The container's output; with ``follow`` until it has exited.
+
+        Not lazy: an unknown ``ref`` raises :class:`NotFoundError` here, and the log is
+        opened now, so a client that attaches before the start (``nyx run``) reads every
+        byte even when ``--rm`` removes the container before it has read them.
+        """
         live = self._find(ref)
         path = self.store.log_path(live.rec.id)
         try:
             f = path.open("rb")
         except FileNotFoundError:
-            return
+            return iter(())
+        return self._read_log(live, f, follow, poll)
+
+    @staticmethod
+    def _read_log(live: Live, f: Any, follow: bool, poll: float) -> Iterator[bytes]:
         with f:
             while True:
                 chunk = f.read(65536)

@@ -898,6 +898,54 @@ class BackendConformance:
             nyx_backend6.teardown("conf-v6", ctr.path)
 
     @pytest.mark.kernel
+    def test_static_ipv6_address_is_honoured(
+        self,
+        nyx_backend6: NetworkBackend,
+        nyx_settings: NyxSettings,
+        nyx_in_host: Netns,
+        nyx_container_ns: Callable[[], Netns],
+    ) -> None:
+        """``static_addresses`` and ``ipv6``: on a dual-stack network ``static_ip6`` (next to
+        an IPv4 ``static_ip``) is what the container gets, in its netns and in the result,
+        and so is an IPv6 ``static_ip`` (older callers); a second container asking for the
+        same IPv6 address is refused with a :class:`NyxError` that changes nothing on the
+        host."""
+        self._require(nyx_backend6, "static_addresses")
+        settings = dual_stack(nyx_settings)
+        subnet, subnet6 = settings.container_subnet, settings.container_subnet6
+        assert subnet6 is not None
+        want = subnet.network_address + (subnet.num_addresses - 4)
+        want6 = subnet6.network_address + 0xBEEF
+        old6 = subnet6.network_address + 0xCAFE
+        ctr, old = nyx_container_ns(), nyx_container_ns()
+        opts = SetupOptions(static_ip=want, static_ip6=want6)
+        result = nyx_backend6.setup("conf-static6", ctr.path, [], opts)
+        try:
+            assert want6 in result.ips and want in result.ips, (
+                f"asked for {want} and {want6}, the result reports {result.ips}"
+            )
+            inside = {
+                a["local"]
+                for link in ctr.ipj("addr", "show")
+                if link.get("ifname") != "lo"
+                for a in link.get("addr_info", [])
+            }
+            assert {str(want), str(want6)} <= inside, (
+                f"asked for {want} and {want6}; the container has {sorted(inside)}"
+            )
+            got = nyx_backend6.setup("conf-static6-old", old.path, [], SetupOptions(static_ip=old6))
+            assert old6 in got.ips, f"asked for static_ip {old6}, the result reports {got.ips}"
+            other = nyx_container_ns()
+            before = snapshot(nyx_in_host)
+            with pytest.raises(NyxError):
+                nyx_backend6.setup("conf-static6b", other.path, [], SetupOptions(static_ip6=want6))
+            _same(before, snapshot(nyx_in_host), "the refused static IPv6 address changed the host")
+        finally:
+            nyx_backend6.teardown("conf-static6", ctr.path)
+            nyx_backend6.teardown("conf-static6-old", old.path)
+            nyx_backend6.teardown("conf-static6b", "")
+
+    @pytest.mark.kernel
     def test_two_containers_exchange_a_packet_over_ipv6(
         self,
         nyx_backend6: NetworkBackend,
