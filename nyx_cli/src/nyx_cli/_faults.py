@@ -34,7 +34,8 @@ POINTS = frozenset(
         "exit:recorded",
         "rm:teardown",
         "rm:forget",
-        # images (daemon/_api.py, daemon/_supervisor.py, registry/_pull.py, images/_store.py)
+        # images (daemon/_api.py, daemon/_supervisor.py, registry/_pull.py, images/_store.py,
+        # images/_load.py)
         "load:uploaded",
         "pull:blob",
         "pull:fetched",

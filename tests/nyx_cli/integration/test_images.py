@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-import nyx_cli.images._store as images_mod
+import nyx_cli.images._load as load_mod
 from nyx_cli.errors import DigestMismatchError, ImageError, ImageNotFoundError
+from nyx_cli.images import Image, ImageLimits, ImageStore
 from nyx_cli.images._compression import zstd_available
-from nyx_cli.images._store import Image, ImageStore
-from nyx_cli.runtime._runc import Rootfs
+from nyx_cli.images._unpack import _Unpacker
+from nyx_cli.runtime import Rootfs
 from nyx_core.errors import ConfigError, NyxError
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_kernel")]
@@ -501,13 +502,13 @@ def test_setuid_files_are_never_reachable_by_other_users(
     store = ImageStore(open_dir / "images")
     assert as_nobody(open_dir) == ["reachable"]  # the check itself can see what is open
     seen: dict[str, list[str]] = {}
-    entry = images_mod._Unpacker.entry
+    entry = _Unpacker.entry
 
     def spy(self: Any, tar: Any, info: Any) -> None:
         entry(self, tar, info)  # then, while the layer is still being unpacked:
         seen[info.name] = as_nobody(self.dest / info.name, self.dest)
 
-    monkeypatch.setattr(images_mod._Unpacker, "entry", spy)
+    monkeypatch.setattr(_Unpacker, "entry", spy)
     (image,) = store.load(_oci_dir(tmp_path, [bb.layer_tar(SETUID_LAYER)]))
     assert set(seen) == {e.name for e in SETUID_LAYER}
     assert all(got == ["PermissionError", "PermissionError"] for got in seen.values()), seen
@@ -557,16 +558,16 @@ def test_gzip_bomb_layer_is_refused_while_streaming(
 ) -> None:
     bomb = bb.layer_tar([Entry("zeros", data=bytes(64 << 20))])  # gzips to ~64 KiB
     layout = _oci_dir(tmp_path, [bomb])
-    limits = images_mod.ImageLimits(layer_bytes=8 << 20)
+    limits = ImageLimits(layer_bytes=8 << 20)
     store = ImageStore(tmp_path / "images", limits)
     streams: list[_Counting] = []
-    real = images_mod.decompressed_stream
+    real = load_mod.decompressed_stream
 
     def counting(raw: Any, media_type: str) -> Any:
         streams.append(_Counting(real(raw, media_type)))
         return streams[-1]
 
-    monkeypatch.setattr(images_mod, "decompressed_stream", counting)
+    monkeypatch.setattr(load_mod, "decompressed_stream", counting)
     with pytest.raises(ImageError) as info:
         store.load(layout)
     message = str(info.value)
@@ -581,7 +582,7 @@ def test_gzip_bomb_layer_is_refused_while_streaming(
 
 def test_image_cap_counts_every_layer(tmp_path: Path) -> None:
     layers = [bb.layer_tar([Entry(f"f{n}", data=bytes(3 << 20))]) for n in range(3)]
-    limits = images_mod.ImageLimits(layer_bytes=4 << 20, image_bytes=8 << 20)
+    limits = ImageLimits(layer_bytes=4 << 20, image_bytes=8 << 20)
     store = ImageStore(tmp_path / "images", limits)
     with pytest.raises(ImageError, match=r"8 MiB \(image_max_bytes, NYXD_IMAGE_MAX_BYTES\)"):
         store.load(_oci_dir(tmp_path, layers))
@@ -590,7 +591,7 @@ def test_image_cap_counts_every_layer(tmp_path: Path) -> None:
 
 def test_layer_entry_cap(tmp_path: Path) -> None:
     layer = bb.layer_tar([Entry(f"f{n}") for n in range(20)])
-    store = ImageStore(tmp_path / "images", images_mod.ImageLimits(layer_entries=10))
+    store = ImageStore(tmp_path / "images", ImageLimits(layer_entries=10))
     with pytest.raises(ImageError, match=r"more entries than the cap of 10 \(image_layer_max"):
         store.load(_oci_dir(tmp_path, [layer]))
     assert_store_empty(store)

@@ -29,14 +29,9 @@ from nyx_cli.daemon._netns import create_netns, delete_netns, is_mountpoint
 from nyx_cli.daemon._settings import DaemonSettings
 from nyx_cli.daemon._supervisor import Supervisor
 from nyx_cli.errors import RuntimeErrorNyx
-from nyx_cli.images._store import Image, ImageStore
-from nyx_cli.runtime._runc import (
-    ProcessSpec,
-    Rootfs,
-    RuncRuntime,
-    become_subreaper,
-    process_from_image,
-)
+from nyx_cli.images import Image, ImageStore
+from nyx_cli.runtime import ProcessSpec, Rootfs, RuncRuntime, process_from_image
+from nyx_cli.runtime._runc import become_subreaper
 from nyx_core import (
     NetworkBackend,
     NyxSettings,

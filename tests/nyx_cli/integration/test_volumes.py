@@ -28,7 +28,8 @@ from nyx_cli.daemon._settings import DaemonSettings
 from nyx_cli.daemon._supervisor import Supervisor
 from nyx_cli.errors import ConflictError
 from nyx_cli.images._store import ImageStore
-from nyx_cli.runtime._runc import Rootfs, RuncRuntime, become_subreaper, process_from_image
+from nyx_cli.runtime import Rootfs, RuncRuntime, process_from_image
+from nyx_cli.runtime._runc import become_subreaper
 from nyx_core import NetworkBackend, make_plugin_manager
 from nyx_core.errors import ConfigError
 

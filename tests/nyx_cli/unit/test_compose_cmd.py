@@ -19,7 +19,8 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from nyx_cli.compose._cli import compose, load_yaml
+from nyx_cli.compose._cli import compose
+from nyx_cli.compose._file import load_yaml
 from nyx_cli.daemon._models import ContainerSpec
 
 TWO_TIER = """\

@@ -12,7 +12,7 @@ import test_compose_cmd as tc
 import yaml
 from test_compose_cmd import FakeNyxd, run
 
-from nyx_cli.compose._cli import load_yaml
+from nyx_cli.compose._file import load_yaml
 from nyx_cli.compose._project import ComposeProject, load_compose, plan_stack
 from nyx_cli.daemon._models import ContainerSpec
 from nyx_core import ConfigError

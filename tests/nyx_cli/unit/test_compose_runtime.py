@@ -256,7 +256,7 @@ def test_nothing_is_read_until_a_spec_is_built() -> None:
 
 
 def test_config_output_reads_back_as_the_same_file(tmp_path: Any) -> None:
-    from nyx_cli.compose._cli import _Dumper, _normalized
+    from nyx_cli.compose._render import _Dumper, _normalized
 
     first = plan(STACK, {"API_KEY": "k"})
     text = yaml.dump(_normalized(first), Dumper=_Dumper, sort_keys=False)

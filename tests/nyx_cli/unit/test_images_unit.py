@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from nyx_cli.errors import ImageError
-from nyx_cli.images._store import Image, canonical_reference, normalize_tag
-from nyx_cli.runtime._runc import DEFAULT_PATH, ProcessSpec, process_from_image, resolve_user
+from nyx_cli.images import Image, canonical_reference, normalize_tag
+from nyx_cli.runtime import ProcessSpec, process_from_image, resolve_user
+from nyx_cli.runtime._process import DEFAULT_PATH
 from nyx_core.errors import ConfigError, NyxError
 
 NGINX = {
@@ -222,7 +223,7 @@ def _resolve_in_child(rootfs: Path, user: str) -> str:
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
         "from pathlib import Path\n"
-        "from nyx_cli.runtime._runc import resolve_user\n"
+        "from nyx_cli.runtime._process import resolve_user\n"
         "try:\n"
         "    print(resolve_user(Path(sys.argv[1]), sys.argv[2]))\n"
         "except Exception as exc:\n"

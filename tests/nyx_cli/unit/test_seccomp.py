@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nyx_cli.daemon._settings import DaemonSettings
-from nyx_cli.runtime._runc import DEFAULT_CAPABILITIES, ProcessSpec, RuncRuntime
+from nyx_cli.runtime import DEFAULT_CAPABILITIES, ProcessSpec, RuncRuntime
 from nyx_cli.runtime._seccomp import NYX_REFUSED, seccomp_profile
 from nyx_core import load_settings
 from nyx_core.errors import ConfigError

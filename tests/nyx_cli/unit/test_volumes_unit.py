@@ -22,8 +22,10 @@ from nyx_cli.daemon._mounts import prepare
 from nyx_cli.daemon._supervisor import Supervisor
 from nyx_cli.daemon._volumes import ANONYMOUS_LABEL, VolumeStore
 from nyx_cli.errors import ConflictError, NotFoundError
+from nyx_cli.runtime import ProcessSpec, RuncRuntime
+from nyx_cli.runtime._bundle import BundleMount
 from nyx_cli.runtime._copyup import copy_up
-from nyx_cli.runtime._runc import BundleMount, ProcessSpec, RuncRuntime, resolve_in_root
+from nyx_cli.runtime._inroot import resolve_in_root
 from nyx_cli.runtime._seccomp import DEFAULT_CAPABILITIES, capability_set
 from nyx_core.errors import ConfigError
 

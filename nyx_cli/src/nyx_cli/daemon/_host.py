@@ -92,8 +92,9 @@ class Host:
 
     @classmethod
     def default(cls, settings: DaemonSettings) -> Host:
-        images_mod: Any = importlib.import_module("nyx_cli.images._store")
-        runtime_mod: Any = importlib.import_module("nyx_cli.runtime._runc")
+        images_mod: Any = importlib.import_module("nyx_cli.images")
+        runtime_mod: Any = importlib.import_module("nyx_cli.runtime")
+        runc_mod: Any = importlib.import_module("nyx_cli.runtime._runc")
         netns_mod: Any = importlib.import_module("nyx_cli.daemon._netns")
         rootfs_cls = runtime_mod.Rootfs
         try:
@@ -114,7 +115,7 @@ class Host:
             process_from_image=runtime_mod.process_from_image,
             create_netns=netns_mod.create_netns,
             delete_netns=netns_mod.delete_netns,
-            extra={"become_subreaper": getattr(runtime_mod, "become_subreaper", None)},
+            extra={"become_subreaper": getattr(runc_mod, "become_subreaper", None)},
             signal_direct=True,
             netns_alive=netns_mod.is_netns,
             loopback_up=netns_mod.loopback_up,

@@ -3,7 +3,7 @@
 At create (:func:`check_binds`): a bind source must exist on the host and must not be inside
 nyx's own state or run directory (another container's rootfs, records, volume data).
 At start (:func:`prepare`), once the rootfs is mounted: every target is resolved inside the
-image (:func:`nyx_cli.runtime._runc.resolve_in_root`: the image's symlinks, never the
+image (:func:`nyx_cli.runtime._inroot.resolve_in_root`: the image's symlinks, never the
 host's) and refused if it lands on a file nyx manages; a named volume that is empty gets
 the image's content at its target (:func:`nyx_cli.runtime._copyup.copy_up`); the files of
 compose secrets and configs are written under the container's private run dir and mounted
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from nyx_core.errors import ConfigError
 
-from ..runtime._runc import BundleMount
+from ..runtime._bundle import BundleMount
 from ._models import ContainerSpec
 from ._models_runtime import NYX_FILES
 
@@ -65,7 +65,7 @@ def check_binds(spec: ContainerSpec, settings: DaemonSettings) -> None:
 
 
 def _resolve(rootfs: Path, target: str, field: str) -> str:
-    from ..runtime._runc import resolve_in_root
+    from ..runtime._inroot import resolve_in_root
 
     try:
         resolved = resolve_in_root(rootfs, target)

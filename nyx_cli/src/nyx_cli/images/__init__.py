@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from ._store import Image, ImageLimits, ImageStore, canonical_reference, normalize_tag
+from ._model import Image, ImageLimits
+from ._reference import canonical_reference, normalize_tag
+from ._store import ImageStore
 
 __all__ = ["Image", "ImageLimits", "ImageStore", "canonical_reference", "normalize_tag"]

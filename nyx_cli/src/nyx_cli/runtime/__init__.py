@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from ._runc import (
-    DEFAULT_CAPABILITIES,
-    ProcessSpec,
-    Rootfs,
-    RuncRuntime,
-    process_from_image,
-    resolve_user,
-)
-from ._seccomp import seccomp_profile
+from ._process import ProcessSpec, process_from_image, resolve_user
+from ._rootfs import Rootfs
+from ._runc import RuncRuntime
+from ._seccomp import DEFAULT_CAPABILITIES, seccomp_profile
 
 __all__ = [
     "DEFAULT_CAPABILITIES",

@@ -6,7 +6,7 @@ is copied into the volume, and the volume's root takes the directory's owner and
 A volume that already holds anything is never touched.
 
 Both sides are walked with directory file descriptors and ``O_NOFOLLOW``: the source is
-resolved inside the rootfs (:func:`nyx_cli.runtime._runc._walk`), nothing is ever created
+resolved inside the rootfs (:func:`nyx_cli.runtime._inroot._walk`), nothing is ever created
 through a symlink on the destination (``O_CREAT|O_EXCL``, ``mkdirat``, ``symlinkat``), so
 neither a hostile image nor another container writing into the same volume can make nyxd
 read or write a host file. Regular files, directories, symlinks and FIFOs are copied with
@@ -26,7 +26,7 @@ from loguru import logger
 
 from nyx_core.errors import ConfigError
 
-from ._runc import _file_kind, _open_in_root
+from ._inroot import _file_kind, _open_in_root
 
 __all__ = ["copy_up"]
 

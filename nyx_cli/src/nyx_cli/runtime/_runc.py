@@ -1,12 +1,5 @@
-"""Running containers with runc: overlay rootfs, the process, the OCI bundle, runc calls.
-
-- :class:`Rootfs` mounts an image's unpacked layers with overlayfs (upper/work dirs per
-  container) and unmounts them.
-- :func:`process_from_image` turns the image config plus a run request into the process
-  (docker's rules for Entrypoint/Cmd, Env, WorkingDir, User).
-- :class:`RuncRuntime` writes ``config.json`` (namespaces pid/ipc/uts/mount plus the prepared
-  network namespace, docker's default capabilities and the seccomp profile that goes with
-  them (:mod:`nyx_cli.runtime._seccomp`), a pids limit, masked paths) and drives ``runc``.
+"""Running containers with runc: :class:`RuncRuntime` writes the bundle (:mod:`._bundle`)
+and drives ``runc``; the overlay rootfs is :mod:`._rootfs`, the process :mod:`._process`.
 
 Exit codes: ``runc run -d`` runs under a per-container monitor
 (:mod:`nyx_cli.runtime._monitor`, podman's conmon in a few lines of Python): the monitor is
@@ -21,74 +14,39 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
-import errno
 import json
 import os
 import re
 import select
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal
-
-from loguru import logger
-from pydantic import BaseModel, Field
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from nyx_core.errors import ConfigError
 
-from ..daemon._netns import mount, umount
 from ..errors import RuntimeErrorNyx
-from ._seccomp import CAPABILITIES, DEFAULT_CAPABILITIES, seccomp_profile
+from ._bundle import _BundleWriter, _write_private
+from ._seccomp import CAPABILITIES, DEFAULT_CAPABILITIES
 
 __all__ = [
-    "DEFAULT_CAPABILITIES",
-    "DEFAULT_PATH",
     "DEFAULT_PIDS_LIMIT",
-    "INIT_DESTINATION",
     "INIT_PATHS",
-    "BundleMount",
-    "ProcessSpec",
-    "Rootfs",
     "RuncRuntime",
     "become_subreaper",
     "find_init",
-    "process_from_image",
-    "resolve_in_root",
-    "resolve_user",
 ]
 
-logger.disable(__name__)
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MASKED_PATHS = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-]
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
 UNKNOWN_EXIT = 255
 MONITOR = str(Path(__file__).with_name("_monitor.py"))
 _NO_RUNC_ERROR = "failed (no error message)"
-#: where ``--init``'s binary appears in the container (a read-only bind on /dev's tmpfs:
-#: nothing is written into the image's rootfs)
-INIT_DESTINATION = "/dev/init"
 #: static init binaries looked for, in order, when nyxd is not told one (NYXD_INIT_PATH):
 #: Debian's tini (Docker's docker-init is tini too), then podman's catatonit
 INIT_PATHS = (
@@ -99,7 +57,6 @@ INIT_PATHS = (
     "/usr/bin/catatonit",
 )
 _PR_SET_CHILD_SUBREAPER = 36
-_OVERLAY_OPTS_MAX = 4000  # mount(2) data is one page
 
 
 def become_subreaper(enable: bool = True) -> None:
@@ -127,393 +84,7 @@ def find_init(explicit: Path | None = None) -> Path | None:
     return None
 
 
-@dataclass(frozen=True)
-class BundleMount:
-    """A mount of the bundle besides the defaults: a bind of a host path, or a tmpfs.
-
-    ``destination`` is absolute in the container (runc resolves it inside the rootfs);
-    ``options`` are extra mount options (a tmpfs' ``size=``, ``mode=``, ``exec``...).
-    """
-
-    destination: str
-    source: str = ""
-    kind: Literal["bind", "tmpfs"] = "bind"
-    readonly: bool = False
-    options: tuple[str, ...] = ()
-
-    def oci(self) -> dict[str, Any]:
-        """The OCI ``mounts`` entry."""
-        if not self.destination.startswith("/"):
-            raise ConfigError(f"mounts: destination {self.destination!r} is not absolute")
-        ro = ["ro"] if self.readonly else []
-        if self.kind == "tmpfs":
-            options = ["nosuid", "nodev", *self.options, *ro]
-            if "exec" not in options:
-                options.insert(2, "noexec")
-            return {
-                "destination": self.destination,
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": options,
-            }
-        options = ["rbind", "rprivate", *ro, *self.options]
-        return {
-            "destination": self.destination,
-            "type": "bind",
-            "source": self.source,
-            "options": options,
-        }
-
-
-def _bundle_mounts(mounts: Sequence[BundleMount | tuple[str, str, bool]]) -> list[dict[str, Any]]:
-    """The extra mounts as OCI entries, parents before children (a volume on ``/etc`` is
-    mounted before nyx's ``/etc/hosts``, which then lies on top of it)."""
-    typed = [
-        m if isinstance(m, BundleMount) else BundleMount(m[1], m[0], "bind", m[2]) for m in mounts
-    ]
-    depth = [len(PurePosixPath(m.destination).parts) for m in typed]
-    order = sorted(range(len(typed)), key=lambda i: depth[i])
-    return [typed[i].oci() for i in order]
-
-
-# -- rootfs ------------------------------------------------------------------------------
-
-
-class Rootfs:
-    """The container's root filesystem: image layers under a per-container overlay."""
-
-    @staticmethod
-    def mount(image_layers: list[Path], container_dir: Path) -> Path:
-        """Mount ``image_layers`` (bottom first) at ``container_dir/rootfs``; returns it.
-
-        Writes go to ``container_dir/upper`` (``container_dir/work`` is overlayfs' scratch).
-        """
-        container_dir = Path(container_dir)
-        merged, upper, work = (container_dir / n for n in ("rootfs", "upper", "work"))
-        for d in (merged, upper, work):
-            d.mkdir(parents=True, exist_ok=True)
-        lowers = [str(p) for p in reversed(image_layers)]
-        if not lowers:
-            empty = container_dir / "empty"
-            empty.mkdir(exist_ok=True)
-            lowers = [str(empty)]
-        for lower in lowers:
-            if any(c in lower for c in ",:\n"):
-                raise RuntimeErrorNyx(f"layer path {lower!r} cannot be an overlayfs lowerdir")
-        opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-        try:
-            if len(opts) <= _OVERLAY_OPTS_MAX:
-                mount("overlay", merged, "overlay", 0, opts)
-            else:
-                Rootfs._mount_relative(lowers, upper, work, merged)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise RuntimeErrorNyx(f"overlay mount of {str(merged)!r} failed: {exc}") from exc
-        return merged
-
-    @staticmethod
-    def _mount_relative(lowers: list[str], upper: Path, work: Path, merged: Path) -> None:
-        """Many layers: name them relative to their common parent, from a child's cwd."""
-        parent = os.path.commonpath(lowers)
-        rel = [os.path.relpath(p, parent) for p in lowers]
-        opts = f"lowerdir={':'.join(rel)},upperdir={upper},workdir={work}"
-        proc = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)],
-            cwd=parent,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise OSError(errno.EIO, proc.stderr.strip() or "mount failed")
-
-    @staticmethod
-    def unmount(container_dir: Path) -> None:
-        """Unmount ``container_dir/rootfs``; nothing mounted is no error."""
-        merged = Path(container_dir) / "rootfs"
-        try:
-            for _ in range(16):
-                if not umount(merged):
-                    break
-        except OSError as exc:
-            logger.warning("unmount {}: {}", merged, exc)
-
-
-# -- process -----------------------------------------------------------------------------
-
-
-class ProcessSpec(BaseModel):
-    """What runs in the container."""
-
-    args: list[str] = Field(description="argv, args[0] looked up in PATH")
-    env: list[str] = Field(default_factory=list, description='"KEY=value" entries')
-    cwd: str = Field(default="/", description="absolute working directory")
-    user: str | None = Field(
-        default=None, description='"name", "uid", "name:group" or "uid:gid" (image rootfs)'
-    )
-
-
-def _strings(value: Any, field: str) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{field} must be a list of strings, not {value!r}")
-    return list(value)
-
-
-def process_from_image(
-    config: dict[str, Any],
-    entrypoint: list[str] | None,
-    command: list[str] | None,
-    env: dict[str, str],
-    workdir: str | None,
-    user: str | None,
-) -> ProcessSpec:
-    """The process of a container, with docker's rules.
-
-    - ``entrypoint=None`` keeps the image's Entrypoint; a list replaces it (``[]`` or
-      ``[""]`` removes it). Replacing the entrypoint with a non-empty one drops the image's
-      Cmd. ``command`` (when non-empty) replaces the Cmd. argv = entrypoint + cmd.
-    - Env: the image's, then ``env`` (which wins per key); PATH defaults to the usual one.
-    - ``workdir`` or the image's WorkingDir or ``/``; must be absolute.
-    - ``user`` or the image's User (resolved against the rootfs when the bundle is written).
-
-    :raises ConfigError: naming the field, when nothing is left to run or a value is bad.
-    """
-    image_entry = _strings(config.get("Entrypoint"), "image Entrypoint") or []
-    image_cmd = _strings(config.get("Cmd"), "image Cmd") or []
-    given_entry = _strings(entrypoint, "entrypoint")
-    given_cmd = _strings(command, "command") or []
-    if given_entry is None:
-        entry, cmd = image_entry, given_cmd or image_cmd
-    elif given_entry in ([], [""]):
-        entry, cmd = [], given_cmd or image_cmd
-    else:
-        entry, cmd = given_entry, given_cmd
-    args = entry + cmd
-    if not args or not args[0]:
-        raise ConfigError("command: no command specified (the image has no Entrypoint or Cmd)")
-
-    merged: dict[str, str] = {}
-    for item in _strings(config.get("Env"), "image Env") or []:
-        key, sep, value = item.partition("=")
-        if key and sep:
-            merged[key] = value
-    for key, value in env.items():
-        if not key or "=" in key or "\0" in key:
-            raise ConfigError(f"env: bad variable name {key!r}")
-        if not isinstance(value, str) or "\0" in value:
-            raise ConfigError(f"env: bad value for {key!r}: {value!r}")
-        merged[key] = value
-    merged.setdefault("PATH", DEFAULT_PATH)
-
-    cwd = workdir or config.get("WorkingDir") or "/"
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise ConfigError(f"workdir: {cwd!r} is not an absolute path")
-    cwd = str(PurePosixPath(cwd))
-    chosen_user = user if user else config.get("User") or None
-    if chosen_user is not None and (not isinstance(chosen_user, str) or ":" in chosen_user[:1]):
-        raise ConfigError(f"user: bad value {chosen_user!r}")
-    return ProcessSpec(
-        args=args, env=[f"{k}={v}" for k, v in merged.items()], cwd=cwd, user=chosen_user
-    )
-
-
-_ETC_FILE_MAX = 4 << 20  # /etc/passwd or /etc/group of an image larger than this is not read
-_MAX_SYMLINKS = 40  # as the kernel (ELOOP)
-
-
-def _walk(
-    rootfs: Path, path: str, *, mkdir: bool = False, partial: bool = False
-) -> tuple[int, list[str], list[str]]:
-    """Resolve ``path`` inside ``rootfs`` as if it were ``/``: the one walker of nyx.
-
-    Every component is opened relative to its parent's fd with ``O_NOFOLLOW``; symlinks are
-    read and resolved here (absolute ones from ``rootfs``, ``..`` stops at ``rootfs``), so
-    neither a symlink nor ``..`` nor a swap during the walk can reach a host file. With
-    ``mkdir``, missing directories are created (0755). With ``partial``, a missing component
-    ends the walk instead of failing it.
-
-    :returns: an ``O_PATH`` fd of the deepest component found (the caller closes it), the
-        canonical names that lead to it from ``/`` and the names left unresolved (only with
-        ``partial``).
-    :raises OSError: a missing component (``FileNotFoundError``), a loop (``ELOOP``), a
-        non-directory in the middle (``ENOTDIR``).
-    """
-    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-    # the directories walked, root first (rootfs itself is nyx's own path: followed)
-    stack = [os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
-    names: list[str] = []  # names[i] leads to stack[i + 1]
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    links = 0
-    try:
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if len(stack) > 1:
-                    os.close(stack.pop())
-                    names.pop()
-                continue
-            try:
-                fd = os.open(part, flags, dir_fd=stack[-1])
-            except FileNotFoundError:
-                if partial and ".." not in parts:
-                    return stack.pop(), names, [part, *parts]
-                if not mkdir:
-                    raise
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=stack[-1])  # never follows a symlink
-                parts.insert(0, part)
-                continue
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISLNK(mode):
-                os.close(fd)
-                links += 1
-                if links > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-                target = os.readlink(part, dir_fd=stack[-1])
-                if target.startswith("/"):
-                    while len(stack) > 1:
-                        os.close(stack.pop())
-                    names.clear()
-                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-                continue
-            stack.append(fd)
-            names.append(part)
-            if parts and not stat.S_ISDIR(mode):
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-        return stack.pop(), names, []
-    finally:
-        for fd in stack:
-            os.close(fd)
-
-
-def _open_in_root(rootfs: Path, path: str, *, mkdir: bool = False) -> int:
-    """An ``O_PATH`` fd of ``path`` resolved inside ``rootfs`` (see :func:`_walk`); the
-    caller closes it. With ``mkdir``, missing directories are created (0755).
-
-    :raises OSError: a missing component (``FileNotFoundError``), a loop (``ELOOP``), a
-        non-directory in the middle (``ENOTDIR``).
-    """
-    return _walk(rootfs, path, mkdir=mkdir)[0]
-
-
-def resolve_in_root(rootfs: Path, path: str) -> str:
-    """``path`` as the container will see it: its symlinks resolved inside ``rootfs``
-    (:func:`_walk`), a missing tail kept as written. ``/etc/x`` with ``/etc -> /private``
-    in the image is ``/private/x``.
-
-    :raises OSError: a loop (``ELOOP``) or a non-directory in the middle (``ENOTDIR``).
-    """
-    fd, names, rest = _walk(rootfs, path, partial=True)
-    os.close(fd)
-    return "/" + "/".join([*names, *rest])
-
-
-def _file_kind(mode: int) -> str:
-    kinds = [
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-    ]
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def _read_image_file(rootfs: Path, path: str, limit: int = _ETC_FILE_MAX) -> tuple[str, str]:
-    """The text of the image's ``path`` and ``""``, or ``""`` and why it was not read.
-
-    Only a regular file of at most ``limit`` bytes, resolved inside ``rootfs``, is read: a
-    device (``/dev/zero``), a FIFO, a huge file or a symlink out of the image never is.
-    """
-    try:
-        fd = _open_in_root(rootfs, path)
-    except FileNotFoundError:
-        return "", ""  # missing: like an empty file (docker: numeric ids still work)
-    except OSError as exc:
-        return "", f"{path} cannot be resolved in the image ({exc.strerror})"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "", f"{path} is {_file_kind(st.st_mode)} in the image, not read"
-        if st.st_size > limit:
-            return "", f"{path} is larger than {limit >> 20} MiB in the image, not read"
-        # reopen the very inode the walk found (an O_PATH fd cannot be read)
-        with open(f"/proc/self/fd/{fd}", "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        return "", f"{path} cannot be read in the image ({exc.strerror})"
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        return "", f"{path} is larger than {limit >> 20} MiB in the image, not read"
-    return data.decode(errors="replace"), ""
-
-
-def _table(rootfs: Path, name: str) -> tuple[list[list[str]], str]:
-    """The rows of the image's ``/etc/<name>``, and why it was not read (or ``""``)."""
-    text, why = _read_image_file(rootfs, f"/etc/{name}")
-    if why:
-        logger.warning("user lookup: {}", why)
-    rows = []
-    for line in text.splitlines():
-        if line.strip() and not line.startswith("#"):
-            rows.append(line.split(":"))
-    return rows, why
-
-
-def resolve_user(rootfs: Path, user: str | None) -> tuple[int, int, list[int], str]:
-    """``(uid, gid, additional gids, home)`` for ``user`` in the image at ``rootfs``.
-
-    Docker's rules: names are looked up in ``/etc/passwd`` and ``/etc/group``; a numeric
-    uid need not exist (gid 0, home ``/``); without an explicit group the user's primary
-    group and the groups listing them apply. The files are resolved inside ``rootfs`` and
-    read only when regular and at most 4 MiB; otherwise they count as empty (numeric ids
-    still work).
-
-    :raises ConfigError: a name that the image does not know (saying why a file was not read).
-    """
-    spec = user or "0"
-    user_part, _, group_part = spec.partition(":")
-    rows, passwd_why = _table(rootfs, "passwd")
-    passwd = [r for r in rows if len(r) >= 7]
-    entry = None
-    for row in passwd:
-        if row[0] == user_part or (user_part.isdigit() and row[2] == user_part):
-            entry = row
-            break
-    if entry is None and not user_part.isdigit():
-        why = f" ({passwd_why})" if passwd_why else ""
-        raise ConfigError(f"user: {user_part!r} not found in the image's /etc/passwd{why}")
-    uid = int(entry[2]) if entry else int(user_part)
-    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
-    home = entry[5] if entry and entry[5] else "/"
-    rows, group_why = _table(rootfs, "group")
-    groups = [r for r in rows if len(r) >= 3]
-    extra: list[int] = []
-    if group_part:
-        if group_part.isdigit():
-            gid = int(group_part)
-        else:
-            match = [r for r in groups if r[0] == group_part and r[2].isdigit()]
-            if not match:
-                why = f" ({group_why})" if group_why else ""
-                raise ConfigError(f"user: group {group_part!r} not found in /etc/group{why}")
-            gid = int(match[0][2])
-    elif entry is not None:
-        for row in groups:
-            members = row[3].split(",") if len(row) > 3 else []
-            if entry[0] in members and row[2].isdigit() and int(row[2]) != gid:
-                extra.append(int(row[2]))
-    return uid, gid, sorted(set(extra)), home
-
-
-# -- runc --------------------------------------------------------------------------------
-
-
-class RuncRuntime:
+class RuncRuntime(_BundleWriter):
     """``runc`` with its state under ``root`` (``runc --root``)."""
 
     def __init__(
@@ -566,101 +137,6 @@ class RuncRuntime:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise RuntimeErrorNyx(f"runc {args[0]}: {exc}") from exc
-
-    def write_bundle(
-        self,
-        bundle: Path,
-        *,
-        rootfs: Path,
-        process: ProcessSpec,
-        hostname: str,
-        netns_path: str | None,
-        mounts: Sequence[BundleMount | tuple[str, str, bool]],
-        container_id: str | None = None,
-        host_network: bool = False,
-        sysctl: Mapping[str, str] | None = None,
-        capabilities: Sequence[str] | None = None,
-        init: Path | None = None,
-    ) -> None:
-        """Write ``bundle/config.json`` for ``process`` in ``rootfs``.
-
-        ``netns_path`` is the prepared network namespace (``None``: a new, empty one);
-        ``host_network=True`` (``network_mode: host``, and only then) leaves the container
-        in the host's network namespace: no network namespace at all. ``sysctl`` goes to
-        the OCI ``linux.sysctl`` (nyxd passes only ``kernel.domainname``, namespaced by the
-        container's own UTS namespace; ``net.*`` ones nyxd writes itself, before, so an
-        unknown one is a clear error). ``mounts`` are extra mounts: :class:`BundleMount`
-        or bind tuples ``(source, destination, readonly)``, mounted parents first.
-        ``capabilities`` replaces the runtime's set for this container (the seccomp profile
-        follows it). ``init``: a static init binary, bind-mounted read-only at
-        :data:`INIT_DESTINATION` and run as PID 1 (``init -- args``): it reaps zombies and
-        forwards signals. The cgroup is ``<cgroup_parent>/<container_id>`` (set by
-        :meth:`start` when not given here). The working directory is created in the rootfs
-        when missing.
-        """
-        rootfs = Path(rootfs)
-        caps = self.capabilities
-        if capabilities is not None:
-            unknown = sorted(set(capabilities) - CAPABILITIES)
-            if unknown:
-                raise ConfigError(f"capabilities: unknown capability {', '.join(unknown)}")
-            caps = list(dict.fromkeys(capabilities))
-        args = list(process.args)
-        extra_mounts = list(mounts)
-        if init is not None:
-            args = [INIT_DESTINATION, "--", *args]
-            extra_mounts.append(BundleMount(INIT_DESTINATION, str(init), "bind", True))
-        uid, gid, extra, home = resolve_user(rootfs, process.user)
-        env = list(process.env)
-        if not any(e.startswith("HOSTNAME=") for e in env):
-            env.append(f"HOSTNAME={hostname}")
-        if not any(e.startswith("HOME=") for e in env):
-            env.append(f"HOME={home}")
-        try:
-            os.close(_open_in_root(rootfs, process.cwd, mkdir=True))
-        except OSError as exc:
-            raise ConfigError(
-                f"workdir: {process.cwd!r} cannot be created in the image ({exc.strerror})"
-            ) from exc
-        if host_network and netns_path is not None:
-            raise ConfigError("host_network: a netns_path was given too")
-        netns: dict[str, str] = {"type": "network"}
-        if netns_path is not None:
-            netns["path"] = str(netns_path)
-        namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
-        if not host_network:
-            namespaces.append(netns)
-        config: dict[str, Any] = {
-            "ociVersion": "1.0.2-dev",
-            "process": {
-                "terminal": False,
-                "user": {"uid": uid, "gid": gid, "additionalGids": extra},
-                "args": args,
-                "env": env,
-                "cwd": process.cwd,
-                "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
-                "noNewPrivileges": False,
-            },
-            "root": {"path": str(rootfs), "readonly": False},
-            "hostname": hostname,
-            "mounts": _default_mounts() + _bundle_mounts(extra_mounts),
-            "linux": {
-                "namespaces": namespaces,
-                **({"sysctl": dict(sysctl)} if sysctl else {}),
-                "resources": {
-                    "devices": [{"allow": False, "access": "rwm"}],
-                    **({"pids": {"limit": self.pids_limit}} if self.pids_limit > 0 else {}),
-                },
-                **({"seccomp": seccomp_profile(caps)} if self.seccomp else {}),
-                "maskedPaths": MASKED_PATHS,
-                "readonlyPaths": READONLY_PATHS,
-            },
-        }
-        if container_id is not None:
-            config["linux"]["cgroupsPath"] = f"{self.cgroup_parent}/{container_id}"
-        Path(bundle).mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(bundle, 0o700)
-        _write_private(Path(bundle) / "config.json", json.dumps(config, indent=1))
 
     def _monitor(self) -> subprocess.Popen[bytes]:
         """A started monitor waiting for its command: the warm spare when there is one
@@ -1065,15 +541,6 @@ def _proc_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``path`` atomically, mode 0600 (a bundle's config holds the environment)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
     """Kill a timed-out ``runc exec``: the process in the container first (its pid from
     runc's pid file, opened as a pidfd while runc, its parent, has not reaped it), then
@@ -1159,45 +626,3 @@ def _runc_error(log: Path) -> str:
     except OSError:
         pass
     return message
-
-
-def _default_mounts() -> list[dict[str, Any]]:
-    return [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
-        },
-    ]
