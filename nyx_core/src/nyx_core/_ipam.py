@@ -162,9 +162,13 @@ class LeaseState:
     def used(self, network: str) -> list[str]:
         """Addresses leased on ``network`` (every address field of its records)."""
         out: list[str] = []
-        for rec in self.records.values():
+        for rec in self.records.values():  # every setup scans them all: kept plain
             if rec.get("network") == network:
-                out.extend(a for a in (rec.get("ip"), rec.get("ip6")) if a)
+                ip, ip6 = rec.get("ip"), rec.get("ip6")
+                if ip:
+                    out.append(ip)
+                if ip6:
+                    out.append(ip6)
         return out
 
 

@@ -289,9 +289,18 @@ class EmbeddedDns:
         return f"# written by nyxd (embedded DNS)\n{''.join(lines)}search {' '.join(search)}\n"
 
     def _write_resolv_conf(self, container_id: str, text: str | None = None) -> Path:
-        """Write in place (an existing bind mount keeps seeing the same inode)."""
+        """Write in place (an existing bind mount keeps seeing the same inode); a file that
+        already says ``text`` is left alone (nyxd re-registering every container it
+        re-adopts after a restart, a start registering then asking for the text)."""
         path = self.resolv_conf_path(container_id)
         text = text if text is not None else self._resolv_text(container_id)
+        data = text.encode()
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(data) + 1) == data:
+                    return path
+        except OSError:
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "w") as f:

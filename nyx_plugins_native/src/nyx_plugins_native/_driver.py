@@ -70,7 +70,7 @@ from ._network import (
     parse_options,
 )
 from ._nft import current_netns_id, nft_context
-from ._ports import check_conflicts, reserve
+from ._ports import check_conflicts, overlapping, reserve
 from ._proxy import Proxies
 from ._settings import NativeSettings
 from ._watch import HostWatch
@@ -758,12 +758,15 @@ class NativeDriver:
                     )
                 pels = port_elements(ports, str(ip), None if ip6 is None else str(ip6))
                 if ranges:
+                    near = overlapping(ranges)
+                    lo, hi = near.lo, near.hi
                     check_conflicts(
                         ranges,
                         (
                             (owner(a), _pel(p))
                             for a in st.records.values()
-                            for p in a.get("ports", [])
+                            for p in a.get("ports", ())
+                            if lo <= p[2] <= hi and near(p[1], p[2])
                         ),
                     )
                 socks = reserve(pels)

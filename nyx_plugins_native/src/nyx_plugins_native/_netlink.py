@@ -232,21 +232,13 @@ def ensure_bridge(
 
 def bridge_ports(bridges: Collection[str]) -> dict[str, str]:
     """Links enslaved to one of ``bridges`` in this netns: ``{port name: bridge name}``."""
-    ipr: Any = IPRoute(groups=0)
     try:
-        links = list(ipr.get_links())
-    except PyrNetlinkError as exc:
-        raise _fail("cannot list links", exc.code) from exc
-    finally:
-        ipr.close()
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
-    masters = {i: n for i, n in names.items() if n in bridges}
-    out: dict[str, str] = {}
-    for link in links:
-        master = link.get_attr("IFLA_MASTER")
-        if master in masters:
-            out[names[link["index"]]] = masters[master]
-    return out
+        with Rtnl() as rt:
+            links = rt.links()
+    except RtnlError as exc:
+        raise _fail("cannot list links", exc.errno) from exc
+    masters = {index: name for index, name, _m in links if name in bridges}
+    return {name: masters[master] for _i, name, master in links if master in masters}
 
 
 def _hairpin_msg(name: str) -> Any:

@@ -27,7 +27,15 @@ from nyx_core.errors import PortConflictError
 
 from ._firewall import PortElement
 
-__all__ = ["FD_HEADROOM", "check_conflicts", "check_fd_budget", "describe", "reserve"]
+__all__ = [
+    "FD_HEADROOM",
+    "Overlap",
+    "check_conflicts",
+    "check_fd_budget",
+    "describe",
+    "overlapping",
+    "reserve",
+]
 
 # descriptors left free for everything else nyxd does (API connections, netlink, files)
 FD_HEADROOM = 256
@@ -38,6 +46,26 @@ def describe(p: PortElement) -> str:
     if p.host_ip:
         where = f"[{p.host_ip}]:" if ":" in p.host_ip else f"{p.host_ip}:"
     return f"host port {where}{p.host_port}/{p.protocol}"
+
+
+class Overlap:
+    """A quick test of one published port ``(protocol, port)``: inside one of ``new``'s
+    intervals? Only those need to reach :func:`check_conflicts` (a setup must not pay an
+    interval for each port every other container publishes). ``lo``/``hi`` bound every
+    interval: a caller scanning many ports compares against them inline first."""
+
+    def __init__(self, new: Sequence[PortRange]) -> None:
+        self.spans = [(r.protocol, r.first, r.last) for r in new]
+        self.lo = min((r.first for r in new), default=1)
+        self.hi = max((r.last for r in new), default=0)
+
+    def __call__(self, protocol: str, port: int) -> bool:
+        return any(p == protocol and first <= port <= last for p, first, last in self.spans)
+
+
+def overlapping(new: Sequence[PortRange]) -> Overlap:
+    """:class:`Overlap` of ``new``."""
+    return Overlap(new)
 
 
 def check_conflicts(new: Sequence[PortRange], published: Iterable[tuple[str, PortElement]]) -> None:
@@ -60,6 +88,19 @@ def _open_fds() -> int:
         return 0
 
 
+def _fd_table_size() -> int | None:
+    """The size of this process's descriptor table (``FDSize``): no descriptor is open at or
+    above it, so it bounds how many are open. O(1), where counting them is O(open)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"FDSize:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def check_fd_budget(count: int) -> None:
     """Refuse to reserve ``count`` more ports when nyxd would run short of descriptors."""
     if count == 0:
@@ -67,6 +108,9 @@ def check_fd_budget(count: int) -> None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return
+    bound = _fd_table_size()
+    if bound is not None and bound + count + FD_HEADROOM <= soft:
+        return  # far from the limit: no need to count (a restart re-reserves every port)
     used = _open_fds()
     if used + count + FD_HEADROOM > soft:
         raise PortConflictError(

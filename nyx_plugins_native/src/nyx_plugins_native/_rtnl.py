@@ -19,6 +19,7 @@ from typing import Any
 from pyroute2.netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_DUMP,
     NLM_F_EXCL,
     NLM_F_REQUEST,
     NLMSG_DONE,
@@ -44,7 +45,9 @@ _NETLINK_ROUTE = 0
 _NETLINK_EXT_ACK = 11
 
 
+_IFLA_IFNAME = 3
 _IFLA_MTU = 4
+_IFLA_MASTER = 10
 _IFLA_LINKINFO = 18
 _IFLA_INFO_KIND = 1
 
@@ -57,6 +60,18 @@ def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
             return
         yield atype & 0x3FFF, data[off + 4 : off + alen]
         off += (alen + 3) & ~3
+
+
+def _parse_name_master(msg: bytes) -> tuple[int, str, int]:
+    """``(index, name, master index or 0)`` from an RTM_NEWLINK message."""
+    (index,) = struct.unpack_from("=i", msg, 16 + 4)
+    name, master = "", 0
+    for atype, payload in _attrs(msg, 16 + 16, len(msg)):
+        if atype == _IFLA_IFNAME:
+            name = payload.rstrip(b"\0").decode(errors="replace")
+        elif atype == _IFLA_MASTER:
+            (master,) = struct.unpack_from("=I", payload)
+    return index, name, master
 
 
 def _parse_link(msg: bytes) -> tuple[int, int, str]:
@@ -156,6 +171,31 @@ class Rtnl:
                 off += (length + 3) & ~3
                 if length == 0:
                     break
+
+    def links(self) -> list[tuple[int, str, int]]:
+        """``(index, name, master index or 0)`` of every link in this namespace, from one
+        dump parsed here (pyroute2 decodes every attribute of every link: ~0.6 ms a link)."""
+        msg = ifinfmsg()
+        seq = self._prepare(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP)
+        self.sock.send(msg.data)
+        out: list[tuple[int, str, int]] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, rseq, _pid = _HDR.unpack_from(data, off)
+                if length < 16:
+                    break
+                if rseq == seq:
+                    if mtype == NLMSG_DONE:
+                        return out
+                    if mtype == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", data, off + 16)
+                        if code:
+                            raise RtnlError(-code, os.strerror(-code))
+                    elif mtype == RTM_NEWLINK:
+                        out.append(_parse_name_master(data[off : off + length]))
+                off += (length + 3) & ~3
 
     @staticmethod
     def veth_msg(

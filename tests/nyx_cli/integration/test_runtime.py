@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import select
 import shutil
 import signal
 import stat
@@ -231,6 +232,85 @@ def test_long_running_container_kill_state_delete(
     assert all(item["id"] != ctr.id for item in runtime.list())
 
 
+def test_list_reads_runc_states_as_runc_list_does(
+    run_container: Callable[..., Container],
+    runtime: RuncRuntime,
+    busybox: tuple[ImageStore, Image],
+    nyx_container_ns: Callable[[], Netns],
+    tmp_path: Path,
+) -> None:
+    """``list`` reads runc's state files instead of exec'ing ``runc list`` (a restart of nyxd
+    with a thousand containers); it says what runc says: running, stopped (pid 0) and
+    created but not started; a state file it cannot read makes it ask runc."""
+
+    def runc_says() -> list[dict[str, Any]]:
+        return [{k: i[k] for k in ("id", "pid", "status")} for i in runtime._runc_list()]
+
+    running = run_container(["sleep", "300"])
+    ended = run_container(["sleep", "300"])
+    runtime.kill(ended.id, signal.SIGKILL)
+    assert runtime.wait(ended.id, ended.pid, timeout=60) == 137
+    store, image = busybox
+    created = f"nyxt-{os.getpid()}-created"
+    cdir = tmp_path / "created"
+    rootfs = Rootfs.mount(store.layer_dirs(image), cdir)
+    try:
+        process = process_from_image(image.config, None, ["sleep", "300"], {}, None, None)
+        runtime.write_bundle(
+            cdir / "bundle",
+            rootfs=rootfs,
+            process=process,
+            hostname="created",
+            netns_path=nyx_container_ns().path,
+            mounts=[],
+            container_id=created,
+        )
+        bundle = str(cdir / "bundle")
+        with (cdir / "log").open("wb") as log:  # the init keeps its stdio: no pipes
+            subprocess.run(
+                ["runc", "--root", str(runtime.root), "create", "--bundle", bundle, created],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                timeout=60,
+            )
+        got = runtime.list()
+        by_id = {i["id"]: i for i in got}
+        assert by_id[running.id] == {"id": running.id, "pid": running.pid, "status": "running"}
+        assert by_id[ended.id] == {"id": ended.id, "pid": 0, "status": "stopped"}
+        assert by_id[created]["status"] == "created"
+        assert got == runc_says()
+        (runtime.root / "odd").mkdir()
+        (runtime.root / "odd" / "state.json").write_text('{"another": "format"}')
+        fallback = [{k: i[k] for k in ("id", "pid", "status")} for i in runtime.list()]
+        assert fallback == runc_says()  # asked runc (which skips what it cannot load)
+    finally:
+        runtime.delete(created, force=True)
+        Rootfs.unmount(cdir)
+
+
+def test_pidfd_is_a_new_descriptor_of_the_init(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    """What nyxd's exit watcher waits on: a dup of the pidfd taken at start; readable once the
+    init has ended; None for a container that is gone."""
+    ctr = run_container(["sleep", "300"])
+    fd = runtime.pidfd(ctr.id, ctr.pid)
+    assert fd is not None
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(100) == []
+        runtime.kill(ctr.id, signal.SIGKILL)
+        assert poller.poll(30_000) != []
+    finally:
+        os.close(fd)
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 137  # its own descriptor still works
+    runtime.delete(ctr.id)
+    assert runtime.pidfd(ctr.id, ctr.pid) is None
+
+
 def test_sigterm_reaches_a_trapping_init(
     run_container: Callable[..., Container], runtime: RuncRuntime
 ) -> None:
@@ -348,6 +428,56 @@ def test_create_and_delete_netns_leave_nothing(tmp_path: Path) -> None:
     assert not path.exists()
     assert not is_mountpoint(path)
     delete_netns(path)  # idempotent
+
+
+IS_MOUNTPOINT_PROBE = """
+import os, sys
+from pathlib import Path
+from nyx_cli.daemon._netns import MS_BIND, _by_mount_ids, _in_mountinfo, is_mountpoint
+from nyx_cli.daemon._netns import mount, umount
+
+base = Path(sys.argv[1])
+for d in ("src", "dst", "tmpfs", "plain"):
+    (base / d).mkdir()
+for f in ("file", "over"):
+    (base / f).write_text("")
+mount(base / "src", base / "dst", None, MS_BIND)  # a bind mount of the same filesystem
+mount(base / "file", base / "over", None, MS_BIND)  # a file bind-mounted on a file
+mount("tmpfs", base / "tmpfs", "tmpfs")
+os.symlink(base / "dst", base / "link")
+paths = ["dst", "over", "tmpfs", "src", "file", "plain", "missing", "link", "dst/."]
+got = {p: is_mountpoint(base / p) for p in paths}
+got["/"] = is_mountpoint("/")
+same = all(got[p] == _in_mountinfo(os.path.realpath(base / p)) for p in paths)
+same = same and all(got[p] == _by_mount_ids(base / p) for p in paths)  # without statx
+umount(base / "dst")
+print(got, same, is_mountpoint(base / "dst"))
+"""
+
+
+def test_is_mountpoint_sees_bind_mounts_and_agrees_with_mountinfo(tmp_path: Path) -> None:
+    """Mount ids, not device numbers: a bind mount of the same filesystem is a mount point
+    too, a lazily unmounted one no longer (in a mount namespace of the test's own)."""
+    probe = [sys.executable, "-c", IS_MOUNTPOINT_PROBE, str(tmp_path)]
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", *probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    expected = {
+        "dst": True,
+        "over": True,
+        "tmpfs": True,
+        "src": False,
+        "file": False,
+        "plain": False,
+        "missing": False,
+        "link": True,
+        "dst/.": True,
+        "/": True,
+    }
+    assert out == f"{expected} True False"
 
 
 def test_container_joins_a_netns_made_by_create_netns(

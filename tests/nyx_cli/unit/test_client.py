@@ -167,6 +167,21 @@ def test_ps_stop_rm(api: Path, fake_sup: Any) -> None:
     assert nyx(api, "inspect", "web").exit_code == 1
 
 
+def test_stop_and_rm_of_several_try_every_container(api: Path, fake_sup: Any) -> None:
+    """As docker's: several at once, every one tried, each printed in the order given, a
+    failure one line on stderr and the exit code at the end (not the first failure's end)."""
+    names = [f"c{i}" for i in range(12)]
+    for name in names:
+        assert nyx(api, "run", "-d", "--name", name, "busybox:nyx").exit_code == 0
+    r = nyx(api, "stop", "-t", "0", *names[:5], "nope", *names[5:])
+    assert r.exit_code == 125
+    assert r.output.splitlines() == [*names[:5], "nyx: no such container: nope", *names[5:]]
+    assert sorted(cid for cid, _t in fake_sup.stopped) == sorted(fake_sup.containers)
+    r = nyx(api, "rm", "nope", *names)
+    assert r.exit_code == 125 and r.output.splitlines()[1:] == names
+    assert fake_sup.containers == {}
+
+
 def test_logs_and_inspect(api: Path) -> None:
     nyx(api, "run", "-d", "--name", "web", "busybox:nyx")
     assert nyx(api, "logs", "web").output == "line one\nline two\n"

@@ -201,6 +201,10 @@ class FakeRuntime:
         self.ignore_term: set[str] = set()
         self.fail_start: str | None = None
         self.bundles: dict[str, dict[str, Any]] = {}
+        self.deleted: set[str] = set()
+        self.lists = 0
+        self.states = 0
+        self.list_fails = False
 
     def write_bundle(self, bundle: Path, **kw: Any) -> None:
         self.calls.append(("bundle", bundle))
@@ -211,6 +215,7 @@ class FakeRuntime:
         if self.fail_start:
             raise RuntimeErrorNyx(self.fail_start)
         self.calls.append(("start", container_id))
+        self.deleted.discard(container_id)
         self.exits[container_id] = threading.Event()
         log_path.write_text("hello from " + container_id[:12] + "\n")
         return 4242
@@ -233,6 +238,7 @@ class FakeRuntime:
             self.exit(container_id, 143)
 
     def state(self, container_id: str) -> Any:
+        self.states += 1
         ev = self.exits.get(container_id)
         if ev is None or ev.is_set():
             return {"status": "stopped"}
@@ -240,9 +246,16 @@ class FakeRuntime:
 
     def delete(self, container_id: str, force: bool) -> None:
         self.calls.append(("runc_delete", container_id))
+        self.deleted.add(container_id)
 
     def list(self) -> list[Any]:
-        return []
+        """What ``runc list`` shows: every container started and not deleted, its state."""
+        self.lists += 1
+        if self.list_fails:
+            raise RuntimeErrorNyx("runc list: broken")
+        states = [{"id": c, **self.state(c)} for c in self.exits if c not in self.deleted]
+        self.states -= len(states)  # a state of its own, not asked per container
+        return states
 
 
 @pytest.fixture
@@ -712,6 +725,55 @@ def test_restart_readopts_running_containers(
     assert out["state"] == "stopped"
     assert [x[2] for x in calls if x[0] == "kill"] == [signal.SIGTERM, signal.SIGKILL]
     assert "teardown" in calls.names()
+
+
+def test_readoption_asks_the_runtime_once_and_leaves_unchanged_records_alone(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    """One runtime list for every record, not a state (an exec of runc) per container; an
+    adopted container whose record did not change is not written again."""
+    first = make_sup(tmp_path, parts, calls)
+    made = [first.create(spec(name=f"c{i}")) for i in range(3)]
+    files = [first.store.container_dir(c["id"]) / "container.json" for c in made]
+    inodes = [f.stat().st_ino for f in files]
+    runtime = parts["runtime"]
+    runtime.lists = runtime.states = 0
+    second = make_sup(tmp_path, parts, calls)
+    assert second.reconcile()["adopted"] == 3
+    assert (runtime.lists, runtime.states) == (1, 0)
+    assert [f.stat().st_ino for f in files] == inodes  # not rewritten (atomic writes rename)
+    assert all(second.get(c["id"])["state"] == "running" for c in made)
+
+
+def test_reconcile_leaves_the_records_of_stopped_containers_alone(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    """Nothing to undo, nothing changed: a stopped container's record is not written again
+    at every start of nyxd (a thousand of them would be a thousand writes)."""
+    first = make_sup(tmp_path, parts, calls)
+    made = [first.create(spec(name=f"c{i}")) for i in range(3)]
+    for c in made:
+        first.stop(c["id"], timeout=0)
+    files = [first.store.container_dir(c["id"]) / "container.json" for c in made]
+    inodes = [f.stat().st_ino for f in files]
+    second = make_sup(tmp_path, parts, calls)
+    assert second.reconcile() == {"stopped": 0, "cleaned": 0, "adopted": 0}
+    assert [f.stat().st_ino for f in files] == inodes
+    assert {second.get(c["id"])["state"] for c in made} == {"stopped"}
+
+
+def test_readoption_asks_per_container_when_the_runtime_cannot_list(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    first = make_sup(tmp_path, parts, calls)
+    first.create(spec(name="a"))
+    first.create(spec(name="b"))
+    runtime = parts["runtime"]
+    runtime.list_fails = True
+    runtime.states = 0
+    second = make_sup(tmp_path, parts, calls)
+    assert second.reconcile()["adopted"] == 2
+    assert runtime.states == 2
 
 
 def test_restart_stops_a_container_whose_netns_mount_is_gone(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,29 @@ def test_resolv_conf_text_and_file(tmp_path: Path) -> None:
     assert not path.parent.exists()
     with pytest.raises(DnsError, match="container_id"):
         p.resolv_conf_path("../x")
+
+
+def test_resolv_conf_that_says_the_same_is_not_written_again(tmp_path: Path) -> None:
+    """Re-registering (nyxd re-adopting its containers after a restart) and asking for the
+    text right after registering leave an unchanged file alone; a change is written."""
+    host = tmp_path / "host-resolv.conf"
+    host.write_text("nameserver 192.0.2.1\nsearch corp.example\n")
+    settings = NyxSettings(
+        run_dir=tmp_path / "run", container_subnet="10.231.0.0/24", gateway_ip="10.231.0.1"
+    )
+    p = EmbeddedDns(EmbeddedDnsSettings(upstream_resolv_conf=host))
+    _started_without_server(p, settings)
+    ip = ipaddress.ip_address("10.231.0.2")
+    p.register("c1", "web", [ip], [], ["n1"])
+    path = p.resolv_conf_path("c1")
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    p.register("c1", "web", [ip], [], ["n1"])
+    p.resolv_conf("c1")
+    assert path.stat().st_mtime_ns == 1_000_000_000
+    p.set_network_internal("n1", True)
+    p.register("c1", "web", [ip], [], ["n1"])
+    assert path.stat().st_mtime_ns != 1_000_000_000
+    assert path.read_text().endswith("search nyxd.local\n")
 
 
 def test_resolv_conf_lists_the_gateways_a_container_can_reach(tmp_path: Path) -> None:

@@ -727,25 +727,72 @@ def status(c: dict[str, Any]) -> str:
     return state.capitalize()
 
 
+PARALLEL = 8
+"""Containers ``stop`` and ``rm`` act on at once (each a request of its own, as docker's)."""
+
+
+def _attempt(fn: Any, *args: Any, **kwargs: Any) -> tuple[str, int] | None:
+    """:func:`call` that returns the failure (message, exit code) instead of exiting."""
+    try:
+        fn(*args, **kwargs)
+    except DaemonUnavailable as exc:
+        return str(exc), EXIT_DAEMON
+    except ApiError as exc:
+        code = exc.body.get("exit_code")
+        return str(exc), code if isinstance(code, int) else EXIT_DAEMON
+    return None
+
+
+def _each(refs: Sequence[str], act: Any) -> None:
+    """``act(ref)`` for every container, up to :data:`PARALLEL` at a time; each ref printed in
+    the order given once done, each failure one line on stderr, and every container is tried
+    (docker's ``stop``/``rm``). Exits with the first failure's code."""
+    results: list[tuple[str, int] | None] = [None] * len(refs)
+    if len(refs) == 1:
+        results[0] = _attempt(act, refs[0])
+    else:
+        import threading
+
+        todo = iter(range(len(refs)))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                results[i] = _attempt(act, refs[i])
+
+        threads = [threading.Thread(target=worker) for _ in range(min(PARALLEL, len(refs)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    failed: tuple[str, int] | None = None
+    for ref, failure in zip(refs, results, strict=True):
+        if failure is None:
+            echo(ref)
+            continue
+        echo(f"nyx: {failure[0]}", err=True)
+        failed = failed or failure
+    if failed is not None:
+        raise SystemExit(failed[1])
+
+
 def stop(socket: str, *, timeout: float | None, containers: Sequence[str]) -> None:
-    """Stop containers: SIGTERM, grace period, SIGKILL."""
+    """Stop containers: SIGTERM, grace period, SIGKILL (several at once)."""
     client = Client(socket)
-    for ref in containers:
-        call(client.stop, ref, timeout)
-        echo(ref)
+    _each(containers, lambda ref: client.stop(ref, timeout))
 
 
 def rm(socket: str, *, force: bool, containers: Sequence[str]) -> None:
-    """Remove containers."""
+    """Remove containers (several at once)."""
     client = Client(socket)
-    for ref in containers:
-        call(
-            client.request,
-            "DELETE",
-            f"/v1/containers/{q(ref)}",
-            params={"force": 1 if force else None},
-        )
-        echo(ref)
+    params = {"force": 1 if force else None}
+    _each(
+        containers, lambda ref: client.request("DELETE", f"/v1/containers/{q(ref)}", params=params)
+    )
 
 
 def logs(socket: str, *, follow: bool, container: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._exits import ExitWatcher
 from ._settings import DaemonSettings
 
 __all__ = ["Host", "ImageStoreLike", "RootfsLike", "RuntimeLike"]
@@ -83,6 +84,11 @@ class Host:
     loopback_up: Callable[[Path], Any] = lambda path: None
     #: write ``net.*`` sysctls inside a container's netns
     set_sysctls: Callable[[Path, Mapping[str, str]], Any] = lambda path, values: None
+    #: ``watch_exit(pid, name, on_exit, pidfd)``: run ``on_exit`` in a thread named ``name``
+    #: once process ``pid`` has ended (``pidfd``: the runtime's descriptor of it, or None),
+    #: one thread watching them all (:mod:`._exits`); None: a thread per container blocks
+    #: in ``runtime.wait`` from the start
+    watch_exit: Callable[[int, str, Callable[[], None], int | None], Any] | None = None
 
     @classmethod
     def default(cls, settings: DaemonSettings) -> Host:
@@ -114,4 +120,5 @@ class Host:
             netns_alive=netns_mod.is_netns,
             loopback_up=netns_mod.loopback_up,
             set_sysctls=netns_mod.set_sysctls,
+            watch_exit=ExitWatcher().watch,
         )

@@ -17,11 +17,10 @@ import ipaddress
 import os
 import shutil
 import signal
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -40,6 +39,7 @@ class Reconciler:
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
+        self._images: dict[str, Any] = {}  # image by reference, during one run
 
     def run(self) -> dict[str, int]:
         """After a (re)start: re-adopt containers still running, undo what is left of others.
@@ -54,6 +54,10 @@ class Reconciler:
         """
         sup = self.sup
         records, broken = sup.store.load_all()
+        # what runc knows, once: a ``runc state`` per record would cost an exec each
+        listed = self._runtime_list()
+        states = None if listed is None else {_item_id(item): item for item in listed}
+        self._images.clear()
         # containers in another one's netns (network_mode container:) after their owner
         records.sort(key=lambda r: r.network_of is not None)
         stopped = cleaned = adopted = 0
@@ -65,9 +69,11 @@ class Reconciler:
             dirty = dirty or rec.rootfs_mounted or bool(rec.netns_path)
             with sup.lock:
                 sup.live[rec.id] = live
-            if rec.state == "running" and sup.readopt and self._adopt(live):
+            if rec.state == "running" and sup.readopt and self._adopt(live, states):
                 adopted += 1
                 continue
+            # a record with nothing to undo or to change stays as it is on disk
+            changed = dirty or rec.state in ("running", "restarting")
             if rec.state == "running" or dirty:
                 with logger.contextualize(container=rec.id):
                     if rec.state == "running":
@@ -81,7 +87,8 @@ class Reconciler:
             if rec.spec.rm and rec.state != "created":
                 sup._remove(live)
             else:
-                sup._persist(live)
+                if changed:
+                    sup._persist(live)
                 if rec.state != "created" and rec.spec.restart_policy().at_nyxd_start(
                     rec.stopped_by_hand
                 ):
@@ -104,10 +111,11 @@ class Reconciler:
             if not os.path.ismount(cdir / "rootfs"):
                 shutil.rmtree(cdir, ignore_errors=True)
         with contextlib.suppress(Exception):
-            for item in sup.host.runtime.list():
-                oid = item.get("id") if isinstance(item, dict) else getattr(item, "id", item)
+            for item in listed or []:
+                oid = _item_id(item)
                 if isinstance(oid, str) and oid not in known:
                     self._clean_orphan(oid)
+        self._images.clear()
         restarted = sum(self._start_again(live) for live in again)
         if stopped or cleaned or adopted or restarted:
             logger.bind(
@@ -135,13 +143,31 @@ class Reconciler:
         )
         return True
 
-    def _adopt(self, live: Live) -> bool:
+    def _runtime_list(self) -> list[Any] | None:
+        """Every container the runtime knows (``runc list``), None when it cannot say."""
+        try:
+            return list(self.sup.host.runtime.list())
+        except Exception as exc:
+            logger.bind(error=str(exc)).warning("runtime list failed; asking per container")
+            return None
+
+    def _image(self, ref: str) -> Any:
+        if ref not in self._images:
+            self._images[ref] = self.sup._image(ref)
+        return self._images[ref]
+
+    def _adopt(self, live: Live, states: dict[Any, Any] | None = None) -> bool:
+        """Adopt ``live`` when it still runs. ``states``: the runtime's states by id (from
+        one list), else it is asked for this container's state."""
         sup = self.sup
         rec = live.rec
-        try:
-            st = sup.host.runtime.state(rec.id)
-        except Exception:
-            return False
+        if states is not None:
+            st = states.get(rec.id)
+        else:
+            try:
+                st = sup.host.runtime.state(rec.id)
+            except Exception:
+                return False
         if not isinstance(st, dict) or st.get("status") != "running":
             return False
         if not rec.pid or st.get("pid") != rec.pid:
@@ -162,6 +188,7 @@ class Reconciler:
                 return False  # the netns it joined was not re-adopted
         live.adopted = True
         live.started_at = sup.clock()
+        recorded = rec.model_dump_json()
         with logger.contextualize(container=rec.id):
             if rec.dns_registered:
                 if sup.dns is None:
@@ -181,14 +208,15 @@ class Reconciler:
                     except Exception as exc:
                         logger.bind(error=str(exc)).warning("DNS re-registration failed")
             try:
-                sup.health.start(live, sup._image(rec.spec.image), keep=True)
+                sup.health.start(live, self._image(rec.spec.image), keep=True)
             except Exception as exc:
                 logger.bind(error=str(exc)).warning("healthcheck not resumed")
-            sup._persist(live)
-            logger.bind(pid=rec.pid).info("container re-adopted")
-        threading.Thread(
-            target=sup._watch, args=(live, rec.pid), name=f"watch-{rec.id[:12]}", daemon=True
-        ).start()
+            if rec.model_dump_json() != recorded:  # unchanged: its record is on disk already
+                sup._persist(live)
+            # debug: a thousand of them would be a thousand lines (and ~0.1 ms each); the
+            # summary line counts them
+            logger.bind(pid=rec.pid).debug("container re-adopted")
+        sup._watch_exit(live, rec.pid)
         return True
 
     def _end(self, rec: ContainerRecord) -> int:
@@ -251,3 +279,8 @@ class Reconciler:
             sup.host.runtime.kill(cid, signal.SIGKILL)
         sup._teardown(live)
         sup.store.delete(cid)
+
+
+def _item_id(item: Any) -> Any:
+    """The id of one entry of the runtime's list (a dict, or an object with ``id``)."""
+    return item.get("id") if isinstance(item, dict) else getattr(item, "id", item)

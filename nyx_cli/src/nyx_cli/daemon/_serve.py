@@ -22,6 +22,7 @@ from loguru import logger
 from nyx_core import DnsFacade, NetworkBackend
 
 from ._api import ApiServer
+from ._boot import trim_malloc
 from ._networks import NetworkRegistry
 from ._settings import DaemonSettings
 from ._state import StateStore
@@ -128,6 +129,7 @@ def serve(
     try:
         sup.reconcile()
         _gc(backend, sup)
+        trim_malloc()  # what reading every record left behind
         api = ApiServer(settings.socket, sup)
         api.start()
         logger.bind(socket=str(settings.socket)).info("listening")

@@ -7,6 +7,7 @@ networks. Files are written atomically (temporary file + rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -171,16 +172,19 @@ class StateStore:
         """Every readable record, and the ids of unreadable ones (kept out of the way)."""
         records: list[ContainerRecord] = []
         broken: list[str] = []
-        for d in sorted(self.containers_dir.iterdir()):
-            f = d / "container.json"
-            if not d.is_dir():
-                continue
-            for stale in d.glob(".container.json.*.tmp"):  # a crash while writing
-                stale.unlink(missing_ok=True)
+        with os.scandir(self.containers_dir) as it:
+            dirs = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        for name in dirs:
+            d = os.path.join(self.containers_dir, name)
+            with contextlib.suppress(OSError):
+                for entry in os.listdir(d):  # a crash while writing left its temporary file
+                    if entry.startswith(".container.json.") and entry.endswith(".tmp"):
+                        os.unlink(os.path.join(d, entry))
             try:
-                records.append(ContainerRecord.model_validate_json(f.read_text()))
+                with open(os.path.join(d, "container.json"), "rb") as f:
+                    records.append(ContainerRecord.model_validate_json(f.read()))
             except (OSError, ValidationError, ValueError):
-                broken.append(d.name)
+                broken.append(name)
         return records, broken
 
     def load_networks(self) -> dict[str, NetworkRecord]:

@@ -378,16 +378,23 @@ class Supervisor:
                 f"ports {shown}: {count} host ports to publish, more than "
                 f"max_published_ports={limit} (NYXD_MAX_PUBLISHED_PORTS) allows per container"
             )
+        new = port_ranges(ports)
         taken: list[PortRange] = []
-        if against_running:
+        if against_running and new:
+            # only mappings that overlap one of ours become intervals: the others cost a
+            # comparison each, with a thousand containers running
+            spans = [(r.protocol, r.first, r.last) for r in new]
             with self.lock:
-                taken = [
-                    r
-                    for v in self.live.values()
-                    if v.rec.state in _HOLDS_PORTS and v.rec.id != exclude
-                    for r in port_ranges(v.rec.spec.ports, v.rec.name)
-                ]
-        clash = find_port_clash(port_ranges(ports), taken)
+                for v in self.live.values():
+                    if v.rec.state not in _HOLDS_PORTS or v.rec.id == exclude:
+                        continue
+                    for m in v.rec.spec.ports:
+                        first, last = m.host_port, m.host_port + m.range - 1
+                        for proto, a, b in spans:
+                            if proto == m.protocol and a <= last and first <= b:
+                                taken += port_ranges([m], v.rec.name)
+                                break
+        clash = find_port_clash(new, taken)
         if clash is None:
             return
         if clash[1].owner is None:
@@ -485,8 +492,20 @@ class Supervisor:
         self.health.start(live, image)
         self._persist(live)
         logger.bind(pid=run.pid, ips=rec.ips, ms=Steps.timings(run)).info("container started")
+        self._watch_exit(live, run.pid)
+
+    def _watch_exit(self, live: Live, pid: int) -> None:
+        """:meth:`_watch` once ``pid`` has ended: from the host's one watcher of every
+        container (``Host.watch_exit``), else a thread of its own waits for it."""
+        cid = live.rec.id
+        if self.host.watch_exit is not None:
+            # the runtime's pidfd when it has one: taken before anything could reap the init
+            take = getattr(self.host.runtime, "pidfd", None)
+            fd = take(cid, pid) if callable(take) else None
+            self.host.watch_exit(pid, f"exit-{cid[:12]}", lambda: self._watch(live, pid), fd)
+            return
         threading.Thread(
-            target=self._watch, args=(live, run.pid), name=f"watch-{cid[:12]}", daemon=True
+            target=self._watch, args=(live, pid), name=f"watch-{cid[:12]}", daemon=True
         ).start()
 
     def _joined_netns(self, rec: ContainerRecord) -> Path:
