@@ -10,14 +10,16 @@ NYX="$BIN/nyx"
 
 WORK=$(mktemp -d /tmp/nyx-demo.XXXXXX)
 NYXD_PID=""
-read -r NFT_FAMILY NFT_TABLE < <("$BIN/python" -c \
-  'from nyx_plugins_native import FAMILY, TABLE; print(FAMILY, TABLE)')
+read -r NFT_TABLE NFT_FAMILIES < <("$BIN/python" -c \
+  'from nyx_plugins_native import FAMILIES, TABLE; print(TABLE, *FAMILIES)')
 BRIDGE=nyx0
 IP_FORWARD=$(cat /proc/sys/net/ipv4/ip_forward)
 HAD_RUN=$([ -e /run/nyx ] && echo 1 || echo 0)
 HAD_STATE=$([ -e /var/lib/nyx ] && echo 1 || echo 0)
-had_table() { nft list table "$NFT_FAMILY" "$NFT_TABLE" >/dev/null 2>&1; }
-HAD_TABLE=$(had_table && echo 1 || echo 0)
+# nyx's tables (ip nyx, and ip6 nyx on a kernel with IPv6) that were not there before
+had_table() { nft list table "$1" "$NFT_TABLE" >/dev/null 2>&1; }
+NEW_TABLES=""
+for f in $NFT_FAMILIES; do had_table "$f" || NEW_TABLES="$NEW_TABLES $f"; done
 HAD_BRIDGE=$(ip link show "$BRIDGE" >/dev/null 2>&1 && echo 1 || echo 0)
 HAD_CGROUP=$(ls -d /sys/fs/cgroup/nyx /sys/fs/cgroup/*/nyx >/dev/null 2>&1 && echo 1 || echo 0)
 if [ "$HAD_BRIDGE" = 1 ] || [ -S /run/nyx/nyxd.sock ]; then
@@ -47,7 +49,7 @@ cleanup() {
     while read -r m; do umount -l "$m" 2>/dev/null; done
   # host-wide network state the native driver created for the demo
   [ "$HAD_BRIDGE" = 0 ] && ip link del "$BRIDGE" 2>/dev/null
-  [ "$HAD_TABLE" = 0 ] && nft delete table "$NFT_FAMILY" "$NFT_TABLE" 2>/dev/null
+  for f in $NEW_TABLES; do nft delete table "$f" "$NFT_TABLE" 2>/dev/null; done
   echo "$IP_FORWARD" > /proc/sys/net/ipv4/ip_forward
   # runc's cgroup parent for nyx containers (empty by now)
   if [ "$HAD_CGROUP" = 0 ]; then
@@ -123,10 +125,12 @@ trap - EXIT
 cleanup_status=0
 (cleanup) || cleanup_status=$?
 ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "leftover: $BRIDGE"; fail=1; }
-had_table && [ "$HAD_TABLE" = 0 ] && { echo "leftover: nft table $NFT_FAMILY $NFT_TABLE"; fail=1; }
+for f in $NEW_TABLES; do
+  had_table "$f" && { echo "leftover: nft table $f $NFT_TABLE"; fail=1; }
+done
 [ "$(cat /proc/sys/net/ipv4/ip_forward)" = "$IP_FORWARD" ] || { echo "ip_forward changed"; fail=1; }
 if [ "$fail" = 0 ] && [ "$cleanup_status" = 0 ]; then
-  echo "host is as before: no $BRIDGE, no nft table $NFT_FAMILY $NFT_TABLE, no mounts,"
+  echo "host is as before: no $BRIDGE, no nft tables ($NFT_FAMILIES) $NFT_TABLE, no mounts,"
   echo "no containers, no nyxd; ip_forward=$IP_FORWARD"
   echo "demo OK"
 else

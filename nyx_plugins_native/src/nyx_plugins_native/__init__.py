@@ -9,7 +9,7 @@ from __future__ import annotations
 from loguru import logger
 
 from ._driver import NativeDriver, veth_name
-from ._firewall import FAMILY, TABLE, Firewall, PortElement
+from ._firewall import FAMILIES, FAMILY, TABLE, Firewall, PortElement
 from ._network import Network, bridge_name, lease_store
 from ._nft import load_nftables
 from ._settings import NativeSettings
@@ -17,6 +17,7 @@ from ._settings import NativeSettings
 logger.disable(__name__)
 
 __all__ = [
+    "FAMILIES",
     "FAMILY",
     "TABLE",
     "Firewall",

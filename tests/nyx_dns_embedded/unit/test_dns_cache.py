@@ -576,3 +576,34 @@ def test_parse_answer_clamps_and_normalises() -> None:
     assert wire[:2] == b"\x00\x00" and lifetime == 86400 and ttl_values == (86400,)
     assert len(offsets) == 1
     assert dns.message.from_wire(bytes(wire)).answer[0].ttl == 86400
+
+
+def test_a_replay_patches_its_ttls_and_looks_at_the_upstreams_itself(
+    cache: ForwardCache, clock: Clock, servers: Servers
+) -> None:
+    """A steady stream of repeats stays on the shortest path: when the age turns, the
+    replay patches its TTLs; when a look at the upstreams is due, it takes it; only an
+    expired, replaced or flushed entry (upstreams changed) sends the caller back."""
+    q = query("ext.example.com")
+    wire = q.to_wire()
+    cache.store(wire, answer_to(q, "192.0.2.7", ttl=100), servers.current)
+    keyed = cache_key(wire)
+    assert keyed is not None
+    got = cache.lookup(keyed[0], wire, keyed[1])
+    assert got is not None
+    _out, replay = got
+
+    def ttl(tail: bytes | None) -> int:
+        assert tail is not None
+        r = dns.message.from_wire(wire[:2] + tail)
+        assert [rd.to_text() for rd in r.answer[0]] == ["192.0.2.7"]
+        return r.answer[0].ttl
+
+    assert ttl(replay.get(clock.now)) == 100
+    clock.now += 1.2  # the age turned and the look at the upstreams is due: still a replay
+    assert ttl(replay.get(clock.now)) == 99
+    clock.now += 57.0
+    assert ttl(replay.get(clock.now)) == 42
+    servers.current = ("127.0.0.9",)
+    clock.now += 1.0
+    assert replay.get(clock.now) is None  # the upstreams changed: flushed
