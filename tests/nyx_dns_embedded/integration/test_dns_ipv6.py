@@ -363,7 +363,10 @@ def test_one_cache_for_both_gateways_emptied_for_both_on_an_upstream_change(
     for v6 in (False, True, True, False, True):  # the IPv6 server never forwards it
         assert addrs(c.query("moved.example", v6=v6)) == ["203.0.113.7"]
     assert addrs(c.query("moved.example", v6=True, tcp=True)) == ["203.0.113.7"]
-    assert old.names() == ["moved.example."]
+    # forwarded through the IPv4 server only (its forwarder may retransmit to a slow
+    # upstream, so the upstream may see the name more than once on a loaded machine)
+    assert set(old.names()) == {"moved.example."}
+    assert s6.forwarder is not None and s6.forwarder.stats["forwarded"] == 0
     flushes = s4.cache.stats["flushes"]
     resolv.write_text("nameserver 127.0.0.2\n")
     got: list[str] = []
@@ -375,7 +378,8 @@ def test_one_cache_for_both_gateways_emptied_for_both_on_an_upstream_change(
     assert got == ["203.0.113.8"]
     for v6 in (True, True, False):  # and the IPv6 server: the new answer, from the cache
         assert addrs(c.query("moved.example", v6=v6)) == ["203.0.113.8"]
-    assert new.names() == ["moved.example."]
+    assert set(new.names()) == {"moved.example."}
+    assert s6.forwarder.stats["forwarded"] == 0
     assert s4.cache.stats["flushes"] > flushes
 
 
