@@ -82,6 +82,16 @@ def _mac(value: str | None, field: str) -> str | None:
     return value.lower()
 
 
+_STATIC_CHECKS = {"ipv4_address": _ipv4, "ipv6_address": _ipv6, "mac_address": _mac}
+
+
+def _static_address(cls: type, value: str | None, info: ValidationInfo) -> str | None:
+    """The validator of ``ipv4_address``, ``ipv6_address`` and ``mac_address``, shared by a
+    container's spec and its network attachments."""
+    assert info.field_name is not None
+    return _STATIC_CHECKS[info.field_name](value, info.field_name)
+
+
 def joined_container(network_mode: str | None) -> str | None:
     """The container named by ``network_mode: container:<ref>``, else None."""
     if network_mode and network_mode.startswith("container:"):
@@ -119,20 +129,7 @@ class NetworkAttachment(BaseModel):
         default=None, description="the MAC address of its interface on this network"
     )
 
-    @field_validator("ipv4_address")
-    @classmethod
-    def _ipv4_address(cls, value: str | None) -> str | None:
-        return _ipv4(value, "ipv4_address")
-
-    @field_validator("ipv6_address")
-    @classmethod
-    def _ipv6_address(cls, value: str | None) -> str | None:
-        return _ipv6(value, "ipv6_address")
-
-    @field_validator("mac_address")
-    @classmethod
-    def _mac_address(cls, value: str | None) -> str | None:
-        return _mac(value, "mac_address")
+    _static = field_validator("ipv4_address", "ipv6_address", "mac_address")(_static_address)
 
     @model_validator(mode="before")
     @classmethod
@@ -310,20 +307,7 @@ class ContainerSpec(BaseModel):
             f"network_mode {value!r}: must be 'host', 'none', 'bridge' or 'container:<name or id>'"
         )
 
-    @field_validator("ipv4_address")
-    @classmethod
-    def _ipv4_address(cls, value: str | None) -> str | None:
-        return _ipv4(value, "ipv4_address")
-
-    @field_validator("ipv6_address")
-    @classmethod
-    def _ipv6_address(cls, value: str | None) -> str | None:
-        return _ipv6(value, "ipv6_address")
-
-    @field_validator("mac_address")
-    @classmethod
-    def _mac_address(cls, value: str | None) -> str | None:
-        return _mac(value, "mac_address")
+    _static = field_validator("ipv4_address", "ipv6_address", "mac_address")(_static_address)
 
     @field_validator("extra_hosts")
     @classmethod
