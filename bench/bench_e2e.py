@@ -40,6 +40,30 @@ SLEEPER = ["sleep", "3600"]
 STEPS = ("network", "dns+etc", "rootfs+bundle", "runc")
 
 
+def podman_cli(b: Path) -> list[str]:
+    """podman with its own storage, run root and network config under ``b`` (cgroupfs, runc,
+    no events): the peer of every bench that drives podman."""
+    return [
+        "podman",
+        "--root",
+        str(b / "root"),
+        "--runroot",
+        str(b / "runroot"),
+        "--tmpdir",
+        str(b / "tmp"),
+        "--cgroup-manager",
+        "cgroupfs",
+        "--runtime",
+        "runc",
+        "--network-config-dir",
+        str(b / "net"),
+        "--storage-driver",
+        "overlay",
+        "--events-backend",
+        "none",
+    ]
+
+
 class Holder:
     """A process holding a private mount namespace inside ``ns``; commands join both."""
 
@@ -248,26 +272,7 @@ class Podman(Engine):
         self.holder.run(*self.cli(), "load", "-i", str(tar))
 
     def cli(self) -> list[str]:
-        b = self.base
-        return [
-            "podman",
-            "--root",
-            str(b / "root"),
-            "--runroot",
-            str(b / "runroot"),
-            "--tmpdir",
-            str(b / "tmp"),
-            "--cgroup-manager",
-            "cgroupfs",
-            "--runtime",
-            "runc",
-            "--network-config-dir",
-            str(b / "net"),
-            "--storage-driver",
-            "overlay",
-            "--events-backend",
-            "none",
-        ]
+        return podman_cli(self.base)
 
     def run_args(self) -> list[str]:
         return ["run", "-d", *self.ULIMITS, "-p", "8080:80", "busybox:nyx", *HTTPD]

@@ -51,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_e2e import Holder, precompile, rss_kib
+from bench_e2e import Holder, podman_cli, precompile, rss_kib
 from bench_native import Floor, Runner
 
 from nyx_cli.client._http import Client
@@ -373,26 +373,7 @@ class Podman(Engine):
         self.holder.run(*self.cli(), "network", "create", "--subnet", POD_SUBNET, "scalenet")
 
     def cli(self) -> list[str]:
-        b = self.tmp
-        return [
-            "podman",
-            "--root",
-            str(b / "root"),
-            "--runroot",
-            str(b / "runroot"),
-            "--tmpdir",
-            str(b / "tmp"),
-            "--cgroup-manager",
-            "cgroupfs",
-            "--runtime",
-            "runc",
-            "--network-config-dir",
-            str(b / "net"),
-            "--storage-driver",
-            "overlay",
-            "--events-backend",
-            "none",
-        ]
+        return podman_cli(self.tmp)
 
     def run_args(self, name: str, port: int) -> list[str]:
         return [
