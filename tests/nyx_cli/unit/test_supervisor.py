@@ -932,3 +932,92 @@ def test_teardown_hits_an_undo_checkpoint_per_begun_step(
     s.faults = RecordingFaults()
     s.remove(c["id"])
     assert s.faults.seen == ["rm:teardown", "rm:forget"]  # nothing left to undo
+
+
+class MeetingBackend(FakeBackend):
+    """Setups and teardowns that return only once two of them are in the driver at once
+    (a :class:`threading.Barrier`): nyxd serializing them breaks the barrier."""
+
+    def __init__(self, calls: Calls) -> None:
+        super().__init__(calls)
+        self.meet = threading.Barrier(2, timeout=10)
+        self.inside = 0
+        self.most = 0
+        self.count_lock = threading.Lock()
+        self.hold = 0.0  # seconds each teardown stays inside
+
+    def nyx_backend_setup(
+        self, container_id: str, netns_path: str, ports: Any, opts: SetupOptions
+    ) -> Any:
+        self.meet.wait()
+        return super().nyx_backend_setup(container_id, netns_path, ports, opts)
+
+    def nyx_backend_teardown(self, container_id: str, netns_path: str) -> Any:
+        with self.count_lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        try:
+            if self.hold:
+                threading.Event().wait(self.hold)
+            else:
+                self.meet.wait()
+            return super().nyx_backend_teardown(container_id, netns_path)
+        finally:
+            with self.count_lock:
+                self.inside -= 1
+
+
+for _name in ("nyx_backend_setup", "nyx_backend_teardown"):
+    setattr(MeetingBackend, _name, hookimpl(getattr(MeetingBackend, _name)))
+
+
+def _in_threads(*jobs: Any) -> list[Any]:
+    out: list[Any] = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = jobs[i]()
+        except Exception as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_network_setups_and_teardowns_of_two_containers_run_at_once(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    """The driver, not nyxd, keeps parallel setups apart (the kit checks drivers do): one
+    container's setup never waits for another's, so a slow one holds up nobody."""
+    parts["backend"] = backend = MeetingBackend(calls)
+    sup = make_sup(tmp_path, parts, calls)
+    made = _in_threads(lambda: sup.create(spec()), lambda: sup.create(spec()))
+    assert all(isinstance(c, dict) for c in made), made
+    assert not backend.meet.broken
+    stopped = _in_threads(*[lambda c=c: sup.stop(c["id"], timeout=0) for c in made])
+    assert [s["state"] for s in stopped] == ["stopped", "stopped"], stopped
+    assert calls.names().count("teardown") == 2 and not backend.meet.broken
+
+
+def test_teardowns_after_a_shutdown_run_a_few_at_a_time(
+    tmp_path: Path, parts: dict[str, Any], calls: Calls
+) -> None:
+    """Hundreds of containers ending at once (a shutdown) are torn down by a bounded
+    number of threads at a time; every one of them still is."""
+    from nyx_cli.daemon._supervisor import _PARALLEL_TEARDOWNS
+
+    parts["backend"] = backend = MeetingBackend(calls)
+    backend.meet = threading.Barrier(1)  # setups go through alone
+    backend.hold = 0.05
+    sup = make_sup(tmp_path, parts, calls)
+    n = _PARALLEL_TEARDOWNS + 6
+    for _ in range(n):
+        sup.create(spec())
+    sup.shutdown(grace=0)
+    assert calls.names().count("teardown") == n
+    assert all(c["state"] == "stopped" for c in sup.list_containers(all=True))
+    assert 1 <= backend.most <= _PARALLEL_TEARDOWNS

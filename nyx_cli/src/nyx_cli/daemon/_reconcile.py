@@ -196,7 +196,7 @@ class Reconciler:
                 else:
                     try:
                         ips = [ipaddress.ip_address(ip) for ip in rec.ips]
-                        with sup.net_lock:
+                        with sup.dns_lock:
                             sup.dns.register(
                                 rec.id,
                                 rec.hostname,

@@ -90,6 +90,10 @@ def image_public(img: Any) -> dict[str, Any]:
     }
 
 
+#: teardowns that run at once (:attr:`Supervisor._teardowns`)
+_PARALLEL_TEARDOWNS = 8
+
+
 class Supervisor:
     """Creates, starts, stops and removes containers; owns their networking lifecycle."""
 
@@ -119,7 +123,11 @@ class Supervisor:
         (self.run_dir / "containers").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.run_dir / "containers", 0o700)
         self.lock = threading.RLock()
-        self.net_lock = threading.Lock()
+        #: DNS providers' calls one at a time (the kit does not ask them to be thread-safe)
+        self.dns_lock = threading.Lock()
+        #: teardowns after exits at once (a shutdown or ``stop`` of many): a few at a time
+        #: get through sooner than hundreds of threads taking turns at the GIL and locks
+        self._teardowns = threading.BoundedSemaphore(_PARALLEL_TEARDOWNS)
         self.live: dict[str, Live] = {}
         self._tombstones: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.networks = networks or NetworkRegistry(settings, self.store, backend)
@@ -542,6 +550,8 @@ class Supervisor:
         except Exception as exc:
             logger.bind(container=rec.id, error=str(exc)).warning("wait failed")
             code = None
+        exited = time.perf_counter()
+        undo_ms: dict[str, float] = {}
         live.exited.set()
         self.health.stop(live)
         with live.lock, logger.contextualize(container=rec.id):
@@ -550,7 +560,8 @@ class Supervisor:
                 rec.finished = now()
                 rec.pid = None
                 self.faults.hit("exit:teardown")
-                self._teardown(live)
+                with self._teardowns:
+                    self._teardown(live, undo_ms)
                 self.faults.hit("exit:recorded")
             except Exception as exc:
                 logger.bind(error=repr(exc)).error("after-exit teardown failed")
@@ -565,7 +576,10 @@ class Supervisor:
                     logger.bind(error=repr(exc)).error("container state not saved")
                 self._stop_joiners(rec)  # before done: a wait for this exit sees them stopping
                 live.done.set()
-            logger.bind(exit_code=code, state=rec.state).info("container finished")
+            total = round((time.perf_counter() - exited) * 1000, 1)
+            logger.bind(exit_code=code, state=rec.state, teardown_ms=total, undo_ms=undo_ms).info(
+                "container finished"
+            )
         if rec.spec.rm and not self._closing:
             with contextlib.suppress(NyxError):
                 self._remove(live)
@@ -634,9 +648,9 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 timer.cancel()
 
-    def _teardown(self, live: Live) -> list[BaseException]:
+    def _teardown(self, live: Live, timings: dict[str, float] | None = None) -> list[BaseException]:
         """Undo every step recorded for the container, in reverse order; never stop early."""
-        return self.steps.undo(live.rec)
+        return self.steps.undo(live.rec, timings)
 
     def stop(self, ref: str, timeout: float | None = None, by_hand: bool = True) -> dict[str, Any]:
         """SIGTERM, ``timeout`` seconds of grace, SIGKILL; returns after teardown.
