@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nyx_cli.compose._plan import plan_stack
 from nyx_cli.compose._project import (
     CONFIG_HASH_LABEL,
     PROJECT_LABEL,
@@ -16,7 +17,6 @@ from nyx_cli.compose._project import (
     interpolate,
     load_compose,
     normalize_project_name,
-    plan_stack,
 )
 from nyx_cli.daemon._models import ContainerSpec, Healthcheck
 from nyx_core import ConfigError, DnsMode, NetworkBackend, PortMapping, dns_policy

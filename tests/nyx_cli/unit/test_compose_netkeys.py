@@ -13,7 +13,8 @@ import yaml
 from test_compose_cmd import FakeNyxd, run
 
 from nyx_cli.compose._file import load_yaml
-from nyx_cli.compose._project import ComposeProject, load_compose, plan_stack
+from nyx_cli.compose._plan import plan_stack
+from nyx_cli.compose._project import ComposeProject, load_compose
 from nyx_cli.daemon._models import ContainerSpec
 from nyx_core import ConfigError
 

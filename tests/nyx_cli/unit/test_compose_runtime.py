@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
+from nyx_cli.compose._plan import ComposePlan, plan_stack
 from nyx_cli.compose._project import (
     PROJECT_LABEL,
     SERVICE_LABEL,
-    ComposePlan,
     load_compose,
-    plan_stack,
 )
 from nyx_cli.compose._service_runtime import VOLUME_LABEL, duration
 from nyx_cli.daemon._models import Mount

@@ -29,14 +29,13 @@ from ..client._commands import status as _status_text
 from ..client._http import default_socket
 from ._file import _dotenv, find_compose_file, load_yaml
 from ._logs import _follow, _interruptible
+from ._plan import ComposePlan, plan_stack
 from ._project import (
     COMPOSE_FILENAMES,
     CONFIG_HASH_LABEL,
-    ComposePlan,
     check_project_name,
     load_compose,
     normalize_project_name,
-    plan_stack,
 )
 from ._render import _Dumper, _normalized
 from ._stack import (

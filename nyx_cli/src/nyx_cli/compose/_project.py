@@ -3,28 +3,22 @@
 Pure logic, no I/O: :func:`load_compose` takes an already-parsed mapping (the CLI reads the
 YAML), returns a :class:`ComposeProject` with the warnings it found, or raises
 :class:`~nyx_core.errors.ConfigError` naming the key path and the value
-(``services.web.ports[0]: ...``). :func:`plan_stack` orders the services (``depends_on``,
-a cycle is an error) and builds the requests nyxd receives.
+(``services.web.ports[0]: ...``). :func:`topological` orders the services (``depends_on``,
+a cycle is an error); :mod:`._plan` builds the requests nyxd receives from the project.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
-from nyx_core import PortMapping, StackNetwork
+from nyx_core import PortMapping
 from nyx_core.errors import ConfigError
 
-from .._duration import parse_duration
-from ..daemon._models import ContainerSpec, Healthcheck, NetworkAttachment, StackService
+from ..daemon._models import Healthcheck
 from ..daemon._restart import RestartPolicy
 from ._checks import HOSTNAME_RE as _HOSTNAME_RE
 from ._checks import alias as _alias
@@ -37,7 +31,7 @@ from ._checks import scalar_text as _scalar_text
 from ._checks import string as _str
 from ._netkeys import SERVICE_NET_KEYS as _SERVICE_NET_KEYS
 from ._netkeys import SERVICE_NETWORK_KEYS as _SERVICE_NETWORK_KEYS
-from ._netkeys import ServiceNet, checked, cross_checked, inside, net_keys, service_net
+from ._netkeys import ServiceNet, checked, cross_checked, inside, service_net
 from ._netkeys import external as _external
 from ._service_runtime import (
     SERVICE_KEYS,
@@ -48,6 +42,13 @@ from ._service_runtime import (
     service_runtime,
     volume_decl,
 )
+from ._values import RestartName
+from ._values import argv as _argv
+from ._values import environment as _environment
+from ._values import healthcheck as _healthcheck
+from ._values import labels as _labels
+from ._values import port as _port
+from ._values import restart as _restart
 
 __all__ = [
     "COMPOSE_FILENAMES",
@@ -58,7 +59,6 @@ __all__ = [
     "PROJECT_LABEL",
     "SERVICE_LABEL",
     "ComposeNetwork",
-    "ComposePlan",
     "ComposeProject",
     "ComposeService",
     "ComposeVolume",
@@ -68,7 +68,6 @@ __all__ = [
     "interpolate",
     "load_compose",
     "normalize_project_name",
-    "plan_stack",
 ]
 
 COMPOSE_FILENAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
@@ -77,7 +76,6 @@ SERVICE_LABEL = "com.nyx.compose.service"
 CONFIG_HASH_LABEL = "com.nyx.compose.config-hash"
 DEFAULT_NETWORK = "default"
 
-RestartName = Literal["no", "on-failure", "always", "unless-stopped"]
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 CONDITIONS: tuple[Condition, ...] = (
     "service_started",
@@ -88,7 +86,6 @@ CONDITIONS: tuple[Condition, ...] = (
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _NETNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_ENVKEY_RE = re.compile(r"^[^=\s]+$")
 _CONTAINER_NAME_MAX = 63
 
 # the keys nyx implements, per place (every other one: see ._keys and _check_keys)
@@ -128,17 +125,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
 }
 """What :func:`load_compose` reads, per scope of :data:`._keys.SCOPES` (docs/compose.md's
 "done" rows)."""
-_PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
 _DEPENDS_KEYS = {"condition", "required", "restart"}
-_HEALTHCHECK_KEYS = {
-    "test",
-    "interval",
-    "timeout",
-    "retries",
-    "start_period",
-    "start_interval",
-    "disable",
-}
 
 
 # --------------------------------------------------------------------------- data
@@ -321,97 +308,6 @@ def _interpolate_tree(node: object, environ: Mapping[str, str], path: str, w: li
 # ------------------------------------------------------------------ helpers
 
 
-def _argv(value: object, path: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            return tuple(shlex.split(value))
-        except ValueError as exc:
-            raise _bad(path, value, f"cannot be split like a shell command: {exc}") from exc
-    if isinstance(value, list):
-        return tuple(_scalar_text(v, f"{path}[{i}]") for i, v in enumerate(value))
-    raise _bad(path, value, "must be a string or a list of strings")
-
-
-def _environment(value: object, path: str, environ: Mapping[str, str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if value is None:
-        return env
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            ipath = f"{path}[{i}]"
-            text = _str(item, ipath)
-            key, sep, val = text.partition("=")
-            if not key or not _ENVKEY_RE.match(key):
-                raise _bad(ipath, item, "must be KEY=VALUE or KEY")
-            if sep:
-                env[key] = val
-            elif key in environ:
-                env[key] = environ[key]
-        return env
-    if isinstance(value, Mapping):
-        for key, val in _mapping(value, path).items():
-            kpath = _join(path, key)
-            if not _ENVKEY_RE.match(key):
-                raise _bad(kpath, key, "is not a valid variable name")
-            if val is None:
-                if key in environ:
-                    env[key] = environ[key]
-                continue
-            env[key] = _scalar_text(val, kpath)
-        return env
-    raise _bad(path, value, "must be a list of KEY=VALUE or a mapping")
-
-
-def _port(value: object, path: str, warnings: list[str]) -> PortMapping:
-    if isinstance(value, bool) or not isinstance(value, str | int | Mapping):
-        raise _bad(path, value, "must be a HOST:CONTAINER string or a mapping")
-    if isinstance(value, int):
-        raise _bad(path, value, "a bare container port is not published; use HOST_PORT:PORT")
-    if isinstance(value, str):
-        try:
-            return PortMapping.parse(value)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    node = _mapping(value, path)
-    _check_keys(node, _PORT_LONG_KEYS, path, warnings)
-    for ignored in ("mode", "name", "app_protocol"):
-        if ignored in node and not (ignored == "mode" and node[ignored] == "ingress"):
-            warnings.append(f"{_join(path, ignored)}: not supported, ignored")
-    if "target" not in node:
-        raise _bad(path, dict(node), "long syntax needs 'target'")
-    if "published" not in node:
-        raise _bad(path, dict(node), "long syntax needs 'published' (nyx publishes named ports)")
-    target = node["target"]
-    if isinstance(target, bool) or not isinstance(target, int | str):
-        raise _bad(_join(path, "target"), target, "must be a port number")
-    published = node["published"]
-    if isinstance(published, bool) or not isinstance(published, int | str):
-        raise _bad(_join(path, "published"), published, "must be a port number or range")
-    proto = node.get("protocol", "tcp")
-    if proto not in ("tcp", "udp"):
-        raise _bad(_join(path, "protocol"), proto, "must be tcp or udp")
-    host_ip = node.get("host_ip")
-    if host_ip is not None and not isinstance(host_ip, str):
-        raise _bad(_join(path, "host_ip"), host_ip, "must be an IP address string")
-    ip = ""
-    if host_ip:
-        ip = f"[{host_ip}]:" if ":" in host_ip else f"{host_ip}:"
-    published_text = str(published)
-    target_text = str(target)
-    if "-" in published_text and "-" not in target_text:
-        lo, _, hi = published_text.partition("-")
-        if lo.isdigit() and hi.isdigit() and target_text.isdigit():
-            # compose: a published range for one target port means "any one of them";
-            # nyx publishes exactly what it is told, so only a single port is accepted.
-            raise _bad(_join(path, "published"), published, "a range needs a target range too")
-    try:
-        return PortMapping.parse(f"{ip}{published_text}:{target_text}/{proto}")
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-
-
 def _service_networks(
     value: object, path: str, declared: Mapping[str, ComposeNetwork], warnings: list[str]
 ) -> tuple[ServiceNetwork, ...]:
@@ -519,64 +415,6 @@ def _depends_on(
     raise _bad(path, value, "must be a list of service names or a mapping")
 
 
-def _restart(value: object, path: str) -> tuple[RestartName, int | None]:
-    # YAML 1.1 reads a bare `no` as false.
-    if value is None or value is False:
-        return "no", None
-    try:
-        policy = RestartPolicy.parse(value)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return policy.name, policy.max_retries
-
-
-def _duration(value: object, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise _bad(path, value, "must be a duration like 30s, 1m30s or 500ms")
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-
-
-def _healthcheck(value: object, path: str, warnings: list[str]) -> Healthcheck | None:
-    """Compose's ``healthcheck``: ``test`` (a string runs with the shell, a list starts
-    with CMD, CMD-SHELL or NONE), durations as strings, ``retries``, ``disable``."""
-    if value is None:
-        return None
-    node = _mapping(value, path)
-    _check_keys(node, _HEALTHCHECK_KEYS, path, warnings)
-    fields: dict[str, Any] = {}
-    if node.get("disable") is not None and _bool(node["disable"], _join(path, "disable")):
-        if node.get("test") is not None:
-            raise _bad(_join(path, "disable"), True, "and test cannot both be set")
-        return Healthcheck(test=["NONE"])
-    tpath = _join(path, "test")
-    test = node.get("test")
-    if isinstance(test, str):
-        if not test.strip():
-            raise _bad(tpath, test, "must not be empty")
-        fields["test"] = ["CMD-SHELL", test]
-    elif isinstance(test, list):
-        fields["test"] = [_str(t, f"{tpath}[{i}]") for i, t in enumerate(test)]
-    elif test is not None:
-        raise _bad(tpath, test, "must be a command line or a list starting with CMD")
-    for key in ("interval", "timeout", "start_period", "start_interval"):
-        if node.get(key) is not None:
-            fields[key] = _duration(node[key], _join(path, key))
-    if node.get("retries") is not None:
-        retries = node["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int):
-            raise _bad(_join(path, "retries"), retries, "must be a whole number")
-        fields["retries"] = retries
-    try:
-        return Healthcheck(**fields)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = _join(path, ".".join(str(p) for p in err["loc"]))
-        raise _bad(where, err.get("input"), err["msg"].removeprefix("Value error, ")) from None
-
-
 def _network_decl(
     key: str, value: object, path: str, project: str, warnings: list[str]
 ) -> ComposeNetwork:
@@ -652,22 +490,6 @@ def _network_decl(
         subnet6=subnet6,
         gateway6=gateway6,
     )
-
-
-def _labels(value: object, path: str) -> dict[str, str]:
-    """Compose labels: a list of ``KEY=VALUE`` (or ``KEY``) or a mapping."""
-    if isinstance(value, list):
-        out: dict[str, str] = {}
-        for i, item in enumerate(value):
-            key, _, val = _str(item, f"{path}[{i}]").partition("=")
-            if not key:
-                raise _bad(f"{path}[{i}]", item, "must be KEY=VALUE or KEY")
-            out[key] = val
-        return out
-    return {
-        k: "" if v is None else _scalar_text(v, _join(path, k))
-        for k, v in _mapping(value, path).items()
-    }
 
 
 _Pair = tuple[str | None, str | None]
@@ -897,7 +719,7 @@ def load_compose(
 # ------------------------------------------------------------------ planning
 
 
-def _topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
+def topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
     order: list[str] = []
     state: dict[str, int] = {}  # 1 = visiting, 2 = done
 
@@ -916,181 +738,3 @@ def _topological(services: Mapping[str, ComposeService]) -> tuple[str, ...]:
     for name in services:
         visit(name, [])
     return tuple(order)
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-@dataclass(frozen=True)
-class ComposePlan:
-    """What ``nyx compose up`` asks nyxd for, in order.
-
-    ``read_file`` reads what ``env_file``, secrets and configs name, when a container's
-    request is built (the only I/O of the plan).
-    """
-
-    project: ComposeProject
-    order: tuple[str, ...]
-    read_file: Callable[[str], bytes] = _read_file
-
-    @property
-    def name(self) -> str:
-        return self.project.name
-
-    def networks(self) -> list[ComposeNetwork]:
-        """Networks to create: those at least one service joins, in file order."""
-        used = {sn.key for s in self.project.services.values() for sn in s.networks}
-        return [n for k, n in self.project.networks.items() if k in used]
-
-    def container_name(self, service: str) -> str:
-        svc = self.project.services.get(service)
-        if svc is not None and svc.net.container_name:
-            return svc.net.container_name
-        return f"{self.project.name}-{service}-1"
-
-    def network_mode(self, service: str) -> str | None:
-        """nyxd's ``network_mode`` for the service (``service:NAME`` → that container)."""
-        mode = self.project.services[service].net.network_mode
-        owner = self.project.services[service].net.service_of
-        if owner is not None:
-            return f"container:{self.container_name(owner)}"
-        return None if mode == "bridge" else mode
-
-    def joiners(self, service: str) -> list[str]:
-        """Services in ``service``'s network namespace (``network_mode: service:``),
-        directly or through another, in stop order."""
-        out: list[str] = []
-        for name in self.stop_order():
-            owner = self.project.services[name].net.service_of
-            while owner is not None and owner != service:
-                owner = self.project.services[owner].net.service_of
-            if owner == service:
-                out.append(name)
-        return out
-
-    def link_aliases(self, service: str, network: str) -> list[str]:
-        """``links: [SERVICE:ALIAS]`` of the services sharing ``network`` with ``service``:
-        extra names of ``service`` there (links are aliases)."""
-        out = []
-        for other in self.project.services.values():
-            if network not in net_keys(other):
-                continue
-            out += [alias for target, alias in other.net.links if target == service]
-        return out
-
-    def volumes(self) -> list[ComposeVolume]:
-        """Volumes at least one service mounts, in file order (external ones included)."""
-        used = {
-            m.source
-            for s in self.project.services.values()
-            for m in s.runtime.mounts
-            if m.type == "volume"
-        }
-        return [v for v in self.project.volumes.values() if v.name in used]
-
-    def attachments(self, service: str) -> list[NetworkAttachment]:
-        """The service's networks as nyxd sees them; aliases start with the service name.
-
-        File order, except that a service publishing ports gets a non-internal network
-        first (nyxd publishes ports on the first one).
-        """
-        svc = self.project.services[service]
-        nets = list(svc.networks)
-        if svc.ports:
-            # nyxd publishes ports on the first network: make it one that is not internal
-            nets.sort(key=lambda sn: self.project.networks[sn.key].internal)
-        out: list[NetworkAttachment] = []
-        for i, sn in enumerate(nets):
-            net = self.project.networks[sn.key]
-            names = [*sn.aliases, *self.link_aliases(service, sn.key)]
-            aliases = [service, *dict.fromkeys(a for a in names if a != service)]
-            mac = sn.mac_address or (svc.net.mac_address if i == 0 else None)
-            out.append(
-                NetworkAttachment(
-                    name=net.name,
-                    aliases=aliases,
-                    internal=net.internal,
-                    ipv4_address=sn.ipv4_address,
-                    ipv6_address=sn.ipv6_address,
-                    mac_address=mac,
-                )
-            )
-        return out
-
-    def stack_services(self) -> dict[str, StackService]:
-        """Every service on a network of its own, with its networks: nyxd computes the DNS
-        policy from this (``network_mode: bridge`` is nyxd's default network)."""
-        out = {}
-        for s, svc in self.project.services.items():
-            if svc.net.network_mode == "bridge":
-                out[s] = StackService(networks=[NetworkAttachment()])
-            elif svc.net.network_mode is None:
-                out[s] = StackService(networks=self.attachments(s))
-        return out
-
-    def dns_stack(self) -> dict[str, list[StackNetwork]]:
-        """The same, in the shape :func:`nyx_core.dns_policy` takes."""
-        return {
-            s: [StackNetwork(a.name, a.internal) for a in st.networks]
-            for s, st in self.stack_services().items()
-        }
-
-    def container_spec(self, service: str) -> ContainerSpec:
-        """The request for one service, labelled with project, service and config hash."""
-        svc = self.project.services[service]
-        labels = {**svc.runtime.labels, PROJECT_LABEL: self.project.name, SERVICE_LABEL: service}
-        environ = self.project.environ
-        extra = svc.runtime.spec_fields(
-            self.read_file, environ, self.project.secrets, self.project.configs
-        )
-        mode = self.network_mode(service)
-        bridge = svc.net.network_mode == "bridge"
-        spec = ContainerSpec(
-            image=svc.image,
-            name=self.container_name(service),
-            hostname=None if svc.net.shares_names else svc.hostname,
-            command=list(svc.command) if svc.command is not None else None,
-            entrypoint=list(svc.entrypoint) if svc.entrypoint is not None else None,
-            env={**svc.runtime.environment(self.read_file, environ), **svc.environment},
-            ports=list(svc.ports),
-            networks=self.attachments(service),
-            stack=self.project.name,
-            stack_services=self.stack_services(),
-            labels=labels,
-            network_mode=mode,
-            mac_address=svc.net.mac_address if bridge else None,
-            aliases=[service] if bridge else [],
-            **svc.net.spec_fields(),
-            **extra,
-            restart=svc.restart_policy,
-            healthcheck=svc.healthcheck,
-        )
-        digest = hashlib.sha256(
-            json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()
-        spec.labels[CONFIG_HASH_LABEL] = digest[:16]
-        return spec
-
-    def container_specs(self) -> list[ContainerSpec]:
-        """One spec per service, in start order."""
-        return [self.container_spec(s) for s in self.order]
-
-    def create_request(self, service: str) -> dict[str, Any]:
-        """The ``POST /v1/containers`` body: the spec's JSON plus ``"start": true``."""
-        body: dict[str, Any] = self.container_spec(service).model_dump(
-            mode="json", exclude_none=True
-        )
-        body["start"] = True
-        return body
-
-    def stop_order(self) -> tuple[str, ...]:
-        return tuple(reversed(self.order))
-
-
-def plan_stack(
-    project: ComposeProject, read_file: Callable[[str], bytes] = _read_file
-) -> ComposePlan:
-    """Order the services so each starts after what it ``depends_on``; a cycle is an error."""
-    return ComposePlan(project=project, order=_topological(project.services), read_file=read_file)

@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from ..daemon._models import NetworkAttachment
-from ._project import ComposeNetwork, ComposePlan, ComposeService
+from ._plan import ComposePlan
+from ._project import ComposeNetwork, ComposeService
 from ._service_runtime import ServiceRuntime
 
 __all__: list[str] = []

@@ -20,7 +20,8 @@ import click
 
 from ..client._http import ApiError as HttpApiError
 from ..client._http import Client, DaemonUnavailable
-from ._project import PROJECT_LABEL, SERVICE_LABEL, ComposeNetwork, ComposePlan, ComposeVolume
+from ._plan import ComposePlan
+from ._project import PROJECT_LABEL, SERVICE_LABEL, ComposeNetwork, ComposeVolume
 
 __all__ = ["ApiError", "DaemonClient"]
 
