@@ -1,5 +1,6 @@
 """The CNI driver: nyx networks as conflists; ADD/DEL/CHECK/GC/STATUS per attachment, per the
-CNI spec."""
+CNI spec. ADD and DEL are here; network create/remove come from :mod:`._lifecycle`, CHECK,
+GC and STATUS from :mod:`._maintenance` (its bases)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import ipaddress
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,17 @@ from nyx_core import (
     TeardownError,
 )
 
+from ._attach import (
+    Attachment,
+    GcReport,
+    Progress,
+    cni_args,
+    is_netns,
+    pair_order,
+    port_keys,
+    same_file,
+    ver,
+)
 from ._cache import CacheEntry, ResultCache
 from ._conf import (
     LOOPBACK_NETWORK,
@@ -37,12 +48,12 @@ from ._conf import (
     find_network,
     loopback_network,
     parse_network,
-    parse_version,
     without_default_routes,
 )
 from ._exec import PluginExec, PluginRequest
 from ._firewall import InternalFirewall, att_tag, att_tag_prefix, drop_rules
 from ._lifecycle import NetworkLifecycle
+from ._maintenance import Maintenance
 from ._netns import scratch_netns
 from ._networks import CniNetwork, ConflistRecords, HostLinks, write_conflist
 from ._result import port_mappings, request_config, to_setup_result
@@ -54,84 +65,7 @@ _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _PRIME_PORT = 65535
 
 
-@dataclass
-class GcReport:
-    """What :meth:`CniDriver.gc` did."""
-
-    removed: list[str] = field(default_factory=list)
-    """Container ids whose stale attachments were deleted (DEL with the cached result)."""
-    gc_plugins: list[str] = field(default_factory=list)
-    """Plugins that got a spec 1.1 ``GC`` command."""
-    rules: list[str] = field(default_factory=list)
-    """Tags of ``inet nyx-cni`` rules deleted (``internal`` attachments of gone containers)."""
-    errors: list[NyxError] = field(default_factory=list)
-
-
-@dataclass
-class _Attachment:
-    """A container's attachments: its published ports, (network, ifname) pairs in the order
-    they were added, its netns held open, whether it has ``internal`` rules of its own."""
-
-    keys: list[tuple[str, str | None, int]]
-    pairs: list[tuple[str, str]]
-    fd: int | None = None
-    fw: bool = False
-    configs: dict[str, NetworkConfig] = field(default_factory=dict)
-    """Per network, the configuration to ADD with when it is not the network's own."""
-
-
-@dataclass
-class _Progress:
-    net: NetworkConfig
-    version: str
-    ifname: str
-    entry: CacheEntry
-    tried: int = 0
-    prev: dict[str, Any] | None = None
-
-
-def _ver(v: str) -> tuple[int, int, int]:
-    return parse_version(v)
-
-
-def _pair_order(pair: tuple[str, str]) -> tuple[bool, int, str]:
-    """Order of attachments rebuilt from the cache: ``lo`` first, then eth0, eth1, ..."""
-    network, ifname = pair
-    return network != LOOPBACK_NETWORK, len(ifname), ifname
-
-
-def is_netns(path: str) -> bool:
-    """True when ``path`` is a network namespace (an nsfs inode, like ``/proc/self/ns/net``);
-    False for a missing path and for the plain file a crash leaves where a netns bind mount
-    was."""
-    try:
-        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
-    except OSError:
-        return False
-
-
-def _same_file(fd1: int, fd2: int) -> bool:
-    a, b = os.fstat(fd1), os.fstat(fd2)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def cni_args(container_id: str) -> list[list[str]]:
-    """The ``CNI_ARGS`` pairs nyx passes: podman's convention, the container id as pod name
-    (dnsname registers that name)."""
-    return [["IgnoreUnknown", "1"], ["K8S_POD_NAME", container_id]]
-
-
-def _port_keys(mappings: Iterable[Mapping[str, Any]]) -> list[tuple[str, str | None, int]]:
-    keys = []
-    for m in mappings:
-        ip = m.get("hostIP") or None
-        if ip in ("0.0.0.0", "::"):
-            ip = None
-        keys.append((str(m.get("protocol", "tcp")).lower(), ip, int(m["hostPort"])))
-    return keys
-
-
-class CniDriver(NetworkLifecycle):
+class CniDriver(NetworkLifecycle, Maintenance):
     """Runs CNI networks for containers, like libcni.
 
     Build it and call :meth:`ensure_network` once (it loads the default network,
@@ -161,8 +95,8 @@ class CniDriver(NetworkLifecycle):
         self.written: Path | None = None
         self._lock = threading.Lock()
         self._netlock = threading.RLock()  # network create/remove, one at a time
-        self._attached: dict[str, _Attachment] = {}
-        self._inflight: dict[str, _Attachment] = {}
+        self._attached: dict[str, Attachment] = {}
+        self._inflight: dict[str, Attachment] = {}
 
     @property
     def network(self) -> NetworkConfig | None:
@@ -223,7 +157,7 @@ class CniDriver(NetworkLifecycle):
     def negotiate(self, net: NetworkConfig) -> str:
         """The highest version of the config that nyx and every plugin support (VERSION)."""
         offered = sorted(
-            (v for v in set(net.versions) if v in NYX_SUPPORTED_VERSIONS), key=_ver, reverse=True
+            (v for v in set(net.versions) if v in NYX_SUPPORTED_VERSIONS), key=ver, reverse=True
         )
         if not offered:
             raise ConfigError(
@@ -316,12 +250,12 @@ class CniDriver(NetworkLifecycle):
 
     def _load_index(self) -> None:
         for entry in self.cache.entries():
-            att = self._attached.setdefault(entry.container_id, _Attachment([], []))
+            att = self._attached.setdefault(entry.container_id, Attachment([], []))
             pair = (entry.network, entry.ifname)
             if pair not in att.pairs:
                 att.pairs.append(pair)
-                att.pairs.sort(key=_pair_order)
-                att.keys.extend(_port_keys(entry.capability_args.get("portMappings") or []))
+                att.pairs.sort(key=pair_order)
+                att.keys.extend(port_keys(entry.capability_args.get("portMappings") or []))
 
     def _load_firewall_marks(self) -> None:
         """Which attached containers have rules of their own in ``inet nyx-cni`` (teardown
@@ -411,7 +345,7 @@ class CniDriver(NetworkLifecycle):
                     f"({net.source}) has the portMappings capability"
                 )
             caps["portMappings"] = port_mappings(ports)
-        keys = _port_keys(caps.get("portMappings") or [])
+        keys = port_keys(caps.get("portMappings") or [])
         try:
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -422,7 +356,7 @@ class CniDriver(NetworkLifecycle):
                 pairs = [(net.name, ifname)]
                 if loopback and self.loopback is not None and prev is None:
                     pairs.insert(0, (LOOPBACK_NETWORK, "lo"))
-                att = _Attachment(keys, pairs, fd)
+                att = Attachment(keys, pairs, fd)
                 if prev is not None and cn.template:  # the first network's default route stays
                     att.configs[net.name] = without_default_routes(net)
                 self._check_ports(container_id, keys)
@@ -498,7 +432,7 @@ class CniDriver(NetworkLifecycle):
         except NyxError as exc:
             logger.warning("network {}: IPv6 gateway of bridge {}: {}", cn.name, bridge, exc)
 
-    def _claim(self, cid: str, network: str, ifname: str, fd: int) -> _Attachment | None:
+    def _claim(self, cid: str, network: str, ifname: str, fd: int) -> Attachment | None:
         """Refuse a second attachment of ``cid`` to ``network`` or as ``ifname`` (caller
         holds the lock); returns the container's attachments so far."""
         if cid in self._inflight:
@@ -515,7 +449,7 @@ class CniDriver(NetworkLifecycle):
                 raise BackendError(
                     f"container {cid!r} already has interface {ifname!r} (on CNI network {name!r})"
                 )
-        if prev.fd is not None and not _same_file(prev.fd, fd):
+        if prev.fd is not None and not same_file(prev.fd, fd):
             raise BackendError(
                 f"container {cid!r} is attached in another network namespace than this one"
             )
@@ -544,9 +478,9 @@ class CniDriver(NetworkLifecycle):
         return cn.config, cn.version
 
     def _add(
-        self, cid: str, netns: str, att: _Attachment, caps: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[_Progress]]:
-        steps: list[_Progress] = []
+        self, cid: str, netns: str, att: Attachment, caps: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Progress]]:
+        steps: list[Progress] = []
         try:
             result: dict[str, Any] | None = None
             for name, ifname in att.pairs:
@@ -563,7 +497,7 @@ class CniDriver(NetworkLifecycle):
                     cni_args=cni_args(cid),
                 )
                 self.cache.put(entry)  # pending: a crash from here on is found by GC
-                step = _Progress(cfg, ver, ifname, entry)
+                step = Progress(cfg, ver, ifname, entry)
                 steps.append(step)
                 req = PluginRequest("ADD", cid, netns, ifname, entry.cni_args_text)
                 for plugin in cfg.plugins:
@@ -590,7 +524,7 @@ class CniDriver(NetworkLifecycle):
                 exc.add_note(f"rollback: {f}")
             raise
 
-    def _rollback(self, steps: list[_Progress], att: _Attachment) -> list[NyxError]:
+    def _rollback(self, steps: list[Progress], att: Attachment) -> list[NyxError]:
         failures: list[NyxError] = []
         for step in reversed(steps):
             cid = step.entry.container_id
@@ -618,7 +552,7 @@ class CniDriver(NetworkLifecycle):
     # ----------------------------------------------------------------- teardown
 
     @staticmethod
-    def _netns_for(path: str, att: _Attachment | None) -> str:
+    def _netns_for(path: str, att: Attachment | None) -> str:
         if path and is_netns(path):
             return path
         if att is not None and att.fd is not None:
@@ -638,7 +572,7 @@ class CniDriver(NetworkLifecycle):
         caps: Mapping[str, Any],
     ) -> list[NyxError]:
         errors: list[NyxError] = []
-        if _ver(version) < (0, 4, 0):
+        if ver(version) < (0, 4, 0):
             prev = None  # prevResult on DEL exists since 0.4.0
         for plugin in reversed(plugins):
             conf = request_config(
@@ -664,7 +598,7 @@ class CniDriver(NetworkLifecycle):
             pairs = att.pairs
         else:  # e.g. entries another process wrote: a cheap scan of the cache
             found = self.cache.entries(container_id=container_id)
-            pairs = sorted({(e.network, e.ifname) for e in found}, key=_pair_order)
+            pairs = sorted({(e.network, e.ifname) for e in found}, key=pair_order)
         errors: list[NyxError] = []
         try:
             for name, ifname in reversed(pairs):
@@ -690,7 +624,7 @@ class CniDriver(NetworkLifecycle):
             )
 
     def _del_entry(
-        self, entry: CacheEntry, netns_path: str, att: _Attachment | None
+        self, entry: CacheEntry, netns_path: str, att: Attachment | None
     ) -> list[NyxError]:
         where = str(self.cache.path(entry.network, entry.container_id, entry.ifname))
         try:
@@ -705,144 +639,6 @@ class CniDriver(NetworkLifecycle):
         if not errs:
             self.cache.delete(entry.network, entry.container_id, entry.ifname)
         return errs
-
-    # ----------------------------------------------------------- CHECK, GC, STATUS
-
-    def check(self, container_id: str) -> None:
-        """CHECK every attachment of the container with its cached ADD result.
-
-        Skipped for networks with ``disableCheck`` or a version below 0.4.0. Raises
-        :class:`~nyx_core.CniPluginError` for the first plugin that reports a problem.
-        """
-        self._require()
-        entries = sorted(
-            self.cache.entries(container_id=container_id),
-            key=lambda e: _pair_order((e.network, e.ifname)),
-        )
-        if not entries:
-            raise BackendError(f"container {container_id!r} is not set up on a CNI network")
-        for entry in entries:
-            cfg = parse_network(entry.config, f"cache entry of {container_id}")
-            if cfg.disable_check or _ver(cfg.cni_version) < (0, 4, 0):
-                continue
-            if entry.result is None:
-                raise BackendError(
-                    f"container {container_id!r}: ADD on {entry.network!r} did not finish"
-                )
-            req = PluginRequest(
-                "CHECK", container_id, entry.netns, entry.ifname, entry.cni_args_text
-            )
-            for plugin in cfg.plugins:
-                conf = request_config(
-                    plugin,
-                    name=cfg.name,
-                    cni_version=cfg.cni_version,
-                    prev_result=entry.result,
-                    capability_args=entry.capability_args,
-                )
-                self.exec.run(str(plugin["type"]), req, conf)
-
-    def _supports_11(self, plugin: Mapping[str, Any]) -> bool:
-        return "1.1.0" in self.plugin_versions.get(str(plugin["type"]), [])
-
-    def gc(self, valid_container_ids: Iterable[str]) -> GcReport:
-        """Garbage-collect every network: nyxd calls it at start, before any setup.
-
-        1. DEL (with the cached config and result) every cached attachment, of any network,
-           whose container id is not in ``valid_container_ids`` (also attachments a crash
-           left half-added), except on networks with ``disableGC``;
-        2. delete the ``internal`` rules of those containers from ``inet nyx-cni``;
-        3. send spec 1.1 ``GC`` with ``cni.dev/valid-attachments`` to every plugin, of every
-           network the driver knows, that supports 1.1.0 (older plugins only get step 1).
-
-        Goes on after errors and raises one :class:`~nyx_core.TeardownError` at the end.
-        """
-        self._require()
-        report = GcReport()
-        valid = set(valid_container_ids)
-        with self._lock:
-            busy = set(self._inflight)
-        stale: dict[str, list[CacheEntry]] = {}
-        for e in self.cache.entries():
-            if e.container_id in valid or e.container_id in busy:
-                continue
-            if e.config.get("disableGC") is True:
-                continue
-            stale.setdefault(e.container_id, []).append(e)
-        for cid in sorted(stale):
-            with self._lock:
-                att = self._attached.pop(cid, None)
-            errs: list[NyxError] = []
-            # the reverse of setup: the last network first, the loopback attachment last
-            for e in sorted(stale[cid], key=lambda e: _pair_order((e.network, e.ifname)))[::-1]:
-                errs.extend(self._del_entry(e, "", att))
-            if att is not None and att.fd is not None:
-                os.close(att.fd)
-            report.errors.extend(errs)
-            if not errs:
-                report.removed.append(cid)
-        self._gc_rules(valid | busy, report)
-        remaining = self.cache.entries()
-        with self._lock:
-            configs = [cn.config for cn in self.networks.values()]
-        for cfg in [*configs, self.loopback]:
-            if cfg is None or cfg.disable_gc:
-                continue
-            attachments = [
-                {"containerID": e.container_id, "ifname": e.ifname}
-                for e in remaining
-                if e.network == cfg.name
-            ]
-            for plugin in cfg.plugins:
-                if not self._supports_11(plugin):
-                    continue
-                conf = request_config(
-                    plugin,
-                    name=cfg.name,
-                    cni_version="1.1.0",
-                    extra={"cni.dev/valid-attachments": attachments},
-                )
-                try:
-                    self.exec.run(str(plugin["type"]), PluginRequest("GC"), conf)
-                    report.gc_plugins.append(str(plugin["type"]))
-                except NyxError as exc:
-                    report.errors.append(exc)
-        if report.errors:
-            raise TeardownError("GC of the CNI networks", list(report.errors))
-        return report
-
-    def _gc_rules(self, keep: set[str], report: GcReport) -> None:
-        """Delete ``att:`` rules of containers not in ``keep`` (a crash between ADD and
-        teardown leaves them)."""
-        if not self.firewall.available():
-            return
-        kept = {att_tag_prefix(c) for c in keep}
-
-        def stale(tag: str) -> bool:
-            return tag.startswith("att:") and not any(tag.startswith(k) for k in kept)
-
-        try:
-            report.rules.extend(self.firewall.delete(stale))
-        except NyxError as exc:
-            report.errors.append(exc)
-
-    def status(self) -> dict[str, str]:
-        """STATUS of every plugin of the default network that supports spec 1.1.0.
-
-        Returns ``{plugin: "ok" | "no STATUS (spec < 1.1.0)"}``; raises
-        :class:`~nyx_core.CniPluginError` (code 50/51) for a plugin that cannot serve ADD.
-        """
-        net = self._require().config
-        report: dict[str, str] = {}
-        for plugin in net.plugins:
-            kind = str(plugin["type"])
-            if not self._supports_11(plugin):
-                report[kind] = "no STATUS (spec < 1.1.0)"
-                continue
-            conf = request_config(plugin, name=net.name, cni_version="1.1.0")
-            self.exec.run(kind, PluginRequest("STATUS"), conf)
-            report[kind] = "ok"
-        return report
 
     def attached(self) -> list[str]:
         """Container ids this driver has attached (from memory and the cache)."""
