@@ -55,6 +55,7 @@ _UDP_RECV = 4096
 _RCVBUF = 4 << 20
 _SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 _IPV6_FREEBIND = 78  # Linux >= 4.15; not exported by the socket module
+_IP_FREEBIND = 15  # <linux/in.h>; not every Python's socket module names it
 _WAKE = struct.pack("ll", 1, 0)  # the UDP thread looks at its stop flag at least every 1 s
 _DONTWAIT = socket.MSG_DONTWAIT
 _BURST_GAP = 100e-6  # this many datagrams in a row closer than this: switch to batches
@@ -95,7 +96,7 @@ def _listen_options(sock: socket.socket) -> None:
     try:
         sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
     except OSError:  # kernels before 4.15: IP_FREEBIND covers IPv6 sockets there
-        sock.setsockopt(socket.SOL_IP, socket.IP_FREEBIND, 1)
+        sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
 
 
 def _udp_socket(family: int, addr: tuple[str, int], *, listen: bool = False) -> socket.socket:
