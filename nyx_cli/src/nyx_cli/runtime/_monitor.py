@@ -195,7 +195,7 @@ def _forked(fds: list[int]) -> NoReturn:
         os.dup2(fds[1], 1)
         os.closerange(3, max(_OPEN_MAX, *fds) + 1)  # the socket to nyxd too
         code = main()
-    except BaseException:  # noqa: BLE001 - a monitor never runs the server's code again
+    except BaseException:  # a monitor never returns to the server's loop
         pass
     os._exit(code)
 
