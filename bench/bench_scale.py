@@ -347,7 +347,7 @@ class Nyx(Engine):
 
     def monitors(self) -> list[int]:
         """The containers' monitor processes (their working directory is under our run dir;
-        the warm spare's is not)."""
+        their fork server's is not)."""
         out = []
         for d in Path("/proc").iterdir():
             if d.name.isdigit():

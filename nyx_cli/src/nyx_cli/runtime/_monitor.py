@@ -16,7 +16,7 @@ writes (~0.5 MiB) instead of a whole interpreter (~4.5 MiB PSS). Either way a mo
 speaks this protocol (:func:`main`):
 
 - fd 0, from nyxd: one JSON line, the command ``{"status_dir", "pid_file", "log", "runc":
-  [argv]}`` (EOF instead: the spare is not needed, it exits); then EOF is nyxd's
+  [argv]}`` (EOF instead: the monitor is not needed, it exits); then EOF is nyxd's
   acknowledgement: the monitor reaps nothing until then (nyxd closes it once it holds a
   pidfd of the init, so the pid cannot be reused before; a dead nyxd closes it too);
 - fd 1, to nyxd: one line, ``pid <init pid>`` or ``runc <exit status> [why]``.
@@ -77,7 +77,7 @@ def _report(line: str) -> None:
 def _command() -> tuple[str, str, str, list[str]] | None:
     """nyxd's command line from fd 0 (read unbuffered: the EOF after it is the ack):
     ``(status_dir, pid_file, log, runc argv)``; ``None`` on EOF before it (an unneeded
-    spare). :raises ValueError: the line is not a command."""
+    monitor). :raises ValueError: the line is not a command."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = os.read(0, 65536)
@@ -136,7 +136,7 @@ def main() -> int:
         _report(f"runc 2 {exc}")
         return 2
     if cmd is None:
-        return 0  # a spare nyxd did not need
+        return 0  # a monitor nyxd did not need
     status_dir, pid_file, log_path, runc = cmd
     if not subreaper:
         _report(f"runc 126 prctl(PR_SET_CHILD_SUBREAPER): {why}")
