@@ -44,10 +44,11 @@ into every monitor.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # the C functions (no enum wrappers)
 import ctypes
 import gc
 import json
+import json.scanner
 import os
 import select
 import signal
@@ -59,7 +60,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _FIELDS = ("status_dir", "pid_file", "log")
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _ENV = dict(os.environb)  # runc's environment: the monitor's own
-_SCAN = json.JSONDecoder().scan_once  # the C scanner, without json.loads' re and codecs
+# the C scanner, as json.loads uses it, without its re and codecs calls
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed
 _OPEN_MAX = os.sysconf("SC_OPEN_MAX")
 
 

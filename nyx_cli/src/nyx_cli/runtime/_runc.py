@@ -629,7 +629,7 @@ class _ForkServer:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-S", "-I", MONITOR, "--server"],
-                stdin=theirs,
+                stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd="/",
