@@ -212,6 +212,15 @@ def _fds(pid: int) -> dict[int, str]:
     return fds
 
 
+def _until_fds(pid: int, expected: list[int]) -> dict[int, str]:
+    """The descriptors of ``pid`` once they are ``expected`` (it closes some on its own)."""
+    deadline = time.monotonic() + 20
+    while sorted(fds := _fds(pid)) != expected:
+        assert time.monotonic() < deadline, fds
+        time.sleep(0.01)
+    return fds
+
+
 def test_a_monitor_holds_no_descriptor_of_nyxd(tmp_path: Path, new_monitor: New) -> None:
     """Its pipes on 0 and 1 (each closed when done with) and /dev/null on 2, nothing else:
     not a descriptor nyxd had (even an inheritable one), not the fork server's socket."""
@@ -221,23 +230,17 @@ def test_a_monitor_holds_no_descriptor_of_nyxd(tmp_path: Path, new_monitor: New)
         mon = new_monitor()
     finally:
         os.close(leak)
-    deadline = time.monotonic() + 20
-    while len(fds := _fds(mon.pid)) > 3:  # a forked one closes what it inherited first
-        assert time.monotonic() < deadline, fds
-        time.sleep(0.01)
-    assert sorted(fds) == [0, 1, 2] and fds[0].startswith("pipe:") and fds[2] == "/dev/null"
+    fds = _until_fds(mon.pid, [0, 1, 2])  # a forked one closes what it inherited first
+    assert fds[0].startswith("pipe:") and fds[1].startswith("pipe:") and fds[2] == "/dev/null"
     (tmp_path / "status").mkdir()
     command = {"status_dir": str(tmp_path / "status"), "pid_file": str(tmp_path / "init.pid")}
     command |= {"log": str(tmp_path / "log"), "runc": _fake_runc(tmp_path, "sleep 0.5")}
     mon.stdin.write(json.dumps(command).encode() + b"\n")
     mon.stdin.flush()
     assert _report(mon).startswith("pid ")
-    assert sorted(_fds(mon.pid)) == [0, 2]  # the report's pipe closed
+    _until_fds(mon.pid, [0, 2])  # the report's pipe closed
     mon.stdin.close()
-    deadline = time.monotonic() + 20
-    while sorted(fds := _fds(mon.pid)) != [2]:  # the acknowledgement's pipe closed
-        assert time.monotonic() < deadline, fds
-        time.sleep(0.01)
+    _until_fds(mon.pid, [2])  # the acknowledgement's pipe closed
     _wait(mon, 0)
 
 
