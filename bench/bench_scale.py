@@ -332,10 +332,22 @@ class Nyx(Engine):
         self.mem[level] = status_of(self.pid)
         pids = self.monitors()
         self.mem[level].update(monitors=len(pids), monitor_pss=pss_kib(pids))
+        self.mem[level].update(fork_server_pss=pss_kib(self.fork_servers()))
+
+    def fork_servers(self) -> list[int]:
+        """nyxd's monitor fork server (its child ``_monitor.py --server``), shared by all."""
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError, ValueError):
+                    stat = (d / "stat").read_text().rpartition(")")[2].split()
+                    if int(stat[1]) == self.pid and b"--server" in (d / "cmdline").read_bytes():
+                        out.append(int(d.name))
+        return out
 
     def monitors(self) -> list[int]:
         """The containers' monitor processes (their working directory is under our run dir;
-        the warm spare's is not)."""
+        their fork server's is not)."""
         out = []
         for d in Path("/proc").iterdir():
             if d.name.isdigit():
@@ -702,8 +714,11 @@ def report(b: Bench) -> None:
             each = m["monitor_pss"] / m["monitors"]
             mib = m["monitor_pss"] / 1024
             n_mon = m["monitors"]
+            server = m.get("fork_server_pss", 0)
             print(
                 f"  nyx at {lv}: {n_mon} monitor processes, PSS {mib:.1f} MiB ({each:.0f} KiB each)"
+                f"; their fork server {server} KiB ({(m['monitor_pss'] + server) / n_mon:.0f}"
+                " KiB each with it)"
             )
     if pod is not None:
         for lv, m in pod.mem.items():

@@ -243,7 +243,7 @@ class Nyxd:
 
     def monitors(self) -> dict[int, str]:
         """The per-container monitors of this nyxd alive now: pid -> container id (a monitor
-        works in its container's ``run/monitors/<id>``; a spare, in ``/``, is none)."""
+        works in its container's ``run/monitors/<id>``; their fork server, in ``/``, is none)."""
         found: dict[int, str] = {}
         status_root = str(self.run / "monitors") + "/"
         for proc in Path("/proc").iterdir():

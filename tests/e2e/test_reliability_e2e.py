@@ -8,10 +8,13 @@ and a netns path that is no namespace any more (an empty file) is gone for it.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from nyxd_e2e_kit import Nyxd, assert_accounted
@@ -74,6 +77,48 @@ def test_a_container_that_ended_while_nyxd_was_away_keeps_its_exit_code(
     assert (got["state"], got["exit_code"], got["error"]) == ("exited", 7, None)
     assert got["finished"] is not None
     assert_accounted(d, ["a"])
+
+
+def _fork_server(d: Nyxd) -> int | None:
+    """The pid of nyxd's monitor fork server (its child ``_monitor.py --server``), if any."""
+    assert d.proc is not None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            ppid = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+        except OSError:
+            continue
+        if b"_monitor.py\0--server" in cmdline and ppid == d.proc.pid:
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_monitor_fork_server_is_replaced_and_its_monitors_run_on(
+    nyxd_factory: Callable[..., Nyxd],
+) -> None:
+    """The fork server of the containers' monitors is killed: the next run starts (a new
+    server forks its monitor), the monitor the dead one forked runs on; then nyxd is killed
+    too (its server goes with it): a container that ends meanwhile keeps its exit code."""
+    d = nyxd_factory(shared_mounts=True)
+    a = _run(d, "a")
+    server = _fork_server(d)
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    b = _run(d, "b")
+    assert _fork_server(d) not in (None, server)
+    assert sorted(d.monitors().values()) == sorted([str(a["id"]), str(b["id"])])
+    assert _runc(d, "kill", str(a["id"]), "USR1").returncode == 0
+    assert d.client.wait("a") == {"exit_code": 7, "state": "exited"}
+    d.kill9()
+    assert list(d.monitors().values()) == [str(b["id"])]
+    assert _runc(d, "kill", str(b["id"]), "USR1").returncode == 0
+    _until(lambda: '"stopped"' in _runc(d, "state", str(b["id"])).stdout, "b's end")
+    d.start()
+    got = d.client.request("GET", "/v1/containers/b")
+    assert (got["state"], got["exit_code"]) == ("exited", 7)  # its monitor's record, not 255
+    assert_accounted(d, ["a", "b"])
 
 
 def test_a_netns_path_that_is_no_namespace_any_more_is_gone(

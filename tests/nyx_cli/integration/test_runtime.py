@@ -61,8 +61,12 @@ def busybox(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageStore, Image
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[RuncRuntime]:
-    rt = RuncRuntime(tmp_path / "runc", cgroup_parent=f"/nyxt-{os.getpid()}")
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuncRuntime]:
+    """nyxd's runtime: monitors forked by its fork server (``param`` False: exec'd)."""
+    fork_server = getattr(request, "param", True)
+    rt = RuncRuntime(
+        tmp_path / "runc", cgroup_parent=f"/nyxt-{os.getpid()}", fork_server=fork_server
+    )
     become_subreaper()
     try:
         yield rt
@@ -70,6 +74,7 @@ def runtime(tmp_path: Path) -> Iterator[RuncRuntime]:
         become_subreaper(False)
         for item in rt.list():
             rt.delete(item["id"], force=True)
+        rt.close()
         rt.remove_cgroup_parent()
 
 
@@ -345,6 +350,82 @@ def test_force_delete_of_a_running_container(
     runtime.delete(ctr.id, force=True)
     assert runtime.state(ctr.id) is None
     assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 137
+
+
+def _monitor_pid(runtime: RuncRuntime, ctr: Container) -> int:
+    return int((runtime.status_dir(ctr.id) / "monitor").read_text())
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+def test_monitors_are_forked_by_one_fork_server_and_hold_only_dev_null(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    """Each monitor: a child of the one fork server, in a session of its own, working in its
+    status dir, holding no descriptor but /dev/null on 2 once its pipes are done with."""
+    ctrs = [run_container(["sleep", "300"]) for _ in range(2)]
+    assert runtime._server is not None
+    server = runtime._server.proc.pid
+    for ctr in ctrs:
+        mpid = _monitor_pid(runtime, ctr)
+        assert _ppid(mpid) == server and os.getsid(mpid) == mpid
+        assert os.readlink(f"/proc/{mpid}/cwd") == str(runtime.status_dir(ctr.id))
+        for _ in range(500):  # fd 0 is closed once the monitor read the acknowledgement
+            fds = {
+                fd: os.readlink(f"/proc/{mpid}/fd/{fd}") for fd in os.listdir(f"/proc/{mpid}/fd")
+            }
+            if len(fds) == 1:
+                break
+            runtime.wait(ctr.id, ctr.pid, timeout=0.01)
+        assert fds == {"2": "/dev/null"}
+    assert sorted(os.listdir(f"/proc/{server}/fd")) == ["0", "1", "2", "3", "4"]  # + wakeup pipe
+    assert os.readlink(f"/proc/{server}/fd/0").startswith("socket:")
+
+
+def test_killing_the_fork_server_between_two_starts_does_not_break_the_next(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    first = run_container(["sleep", "300"])
+    server = runtime._server
+    assert server is not None
+    server.proc.kill()
+    server.proc.wait(30)
+    second = run_container(["sh", "-c", "exit 3"])  # a new fork server forks its monitor
+    assert runtime._server is not None and runtime._server.proc.pid != server.proc.pid
+    assert runtime.wait(second.id, second.pid, timeout=60) == 3
+    assert runtime.exit_status(second.id, second.pid) is not None
+    runtime.kill(first.id, signal.SIGKILL)  # its monitor outlived the server that forked it
+    assert runtime.wait(first.id, first.pid, timeout=60) == 137
+    got = runtime.exit_status(first.id, first.pid)
+    assert got is not None and got[0] == 137  # recorded by the monitor (not reaped by us)
+
+
+def test_the_exit_code_is_recorded_with_the_fork_server_and_the_runtime_gone(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    """The fork server is killed and a new runtime (the next nyxd's) waits: the container's
+    real exit code, as its monitor recorded it."""
+    ctr = run_container(["sh", "-c", "sleep 1; exit 7"])
+    assert runtime._server is not None
+    runtime._server.proc.kill()
+    later = RuncRuntime(runtime.root, cgroup_parent=runtime.cgroup_parent)
+    assert later.wait(ctr.id, ctr.pid, timeout=60) == 7
+    got = later.exit_status(ctr.id, ctr.pid)
+    assert got is not None and got[0] == 7
+
+
+@pytest.mark.parametrize("runtime", [False], indirect=True)
+def test_without_a_fork_server_each_monitor_is_an_interpreter_of_its_own(
+    run_container: Callable[..., Container], runtime: RuncRuntime
+) -> None:
+    ctr = run_container(["sh", "-c", "sleep 0.5; exit 5"])
+    assert runtime._server is None and _ppid(_monitor_pid(runtime, ctr)) == os.getpid()
+    assert runtime.wait(ctr.id, ctr.pid, timeout=60) == 5
+    got = runtime.exit_status(ctr.id, ctr.pid)
+    assert got is not None and got[0] == 5
 
 
 def test_unknown_container_is_no_error(runtime: RuncRuntime) -> None:

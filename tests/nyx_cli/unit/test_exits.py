@@ -88,7 +88,7 @@ def test_nyxd_hosts_watch_exits_from_one_watcher(tmp_path: Path) -> None:
     try:
         assert isinstance(getattr(host.watch_exit, "__self__", None), ExitWatcher)
     finally:
-        close = getattr(host.runtime, "close", None)  # its warm spare monitor
+        close = getattr(host.runtime, "close", None)  # its monitors' fork server, if started
         if callable(close):
             close()
     assert Host.__dataclass_fields__["watch_exit"].default is None

@@ -110,7 +110,7 @@ class Host:
                 settings.run_dir / "runc",
                 runc=settings.runtime,
                 pids_limit=settings.pids_limit,
-                spare_monitor=True,  # a container start skips the monitor's interpreter start
+                fork_server=True,  # monitors forked by one server: no interpreter per container
             ),
             process_from_image=runtime_mod.process_from_image,
             create_netns=netns_mod.create_netns,

@@ -143,7 +143,7 @@ def serve(
         if api is not None:
             api.close()
         sup.shutdown()
-        close_runtime = getattr(host.runtime, "close", None)  # its spare monitor, if any
+        close_runtime = getattr(host.runtime, "close", None)  # its monitors' fork server
         if callable(close_runtime):
             close_runtime()
         # the runtime's cgroup parent (/nyx) is left in place: another nyxd on the host may

@@ -7,6 +7,12 @@ the init's subreaper, outlives nyxd, and writes the init's exit status to
 ``<run_dir>/monitors/<id>/exit``, which :meth:`RuncRuntime.wait` reads, in the nyxd that
 started the container or in the next one (a re-adopted container reports its real exit
 code). Only when the monitor itself was killed is the code unknown: 255.
+
+Each monitor is forked by one long-lived fork server of nyxd's (:class:`_ForkServer`,
+``_monitor.py --server``): a start waits for no interpreter, and a monitor costs only the
+pages it writes. nyxd holds a pidfd of each monitor (sent by the server) to wait for it.
+A fork server that died is replaced at the next start; without one (it cannot be started,
+or ``fork_server=False``) each monitor is an interpreter of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from nyx_core.errors import ConfigError
 
@@ -95,13 +102,14 @@ class RuncRuntime(_BundleWriter):
         seccomp: bool = True,
         capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
-        spare_monitor: bool = False,
+        fork_server: bool = False,
     ) -> None:
         """``capabilities``: the container's bounding/effective/permitted set; the seccomp
         profile follows it (Docker's rules). ``pids_limit``: most tasks in the container's
-        cgroup; 0 or -1 is unlimited. ``spare_monitor``: keep one monitor started ahead of
-        need (nyxd does), so a container start does not wait for its interpreter;
-        :meth:`close` lets it go.
+        cgroup; 0 or -1 is unlimited. ``fork_server``: fork each container's monitor from
+        one fork server (nyxd does; started at the first container start, again after it
+        died), so a start waits for no interpreter and a monitor is no interpreter of its
+        own; :meth:`close` lets it go. Else each monitor is a ``python`` of its own.
         """
         unknown = sorted(set(capabilities) - CAPABILITIES)
         if unknown:
@@ -116,13 +124,13 @@ class RuncRuntime(_BundleWriter):
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self._exit_codes: dict[tuple[str, int], int] = {}  # until delete(); pids get reused
         self._lock = threading.Lock()
-        #: per started container: its monitor (nyxd's child) and a pidfd of its init
-        self._monitors: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        #: per started container: its monitor and a pidfd of its init
+        self._monitors: dict[tuple[str, int], _Monitor] = {}
         self._pidfds: dict[tuple[str, int], int] = {}
         self.monitors_dir = self.root.parent / "monitors"
-        #: a monitor started ahead of need (a container start then skips the interpreter's)
-        self.spare_monitor = spare_monitor
-        self._spares = [_spawn_monitor()] if spare_monitor else []
+        self.fork_server = fork_server
+        self._server: _ForkServer | None = None  # started at the first container start
+        self._server_lock = threading.Lock()  # one request at a time on its socket
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -138,32 +146,37 @@ class RuncRuntime(_BundleWriter):
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise RuntimeErrorNyx(f"runc {args[0]}: {exc}") from exc
 
-    def _monitor(self) -> subprocess.Popen[bytes]:
-        """A started monitor waiting for its command: the warm spare when there is one
-        (its interpreter is up already), else a new one; a new spare is started behind it."""
-        with self._lock:
-            spares, self._spares = self._spares, []
-        monitor = next((m for m in spares if m.poll() is None), None)
-        for other in spares:
-            if other is not monitor:
-                _done(other)
-        if monitor is None:
-            monitor = _spawn_monitor()
-        if self.spare_monitor:
-            try:  # a fork+exec: the interpreter starts on its own
-                spare = _spawn_monitor()
-            except OSError:  # the next start spawns its own
-                return monitor
-            with self._lock:
-                self._spares.append(spare)
-        return monitor
+    def _monitor(self) -> _Monitor:
+        """A started monitor waiting for its command: forked by the fork server (a new
+        server when there is none yet, or the last one died: once more), else, without a
+        server, an interpreter of its own.
+
+        :raises OSError: no monitor could be started.
+        """
+        if not self.fork_server:
+            return _spawn_monitor()
+        with self._server_lock:
+            for _ in range(2):
+                server = self._server
+                if server is None:
+                    try:
+                        server = self._server = _ForkServer()
+                    except OSError:
+                        break
+                try:
+                    return server.fork()
+                except OSError:  # it died, or does not answer: the next one
+                    self._server = None
+                    server.close(kill=True)
+        return _spawn_monitor()
 
     def close(self) -> None:
-        """Let the spare monitor go (it exits on EOF); running containers keep theirs."""
-        with self._lock:
-            spares, self._spares = self._spares, []
-        for spare in spares:
-            _done(spare)
+        """Let the fork server go (it exits on EOF); running containers keep their
+        monitors."""
+        with self._server_lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
     def status_dir(self, container_id: str) -> Path:
         """Where the container's monitor writes: ``monitor`` (its pid), ``exit``."""
@@ -331,12 +344,15 @@ class RuncRuntime(_BundleWriter):
 
     def _monitor_gone(self, container_id: str, pid: int, timeout: float) -> None:
         """Wait (up to ``timeout`` s) for the container's monitor to exit: it writes the exit
-        status just before. Ours is reaped; a previous nyxd's is watched through a pidfd."""
+        status just before. Ours through what we hold of it (reaped when it is our child);
+        a previous nyxd's through a pidfd of the pid in its ``monitor`` file."""
         with self._lock:
             monitor = self._monitors.pop((container_id, pid), None)
         if monitor is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 monitor.wait(timeout)
+            if isinstance(monitor, _ForkedMonitor):
+                monitor.release()
             return
         try:
             mpid = int((self.status_dir(container_id) / "monitor").read_text())
@@ -565,9 +581,109 @@ def _kill_exec(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
         proc.wait()
 
 
+class _ForkedMonitor:
+    """A monitor the fork server forked, as nyxd holds it: its pid, a pidfd of it, and
+    nyxd's ends of its two pipes (``stdin``: the command, ``stdout``: the report), used as
+    a :class:`subprocess.Popen` of the monitor is. Its exit status goes to its parent (the
+    server; nyxd, a child subreaper, only when the server died before it)."""
+
+    def __init__(self, pid: int, pidfd: int, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.stdin: IO[bytes] | None = stdin
+        self.stdout: IO[bytes] | None = stdout
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until it exited (reaped if it is our child).
+
+        :raises subprocess.TimeoutExpired: still running after ``timeout`` seconds."""
+        if self.pidfd < 0:
+            return
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        if not poller.poll(None if timeout is None else max(0, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(f"monitor {self.pid}", timeout or 0)
+        with contextlib.suppress(ChildProcessError):  # the fork server's child: it reaps it
+            os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        self.release()
+
+    def release(self) -> None:
+        """Close the pidfd (it is waited for no more)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+_Monitor = subprocess.Popen[bytes] | _ForkedMonitor
+
+
+class _ForkServer:
+    """The monitors' fork server (``_monitor.py --server``, see
+    :mod:`nyx_cli.runtime._monitor`): a process of its own session, nyxd's child, spoken to
+    over a ``SOCK_SEQPACKET`` socket pair; it exits when nyxd closes its end."""
+
+    TIMEOUT = 30.0  # for its answer; one that takes longer is killed and replaced
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-S", "-I", MONITOR, "--server"],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def fork(self) -> _ForkedMonitor:
+        """A new monitor waiting for its command.
+
+        :raises OSError: the server is gone, failed, or did not answer in time."""
+        cmd_r, cmd_w = os.pipe()
+        report_r, report_w = os.pipe()
+        fds: list[int] = []
+        try:
+            socket.send_fds(self.sock, [b"fork"], [cmd_r, report_w])
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLIN)
+            if not poller.poll(int(self.TIMEOUT * 1000)):
+                raise OSError(f"monitor fork server {self.proc.pid}: no answer")
+            msg, fds, _, _ = socket.recv_fds(self.sock, 256, 1, socket.MSG_CMSG_CLOEXEC)
+            if not msg.isdigit() or len(fds) != 1:
+                why = msg.decode(errors="replace") or "gone"
+                raise OSError(f"monitor fork server {self.proc.pid}: {why}")
+        except BaseException:
+            for fd in (cmd_w, report_r, *fds):
+                os.close(fd)
+            raise
+        finally:
+            os.close(cmd_r)  # the monitor's ends: its own now
+            os.close(report_w)
+        return _ForkedMonitor(int(msg), fds[0], open(cmd_w, "wb"), open(report_r, "rb"))
+
+    def close(self, kill: bool = False) -> None:
+        """Let it go (it exits on EOF; its monitors stay), or kill it; reaped either way."""
+        self.sock.close()
+        if kill:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def _spawn_monitor() -> subprocess.Popen[bytes]:
-    """A monitor waiting for its command on stdin, in a session of its own (neither nyxd's
-    death nor a signal to nyxd's process group reaches it)."""
+    """A monitor (an interpreter of its own) waiting for its command on stdin, in a session
+    of its own (neither nyxd's death nor a signal to nyxd's process group reaches it)."""
     return subprocess.Popen(
         [sys.executable, "-S", "-I", MONITOR],
         stdin=subprocess.PIPE,
@@ -578,8 +694,8 @@ def _spawn_monitor() -> subprocess.Popen[bytes]:
     )
 
 
-def _done(monitor: subprocess.Popen[bytes]) -> None:
-    """A monitor that failed: its pipes closed, itself reaped."""
+def _done(monitor: _Monitor) -> None:
+    """A monitor that failed: its pipes closed, itself reaped (or waited for)."""
     for pipe in (monitor.stdin, monitor.stdout):
         if pipe is not None:
             with contextlib.suppress(OSError):
@@ -587,7 +703,7 @@ def _done(monitor: subprocess.Popen[bytes]) -> None:
     monitor.wait()
 
 
-def _read_line(monitor: subprocess.Popen[bytes], timeout: float) -> str:
+def _read_line(monitor: _Monitor, timeout: float) -> str:
     """The monitor's one-line report (it closes its end after it)."""
     assert monitor.stdout is not None
     fd = monitor.stdout.fileno()
