@@ -111,9 +111,17 @@ class Nyxd:
             self.holder.wait(10)
             self.holder = None
 
-    def start(self, *extra: str, wait: float = 30, faults: str = "") -> None:
-        """Start nyxd; ``faults``: test-only fault points to arm (``NYXD_TEST_FAULTS``)."""
+    def start(
+        self,
+        *extra: str,
+        wait: float = 30,
+        faults: str = "",
+        nofile: tuple[int, int] | None = None,
+    ) -> None:
+        """Start nyxd; ``faults``: test-only fault points to arm (``NYXD_TEST_FAULTS``);
+        ``nofile``: the ``RLIMIT_NOFILE`` (soft, hard) it starts with."""
         argv = [
+            *(["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", "--"] if nofile else []),
             *self._enter(),
             str(BIN / "nyxd"),
             "--state-dir",
@@ -283,7 +291,12 @@ def nyxd_factory(tmp_path: Path, busybox_tar: Path) -> Iterator[Callable[..., Ny
     """``nyxd_factory(*flags)``: a started nyxd with busybox:nyx loaded."""
     made: list[Nyxd] = []
 
-    def make(*flags: str, load: bool = True, shared_mounts: bool = False) -> Nyxd:
+    def make(
+        *flags: str,
+        load: bool = True,
+        shared_mounts: bool = False,
+        nofile: tuple[int, int] | None = None,
+    ) -> Nyxd:
         topo = HostTopology.create()
         d = Nyxd(
             topo.host,
@@ -294,7 +307,7 @@ def nyxd_factory(tmp_path: Path, busybox_tar: Path) -> Iterator[Callable[..., Ny
         )
         made.append(d)
         d.root.mkdir(parents=True)
-        d.start(*flags)
+        d.start(*flags, nofile=nofile)
         if load:
             d.client.load(busybox_tar)
         return d

@@ -104,6 +104,29 @@ def test_exit_code_and_output(nyxd: Nyxd) -> None:
     assert_clean(nyxd)
 
 
+def _limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError(f"no 'Max open files' in /proc/{pid}/limits")
+
+
+def test_nyxd_raises_its_descriptor_limit_and_containers_keep_the_one_it_had(
+    nyxd_factory: Callable[..., Nyxd],
+) -> None:
+    """A shell's 1,024 would stop nyxd at a few hundred containers (a pidfd of each init and
+    monitor, a socket per published port): nyxd raises its soft limit to the hard one, as Go
+    daemons do; its containers still get the limits nyxd was started with."""
+    d = nyxd_factory(nofile=(1024, 8192))
+    assert d.proc is not None
+    assert "nyxd" in Path(f"/proc/{d.proc.pid}/cmdline").read_bytes().decode(errors="replace")
+    assert _limits(d.proc.pid) == (8192, 8192)
+    r = d.nyx("run", "--rm", "busybox:nyx", "sh", "-c", "ulimit -n; ulimit -Hn")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["1024", "8192"], r.stdout
+
+
 def test_foreground_run_stopped_by_sigint(nyxd: Nyxd) -> None:
     script = 'trap "exit 143" TERM; echo ready; while :; do sleep 0.1; done'
     proc = subprocess.Popen(

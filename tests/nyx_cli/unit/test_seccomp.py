@@ -346,3 +346,11 @@ def test_pids_limit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NYXD_PIDS_LIMIT", "-2")
     with pytest.raises(ConfigError, match=r"pids_limit \(NYXD_PIDS_LIMIT\)"):
         load_settings(DaemonSettings)
+
+
+def test_bundle_gives_containers_the_descriptor_limit_nyxd_was_started_with(
+    tmp_path: Path,
+) -> None:
+    assert "rlimits" not in _bundle(tmp_path / "a")["process"]  # runc's own, inherited
+    got = _bundle(tmp_path / "b", nofile=(1024, 524288))["process"]["rlimits"]
+    assert got == [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 524288}]

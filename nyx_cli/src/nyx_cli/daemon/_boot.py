@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -25,7 +26,15 @@ from .._faults import FaultsRefused, arm, from_environ
 from ._logging import configure_logging, enable_plugin_logging
 from ._settings import DaemonSettings
 
-__all__ = ["boot", "fail", "limit_malloc_arenas", "load", "trim_malloc"]
+__all__ = [
+    "boot",
+    "fail",
+    "inherited_nofile",
+    "limit_malloc_arenas",
+    "load",
+    "raise_nofile_limit",
+    "trim_malloc",
+]
 
 logger.disable("nyx_cli")  # configure_logging() enables it for nyxd
 
@@ -104,6 +113,41 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return False
 
 
+_INHERITED_NOFILE: tuple[int, int] | None = None
+
+
+def raise_nofile_limit() -> tuple[int, int] | None:
+    """Raise nyxd's soft ``RLIMIT_NOFILE`` to its hard limit, as the Go runtime does for
+    dockerd, containerd, podman and netavark; returns the limits nyxd was started with
+    (None when they could not be read), which its containers keep (:func:`inherited_nofile`).
+
+    nyxd holds a few descriptors per running container (a pidfd of its init and of its
+    monitor, a socket per published port): with a shell's usual soft limit of 1,024 it
+    would run short at a few hundred containers.
+    """
+    global _INHERITED_NOFILE
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    _INHERITED_NOFILE = (soft, hard)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return _INHERITED_NOFILE
+
+
+def inherited_nofile() -> tuple[int, int] | None:
+    """The ``RLIMIT_NOFILE`` nyxd was started with, once :func:`raise_nofile_limit` raised
+    it: what containers get (RLIM_INFINITY as the hard limit is no limit for them)."""
+    if _INHERITED_NOFILE is None:
+        return None
+    soft, hard = _INHERITED_NOFILE
+    if hard == resource.RLIM_INFINITY or hard < 0:
+        return None  # nothing to cap: runc's own (nyxd's) limits are as good
+    return soft, hard
+
+
 def trim_malloc() -> None:
     """Give the memory malloc holds free back to the kernel (``malloc_trim``; glibc)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -113,6 +157,7 @@ def trim_malloc() -> None:
 def boot(flags: dict[str, Any], plugin_flags: PluginFlags = ()) -> None:
     """Load everything, then serve until SIGTERM/SIGINT (see :func:`._serve.serve`)."""
     limit_malloc_arenas()
+    raise_nofile_limit()
     try:
         points = from_environ(os.environ)
     except FaultsRefused as exc:

@@ -96,6 +96,8 @@ class Host:
         runtime_mod: Any = importlib.import_module("nyx_cli.runtime")
         runc_mod: Any = importlib.import_module("nyx_cli.runtime._runc")
         netns_mod: Any = importlib.import_module("nyx_cli.daemon._netns")
+        from ._boot import inherited_nofile
+
         rootfs_cls = runtime_mod.Rootfs
         try:
             rootfs = rootfs_cls()
@@ -111,6 +113,7 @@ class Host:
                 runc=settings.runtime,
                 pids_limit=settings.pids_limit,
                 fork_server=True,  # monitors forked by one server: no interpreter per container
+                nofile=inherited_nofile(),  # not the limit nyxd raised for itself
             ),
             process_from_image=runtime_mod.process_from_image,
             create_netns=netns_mod.create_netns,

@@ -101,6 +101,8 @@ class _BundleWriter:
     seccomp: bool
     capabilities: list[str]
     pids_limit: int
+    #: the containers' RLIMIT_NOFILE (soft, hard); None: runc's own, which it inherits
+    nofile: tuple[int, int] | None = None
     cgroup_parent: str
 
     def write_bundle(
@@ -192,6 +194,9 @@ class _BundleWriter:
                 "readonlyPaths": READONLY_PATHS,
             },
         }
+        if self.nofile is not None:  # what nyxd was started with, not what it raised
+            soft, hard = self.nofile
+            config["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": soft, "hard": hard}]
         if container_id is not None:
             config["linux"]["cgroupsPath"] = f"{self.cgroup_parent}/{container_id}"
         Path(bundle).mkdir(parents=True, exist_ok=True, mode=0o700)

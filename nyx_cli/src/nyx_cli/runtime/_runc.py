@@ -103,6 +103,7 @@ class RuncRuntime(_BundleWriter):
         capabilities: Sequence[str] = tuple(DEFAULT_CAPABILITIES),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         fork_server: bool = False,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
         """``capabilities``: the container's bounding/effective/permitted set; the seccomp
         profile follows it (Docker's rules). ``pids_limit``: most tasks in the container's
@@ -110,6 +111,7 @@ class RuncRuntime(_BundleWriter):
         one fork server (nyxd does; started at the first container start, again after it
         died), so a start waits for no interpreter and a monitor is no interpreter of its
         own; :meth:`close` lets it go. Else each monitor is a ``python`` of its own.
+        ``nofile``: the containers' ``RLIMIT_NOFILE`` (soft, hard), when not runc's own.
         """
         unknown = sorted(set(capabilities) - CAPABILITIES)
         if unknown:
@@ -119,6 +121,7 @@ class RuncRuntime(_BundleWriter):
         self.seccomp = seccomp
         self.capabilities = list(dict.fromkeys(capabilities))
         self.pids_limit = pids_limit
+        self.nofile = nofile
         self.root = Path(root)
         self.runc = runc
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
