@@ -22,6 +22,12 @@ dual-stack ratios nyx6/nyx and nyx6/netavark6. Usage (root)::
 
     .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15] [--profile]
 
+``--settle S`` waits S seconds after attaching the containers of each level, before the
+timed runs: a burst of new interfaces keeps the kernel busy for a few seconds (IPv6
+duplicate address detection, router solicitations and MLD reports of every new interface,
+flooded to every port of its bridge; the floor's interfaces have IPv6 on), and without it
+the first iterations at a high level measure that storm as much as the setup.
+
 ``--profile`` runs cProfile around the measured setups and teardowns of ``nyx`` at the
 highest level (after the timed runs, so the timings are not slowed) and prints the top
 functions by cumulative and by own time.
@@ -410,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=15)
     ap.add_argument("--peers", default="nyx,nyx6,floor,floor6,netavark,netavark6,cni")
     ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait after attaching each level's containers (default 0)",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="cProfile nyx's setups/teardowns at the highest level (after the timed runs)",
@@ -448,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             for r in runners:
                 r.attach(level)
+            time.sleep(args.settle)
             # interleaved: every peer sees the same background load
             for _ in range(args.iterations):
                 for r in runners:
