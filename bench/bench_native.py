@@ -20,7 +20,17 @@ more container is set up and torn down ``--iterations`` times, the peers taking 
 noisy machine slows them alike; median and p90 are printed with nyx/peer ratios, and the
 dual-stack ratios nyx6/nyx and nyx6/netavark6. Usage (root)::
 
-    .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15]
+    .venv/bin/python bench/bench_native.py [--levels 1,50,200] [--iterations 15] [--profile]
+
+``--settle S`` waits S seconds after attaching the containers of each level, before the
+timed runs: a burst of new interfaces keeps the kernel busy for a few seconds (IPv6
+duplicate address detection, router solicitations and MLD reports of every new interface,
+flooded to every port of its bridge; the floor's interfaces have IPv6 on), and without it
+the first iterations at a high level measure that storm as much as the setup.
+
+``--profile`` runs cProfile around the measured setups and teardowns of ``nyx`` at the
+highest level (after the timed runs, so the timings are not slowed) and prints the top
+functions by cumulative and by own time.
 
 Everything runs in namespaces named ``nyxt-nbench*-<pid>-*`` that are deleted at the end.
 """
@@ -384,11 +394,38 @@ class Runner:
 PROBE = 40000  # the measured container publishes host port 60000
 
 
+def profile(r: Runner, level: int, iterations: int) -> None:
+    """cProfile ``iterations`` more setups and teardowns of ``r`` (not in the timings)."""
+    import cProfile
+    import pstats
+
+    ups, downs = cProfile.Profile(), cProfile.Profile()
+    with entered(r.host):
+        for _ in range(iterations):
+            ups.runcall(r.peer.setup, PROBE, r.probe)
+            downs.runcall(r.peer.teardown, PROBE, r.probe)
+    for what, prof in (("setups", ups), ("teardowns", downs)):
+        print(f"\n{r.peer.name}: cProfile of {iterations} {what} at {level} attached")
+        for key in ("cumulative", "tottime"):
+            pstats.Stats(prof, stream=sys.stdout).sort_stats(key).print_stats(20)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", default="1,50,200")
     ap.add_argument("--iterations", type=int, default=15)
     ap.add_argument("--peers", default="nyx,nyx6,floor,floor6,netavark,netavark6,cni")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait after attaching each level's containers (default 0)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile nyx's setups/teardowns at the highest level (after the timed runs)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_native: needs root (network namespaces)", file=sys.stderr)
@@ -423,11 +460,16 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             for r in runners:
                 r.attach(level)
+            time.sleep(args.settle)
             # interleaved: every peer sees the same background load
             for _ in range(args.iterations):
                 for r in runners:
                     r.measure(level)
             print(f"  {level} attached: done", file=sys.stderr)
+        if args.profile:
+            for r in runners:
+                if r.peer.name in ("nyx", "nyx6"):
+                    profile(r, levels[-1], args.iterations)
     finally:
         for r in runners:
             r.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from loguru import logger
 
 from ._hostnet import HostView, check_subnet_on_host, read_host_view, subnet_host_conflict
-from ._ipam import LeaseState, LeaseStore, allocate
+from ._ipam import LeaseState, LeaseStore, UsedAddresses, allocate
 from ._markers import hookimpl, hookspec
 from ._models import (
     BackendCapabilities,
@@ -113,6 +113,7 @@ __all__ = [
     "SetupResult",
     "StackNetwork",
     "TeardownError",
+    "UsedAddresses",
     "__version__",
     "allocate",
     "check_port_clash",

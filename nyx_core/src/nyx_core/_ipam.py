@@ -13,7 +13,9 @@ Two pieces, usable apart:
   rename), one small file per record so a change costs the same with 10 or 10,000 leases.
   Records may carry any extra JSON fields a driver needs (its veth, ports...); the store
   also keeps one small ``meta`` document (e.g. the driver's networks) and the round-robin
-  cursors.
+  cursors. In memory, the records are indexed (addresses per network, keys per owner, and
+  whatever tokens the driver's ``index`` function names), kept in step with every change:
+  a setup or teardown costs the same with 1 or 1,000 leases.
 
 Typical use in a driver::
 
@@ -21,7 +23,8 @@ Typical use in a driver::
     ip = store.lease("ctr1", "nyx", subnet, gateway)          # setup
     store.release("ctr1")                                       # teardown (idempotent)
 
-or, to decide more under the same lock, ``with store.locked() as st: ...``.
+or, to decide more under the same lock, ``with store.locked() as st: ...`` (``st.pick``
+allocates from the index and moves the cursor, ``st.owned`` and ``st.find`` look records up).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +43,59 @@ from typing import Any
 
 from .errors import AddressInUseError, IpamError
 
-__all__ = ["LeaseState", "LeaseStore", "allocate"]
+__all__ = ["LeaseState", "LeaseStore", "UsedAddresses", "allocate"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _ints(used: Iterable[object], v4: bool) -> set[int]:
+def _addr_int(text: str) -> tuple[int, int] | None:
+    """``(version, address as an integer)`` of an address in any spelling; None if none."""
+    v6 = ":" in text
+    try:
+        raw = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, text)
+    except OSError:
+        return None
+    return (6 if v6 else 4), int.from_bytes(raw, "big")
+
+
+class UsedAddresses(Collection[str]):
+    """The addresses leased on one network: a live view of a :class:`LeaseState`'s index
+    (valid inside the ``locked`` block that made it). Iterating yields them as strings;
+    :func:`allocate` reads the index itself, so an allocation does not touch every lease.
+    """
+
+    __slots__ = ("_v4", "_v6")
+
+    def __init__(self, v4: Set[int], v6: Set[int]) -> None:
+        self._v4, self._v6 = v4, v6
+
+    def ints(self, version: int) -> Set[int]:
+        """The addresses of one family (4 or 6) as integers."""
+        return self._v4 if version == 4 else self._v6
+
+    def __len__(self) -> int:
+        return len(self._v4) + len(self._v6)
+
+    def __iter__(self) -> Iterator[str]:
+        for n in self._v4:
+            yield str(ipaddress.IPv4Address(n))
+        for n in self._v6:
+            yield str(ipaddress.IPv6Address(n))
+
+    def __contains__(self, item: object) -> bool:
+        got = _addr_int(str(item))
+        return got is not None and got[1] in self.ints(got[0])
+
+
+def _ints(used: Iterable[object], v4: bool) -> Set[int]:
     """The addresses of one family in ``used``, as integers (the other family's skipped).
 
     ``inet_pton`` parses any spelling (``fd00:0::5`` is ``fd00::5``) ten times faster than
-    :mod:`ipaddress`: a setup's cost must not grow with the leases of its network.
+    :mod:`ipaddress`; a :class:`UsedAddresses` is read as it is, without parsing.
     """
+    if isinstance(used, UsedAddresses):
+        return used.ints(4 if v4 else 6)
     family = socket.AF_INET if v4 else socket.AF_INET6
     out: set[int] = set()
     for u in used:
@@ -78,7 +122,7 @@ def allocate(
 
     :param subnet: the network.
     :param gateway: its gateway (never handed out), or None.
-    :param used: the addresses already leased (as strings).
+    :param used: the addresses already leased (as strings), or a :class:`UsedAddresses`.
     :param static: the address asked for, honoured or refused.
     :param after: the last address handed out (round-robin cursor), or None.
     :param field: the request's name for ``static`` in error messages (``static_ip6``...).
@@ -125,23 +169,91 @@ def allocate(
     )
 
 
-class _Tracked(dict[str, Any]):
-    """The records dict, remembering which keys a block set or deleted."""
+#: A driver's own index of its records: the tokens of one record (its published ports...),
+#: looked up with :meth:`LeaseState.find`.
+Index = Callable[[Mapping[str, Any]], Iterable[Hashable]]
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        super().__init__(data)
+
+def _owner(rec: Mapping[str, Any]) -> str:
+    # ``container``: the owner's key in records of the native driver's older store
+    return str(rec.get("owner", rec.get("container")))
+
+
+class _Tracked(dict[str, Any]):
+    """The records dict, remembering which keys a block set or deleted, and indexing them:
+    addresses per (network, family), keys per owner, keys per token of the store's ``index``
+    function. Change it by item assignment, ``del`` or ``pop`` only."""
+
+    def __init__(self, data: Mapping[str, Any], index: Index | None = None) -> None:
+        super().__init__()
+        self.index = index
+        # (network, 4 or 6) -> address -> number of records holding it
+        self.addrs: dict[tuple[str, int], dict[int, int]] = {}
+        self.owners: dict[str, set[str]] = {}
+        self.tokens: dict[Hashable, set[str]] = {}
+        self._entries: dict[str, tuple[str, list[tuple[str, int, int]], list[Hashable]]] = {}
         self.changed: set[str] = set()
+        for key, rec in data.items():
+            self[key] = rec
+        self.changed = set()
+
+    def _enter(self, key: str, rec: Mapping[str, Any]) -> None:
+        # everything computed first: a record the index cannot read changes nothing
+        net = str(rec.get("network"))
+        addrs = []
+        for name in ("ip", "ip6"):
+            text = rec.get(name)
+            got = _addr_int(str(text)) if text else None
+            if got is not None:
+                addrs.append((net, *got))
+        tokens = list(dict.fromkeys(self.index(rec))) if self.index is not None else []
+        own = _owner(rec)
+        self._leave(key)
+        self._entries[key] = (own, addrs, tokens)
+        for net, version, n in addrs:
+            counts = self.addrs.setdefault((net, version), {})
+            counts[n] = counts.get(n, 0) + 1
+        self.owners.setdefault(own, set()).add(key)
+        for token in tokens:
+            self.tokens.setdefault(token, set()).add(key)
+
+    def _leave(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        own, addrs, tokens = entry
+        for net, version, n in addrs:
+            counts = self.addrs[(net, version)]  # kept when empty: live views hold it
+            if counts[n] <= 1:
+                del counts[n]
+            else:
+                counts[n] -= 1
+        keys = self.owners[own]
+        keys.discard(key)
+        if not keys:
+            del self.owners[own]
+        for token in tokens:
+            keys = self.tokens[token]
+            keys.discard(key)
+            if not keys:
+                del self.tokens[token]
+
+    def addresses(self, network: str, version: int) -> Set[int]:
+        return self.addrs.setdefault((network, version), {}).keys()
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self._enter(key, value)
         self.changed.add(key)
         super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
         self.changed.add(key)
         super().__delitem__(key)
+        self._leave(key)
 
     def pop(self, key: str, *default: Any) -> Any:
         self.changed.add(key)
+        self._leave(key)
         return super().pop(key, *default)
 
 
@@ -151,25 +263,73 @@ class LeaseState:
 
     ``records`` maps ``"<owner>/<network>"`` to a JSON object with at least ``owner``,
     ``network`` and ``ip``; treat records as immutable (replace one, never edit it in
-    place). ``meta`` is one free JSON object; ``cursor`` maps a network to the last address
-    handed out.
+    place; change the dict by item assignment, ``del`` or ``pop``). ``meta`` is one free
+    JSON object; ``cursor`` maps a network to the last address handed out.
     """
 
     records: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     cursor: dict[str, str] = field(default_factory=dict)
+    # re-reads the files (set by ``locked`` when the state came from its cache)
+    _reload: Callable[[], LeaseState] | None = field(default=None, repr=False, compare=False)
 
-    def used(self, network: str) -> list[str]:
-        """Addresses leased on ``network`` (every address field of its records)."""
-        out: list[str] = []
-        for rec in self.records.values():  # every setup scans them all: kept plain
-            if rec.get("network") == network:
-                ip, ip6 = rec.get("ip"), rec.get("ip6")
-                if ip:
-                    out.append(ip)
-                if ip6:
-                    out.append(ip6)
-        return out
+    def _tracked(self) -> _Tracked:
+        recs = self.records
+        if not isinstance(recs, _Tracked):  # made by a caller from a plain dict
+            recs = self.records = _Tracked(recs)
+        return recs
+
+    def used(self, network: str) -> UsedAddresses:
+        """Addresses leased on ``network`` (the ``ip`` and ``ip6`` of its records): a view
+        of the index, for :func:`allocate`."""
+        recs = self._tracked()
+        return UsedAddresses(recs.addresses(network, 4), recs.addresses(network, 6))
+
+    def owned(self, owner: str) -> dict[str, Any]:
+        """``owner``'s records (key -> record), from the index."""
+        recs = self._tracked()
+        return {key: recs[key] for key in recs.owners.get(owner, ())}
+
+    def find(self, token: Hashable) -> frozenset[str]:
+        """Keys of the records the store's ``index`` function gave ``token``."""
+        return frozenset(self._tracked().tokens.get(token, ()))
+
+    def pick(
+        self,
+        network: str,
+        subnet: IPNetwork,
+        gateway: IPAddress | None,
+        static: IPAddress | None = None,
+        *,
+        cursor: str | None = None,
+        field: str = "static_ip",
+    ) -> IPAddress:
+        """:func:`allocate` an address of ``subnet`` for a record on ``network``, after the
+        round-robin cursor ``cursor`` (default: ``network``), which it moves to the address
+        (a static one leaves it).
+
+        A refusal (static address leased, pool exhausted) made from the store's cache is
+        checked against the files first (once, before the block changed any record): a
+        lease file removed behind the store's back is free again.
+        """
+        key = network if cursor is None else cursor
+        try:
+            ip = allocate(
+                subnet, gateway, self.used(network), static, self.cursor.get(key), field=field
+            )
+        except IpamError:
+            reload, self._reload = self._reload, None
+            if reload is None or self._tracked().changed:
+                raise
+            fresh = reload()._tracked()
+            fresh.changed = set()
+            self.records = fresh
+            ip = allocate(
+                subnet, gateway, self.used(network), static, self.cursor.get(key), field=field
+            )
+        if static is None:
+            self.cursor[key] = str(ip)
+        return ip
 
 
 def _parse_head(raw: bytes) -> tuple[int, dict[str, str]]:
@@ -185,9 +345,14 @@ class LeaseStore:
 
     Layout: ``<directory>/state.lock`` (the flock; its content is a generation number
     bumped by every change, and the cursors), ``<meta_file>`` and
-    ``<records_dir>/<owner>@<network>.json``. The parsed state is cached in memory while
-    the generation is unchanged; another process's change bumps it and the directory is
-    read again. Files are private to root (0600, directory 0700).
+    ``<records_dir>/<owner>@<network>.json``. The parsed and indexed state is cached in
+    memory while the generation and the records directory's modification time are
+    unchanged: another process's change bumps the generation, a file added or removed
+    behind the store's back changes the directory, and the files are read again. Files
+    are private to root (0600, directory 0700).
+
+    ``index``: a function giving the tokens of a record (any hashable values) under which
+    :meth:`LeaseState.find` finds it, e.g. its published ports.
     """
 
     def __init__(
@@ -197,13 +362,16 @@ class LeaseStore:
         records_dir: str = "leases",
         meta_file: str = "meta.json",
         meta_key: str = "meta",
+        index: Index | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.rdir = self.dir / records_dir
         self.metafile = self.dir / meta_file
         self.meta_key = meta_key
         self.lockfile = self.dir / "state.lock"
-        self._cache: tuple[int, LeaseState] | None = None
+        self.index = index
+        # (generation, records directory stamp, state)
+        self._cache: tuple[int, int, LeaseState] | None = None
         self._mem_lock = threading.Lock()
 
     # ------------------------------------------------------------------ convenience
@@ -225,10 +393,8 @@ class LeaseStore:
         with self.locked() as st:
             if key in st.records:
                 raise IpamError(f"{owner!r} already has a lease on network {network!r}")
-            ip = allocate(subnet, gateway, st.used(network), static, st.cursor.get(network))
+            ip = st.pick(network, subnet, gateway, static)
             st.records[key] = {**extra, "owner": owner, "network": network, "ip": str(ip)}
-            if static is None:
-                st.cursor[network] = str(ip)
         return ip
 
     def release(self, owner: str, network: str | None = None) -> list[str]:
@@ -238,10 +404,8 @@ class LeaseStore:
         """
         freed: list[str] = []
         with self.locked() as st:
-            for key, rec in list(st.records.items()):
-                # ``container``: the owner's key in records of the native driver's older store
-                who = rec.get("owner", rec.get("container"))
-                if who == owner and network in (None, rec.get("network")):
+            for key, rec in sorted(st.owned(owner).items()):
+                if network in (None, rec.get("network")):
                     freed.append(str(rec.get("ip")))
                     del st.records[key]
         return freed
@@ -265,8 +429,15 @@ class LeaseStore:
     def _fname(key: str) -> str:
         return key.replace("/", "@", 1) + ".json"
 
+    def _stamp(self) -> int:
+        """The records directory's modification time (0 when it does not exist)."""
+        try:
+            return os.stat(self.rdir).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
     def _load(self) -> LeaseState:
-        state = LeaseState(records={})
+        state = LeaseState(records=_Tracked({}, self.index))
         path = self.metafile
         try:
             try:
@@ -290,9 +461,8 @@ class LeaseStore:
                     continue
                 path = self.rdir / name
                 rec = json.loads(path.read_text())
-                owner = rec.get("owner", rec.get("container"))
-                state.records[self.key(str(owner), str(rec["network"]))] = rec
-        except (ValueError, KeyError, TypeError) as exc:
+                state.records[self.key(_owner(rec), str(rec["network"]))] = rec
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IpamError(
                 f"lease file {path} is corrupt ({exc!r}); move it away and restart nyxd"
             ) from exc
@@ -339,25 +509,29 @@ class LeaseStore:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with self._mem_lock:
                 gen, cursor = _parse_head(os.pread(fd, 65536, 0))
-                if self._cache is not None and self._cache[0] == gen and gen:
-                    work = self._cache[1]
+                stamp = self._stamp()
+                cache, self._cache = self._cache, None  # until the block ends well: it
+                # edits the state in place
+                if cache is not None and gen and cache[:2] == (gen, stamp):
+                    work = cache[2]
+                    work._reload = self._load
                 else:
                     work = self._load()
-                self._cache = None  # until the block ends well: it edits ``work`` in place
-                records = work.records
-                if not isinstance(records, _Tracked):
-                    records = work.records = _Tracked(records)
-                records.changed = set()
+                work._tracked().changed = set()
                 work.cursor = dict(cursor)
                 old_meta = json.dumps({self.meta_key: work.meta}, sort_keys=True)
                 yield work
+                work._reload = None
                 if write:
+                    records = work._tracked()  # ``pick`` may have read the files again
                     meta = json.dumps({self.meta_key: work.meta}, sort_keys=True)
                     self._store(records.changed, records, None if meta == old_meta else meta)
                     gen += 1
                     raw = json.dumps({"g": gen, "c": work.cursor}).encode()
                     os.ftruncate(fd, len(raw))
                     os.pwrite(fd, raw, 0)
-                self._cache = (gen, work)
+                    if records.changed:
+                        stamp = self._stamp()
+                self._cache = (gen, stamp, work)
         finally:
             os.close(fd)  # closing releases the flock

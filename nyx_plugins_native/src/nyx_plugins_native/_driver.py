@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,14 +25,15 @@ from loguru import logger
 
 from nyx_core import (
     InterfaceResult,
+    LeaseState,
     LeaseStore,
     NetworkInfo,
     NetworkSpec,
     NyxSettings,
     PortMapping,
+    PortRange,
     SetupOptions,
     SetupResult,
-    allocate,
     check_subnet_on_host,
     port_ranges,
     published_count,
@@ -68,6 +69,7 @@ from ._network import (
     lease_store,
     owner,
     parse_options,
+    port_token,
 )
 from ._nft import current_netns_id, nft_context
 from ._ports import check_conflicts, overlapping, reserve
@@ -124,6 +126,18 @@ def _overlap6(a: Network, b: Network) -> bool:
 def _cursor6(network: str) -> str:
     """The IPv6 round-robin cursor's key (network names hold no ``/``)."""
     return f"{network}/6"
+
+
+def _publishing(st: LeaseState, ranges: Sequence[PortRange]) -> Iterable[Mapping[str, Any]]:
+    """The leases that may publish a port of ``ranges``: looked up port by port in the
+    lease index when the ranges hold fewer ports than there are leases, else all of them."""
+    if sum(r.last - r.first + 1 for r in ranges) > len(st.records):
+        return st.records.values()
+    keys: set[str] = set()
+    for r in ranges:
+        for port in range(r.first, r.last + 1):
+            keys |= st.find(port_token(r.protocol, port))
+    return [st.records[k] for k in sorted(keys)]
 
 
 def _networks(meta: Mapping[str, Any]) -> dict[str, Network]:
@@ -736,17 +750,16 @@ class NativeDriver:
                         f"container {container_id!r} is already set up on network {net.name!r}"
                     )
                 internal = opts.internal or net.internal
-                used = st.used(net.name)
-                ip = allocate(net.subnet, net.gateway.ip, used, static, st.cursor.get(net.name))
+                ip = st.pick(net.name, net.subnet, net.gateway.ip, static)
                 assert isinstance(ip, ipaddress.IPv4Address)
                 ip6: ipaddress.IPv6Address | None = None
                 if net.gateway6 is not None:
-                    got = allocate(
+                    got = st.pick(
+                        net.name,
                         net.gateway6.network,
                         net.gateway6.ip,
-                        used,
                         static6,
-                        st.cursor.get(_cursor6(net.name)),
+                        cursor=_cursor6(net.name),
                         field=opts.static_v6_field,
                     )
                     assert isinstance(got, ipaddress.IPv6Address)
@@ -764,7 +777,7 @@ class NativeDriver:
                         ranges,
                         (
                             (owner(a), _pel(p))
-                            for a in st.records.values()
+                            for a in _publishing(st, ranges)
                             for p in a.get("ports", ())
                             if lo <= p[2] <= hi and near(p[1], p[2])
                         ),
@@ -783,11 +796,7 @@ class NativeDriver:
                 }
                 if ip6 is not None:
                     rec["ip6"] = str(ip6)
-                    if static6 is None:
-                        st.cursor[_cursor6(net.name)] = str(ip6)
                 st.records[key] = rec
-                if static is None:
-                    st.cursor[net.name] = str(ip)
             undo.append(("lease", lambda: self._forget(key)))
             with nl.host_rtnl() as rt:
                 br = nl.get_link(rt, net.bridge)
@@ -921,7 +930,7 @@ class NativeDriver:
 
     def _teardown(self, container_id: str, netns_path: str) -> None:
         with self.store.locked(write=False) as st:
-            recs = {k: dict(a) for k, a in st.records.items() if owner(a) == container_id}
+            recs = {k: dict(a) for k, a in st.owned(container_id).items()}
         errors = self._release(f"teardown of container {container_id!r}", recs)
         if errors:
             raise TeardownError(f"container {container_id!r}", errors)

@@ -347,7 +347,11 @@ def configure_container(
 ) -> None:
     """Inside the container netns: ``lo`` up, address(es) on ``ifname``, up, default
     route(s). The IPv6 address is ``nodad`` and ``ifname`` ignores router advertisements
-    (another container could send them)."""
+    (another container could send them). Without an IPv6 address, ``ifname`` gets IPv6 off
+    before it comes up: no link-local address, so no duplicate address detection, router
+    solicitations or MLD reports that the bridge floods to every other port (with many
+    containers attached, that traffic grows with the square of their number), and no
+    address or route from another container's router advertisement."""
     with in_netns(netns_path):
         rt = Rtnl()
         if address6 is not None:
@@ -360,6 +364,12 @@ def configure_container(
                     f"container netns {netns_path!r}: cannot set accept_ra=0 on {ifname}: "
                     f"{exc.strerror} (is IPv6 disabled in the container namespace?)"
                 ) from exc
+        else:
+            try:
+                _disable_ipv6(ifname)
+            except NetlinkError as exc:
+                rt.close()
+                raise NetlinkError(f"container netns {netns_path!r}: {exc}") from exc
     try:
         link = get_link(rt, ifname)
         if link is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = [
     "lease_store",
     "owner",
     "parse_options",
+    "port_token",
 ]
 
 IFNAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}$")
@@ -41,19 +42,32 @@ MTU_MIN, MTU_MAX = 68, 65535  # IPv4's minimum; the kernel checks the bridge's o
 MTU_MIN6 = 1280  # IPv6's minimum link MTU (RFC 8200)
 
 
+def port_token(protocol: str, host_port: int) -> tuple[str, str, int]:
+    """The lease index's token of a published host port (any host address)."""
+    return ("port", protocol, host_port)
+
+
+def _published(rec: Mapping[str, Any]) -> Iterator[Hashable]:
+    """A lease's index tokens: its published host ports (``ports`` entries are
+    ``[host_ip, protocol, host_port, container_ip, container_port]``)."""
+    for p in rec.get("ports", ()):
+        yield port_token(str(p[1]), int(p[2]))
+
+
 def lease_store(state_dir: Path | str) -> LeaseStore:
     """The driver's leases and networks under ``<state_dir>/native``.
 
     ``state.lock`` (the flock, generation and round-robin cursors), ``networks.json``
     (``{"networks": {name: record}}``) and ``attachments/<container>@<network>.json``:
     the layout of the driver's own store before nyx_core had one, so leases survive an
-    upgrade.
+    upgrade. Leases are indexed by their published host ports too (:func:`port_token`).
     """
     return LeaseStore(
         Path(state_dir) / "native",
         records_dir="attachments",
         meta_file="networks.json",
         meta_key="networks",
+        index=_published,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import multiprocessing
 import os
 import stat
@@ -189,3 +190,122 @@ def test_concurrent_processes_get_distinct_addresses(tmp_path: Path) -> None:
     for p in procs:
         p.join(30)
     assert len(got) == len(set(got)) == 60
+
+
+# ---------------------------------------------------------------- the in-memory index
+
+
+def _scan(store: LeaseStore, network: str) -> set[str]:
+    """The addresses of ``network`` read from the files by a store with no cache."""
+    leases = LeaseStore(store.dir).leases(network)
+    return {r[f] for r in leases.values() for f in ("ip", "ip6") if r.get(f)}
+
+
+def test_two_stores_on_one_directory_never_hand_out_one_address(tmp_path: Path) -> None:
+    """Two nyxd processes (or one restarted) on the same directory: each store's cached
+    index sees the other's leases and releases, in any interleaving."""
+    a, b = LeaseStore(tmp_path / "l"), LeaseStore(tmp_path / "l")
+    got = [a.lease("a0", "n", NET, GW), b.lease("b0", "n", NET, GW)]
+    got += [a.lease("a1", "n", NET, GW), b.lease("b1", "n", NET, GW)]
+    assert len(set(got)) == 4
+    assert a.release("b0") == [str(got[1])]  # a releases what b leased
+    got += [b.lease("b2", "n", NET, GW), a.lease("a2", "n", NET, GW)]  # .6, then b0's
+    assert len({str(ip) for ip in got[:1] + got[2:]}) == 5
+    with pytest.raises(IpamError, match=r"10\.231\.0\.0/29 is exhausted \(5 leases\)"):
+        b.lease("b3", "n", NET, GW)
+    scanned = _scan(b, "n")
+    with b.locked(write=False) as st:
+        assert set(st.used("n")) == scanned
+        assert sorted(st.owned("a1")) == ["a1/n"]
+    # a restart: a new store reads the files and hands out nothing already leased
+    again = LeaseStore(tmp_path / "l")
+    assert again.release("a1") == [str(got[2])]
+    assert a.lease("a3", "n", NET, GW) == got[2]
+
+
+def test_a_lease_file_removed_behind_the_stores_back_is_free_again(tmp_path: Path) -> None:
+    """Removed by hand (no generation bump), and even when the directory's modification
+    time did not change (a coarse clock that did not tick since the store's last write):
+    a refusal is checked against the files before it is made."""
+
+    def remove(name: str) -> None:
+        before = os.stat(store.rdir)
+        (store.rdir / name).unlink()
+        os.utime(store.rdir, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    store = LeaseStore(tmp_path / "l")
+    ips = [store.lease(f"c{i}", "n", NET, GW) for i in range(5)]  # the pool is full
+    remove("c3@n.json")
+    assert store.lease("x", "n", NET, GW) == ips[3]
+    remove("c1@n.json")
+    assert store.lease("y", "n", NET, GW, static=ips[1]) == ips[1]  # a static request too
+    with pytest.raises(AddressInUseError, match=r"static_ip 10\.231\.0\.3 is already leased"):
+        store.lease("z", "n", NET, GW, static=ips[1])
+    with pytest.raises(IpamError, match=r"10\.231\.0\.0/29 is exhausted \(5 leases\)"):
+        store.lease("z", "n", NET, GW)
+    assert set(store.leases()) == {"c0/n", "c2/n", "c4/n", "x/n", "y/n"}
+
+
+def test_a_lease_file_added_behind_the_stores_back_is_seen(tmp_path: Path) -> None:
+    """The cache is checked against the records directory's modification time too."""
+    store = LeaseStore(tmp_path / "l")
+    store.lease("c0", "n", NET, GW)  # .2; the cursor is at .2
+    rec = {"owner": "other", "network": "n", "ip": "10.231.0.3"}
+    (store.rdir / "other@n.json").write_text(json.dumps(rec))
+    st_ = os.stat(store.rdir)  # a later change: another mtime, whatever the clock's grain
+    os.utime(store.rdir, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1_000_000))
+    assert store.lease("c1", "n", NET, GW) == ipaddress.IPv4Address("10.231.0.4")
+
+
+def test_the_index_follows_every_change(tmp_path: Path) -> None:
+    """Addresses, owners and tokens found through the index are what a scan of the records
+    finds, after leases, releases, replaced and popped records and a failed block."""
+    ports = lambda rec: [("port", p) for p in rec.get("ports", ())]  # noqa: E731
+    store = LeaseStore(tmp_path / "l", index=ports)
+    net = ipaddress.IPv4Network("10.231.0.0/24")
+    for i in range(12):
+        store.lease(f"c{i}", "n" if i % 3 else "m", net, GW, ports=[8000 + i % 4])
+    store.release("c4")
+    with store.locked() as st:
+        st.records["c5/n"] = {**st.records["c5/n"], "ip": "10.231.0.200", "ports": [9000]}
+        st.records.pop("c7/n")
+        del st.records["c0/m"]
+        st.records["legacy/n"] = {"container": "legacy", "network": "n", "ip": "10.231.0.201"}
+        st.records["v6/n"] = {"owner": "v6", "network": "n", "ip6": "fd00:231::7"}
+    with pytest.raises(RuntimeError), store.locked() as st:
+        st.records["c1/n"] = {"owner": "c1", "network": "n", "ip": "10.231.0.250"}
+        raise RuntimeError("boom")
+    fresh = LeaseStore(tmp_path / "l").leases()
+    with store.locked(write=False) as st:
+        assert st.records == fresh
+        for network in ("n", "m"):
+            want = {
+                r[f]
+                for r in fresh.values()
+                if r["network"] == network
+                for f in ("ip", "ip6")
+                if f in r
+            }
+            assert set(st.used(network)) == want
+            assert all(ip in st.used(network) for ip in want)
+            assert len(st.used(network)) == len(want)
+        assert "10.231.0.250" not in st.used("n") and "10.231.0.2" not in st.used("m")
+        assert st.owned("legacy") == {"legacy/n": fresh["legacy/n"]}
+        assert st.owned("c4") == {} and st.owned("nobody") == {}
+        for port in (8000, 8001, 8002, 8003, 9000):
+            want_keys = {k for k, r in fresh.items() if port in r.get("ports", ())}
+            assert st.find(("port", port)) == want_keys
+    before = _scan(store, "m")
+    assert str(store.lease("c1", "m", net, GW)) not in before
+
+
+def test_used_addresses_is_a_collection_of_strings(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "l")
+    store.lease("c0", "n", NET6, GW6)
+    store.lease("c1", "n", NET, GW)
+    with store.locked(write=False) as st:
+        used = st.used("n")
+        assert sorted(used) == ["10.231.0.2", "fd00:231::2"]
+        assert "fd00:231:0::2" in used and "10.231.0.3" not in used and "nope" not in used
+        assert allocate(NET, GW, used) == ipaddress.IPv4Address("10.231.0.3")
+        assert list(st.used("other")) == []

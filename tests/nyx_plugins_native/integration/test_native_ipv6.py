@@ -555,6 +555,33 @@ def test_router_advertisements_of_a_container_configure_nothing(
         native6.teardown("v6-ra-a", a.path)
 
 
+def test_an_ipv4_only_network_gives_its_containers_no_ipv6(
+    native: NetworkBackend, nyx_container_ns: Callable[[], Netns]
+) -> None:
+    """On an IPv4-only network the container's interface has IPv6 off before it comes up:
+    no link-local address, so none of the duplicate address detection, router
+    solicitations and MLD reports the bridge would flood to every other port (with 1,000
+    containers attached, a storm); a neighbour's router advertisement configures nothing.
+    ``lo`` keeps ``::1``."""
+    a, b = nyx_container_ns(), nyx_container_ns()
+    native.setup("v4-only-a", a.path, [], SetupOptions())
+    try:
+        native.setup("v4-only-b", b.path, [], SetupOptions())
+        try:
+            for ns in (a, b):
+                assert ns.sysctl("net.ipv6.conf.eth0.disable_ipv6") == "1"
+                info = ns.ipj("addr", "show", "eth0")[0]["addr_info"]
+                assert [x["local"] for x in info if x["family"] == "inet6"] == []
+                assert ns.sysctl("net.ipv6.conf.lo.disable_ipv6") == "0"
+            a.run(["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"])  # a rogue container
+            _send_ra(a, "eth0", "fe80::bad")
+            assert _ra_routes(b, "fe80::bad") == []
+        finally:
+            native.teardown("v4-only-b", b.path)
+    finally:
+        native.teardown("v4-only-a", a.path)
+
+
 # ------------------------------------------------------------------ the host's IPv6
 
 

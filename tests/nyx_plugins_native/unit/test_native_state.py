@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from nyx_core import ConfigError
+from nyx_core import ConfigError, PortConflictError, PortMapping, port_ranges
 from nyx_plugins_native import lease_store
-from nyx_plugins_native._firewall import stale_elements
+from nyx_plugins_native._driver import _publishing
+from nyx_plugins_native._firewall import PortElement, stale_elements
 from nyx_plugins_native._network import Network, owner, parse_options
+from nyx_plugins_native._ports import check_conflicts, overlapping
 
 
 def _old_layout(state_dir: Path) -> None:
@@ -124,3 +126,47 @@ def test_stale_elements_are_those_of_our_subnets_without_a_lease() -> None:
         stale_elements(listed, {"10.231.0.2", "10.231.0.9", "10.232.1.5", "10.231.0.7"}, subnets)
         == []
     )
+
+
+def test_port_conflicts_are_looked_up_in_the_lease_index(tmp_path: Path) -> None:
+    """A setup's conflict check reads only the leases publishing one of its ports (found
+    by the store's port index), or every lease when its ranges hold more ports than there
+    are leases; both find the same clash."""
+    store = lease_store(tmp_path)
+    net = ipaddress.IPv4Network("10.88.0.0/16")
+    gw = ipaddress.IPv4Address("10.88.0.1")
+    published = {
+        "a": [[None, "tcp", 8080, "10.88.0.2", 80], ["::", "tcp", 8080, "fd00::2", 80]],
+        "b": [["127.0.0.1", "tcp", p, "10.88.0.3", p] for p in (9000, 9001, 9002)],
+        "c": [[None, "udp", 8080, "10.88.0.4", 53]],
+    }
+    for name, ports in published.items():
+        store.lease(name, "nyx", net, gw, ports=ports)
+    for i in range(10):
+        store.lease(f"quiet{i}", "nyx", net, gw, ports=[])
+
+    def owners(mappings: list[PortMapping]) -> list[str]:
+        with store.locked(write=False) as st:
+            return sorted(owner(r) for r in _publishing(st, port_ranges(mappings)))
+
+    tcp = PortMapping(host_port=8080, container_port=80)
+    assert owners([tcp]) == ["a"]
+    assert owners([PortMapping(host_port=8080, container_port=80, protocol="udp")]) == ["c"]
+    assert owners([PortMapping(host_port=8999, container_port=1, range=2)]) == ["b"]
+    assert owners([PortMapping(host_port=7000, container_port=7000)]) == []
+    everything = [PortMapping(host_port=8000, container_port=1, range=1100)]
+    assert len(owners(everything)) == 13  # more ports than leases: all of them
+    for mappings in ([tcp], everything):
+        ranges = port_ranges(mappings)
+        with store.locked(write=False) as st:
+            near = overlapping(ranges)
+            found = [
+                (owner(a), PortElement(*p))
+                for a in _publishing(st, ranges)
+                for p in a.get("ports", ())
+                if near(p[1], p[2])
+            ]
+        with pytest.raises(PortConflictError, match="already published by container 'a'"):
+            check_conflicts(ranges, found)
+    store.release("a")
+    assert owners([tcp]) == []
