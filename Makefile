@@ -38,7 +38,7 @@ lint: venv
 	$(BIN)/ruff format --check nyx_core nyx_cli
 
 type: venv
-	$(BIN)/mypy --strict nyx_core/src/nyx_core nyx_cli/src/nyx_cli nyx_plugins_cni/src/nyx_plugins_cni nyx_dns_embedded/src/nyx_dns_embedded
+	$(BIN)/mypy --strict nyx_core/src/nyx_core nyx_cli/src/nyx_cli nyx_plugins_cni/src/nyx_plugins_cni nyx_dns_embedded/src/nyx_dns_embedded nyx_plugins_native/src/nyx_plugins_native
 
 check: lint type
 

@@ -16,9 +16,7 @@ import os
 import re
 import socket
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from loguru import logger
@@ -51,29 +49,33 @@ from . import _netlink as nl
 from ._firewall import (
     FAMILIES,
     FAMILY6,
-    TABLE,
     Firewall,
-    PortElement,
     container_batch,
     network_elements,
+    pel_from_list,
+    pel_to_list,
     port_elements,
-    rebuild_script,
     stale_elements,
 )
+from ._gate import Gate
 from ._kernel import check_kernel, enable_ipv6_forwarding, ipv6_available, set_sysctl
+from ._lifecycle import Lifecycle
 from ._network import (
     IFNAME_RE,
     MTU_MIN6,
     Network,
     bridge_name,
+    cursor6,
     lease_store,
+    networks_of,
+    overlap6,
     owner,
     parse_options,
     port_token,
 )
-from ._nft import current_netns_id, nft_context
 from ._ports import check_conflicts, overlapping, reserve
 from ._proxy import Proxies
+from ._repair import Repair
 from ._settings import NativeSettings
 from ._watch import HostWatch
 
@@ -111,23 +113,6 @@ def _bridge_sysctls(bridge: str, ipv6: bool) -> None:
         set_sysctl("net.ipv6.conf.{}.disable_ipv6", "1", bridge)
 
 
-def _pel(p: list[Any]) -> PortElement:
-    return PortElement(p[0], p[1], p[2], p[3], p[4])
-
-
-def _pel_list(p: PortElement) -> list[Any]:
-    return [p.host_ip, p.protocol, p.host_port, p.container_ip, p.container_port]
-
-
-def _overlap6(a: Network, b: Network) -> bool:
-    return a.subnet6 is not None and b.subnet6 is not None and a.subnet6.overlaps(b.subnet6)
-
-
-def _cursor6(network: str) -> str:
-    """The IPv6 round-robin cursor's key (network names hold no ``/``)."""
-    return f"{network}/6"
-
-
 def _publishing(st: LeaseState, ranges: Sequence[PortRange]) -> Iterable[Mapping[str, Any]]:
     """The leases that may publish a port of ``ranges``: looked up port by port in the
     lease index when the ranges hold fewer ports than there are leases, else all of them."""
@@ -140,55 +125,7 @@ def _publishing(st: LeaseState, ranges: Sequence[PortRange]) -> Iterable[Mapping
     return [st.records[k] for k in sorted(keys)]
 
 
-def _networks(meta: Mapping[str, Any]) -> dict[str, Network]:
-    return {name: Network.from_record(name, rec) for name, rec in meta.items()}
-
-
-class _Gate:
-    """Many changes at once (``shared``) or one repair alone (``exclusive``).
-
-    Setups, teardowns and network changes write a record and the firewall elements it
-    accounts for in two steps; a repair rebuilds the firewall from the records, so it must
-    never see a record without its elements (or the reverse). A waiting repair holds new
-    changes back, so a steady stream of setups cannot starve it.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting += 1
-            try:
-                self._cond.wait_for(lambda: not self._exclusive and not self._shared)
-            finally:
-                self._waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
-
-
-class NativeDriver:
+class NativeDriver(Repair, Lifecycle):
     """One instance per process; ``ensure_network`` binds it to the daemon's settings."""
 
     def __init__(self, firewall: Firewall | None = None) -> None:
@@ -199,7 +136,7 @@ class NativeDriver:
         self._reserved: dict[str, list[socket.socket]] = {}
         self._proxies = Proxies()
         self._lock = threading.Lock()
-        self._gate = _Gate()
+        self._gate = Gate()
         self._families: tuple[str, ...] = FAMILIES[:1]
         self._bridges: set[str] = set()  # of every network brought up: what the watch sees
         self._watch: HostWatch | None = None
@@ -235,123 +172,6 @@ class NativeDriver:
         """Release what containers not in ``container_ids`` still hold (see ``_gc``)."""
         with self._gate.shared():
             return self._gc(container_ids)
-
-    # ------------------------------------------------------------------ repair
-
-    def _start_watch(self) -> None:
-        """Watch nftables and links of this namespace (once per namespace)."""
-        ns = current_netns_id()
-        if self._watch is not None:
-            if self._watch.alive and self._watch_ns == ns:
-                return
-            self._watch.stop()
-        me = weakref.ref(self)  # the watch must not keep a dropped driver alive
-
-        def tables() -> set[tuple[str, str]]:
-            d = me()
-            return set() if d is None else {(f, TABLE) for f in d._families}
-
-        def bridges() -> set[str]:
-            d = me()
-            if d is None:
-                return set()
-            with d._lock:
-                return set(d._bridges)
-
-        def on_ruleset(why: str) -> None:
-            d = me()
-            if d is not None:
-                d.reload(f"nftables changed under nyx ({why})")
-
-        def on_link_gone(name: str) -> None:
-            d = me()
-            if d is not None:
-                d.reload(f"bridge {name!r} was deleted", bridge=name)
-
-        watch = HostWatch(tables, bridges, on_ruleset, on_link_gone)
-        watch.start()
-        weakref.finalize(self, watch.stop)
-        self._watch, self._watch_ns = watch, ns
-
-    def close(self) -> None:
-        """Stop watching the host (nyxd exits without it; tests call it)."""
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
-
-    @property
-    def watching(self) -> HostWatch | None:
-        return self._watch
-
-    def reload(self, why: str = "nyx network reload", bridge: str | None = None) -> dict[str, Any]:
-        """Re-apply the whole host state from the records, in one nft transaction: both
-        tables with every network's and container's elements, then each network's bridge
-        (recreated with its gateways when it is gone) and its containers' veths.
-
-        ``bridge``: a deleted bridge the watch saw; nothing is done when it is no nyx
-        network's any more (nyx removed it itself).
-        """
-        with self._gate.exclusive():
-            with self.store.locked(write=False) as st:
-                nets = _networks(st.meta)
-                recs = [dict(a) for a in st.records.values()]
-            if bridge is not None and all(n.bridge != bridge for n in nets.values()):
-                return {}
-            families = self._families
-            v6 = FAMILY6 in families
-            script = rebuild_script(
-                families,
-                [(n.bridge, n.subnet, n.subnet6 if v6 else None) for n in nets.values()],
-                [
-                    (
-                        [_pel(p) for p in r.get("ports", [])],
-                        r["ip"] if r.get("internal") else None,
-                        r.get("ip6") if r.get("internal") else None,
-                    )
-                    for r in recs
-                ],
-            )
-            tables = " and ".join(f"{f} {TABLE}" for f in families)
-            nft_context().run_text(script, f"re-apply of table {tables}")
-            rebuilt, attached = self._repair_links(nets, recs)
-        report: dict[str, Any] = {
-            "tables": [f"{f} {TABLE}" for f in families],
-            "networks": sorted(nets),
-            "attachments": len(recs),
-            "ports": sum(len(r.get("ports", [])) for r in recs),
-            "bridges_recreated": rebuilt,
-            "veths_attached": attached,
-        }
-        if why == "nyx network reload":
-            logger.info("host state re-applied", **report)
-        else:
-            logger.warning("host state changed under nyx: re-applied", why=why, **report)
-        return report
-
-    def _repair_links(
-        self, nets: Mapping[str, Network], recs: Sequence[Mapping[str, Any]]
-    ) -> tuple[list[str], int]:
-        """Bridges that are gone made again; veths off their bridge attached again."""
-        rebuilt: list[str] = []
-        for net in nets.values():
-            with nl.host_rtnl() as rt:
-                present = nl.get_link(rt, net.bridge) is not None
-            if not present:
-                self._bring_up(net)
-                rebuilt.append(net.bridge)
-        bridges = {n.bridge for n in nets.values()}
-        ports = nl.bridge_ports(bridges)
-        attached = 0
-        with nl.host_rtnl() as rt:
-            for rec in recs:
-                home = nets.get(rec.get("network", ""))
-                veth = rec.get("veth")
-                if home is None or not veth or ports.get(veth) == home.bridge:
-                    continue
-                br = nl.get_link(rt, home.bridge)
-                if br is not None and nl.attach_port(rt, veth, br.index):
-                    attached += 1
-        return rebuilt, attached
 
     # ------------------------------------------------------------------ helpers
 
@@ -444,14 +264,14 @@ class NativeDriver:
         # before anything changes: the default subnet must not take the host's traffic,
         # nor another nyx network's
         with store.locked(write=False) as st:
-            others = _networks(st.meta)
+            others = networks_of(st.meta)
         for name, other in others.items():
             if name != net.name and other.subnet.overlaps(net.subnet):
                 raise ConfigError(
                     f"default network {net.name!r} (NYXD_CONTAINER_SUBNET): subnet "
                     f"{net.subnet} overlaps network {name!r} ({other.subnet})"
                 )
-            if name != net.name and _overlap6(net, other):
+            if name != net.name and overlap6(net, other):
                 raise ConfigError(
                     f"default network {net.name!r} (NYXD_CONTAINER_SUBNET6): subnet6 "
                     f"{net.subnet6} overlaps network {name!r} ({other.subnet6})"
@@ -508,7 +328,7 @@ class NativeDriver:
             with self._lock:
                 if key in self._reserved:
                     continue
-            pels = [_pel(p) for p in ports]
+            pels = [pel_from_list(p) for p in ports]
             try:
                 socks = reserve(pels)
             except NyxError as exc:
@@ -517,171 +337,6 @@ class NativeDriver:
             self._proxies.add(key, list(zip(socks, pels, strict=True)))
             with self._lock:
                 self._reserved.setdefault(key, []).extend(socks)
-
-    # ------------------------------------------------------------------ networks
-
-    def _default_spec(self, spec: NetworkSpec) -> Network:
-        s = self.settings
-        what = f"default network {spec.name!r}"
-        if spec.name != s.network:
-            raise ConfigError(f"{what}: the default network of this nyxd is {s.network!r}")
-        gw = spec.gateway_interface
-        if gw is not None and gw != s.gateway_interface:
-            raise ConfigError(
-                f"{what}: subnet {spec.subnet} gateway {gw.ip} differ from the settings' "
-                f"{s.gateway_interface} (NYXD_CONTAINER_SUBNET, NYXD_GATEWAY_IP)"
-            )
-        gw6 = spec.gateway_interface6
-        if gw6 is not None and gw6 != s.gateway_interface6:
-            raise ConfigError(
-                f"{what}: subnet6 {spec.subnet6} gateway6 {gw6.ip} differ from the settings' "
-                f"{s.gateway_interface6} (NYXD_CONTAINER_SUBNET6, NYXD_GATEWAY_IP6)"
-            )
-        if spec.internal:
-            raise ConfigError(f"{what}: the default network cannot be internal")
-        if spec.options:
-            raise ConfigError(
-                f"{what}: options {', '.join(sorted(spec.options))}: the default network's "
-                "driver options are nyxd's (--driver-opt key=value)"
-            )
-        with self.store.locked(write=False) as st:
-            rec = st.meta.get(s.network)
-        if rec is None:
-            raise BackendError(f"native driver: {what} was not ensured (ensure_network)")
-        return Network.from_record(s.network, rec)
-
-    def _spec_network(self, spec: NetworkSpec) -> Network:
-        """Validate a non-default spec into the network it asks for (nothing changes)."""
-        what = f"network {spec.name!r}"
-        if spec.name in (self.settings.network, "nyx"):
-            raise ConfigError(f"{what}: that is the default network's name")
-        if spec.subnet is None:
-            raise ConfigError(f"{what}: subnet is required (nyxd picks one from its pool)")
-        if spec.subnet.prefixlen > 30:
-            raise ConfigError(f"{what}: subnet {spec.subnet} is too small (need /30 or larger)")
-        gw = spec.gateway_interface
-        assert gw is not None
-        if gw.ip in (spec.subnet.network_address, spec.subnet.broadcast_address):
-            raise ConfigError(
-                f"{what}: gateway {gw.ip} is the network or broadcast address of {spec.subnet}"
-            )
-        bridge, mtu = parse_options(what, spec.options)
-        gw6 = spec.gateway_interface6
-        if gw6 is not None:
-            if not ipv6_available():
-                raise ConfigError(f"{what}: subnet6 {spec.subnet6}: this kernel has no IPv6")
-            if gw6.network.prefixlen > 64:
-                raise ConfigError(
-                    f"{what}: subnet6 {gw6.network} is too small (need /64 or larger)"
-                )
-            if gw6.ip == gw6.network.network_address:
-                raise ConfigError(
-                    f"{what}: gateway6 {gw6.ip} is the subnet-router anycast address of "
-                    f"{gw6.network}"
-                )
-            if mtu is not None and mtu < MTU_MIN6:
-                raise ConfigError(
-                    f"{what}: mtu {mtu} is below IPv6's minimum {MTU_MIN6} (the network has "
-                    f"subnet6 {gw6.network})"
-                )
-        return Network(
-            spec.name,
-            bridge or bridge_name(spec.name),
-            gw,
-            False,
-            spec.internal,
-            mtu,
-            dict(spec.options),
-            dict(spec.labels),
-            gw6,
-        )
-
-    def _network_create(self, spec: NetworkSpec) -> NetworkInfo:
-        """Create (or complete, for an identical spec) the network ``spec`` asks for."""
-        if spec.default:
-            net = self._default_spec(spec)
-            self._bring_up(net)
-            return net.info().model_copy(update={"labels": dict(spec.labels)})
-        net = self._spec_network(spec)
-        what = f"network {net.name!r}"
-        with self.store.locked() as st:
-            networks = _networks(st.meta)
-            old = networks.pop(net.name, None)
-            if old is not None:
-                legacy = "options" not in st.meta[net.name]  # recorded by an older driver
-                diff = old.differences(net)
-                if legacy:
-                    diff = [d for d in diff if d.split(" ", 1)[0] in ("gateway", "bridge")]
-                if diff:
-                    raise ConfigError(
-                        f"{what} exists with another spec: {'; '.join(diff)}; "
-                        "remove it first (nyx network rm)"
-                    )
-            for name, other in networks.items():
-                if other.subnet.overlaps(net.subnet):
-                    raise ConfigError(
-                        f"{what}: subnet {net.subnet} overlaps network {name!r} ({other.subnet})"
-                    )
-                if _overlap6(net, other):
-                    raise ConfigError(
-                        f"{what}: subnet6 {net.subnet6} overlaps network {name!r} ({other.subnet6})"
-                    )
-                if other.bridge == net.bridge:
-                    raise ConfigError(f"{what}: bridge name {net.bridge!r} is taken by {name!r}")
-            # nor any route or address of the host (nyx's own bridges are no host's)
-            own = {o.bridge for o in networks.values()} | ({old.bridge} if old else set())
-            check_subnet_on_host(net.subnet, what, ignore_devs=own)
-            if net.subnet6 is not None:
-                check_subnet_on_host(net.subnet6, what, ignore_devs=own)
-            if old is None:
-                with nl.host_rtnl() as rt:
-                    taken = nl.get_link(rt, net.bridge)
-                if taken is not None:
-                    raise ConfigError(
-                        f"{what}: bridge name {net.bridge!r}: an interface of that name exists "
-                        "on the host and is no nyx network's; pick another one "
-                        "(-o com.docker.network.bridge.name=NAME) or remove it"
-                    )
-            # recorded before the bridge exists: a nyxd killed in between leaves a record
-            # that network_remove (or the same network_create) completes, never a bridge
-            # nothing records
-            st.meta[net.name] = net.record()
-        try:
-            with self.store.locked(write=False):  # made under the lock setups take too
-                self._bring_up(net)
-        except BaseException:
-            if old is None:
-                failures = self._take_down(net)
-                if failures:
-                    logger.warning("network rollback incomplete", errors=failures)
-                with self.store.locked() as st:
-                    st.meta.pop(net.name, None)
-            raise
-        logger.debug("network created", network=net.name, bridge=net.bridge)
-        return net.info()
-
-    def _network_remove(self, name: str) -> None:
-        """Remove a network without attachments: elements, bridge, record. Idempotent."""
-        if name == self.settings.network:
-            raise ConfigError(f"network {name!r} is the default network: it cannot be removed")
-        with self.store.locked() as st:
-            rec = st.meta.get(name)
-            if rec is None:
-                return
-            users = sorted({owner(a) for a in st.records.values() if a.get("network") == name})
-            if users:
-                raise ConfigError(
-                    f"network {name!r} has containers attached ({', '.join(users)}): "
-                    "tear them down first"
-                )
-            net = Network.from_record(name, rec)
-            errors = self._take_down(net)
-            if errors:
-                raise TeardownError(f"network {name!r}", errors)
-            del st.meta[name]
-            st.cursor.pop(name, None)
-            st.cursor.pop(_cursor6(name), None)
-        logger.debug("network removed", network=name, bridge=net.bridge)
 
     def _delete_elements(self, cmds: list[dict[str, Any]], what: str) -> None:
         """Delete elements in one batch; when some are already gone, one by one."""
@@ -759,7 +414,7 @@ class NativeDriver:
                         net.gateway6.network,
                         net.gateway6.ip,
                         static6,
-                        cursor=_cursor6(net.name),
+                        cursor=cursor6(net.name),
                         field=opts.static_v6_field,
                     )
                     assert isinstance(got, ipaddress.IPv6Address)
@@ -776,14 +431,14 @@ class NativeDriver:
                     check_conflicts(
                         ranges,
                         (
-                            (owner(a), _pel(p))
+                            (owner(a), pel_from_list(p))
                             for a in _publishing(st, ranges)
                             for p in a.get("ports", ())
                             if lo <= p[2] <= hi and near(p[1], p[2])
                         ),
                     )
                 socks = reserve(pels)
-                rec: dict[str, Any] = {
+                lease: dict[str, Any] = {
                     "owner": container_id,
                     "network": net.name,
                     "ip": str(ip),
@@ -791,12 +446,12 @@ class NativeDriver:
                     "interface": opts.interface,
                     "mac": mac,
                     "internal": internal,
-                    "ports": [_pel_list(p) for p in pels],
+                    "ports": [pel_to_list(p) for p in pels],
                     "netns": netns_path,
                 }
                 if ip6 is not None:
-                    rec["ip6"] = str(ip6)
-                st.records[key] = rec
+                    lease["ip6"] = str(ip6)
+                st.records[key] = lease
             undo.append(("lease", lambda: self._forget(key)))
             with nl.host_rtnl() as rt:
                 br = nl.get_link(rt, net.bridge)
@@ -893,7 +548,7 @@ class NativeDriver:
         for rec in recs.values():
             cmds = container_batch(
                 "delete",
-                [_pel(p) for p in rec.get("ports", [])],
+                [pel_from_list(p) for p in rec.get("ports", [])],
                 rec["ip"] if rec.get("internal") else None,
                 rec.get("ip6") if rec.get("internal") else None,
             )
@@ -953,7 +608,7 @@ class NativeDriver:
         for cid, recs in sorted(leaked.items()):
             errors += self._release(f"gc of container {cid!r}", recs)
         with self.store.locked(write=False) as st:
-            nets = _networks(st.meta)
+            nets = networks_of(st.meta)
             veths = {r.get("veth") for r in st.records.values()}
             leased = {r.get(f) for r in st.records.values() for f in ("ip", "ip6")} - {None}
         # veths left by a teardown that could not delete them
@@ -973,7 +628,7 @@ class NativeDriver:
         # map and set elements of addresses no lease holds
         cmds: list[dict[str, Any]] = []
         try:
-            subnets = {
+            subnets: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {
                 FAMILIES[0]: [n.subnet for n in nets.values()],
                 FAMILY6: [n.subnet6 for n in nets.values() if n.subnet6 is not None],
             }

@@ -46,6 +46,8 @@ __all__ = [
     "TableState",
     "ensure_batch",
     "network_elements",
+    "pel_from_list",
+    "pel_to_list",
     "port_elements",
     "rebuild_script",
     "stale_elements",
@@ -252,9 +254,9 @@ def ensure_batch(existing: TableState | None, family: str = FAMILY) -> str:
             kind, rest = decl.split(" ", 1)
             lines.append(f"add {kind} {t} {rest}")
     stale: list[str] = []
-    for chain, rules in have.chains.items():
+    for chain, handles in have.chains.items():
         if chain not in chains:
-            lines += [f"delete rule {t} {chain} handle {h}" for _c, h in rules]
+            lines += [f"delete rule {t} {chain} handle {h}" for _c, h in handles]
             stale.append(f"delete chain {t} {chain}")
     for chain, (base, rules) in chains.items():
         wanted = [rule_comment(name, rule) for name, rule in rules]
@@ -363,7 +365,9 @@ def port_elements(
         ip = pm.host_ip
         targets: list[tuple[str | None, str]]
         if ip is None:
-            targets = [(None, container_ip)] + ([(None, container_ip6)] if container_ip6 else [])
+            targets = [(None, container_ip)]
+            if container_ip6:
+                targets.append((None, container_ip6))
         elif ip.version == 4:
             targets = [(None if ip.is_unspecified else str(ip), container_ip)]
         elif ip.is_loopback:
@@ -567,3 +571,13 @@ class Firewall:
             if obj:
                 return list(obj.get("elem", []))
         return []
+
+
+def pel_from_list(p: list[Any]) -> PortElement:
+    """A lease's recorded port element (a JSON list) as a :class:`PortElement`."""
+    return PortElement(p[0], p[1], p[2], p[3], p[4])
+
+
+def pel_to_list(p: PortElement) -> list[Any]:
+    """The list a lease records for a port element."""
+    return [p.host_ip, p.protocol, p.host_port, p.container_ip, p.container_port]

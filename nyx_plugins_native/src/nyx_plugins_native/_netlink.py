@@ -236,7 +236,7 @@ def bridge_ports(bridges: Collection[str]) -> dict[str, str]:
         with Rtnl() as rt:
             links = rt.links()
     except RtnlError as exc:
-        raise _fail("cannot list links", exc.errno) from exc
+        raise _fail("cannot list links", exc.errno or 0) from exc
     masters = {index: name for index, name, _m in links if name in bridges}
     return {name: masters[master] for _i, name, master in links if master in masters}
 

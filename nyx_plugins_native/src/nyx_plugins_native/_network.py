@@ -27,7 +27,10 @@ __all__ = [
     "MTU_OPTIONS",
     "Network",
     "bridge_name",
+    "cursor6",
     "lease_store",
+    "networks_of",
+    "overlap6",
     "owner",
     "parse_options",
     "port_token",
@@ -204,3 +207,18 @@ class Network:
             labels=dict(self.labels),
             extra={"bridge": self.bridge, **({"mtu": self.mtu} if self.mtu else {})},
         )
+
+
+def networks_of(meta: Mapping[str, Any]) -> dict[str, Network]:
+    """Every network the store records (its ``meta``), by name."""
+    return {name: Network.from_record(name, rec) for name, rec in meta.items()}
+
+
+def overlap6(a: Network, b: Network) -> bool:
+    """Whether both networks have an IPv6 subnet and they overlap."""
+    return a.subnet6 is not None and b.subnet6 is not None and a.subnet6.overlaps(b.subnet6)
+
+
+def cursor6(network: str) -> str:
+    """The IPv6 round-robin cursor's key (network names hold no ``/``)."""
+    return f"{network}/6"

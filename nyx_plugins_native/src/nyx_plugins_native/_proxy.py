@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from loguru import logger
 
@@ -165,7 +166,7 @@ class _Conn:
 class _Flow:
     """One UDP client of a proxied port: a connected socket towards the container."""
 
-    def __init__(self, loop: _Loop, lst: _Listener, client: object) -> None:
+    def __init__(self, loop: _Loop, lst: _Listener, client: tuple[Any, ...]) -> None:
         self.lst, self.client = lst, client
         up = socket.socket(_family(lst.target[0]), socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         up.setblocking(False)
@@ -189,7 +190,7 @@ class _Flow:
                 return
             self.last = time.monotonic()
             with contextlib.suppress(OSError):
-                self.lst.sock.sendto(data, self.client)  # type: ignore[arg-type]
+                self.lst.sock.sendto(data, self.client)
 
     def close(self) -> None:
         self.up.close()
