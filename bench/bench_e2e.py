@@ -37,7 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 HTTPD = ["httpd", "-f", "-p", "80", "-h", "/www"]
 SLEEPER = ["sleep", "3600"]
-STEPS = ("network", "dns+etc", "rootfs+bundle", "runc")
+#: what the breakdown shows, and the steps of nyxd's "container started" log it sums
+STEPS = {
+    "netns+network": ("netns", "network", "sysctls"),
+    "dns+etc": ("dns", "etc"),
+    "rootfs+bundle": ("rootfs",),
+    "runc": ("runtime",),
+}
 
 
 def podman_cli(b: Path) -> list[str]:
@@ -454,7 +460,10 @@ def report(
 
     up, cmd = med(nyx.ups), med(nyx.cmds)
     interp, client, click = (med(parts[k]) for k in ("interpreter", "client", "click"))
-    step_ms = {k: statistics.median(s.get(k, 0.0) for s in steps) for k in STEPS}
+    step_ms = {
+        label: statistics.median(sum(s.get(k, 0.0) for k in keys) for s in steps) if steps else 0.0
+        for label, keys in STEPS.items()
+    }
     nyxd_steps = sum(step_ms.values())
     request = cmd - client
     print(f"\nwhere a nyx run -d -p goes (medians, ms; {len(steps)} starts logged by nyxd)")
