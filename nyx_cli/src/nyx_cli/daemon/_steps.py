@@ -241,7 +241,8 @@ class EtcStep(Step):
         embedded = source == "provider" and sup.dns is not None
         if embedded:
             assert sup.dns is not None
-            text = sup.dns.resolv_conf(rec.id)
+            with sup.dns_lock:
+                text = sup.dns.resolv_conf(rec.id)
         elif source == "driver" or source == "provider":
             text = driver_resolv_conf(run.results)
         if spec.dns_servers or spec.dns_search or spec.dns_options:
