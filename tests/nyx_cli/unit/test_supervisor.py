@@ -946,12 +946,14 @@ class MeetingBackend(FakeBackend):
         self.count_lock = threading.Lock()
         self.hold = 0.0  # seconds each teardown stays inside
 
+    @hookimpl
     def nyx_backend_setup(
         self, container_id: str, netns_path: str, ports: Any, opts: SetupOptions
     ) -> Any:
         self.meet.wait()
         return super().nyx_backend_setup(container_id, netns_path, ports, opts)
 
+    @hookimpl
     def nyx_backend_teardown(self, container_id: str, netns_path: str) -> Any:
         with self.count_lock:
             self.inside += 1
@@ -965,10 +967,6 @@ class MeetingBackend(FakeBackend):
         finally:
             with self.count_lock:
                 self.inside -= 1
-
-
-for _name in ("nyx_backend_setup", "nyx_backend_teardown"):
-    setattr(MeetingBackend, _name, hookimpl(getattr(MeetingBackend, _name)))
 
 
 def _in_threads(*jobs: Any) -> list[Any]:
