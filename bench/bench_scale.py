@@ -20,9 +20,10 @@ up to where it manages in ``--podman-budget`` seconds, then reports:
 Each engine runs in its own throwaway network namespace with a private mount namespace held
 by a ``sleep`` (as in ``bench_e2e.py``): nyxd's netns and rootfs mounts survive its restart
 there, and podman gets private ``/run/netns`` and ``/run/containers/networks`` (tmpfs), so
-nothing of either reaches the host. nyxd runs with ``RLIMIT_NOFILE`` at its hard limit (one
-descriptor per published port). Measurements of the engines alternate. Everything is removed at the
-end, also after an error or ^C. Needs root, runc, busybox-static, dnsperf; podman optional.
+nothing of either reaches the host. nyxd raises its own ``RLIMIT_NOFILE`` to the hard limit
+(about four descriptors per container). Measurements of the engines alternate. Everything is
+removed at the end, also after an error or ^C. Needs root, runc, busybox-static, dnsperf;
+podman optional.
 
     .venv/bin/python bench/bench_scale.py [--count 1000] [--mid 200] [--probes 9]
         [--podman-budget 1200] [--no-podman] [--no-floor]
@@ -36,7 +37,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -65,7 +65,6 @@ POD_SUBNET = "10.234.0.0/16"
 FIRST_PORT = 20000
 PROBE_PORT = 40000
 PROFILE = os.environ.get("NYX_BENCH_PYSPY")  # a directory: py-spy nyxd (shutil.which)
-NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # raised to the hard limit for nyxd
 
 _cleanups: list[Callable[[], None]] = []
 
@@ -186,8 +185,6 @@ class Nyx(Engine):
     def start_daemon(self) -> float:
         """Start nyxd; seconds until its socket answers."""
         argv = self.holder.argv(
-            "prlimit",
-            f"--nofile={NOFILE}:{NOFILE}",
             str(BIN / "nyxd"),
             "--state-dir",
             str(self.tmp / "state"),
