@@ -181,12 +181,12 @@ class Forwarder:
             resp = p.client_id + data[2:]
             if len(resp) > 512 and p.query[10:12] == b"\x00\x00":
                 resp = _truncated(resp, qend)
-            self._reply(resp, p.client)
-            if cache is not None:
-                try:
+            if cache is not None:  # kept before the client has it: its next query, on
+                try:  # either gateway's server, finds it
                     cache.store(p.query, data, p.servers)
                 except Exception as exc:  # never let one answer stop the others
                     logger.debug("DNS cache: answer from {} not kept: {!r}", p.server, exc)
+            self._reply(resp, p.client)
 
     def _reply(self, resp: bytes, client: Address) -> None:
         with contextlib.suppress(OSError):
