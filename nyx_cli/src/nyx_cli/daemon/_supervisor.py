@@ -247,8 +247,11 @@ class Supervisor(Resources):
                 raise NotFoundError(f"network_mode {spec.network_mode!r}: no such container")
             self._claim_volumes(spec, cid, anonymous)
             self.live[cid] = live
-            self.store.save(rec)
+            # the log first: a record is never without its log (a crash in between leaves a
+            # directory without a record, which the next start cleans up)
+            self.store.container_dir(cid).mkdir(mode=0o700, parents=True, exist_ok=True)
             self.store.log_path(cid).touch(mode=0o600)
+            self.store.save(rec)
         self.faults.hit("create:recorded")
         logger.bind(container=cid, name=name, image=spec.image).info("container created")
         if not start:
