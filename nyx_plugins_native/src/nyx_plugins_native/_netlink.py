@@ -25,6 +25,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from nyx_core.errors import NetlinkError
 
+from ._kernel import write_netns_sysctl
 from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
 
 __all__ = [
@@ -163,6 +164,12 @@ def ensure_bridge(
     ``gateway6`` (a dual-stack network) is added ``nodad`` (usable at once: the DNS
     provider binds it at start), with IPv6 on and router advertisements ignored on the
     bridge (``accept_ra=0``: a container's advertisement never configures the host).
+
+    A bridge made here has multicast snooping off: it floods multicast to every port as a
+    plain switch does (what a snooping bridge without a querier on the segment ends up
+    doing too, once its groups age out), and bringing a port up no longer walks every
+    other port's multicast state (a port's setup grew with the number of ports). A bridge
+    that exists already keeps its setting: it may be the administrator's.
     """
     with host_rtnl() as rt:
         link = get_link(rt, name)
@@ -170,7 +177,13 @@ def ensure_bridge(
     try:
         if link is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(name))
+                ipr.link(
+                    "add",
+                    ifname=name,
+                    kind="bridge",
+                    address=bridge_mac(name),
+                    br_mcast_snooping=0,
+                )
             except PyrNetlinkError as exc:
                 if exc.code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT):
                     raise NetlinkError(
@@ -329,8 +342,7 @@ def _ipv6_on(ifname: str) -> None:
 
 def _disable_ipv6(ifname: str) -> None:
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
-            f.write("1")
+        write_netns_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "1")
     except FileNotFoundError:
         pass  # a kernel without IPv6
     except OSError as exc:
@@ -356,8 +368,7 @@ def configure_container(
         rt = Rtnl()
         if address6 is not None:
             try:
-                with open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra", "w") as f:
-                    f.write("0")
+                write_netns_sysctl(f"net/ipv6/conf/{ifname}/accept_ra", "0")
             except OSError as exc:
                 rt.close()
                 raise NetlinkError(
