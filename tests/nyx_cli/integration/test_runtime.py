@@ -12,6 +12,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from nyx_cli.daemon._settings import DaemonSettings
 from nyx_cli.daemon._supervisor import Supervisor
 from nyx_cli.errors import RuntimeErrorNyx
 from nyx_cli.images import Image, ImageStore
-from nyx_cli.runtime import ProcessSpec, Rootfs, RuncRuntime, process_from_image
+from nyx_cli.runtime import ProcessSpec, Rootfs, RuncRuntime, _runc, process_from_image
 from nyx_cli.runtime._runc import become_subreaper
 from nyx_core import (
     NetworkBackend,
@@ -415,6 +416,70 @@ def test_the_exit_code_is_recorded_with_the_fork_server_and_the_runtime_gone(
     assert later.wait(ctr.id, ctr.pid, timeout=60) == 7
     got = later.exit_status(ctr.id, ctr.pid)
     assert got is not None and got[0] == 7
+
+
+def test_a_monitor_forked_just_before_its_server_died_is_reaped(
+    runtime: RuncRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server forks a monitor and dies before nyxd reads its answer: the monitor, now
+    nyxd's child (the subreaper above it) that nyxd never heard of, exits on the closed
+    command pipe and is reaped, not left a zombie until nyxd exits."""
+    first = runtime._monitor()  # the server exists
+    assert isinstance(first, _runc._ForkedMonitor) and runtime._server is not None
+    server = runtime._server
+    orphan: list[int] = []
+
+    def dies_after_forking() -> Any:
+        cmd_r, cmd_w = os.pipe()
+        report_r, report_w = os.pipe()
+        socket.send_fds(server.sock, [b"fork"], [cmd_r, report_w])
+        os.close(cmd_r)
+        os.close(report_w)
+        msg, fds, _, _ = socket.recv_fds(server.sock, 256, 1)  # forked: what nyxd never sees
+        orphan.append(int(msg))
+        for fd in fds:
+            os.close(fd)
+        server.proc.kill()
+        server.proc.wait(30)
+        os.close(cmd_w)  # what nyxd's failed fork() closes
+        os.close(report_r)
+        raise OSError("monitor fork server: gone")
+
+    monkeypatch.setattr(server, "fork", dies_after_forking)
+    second = runtime._monitor()  # from the next server
+    (pid,) = orphan
+    try:
+        for _ in range(200):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            select.select([], [], [], 0.05)
+        assert not os.path.exists(f"/proc/{pid}"), f"monitor {pid} left: {_state(pid)}"
+    finally:
+        for mon in (first, second):
+            assert mon.stdin is not None and mon.stdout is not None
+            mon.stdin.close()  # no command: it exits
+            mon.stdout.close()
+            mon.wait(30)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_only_exited_monitors_named_so_are_reaped() -> None:
+    """The sweep reaps zombies named nyx-monitor and nothing else: a zombie child of
+    another name is left to whoever waits for it (a ``Popen``)."""
+    other = subprocess.Popen(["sh", "-c", "exit 4"])
+    for _ in range(200):
+        if _state(other.pid) == "Z":
+            break
+        select.select([], [], [], 0.01)
+    assert _runc.reap_orphaned_monitors() == []
+    assert other.wait(10) == 4
 
 
 @pytest.mark.parametrize("runtime", [False], indirect=True)

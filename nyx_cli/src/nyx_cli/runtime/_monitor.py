@@ -57,6 +57,10 @@ import sys
 from typing import NoReturn
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NAME = 15
+#: a forked monitor's name (``/proc/PID/comm``, what ``ps`` and ``top`` show); nyxd finds
+#: by it the monitors a dying fork server forked but never told it of
+MONITOR_NAME = b"nyx-monitor"
 _FIELDS = ("status_dir", "pid_file", "log")
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _ENV = dict(os.environb)  # runc's environment: the monitor's own
@@ -192,6 +196,7 @@ def _forked(fds: list[int]) -> NoReturn:
     try:
         _signal.set_wakeup_fd(-1)
         _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)  # the server's; waitpid needs it
+        _PRCTL(_PR_SET_NAME, MONITOR_NAME, 0, 0, 0)
         os.setsid()  # neither nyxd's process group nor the server's
         os.dup2(fds[0], 0)
         os.dup2(fds[1], 1)

@@ -53,6 +53,8 @@ __all__ = [
 DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
 UNKNOWN_EXIT = 255
 MONITOR = str(Path(__file__).with_name("_monitor.py"))
+#: the name a forked monitor gives itself (``MONITOR_NAME`` of ``_monitor.py``)
+MONITOR_NAME = b"nyx-monitor"
 _NO_RUNC_ERROR = "failed (no error message)"
 #: static init binaries looked for, in order, when nyxd is not told one (NYXD_INIT_PATH):
 #: Debian's tini (Docker's docker-init is tini too), then podman's catatonit
@@ -171,7 +173,25 @@ class RuncRuntime(_BundleWriter):
                 except OSError:  # it died, or does not answer: the next one
                     self._server = None
                     server.close(kill=True)
+                    self._sweep_orphans()
         return _spawn_monitor()
+
+    def _sweep_orphans(self, within: float = 5.0) -> None:
+        """A server that died (or was killed) between forking a monitor and answering left
+        that monitor to nyxd, the subreaper above it, without nyxd knowing its pid; it
+        exits at once (its command pipe is closed) and would stay a zombie until nyxd
+        exits. Reap it, on a thread of its own for up to ``within`` seconds."""
+
+        def sweep() -> None:
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                with self._lock:
+                    inits = {pid for _cid, pid in self._pidfds}
+                if reap_orphaned_monitors(inits):
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=sweep, name="nyx-monitor-sweep", daemon=True).start()
 
     def close(self) -> None:
         """Let the fork server go (it exits on EOF); running containers keep their
@@ -682,6 +702,71 @@ class _ForkServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _children() -> list[int]:
+    """This process's children (those of all its threads)."""
+    me = os.getpid()
+    pids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return pids
+    for task in tasks:
+        try:
+            with open(f"/proc/{me}/task/{task}/children", "rb") as f:
+                pids += [int(p) for p in f.read().split()]
+        except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: every process
+            return [pid for pid, ppid in _parents() if ppid == me]
+        except OSError:
+            continue  # the thread ended meanwhile
+    return pids
+
+
+def _parents() -> list[tuple[int, int]]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None:
+                out.append((int(name), int(stat[2].split()[1])))
+    return out
+
+
+def _stat(pid: int) -> tuple[bytes, bytes, bytes] | None:
+    """``/proc/PID/stat`` as (before the name, the name, after it): the name may hold
+    spaces and parentheses."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    lp, rp = raw.find(b"("), raw.rfind(b")")
+    return raw[:lp], raw[lp + 1 : rp], raw[rp + 1 :]
+
+
+def reap_orphaned_monitors(keep: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Reap this process's children that are forked monitors which have exited (zombies
+    named :data:`MONITOR_NAME`), except the pids in ``keep``; returns the pids reaped.
+
+    Safe beside every other wait of nyxd: a monitor forked by the fork server is nobody's
+    ``Popen`` (nyxd waits for it through a pidfd and takes the exit code from its status
+    file, never from its wait status), and a monitor exec'd without a server keeps the
+    interpreter's name."""
+    reaped = []
+    for pid in _children():
+        if pid in keep:
+            continue
+        stat = _stat(pid)
+        if stat is None or stat[1] != MONITOR_NAME or not stat[2].startswith(b" Z"):
+            continue
+        try:
+            got, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue  # reaped meanwhile
+        if got:
+            reaped.append(pid)
+    return reaped
 
 
 def _spawn_monitor() -> subprocess.Popen[bytes]:
