@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nyx_cli.daemon._settings import DaemonSettings
-from nyx_cli.runtime import DEFAULT_CAPABILITIES, ProcessSpec, RuncRuntime
-from nyx_cli.runtime._seccomp import NYX_REFUSED, seccomp_profile
+from nyx_cli.runtime import DEFAULT_CAPABILITIES, ProcessSpec, RuncRuntime, _seccomp
+from nyx_cli.runtime._seccomp import NYX_REFUSED, seccomp_profile, x32_abi
 from nyx_core import load_settings
 from nyx_core.errors import ConfigError
 
@@ -201,6 +203,47 @@ def test_default_is_eperm_and_architectures_per_machine() -> None:
     arm = _profile(machine="aarch64")
     assert arm["architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
     assert _profile(machine="riscv64")["architectures"] == []  # native ABI only
+
+
+def test_x32_is_listed_only_where_the_kernel_runs_it() -> None:
+    assert _profile(x32=False)["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    assert _profile(x32=True)["architectures"][-1] == "SCMP_ARCH_X32"
+    assert _profile(machine="aarch64", x32=False)["architectures"] == [
+        "SCMP_ARCH_AARCH64",
+        "SCMP_ARCH_ARM",
+    ]
+    # this host's profile follows the probe
+    here = seccomp_profile(DEFAULT_CAPABILITIES)["architectures"]
+    assert ("SCMP_ARCH_X32" in here) == (os.uname().machine == "x86_64" and x32_abi())
+
+
+@pytest.mark.parametrize(
+    ("outcome", "listed"),
+    [
+        (0, True),  # the x32 getpid answered the pid
+        (3, False),  # ENOSYS: the kernel has no x32
+        (-31, False),  # SIGSYS: a filter above nyxd refuses x32 calls
+        (1, True),  # the child failed otherwise: cannot tell, keep x32 as Docker does
+        (OSError("no interpreter"), True),
+    ],
+)
+def test_the_x32_probe_reads_its_child(
+    monkeypatch: pytest.MonkeyPatch, outcome: int | Exception, listed: bool
+) -> None:
+    def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        assert argv[1:4] == ["-S", "-I", "-c"] and "0x40000027" in argv[4]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return subprocess.CompletedProcess(argv, outcome, b"", b"")
+
+    monkeypatch.setattr(_seccomp.subprocess, "run", run)
+    monkeypatch.setattr(_seccomp.os, "uname", lambda: _Uname("x86_64"))
+    assert _seccomp.x32_abi.__wrapped__() is listed
+
+
+class _Uname:
+    def __init__(self, machine: str) -> None:
+        self.machine = machine
 
 
 def test_allows_what_docker_allows_for_nyx_capabilities_and_nothing_more() -> None:

@@ -40,7 +40,7 @@ from nyx_core.errors import ConfigError
 
 from ..errors import RuntimeErrorNyx
 from ._bundle import _BundleWriter, _write_private
-from ._seccomp import CAPABILITIES, DEFAULT_CAPABILITIES
+from ._seccomp import CAPABILITIES, DEFAULT_CAPABILITIES, x32_abi
 
 __all__ = [
     "DEFAULT_PIDS_LIMIT",
@@ -136,6 +136,8 @@ class RuncRuntime(_BundleWriter):
         self.fork_server = fork_server
         self._server: _ForkServer | None = None  # started at the first container start
         self._server_lock = threading.Lock()  # one request at a time on its socket
+        if seccomp:  # asked once per process, off the first start's path
+            threading.Thread(target=x32_abi, name="nyx-x32-probe", daemon=True).start()
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

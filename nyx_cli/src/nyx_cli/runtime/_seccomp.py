@@ -14,6 +14,13 @@ way Docker builds it at container start:
   and ENOSYS makes libc fall back to clone. This is what keeps a container from creating
   a user namespace (where it would hold every capability, and reach nf_tables with it).
 
+The architectures are the machine's and the compat ABIs it runs (x86_64: x86 and x32),
+except x32 where the kernel refuses x32 calls anyway (most distributions' kernels: built
+without it, or Debian's ``syscall.x32=n`` default; :func:`x32_abi` asks once): runc
+compiles the filter once per listed architecture on every start (~5 ms for x32 alone
+here), and the only change is that an x32 call is refused by the filter (the thread is
+killed, as for any architecture not listed) instead of by the kernel (ENOSYS).
+
 Syscall names the installed libseccomp does not know are skipped by runc; syscalls newer
 than every name it knows answer ENOSYS (runc's stub), so new libc fallbacks keep working.
 The profile is a function of the capability set: adding a capability later also allows
@@ -23,8 +30,11 @@ the calls Docker ties to it (CAP_SYS_PTRACE: ptrace's relatives; CAP_SYS_ADMIN: 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +49,7 @@ __all__ = [
     "capability_set",
     "normalize_capability",
     "seccomp_profile",
+    "x32_abi",
 ]
 
 ALLOW = "SCMP_ACT_ALLOW"
@@ -425,11 +436,41 @@ def _kernel_release() -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
+# getpid through the x32 ABI (39 | __X32_SYSCALL_BIT): the pid where the kernel runs x32
+# calls, -1 (ENOSYS) where it does not; a seccomp filter above nyxd may kill the child
+_X32_PROBE = (
+    "import ctypes, os, sys\n"
+    "sys.exit(0 if ctypes.CDLL(None).syscall(0x40000027) == os.getpid() else 3)"
+)
+
+
+@functools.cache
+def x32_abi() -> bool:
+    """Whether processes nyxd starts can make x32 system calls (an x86_64 kernel built
+    with ``CONFIG_X86_X32_ABI``, x32 not turned off at boot, no seccomp filter above nyxd
+    refusing them). Asked once, in a child process: a filter of nyxd's own service may
+    kill the asker. True when the child cannot tell (the filter then lists x32, as
+    Docker's does)."""
+    if os.uname().machine != "x86_64":
+        return False
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-S", "-I", "-c", _X32_PROBE],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return proc.returncode not in (3, -31)  # ENOSYS, or SIGSYS from a filter above
+
+
 def seccomp_profile(
     capabilities: Iterable[str],
     *,
     machine: str | None = None,
     kernel: tuple[int, int] | None = None,
+    x32: bool | None = None,
 ) -> dict[str, Any]:
     """The OCI ``linux.seccomp`` object for a container with ``capabilities`` (bounding set).
 
@@ -437,12 +478,16 @@ def seccomp_profile(
         x86 and x32 ABIs, aarch64 the 32-bit ARM one; any other machine gets its native
         ABI only and no architecture-specific calls.
     :param kernel: ``(major, minor)`` of the running kernel (default: this one).
+    :param x32: whether to list the x32 ABI on x86_64 (default: :func:`x32_abi` for this
+        host, True for another machine).
     :raises ConfigError: a name that is not a Linux capability.
     """
     caps = frozenset(capabilities)
     unknown = sorted(caps - CAPABILITIES)
     if unknown:
         raise ConfigError(f"capabilities: unknown capability {', '.join(unknown)}")
+    if x32 is None:
+        x32 = x32_abi() if machine is None else True
     machine = machine or os.uname().machine
     kernel = kernel or _kernel_release()
     syscalls: list[dict[str, Any]] = []
@@ -467,6 +512,6 @@ def seccomp_profile(
     return {
         "defaultAction": ERRNO,
         "defaultErrnoRet": errno.EPERM,
-        "architectures": list(ARCHITECTURES.get(machine, ())),
+        "architectures": [a for a in ARCHITECTURES.get(machine, ()) if x32 or a != "SCMP_ARCH_X32"],
         "syscalls": syscalls,
     }
