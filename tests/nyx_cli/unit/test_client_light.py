@@ -334,6 +334,7 @@ def test_echo_writes_what_click_echo_writes(text: Any) -> None:
 def test_a_closed_pipe_exits_1_quietly_on_both_paths(api: Path) -> None:
     for code in (
         "from nyx_cli.client import main; main(sys.argv[1:])",
+        "from nyx_cli.client import main; main()",  # the console script: _leave
         "from nyx_cli.client import cli; cli.main(sys.argv[1:], prog_name='nyx')",
     ):
         r, w = os.pipe()
@@ -346,6 +347,33 @@ def test_a_closed_pipe_exits_1_quietly_on_both_paths(api: Path) -> None:
         )
         os.close(w)
         assert (proc.returncode, proc.stderr) == (1, b""), code
+
+
+def test_the_console_script_leaves_without_finalizing_and_loses_no_output(
+    make_api: Any, tmp_path: Path
+) -> None:
+    """``main()`` (the console script) exits with ``os._exit`` once the command is done: an
+    atexit handler never runs, and every line printed still arrives, pipe or file."""
+    sock = make_api()
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('finalized', file=sys.stderr)); "
+        "from nyx_cli.client import main; main()"
+    )
+    argv = [sys.executable, "-c", code, "--socket", str(sock), "info"]
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert (piped.returncode, piped.stderr) == (0, "")
+    with_finalization = subprocess.run(
+        [sys.executable, "-c", code.replace("main()", "main(sys.argv[1:])"), *argv[3:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert with_finalization.stderr == "finalized\n"  # the check above can fail
+    assert piped.stdout == with_finalization.stdout and piped.stdout.count("\n") >= 2
+    out = tmp_path / "out.txt"
+    with out.open("w") as f:
+        to_file = subprocess.run(argv, stdout=f, stderr=subprocess.PIPE, timeout=60)
+    assert to_file.returncode == 0 and out.read_text() == piped.stdout
 
 
 # ------------------------------------------------------------ what gets imported

@@ -299,5 +299,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout = _Pacified(sys.stdout)
         sys.stderr = _Pacified(sys.stderr)
         raise SystemExit(1) from None
+    if argv is None:  # the console script
+        _leave(rv if isinstance(rv, int) else 0)
     if isinstance(rv, int):
         raise SystemExit(rv)
+
+
+def _leave(code: int) -> None:
+    """Exit at once with ``code``, what was printed flushed, skipping the interpreter's
+    finalization (module teardown, a last collection: ~2-3 ms of a ~75 ms ``nyx run -d``).
+    Nothing on the light path needs it: no threads, no atexit handlers, the socket closed.
+    Returns when a flush fails: the normal exit then reports it as before."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
