@@ -98,23 +98,23 @@ def _private_proc() -> int | None:
     global _private_proc_off
     if _private_proc_off is not None:
         return None
+    step = "fsopen"
+    fs = -1
     try:
         fs = _syscall(_SYS_FSOPEN, b"proc", _FSOPEN_CLOEXEC)
-    except OSError as exc:
-        with _off_lock:
-            _private_proc_off = f"fsopen: {exc.strerror}"
-        return None
-    try:
+        step = "fsconfig"
         _syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0)
+        step = "fsmount"
         return _syscall(_SYS_FSMOUNT, fs, _FSMOUNT_CLOEXEC, 0)
     except OSError as exc:
         if exc.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
             raise  # a passing shortage, not a kernel without the API
         with _off_lock:
-            _private_proc_off = f"fsmount: {exc.strerror}"
+            _private_proc_off = f"{step}: {exc.strerror}"
         return None
     finally:
-        os.close(fs)
+        if fs >= 0:
+            os.close(fs)
 
 
 def write_netns_sysctl(path: str, value: str) -> None:

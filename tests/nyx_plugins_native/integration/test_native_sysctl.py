@@ -4,7 +4,9 @@ containers (docs/native-driver.md, "Many containers")."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +80,30 @@ def test_a_new_bridge_has_multicast_snooping_off_an_existing_one_keeps_it(
 
     assert snooping("new0") == 0
     assert snooping("adm0") == 1
+
+
+@pytest.mark.parametrize(
+    ("err", "falls_back"),
+    [(errno.ENOSYS, True), (errno.EPERM, True), (errno.EMFILE, False), (errno.ENOMEM, False)],
+)
+def test_a_kernel_without_the_api_falls_back_a_shortage_is_an_error(
+    two_ns: tuple[Netns, Netns], monkeypatch: pytest.MonkeyPatch, err: int, falls_back: bool
+) -> None:
+    """ENOSYS or EPERM (an old kernel, a seccomp filter): /proc/sys from then on. Out of
+    descriptors or memory: this write fails, the next one tries the private proc again."""
+    a, _b = two_ns
+    monkeypatch.setattr(_kernel, "_private_proc_off", None)
+
+    def refuse(number: int, *args: object) -> int:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(_kernel, "_syscall", refuse)
+    with entered(a):
+        if falls_back:
+            _kernel.write_netns_sysctl("net/ipv6/conf/dm0/disable_ipv6", "1")
+        else:
+            with pytest.raises(OSError) as caught:
+                _kernel.write_netns_sysctl("net/ipv6/conf/dm0/disable_ipv6", "1")
+            assert caught.value.errno == err
+    assert (_kernel._private_proc_off is not None) is falls_back
+    assert a.sysctl("net.ipv6.conf.dm0.disable_ipv6") == ("1" if falls_back else "0")
