@@ -18,7 +18,6 @@ import ctypes
 import errno
 import os
 import platform
-import threading
 from pathlib import Path
 
 from nyx_core.errors import ConfigError, NetlinkError
@@ -56,7 +55,6 @@ _FSCONFIG_CMD_CREATE = 6
 # why the private instance is not used (set once: ENOSYS, EPERM from seccomp or a user
 # namespace, a procfs that refuses new instances); every write then goes through /proc/sys
 _private_proc_off: str | None = None if _MOUNT_API else f"{platform.machine()}: not tried"
-_off_lock = threading.Lock()
 
 
 def set_sysctl(key: str, value: str, dev: str | None = None) -> None:
@@ -72,7 +70,7 @@ def set_sysctl(key: str, value: str, dev: str | None = None) -> None:
     try:
         if path.read_text().strip() == value:
             return
-        path.write_text(value)
+        write_netns_sysctl(str(path.relative_to(_PROC_SYS)), value)
     except FileNotFoundError as exc:
         raise NetlinkError(
             f"sysctl {key} does not exist: the kernel lacks the feature "
@@ -109,8 +107,7 @@ def _private_proc() -> int | None:
     except OSError as exc:
         if exc.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
             raise  # a passing shortage, not a kernel without the API
-        with _off_lock:
-            _private_proc_off = f"{step}: {exc.strerror}"
+        _private_proc_off = f"{step}: {exc.strerror}"
         return None
     finally:
         if fs >= 0:

@@ -40,6 +40,7 @@ from nyx_core.errors import ConfigError
 
 from ..errors import RuntimeErrorNyx
 from ._bundle import _BundleWriter, _write_private
+from ._monitor import MONITOR_NAME
 from ._seccomp import CAPABILITIES, DEFAULT_CAPABILITIES, x32_abi
 
 __all__ = [
@@ -53,8 +54,6 @@ __all__ = [
 DEFAULT_PIDS_LIMIT = 2048  # podman's default (docker has none)
 UNKNOWN_EXIT = 255
 MONITOR = str(Path(__file__).with_name("_monitor.py"))
-#: the name a forked monitor gives itself (``MONITOR_NAME`` of ``_monitor.py``)
-MONITOR_NAME = b"nyx-monitor"
 _NO_RUNC_ERROR = "failed (no error message)"
 #: static init binaries looked for, in order, when nyxd is not told one (NYXD_INIT_PATH):
 #: Debian's tini (Docker's docker-init is tini too), then podman's catatonit
@@ -571,12 +570,8 @@ _STATE_START = re.compile(rb'"init_process_start":\s*(\d+)')
 def _proc_start(pid: int) -> int | None:
     """The start time (clock ticks after boot) of a live process ``pid``; None when there is
     none, or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    fields = raw.rpartition(b")")[2].split()  # the name in parentheses may hold spaces
+    stat = _stat(pid)
+    fields = [] if stat is None else stat[2].split()
     if len(fields) < 20 or fields[0] in (b"Z", b"X", b"x"):
         return None
     return int(fields[19])
