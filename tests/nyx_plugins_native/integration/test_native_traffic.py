@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable
 
 import pytest
 from native_helpers import GW, LAN_HOST_IP, LAN_IP, Servers, ask
 
 from nyx_core import NetworkBackend, PortConflictError, PortMapping, SetupOptions
-from nyx_core.testing import Netns
+from nyx_core.testing import Netns, entered
 
 pytestmark = pytest.mark.kernel
 
@@ -155,3 +157,61 @@ def test_port_in_use_on_the_host_is_refused_and_published_ports_are_reserved(
         native.teardown("tr-pub", a.path)
     # released at teardown
     servers(None, "0.0.0.0", 18091, "now-free")
+
+
+def _group_socket(ns: Netns, local: str, group: str, port: int) -> socket.socket:
+    """A UDP socket in ``ns`` that joined ``group`` on the interface holding ``local``."""
+    with entered(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("", port))
+    mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(local))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    return sock
+
+
+def _got(sock: socket.socket, timeout: float) -> bytes | None:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(512)
+    except TimeoutError:
+        return None
+
+
+def test_multicast_reaches_the_other_containers_never_the_lan(
+    native: NetworkBackend, nyx_container_ns: Callable[[], Netns], nyx_lan_ns: Netns
+) -> None:
+    """nyx's bridge has multicast snooping off: a container's multicast goes to every other
+    container of its network (a plain switch); the LAN neighbour's multicast is not routed
+    in, and a container's does not leave the network."""
+    a, b = nyx_container_ns(), nyx_container_ns()
+    native.setup("tr-mc-a", a.path, [], SetupOptions())
+    rb = native.setup("tr-mc-b", b.path, [], SetupOptions())
+    group, port = "239.7.7.7", 17700
+    member = _group_socket(b, _ip(rb), group, port)
+    on_lan = _group_socket(nyx_lan_ns, LAN_IP, group, port)
+    try:
+        with entered(a):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 8)
+        got = None
+        for _ in range(20):  # the first datagrams may race the join's report
+            sender.sendto(b"from a", (group, port))
+            got = _got(member, 0.1)
+            if got is not None:
+                break
+        sender.close()
+        assert got == b"from a"
+        assert _got(on_lan, 0.5) is None
+        with entered(nyx_lan_ns):
+            lan = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        lan.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 8)
+        lan.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(LAN_IP))
+        for _ in range(5):
+            lan.sendto(b"from the lan", (group, port))
+        lan.close()
+        assert _got(member, 0.5) is None
+    finally:
+        member.close()
+        on_lan.close()
+        native.teardown("tr-mc-a", a.path)
+        native.teardown("tr-mc-b", b.path)
