@@ -23,7 +23,9 @@ there, and podman gets private ``/run/netns`` and ``/run/containers/networks`` (
 nothing of either reaches the host. nyxd raises its own ``RLIMIT_NOFILE`` to the hard limit
 (about four descriptors per container). Measurements of the engines alternate. Everything is
 removed at the end, also after an error or ^C. Needs root, runc, busybox-static, dnsperf;
-podman optional.
+podman optional. ``NYX_BENCH_PYSPY=DIR`` records each nyxd with py-spy (``DIR/nyxd-start*``);
+``NYX_BENCH_PERF=DIR`` records nyxd's kernel and user stacks with ``perf record -g`` during
+the probes at each level (``DIR/probes-<level>.data``, read with ``perf report -i``).
 
     .venv/bin/python bench/bench_scale.py [--count 1000] [--mid 200] [--probes 9]
         [--podman-budget 1200] [--no-podman] [--no-floor]
@@ -65,6 +67,7 @@ POD_SUBNET = "10.234.0.0/16"
 FIRST_PORT = 20000
 PROBE_PORT = 40000
 PROFILE = os.environ.get("NYX_BENCH_PYSPY")  # a directory: py-spy nyxd (shutil.which)
+KPROFILE = os.environ.get("NYX_BENCH_PERF")  # a directory: perf record -g of nyxd's probes
 
 _cleanups: list[Callable[[], None]] = []
 
@@ -498,13 +501,27 @@ class Bench:
         return [e for e in (self.nyx, self.pod) if e is not None]
 
     def probes(self, level: int) -> None:
-        """One more container set up and removed ``--probes`` times, the peers alternating."""
+        """One more container set up and removed ``--probes`` times, the peers alternating.
+
+        With ``NYX_BENCH_PERF=DIR``, ``perf record -g`` samples nyxd's threads (kernel
+        stacks included) during them: ``DIR/probes-<level>.data``."""
         peers: list[Any] = [*self.engines(), *([self.floor] if self.floor else [])]
-        for i in range(self.args.probes):
-            for p in peers if i % 2 == 0 else reversed(peers):
-                if isinstance(p, Podman) and p.why:
-                    continue
-                p.probe(level)
+        rec = None
+        if KPROFILE and self.nyx is not None and shutil.which("perf"):
+            out = Path(KPROFILE) / f"probes-{level}.data"
+            argv = ["perf", "record", "-q", "-g", "-p", str(self.nyx.pid), "-o", str(out)]
+            rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # attached
+        try:
+            for i in range(self.args.probes):
+                for p in peers if i % 2 == 0 else reversed(peers):
+                    if isinstance(p, Podman) and p.why:
+                        continue
+                    p.probe(level)
+        finally:
+            if rec is not None:
+                rec.send_signal(signal.SIGINT)
+                rec.wait(60)
 
     def qfile(self, n: int) -> Path:
         path = self.tmp / f"names-{n}.txt"
