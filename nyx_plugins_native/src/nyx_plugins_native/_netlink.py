@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from nyx_core.errors import NetlinkError
 
-from ._kernel import write_netns_sysctl
+from ._kernel import set_sysctl, write_netns_sysctl
 from ._rtnl import CREATE_EXCL, NEWADDR, NEWLINK, NEWROUTE, Rtnl, RtnlError
 
 __all__ = [
@@ -324,20 +324,14 @@ def _ipv6_on(ifname: str) -> None:
     duplicate address detection: its link-local address is usable at once (the kernel
     sends the neighbour solicitations of *forwarded* packets from it: while it is
     tentative, the first connection from outside to a published port stalls ~2 s)."""
+    conf = f"/proc/sys/net/ipv6/conf/{ifname}"
+    if not os.path.isdir(conf):
+        raise NetlinkError(
+            f"{ifname}: IPv6 is not available (no {conf}); a dual-stack network needs a "
+            "kernel with IPv6 (see docs/kernel-requirements.md)"
+        )
     for key, value in (("accept_dad", "0"), ("accept_ra", "0"), ("disable_ipv6", "0")):
-        path = f"/proc/sys/net/ipv6/conf/{ifname}/{key}"
-        try:
-            with open(path, "r+") as f:
-                if f.read().strip() != value:
-                    f.seek(0)
-                    f.write(value)
-        except FileNotFoundError as exc:
-            raise NetlinkError(
-                f"{ifname}: IPv6 is not available (no {path}); a dual-stack network needs a "
-                "kernel with IPv6 (see docs/kernel-requirements.md)"
-            ) from exc
-        except OSError as exc:
-            raise NetlinkError(f"cannot set {key}={value} on {ifname!r}: {exc.strerror}") from exc
+        set_sysctl(f"net.ipv6.conf.{{}}.{key}", value, ifname)
 
 
 def _disable_ipv6(ifname: str) -> None:
